@@ -1,0 +1,684 @@
+//! The collection document: one canvasser's signatures and check-ins for one campaign. Only its
+//! owner writes it. Records are added, corrected or withdrawn by their owner, never removed.
+//!
+//! A phone builds a signature from a [`SignatureForm`]: the form is checked field by field, the
+//! personal fields are sealed to the campaign's recipients and the duplicate token is computed,
+//! all before anything is written.
+
+use std::collections::BTreeMap;
+
+use automerge::{Automerge, ObjId, ReadDoc, ScalarValue};
+
+use crate::campaign::Campaign;
+use crate::doc::{
+    self, DocHeader, DocKind, WriteError, get_bool, get_bytes, get_int, get_opt_str, get_str,
+    required,
+};
+use crate::fields::{
+    MAX_SEALED, MAX_SHORT_TEXT, check_fsa, check_id, check_text, check_time, fsa_of,
+    normalize_postal_code,
+};
+use crate::seal::{self, DuplicateKey, PersonalFields, is_token};
+use crate::validate::{Rejection, Rule};
+
+/// Container of signatures.
+pub const SIGNATURES: &str = "signatures";
+/// Container of check-ins.
+pub const CHECKINS: &str = "checkins";
+/// The magic header every sealed blob starts with (an age file).
+pub const AGE_MAGIC: &[u8] = b"age-encryption.org/v1\n";
+
+pub(crate) const SIGNATURE_FIELDS: &[&str] = &[
+    "id",
+    "campaign",
+    "event",
+    "collected_at",
+    "collected_by",
+    "city",
+    "fsa",
+    "riding",
+    "consent_contact",
+    "dup",
+    "sealed",
+    "withdrawn",
+];
+/// Fields fixed when a signature is taken; a correction may not change them.
+pub(crate) const SIGNATURE_IMMUTABLE: &[&str] = &["id", "campaign", "collected_at", "collected_by"];
+pub(crate) const CHECKIN_FIELDS: &[&str] = &[
+    "id",
+    "event",
+    "attendee",
+    "at",
+    "by",
+    "walk_in",
+    "withdrawn",
+];
+pub(crate) const CHECKIN_IMMUTABLE: &[&str] = &["id", "event", "at", "by"];
+
+/// A signature as stored: what totals need in the clear, the rest sealed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Signature {
+    /// Unique record id.
+    pub id: String,
+    /// The campaign signed.
+    pub campaign: String,
+    /// The event it was collected at, if any.
+    pub event: Option<String>,
+    /// When, ms since the epoch.
+    pub collected_at: i64,
+    /// The canvasser who collected it (the collection's owner).
+    pub collected_by: String,
+    /// City of the signer.
+    pub city: String,
+    /// FSA of the signer's postal code ("M5V").
+    pub fsa: String,
+    /// Federal riding, if known.
+    pub riding: Option<String>,
+    /// May the campaign contact them.
+    pub consent_contact: bool,
+    /// Duplicate token (HMAC of normalized name and postal code).
+    pub dup: String,
+    /// Sealed personal fields (an age file).
+    #[serde(with = "hex_bytes")]
+    pub sealed: Vec<u8>,
+    /// Withdrawn by the canvasser (the signer asked, or it was a mistake).
+    pub withdrawn: bool,
+}
+
+/// A check-in of a person to an event.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Checkin {
+    /// Unique record id.
+    pub id: String,
+    /// The event.
+    pub event: String,
+    /// Attendee token (HMAC of the normalized name).
+    pub attendee: String,
+    /// When, ms since the epoch.
+    pub at: i64,
+    /// The canvasser who checked them in.
+    pub by: String,
+    /// A walk-in (true) or pre-registered (false).
+    pub walk_in: bool,
+    /// Withdrawn by the canvasser.
+    pub withdrawn: bool,
+}
+
+/// A collection as read from its document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Collection {
+    /// Campaign id.
+    pub campaign: String,
+    /// The canvasser who owns it.
+    pub owner: String,
+    /// Signatures by id.
+    pub signatures: BTreeMap<String, Signature>,
+    /// Check-ins by id.
+    pub checkins: BTreeMap<String, Checkin>,
+}
+
+mod hex_bytes {
+    pub fn serialize<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(b))
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s: String = serde::Deserialize::deserialize(d)?;
+        hex::decode(s).map_err(serde::de::Error::custom)
+    }
+}
+
+fn check_event(path: &str, event: &str, campaign: Option<&Campaign>) -> Result<(), Rejection> {
+    check_id(path, event)?;
+    match campaign {
+        Some(c) if c.events.contains_key(event) => Ok(()),
+        Some(c) => Err(Rejection::new(
+            path,
+            Rule::UnknownEvent,
+            format!(
+                "no event {event:?} in campaign {:?}; known events: {}",
+                c.id,
+                c.events.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        )),
+        None => Err(Rejection::new(
+            path,
+            Rule::UnknownEvent,
+            format!("event {event:?} cannot be checked: the campaign document is not known"),
+        )),
+    }
+}
+
+impl Signature {
+    /// Checks every field; `owner` is the collection's owner, `campaign` the campaign read from its
+    /// document (events are checked against it).
+    pub fn check(
+        &self,
+        owner: &str,
+        campaign_id: &str,
+        campaign: Option<&Campaign>,
+    ) -> Result<(), Rejection> {
+        let p = format!("{SIGNATURES}/{}", self.id);
+        let f = |k: &str| format!("{p}/{k}");
+        check_id(&f("id"), &self.id)?;
+        if self.campaign != campaign_id {
+            return Err(Rejection::new(
+                f("campaign"),
+                Rule::Malformed,
+                format!(
+                    "this collection belongs to campaign {campaign_id:?}, not {:?}",
+                    self.campaign
+                ),
+            ));
+        }
+        if let Some(e) = &self.event {
+            check_event(&f("event"), e, campaign)?;
+        }
+        check_time(&f("collected_at"), self.collected_at)?;
+        if self.collected_by != owner {
+            return Err(Rejection::new(
+                f("collected_by"),
+                Rule::ActingAsOther,
+                format!(
+                    "records in {owner:?}'s collection are collected by {owner:?}, not {:?}",
+                    self.collected_by
+                ),
+            ));
+        }
+        check_text(&f("city"), &self.city, MAX_SHORT_TEXT, true)?;
+        check_fsa(&f("fsa"), &self.fsa)?;
+        if let Some(r) = &self.riding {
+            check_text(&f("riding"), r, MAX_SHORT_TEXT, true)?;
+        }
+        if !is_token(&self.dup) {
+            return Err(Rejection::new(
+                f("dup"),
+                Rule::Malformed,
+                "a duplicate token is 64 lower-case hex digits (HMAC-SHA256)",
+            ));
+        }
+        if self.sealed.len() > MAX_SEALED {
+            return Err(Rejection::new(
+                f("sealed"),
+                Rule::TooLarge,
+                format!("at most {MAX_SEALED} bytes, got {}", self.sealed.len()),
+            ));
+        }
+        if !self.sealed.starts_with(AGE_MAGIC) {
+            return Err(Rejection::new(
+                f("sealed"),
+                Rule::Malformed,
+                "personal fields must be sealed with age (the blob is not an age file)",
+            ));
+        }
+        Ok(())
+    }
+
+    fn scalars(&self) -> Vec<(&'static str, ScalarValue)> {
+        vec![
+            ("id", self.id.as_str().into()),
+            ("campaign", self.campaign.as_str().into()),
+            ("event", doc::opt(&self.event)),
+            ("collected_at", ScalarValue::Int(self.collected_at)),
+            ("collected_by", self.collected_by.as_str().into()),
+            ("city", self.city.as_str().into()),
+            ("fsa", self.fsa.as_str().into()),
+            ("riding", doc::opt(&self.riding)),
+            (
+                "consent_contact",
+                ScalarValue::Boolean(self.consent_contact),
+            ),
+            ("dup", self.dup.as_str().into()),
+            ("sealed", ScalarValue::Bytes(self.sealed.clone())),
+            ("withdrawn", ScalarValue::Boolean(self.withdrawn)),
+        ]
+    }
+}
+
+impl Checkin {
+    /// Checks every field.
+    pub fn check(&self, owner: &str, campaign: Option<&Campaign>) -> Result<(), Rejection> {
+        let p = format!("{CHECKINS}/{}", self.id);
+        let f = |k: &str| format!("{p}/{k}");
+        check_id(&f("id"), &self.id)?;
+        check_event(&f("event"), &self.event, campaign)?;
+        if !is_token(&self.attendee) {
+            return Err(Rejection::new(
+                f("attendee"),
+                Rule::Malformed,
+                "an attendee token is 64 lower-case hex digits (HMAC-SHA256)",
+            ));
+        }
+        check_time(&f("at"), self.at)?;
+        if self.by != owner {
+            return Err(Rejection::new(
+                f("by"),
+                Rule::ActingAsOther,
+                format!(
+                    "check-ins in {owner:?}'s collection are made by {owner:?}, not {:?}",
+                    self.by
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn scalars(&self) -> Vec<(&'static str, ScalarValue)> {
+        vec![
+            ("id", self.id.as_str().into()),
+            ("event", self.event.as_str().into()),
+            ("attendee", self.attendee.as_str().into()),
+            ("at", ScalarValue::Int(self.at)),
+            ("by", self.by.as_str().into()),
+            ("walk_in", ScalarValue::Boolean(self.walk_in)),
+            ("withdrawn", ScalarValue::Boolean(self.withdrawn)),
+        ]
+    }
+}
+
+/// What a canvasser types in for one signature.
+#[derive(Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SignatureForm {
+    /// Full name.
+    pub name: String,
+    /// Postal code, any spacing or case.
+    pub postal_code: String,
+    /// City.
+    pub city: String,
+    /// Email, optional.
+    pub email: Option<String>,
+    /// Phone, optional.
+    pub phone: Option<String>,
+    /// Street address, optional.
+    pub street: Option<String>,
+    /// Consent to be contacted.
+    pub consent_contact: bool,
+    /// Event it is collected at, optional.
+    pub event: Option<String>,
+    /// Riding, optional.
+    pub riding: Option<String>,
+}
+
+impl std::fmt::Debug for SignatureForm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignatureForm")
+            .field("city", &self.city)
+            .field("event", &self.event)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A form field the canvasser must fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FormError {
+    /// The form field, e.g. "postal_code".
+    pub field: &'static str,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+fn form_err(field: &'static str, message: impl Into<String>) -> FormError {
+    FormError {
+        field,
+        message: message.into(),
+    }
+}
+
+/// Who, where and when a signature is taken, for [`SignatureForm::prepare`].
+pub struct TakenBy<'a> {
+    /// The campaign, read from its document.
+    pub campaign: &'a Campaign,
+    /// The campaign's duplicate key.
+    pub key: &'a DuplicateKey,
+    /// The canvasser.
+    pub canvasser: &'a str,
+    /// Now, ms since the epoch.
+    pub now: i64,
+    /// The new record's id.
+    pub id: String,
+}
+
+impl SignatureForm {
+    /// Checks the form and builds the signature record: seals the personal fields and computes
+    /// the duplicate token. Nothing is written anywhere.
+    pub fn prepare(&self, by: &TakenBy<'_>) -> Result<Signature, FormError> {
+        let name = self.name.trim();
+        if name.is_empty() {
+            return Err(form_err("name", "the signer's name is required"));
+        }
+        if name.len() > MAX_SHORT_TEXT {
+            return Err(form_err("name", format!("at most {MAX_SHORT_TEXT} bytes")));
+        }
+        let postal =
+            normalize_postal_code(&self.postal_code).map_err(|m| form_err("postal_code", m))?;
+        let city = self.city.trim();
+        if city.is_empty() {
+            return Err(form_err("city", "the signer's city is required"));
+        }
+        if city.len() > MAX_SHORT_TEXT {
+            return Err(form_err("city", format!("at most {MAX_SHORT_TEXT} bytes")));
+        }
+        let clean = |v: &Option<String>| {
+            v.as_ref()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        };
+        let email = clean(&self.email);
+        if let Some(e) = &email {
+            let ok = e.len() <= MAX_SHORT_TEXT
+                && e.split_once('@')
+                    .is_some_and(|(a, b)| !a.is_empty() && b.contains('.'));
+            if !ok {
+                return Err(form_err(
+                    "email",
+                    format!("{e:?} is not an email address (name@example.org), or leave it empty"),
+                ));
+            }
+        }
+        let phone = clean(&self.phone);
+        if let Some(p) = &phone {
+            let digits = p.chars().filter(char::is_ascii_digit).count();
+            if !(7..=15).contains(&digits) || p.len() > 40 {
+                return Err(form_err(
+                    "phone",
+                    format!("{p:?} is not a phone number (7 to 15 digits), or leave it empty"),
+                ));
+            }
+        }
+        let street = clean(&self.street);
+        if street.as_ref().is_some_and(|s| s.len() > MAX_SHORT_TEXT) {
+            return Err(form_err(
+                "street",
+                format!("at most {MAX_SHORT_TEXT} bytes"),
+            ));
+        }
+        let event = clean(&self.event);
+        if let Some(e) = &event
+            && !by.campaign.events.contains_key(e)
+        {
+            let known: Vec<_> = by.campaign.events.keys().cloned().collect();
+            return Err(form_err(
+                "event",
+                format!(
+                    "no event {e:?} in this campaign; known events: {}",
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            ));
+        }
+        let riding = clean(&self.riding);
+        let fields = PersonalFields {
+            name: name.to_string(),
+            email,
+            phone,
+            street,
+            postal_code: postal.clone(),
+        };
+        let sealed = seal::seal(&by.campaign.recipients, &fields)
+            .map_err(|e| form_err("recipients", e.to_string()))?;
+        let sig = Signature {
+            id: by.id.clone(),
+            campaign: by.campaign.id.clone(),
+            event,
+            collected_at: by.now,
+            collected_by: by.canvasser.to_string(),
+            city: city.to_string(),
+            fsa: fsa_of(&postal),
+            riding,
+            consent_contact: self.consent_contact,
+            dup: by.key.duplicate_token(name, &postal),
+            sealed,
+            withdrawn: false,
+        };
+        sig.check(by.canvasser, &by.campaign.id, Some(by.campaign))
+            .map_err(|r| form_err("record", r.to_string()))?;
+        Ok(sig)
+    }
+}
+
+/// A new random record id (24 hex digits).
+pub fn random_id() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 12];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// Creates a canvasser's collection document: header, owner and both containers in one change.
+pub fn create(campaign: &str, owner: &str) -> Result<Automerge, WriteError> {
+    check_id("campaign", campaign)?;
+    check_id("owner", owner)?;
+    Ok(doc::create(DocKind::Collection, campaign, Some(owner), &[]))
+}
+
+fn owner_of(doc: &Automerge) -> Result<(String, String), WriteError> {
+    let h = DocHeader::read(doc)?;
+    if h.kind != DocKind::Collection {
+        return Err(Rejection::new(
+            "kind",
+            Rule::WrongKind,
+            format!("expected a collection document, this is a {}", h.kind),
+        )
+        .into());
+    }
+    Ok((h.campaign, h.owner.unwrap_or_default()))
+}
+
+fn write_record(
+    doc: &mut Automerge,
+    container: &str,
+    id: &str,
+    fields: &[(&str, ScalarValue)],
+) -> Result<(), WriteError> {
+    let obj = doc::container(doc, container)?;
+    doc.transact::<_, _, automerge::AutomergeError>(|tx| doc::put_record(tx, &obj, id, fields))
+        .map_err(|f| f.error)?;
+    Ok(())
+}
+
+/// Adds a new signature. Refuses a bad record or an id already used, writing nothing.
+pub fn add_signature(
+    doc: &mut Automerge,
+    sig: &Signature,
+    campaign: &Campaign,
+) -> Result<(), WriteError> {
+    let (campaign_id, owner) = owner_of(doc)?;
+    sig.check(&owner, &campaign_id, Some(campaign))?;
+    if doc::record(doc, SIGNATURES, &sig.id)?.is_some() {
+        return Err(Rejection::new(
+            format!("{SIGNATURES}/{}", sig.id),
+            Rule::Malformed,
+            "a signature with this id already exists",
+        )
+        .into());
+    }
+    write_record(doc, SIGNATURES, &sig.id, &sig.scalars())
+}
+
+/// Marks one of the owner's signatures withdrawn. It stays in the document.
+pub fn withdraw_signature(doc: &mut Automerge, id: &str) -> Result<(), WriteError> {
+    if doc::record(doc, SIGNATURES, id)?.is_none() {
+        return Err(WriteError::NotFound(id.to_string()));
+    }
+    write_record(
+        doc,
+        SIGNATURES,
+        id,
+        &[("withdrawn", ScalarValue::Boolean(true))],
+    )
+}
+
+/// Corrects one of the owner's signatures: every field but the id, campaign, time and collector
+/// may be replaced by the values in `corrected`.
+pub fn correct_signature(
+    doc: &mut Automerge,
+    corrected: &Signature,
+    campaign: &Campaign,
+) -> Result<(), WriteError> {
+    let (campaign_id, owner) = owner_of(doc)?;
+    let Some(obj) = doc::record(doc, SIGNATURES, &corrected.id)? else {
+        return Err(WriteError::NotFound(corrected.id.clone()));
+    };
+    let current = read_signature(doc, &obj, &corrected.id)?;
+    corrected.check(&owner, &campaign_id, Some(campaign))?;
+    if (
+        current.campaign.as_str(),
+        current.collected_at,
+        current.collected_by.as_str(),
+    ) != (
+        corrected.campaign.as_str(),
+        corrected.collected_at,
+        corrected.collected_by.as_str(),
+    ) {
+        return Err(Rejection::new(
+            format!("{SIGNATURES}/{}", corrected.id),
+            Rule::Immutable,
+            "a correction keeps the id, campaign, time and collector",
+        )
+        .into());
+    }
+    let changed: Vec<_> = corrected
+        .scalars()
+        .into_iter()
+        .filter(|(k, _)| !SIGNATURE_IMMUTABLE.contains(k))
+        .collect();
+    write_record(doc, SIGNATURES, &corrected.id, &changed)
+}
+
+/// Adds a check-in.
+pub fn add_checkin(
+    doc: &mut Automerge,
+    checkin: &Checkin,
+    campaign: &Campaign,
+) -> Result<(), WriteError> {
+    let (_, owner) = owner_of(doc)?;
+    checkin.check(&owner, Some(campaign))?;
+    if doc::record(doc, CHECKINS, &checkin.id)?.is_some() {
+        return Err(Rejection::new(
+            format!("{CHECKINS}/{}", checkin.id),
+            Rule::Malformed,
+            "a check-in with this id already exists",
+        )
+        .into());
+    }
+    write_record(doc, CHECKINS, &checkin.id, &checkin.scalars())
+}
+
+/// Marks one of the owner's check-ins withdrawn.
+pub fn withdraw_checkin(doc: &mut Automerge, id: &str) -> Result<(), WriteError> {
+    if doc::record(doc, CHECKINS, id)?.is_none() {
+        return Err(WriteError::NotFound(id.to_string()));
+    }
+    write_record(
+        doc,
+        CHECKINS,
+        id,
+        &[("withdrawn", ScalarValue::Boolean(true))],
+    )
+}
+
+/// Reads one signature record (structure and types; campaign rules are checked by `check`).
+pub fn read_signature(doc: &Automerge, obj: &ObjId, key: &str) -> Result<Signature, Rejection> {
+    let p = format!("{SIGNATURES}/{key}");
+    doc::only_keys(doc, obj, SIGNATURE_FIELDS, &p)?;
+    let f = |k: &str| format!("{p}/{k}");
+    let sig = Signature {
+        id: required(get_str(doc, obj, "id", &f("id"))?, &f("id"))?,
+        campaign: required(
+            get_str(doc, obj, "campaign", &f("campaign"))?,
+            &f("campaign"),
+        )?,
+        event: get_opt_str(doc, obj, "event", &f("event"))?,
+        collected_at: required(
+            get_int(doc, obj, "collected_at", &f("collected_at"))?,
+            &f("collected_at"),
+        )?,
+        collected_by: required(
+            get_str(doc, obj, "collected_by", &f("collected_by"))?,
+            &f("collected_by"),
+        )?,
+        city: required(get_str(doc, obj, "city", &f("city"))?, &f("city"))?,
+        fsa: required(get_str(doc, obj, "fsa", &f("fsa"))?, &f("fsa"))?,
+        riding: get_opt_str(doc, obj, "riding", &f("riding"))?,
+        consent_contact: required(
+            get_bool(doc, obj, "consent_contact", &f("consent_contact"))?,
+            &f("consent_contact"),
+        )?,
+        dup: required(get_str(doc, obj, "dup", &f("dup"))?, &f("dup"))?,
+        sealed: required(get_bytes(doc, obj, "sealed", &f("sealed"))?, &f("sealed"))?,
+        withdrawn: get_bool(doc, obj, "withdrawn", &f("withdrawn"))?.unwrap_or(false),
+    };
+    if sig.id != key {
+        return Err(Rejection::new(
+            f("id"),
+            Rule::Malformed,
+            "a record's id must equal its key",
+        ));
+    }
+    Ok(sig)
+}
+
+/// Reads one check-in record.
+pub fn read_checkin(doc: &Automerge, obj: &ObjId, key: &str) -> Result<Checkin, Rejection> {
+    let p = format!("{CHECKINS}/{key}");
+    doc::only_keys(doc, obj, CHECKIN_FIELDS, &p)?;
+    let f = |k: &str| format!("{p}/{k}");
+    let c = Checkin {
+        id: required(get_str(doc, obj, "id", &f("id"))?, &f("id"))?,
+        event: required(get_str(doc, obj, "event", &f("event"))?, &f("event"))?,
+        attendee: required(
+            get_str(doc, obj, "attendee", &f("attendee"))?,
+            &f("attendee"),
+        )?,
+        at: required(get_int(doc, obj, "at", &f("at"))?, &f("at"))?,
+        by: required(get_str(doc, obj, "by", &f("by"))?, &f("by"))?,
+        walk_in: required(get_bool(doc, obj, "walk_in", &f("walk_in"))?, &f("walk_in"))?,
+        withdrawn: get_bool(doc, obj, "withdrawn", &f("withdrawn"))?.unwrap_or(false),
+    };
+    if c.id != key {
+        return Err(Rejection::new(
+            f("id"),
+            Rule::Malformed,
+            "a record's id must equal its key",
+        ));
+    }
+    Ok(c)
+}
+
+/// Reads a whole collection document.
+pub fn read(doc: &Automerge) -> Result<Collection, Rejection> {
+    let h = DocHeader::read(doc)?;
+    if h.kind != DocKind::Collection {
+        return Err(Rejection::new(
+            "kind",
+            Rule::WrongKind,
+            format!("expected a collection document, this is a {}", h.kind),
+        ));
+    }
+    let mut signatures = BTreeMap::new();
+    for (key, obj) in doc::records(doc, SIGNATURES)? {
+        signatures.insert(key.clone(), read_signature(doc, &obj, &key)?);
+    }
+    let mut checkins = BTreeMap::new();
+    for (key, obj) in doc::records(doc, CHECKINS)? {
+        checkins.insert(key.clone(), read_checkin(doc, &obj, &key)?);
+    }
+    Ok(Collection {
+        campaign: h.campaign,
+        owner: h.owner.unwrap_or_default(),
+        signatures,
+        checkins,
+    })
+}
+
+/// Number of records (signatures and check-ins) in a collection, without reading them.
+pub fn record_count(doc: &Automerge) -> usize {
+    [SIGNATURES, CHECKINS]
+        .iter()
+        .filter_map(|c| doc::container(doc, c).ok())
+        .map(|obj| doc.length(&obj))
+        .sum()
+}

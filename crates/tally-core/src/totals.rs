@@ -1,0 +1,211 @@
+//! The reference totals of a campaign, computed straight from its documents: signatures counted
+//! (neither withdrawn nor struck), unique signers (distinct duplicate tokens), each broken down by
+//! event, city, FSA, riding, day (in the campaign's time zone) and canvasser; unique check-ins per
+//! event; paper sheets beside the digital count. The server answers from a SQL projection; tests
+//! hold that projection equal to this function.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::TimeZone;
+
+use crate::campaign::Campaign;
+use crate::collection::{Collection, Signature};
+use crate::review::Review;
+
+/// One breakdown cell.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Cell {
+    /// Signatures counted.
+    pub signatures: u64,
+    /// Distinct signers among them.
+    pub unique: u64,
+}
+
+/// Check-ins at one event.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CheckinCell {
+    /// Distinct attendees.
+    pub unique: u64,
+    /// Distinct attendees checked in as pre-registered.
+    pub pre_registered: u64,
+    /// Distinct attendees checked in as walk-ins.
+    pub walk_in: u64,
+}
+
+/// Paper sheets of one status, or all.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PaperCell {
+    /// Sheets.
+    pub sheets: u64,
+    /// Signatures on them.
+    pub signatures: u64,
+}
+
+/// Paper sheets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PaperTotals {
+    /// Sheets.
+    pub sheets: u64,
+    /// Signatures on them.
+    pub signatures: u64,
+    /// By status: collected, counted, delivered.
+    pub by_status: BTreeMap<String, PaperCell>,
+}
+
+/// A campaign's totals. Signatures without an event or riding appear in no `by_event` or
+/// `by_riding` cell.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Totals {
+    /// Signatures counted: not withdrawn, not struck.
+    pub signatures: u64,
+    /// Distinct duplicate tokens among the counted signatures.
+    pub unique_signers: u64,
+    /// Struck signatures (not withdrawn, with a strike that is not revoked).
+    pub struck: u64,
+    /// Withdrawn signatures.
+    pub withdrawn: u64,
+    /// By event id.
+    pub by_event: BTreeMap<String, Cell>,
+    /// By city.
+    pub by_city: BTreeMap<String, Cell>,
+    /// By FSA.
+    pub by_fsa: BTreeMap<String, Cell>,
+    /// By riding.
+    pub by_riding: BTreeMap<String, Cell>,
+    /// By day, YYYY-MM-DD in the campaign's time zone.
+    pub by_day: BTreeMap<String, Cell>,
+    /// By canvasser id.
+    pub by_canvasser: BTreeMap<String, Cell>,
+    /// Check-ins by event id.
+    pub checkins: BTreeMap<String, CheckinCell>,
+    /// Paper sheets.
+    pub paper: PaperTotals,
+}
+
+/// The day of `ms` in the time zone `tz` (UTC if `tz` is not a zone name).
+pub fn day_of(ms: i64, tz: &str) -> String {
+    let tz: chrono_tz::Tz = tz.parse().unwrap_or(chrono_tz::UTC);
+    match tz.timestamp_millis_opt(ms).single() {
+        Some(t) => t.format("%Y-%m-%d").to_string(),
+        None => "invalid".to_string(),
+    }
+}
+
+#[derive(Default)]
+struct Acc {
+    signatures: u64,
+    tokens: BTreeSet<String>,
+}
+
+impl Acc {
+    fn add(&mut self, token: &str) {
+        self.signatures += 1;
+        self.tokens.insert(token.to_string());
+    }
+    fn cell(&self) -> Cell {
+        Cell {
+            signatures: self.signatures,
+            unique: self.tokens.len() as u64,
+        }
+    }
+}
+
+fn cells(map: BTreeMap<String, Acc>) -> BTreeMap<String, Cell> {
+    map.into_iter().map(|(k, a)| (k, a.cell())).collect()
+}
+
+/// Is this signature counted, given the review?
+pub fn counts(sig: &Signature, review: &Review) -> bool {
+    !sig.withdrawn && !is_struck(sig, review)
+}
+
+fn is_struck(sig: &Signature, review: &Review) -> bool {
+    review.strikes.get(&sig.id).is_some_and(|s| !s.revoked)
+}
+
+/// Computes a campaign's totals from its documents. Collections of other campaigns are ignored.
+pub fn totals(campaign: &Campaign, collections: &[Collection], review: &Review) -> Totals {
+    let mut t = Totals::default();
+    let mut all = Acc::default();
+    let mut dims: [BTreeMap<String, Acc>; 6] = Default::default();
+    let mut checkins: BTreeMap<String, [BTreeSet<&str>; 3]> = BTreeMap::new();
+    for c in collections.iter().filter(|c| c.campaign == campaign.id) {
+        for sig in c.signatures.values() {
+            if sig.withdrawn {
+                t.withdrawn += 1;
+                continue;
+            }
+            if is_struck(sig, review) {
+                t.struck += 1;
+                continue;
+            }
+            all.add(&sig.dup);
+            let keys = [
+                sig.event.clone(),
+                Some(sig.city.clone()),
+                Some(sig.fsa.clone()),
+                sig.riding.clone(),
+                Some(day_of(sig.collected_at, &campaign.timezone)),
+                Some(sig.collected_by.clone()),
+            ];
+            for (dim, key) in dims.iter_mut().zip(keys) {
+                if let Some(k) = key {
+                    dim.entry(k).or_default().add(&sig.dup);
+                }
+            }
+        }
+        for ci in c.checkins.values().filter(|ci| !ci.withdrawn) {
+            let sets = checkins.entry(ci.event.clone()).or_default();
+            sets[0].insert(&ci.attendee);
+            sets[if ci.walk_in { 2 } else { 1 }].insert(&ci.attendee);
+        }
+    }
+    t.signatures = all.signatures;
+    t.unique_signers = all.tokens.len() as u64;
+    let [ev, city, fsa, riding, day, canvasser] = dims;
+    t.by_event = cells(ev);
+    t.by_city = cells(city);
+    t.by_fsa = cells(fsa);
+    t.by_riding = cells(riding);
+    t.by_day = cells(day);
+    t.by_canvasser = cells(canvasser);
+    t.checkins = checkins
+        .into_iter()
+        .map(|(k, [u, p, w])| {
+            (
+                k,
+                CheckinCell {
+                    unique: u.len() as u64,
+                    pre_registered: p.len() as u64,
+                    walk_in: w.len() as u64,
+                },
+            )
+        })
+        .collect();
+    for sheet in review.sheets.values() {
+        let n = sheet.count.max(0) as u64;
+        t.paper.sheets += 1;
+        t.paper.signatures += n;
+        let cell = t
+            .paper
+            .by_status
+            .entry(sheet.status.as_str().to_string())
+            .or_default();
+        cell.sheets += 1;
+        cell.signatures += n;
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_follow_the_campaign_time_zone() {
+        // 2025-06-15T03:00:00Z is still June 14 in Toronto.
+        let ms = 1_749_956_400_000;
+        assert_eq!(day_of(ms, "America/Toronto"), "2025-06-14");
+        assert_eq!(day_of(ms, "UTC"), "2025-06-15");
+    }
+}

@@ -1,0 +1,514 @@
+//! Devices, their bearer tokens, and the one-time invites that enroll them.
+//!
+//! A device proves who it is with a bearer token: `tly_` followed by 64 hex digits (32 random
+//! bytes), shown once when the device is created and never stored: the store keeps only its
+//! SHA-256, so a seized database file does not let anyone sync as a device. Tokens come from
+//! [`Store::create_admin`] (the first device of a new server) or from redeeming an invite.
+//!
+//! An invite is a one-time code an organizer shows (as a QR code, or read out): 12 characters
+//! of Crockford's base32 (no I, L, O, U), shown as `XXXX-XXXX-XXXX`, 60 random bits. It too is
+//! stored only as a hash, expires after its time to live, and enrolls exactly one device.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rand::RngCore;
+use rand::rngs::OsRng;
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use sha2::{Digest, Sha256};
+
+use crate::Store;
+use crate::error::{Result, StoreError};
+
+/// What a device may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Runs the server: enrolls organizers, revokes devices.
+    Admin,
+    /// Writes campaign and review documents, reads totals and sealed exports.
+    Organizer,
+    /// Writes its own collection documents.
+    Canvasser,
+}
+
+impl Role {
+    /// The role as stored and shown: "admin", "organizer" or "canvasser".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Organizer => "organizer",
+            Role::Canvasser => "canvasser",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Role> {
+        match s {
+            "admin" => Ok(Role::Admin),
+            "organizer" => Ok(Role::Organizer),
+            "canvasser" => Ok(Role::Canvasser),
+            other => Err(StoreError::Invalid(format!(
+                "unknown role {other:?}: use admin, organizer or canvasser"
+            ))),
+        }
+    }
+}
+
+impl ToSql for Role {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for Role {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Role> {
+        value
+            .as_str()?
+            .parse()
+            .map_err(|err: StoreError| FromSqlError::Other(Box::new(err)))
+    }
+}
+
+/// An enrolled device. Never carries its token or the token's hash.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Device {
+    /// Random id (32 hex digits); the owner of its collection documents.
+    pub device_id: String,
+    /// What the person enrolling it called it ("Amina's phone").
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// The campaign it works for; `None` for admins and cross-campaign organizers.
+    pub campaign: Option<String>,
+    /// When it was enrolled, ms since the Unix epoch.
+    pub created_at: i64,
+    /// When it was revoked; a revoked device no longer authenticates.
+    pub revoked_at: Option<i64>,
+    /// When it last authenticated (kept to the minute, see [`LAST_SEEN_RESOLUTION_MS`]).
+    pub last_seen: Option<i64>,
+}
+
+/// A device's bearer token, shown once. `Debug` hides it so it cannot leak into logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// The token text, to hand to the device (once).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The token text, consuming the wrapper.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(tly_<redacted>)")
+    }
+}
+
+/// A one-time invite code, as shown to people (`XXXX-XXXX-XXXX`). `Debug` hides it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct InviteCode(String);
+
+impl InviteCode {
+    /// The code as shown to people, e.g. `7K3M-Q9TZ-0HXW`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for InviteCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("InviteCode(<redacted>)")
+    }
+}
+
+/// `last_seen` is only rewritten when it is older than this, so that authenticating costs a
+/// write at most once a minute per device, not once per connection.
+pub const LAST_SEEN_RESOLUTION_MS: i64 = 60_000;
+
+const TOKEN_PREFIX: &str = "tly_";
+/// Crockford's base32: digits and capitals without I, L, O, U.
+const CODE_ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+const CODE_LEN: usize = 12;
+const MAX_NAME_CHARS: usize = 100;
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    OsRng.fill_bytes(&mut bytes);
+    bytes
+}
+
+fn new_id() -> String {
+    hex::encode(random_bytes::<16>())
+}
+
+fn new_token() -> Token {
+    Token(format!(
+        "{TOKEN_PREFIX}{}",
+        hex::encode(random_bytes::<32>())
+    ))
+}
+
+fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// A new code: 12 symbols, each from 5 random bits (256 is a multiple of 32, so uniform).
+fn new_code() -> String {
+    random_bytes::<CODE_LEN>()
+        .iter()
+        .map(|byte| char::from(CODE_ALPHABET[usize::from(byte % 32)]))
+        .collect()
+}
+
+/// Groups a normalized code as people read it: `XXXX-XXXX-XXXX`.
+fn display_code(code: &str) -> String {
+    let chars: Vec<char> = code.chars().collect();
+    chars
+        .chunks(4)
+        .map(|group| group.iter().collect::<String>())
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// Undoes typing variations: case, dashes and spaces, and the look-alikes O/I/L; `None` if what
+/// is left is not a code at all.
+fn normalize_code(typed: &str) -> Option<String> {
+    let code: String = typed
+        .chars()
+        .filter(|c| !matches!(c, '-' | ' ' | '\t'))
+        .map(|c| match c.to_ascii_uppercase() {
+            'O' => '0',
+            'I' | 'L' => '1',
+            other => other,
+        })
+        .collect();
+    let valid = code.len() == CODE_LEN && code.bytes().all(|b| CODE_ALPHABET.contains(&b));
+    valid.then_some(code)
+}
+
+fn code_hash(normalized: &str) -> [u8; 32] {
+    Sha256::digest(format!("tally-invite:{normalized}").as_bytes()).into()
+}
+
+fn clean_name(name: &str) -> Result<String> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+        return Err(StoreError::Invalid(format!(
+            "a device name must have 1 to {MAX_NAME_CHARS} characters"
+        )));
+    }
+    Ok(name.to_owned())
+}
+
+/// The stored fields of an invite that redeeming it needs.
+struct InviteRow {
+    invite_id: String,
+    campaign: Option<String>,
+    role: Role,
+    expires_at: i64,
+    used_at: Option<i64>,
+}
+
+const DEVICE_COLUMNS: &str = "device_id, name, role, campaign, created_at, revoked_at, last_seen";
+
+fn device_from_row(row: &Row<'_>) -> rusqlite::Result<Device> {
+    Ok(Device {
+        device_id: row.get(0)?,
+        name: row.get(1)?,
+        role: row.get(2)?,
+        campaign: row.get(3)?,
+        created_at: row.get(4)?,
+        revoked_at: row.get(5)?,
+        last_seen: row.get(6)?,
+    })
+}
+
+fn insert_device(
+    conn: &Connection,
+    name: &str,
+    role: Role,
+    campaign: Option<&str>,
+    now: i64,
+) -> Result<(Device, Token)> {
+    let device = Device {
+        device_id: new_id(),
+        name: clean_name(name)?,
+        role,
+        campaign: campaign.map(str::to_owned),
+        created_at: now,
+        revoked_at: None,
+        last_seen: None,
+    };
+    let token = new_token();
+    conn.execute(
+        "INSERT INTO devices (device_id, name, role, campaign, token_hash, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            device.device_id,
+            device.name,
+            device.role,
+            device.campaign,
+            token_hash(token.as_str()),
+            device.created_at
+        ],
+    )?;
+    Ok((device, token))
+}
+
+fn has_admin(conn: &Connection) -> Result<bool> {
+    Ok(conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM devices WHERE role = 'admin' AND revoked_at IS NULL)",
+        [],
+        |row| row.get(0),
+    )?)
+}
+
+impl Store {
+    /// Whether a working (unrevoked) admin device exists.
+    pub fn has_admin(&self) -> Result<bool> {
+        self.with_conn(has_admin)
+    }
+
+    /// Creates the first admin device and returns it with its token (show it once). Fails with
+    /// [`StoreError::AdminExists`] while an unrevoked admin exists.
+    pub fn create_admin(&self, name: &str, now: i64) -> Result<(Device, Token)> {
+        self.write(|tx| {
+            if has_admin(tx.conn())? {
+                return Err(StoreError::AdminExists);
+            }
+            insert_device(tx.conn(), name, Role::Admin, None, now)
+        })
+    }
+
+    /// Creates a one-time invite that enrolls one device with `role` (and `campaign`), valid
+    /// for `ttl_ms` from `now`. Returns the invite id (to list or audit) and the code (show it
+    /// once).
+    pub fn create_invite(
+        &self,
+        campaign: Option<&str>,
+        role: Role,
+        ttl_ms: i64,
+        now: i64,
+    ) -> Result<(String, InviteCode)> {
+        if ttl_ms <= 0 {
+            return Err(StoreError::Invalid(format!(
+                "an invite's time to live must be positive (got {ttl_ms} ms)"
+            )));
+        }
+        let expires_at = now.checked_add(ttl_ms).ok_or_else(|| {
+            StoreError::Invalid(format!(
+                "an invite's time to live is too long ({ttl_ms} ms)"
+            ))
+        })?;
+        let invite_id = new_id();
+        let code = new_code();
+        self.write(|tx| {
+            tx.conn().execute(
+                "INSERT INTO invites (invite_id, code_hash, campaign, role, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![invite_id, code_hash(&code), campaign, role, now, expires_at],
+            )?;
+            Ok(())
+        })?;
+        Ok((invite_id, InviteCode(display_code(&code))))
+    }
+
+    /// Redeems an invite code (as typed: case, dashes and O/I/L look-alikes are forgiven) for a
+    /// new device named `device_name`; returns the device and its token (show it once).
+    /// Unknown, used and expired codes fail with [`StoreError::InviteUnknown`],
+    /// [`StoreError::InviteUsed`] and [`StoreError::InviteExpired`].
+    pub fn redeem_invite(
+        &self,
+        code: &str,
+        device_name: &str,
+        now: i64,
+    ) -> Result<(Device, Token)> {
+        let name = clean_name(device_name)?;
+        let hash = code_hash(&normalize_code(code).ok_or(StoreError::InviteUnknown)?);
+        self.write(|tx| {
+            let conn = tx.conn();
+            let invite = conn
+                .query_row(
+                    "SELECT invite_id, campaign, role, expires_at, used_at
+                     FROM invites WHERE code_hash = ?1",
+                    [hash.as_slice()],
+                    |row| {
+                        Ok(InviteRow {
+                            invite_id: row.get(0)?,
+                            campaign: row.get(1)?,
+                            role: row.get(2)?,
+                            expires_at: row.get(3)?,
+                            used_at: row.get(4)?,
+                        })
+                    },
+                )
+                .optional()?
+                .ok_or(StoreError::InviteUnknown)?;
+            if invite.used_at.is_some() {
+                return Err(StoreError::InviteUsed);
+            }
+            if now >= invite.expires_at {
+                return Err(StoreError::InviteExpired);
+            }
+            let (device, token) =
+                insert_device(conn, &name, invite.role, invite.campaign.as_deref(), now)?;
+            conn.execute(
+                "UPDATE invites SET used_at = ?2, device_id = ?3 WHERE invite_id = ?1",
+                params![invite.invite_id, now, device.device_id],
+            )?;
+            Ok((device, token))
+        })
+    }
+    /// The device a bearer token belongs to, or `None` if the token is unknown, malformed or
+    /// its device revoked. Records `last_seen` (at most one write a minute per device).
+    pub fn authenticate(&self, token: &str, now: i64) -> Result<Option<Device>> {
+        if !token.starts_with(TOKEN_PREFIX) {
+            return Ok(None);
+        }
+        let hash = token_hash(token);
+        self.with_conn(|conn| {
+            let device = conn
+                .query_row(
+                    &format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE token_hash = ?1"),
+                    [hash.as_slice()],
+                    device_from_row,
+                )
+                .optional()?;
+            let Some(mut device) = device.filter(|d| d.revoked_at.is_none()) else {
+                return Ok(None);
+            };
+            if device
+                .last_seen
+                .is_none_or(|seen| seen <= now - LAST_SEEN_RESOLUTION_MS)
+            {
+                conn.execute(
+                    "UPDATE devices SET last_seen = ?2 WHERE device_id = ?1",
+                    params![device.device_id, now],
+                )?;
+                device.last_seen = Some(now);
+            }
+            Ok(Some(device))
+        })
+    }
+
+    /// Revokes a device: its token stops authenticating. Returns `false` if it was already
+    /// revoked (its first revocation time is kept); [`StoreError::NotFound`] if unknown.
+    pub fn revoke_device(&self, device_id: &str, now: i64) -> Result<bool> {
+        self.write(|tx| {
+            let changed = tx.conn().execute(
+                "UPDATE devices SET revoked_at = ?2 WHERE device_id = ?1 AND revoked_at IS NULL",
+                params![device_id, now],
+            )?;
+            if changed == 1 {
+                return Ok(true);
+            }
+            let exists: bool = tx.conn().query_row(
+                "SELECT EXISTS (SELECT 1 FROM devices WHERE device_id = ?1)",
+                [device_id],
+                |row| row.get(0),
+            )?;
+            if exists {
+                Ok(false)
+            } else {
+                Err(StoreError::NotFound(format!("device {device_id:?}")))
+            }
+        })
+    }
+
+    /// One device, revoked or not.
+    pub fn device(&self, device_id: &str) -> Result<Option<Device>> {
+        self.with_conn(|conn| {
+            Ok(conn
+                .query_row(
+                    &format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE device_id = ?1"),
+                    [device_id],
+                    device_from_row,
+                )
+                .optional()?)
+        })
+    }
+
+    /// Every device, revoked ones included, oldest first.
+    pub fn list_devices(&self) -> Result<Vec<Device>> {
+        self.with_conn(|conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {DEVICE_COLUMNS} FROM devices ORDER BY created_at, device_id"
+            ))?;
+            let rows = stmt.query_map([], device_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    /// The devices revoked at or after `since_ms`, earliest first: the server polls this to
+    /// close revoked devices' connections.
+    pub fn revoked_since(&self, since_ms: i64) -> Result<Vec<String>> {
+        self.with_conn(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT device_id FROM devices WHERE revoked_at >= ?1 ORDER BY revoked_at",
+            )?;
+            let rows = stmt.query_map([since_ms], |row| row.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_typable_and_normalize() {
+        let code = new_code();
+        assert_eq!(code.len(), CODE_LEN);
+        let shown = display_code(&code);
+        assert_eq!(shown.len(), CODE_LEN + 2);
+        assert_eq!(normalize_code(&shown).as_deref(), Some(code.as_str()));
+        assert_eq!(
+            normalize_code(&shown.to_lowercase().replace('-', " ")).as_deref(),
+            Some(code.as_str())
+        );
+        assert_eq!(
+            normalize_code("O0IL-1111-1111").as_deref(),
+            Some("001111111111")
+        );
+        assert_eq!(normalize_code("UUUU-UUUU-UUUU"), None);
+        assert_eq!(normalize_code("ABC"), None);
+    }
+
+    #[test]
+    fn tokens_have_the_documented_shape_and_hide_in_debug() {
+        let token = new_token();
+        assert!(token.as_str().starts_with(TOKEN_PREFIX));
+        assert_eq!(token.as_str().len(), TOKEN_PREFIX.len() + 64);
+        assert!(!format!("{token:?}").contains(&token.as_str()[4..]));
+        assert_ne!(new_token(), token);
+    }
+
+    #[test]
+    fn roles_round_trip_as_strings() {
+        for role in [Role::Admin, Role::Organizer, Role::Canvasser] {
+            assert_eq!(role.as_str().parse::<Role>().ok(), Some(role));
+        }
+        assert!(matches!(
+            "root".parse::<Role>(),
+            Err(StoreError::Invalid(_))
+        ));
+    }
+}

@@ -1,0 +1,266 @@
+//! `tally-store`: the sync server's storage, one SQLite file.
+//!
+//! It holds the documents (as opaque automerge bytes: a compacted snapshot plus incremental
+//! chunks), the per-peer sync states, the enrolled devices and their hashed tokens, the
+//! one-time invites, and the quarantine of rejected sync messages. It knows nothing about
+//! automerge itself.
+//!
+//! The crate is synchronous: the server calls it from `spawn_blocking` or a dedicated writer
+//! thread. A [`Store`] owns one connection behind a mutex, so it is `Send + Sync` and its calls
+//! are serialized; for reads beside a busy writer, open a second `Store` on the same file (WAL
+//! lets readers and one writer run at once).
+//!
+//! Durability: the file runs in WAL mode with `synchronous=FULL`, so when [`Store::write`] (or
+//! any other writing call) returns `Ok`, the change has been committed and fsynced, and survives
+//! power loss. That return is the point after which the server may acknowledge a change.
+//!
+//! Times are milliseconds since the Unix epoch, passed in by the caller (the store never reads
+//! the clock), so tests control time.
+//!
+//! Modules: [`error`] (the error type and SQLite error mapping), `schema` (migrations),
+//! [`documents`] (documents, chunks, compaction, sync states), [`devices`] (devices, tokens,
+//! invites), [`quarantine`] (rejected messages).
+
+pub mod devices;
+pub mod documents;
+pub mod error;
+pub mod quarantine;
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+
+pub use devices::{Device, InviteCode, Role, Token};
+pub use documents::{CAMPAIGN_KIND, ChunkStats, DocFilter, DocMeta, StoredDoc};
+pub use error::{Result, StoreError};
+pub use quarantine::{QuarantineEntry, QuarantineFilter};
+pub use rusqlite;
+pub use schema::SCHEMA_VERSION;
+
+/// How long a call waits for another connection's write lock before failing with
+/// [`StoreError::Other`] (SQLITE_BUSY).
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The server's storage: one SQLite database file.
+pub struct Store {
+    /// The connection, and whether a failed rollback left it unusable.
+    inner: Mutex<Inner>,
+    /// Where the file lives (for messages and for opening companion stores).
+    path: PathBuf,
+}
+
+struct Inner {
+    conn: Connection,
+    /// Set when a rollback failed and the connection is still inside a transaction: from then
+    /// on every call returns [`StoreError::Broken`] with this description.
+    broken: Option<String>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database file at `path` for reading and writing, sets WAL
+    /// mode, `synchronous=FULL`, foreign keys and the busy timeout, and applies any missing
+    /// schema migrations.
+    pub fn open(path: &Path) -> Result<Store> {
+        let mut conn = Connection::open(path)?;
+        configure(&conn)?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Invalid(format!(
+                "SQLite refused WAL mode for {} (got journal_mode={mode}): put the database \
+                 on a local filesystem",
+                path.display()
+            )));
+        }
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        schema::migrate(&mut conn)?;
+        Ok(Store::from_conn(conn, path.to_path_buf()))
+    }
+
+    /// Opens an existing database file read-only (for inspection and backups): every writing
+    /// call then fails with [`StoreError::ReadOnly`]. The file must already be at this build's
+    /// schema version.
+    pub fn open_read_only(path: &Path) -> Result<Store> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)?;
+        configure(&conn)?;
+        let found = schema::current_version(&conn)?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if found < SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooOld {
+                found,
+                needed: SCHEMA_VERSION,
+            });
+        }
+        Ok(Store::from_conn(conn, path.to_path_buf()))
+    }
+
+    /// An in-memory store, for unit tests of callers that do not care about files. Anything
+    /// about durability must be tested with [`Store::open`] on a real file.
+    pub fn open_in_memory() -> Result<Store> {
+        let mut conn = Connection::open_in_memory()?;
+        configure(&conn)?;
+        schema::migrate(&mut conn)?;
+        Ok(Store::from_conn(conn, PathBuf::from(":memory:")))
+    }
+
+    fn from_conn(conn: Connection, path: PathBuf) -> Store {
+        Store {
+            inner: Mutex::new(Inner { conn, broken: None }),
+            path,
+        }
+    }
+
+    /// The database file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Caps the database at `max_pages` pages (`PRAGMA max_page_count`) on this store's
+    /// connection, until it is reopened; returns the cap in force, which SQLite never sets
+    /// below the file's current size. A write that would grow the file past the cap fails with
+    /// [`StoreError::Full`], exactly like a full disk: fault tests use it to simulate one, and
+    /// an operator can use it to bound the file. Pass `u32::MAX` to lift the cap.
+    pub fn set_max_pages(&self, max_pages: u32) -> Result<u64> {
+        let inner = self.lock()?;
+        let cap: i64 =
+            inner
+                .conn
+                .query_row(&format!("PRAGMA max_page_count = {max_pages}"), [], |row| {
+                    row.get(0)
+                })?;
+        Ok(u64::try_from(cap).unwrap_or(0))
+    }
+
+    /// The database's current size in pages (`PRAGMA page_count`).
+    pub fn page_count(&self) -> Result<u64> {
+        let inner = self.lock()?;
+        let count: i64 = inner
+            .conn
+            .pragma_query_value(None, "page_count", |row| row.get(0))?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    /// Runs `f` inside one immediate (write-locking) transaction and commits it before
+    /// returning `Ok`: that commit is the durability point the server acknowledges after.
+    /// If `f` returns `Err`, or the commit fails, everything `f` wrote is rolled back and the
+    /// error is returned.
+    ///
+    /// `f` gets a [`WriteTx`], with the store's own writes (`append_chunk`, `put_meta`,
+    /// `quarantine`, ...) and [`WriteTx::conn`] for the caller's own tables.
+    pub fn write<T>(&self, f: impl FnOnce(&WriteTx<'_>) -> Result<T>) -> Result<T> {
+        self.write_with_error(f)
+    }
+
+    /// Like [`Store::write`], for a closure with its own error type (one that a
+    /// [`StoreError`] converts into), e.g. the server's "change rejected" error.
+    pub fn write_with_error<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&WriteTx<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut inner = self.lock()?;
+        let outcome = run_in_transaction(&mut inner.conn, TransactionBehavior::Immediate, |tx| {
+            f(&WriteTx { tx })
+        });
+        inner.check_no_open_transaction();
+        outcome
+    }
+
+    /// Runs `f` in a deferred (read) transaction, so that several queries see one snapshot.
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let mut inner = self.lock()?;
+        let outcome =
+            run_in_transaction(&mut inner.conn, TransactionBehavior::Deferred, |tx| f(tx));
+        inner.check_no_open_transaction();
+        outcome
+    }
+
+    /// Runs one statement (or a few that need no common snapshot) outside a transaction.
+    pub(crate) fn with_conn<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let inner = self.lock()?;
+        f(&inner.conn)
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Inner>> {
+        // A panic inside a closure drops its transaction, which rolls back: the connection
+        // itself is still sound, so a poisoned lock is safe to take over.
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(why) = &inner.broken {
+            return Err(StoreError::Broken(why.clone()));
+        }
+        Ok(inner)
+    }
+}
+
+impl Inner {
+    /// After a transaction, the connection must be back in autocommit mode. If a rollback
+    /// failed, try once more, and if that fails too, refuse all further work.
+    fn check_no_open_transaction(&mut self) {
+        if self.conn.is_autocommit() {
+            return;
+        }
+        if let Err(err) = self.conn.execute_batch("ROLLBACK") {
+            self.broken = Some(StoreError::from(err).to_string());
+        }
+    }
+}
+
+/// Sets the per-connection settings every store connection needs.
+fn configure(conn: &Connection) -> Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+fn run_in_transaction<T, E: From<StoreError>>(
+    conn: &mut Connection,
+    behavior: TransactionBehavior,
+    f: impl FnOnce(&Transaction<'_>) -> Result<T, E>,
+) -> Result<T, E> {
+    let tx = conn
+        .transaction_with_behavior(behavior)
+        .map_err(StoreError::from)?;
+    match f(&tx) {
+        Ok(value) => {
+            // On failure the dropped transaction rolls back; the caller checks it did.
+            tx.commit().map_err(StoreError::from)?;
+            Ok(value)
+        }
+        Err(err) => {
+            // The caller's error is the one to report. If this rollback fails, the caller's
+            // `check_no_open_transaction` retries it and marks the store broken if needed, so
+            // that failure is reported by every later call rather than lost.
+            // `finish` rolls back unless SQLite already did (some errors end the transaction).
+            let _checked_by_caller = tx.finish();
+            Err(err)
+        }
+    }
+}
+
+/// The write side of one transaction, handed to the closure of [`Store::write`].
+pub struct WriteTx<'a> {
+    tx: &'a Transaction<'a>,
+}
+
+impl<'a> WriteTx<'a> {
+    /// The underlying transaction, for the caller's own tables (e.g. the signature projection).
+    /// Everything done through it commits or rolls back with the rest of the closure.
+    pub fn conn(&self) -> &'a Transaction<'a> {
+        self.tx
+    }
+}

@@ -1,0 +1,123 @@
+//! The database schema and its migrations.
+//!
+//! `PRAGMA user_version` holds the number of migrations applied. Opening a store applies the
+//! missing ones inside one `BEGIN IMMEDIATE` transaction, so two processes opening the same new
+//! file at once cannot both migrate it, and a crash mid-migration leaves the old version intact.
+//! Migrations are append-only: never edit one that has shipped, add the next one instead.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::error::{Result, StoreError};
+
+/// The migrations, in order; `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // v1: documents, chunks, sync states, devices, invites, quarantine.
+    r#"
+    -- One row per document the server stores. The store treats kinds as opaque strings, except
+    -- 'campaign': campaign documents are the campaign registry.
+    CREATE TABLE documents (
+        doc_id     TEXT PRIMARY KEY,
+        kind       TEXT NOT NULL,
+        campaign   TEXT NOT NULL,
+        owner      TEXT,
+        created_at INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX documents_by_campaign ON documents (campaign, kind);
+    CREATE INDEX documents_by_kind ON documents (kind);
+    CREATE INDEX documents_by_owner ON documents (owner) WHERE owner IS NOT NULL;
+
+    -- A document's bytes: at most one compacted snapshot (always the lowest seq) followed by
+    -- incremental chunks, to be loaded in seq order.
+    CREATE TABLE chunks (
+        doc_id     TEXT NOT NULL REFERENCES documents (doc_id) ON DELETE CASCADE,
+        seq        INTEGER NOT NULL,
+        kind       TEXT NOT NULL CHECK (kind IN ('snapshot', 'incremental')),
+        bytes      BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (doc_id, seq)
+    ) STRICT;
+    CREATE UNIQUE INDEX chunks_one_snapshot ON chunks (doc_id) WHERE kind = 'snapshot';
+
+    -- Encoded automerge sync states per peer and document, so a reconnecting peer does not
+    -- make the server summarise a document's whole history again.
+    CREATE TABLE sync_states (
+        peer_key   TEXT NOT NULL,
+        doc_id     TEXT NOT NULL REFERENCES documents (doc_id) ON DELETE CASCADE,
+        bytes      BLOB NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (peer_key, doc_id)
+    ) STRICT;
+    CREATE INDEX sync_states_by_doc ON sync_states (doc_id);
+
+    -- Enrolled devices. Only the SHA-256 of a device's bearer token is kept.
+    CREATE TABLE devices (
+        device_id  TEXT PRIMARY KEY,
+        name       TEXT NOT NULL,
+        role       TEXT NOT NULL CHECK (role IN ('admin', 'organizer', 'canvasser')),
+        campaign   TEXT,
+        token_hash BLOB NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER,
+        last_seen  INTEGER
+    ) STRICT;
+    CREATE INDEX devices_by_revoked_at ON devices (revoked_at) WHERE revoked_at IS NOT NULL;
+
+    -- One-time enrollment codes. Only the SHA-256 of the normalized code is kept.
+    CREATE TABLE invites (
+        invite_id  TEXT PRIMARY KEY,
+        code_hash  BLOB NOT NULL UNIQUE,
+        campaign   TEXT,
+        role       TEXT NOT NULL CHECK (role IN ('admin', 'organizer', 'canvasser')),
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        used_at    INTEGER,
+        device_id  TEXT REFERENCES devices (device_id)
+    ) STRICT;
+
+    -- Rejected sync messages, kept instead of dropped. No foreign keys: the evidence stays even
+    -- when it names a document the server never stored.
+    CREATE TABLE quarantine (
+        id        INTEGER PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        doc_id    TEXT NOT NULL,
+        at        INTEGER NOT NULL,
+        reason    TEXT NOT NULL,
+        bytes     BLOB NOT NULL
+    ) STRICT;
+    CREATE INDEX quarantine_by_at ON quarantine (at);
+    CREATE INDEX quarantine_by_device ON quarantine (device_id, at);
+    CREATE INDEX quarantine_by_doc ON quarantine (doc_id, at);
+    "#,
+];
+
+/// The schema version this build writes and reads.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Reads `PRAGMA user_version`.
+pub(crate) fn current_version(conn: &Connection) -> Result<i64> {
+    Ok(conn.pragma_query_value(None, "user_version", |row| row.get(0))?)
+}
+
+/// Applies every missing migration in one immediate transaction. Idempotent.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let found = current_version(&tx)?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if found < 0 {
+        return Err(StoreError::Invalid(format!(
+            "the database's user_version is {found}, which tally never writes: \
+             is this file a tally database?"
+        )));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", index as i64 + 1)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
