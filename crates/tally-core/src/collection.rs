@@ -682,3 +682,17 @@ pub fn record_count(doc: &Automerge) -> usize {
         .map(|obj| doc.length(&obj))
         .sum()
 }
+
+/// One signature of a collection by id, if present.
+pub fn signature(doc: &Automerge, id: &str) -> Result<Option<Signature>, Rejection> {
+    doc::record(doc, SIGNATURES, id)?
+        .map(|obj| read_signature(doc, &obj, id))
+        .transpose()
+}
+
+/// One check-in of a collection by id, if present.
+pub fn checkin(doc: &Automerge, id: &str) -> Result<Option<Checkin>, Rejection> {
+    doc::record(doc, CHECKINS, id)?
+        .map(|obj| read_checkin(doc, &obj, id))
+        .transpose()
+}

@@ -290,3 +290,17 @@ pub fn read(doc: &Automerge) -> Result<Review, Rejection> {
     }
     Ok(review)
 }
+
+/// One strike by signature id, if present.
+pub fn strike(doc: &Automerge, signature_id: &str) -> Result<Option<Strike>, Rejection> {
+    doc::record(doc, STRIKES, signature_id)?
+        .map(|obj| read_strike(doc, &obj, signature_id))
+        .transpose()
+}
+
+/// One sheet by serial, if present.
+pub fn sheet(doc: &Automerge, serial: &str) -> Result<Option<Sheet>, Rejection> {
+    doc::record(doc, SHEETS, serial)?
+        .map(|obj| read_sheet(doc, &obj, serial))
+        .transpose()
+}

@@ -728,16 +728,24 @@ fn decode_sync(
 ) -> Result<sync::Message, SessionError> {
     let bad = |reason: String| SessionError::BadSyncMessage { kind, doc, reason };
     let message = sync::Message::decode(data).map_err(|e| bad(e.to_string()))?;
-    check_blooms(&message).map_err(bad)?;
+    check_sync_message(&message).map_err(bad)?;
     Ok(message)
 }
 
-/// automerge 0.12 trusts the bloom filter parameters it decodes: with entries but zero bits
-/// per entry, `BloomFilter::contains_hash` divides by zero (a panic in the server's next
-/// `generate_sync_message`), and a huge probe count makes it allocate `num_probes` u32s.
-/// automerge itself writes 10 bits per entry and 7 probes.
-fn check_blooms(message: &sync::Message) -> Result<(), String> {
+/// Refuses sync messages that automerge 0.12 decodes but then panics on in the host's next
+/// `generate_sync_message` (both found by this crate's fuzz tests):
+/// - a `need` list naming a change we have twice: `get_changes_by_hashes` unwraps a
+///   `MissingOps` error;
+/// - a bloom filter with entries but zero bits per entry: `BloomFilter::contains_hash`
+///   divides by zero; and a huge probe count makes it allocate `num_probes` u32s (automerge
+///   itself writes 10 bits per entry and 7 probes).
+fn check_sync_message(message: &sync::Message) -> Result<(), String> {
     const MAX_PROBES: u64 = 64;
+    let mut need = message.need.clone();
+    need.sort_unstable();
+    if let Some(pair) = need.windows(2).find(|w| w[0] == w[1]) {
+        return Err(format!("need lists change {} twice", pair[0]));
+    }
     for have in &message.have {
         let bytes = have.bloom.to_bytes();
         let mut rest = bytes.as_slice();

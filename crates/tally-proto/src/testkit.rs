@@ -230,9 +230,15 @@ impl Hub {
             Ok(()) => {
                 let changed = after.get_heads() != before.get_heads();
                 self.session_mut(client).set_sync_state(doc, state);
-                if existed || changed {
-                    self.docs.insert(doc, after);
+                if !existed && !changed {
+                    // Nothing stored yet (the first message only carries heads): answer from
+                    // the empty document so the phone sends its changes, store nothing.
+                    if let Some(frame) = self.session_mut(client).sync_frame(doc, &after) {
+                        out.send.push((client, frame));
+                    }
+                    return;
                 }
+                self.docs.insert(doc, after);
                 self.sync_to(client, doc, out);
                 if changed {
                     for other in self.subscribers_except(doc, client) {

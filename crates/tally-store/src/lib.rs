@@ -182,7 +182,7 @@ impl Store {
     }
 
     /// Runs `f` in a deferred (read) transaction, so that several queries see one snapshot.
-    pub(crate) fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    pub fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let mut inner = self.lock()?;
         let outcome =
             run_in_transaction(&mut inner.conn, TransactionBehavior::Deferred, |tx| f(tx));

@@ -88,6 +88,57 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX quarantine_by_device ON quarantine (device_id, at);
     CREATE INDEX quarantine_by_doc ON quarantine (doc_id, at);
     "#,
+    // 2: the totals projection. Rows are kept current from each document's accepted changes, in
+    // the same transaction that stores them. No personal field is ever here: only what totals need.
+    r#"
+    CREATE TABLE signatures (
+        doc_id       TEXT NOT NULL,
+        sig_id       TEXT NOT NULL,
+        campaign     TEXT NOT NULL,
+        event        TEXT,
+        collected_at INTEGER NOT NULL,
+        day          TEXT NOT NULL,
+        collected_by TEXT NOT NULL,
+        city         TEXT NOT NULL,
+        fsa          TEXT NOT NULL,
+        riding       TEXT,
+        consent      INTEGER NOT NULL,
+        dup          TEXT NOT NULL,
+        withdrawn    INTEGER NOT NULL,
+        PRIMARY KEY (doc_id, sig_id)
+    ) STRICT;
+    CREATE INDEX signatures_by_campaign ON signatures (campaign, sig_id);
+    CREATE TABLE checkins (
+        doc_id    TEXT NOT NULL,
+        ci_id     TEXT NOT NULL,
+        campaign  TEXT NOT NULL,
+        event     TEXT NOT NULL,
+        attendee  TEXT NOT NULL,
+        at        INTEGER NOT NULL,
+        by_id     TEXT NOT NULL,
+        walk_in   INTEGER NOT NULL,
+        withdrawn INTEGER NOT NULL,
+        PRIMARY KEY (doc_id, ci_id)
+    ) STRICT;
+    CREATE INDEX checkins_by_campaign ON checkins (campaign, event);
+    CREATE TABLE strikes (
+        campaign  TEXT NOT NULL,
+        sig_id    TEXT NOT NULL,
+        reason    TEXT NOT NULL,
+        by_id     TEXT NOT NULL,
+        at        INTEGER NOT NULL,
+        revoked   INTEGER NOT NULL,
+        PRIMARY KEY (campaign, sig_id)
+    ) STRICT;
+    CREATE TABLE sheets (
+        campaign  TEXT NOT NULL,
+        serial    TEXT NOT NULL,
+        count     INTEGER NOT NULL,
+        riding    TEXT,
+        status    TEXT NOT NULL,
+        PRIMARY KEY (campaign, serial)
+    ) STRICT;
+    "#,
 ];
 
 /// The schema version this build writes and reads.

@@ -1,0 +1,148 @@
+//! The one error type of the phone library. Every message says what went wrong and what the
+//! canvasser (or the app) can do about it, because the CLI and the app show it as is.
+
+use tally_core::collection::FormError;
+
+/// Why an enrollment payload (the organizer's QR code) was refused: the field and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("enrollment code, field `{field}`: {message}")]
+pub struct PayloadError {
+    /// The payload field, e.g. "server" or "key".
+    pub field: &'static str,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+/// Everything the phone library can refuse or fail at.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The enrollment payload is malformed.
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
+    /// A form field the canvasser must fix; nothing was written.
+    #[error("{0}")]
+    Form(FormError),
+    /// The phone has not been enrolled.
+    #[error(
+        "this phone is not enrolled yet: scan the organizer's enrollment code (tally-device enroll --payload '...')"
+    )]
+    NotEnrolled,
+    /// The phone is enrolled already.
+    #[error(
+        "this phone is already enrolled in campaign {campaign} as device {device_id}: use another home directory to enroll again"
+    )]
+    AlreadyEnrolled {
+        /// The campaign it is enrolled in.
+        campaign: String,
+        /// Its device id.
+        device_id: String,
+    },
+    /// The campaign document (petition, events, sealing keys) has never been received.
+    #[error(
+        "sync once with signal before collecting: the campaign's sealing keys are not on this phone yet"
+    )]
+    NoCampaign,
+    /// The campaign document on the phone cannot be used.
+    #[error(
+        "the campaign document on this phone is not usable ({0}): sync again, and tell an organizer if this persists"
+    )]
+    BadCampaign(String),
+    /// The enrollment server refused the code (its message says why).
+    #[error("the server refused the enrollment (HTTP {status}): {message}")]
+    EnrollRefused {
+        /// HTTP status.
+        status: u16,
+        /// The server's `error` text.
+        message: String,
+    },
+    /// The server could not be reached or the connection broke.
+    #[error("cannot reach the server at {url}: {detail}. Check the phone's connection and try again")]
+    Network {
+        /// What was being reached.
+        url: String,
+        /// What failed.
+        detail: String,
+    },
+    /// The server refused this phone's token.
+    #[error(
+        "the server refused this phone's token (revoked or unknown): ask an organizer for a new enrollment code"
+    )]
+    Unauthorized,
+    /// The server answered something this phone does not understand.
+    #[error("the server answered something unexpected: {0}. Check that the server address is a tally server and that the app is up to date")]
+    Protocol(String),
+    /// No record with this id on the phone.
+    #[error("no signature or check-in {0:?} on this phone: check the id (tally-device status lists them)")]
+    NotFound(String),
+    /// The record was withdrawn already.
+    #[error("{0:?} is already withdrawn: nothing to do")]
+    AlreadyWithdrawn(String),
+    /// The collection document reached its size bound.
+    #[error(
+        "this phone's collection is full ({max} records): sync it, then ask an organizer to enroll this phone again (a new home directory); nothing was written"
+    )]
+    CollectionFull {
+        /// The bound.
+        max: usize,
+    },
+    /// The local database failed.
+    #[error("the phone's storage failed: {0}. Free some space or restart the app; nothing entered has been lost")]
+    Storage(String),
+    /// Stored data cannot be read back.
+    #[error("the phone's stored data is damaged: {0}. Keep the file and tell an organizer before reinstalling")]
+    Corrupt(String),
+}
+
+impl ClientError {
+    /// The form field at fault, for a [`ClientError::Form`] error.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            ClientError::Form(f) => Some(f.field),
+            ClientError::Payload(p) => Some(p.field),
+            _ => None,
+        }
+    }
+
+    /// A stable short name of the error kind, for apps and `--json` output.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientError::Payload(_) => "payload",
+            ClientError::Form(_) => "form",
+            ClientError::NotEnrolled => "not_enrolled",
+            ClientError::AlreadyEnrolled { .. } => "already_enrolled",
+            ClientError::NoCampaign => "no_campaign",
+            ClientError::BadCampaign(_) => "bad_campaign",
+            ClientError::EnrollRefused { .. } => "enroll_refused",
+            ClientError::Network { .. } => "network",
+            ClientError::Unauthorized => "unauthorized",
+            ClientError::Protocol(_) => "protocol",
+            ClientError::NotFound(_) => "not_found",
+            ClientError::AlreadyWithdrawn(_) => "already_withdrawn",
+            ClientError::CollectionFull { .. } => "collection_full",
+            ClientError::Storage(_) => "storage",
+            ClientError::Corrupt(_) => "corrupt",
+        }
+    }
+
+    pub(crate) fn form(field: &'static str, message: impl Into<String>) -> Self {
+        ClientError::Form(FormError {
+            field,
+            message: message.into(),
+        })
+    }
+}
+
+impl From<FormError> for ClientError {
+    fn from(e: FormError) -> Self {
+        ClientError::Form(e)
+    }
+}
+
+impl From<rusqlite::Error> for ClientError {
+    fn from(e: rusqlite::Error) -> Self {
+        ClientError::Storage(e.to_string())
+    }
+}
+
+/// The library's result type.
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;

@@ -1,0 +1,207 @@
+//! Server configuration in layers: built-in defaults, then a TOML file (`--config FILE`, or
+//! `DATA/tally.toml` when present), then `TALLY_*` environment variables, then command-line
+//! flags. `tally config example` prints a commented example file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything `tally serve` can be told.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Folder for the database and the admin token.
+    pub data: PathBuf,
+    /// URL phones use to reach this server (printed in enrollment payloads); defaults to
+    /// `http://LISTEN`.
+    pub public_url: Option<String>,
+    /// Largest WebSocket frame accepted, in bytes.
+    pub max_frame_bytes: usize,
+    /// Most collection documents one device may create.
+    pub max_documents_per_device: u64,
+    /// Most simultaneous sync connections.
+    pub max_connections: usize,
+    /// Seconds a document stays in memory after its last use.
+    pub idle_unload_secs: u64,
+    /// Compact a document once this many incremental chunks follow its snapshot.
+    pub compact_after_chunks: u64,
+    /// How long an invite code stays valid, in hours.
+    pub invite_ttl_hours: u64,
+    /// Log format: "text" or "json".
+    pub log_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:7300".parse().expect("valid default address"),
+            data: PathBuf::from("tally-data"),
+            public_url: None,
+            max_frame_bytes: 16 * 1024 * 1024,
+            max_documents_per_device: 64,
+            max_connections: 10_000,
+            idle_unload_secs: 60,
+            compact_after_chunks: 64,
+            invite_ttl_hours: 72,
+            log_format: "text".into(),
+        }
+    }
+}
+
+/// What went wrong reading configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this config.
+    #[error(
+        "config file {path} is invalid: {source} (run `tally config example` for a valid file)"
+    )]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    /// An environment variable has a bad value.
+    #[error("environment variable {name}={value:?} is invalid: {why}")]
+    Env {
+        name: String,
+        value: String,
+        why: String,
+    },
+}
+
+impl Config {
+    /// Defaults, then `file` (or `data/tally.toml` if it exists), then the environment.
+    pub fn load(file: Option<&Path>, data_hint: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut cfg = Config::default();
+        let default_file = data_hint.unwrap_or(&cfg.data).join("tally.toml");
+        let path = file
+            .map(Path::to_path_buf)
+            .or_else(|| default_file.exists().then_some(default_file));
+        if let Some(path) = path {
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            cfg = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        cfg.apply_env(std::env::vars())?;
+        Ok(cfg)
+    }
+
+    /// Applies `TALLY_*` variables.
+    pub fn apply_env(
+        &mut self,
+        vars: impl Iterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        for (name, value) in vars {
+            let Some(key) = name.strip_prefix("TALLY_") else {
+                continue;
+            };
+            let bad = |why: &str| ConfigError::Env {
+                name: name.clone(),
+                value: value.clone(),
+                why: why.into(),
+            };
+            let num = |v: &str| v.parse::<u64>().map_err(|_| bad("expected a whole number"));
+            match key {
+                "LISTEN" => {
+                    self.listen = value
+                        .parse()
+                        .map_err(|_| bad("expected HOST:PORT, e.g. 127.0.0.1:7300"))?
+                }
+                "DATA" => self.data = PathBuf::from(&value),
+                "PUBLIC_URL" => self.public_url = Some(value.clone()),
+                "MAX_FRAME_BYTES" => self.max_frame_bytes = num(&value)? as usize,
+                "MAX_DOCUMENTS_PER_DEVICE" => self.max_documents_per_device = num(&value)?,
+                "MAX_CONNECTIONS" => self.max_connections = num(&value)? as usize,
+                "IDLE_UNLOAD_SECS" => self.idle_unload_secs = num(&value)?,
+                "COMPACT_AFTER_CHUNKS" => self.compact_after_chunks = num(&value)?,
+                "INVITE_TTL_HOURS" => self.invite_ttl_hours = num(&value)?,
+                "LOG_FORMAT" => {
+                    if value != "text" && value != "json" {
+                        return Err(bad("expected text or json"));
+                    }
+                    self.log_format = value.clone();
+                }
+                _ => {} // TALLY_ADMIN_TOKEN, TALLY_SERVER etc. belong to the command line client.
+            }
+        }
+        Ok(())
+    }
+
+    /// How long idle documents stay loaded.
+    pub fn idle_unload(&self) -> Duration {
+        Duration::from_secs(self.idle_unload_secs)
+    }
+
+    /// The URL phones use.
+    pub fn public_url(&self) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
+    }
+
+    /// A commented example configuration file.
+    pub fn example() -> String {
+        let body = toml::to_string_pretty(&Config::default()).expect("config serializes");
+        format!(
+            "# tally server configuration. Every key is optional; shown are the defaults.\n\
+             # Each can also be set as an environment variable: TALLY_<KEY IN UPPER CASE>.\n\
+             # public_url = \"https://tally.example.org\"\n{body}"
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.toml");
+        std::fs::write(&file, "max_connections = 5\nidle_unload_secs = 9\n").unwrap();
+        let mut cfg: Config = toml::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        assert_eq!(
+            (
+                cfg.max_connections,
+                cfg.idle_unload_secs,
+                cfg.max_frame_bytes
+            ),
+            (5, 9, Config::default().max_frame_bytes)
+        );
+        cfg.apply_env(
+            [
+                ("TALLY_IDLE_UNLOAD_SECS".to_string(), "2".to_string()),
+                ("PATH".into(), "/bin".into()),
+            ]
+            .into_iter(),
+        )
+        .unwrap();
+        assert_eq!(cfg.idle_unload_secs, 2);
+        let err = cfg
+            .apply_env([("TALLY_LISTEN".to_string(), "nowhere".to_string())].into_iter())
+            .unwrap_err();
+        assert!(err.to_string().contains("TALLY_LISTEN"));
+        assert!(
+            toml::from_str::<Config>("listen_on = 1")
+                .unwrap_err()
+                .to_string()
+                .contains("listen_on")
+        );
+        let example: Config = toml::from_str(&Config::example()).unwrap();
+        assert_eq!(example, Config::default());
+    }
+}

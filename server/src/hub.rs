@@ -1,0 +1,429 @@
+//! The document hub: the server's documents in memory, loaded on first use from SQLite and
+//! unloaded when idle, and the one path every write takes: apply the incoming changes to a fork,
+//! validate the fork against the document before, then store the new changes and update the
+//! totals projection in one SQLite transaction, and only then replace the document in memory and
+//! tell the connections that follow it. Rejected changes go to the quarantine.
+//!
+//! Everything here is synchronous (SQLite and automerge work); the async side calls it through
+//! `spawn_blocking`. Work per event is keyed by document: nothing walks every connection or
+//! every document, except the idle sweep, which runs on a timer.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use automerge::Automerge;
+use tally_core::campaign::{self, Campaign};
+use tally_core::validate::{Accepted, Writer, validate};
+use tally_core::{DocHeader, DocKind, Role};
+use tally_proto::DocumentId;
+use tally_store::{Device, DocFilter, DocMeta, Store, StoreError};
+use tokio::sync::mpsc;
+
+use crate::projection;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A document as the hub holds it.
+pub struct Slot {
+    /// The document (empty if it does not exist yet).
+    pub doc: Automerge,
+    /// Its stored meta; `None` until it is first stored.
+    pub meta: Option<DocMeta>,
+    /// When it was last used, for unloading.
+    last_used: Instant,
+    /// Incremental chunks stored since the last compaction.
+    chunks: u64,
+}
+
+/// Why the hub refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// The change broke a rule; it was quarantined.
+    #[error("change refused: {0}")]
+    Rejected(String),
+    /// The device may not read this document, or it does not exist.
+    #[error("document unavailable")]
+    Unavailable,
+    /// Storage failed; nothing was acknowledged.
+    #[error("storage failed, nothing was saved: {0}")]
+    Store(#[from] StoreError),
+    /// The projection failed; nothing was saved.
+    #[error("storage failed, nothing was saved: {0}")]
+    Projection(#[from] projection::ProjectionError),
+    /// automerge failed to apply the changes.
+    #[error("the changes could not be applied: {0}")]
+    Automerge(String),
+}
+
+/// Settings of the hub.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Unload documents idle this long.
+    pub idle_unload: Duration,
+    /// Compact after this many chunks.
+    pub compact_after_chunks: u64,
+    /// Most collection documents per device.
+    pub max_documents_per_device: u64,
+}
+
+/// Who follows a document: connection id -> a channel that receives the ids of changed docs.
+type Followers = HashMap<u64, mpsc::UnboundedSender<DocumentId>>;
+
+/// The document hub.
+pub struct Hub {
+    /// The database.
+    pub store: Arc<Store>,
+    cfg: HubConfig,
+    docs: Mutex<HashMap<DocumentId, Arc<Mutex<Slot>>>>,
+    campaigns: Mutex<HashMap<String, Arc<Campaign>>>,
+    followers: Mutex<HashMap<DocumentId, Followers>>,
+    dirty_totals: Mutex<HashSet<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The writer identity of a device.
+pub fn writer_of(device: &Device) -> Writer {
+    let role = match device.role {
+        tally_store::Role::Admin => Role::Admin,
+        tally_store::Role::Organizer => Role::Organizer,
+        tally_store::Role::Canvasser => Role::Canvasser,
+    };
+    Writer {
+        id: device.device_id.clone(),
+        role,
+        campaign: device.campaign.clone(),
+    }
+}
+
+/// The server's own writer identity (totals documents).
+pub fn server_writer() -> Writer {
+    Writer {
+        id: "server".into(),
+        role: Role::Server,
+        campaign: None,
+    }
+}
+
+/// May `device` read the document described by `meta`?
+pub fn can_read(device: &Device, meta: &DocMeta) -> bool {
+    let in_campaign = device
+        .campaign
+        .as_deref()
+        .is_none_or(|c| c == meta.campaign);
+    match device.role {
+        tally_store::Role::Admin => true,
+        tally_store::Role::Organizer => in_campaign,
+        tally_store::Role::Canvasser => {
+            in_campaign
+                && match meta.kind.as_str() {
+                    "campaign" | "totals" => true,
+                    "collection" => meta.owner.as_deref() == Some(device.device_id.as_str()),
+                    _ => false,
+                }
+        }
+    }
+}
+
+impl Hub {
+    /// A hub over `store`.
+    pub fn new(store: Arc<Store>, cfg: HubConfig) -> Hub {
+        Hub {
+            store,
+            cfg,
+            docs: Mutex::default(),
+            campaigns: Mutex::default(),
+            followers: Mutex::default(),
+            dirty_totals: Mutex::default(),
+        }
+    }
+
+    /// The slot of a document, loading it from the store on first use. A document that does not
+    /// exist gets an empty slot (with no meta).
+    pub fn slot(&self, id: &DocumentId) -> Result<Arc<Mutex<Slot>>, HubError> {
+        if let Some(s) = lock(&self.docs).get(id) {
+            return Ok(s.clone());
+        }
+        let key = id.to_string();
+        let slot = match self.store.load_document(&key)? {
+            None => Slot {
+                doc: Automerge::new(),
+                meta: self.store.doc_meta(&key)?,
+                last_used: Instant::now(),
+                chunks: 0,
+            },
+            Some(stored) => {
+                let mut doc = match &stored.snapshot {
+                    Some(snap) => Automerge::load(snap).map_err(|e| {
+                        HubError::Automerge(format!("stored snapshot of {key} does not load: {e}"))
+                    })?,
+                    None => Automerge::new(),
+                };
+                for chunk in &stored.incremental {
+                    doc.load_incremental(chunk).map_err(|e| {
+                        HubError::Automerge(format!("stored chunk of {key} does not load: {e}"))
+                    })?;
+                }
+                Slot {
+                    doc,
+                    meta: Some(stored.meta),
+                    last_used: Instant::now(),
+                    chunks: stored.incremental.len() as u64,
+                }
+            }
+        };
+        let mut docs = lock(&self.docs);
+        Ok(docs
+            .entry(*id)
+            .or_insert_with(|| Arc::new(Mutex::new(slot)))
+            .clone())
+    }
+
+    /// The slot of a document `device` may read, or `Unavailable` (whether or not it exists).
+    pub fn readable(&self, device: &Device, id: &DocumentId) -> Result<Arc<Mutex<Slot>>, HubError> {
+        let meta = match lock(&self.docs).get(id) {
+            Some(s) => lock(s).meta.clone(),
+            None => self.store.doc_meta(&id.to_string())?,
+        };
+        match meta {
+            Some(m) if can_read(device, &m) => self.slot(id),
+            _ => Err(HubError::Unavailable),
+        }
+    }
+
+    /// The campaign with this id, read from its document (cached until it changes).
+    pub fn campaign(&self, id: &str) -> Result<Option<Arc<Campaign>>, HubError> {
+        if let Some(c) = lock(&self.campaigns).get(id) {
+            return Ok(Some(c.clone()));
+        }
+        let Ok(doc_id) = id.parse::<DocumentId>() else {
+            return Ok(None);
+        };
+        let slot = self.slot(&doc_id)?;
+        let guard = lock(&slot);
+        if guard.meta.as_ref().is_none_or(|m| m.kind != "campaign") {
+            return Ok(None);
+        }
+        let c = Arc::new(campaign::read(&guard.doc).map_err(|e| {
+            HubError::Automerge(format!("stored campaign {id} does not read: {e}"))
+        })?);
+        lock(&self.campaigns).insert(id.to_string(), c.clone());
+        Ok(Some(c))
+    }
+
+    /// Applies `edit` to a fork of the document as `writer`, validates, stores and publishes.
+    /// `origin` (a connection id) is not notified. `raw` is what to quarantine on rejection.
+    /// `device_id` names the writer in the quarantine.
+    pub fn commit(
+        &self,
+        id: &DocumentId,
+        writer: &Writer,
+        origin: Option<u64>,
+        raw: &[u8],
+        edit: impl FnOnce(&mut Automerge) -> Result<(), String>,
+    ) -> Result<Accepted, HubError> {
+        let key = id.to_string();
+        let slot = self.slot(id)?;
+        let mut guard = lock(&slot);
+        guard.last_used = Instant::now();
+        let mut after = guard.doc.fork();
+        edit(&mut after).map_err(HubError::Automerge)?;
+        let before_heads = guard.doc.get_heads();
+        if after.get_heads() == before_heads {
+            return Ok(Accepted::default());
+        }
+        let verdict = self.judge(&guard, &after, writer);
+        let (acc, header, campaign) = match verdict {
+            Ok(v) => v,
+            Err(reason) => {
+                drop(guard);
+                self.store
+                    .quarantine(&writer.id, &key, &reason, raw, now_ms())?;
+                tracing::warn!(doc = %key, device = %writer.id, %reason, "change refused and quarantined");
+                return Err(HubError::Rejected(reason));
+            }
+        };
+        let chunk = after.save_after(&before_heads);
+        let now = now_ms();
+        let meta = DocMeta {
+            doc_id: key.clone(),
+            kind: header.kind.as_str().into(),
+            campaign: header.campaign.clone(),
+            owner: header.owner.clone(),
+            created_at: now,
+        };
+        let tz = campaign
+            .as_ref()
+            .map(|c| c.timezone.clone())
+            .unwrap_or_else(|| "UTC".into());
+        self.store.write_with_error::<_, HubError>(|tx| {
+            if guard.meta.is_none() {
+                tx.put_meta(&meta)?;
+            }
+            tx.append_chunk(&key, &chunk, now)?;
+            projection::apply(tx.conn(), &key, &header, &acc, &after, &tz)?;
+            Ok(())
+        })?;
+        // Durable: from here on the change may be acknowledged.
+        guard.doc = after;
+        if guard.meta.is_none() {
+            guard.meta = Some(meta);
+        }
+        guard.chunks += 1;
+        let compact = guard.chunks >= self.cfg.compact_after_chunks;
+        if header.kind == DocKind::Campaign {
+            lock(&self.campaigns).remove(&header.campaign);
+        }
+        if compact {
+            self.compact(&key, &mut guard);
+        }
+        drop(guard);
+        if matches!(header.kind, DocKind::Collection | DocKind::Review) {
+            lock(&self.dirty_totals).insert(header.campaign.clone());
+        }
+        self.publish(id, origin);
+        Ok(acc)
+    }
+
+    /// Decides whether `after` may replace the slot's document, as `writer`.
+    fn judge(
+        &self,
+        slot: &Slot,
+        after: &Automerge,
+        writer: &Writer,
+    ) -> Result<(Accepted, DocHeader, Option<Arc<Campaign>>), String> {
+        let header = DocHeader::read(after).map_err(|r| r.to_string())?;
+        let campaign = if header.kind == DocKind::Campaign {
+            None
+        } else {
+            match self.campaign(&header.campaign) {
+                Ok(Some(c)) => Some(c),
+                Ok(None) => {
+                    return Err(format!(
+                        "campaign: no campaign {:?} on this server; enroll again with a current invite",
+                        header.campaign
+                    ));
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        };
+        if slot.meta.is_none() && header.kind == DocKind::Collection {
+            let owned = self
+                .store
+                .count_documents_by_owner(&writer.id)
+                .map_err(|e| e.to_string())?;
+            if owned >= self.cfg.max_documents_per_device {
+                return Err(format!(
+                    "limit: this device already has {owned} collection documents, the most one device may create ({}); ask an organizer to raise max_documents_per_device",
+                    self.cfg.max_documents_per_device
+                ));
+            }
+        }
+        let acc =
+            validate(&slot.doc, after, writer, campaign.as_deref()).map_err(|r| r.to_string())?;
+        let campaign = match header.kind {
+            DocKind::Campaign => campaign::read(after).ok().map(Arc::new),
+            _ => campaign,
+        };
+        Ok((acc, header, campaign))
+    }
+
+    fn compact(&self, key: &str, slot: &mut Slot) {
+        let stats = match self.store.chunks_since_snapshot(key) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(doc = %key, error = %e, "compaction skipped");
+                return;
+            }
+        };
+        let snapshot = slot.doc.save();
+        match self.store.compact(key, &snapshot, stats.last_seq, now_ms()) {
+            Ok(_) => slot.chunks = 0,
+            Err(e) => tracing::warn!(doc = %key, error = %e, "compaction failed; the chunks stay"),
+        }
+    }
+
+    /// Follows a document: `tx` receives its id whenever someone else changes it.
+    pub fn follow(&self, id: DocumentId, conn: u64, tx: mpsc::UnboundedSender<DocumentId>) {
+        lock(&self.followers)
+            .entry(id)
+            .or_default()
+            .insert(conn, tx);
+    }
+
+    /// Stops following every document in `ids`.
+    pub fn unfollow(&self, ids: impl IntoIterator<Item = DocumentId>, conn: u64) {
+        let mut f = lock(&self.followers);
+        for id in ids {
+            if let Some(m) = f.get_mut(&id) {
+                m.remove(&conn);
+                if m.is_empty() {
+                    f.remove(&id);
+                }
+            }
+        }
+    }
+
+    fn publish(&self, id: &DocumentId, origin: Option<u64>) {
+        if let Some(m) = lock(&self.followers).get(id) {
+            for (conn, tx) in m {
+                if Some(*conn) != origin {
+                    let _ = tx.send(*id);
+                }
+            }
+        }
+    }
+
+    /// Unloads documents unused for the idle time and not in use; returns how many.
+    pub fn sweep(&self) -> usize {
+        let idle = self.cfg.idle_unload;
+        let mut docs = lock(&self.docs);
+        let before = docs.len();
+        docs.retain(|_, slot| Arc::strong_count(slot) > 1 || lock(slot).last_used.elapsed() < idle);
+        let n = before - docs.len();
+        if n > 0 {
+            lock(&self.campaigns).clear();
+        }
+        n
+    }
+
+    /// How many documents are loaded.
+    pub fn loaded(&self) -> usize {
+        lock(&self.docs).len()
+    }
+
+    /// Rewrites the totals document of every campaign whose collections or review changed.
+    pub fn refresh_totals(&self) -> Result<usize, HubError> {
+        let dirty: Vec<String> = lock(&self.dirty_totals).drain().collect();
+        for campaign in &dirty {
+            let docs = self.store.list_documents(&DocFilter {
+                campaign: Some(campaign.clone()),
+                kind: Some("totals".into()),
+                owner: None,
+            })?;
+            let Some(meta) = docs.first() else { continue };
+            let Ok(id) = meta.doc_id.parse::<DocumentId>() else {
+                continue;
+            };
+            let totals = self
+                .store
+                .read(|conn| projection::totals(conn, campaign).map_err(StoreError::from))?;
+            let now = now_ms();
+            self.commit(&id, &server_writer(), None, b"", |doc| {
+                tally_core::totals_doc::write(doc, &totals, now).map_err(|e| e.to_string())
+            })?;
+        }
+        Ok(dirty.len())
+    }
+
+    /// Marks a campaign's totals for rewriting.
+    pub fn mark_dirty(&self, campaign: &str) {
+        lock(&self.dirty_totals).insert(campaign.to_string());
+    }
+}

@@ -1,0 +1,389 @@
+//! `tally`: the sync server (`tally serve`) and the organizers' commands, which call a running
+//! server's HTTP API.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use tally_server::client::{self, Api};
+use tally_server::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "tally",
+    version,
+    about = "Offline-first petition and check-in sync server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct Remote {
+    /// The server's URL.
+    #[arg(
+        long,
+        env = "TALLY_SERVER",
+        default_value = "http://127.0.0.1:7300",
+        global = true
+    )]
+    server: String,
+    /// API token (default: the admin token in DATA/admin.token).
+    #[arg(long, env = "TALLY_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// The server's data folder, to find the admin token.
+    #[arg(long, env = "TALLY_DATA", default_value = "tally-data", global = true)]
+    data: PathBuf,
+    /// Folder of campaign duplicate keys (never sent to the server).
+    #[arg(long, env = "TALLY_KEYS", default_value = "tally-keys", global = true)]
+    keys: PathBuf,
+    /// Print JSON.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the sync server.
+    Serve {
+        /// Address to listen on (default 127.0.0.1:7300).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Data folder (default ./tally-data).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Configuration file (default DATA/tally.toml if present).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print an example configuration file.
+    Config,
+    /// Make an organizer's age identity (the secret that opens signers' details) and print its
+    /// recipient (the public half that campaigns seal to).
+    Keygen {
+        /// Where to write the identity (mode 0600); it must not exist yet.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Campaigns.
+    Campaign {
+        #[command(subcommand)]
+        cmd: CampaignCmd,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Events of a campaign.
+    Event {
+        #[command(subcommand)]
+        cmd: EventCmd,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Invite a phone: prints a one-time code and the QR payload.
+    Invite {
+        #[arg(long)]
+        campaign: String,
+        /// canvasser or organizer.
+        #[arg(long, default_value = "canvasser")]
+        role: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Device tokens.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// A campaign's totals.
+    Totals {
+        #[arg(long)]
+        campaign: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Export signers to CSV, opening sealed fields locally with an organizer's age identity.
+    Export {
+        #[arg(long)]
+        campaign: String,
+        /// age identity file (AGE-SECRET-KEY-1...).
+        #[arg(long)]
+        identity: PathBuf,
+        /// CSV file to write (mode 0600).
+        #[arg(long)]
+        out: PathBuf,
+        /// Include withdrawn and struck signatures.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Subcommand)]
+enum CampaignCmd {
+    /// Create a campaign (and its duplicate key, kept in --keys).
+    Create {
+        #[arg(long)]
+        title: String,
+        #[arg(long)]
+        petition: String,
+        #[arg(long)]
+        addressee: String,
+        #[arg(long, default_value_t = 0)]
+        goal: i64,
+        #[arg(long, default_value = "America/Toronto")]
+        timezone: String,
+        /// An organizer's age recipient (age1...); repeat for several.
+        #[arg(long = "recipient", required = true)]
+        recipients: Vec<String>,
+    },
+    /// List campaigns.
+    List,
+}
+
+#[derive(Subcommand)]
+enum EventCmd {
+    /// Add an event.
+    Add {
+        #[arg(long)]
+        campaign: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        city: String,
+        /// RFC 3339 time, e.g. 2026-07-01T18:00:00-04:00.
+        #[arg(long)]
+        starts_at: String,
+        #[arg(long, default_value = "")]
+        place: String,
+        /// Event id (default: generated).
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Revoke a device: its token stops working and its connections close.
+    Revoke { device: String },
+    /// List devices.
+    List,
+}
+
+fn api(r: &Remote) -> anyhow::Result<Api> {
+    Ok(Api {
+        server: r.server.clone(),
+        token: client::load_token(r.token.clone(), &r.data)?,
+    })
+}
+
+fn print(json_out: bool, value: &serde_json::Value, human: impl FnOnce() -> String) {
+    if json_out {
+        println!("{value}");
+    } else {
+        println!("{}", human());
+    }
+}
+
+fn init_logs(format: &str) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        b.json().init()
+    } else {
+        b.init()
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Serve {
+            listen,
+            data,
+            config,
+        } => {
+            let mut cfg = Config::load(config.as_deref(), data.as_deref())?;
+            if let Some(l) = listen {
+                cfg.listen = l;
+            }
+            if let Some(d) = data {
+                cfg.data = d;
+            }
+            init_logs(&cfg.log_format);
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async move {
+                let (store, admin) = tally_server::open_data(&cfg.data)?;
+                if let Some(path) = admin {
+                    tracing::info!(path = %path.display(), "first start: wrote the admin token (mode 0600); `tally` commands read it from there");
+                }
+                let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
+                tally_server::serve(cfg, store, listener, shutdown_signal()).await
+            })
+        }
+        Cmd::Keygen { out } => {
+            use age::secrecy::ExposeSecret;
+            anyhow::ensure!(
+                !out.exists(),
+                "{} exists already; choose another file (an identity is never overwritten)",
+                out.display()
+            );
+            let id = age::x25519::Identity::generate();
+            let recipient = id.to_public().to_string();
+            let text = format!(
+                "# tally organizer identity\n# recipient: {recipient}\n{}\n",
+                id.to_string().expose_secret()
+            );
+            tally_server::write_secret(&out, &text)?;
+            println!("{recipient}");
+            eprintln!(
+                "identity written to {} (keep it offline and backed up: it opens every signer's details)",
+                out.display()
+            );
+            Ok(())
+        }
+        Cmd::Config => {
+            print!("{}", Config::example());
+            Ok(())
+        }
+        Cmd::Campaign { cmd, remote } => {
+            let a = api(&remote)?;
+            match cmd {
+                CampaignCmd::Create {
+                    title,
+                    petition,
+                    addressee,
+                    goal,
+                    timezone,
+                    recipients,
+                } => {
+                    let c = client::campaign_create(
+                        &a,
+                        &remote.keys,
+                        json!({ "title": title, "petition": petition, "addressee": addressee, "goal": goal, "timezone": timezone, "recipients": recipients }),
+                    )?;
+                    let v = serde_json::to_value(&c)?;
+                    print(remote.json, &v, || {
+                        format!(
+                            "campaign {}\n  duplicate key kept in {}",
+                            c.campaign,
+                            client::key_path(&remote.keys, &c.campaign).display()
+                        )
+                    });
+                }
+                CampaignCmd::List => {
+                    let v = a.get("/api/v1/campaigns")?;
+                    print(remote.json, &v, || {
+                        serde_json::to_string_pretty(&v).unwrap_or_default()
+                    });
+                }
+            }
+            Ok(())
+        }
+        Cmd::Event {
+            cmd:
+                EventCmd::Add {
+                    campaign,
+                    name,
+                    city,
+                    starts_at,
+                    place,
+                    id,
+                },
+            remote,
+        } => {
+            let v = api(&remote)?.post(&format!("/api/v1/campaigns/{campaign}/events"), json!({ "id": id, "name": name, "city": city, "starts_at": starts_at, "place": place }))?;
+            print(remote.json, &v, || {
+                format!("event {}", v["id"].as_str().unwrap_or("?"))
+            });
+            Ok(())
+        }
+        Cmd::Invite {
+            campaign,
+            role,
+            remote,
+        } => {
+            let v = client::invite(&api(&remote)?, &remote.keys, &campaign, &role)?;
+            print(remote.json, &v, || {
+                format!(
+                    "one-time code: {}\nQR payload:\n{}",
+                    v["code"].as_str().unwrap_or("?"),
+                    v["payload"]
+                )
+            });
+            Ok(())
+        }
+        Cmd::Token { cmd, remote } => {
+            let a = api(&remote)?;
+            let v = match cmd {
+                TokenCmd::Revoke { device } => {
+                    a.post(&format!("/api/v1/devices/{device}/revoke"), json!({}))?
+                }
+                TokenCmd::List => a.get("/api/v1/devices")?,
+            };
+            print(remote.json, &v, || {
+                serde_json::to_string_pretty(&v).unwrap_or_default()
+            });
+            Ok(())
+        }
+        Cmd::Totals { campaign, remote } => {
+            let v = api(&remote)?.get(&format!("/api/v1/campaigns/{campaign}/totals"))?;
+            print(remote.json, &v, || {
+                format!(
+                    "{} signatures counted, {} unique signers ({} struck, {} withdrawn); paper: {} sheets, {} signatures",
+                    v["signatures"],
+                    v["unique_signers"],
+                    v["struck"],
+                    v["withdrawn"],
+                    v["paper"]["sheets"],
+                    v["paper"]["signatures"]
+                )
+            });
+            Ok(())
+        }
+        Cmd::Export {
+            campaign,
+            identity,
+            out,
+            all,
+            remote,
+        } => {
+            let (rows, failed) = client::export(&api(&remote)?, &campaign, &identity, &out, !all)?;
+            let v = json!({ "rows": rows, "unopened": failed, "out": out });
+            print(remote.json, &v, || {
+                format!(
+                    "wrote {rows} signers to {} ({failed} could not be opened with this identity)",
+                    out.display()
+                )
+            });
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: closing connections and flushing");
+}
