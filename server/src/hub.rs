@@ -185,15 +185,12 @@ impl Hub {
             .clone())
     }
 
-    /// The slot of a document `device` may read, or `Unavailable` (whether or not it exists).
-    pub fn readable(&self, device: &Device, id: &DocumentId) -> Result<Arc<Mutex<Slot>>, HubError> {
-        let meta = match lock(&self.docs).get(id) {
-            Some(s) => lock(s).meta.clone(),
-            None => self.store.doc_meta(&id.to_string())?,
-        };
-        match meta {
-            Some(m) if can_read(device, &m) => self.slot(id),
-            _ => Err(HubError::Unavailable),
+    /// A document's meta, `None` if it was never stored.
+    pub fn meta(&self, id: &DocumentId) -> Result<Option<DocMeta>, HubError> {
+        let slot = lock(&self.docs).get(id).cloned();
+        match slot {
+            Some(s) => Ok(lock(&s).meta.clone()),
+            None => Ok(self.store.doc_meta(&id.to_string())?),
         }
     }
 

@@ -21,7 +21,7 @@ use tally_store::Device;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Hub, HubError, now_ms, writer_of};
+use crate::hub::{Hub, HubError, can_read, now_ms, writer_of};
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
@@ -110,8 +110,11 @@ impl Conn {
                         self.peer_key = Some(format!("{}/{}", self.device.device_id, sid.0));
                     }
                 }
-                Event::DocRequested { doc, message } | Event::SyncReceived { doc, message } => {
-                    self.on_sync(doc, message, frame, &mut out)
+                Event::DocRequested { doc, message } => {
+                    self.on_sync(doc, message, true, frame, &mut out)
+                }
+                Event::SyncReceived { doc, message } => {
+                    self.on_sync(doc, message, false, frame, &mut out)
                 }
                 Event::RemoteError { message } => {
                     tracing::info!(device = %self.device.device_id, %message, "peer reported an error")
@@ -143,36 +146,45 @@ impl Conn {
         &mut self,
         doc: DocumentId,
         message: automerge::sync::Message,
+        requested: bool,
         raw: &[u8],
         out: &mut Vec<Out>,
     ) {
-        let key = doc.to_string();
-        let exists = match self.hub.readable(&self.device, &doc) {
-            Ok(_) => true,
-            Err(HubError::Unavailable) => match self.hub.store.doc_meta(&key) {
-                Ok(meta) => {
-                    if meta.is_some() || message.changes.is_empty() {
-                        // Not readable (or not there, with nothing to create it): say nothing more.
-                        if meta.is_some() && !message.changes.is_empty() {
-                            let _ = self.hub.store.quarantine(
-                                &self.device.device_id,
-                                &key,
-                                "write to a document this device may not read",
-                                raw,
-                                now_ms(),
-                            );
-                            tracing::warn!(device = %self.device.device_id, doc = %key, "write to an unreadable document refused");
-                        }
-                        out.extend(self.session.unavailable_frame(doc).map(Out::Send));
-                        return;
-                    }
-                    false
-                }
-                Err(e) => return self.storage_error(&doc, &e.to_string(), out),
-            },
+        let meta = match self.hub.meta(&doc) {
+            Ok(m) => m,
             Err(e) => return self.storage_error(&doc, &e.to_string(), out),
         };
-        if exists {
+        let readable = meta.as_ref().is_some_and(|m| can_read(&self.device, m));
+        if !readable {
+            if meta.is_some() && !message.changes.is_empty() {
+                // A write to a document this device may not read: refused, kept, and answered
+                // exactly like a document that does not exist.
+                let _ = self.hub.store.quarantine(
+                    &self.device.device_id,
+                    &doc.to_string(),
+                    "write to a document this device may not read",
+                    raw,
+                    now_ms(),
+                );
+                tracing::warn!(device = %self.device.device_id, doc = %doc, "write to an unreadable document refused");
+                out.extend(self.session.unavailable_frame(doc).map(Out::Send));
+                return;
+            }
+            if requested || meta.is_some() {
+                out.extend(self.session.unavailable_frame(doc).map(Out::Send));
+                return;
+            }
+            if message.changes.is_empty() {
+                // The peer offers a document the server does not have yet: answer as an empty
+                // document, so that it sends its changes (which then create it, if valid).
+                let mut state = self.session.sync_state(&doc).cloned().unwrap_or_default();
+                let mut empty = automerge::Automerge::new();
+                let _ = empty.receive_sync_message(&mut state, message);
+                self.session.set_sync_state(doc, state);
+                out.extend(self.session.sync_frame(doc, &empty).map(Out::Send));
+                return;
+            }
+        } else {
             self.seed_sync_state(&doc);
         }
         let mut state = self.session.sync_state(&doc).cloned().unwrap_or_default();
@@ -190,11 +202,15 @@ impl Conn {
                     self.session
                         .error_frame(&format!("document {doc}: {reason}")),
                 ));
-                if !exists {
+                if !readable {
                     return;
                 }
             }
             Err(e) => return self.storage_error(&doc, &e.to_string(), out),
+        }
+        if self.hub.meta(&doc).ok().flatten().is_none() {
+            // Nothing was stored (e.g. the changes wait for missing dependencies).
+            return;
         }
         if self.followed.insert(doc) {
             self.hub.follow(doc, self.id, self.notify.clone());

@@ -216,21 +216,29 @@ impl Hub {
         message: sync::Message,
         out: &mut HubOutput,
     ) {
-        let before = self.docs.get(&doc).cloned().unwrap_or_else(Automerge::new);
-        let existed = self.docs.contains_key(&doc);
-        let session = self.session_mut(client);
-        let mut state = session.sync_state(&doc).cloned().unwrap_or_default();
+        let empty = Automerge::new();
+        let stored = self.docs.get(&doc);
+        let existed = stored.is_some();
+        let before = stored.unwrap_or(&empty);
+        let mut state = self
+            .sessions
+            .get(&client)
+            .and_then(|s| s.sync_state(&doc))
+            .cloned()
+            .unwrap_or_default();
         let mut after = before.clone();
         let verdict = match after.receive_sync_message(&mut state, message) {
             Err(e) => Err(format!("changes do not apply: {e}")),
             Ok(()) if after.get_heads() == before.get_heads() => Ok(()),
-            Ok(()) => (self.policy)(&before, &after),
+            Ok(()) => (self.policy)(before, &after),
         };
+        let changed = after.get_heads() != before.get_heads();
         match verdict {
             Ok(()) => {
-                let changed = after.get_heads() != before.get_heads();
                 self.session_mut(client).set_sync_state(doc, state);
-                if !existed && !changed {
+                if changed {
+                    self.docs.insert(doc, after);
+                } else if !existed {
                     // Nothing stored yet (the first message only carries heads): answer from
                     // the empty document so the phone sends its changes, store nothing.
                     if let Some(frame) = self.session_mut(client).sync_frame(doc, &after) {
@@ -238,7 +246,6 @@ impl Hub {
                     }
                     return;
                 }
-                self.docs.insert(doc, after);
                 self.sync_to(client, doc, out);
                 if changed {
                     for other in self.subscribers_except(doc, client) {

@@ -188,6 +188,8 @@ pub enum WireError {
     TrailingBytes { extra: usize },
     #[error("frame is a CBOR {found}, expected a map with a \"type\" field")]
     NotAMap { found: &'static str },
+    #[error("frame holds more than {max} CBOR items; automerge-repo messages hold a few dozen")]
+    TooManyItems { max: usize },
     #[error("message has no \"type\" text field")]
     MissingType,
     #[error(
@@ -231,8 +233,14 @@ pub enum WireError {
     },
 }
 
+/// Most CBOR items (headers) a frame may hold. Real messages hold a few dozen; the bound
+/// keeps the decoded value tree small even for a frame of tiny items (a 32 MiB frame of
+/// one-byte items would otherwise become a gigabyte of `ciborium::Value`s).
+pub const MAX_ITEMS: usize = 10_000;
+
 /// Decodes one frame. Never panics; see the module docs for what is tolerated.
 pub fn decode(frame: &[u8]) -> Result<Message, WireError> {
+    check_item_count(frame)?;
     let mut rest = frame;
     // ciborium reads byte and text strings through a fixed scratch buffer and grows arrays and
     // maps element by element, so a claimed length larger than the frame fails at end of input
@@ -334,6 +342,48 @@ pub fn decode(frame: &[u8]) -> Result<Message, WireError> {
             sender_id: f.peer("senderId")?,
         },
     })
+}
+
+/// Counts the CBOR headers in `frame` without building anything, skipping the contents of
+/// byte and text strings. Malformed input is left for the real decoder to report.
+fn check_item_count(frame: &[u8]) -> Result<(), WireError> {
+    let mut rest = frame;
+    let mut items = 0usize;
+    while let Some((&initial, tail)) = rest.split_first() {
+        rest = tail;
+        items += 1;
+        if items > MAX_ITEMS {
+            return Err(WireError::TooManyItems { max: MAX_ITEMS });
+        }
+        let major = initial >> 5;
+        let width = match initial & 0x1f {
+            0..=23 | 31 => 0,
+            24 => 1,
+            25 => 2,
+            26 => 4,
+            27 => 8,
+            _ => return Ok(()),
+        };
+        let Some((arg_bytes, tail)) = rest.split_at_checked(width) else {
+            return Ok(());
+        };
+        rest = tail;
+        let arg = if width == 0 {
+            u64::from(initial & 0x1f)
+        } else {
+            arg_bytes
+                .iter()
+                .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
+        };
+        // Definite-length byte and text strings: skip the contents.
+        if matches!(major, 2 | 3) && initial & 0x1f != 31 {
+            match usize::try_from(arg).ok().and_then(|n| rest.get(n..)) {
+                Some(tail) => rest = tail,
+                None => return Ok(()),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Encodes one message as the JS client would.

@@ -215,6 +215,47 @@ fn hostile_lengths_do_not_allocate() {
     }
 }
 
+#[test]
+fn frames_of_many_tiny_items_are_refused_before_decoding() {
+    // {"type": "leave", "senderId": "a", 0: 0, 0: 0, ...}: valid CBOR, 2 bytes per entry.
+    let entries = 200_000u32;
+    let mut f = vec![0xba];
+    f.extend((entries + 2).to_be_bytes());
+    f.extend([
+        0x64, b't', b'y', b'p', b'e', 0x65, b'l', b'e', b'a', b'v', b'e',
+    ]);
+    f.extend([
+        0x68, b's', b'e', b'n', b'd', b'e', b'r', b'I', b'd', 0x61, b'a',
+    ]);
+    for _ in 0..entries {
+        f.extend([0x00, 0x00]);
+    }
+    assert_eq!(
+        wire::decode(&f),
+        Err(tally_proto::wire::WireError::TooManyItems {
+            max: tally_proto::wire::MAX_ITEMS
+        })
+    );
+    // The same message with few extra entries decodes.
+    let mut ok = vec![0xa3];
+    ok.extend([
+        0x64, b't', b'y', b'p', b'e', 0x65, b'l', b'e', b'a', b'v', b'e',
+    ]);
+    ok.extend([
+        0x68, b's', b'e', b'n', b'd', b'e', b'r', b'I', b'd', 0x61, b'a',
+    ]);
+    ok.extend([0x00, 0x00]);
+    assert!(wire::decode(&ok).is_ok());
+    // Large byte strings are one item, whatever their size.
+    let big = wire::encode(&Message::Sync {
+        sender_id: PeerId::new("a"),
+        target_id: PeerId::new("b"),
+        document_id: doc(),
+        data: vec![0; 1 << 20],
+    });
+    assert!(wire::decode(&big).is_ok());
+}
+
 fn leb(out: &mut Vec<u8>, mut n: u64) {
     loop {
         let byte = (n & 0x7f) as u8;

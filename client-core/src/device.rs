@@ -1,0 +1,1001 @@
+//! [`Device`]: the phone's state (its SQLite store and its three documents) and everything a
+//! canvasser does with it offline: enroll, sign, check in, withdraw, read receipts and totals.
+//!
+//! Every write is committed to SQLite (the automerge chunk and the receipt in one transaction)
+//! before the call returns. The documents in memory never run ahead of the file: when a write to
+//! the file fails, the documents are reloaded from it, so what the phone shows and syncs is
+//! always what it has stored.
+//!
+//! A `Device` is a cheap handle (`Clone`, `Send`, `Sync`) over shared state behind a mutex, so an
+//! app can sign on one thread while the sync loop runs on another. Several processes may open the
+//! same home directory (the CLI's `sign` beside `sync --watch`): SQLite serializes their writes,
+//! compaction re-reads the file inside its transaction, and long-running processes reload when
+//! another process wrote (`PRAGMA data_version`).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use automerge::sync::{self, SyncDoc as _};
+use automerge::{Automerge, ChangeHash};
+use rusqlite::{Connection, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+use tally_core::campaign::{self, Campaign};
+use tally_core::collection::{self, Checkin, SignatureForm, TakenBy};
+use tally_core::doc::WriteError;
+use tally_core::fields::{MAX_SHORT_TEXT, normalize_postal_code};
+use tally_core::seal::DuplicateKey;
+use tally_core::totals::Totals;
+use tally_proto::{DocumentId, Session};
+
+use crate::enroll::{self, EnrollResponse};
+use crate::error::{ClientError, Result};
+use crate::payload::EnrollPayload;
+use crate::receipts::{AckCounts, Counts, Receipt, ReceiptDetails, ReceiptKind, SignatureReceipt};
+use crate::store::{self, DocRole};
+
+/// Records (signatures and check-ins) one collection document holds at most. The design brief
+/// measured automerge's memory at about 2.2 KB per record; past this bound a phone should roll
+/// over to a new collection document. This build does not roll over: it refuses new records.
+pub const MAX_RECORDS: usize = 10_000;
+
+/// Chunks a document accumulates before it is compacted into its snapshot.
+pub const COMPACT_AFTER_CHUNKS: usize = 200;
+
+const KEY_ENROLLMENT: &str = "enrollment";
+const KEY_DROP_PLAINTEXT: &str = "drop_plaintext_on_ack";
+const KEY_LAST_SYNC: &str = "last_sync";
+const KEY_LAST_COMPLETE_SYNC: &str = "last_complete_sync_at";
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// What enrollment stored, secrets included (kept in `settings`). Debug hides the secrets.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct Enrollment {
+    pub server: String,
+    pub token: String,
+    pub device_id: String,
+    pub name: String,
+    pub role: String,
+    pub campaign: String,
+    pub campaign_doc: DocumentId,
+    pub totals_doc: DocumentId,
+    pub collection_doc: DocumentId,
+    /// The campaign duplicate key, hex.
+    pub key: String,
+    /// Stable id of this phone's storage, sent in `join` so the server can keep sync states.
+    pub storage_id: String,
+    pub enrolled_at: i64,
+}
+
+impl std::fmt::Debug for Enrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enrollment")
+            .field("server", &self.server)
+            .field("device_id", &self.device_id)
+            .field("campaign", &self.campaign)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Enrollment {
+    fn key(&self) -> Result<DuplicateKey> {
+        DuplicateKey::from_hex(&self.key).map_err(ClientError::Corrupt)
+    }
+
+    fn info(&self) -> EnrollmentInfo {
+        EnrollmentInfo {
+            server: self.server.clone(),
+            device_id: self.device_id.clone(),
+            name: self.name.clone(),
+            role: self.role.clone(),
+            campaign: self.campaign.clone(),
+            campaign_url: self.campaign_doc.to_url(),
+            totals_url: self.totals_doc.to_url(),
+            collection_url: self.collection_doc.to_url(),
+            enrolled_at: self.enrolled_at,
+        }
+    }
+}
+
+/// What the phone is enrolled as (no secrets).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollmentInfo {
+    /// The server's base URL.
+    pub server: String,
+    /// This phone's device id (the owner of its collection).
+    pub device_id: String,
+    /// The name given at enrollment.
+    pub name: String,
+    /// "canvasser" or "organizer".
+    pub role: String,
+    /// The campaign id.
+    pub campaign: String,
+    /// The campaign document.
+    pub campaign_url: String,
+    /// The team totals document.
+    pub totals_url: String,
+    /// This phone's collection document.
+    pub collection_url: String,
+    /// When, ms since the epoch.
+    pub enrolled_at: i64,
+}
+
+/// The team totals the server last sent, readable offline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TeamTotals {
+    /// When the server computed them, ms since the epoch.
+    pub computed_at: i64,
+    /// The totals.
+    pub totals: Totals,
+}
+
+/// The outcome of the last sync, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastSync {
+    /// When it ended, ms since the epoch.
+    pub at: i64,
+    /// Whether it reached a settled state (everything local acknowledged, nothing refused).
+    pub complete: bool,
+    /// Errors the server sent.
+    pub server_errors: Vec<String>,
+    /// Why it stopped early, if it did.
+    pub problem: Option<String>,
+}
+
+/// Everything `tally-device status` shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// The enrollment, if any.
+    pub enrollment: Option<EnrollmentInfo>,
+    /// Pending and acknowledged counts.
+    pub counts: Counts,
+    /// The canvasser's line, e.g. "12 signatures not yet safe: sync when you have signal".
+    pub summary: String,
+    /// The pending receipts, oldest first.
+    pub pending: Vec<Receipt>,
+    /// Records in the collection document (against [`MAX_RECORDS`]).
+    pub collection_records: usize,
+    /// The campaign's title, once the campaign document has been received.
+    pub campaign_title: Option<String>,
+    /// When the last complete sync ended.
+    pub last_complete_sync_at: Option<i64>,
+    /// The last sync attempt.
+    pub last_sync: Option<LastSync>,
+    /// The last team totals received.
+    pub totals: Option<TeamTotals>,
+    /// Things the canvasser should know (e.g. a document that cannot be read).
+    pub problems: Vec<String>,
+}
+
+/// One document the phone keeps, in memory.
+pub(crate) struct LocalDoc {
+    pub id: DocumentId,
+    pub role: DocRole,
+    pub doc: Automerge,
+    /// Chunks on disk not yet compacted (an estimate for other processes' writes).
+    pub chunks: usize,
+    /// The heads the server last sent for it.
+    pub server_heads: Vec<ChangeHash>,
+    /// The persisted sync state (`sync::State::encode`) with the server.
+    pub sync_state: Option<Vec<u8>>,
+}
+
+/// The result of applying one message from the server.
+pub(crate) struct Applied {
+    pub role: DocRole,
+    pub changed: bool,
+    pub acked: AckCounts,
+}
+
+/// The state behind a [`Device`]'s mutex.
+pub(crate) struct State {
+    pub conn: Connection,
+    pub enrollment: Option<Enrollment>,
+    pub docs: Vec<LocalDoc>,
+    pub drop_plaintext: bool,
+    data_version: i64,
+}
+
+fn corrupt(what: impl std::fmt::Display) -> impl FnOnce(automerge::AutomergeError) -> ClientError {
+    move |e| ClientError::Corrupt(format!("{what}: {e}"))
+}
+
+/// Loads a document from its snapshot and chunks.
+fn assemble(snapshot: Option<Vec<u8>>, chunks: &[Vec<u8>], role: DocRole) -> Result<Automerge> {
+    let mut doc = match snapshot {
+        Some(bytes) => Automerge::load(&bytes).map_err(corrupt(format!("the {role} document")))?,
+        None => Automerge::new(),
+    };
+    for chunk in chunks {
+        doc.load_incremental(chunk)
+            .map_err(corrupt(format!("a saved change of the {role} document")))?;
+    }
+    Ok(doc)
+}
+
+/// Maps a write refused by the document core to the form field at fault.
+fn write_error(e: WriteError) -> ClientError {
+    match e {
+        WriteError::Invalid(r) => {
+            const FIELDS: &[&str] = &[
+                "name", "postal_code", "city", "email", "phone", "street", "riding", "event", "fsa",
+                "collected_at", "at",
+            ];
+            let last = r.path.rsplit('/').next().unwrap_or_default();
+            let field = FIELDS.iter().find(|f| **f == last).copied().unwrap_or("record");
+            ClientError::form(field, r.to_string())
+        }
+        WriteError::NotFound(id) => ClientError::NotFound(id),
+        WriteError::Automerge(e) => ClientError::Corrupt(format!("the collection document refused a write: {e}")),
+    }
+}
+
+fn check_plain_text(field: &'static str, value: &str, required: bool) -> Result<()> {
+    let v = value.trim();
+    if required && v.is_empty() {
+        return Err(ClientError::form(field, "this field is required"));
+    }
+    if v.len() > MAX_SHORT_TEXT {
+        return Err(ClientError::form(
+            field,
+            format!("at most {MAX_SHORT_TEXT} bytes, got {}: shorten it", v.len()),
+        ));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(ClientError::form(field, "must not contain control characters (line breaks, tabs)"));
+    }
+    Ok(())
+}
+
+impl State {
+    fn open(path: &Path) -> Result<State> {
+        let conn = store::open(path)?;
+        let mut st = State {
+            conn,
+            enrollment: None,
+            docs: Vec::new(),
+            drop_plaintext: true,
+            data_version: 0,
+        };
+        st.reload()?;
+        Ok(st)
+    }
+
+    /// Re-reads settings and documents from the file.
+    pub fn reload(&mut self) -> Result<()> {
+        self.data_version = store::data_version(&self.conn)?;
+        self.enrollment = store::setting(&self.conn, KEY_ENROLLMENT)?
+            .map(|json| {
+                serde_json::from_str::<Enrollment>(&json)
+                    .map_err(|e| ClientError::Corrupt(format!("the stored enrollment: {e}")))
+            })
+            .transpose()?;
+        self.drop_plaintext = store::setting(&self.conn, KEY_DROP_PLAINTEXT)?.is_none_or(|v| v != "false");
+        let mut docs = Vec::new();
+        for row in store::doc_rows(&self.conn)? {
+            let (snapshot, chunks, _) = store::doc_bytes(&self.conn, &row.id)?;
+            docs.push(LocalDoc {
+                id: row.id,
+                role: row.role,
+                doc: assemble(snapshot, &chunks, row.role)?,
+                chunks: chunks.len(),
+                server_heads: row.server_heads,
+                sync_state: row.sync_state,
+            });
+        }
+        self.docs = docs;
+        Ok(())
+    }
+
+    /// Reloads when another process committed since we last looked. Returns whether it did.
+    pub fn refresh(&mut self) -> Result<bool> {
+        if store::data_version(&self.conn)? == self.data_version {
+            return Ok(false);
+        }
+        self.reload()?;
+        Ok(true)
+    }
+
+    /// After a failed write: make memory equal to the file again. If even that fails, the
+    /// original error is still the one to report; the next call reloads again.
+    fn restore(&mut self) {
+        if self.reload().is_err() {
+            self.data_version = -1;
+        }
+    }
+
+    pub fn enrollment(&self) -> Result<&Enrollment> {
+        self.enrollment.as_ref().ok_or(ClientError::NotEnrolled)
+    }
+
+    pub fn index(&self, role: DocRole) -> Result<usize> {
+        self.docs
+            .iter()
+            .position(|d| d.role == role)
+            .ok_or(ClientError::NotEnrolled)
+    }
+
+    pub fn doc(&self, role: DocRole) -> Result<&LocalDoc> {
+        Ok(&self.docs[self.index(role)?])
+    }
+
+    /// The campaign, read from its document; checked to be this phone's campaign.
+    fn campaign(&self) -> Result<Campaign> {
+        let enrollment = self.enrollment()?;
+        let doc = self.doc(DocRole::Campaign)?;
+        if doc.doc.get_heads().is_empty() {
+            return Err(ClientError::NoCampaign);
+        }
+        let campaign = campaign::read(&doc.doc).map_err(|r| ClientError::BadCampaign(r.to_string()))?;
+        if campaign.id != enrollment.campaign {
+            return Err(ClientError::BadCampaign(format!(
+                "it is campaign {:?} but this phone is enrolled in {:?}",
+                campaign.id, enrollment.campaign
+            )));
+        }
+        Ok(campaign)
+    }
+
+    fn totals(&self) -> Result<Option<TeamTotals>> {
+        let doc = self.doc(DocRole::Totals)?;
+        if doc.doc.get_heads().is_empty() {
+            return Ok(None);
+        }
+        let read = tally_core::totals_doc::read(&doc.doc).map_err(|r| {
+            ClientError::Protocol(format!("the team totals from the server cannot be read ({r})"))
+        })?;
+        Ok(read.map(|(totals, computed_at)| TeamTotals { computed_at, totals }))
+    }
+
+    fn check_room(&self) -> Result<()> {
+        let doc = self.doc(DocRole::Collection)?;
+        if collection::record_count(&doc.doc) >= MAX_RECORDS {
+            return Err(ClientError::CollectionFull { max: MAX_RECORDS });
+        }
+        Ok(())
+    }
+
+    /// Applies one local write to the collection and commits its chunk and its receipt in one
+    /// transaction. On any failure nothing is kept, in memory or on disk.
+    fn commit_local(
+        &mut self,
+        kind: ReceiptKind,
+        record_id: &str,
+        at: i64,
+        details: Option<ReceiptDetails>,
+        write: impl FnOnce(&mut Automerge) -> std::result::Result<(), WriteError>,
+    ) -> Result<Receipt> {
+        let idx = self.index(DocRole::Collection)?;
+        let local = &mut self.docs[idx];
+        let before = local.doc.get_heads();
+        write(&mut local.doc).map_err(write_error)?;
+        let new: Vec<ChangeHash> = local.doc.get_changes_meta(&before).iter().map(|m| m.hash).collect();
+        let [hash] = new[..] else {
+            self.restore();
+            return Err(ClientError::Corrupt(format!(
+                "a write made {} changes instead of one",
+                new.len()
+            )));
+        };
+        let chunk = local.doc.save_after(&before);
+        let doc_id = local.id;
+        let receipt = Receipt {
+            record_id: record_id.to_string(),
+            kind,
+            collected_at: at,
+            change_hash: store::hash_hex(&hash),
+            acknowledged: false,
+            acknowledged_at: None,
+            details,
+        };
+        let committed = (|| -> Result<()> {
+            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            store::append_chunk(&tx, &doc_id, &chunk, at)?;
+            store::insert_receipt(&tx, &receipt)?;
+            tx.commit()?;
+            Ok(())
+        })();
+        if let Err(e) = committed {
+            self.restore();
+            return Err(e);
+        }
+        self.docs[idx].chunks += 1;
+        if self.docs[idx].chunks >= COMPACT_AFTER_CHUNKS {
+            // The write is committed; a failed compaction only leaves more chunks to fold later.
+            let _ = self.compact(idx);
+        }
+        Ok(receipt)
+    }
+
+    /// Folds a document's chunks into its snapshot. Reads the file inside the transaction, so
+    /// chunks another process appended are kept.
+    pub fn compact(&mut self, idx: usize) -> Result<()> {
+        let id = self.docs[idx].id;
+        let role = self.docs[idx].role;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (snapshot, chunks, max_seq) = store::doc_bytes(&tx, &id)?;
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let doc = assemble(snapshot, &chunks, role)?;
+        store::replace_snapshot(&tx, &id, &doc.save(), max_seq, now_ms())?;
+        tx.commit()?;
+        let local = &mut self.docs[idx];
+        local.doc = doc;
+        local.chunks = 0;
+        Ok(())
+    }
+
+    /// Compacts every document with at least `min_chunks` chunks.
+    pub fn compact_all(&mut self, min_chunks: usize) -> Result<()> {
+        for idx in 0..self.docs.len() {
+            if self.docs[idx].chunks >= min_chunks.max(1) {
+                self.compact(idx)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The receipts whose change the server's heads include.
+    fn acked_hashes(&self, doc: &Automerge, server_heads: &[ChangeHash]) -> Result<Vec<String>> {
+        let pending = store::pending_hashes(&self.conn)?;
+        if pending.is_empty() {
+            return Ok(Vec::new());
+        }
+        let known: Vec<ChangeHash> = server_heads
+            .iter()
+            .filter(|h| doc.get_change_meta_by_hash(h).is_some())
+            .copied()
+            .collect();
+        if known.is_empty() {
+            return Ok(Vec::new());
+        }
+        let missing: HashSet<ChangeHash> = doc.get_changes_meta(&known).iter().map(|m| m.hash).collect();
+        Ok(pending
+            .into_iter()
+            .filter(|h| {
+                store::parse_hash(h)
+                    .is_some_and(|hash| doc.get_change_meta_by_hash(&hash).is_some() && !missing.contains(&hash))
+            })
+            .collect())
+    }
+
+    /// Marks acknowledged what the stored server heads of the collection already cover (after
+    /// another process added changes, or at the start of a sync).
+    pub fn recheck_acks(&mut self) -> Result<AckCounts> {
+        let idx = self.index(DocRole::Collection)?;
+        let hashes = self.acked_hashes(&self.docs[idx].doc, &self.docs[idx].server_heads)?;
+        if hashes.is_empty() {
+            return Ok(AckCounts::default());
+        }
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let acked = store::acknowledge(&tx, &hashes, now_ms(), self.drop_plaintext)?;
+        tx.commit()?;
+        Ok(acked)
+    }
+
+    /// Applies a sync message from the server to one of our documents, then commits, in one
+    /// transaction: the new changes as a chunk, the server's heads, the sync state, and the
+    /// receipts those heads acknowledge. Nothing is persisted before the message applied.
+    pub fn apply_server_message(
+        &mut self,
+        session: &mut Session,
+        doc_id: DocumentId,
+        message: sync::Message,
+        now: i64,
+    ) -> Result<Applied> {
+        let idx = self
+            .docs
+            .iter()
+            .position(|d| d.id == doc_id)
+            .ok_or_else(|| ClientError::Protocol(format!("a sync message for unknown document {doc_id}")))?;
+        let server_heads = message.heads.clone();
+        let local = &mut self.docs[idx];
+        let role = local.role;
+        let before = local.doc.get_heads();
+        if let Err(e) = session.apply_sync_message(doc_id, &mut local.doc, message) {
+            self.restore();
+            return Err(ClientError::Protocol(format!(
+                "the server's changes to the {role} document do not apply ({e})"
+            )));
+        }
+        let changed = local.doc.get_heads() != before;
+        let chunk = changed.then(|| local.doc.save_after(&before));
+        let sync_state = session.encoded_sync_state(&doc_id);
+        let acked_hashes = if role == DocRole::Collection {
+            self.acked_hashes(&self.docs[idx].doc, &server_heads)?
+        } else {
+            Vec::new()
+        };
+        let committed = (|| -> Result<AckCounts> {
+            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some(chunk) = &chunk {
+                store::append_chunk(&tx, &doc_id, chunk, now)?;
+            }
+            store::set_sync(&tx, &doc_id, &server_heads, sync_state.as_deref(), now)?;
+            let acked = store::acknowledge(&tx, &acked_hashes, now, self.drop_plaintext)?;
+            tx.commit()?;
+            Ok(acked)
+        })();
+        let acked = match committed {
+            Ok(acked) => acked,
+            Err(e) => {
+                self.restore();
+                return Err(e);
+            }
+        };
+        let local = &mut self.docs[idx];
+        local.server_heads = server_heads;
+        if sync_state.is_some() {
+            local.sync_state = sync_state;
+        }
+        if chunk.is_some() {
+            local.chunks += 1;
+        }
+        Ok(Applied { role, changed, acked })
+    }
+
+    fn set_setting(&mut self, key: &str, value: &str) -> Result<()> {
+        store::set_setting(&self.conn, key, value)
+    }
+}
+
+/// The phone: its store and documents. See the module docs.
+#[derive(Clone)]
+pub struct Device {
+    pub(crate) shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    home: PathBuf,
+    state: Mutex<State>,
+    /// Bumped after every local write, so a running sync pushes it at once.
+    pub(crate) writes: tokio::sync::watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device").field("home", &self.shared.home).finish_non_exhaustive()
+    }
+}
+
+impl Device {
+    /// Opens the phone's store in `home` (created if missing), enrolled or not.
+    pub fn open(home: impl AsRef<Path>) -> Result<Device> {
+        let home = home.as_ref().to_path_buf();
+        std::fs::create_dir_all(&home)
+            .map_err(|e| ClientError::Storage(format!("cannot create {}: {e}", home.display())))?;
+        let state = State::open(&home.join(store::DB_FILE))?;
+        let (writes, _) = tokio::sync::watch::channel(0);
+        Ok(Device {
+            shared: Arc::new(Shared {
+                home,
+                state: Mutex::new(state),
+                writes,
+            }),
+        })
+    }
+
+    /// The home directory.
+    pub fn home(&self) -> &Path {
+        &self.shared.home
+    }
+
+    /// The SQLite file.
+    pub fn database_path(&self) -> PathBuf {
+        self.shared.home.join(store::DB_FILE)
+    }
+
+    pub(crate) fn lock(&self) -> Result<MutexGuard<'_, State>> {
+        match self.shared.state.lock() {
+            Ok(guard) => {
+                let mut guard = guard;
+                if guard.data_version == -1 {
+                    guard.reload()?;
+                }
+                Ok(guard)
+            }
+            Err(poisoned) => {
+                // A panic mid-call may have left memory ahead of the file: reload from it.
+                let mut guard = poisoned.into_inner();
+                guard.reload()?;
+                self.shared.state.clear_poison();
+                Ok(guard)
+            }
+        }
+    }
+
+    fn wrote(&self) {
+        self.shared.writes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Enrolls this phone: parses the organizer's payload, exchanges its code for a token over
+    /// HTTP, and creates and commits the phone's collection document. The campaign document
+    /// arrives with the first sync. If this fails after the server accepted the code, the code
+    /// is used up: ask the organizer for a new one.
+    pub fn enroll(&self, payload_json: &str, name: &str) -> Result<EnrollmentInfo> {
+        let payload = EnrollPayload::parse(payload_json)?;
+        check_plain_text("name", name, true)?;
+        if let Some(e) = &self.lock()?.enrollment {
+            return Err(ClientError::AlreadyEnrolled {
+                campaign: e.campaign.clone(),
+                device_id: e.device_id.clone(),
+            });
+        }
+        let response = enroll::exchange(&payload, name.trim())?;
+        self.complete_enrollment(&payload, &response, name)
+    }
+
+    /// The second half of [`Device::enroll`], for an app that did the HTTP exchange itself (and
+    /// for tests): checks the server's answer against the payload and stores the enrollment and
+    /// a new collection document in one transaction.
+    pub fn complete_enrollment(
+        &self,
+        payload: &EnrollPayload,
+        response: &EnrollResponse,
+        name: &str,
+    ) -> Result<EnrollmentInfo> {
+        check_plain_text("name", name, true)?;
+        let checked = response.check(payload)?;
+        let mut st = self.lock()?;
+        st.refresh()?;
+        if let Some(e) = &st.enrollment {
+            return Err(ClientError::AlreadyEnrolled {
+                campaign: e.campaign.clone(),
+                device_id: e.device_id.clone(),
+            });
+        }
+        let collection = collection::create(&response.campaign, &response.device_id).map_err(|e| {
+            ClientError::Protocol(format!("the enrollment answer cannot start a collection: {e}"))
+        })?;
+        let mut rng = rand::rngs::OsRng;
+        let collection_doc = DocumentId::random(&mut rng);
+        let now = now_ms();
+        let enrollment = Enrollment {
+            server: payload.server.clone(),
+            token: response.token.clone(),
+            device_id: response.device_id.clone(),
+            name: name.trim().to_string(),
+            role: response.role.clone(),
+            campaign: response.campaign.clone(),
+            campaign_doc: checked.campaign_doc,
+            totals_doc: checked.totals_doc,
+            collection_doc,
+            key: payload.key.to_hex(),
+            storage_id: hex::encode(rand::Rng::r#gen::<[u8; 16]>(&mut rng)),
+            enrolled_at: now,
+        };
+        let json = serde_json::to_string(&enrollment).expect("enrollment serializes");
+        let committed = (|| -> Result<()> {
+            let tx = st.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            store::set_setting(&tx, KEY_ENROLLMENT, &json)?;
+            store::insert_doc(&tx, &collection_doc, DocRole::Collection, Some(&collection.save()), now)?;
+            store::insert_doc(&tx, &checked.campaign_doc, DocRole::Campaign, None, now)?;
+            store::insert_doc(&tx, &checked.totals_doc, DocRole::Totals, None, now)?;
+            tx.commit()?;
+            Ok(())
+        })();
+        let result = committed.and_then(|()| st.reload());
+        if let Err(e) = result {
+            st.restore();
+            return Err(e);
+        }
+        Ok(enrollment.info())
+    }
+
+    /// What the phone is enrolled as, if it is.
+    pub fn enrollment(&self) -> Result<Option<EnrollmentInfo>> {
+        Ok(self.lock()?.enrollment.as_ref().map(Enrollment::info))
+    }
+
+    /// The campaign (petition, events), once its document has been received.
+    pub fn campaign(&self) -> Result<Campaign> {
+        self.lock()?.campaign()
+    }
+
+    /// Takes a signature: checks the form, seals the personal fields to the campaign's
+    /// organizers, computes the duplicate token, writes the record into the collection and
+    /// commits it (with its receipt) before returning. Works offline. A refused form writes
+    /// nothing and names the field.
+    pub fn sign(&self, form: &SignatureForm) -> Result<SignatureReceipt> {
+        let mut st = self.lock()?;
+        let enrollment = st.enrollment()?.clone();
+        let campaign = st.campaign()?;
+        check_plain_text("name", &form.name, true)?;
+        check_plain_text("city", &form.city, true)?;
+        for (field, value) in [
+            ("email", &form.email),
+            ("phone", &form.phone),
+            ("street", &form.street),
+            ("riding", &form.riding),
+            ("event", &form.event),
+        ] {
+            if let Some(v) = value {
+                check_plain_text(field, v, false)?;
+            }
+        }
+        st.check_room()?;
+        let now = now_ms();
+        let key = enrollment.key()?;
+        let signature = form.prepare(&TakenBy {
+            campaign: &campaign,
+            key: &key,
+            canvasser: &enrollment.device_id,
+            now,
+            id: collection::random_id(),
+        })?;
+        let clean = |v: &Option<String>| v.as_ref().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+        let details = ReceiptDetails {
+            name: form.name.trim().to_string(),
+            postal_code: normalize_postal_code(&form.postal_code).ok(),
+            city: Some(form.city.trim().to_string()),
+            email: clean(&form.email),
+            phone: clean(&form.phone),
+            street: clean(&form.street),
+            riding: clean(&form.riding),
+            event: signature.event.clone(),
+            walk_in: None,
+        };
+        let receipt = st.commit_local(ReceiptKind::Signature, &signature.id, now, Some(details), |doc| {
+            collection::add_signature(doc, &signature, &campaign)
+        })?;
+        let counts = store::counts(&st.conn)?;
+        drop(st);
+        self.wrote();
+        Ok(SignatureReceipt {
+            record_id: receipt.record_id,
+            change_hash: receipt.change_hash,
+            collected_at: now,
+            city: signature.city,
+            fsa: signature.fsa,
+            event: signature.event,
+            signatures_not_yet_safe: counts.signatures_pending,
+        })
+    }
+
+    /// Checks someone in to an event (a walk-in, or pre-registered). Only an attendee token (an
+    /// HMAC of the normalized name) goes into the document. Committed before returning.
+    pub fn checkin(&self, event: &str, name: &str, walk_in: bool) -> Result<Receipt> {
+        let mut st = self.lock()?;
+        let enrollment = st.enrollment()?.clone();
+        let campaign = st.campaign()?;
+        check_plain_text("name", name, true)?;
+        let event = event.trim();
+        if !campaign.events.contains_key(event) {
+            let known: Vec<&str> = campaign.events.keys().map(String::as_str).collect();
+            return Err(ClientError::form(
+                "event",
+                format!(
+                    "no event {event:?} in this campaign; known events: {}",
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                ),
+            ));
+        }
+        st.check_room()?;
+        let now = now_ms();
+        let key = enrollment.key()?;
+        let checkin = Checkin {
+            id: collection::random_id(),
+            event: event.to_string(),
+            attendee: key.attendee_token(name),
+            at: now,
+            by: enrollment.device_id.clone(),
+            walk_in,
+            withdrawn: false,
+        };
+        let details = ReceiptDetails {
+            name: name.trim().to_string(),
+            event: Some(event.to_string()),
+            walk_in: Some(walk_in),
+            ..ReceiptDetails::default()
+        };
+        let receipt = st.commit_local(ReceiptKind::Checkin, &checkin.id, now, Some(details), |doc| {
+            collection::add_checkin(doc, &checkin, &campaign)
+        })?;
+        drop(st);
+        self.wrote();
+        Ok(receipt)
+    }
+
+    /// Withdraws a signature or a check-in of this phone (the record stays, marked withdrawn).
+    /// Committed before returning; works offline.
+    pub fn withdraw(&self, record_id: &str) -> Result<Receipt> {
+        let record_id = record_id.trim();
+        let mut st = self.lock()?;
+        st.enrollment()?;
+        let doc = &st.doc(DocRole::Collection)?.doc;
+        let found_sig = collection::signature(doc, record_id).map_err(|r| ClientError::Corrupt(r.to_string()))?;
+        let found_checkin = if found_sig.is_none() {
+            collection::checkin(doc, record_id).map_err(|r| ClientError::Corrupt(r.to_string()))?
+        } else {
+            None
+        };
+        let (kind, withdrawn) = match (&found_sig, &found_checkin) {
+            (Some(s), _) => (ReceiptKind::SignatureWithdrawal, s.withdrawn),
+            (None, Some(c)) => (ReceiptKind::CheckinWithdrawal, c.withdrawn),
+            (None, None) => return Err(ClientError::NotFound(record_id.to_string())),
+        };
+        if withdrawn {
+            return Err(ClientError::AlreadyWithdrawn(record_id.to_string()));
+        }
+        let details = store::receipts_of(&st.conn, record_id)?
+            .into_iter()
+            .find_map(|r| r.details);
+        let now = now_ms();
+        let receipt = st.commit_local(kind, record_id, now, details, |doc| {
+            if kind == ReceiptKind::SignatureWithdrawal {
+                collection::withdraw_signature(doc, record_id)
+            } else {
+                collection::withdraw_checkin(doc, record_id)
+            }
+        })?;
+        drop(st);
+        self.wrote();
+        Ok(receipt)
+    }
+
+    /// Receipts not yet acknowledged by the server, oldest first.
+    pub fn pending(&self) -> Result<Vec<Receipt>> {
+        let mut st = self.lock()?;
+        st.refresh()?;
+        store::receipts(&st.conn, true)
+    }
+
+    /// Every receipt, oldest first.
+    pub fn receipts(&self) -> Result<Vec<Receipt>> {
+        let mut st = self.lock()?;
+        st.refresh()?;
+        store::receipts(&st.conn, false)
+    }
+
+    /// Pending and acknowledged counts ([`Counts::summary`] gives the canvasser's line).
+    pub fn counts(&self) -> Result<Counts> {
+        let mut st = self.lock()?;
+        st.refresh()?;
+        store::counts(&st.conn)
+    }
+
+    /// The last team totals received, with when the server computed them; `None` before the
+    /// first sync brought them.
+    pub fn totals(&self) -> Result<Option<TeamTotals>> {
+        let mut st = self.lock()?;
+        st.refresh()?;
+        st.totals()
+    }
+
+    /// Whether acknowledged records lose their display plaintext (on by default).
+    pub fn drop_plaintext_on_ack(&self) -> Result<bool> {
+        Ok(self.lock()?.drop_plaintext)
+    }
+
+    /// Sets [`Device::drop_plaintext_on_ack`]. Turning it on does not bring back plaintext
+    /// already dropped; turning it on drops nothing retroactively either (the next
+    /// acknowledgements follow the new setting).
+    pub fn set_drop_plaintext_on_ack(&self, on: bool) -> Result<()> {
+        let mut st = self.lock()?;
+        st.set_setting(KEY_DROP_PLAINTEXT, if on { "true" } else { "false" })?;
+        st.drop_plaintext = on;
+        Ok(())
+    }
+
+    /// Merges a document received by other means (e.g. the campaign document handed over on a
+    /// file, or a test fixture) into the stored campaign or totals document. `url` is its
+    /// `automerge:` URL or bare id and must be one of this phone's campaign or totals
+    /// documents; the phone's own collection is written only here and never imported.
+    pub fn import_document(&self, url: &str, bytes: &[u8]) -> Result<()> {
+        let id = DocumentId::from_url(url)
+            .or_else(|_| url.parse::<DocumentId>())
+            .map_err(|e| ClientError::form("document", format!("{url:?} is not a document URL: {e}")))?;
+        let mut st = self.lock()?;
+        st.enrollment()?;
+        let idx = st
+            .docs
+            .iter()
+            .position(|d| d.id == id)
+            .ok_or_else(|| ClientError::form("document", format!("{url} is not a document of this phone's campaign")))?;
+        if st.docs[idx].role == DocRole::Collection {
+            return Err(ClientError::form(
+                "document",
+                "the phone's own collection is written only on the phone; it cannot be imported",
+            ));
+        }
+        let local = &mut st.docs[idx];
+        let before = local.doc.get_heads();
+        if let Err(e) = local.doc.load_incremental(bytes) {
+            st.restore();
+            return Err(ClientError::form("document", format!("not an automerge document: {e}")));
+        }
+        if local.doc.get_heads() == before {
+            return Ok(());
+        }
+        let chunk = local.doc.save_after(&before);
+        let now = now_ms();
+        if let Err(e) = store::append_chunk(&st.conn, &id, &chunk, now) {
+            st.restore();
+            return Err(e);
+        }
+        st.docs[idx].chunks += 1;
+        Ok(())
+    }
+
+    /// A copy of one of the phone's documents (for inspection, export and tests).
+    pub fn document(&self, role: DocRole) -> Result<Automerge> {
+        Ok(self.lock()?.doc(role)?.doc.clone())
+    }
+
+    /// The heads the server last sent for one of the phone's documents.
+    pub fn server_heads(&self, role: DocRole) -> Result<Vec<ChangeHash>> {
+        Ok(self.lock()?.doc(role)?.server_heads.clone())
+    }
+
+    /// Folds every document's incremental chunks into its snapshot.
+    pub fn compact(&self) -> Result<()> {
+        self.lock()?.compact_all(1)
+    }
+
+    /// Everything `tally-device status` shows. Works before enrollment too.
+    pub fn status(&self) -> Result<Status> {
+        let mut st = self.lock()?;
+        st.refresh()?;
+        let counts = store::counts(&st.conn)?;
+        let pending = store::receipts(&st.conn, true)?;
+        let mut problems = Vec::new();
+        let (campaign_title, totals, collection_records) = if st.enrollment.is_some() {
+            let title = match st.campaign() {
+                Ok(c) => Some(c.title),
+                Err(ClientError::NoCampaign) => {
+                    problems.push(ClientError::NoCampaign.to_string());
+                    None
+                }
+                Err(e) => {
+                    problems.push(e.to_string());
+                    None
+                }
+            };
+            let totals = st.totals().unwrap_or_else(|e| {
+                problems.push(e.to_string());
+                None
+            });
+            (title, totals, collection::record_count(&st.doc(DocRole::Collection)?.doc))
+        } else {
+            problems.push(ClientError::NotEnrolled.to_string());
+            (None, None, 0)
+        };
+        let last_sync = store::setting(&st.conn, KEY_LAST_SYNC)?.and_then(|j| serde_json::from_str(&j).ok());
+        let last_complete_sync_at =
+            store::setting(&st.conn, KEY_LAST_COMPLETE_SYNC)?.and_then(|v| v.parse().ok());
+        Ok(Status {
+            enrollment: st.enrollment.as_ref().map(Enrollment::info),
+            summary: counts.summary(),
+            counts,
+            pending,
+            collection_records,
+            campaign_title,
+            last_complete_sync_at,
+            last_sync,
+            totals,
+            problems,
+        })
+    }
+
+    /// Records the outcome of a sync (and compacts what the sync appended).
+    pub(crate) fn record_sync(&self, last: &LastSync) -> Result<()> {
+        let mut st = self.lock()?;
+        let json = serde_json::to_string(last).expect("last sync serializes");
+        st.set_setting(KEY_LAST_SYNC, &json)?;
+        if last.complete {
+            st.set_setting(KEY_LAST_COMPLETE_SYNC, &last.at.to_string())?;
+        }
+        st.compact_all(COMPACT_AFTER_CHUNKS / 4)?;
+        // Push dropped plaintext out of the WAL file too.
+        let _ = st.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+        Ok(())
+    }
+}

@@ -1,0 +1,363 @@
+//! Running a tally server for a test: in-process ([`TestServer`]) or as the real binary in a child
+//! process ([`ServerProcess`]), plus the HTTP calls tests need (campaigns, events, invites,
+//! enrollment, totals).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tally_core::fixtures::World;
+use tally_server::config::Config;
+
+/// An HTTP call: method, URL path, token, body; returns (status, JSON body).
+pub fn http(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = ureq::request(method, &format!("{base}{path}")).timeout(Duration::from_secs(30));
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    let res = match body {
+        Some(b) => req.send_json(b),
+        None => req.call(),
+    };
+    match res {
+        Ok(r) => (r.status(), r.into_json().unwrap_or(Value::Null)),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or(Value::Null)),
+        Err(e) => panic!("HTTP {method} {path} failed: {e}"),
+    }
+}
+
+/// A campaign created through the API, with its organizers' keys.
+pub struct Campaign {
+    /// The campaign id (= campaign doc id).
+    pub id: String,
+    /// The totals document's URL.
+    pub totals_url: String,
+    /// Test keys: organizer identities and the duplicate key.
+    pub world: World,
+}
+
+/// What every way of running a server offers.
+pub trait Server {
+    /// `http://127.0.0.1:PORT`.
+    fn base(&self) -> String;
+    /// The admin token.
+    fn admin(&self) -> String;
+
+    /// `ws://127.0.0.1:PORT/sync`.
+    fn ws(&self) -> String {
+        format!("{}/sync", self.base().replace("http://", "ws://"))
+    }
+
+    /// Creates a campaign sealed to a fresh test world's organizers, with the world's event.
+    fn campaign(&self) -> Campaign {
+        let world = World::new();
+        let (s, v) = http(
+            &self.base(),
+            "POST",
+            "/api/v1/campaigns",
+            Some(&self.admin()),
+            Some(
+                json!({ "title": world.campaign.title, "petition": world.campaign.petition, "addressee": world.campaign.addressee, "goal": 100, "timezone": "America/Toronto", "recipients": world.campaign.recipients }),
+            ),
+        );
+        assert_eq!(s, 200, "campaign create: {v}");
+        let id = v["campaign"].as_str().expect("campaign id").to_string();
+        let ev = &world.campaign.events[tally_core::fixtures::EVENT];
+        let (s, v2) = http(
+            &self.base(),
+            "POST",
+            &format!("/api/v1/campaigns/{id}/events"),
+            Some(&self.admin()),
+            Some(
+                json!({ "id": ev.id, "name": ev.name, "city": ev.city, "starts_at": ev.starts_at, "place": ev.place }),
+            ),
+        );
+        assert_eq!(s, 200, "event add: {v2}");
+        // The world's campaign now describes the server's campaign (same keys, the server's id).
+        let mut world = world;
+        world.campaign.id = id.clone();
+        Campaign {
+            id,
+            totals_url: v["totals_url"].as_str().expect("totals url").to_string(),
+            world,
+        }
+    }
+
+    /// Invites and enrolls a device; returns (device id, token).
+    fn enroll(&self, campaign: &str, role: &str) -> (String, String) {
+        let (s, inv) = http(
+            &self.base(),
+            "POST",
+            "/api/v1/invites",
+            Some(&self.admin()),
+            Some(json!({ "campaign": campaign, "role": role })),
+        );
+        assert_eq!(s, 200, "invite: {inv}");
+        let (s, e) = http(
+            &self.base(),
+            "POST",
+            "/api/v1/enroll",
+            None,
+            Some(json!({ "code": inv["code"], "name": "test phone" })),
+        );
+        assert_eq!(s, 200, "enroll: {e}");
+        (
+            e["device_id"].as_str().expect("device id").to_string(),
+            e["token"].as_str().expect("token").to_string(),
+        )
+    }
+
+    /// The totals from the API.
+    fn totals(&self, campaign: &str) -> Value {
+        let (s, v) = http(
+            &self.base(),
+            "GET",
+            &format!("/api/v1/campaigns/{campaign}/totals"),
+            Some(&self.admin()),
+            None,
+        );
+        assert_eq!(s, 200, "totals: {v}");
+        v
+    }
+}
+
+/// A server running inside the test process.
+pub struct TestServer {
+    /// Its data folder.
+    pub dir: tempfile::TempDir,
+    addr: std::net::SocketAddr,
+    admin: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    /// Starts a server on 127.0.0.1:0 with a fresh data folder; `tweak` adjusts the config.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = Config {
+            data: dir.path().to_path_buf(),
+            ..Config::default()
+        };
+        tweak(&mut cfg);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        cfg.listen = addr;
+        let (store, _) = tally_server::open_data(&cfg.data).expect("open data");
+        let admin = std::fs::read_to_string(cfg.data.join(tally_server::ADMIN_TOKEN_FILE))
+            .expect("admin token")
+            .trim()
+            .to_string();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(tally_server::serve(cfg, store, listener, async move {
+            let _ = rx.await;
+        }));
+        TestServer {
+            dir,
+            addr,
+            admin,
+            stop: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    /// Starts a server with the default config.
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    /// The database file.
+    pub fn db(&self) -> PathBuf {
+        self.dir.path().join(tally_server::DB_FILE)
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.expect("server task").expect("server ran cleanly");
+        }
+    }
+}
+
+impl Server for TestServer {
+    fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    fn admin(&self) -> String {
+        self.admin.clone()
+    }
+}
+
+/// Path of a workspace binary, building it if needed (`cargo test --workspace` has built it).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--bins",
+                "-p",
+                "tally-server",
+                "-p",
+                "tally-client",
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building the binaries failed");
+    });
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// The real `tally serve` in a child process.
+pub struct ServerProcess {
+    /// Its data folder (kept across restarts).
+    pub data: PathBuf,
+    /// The port it listens on.
+    pub port: u16,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts `tally serve` on a free port with `data` as its data folder.
+    pub fn start(data: &Path) -> ServerProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("free port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let mut p = ServerProcess {
+            data: data.to_path_buf(),
+            port,
+            child: None,
+            log: data.join("serve.log"),
+        };
+        p.spawn();
+        p
+    }
+
+    fn spawn(&mut self) {
+        std::fs::create_dir_all(&self.data).expect("data dir");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(binary("tally"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+                "--data",
+            ])
+            .arg(&self.data)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn tally serve");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if ureq::get(&format!("{}/healthz", self.base()))
+                .timeout(Duration::from_millis(500))
+                .call()
+                .is_ok()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("tally serve did not come up; log:\n{}", self.log_text());
+    }
+
+    /// The server's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Kills the server with SIGKILL (no chance to flush anything).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops it with SIGTERM and waits for a clean exit; returns whether it exited successfully.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        c.wait().map(|s| s.success()).unwrap_or(false)
+    }
+
+    /// Starts it again on the same port and data.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Resident memory of the server process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Server for ServerProcess {
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+    fn admin(&self) -> String {
+        std::fs::read_to_string(self.data.join(tally_server::ADMIN_TOKEN_FILE))
+            .expect("admin token")
+            .trim()
+            .to_string()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
