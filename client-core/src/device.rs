@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use automerge::sync::{self, SyncDoc as _};
+use automerge::sync;
 use automerge::{Automerge, ChangeHash};
 use rusqlite::{Connection, TransactionBehavior};
 use serde::{Deserialize, Serialize};
@@ -189,7 +189,6 @@ pub(crate) struct LocalDoc {
 
 /// The result of applying one message from the server.
 pub(crate) struct Applied {
-    pub role: DocRole,
     pub changed: bool,
     pub acked: AckCounts,
 }
@@ -225,15 +224,30 @@ fn write_error(e: WriteError) -> ClientError {
     match e {
         WriteError::Invalid(r) => {
             const FIELDS: &[&str] = &[
-                "name", "postal_code", "city", "email", "phone", "street", "riding", "event", "fsa",
-                "collected_at", "at",
+                "name",
+                "postal_code",
+                "city",
+                "email",
+                "phone",
+                "street",
+                "riding",
+                "event",
+                "fsa",
+                "collected_at",
+                "at",
             ];
             let last = r.path.rsplit('/').next().unwrap_or_default();
-            let field = FIELDS.iter().find(|f| **f == last).copied().unwrap_or("record");
+            let field = FIELDS
+                .iter()
+                .find(|f| **f == last)
+                .copied()
+                .unwrap_or("record");
             ClientError::form(field, r.to_string())
         }
         WriteError::NotFound(id) => ClientError::NotFound(id),
-        WriteError::Automerge(e) => ClientError::Corrupt(format!("the collection document refused a write: {e}")),
+        WriteError::Automerge(e) => {
+            ClientError::Corrupt(format!("the collection document refused a write: {e}"))
+        }
     }
 }
 
@@ -245,11 +259,17 @@ fn check_plain_text(field: &'static str, value: &str, required: bool) -> Result<
     if v.len() > MAX_SHORT_TEXT {
         return Err(ClientError::form(
             field,
-            format!("at most {MAX_SHORT_TEXT} bytes, got {}: shorten it", v.len()),
+            format!(
+                "at most {MAX_SHORT_TEXT} bytes, got {}: shorten it",
+                v.len()
+            ),
         ));
     }
     if v.chars().any(char::is_control) {
-        return Err(ClientError::form(field, "must not contain control characters (line breaks, tabs)"));
+        return Err(ClientError::form(
+            field,
+            "must not contain control characters (line breaks, tabs)",
+        ));
     }
     Ok(())
 }
@@ -277,7 +297,8 @@ impl State {
                     .map_err(|e| ClientError::Corrupt(format!("the stored enrollment: {e}")))
             })
             .transpose()?;
-        self.drop_plaintext = store::setting(&self.conn, KEY_DROP_PLAINTEXT)?.is_none_or(|v| v != "false");
+        self.drop_plaintext =
+            store::setting(&self.conn, KEY_DROP_PLAINTEXT)?.is_none_or(|v| v != "false");
         let mut docs = Vec::new();
         for row in store::doc_rows(&self.conn)? {
             let (snapshot, chunks, _) = store::doc_bytes(&self.conn, &row.id)?;
@@ -333,7 +354,8 @@ impl State {
         if doc.doc.get_heads().is_empty() {
             return Err(ClientError::NoCampaign);
         }
-        let campaign = campaign::read(&doc.doc).map_err(|r| ClientError::BadCampaign(r.to_string()))?;
+        let campaign =
+            campaign::read(&doc.doc).map_err(|r| ClientError::BadCampaign(r.to_string()))?;
         if campaign.id != enrollment.campaign {
             return Err(ClientError::BadCampaign(format!(
                 "it is campaign {:?} but this phone is enrolled in {:?}",
@@ -349,9 +371,14 @@ impl State {
             return Ok(None);
         }
         let read = tally_core::totals_doc::read(&doc.doc).map_err(|r| {
-            ClientError::Protocol(format!("the team totals from the server cannot be read ({r})"))
+            ClientError::Protocol(format!(
+                "the team totals from the server cannot be read ({r})"
+            ))
         })?;
-        Ok(read.map(|(totals, computed_at)| TeamTotals { computed_at, totals }))
+        Ok(read.map(|(totals, computed_at)| TeamTotals {
+            computed_at,
+            totals,
+        }))
     }
 
     fn check_room(&self) -> Result<()> {
@@ -376,7 +403,12 @@ impl State {
         let local = &mut self.docs[idx];
         let before = local.doc.get_heads();
         write(&mut local.doc).map_err(write_error)?;
-        let new: Vec<ChangeHash> = local.doc.get_changes_meta(&before).iter().map(|m| m.hash).collect();
+        let new: Vec<ChangeHash> = local
+            .doc
+            .get_changes_meta(&before)
+            .iter()
+            .map(|m| m.hash)
+            .collect();
         let [hash] = new[..] else {
             self.restore();
             return Err(ClientError::Corrupt(format!(
@@ -396,7 +428,9 @@ impl State {
             details,
         };
         let committed = (|| -> Result<()> {
-            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
             store::append_chunk(&tx, &doc_id, &chunk, at)?;
             store::insert_receipt(&tx, &receipt)?;
             tx.commit()?;
@@ -419,7 +453,9 @@ impl State {
     pub fn compact(&mut self, idx: usize) -> Result<()> {
         let id = self.docs[idx].id;
         let role = self.docs[idx].role;
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (snapshot, chunks, max_seq) = store::doc_bytes(&tx, &id)?;
         if chunks.is_empty() {
             return Ok(());
@@ -457,12 +493,17 @@ impl State {
         if known.is_empty() {
             return Ok(Vec::new());
         }
-        let missing: HashSet<ChangeHash> = doc.get_changes_meta(&known).iter().map(|m| m.hash).collect();
+        let missing: HashSet<ChangeHash> = doc
+            .get_changes_meta(&known)
+            .iter()
+            .map(|m| m.hash)
+            .collect();
         Ok(pending
             .into_iter()
             .filter(|h| {
-                store::parse_hash(h)
-                    .is_some_and(|hash| doc.get_change_meta_by_hash(&hash).is_some() && !missing.contains(&hash))
+                store::parse_hash(h).is_some_and(|hash| {
+                    doc.get_change_meta_by_hash(&hash).is_some() && !missing.contains(&hash)
+                })
             })
             .collect())
     }
@@ -475,7 +516,9 @@ impl State {
         if hashes.is_empty() {
             return Ok(AckCounts::default());
         }
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let acked = store::acknowledge(&tx, &hashes, now_ms(), self.drop_plaintext)?;
         tx.commit()?;
         Ok(acked)
@@ -495,7 +538,9 @@ impl State {
             .docs
             .iter()
             .position(|d| d.id == doc_id)
-            .ok_or_else(|| ClientError::Protocol(format!("a sync message for unknown document {doc_id}")))?;
+            .ok_or_else(|| {
+                ClientError::Protocol(format!("a sync message for unknown document {doc_id}"))
+            })?;
         let server_heads = message.heads.clone();
         let local = &mut self.docs[idx];
         let role = local.role;
@@ -515,7 +560,9 @@ impl State {
             Vec::new()
         };
         let committed = (|| -> Result<AckCounts> {
-            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
             if let Some(chunk) = &chunk {
                 store::append_chunk(&tx, &doc_id, chunk, now)?;
             }
@@ -539,7 +586,7 @@ impl State {
         if chunk.is_some() {
             local.chunks += 1;
         }
-        Ok(Applied { role, changed, acked })
+        Ok(Applied { changed, acked })
     }
 
     fn set_setting(&mut self, key: &str, value: &str) -> Result<()> {
@@ -562,7 +609,9 @@ pub(crate) struct Shared {
 
 impl std::fmt::Debug for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Device").field("home", &self.shared.home).finish_non_exhaustive()
+        f.debug_struct("Device")
+            .field("home", &self.shared.home)
+            .finish_non_exhaustive()
     }
 }
 
@@ -652,9 +701,12 @@ impl Device {
                 device_id: e.device_id.clone(),
             });
         }
-        let collection = collection::create(&response.campaign, &response.device_id).map_err(|e| {
-            ClientError::Protocol(format!("the enrollment answer cannot start a collection: {e}"))
-        })?;
+        let collection =
+            collection::create(&response.campaign, &response.device_id).map_err(|e| {
+                ClientError::Protocol(format!(
+                    "the enrollment answer cannot start a collection: {e}"
+                ))
+            })?;
         let mut rng = rand::rngs::OsRng;
         let collection_doc = DocumentId::random(&mut rng);
         let now = now_ms();
@@ -674,9 +726,17 @@ impl Device {
         };
         let json = serde_json::to_string(&enrollment).expect("enrollment serializes");
         let committed = (|| -> Result<()> {
-            let tx = st.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = st
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
             store::set_setting(&tx, KEY_ENROLLMENT, &json)?;
-            store::insert_doc(&tx, &collection_doc, DocRole::Collection, Some(&collection.save()), now)?;
+            store::insert_doc(
+                &tx,
+                &collection_doc,
+                DocRole::Collection,
+                Some(&collection.save()),
+                now,
+            )?;
             store::insert_doc(&tx, &checked.campaign_doc, DocRole::Campaign, None, now)?;
             store::insert_doc(&tx, &checked.totals_doc, DocRole::Totals, None, now)?;
             tx.commit()?;
@@ -731,7 +791,11 @@ impl Device {
             now,
             id: collection::random_id(),
         })?;
-        let clean = |v: &Option<String>| v.as_ref().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+        let clean = |v: &Option<String>| {
+            v.as_ref()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        };
         let details = ReceiptDetails {
             name: form.name.trim().to_string(),
             postal_code: normalize_postal_code(&form.postal_code).ok(),
@@ -743,9 +807,13 @@ impl Device {
             event: signature.event.clone(),
             walk_in: None,
         };
-        let receipt = st.commit_local(ReceiptKind::Signature, &signature.id, now, Some(details), |doc| {
-            collection::add_signature(doc, &signature, &campaign)
-        })?;
+        let receipt = st.commit_local(
+            ReceiptKind::Signature,
+            &signature.id,
+            now,
+            Some(details),
+            |doc| collection::add_signature(doc, &signature, &campaign),
+        )?;
         let counts = store::counts(&st.conn)?;
         drop(st);
         self.wrote();
@@ -774,7 +842,11 @@ impl Device {
                 "event",
                 format!(
                     "no event {event:?} in this campaign; known events: {}",
-                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
                 ),
             ));
         }
@@ -796,9 +868,13 @@ impl Device {
             walk_in: Some(walk_in),
             ..ReceiptDetails::default()
         };
-        let receipt = st.commit_local(ReceiptKind::Checkin, &checkin.id, now, Some(details), |doc| {
-            collection::add_checkin(doc, &checkin, &campaign)
-        })?;
+        let receipt = st.commit_local(
+            ReceiptKind::Checkin,
+            &checkin.id,
+            now,
+            Some(details),
+            |doc| collection::add_checkin(doc, &checkin, &campaign),
+        )?;
         drop(st);
         self.wrote();
         Ok(receipt)
@@ -811,7 +887,8 @@ impl Device {
         let mut st = self.lock()?;
         st.enrollment()?;
         let doc = &st.doc(DocRole::Collection)?.doc;
-        let found_sig = collection::signature(doc, record_id).map_err(|r| ClientError::Corrupt(r.to_string()))?;
+        let found_sig = collection::signature(doc, record_id)
+            .map_err(|r| ClientError::Corrupt(r.to_string()))?;
         let found_checkin = if found_sig.is_none() {
             collection::checkin(doc, record_id).map_err(|r| ClientError::Corrupt(r.to_string()))?
         } else {
@@ -892,14 +969,17 @@ impl Device {
     pub fn import_document(&self, url: &str, bytes: &[u8]) -> Result<()> {
         let id = DocumentId::from_url(url)
             .or_else(|_| url.parse::<DocumentId>())
-            .map_err(|e| ClientError::form("document", format!("{url:?} is not a document URL: {e}")))?;
+            .map_err(|e| {
+                ClientError::form("document", format!("{url:?} is not a document URL: {e}"))
+            })?;
         let mut st = self.lock()?;
         st.enrollment()?;
-        let idx = st
-            .docs
-            .iter()
-            .position(|d| d.id == id)
-            .ok_or_else(|| ClientError::form("document", format!("{url} is not a document of this phone's campaign")))?;
+        let idx = st.docs.iter().position(|d| d.id == id).ok_or_else(|| {
+            ClientError::form(
+                "document",
+                format!("{url} is not a document of this phone's campaign"),
+            )
+        })?;
         if st.docs[idx].role == DocRole::Collection {
             return Err(ClientError::form(
                 "document",
@@ -910,7 +990,10 @@ impl Device {
         let before = local.doc.get_heads();
         if let Err(e) = local.doc.load_incremental(bytes) {
             st.restore();
-            return Err(ClientError::form("document", format!("not an automerge document: {e}")));
+            return Err(ClientError::form(
+                "document",
+                format!("not an automerge document: {e}"),
+            ));
         }
         if local.doc.get_heads() == before {
             return Ok(());
@@ -963,12 +1046,17 @@ impl Device {
                 problems.push(e.to_string());
                 None
             });
-            (title, totals, collection::record_count(&st.doc(DocRole::Collection)?.doc))
+            (
+                title,
+                totals,
+                collection::record_count(&st.doc(DocRole::Collection)?.doc),
+            )
         } else {
             problems.push(ClientError::NotEnrolled.to_string());
             (None, None, 0)
         };
-        let last_sync = store::setting(&st.conn, KEY_LAST_SYNC)?.and_then(|j| serde_json::from_str(&j).ok());
+        let last_sync =
+            store::setting(&st.conn, KEY_LAST_SYNC)?.and_then(|j| serde_json::from_str(&j).ok());
         let last_complete_sync_at =
             store::setting(&st.conn, KEY_LAST_COMPLETE_SYNC)?.and_then(|v| v.parse().ok());
         Ok(Status {

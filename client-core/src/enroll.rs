@@ -56,11 +56,19 @@ impl EnrollResponse {
             .map_err(|r| bad(format!("has an unusable device id: {r}")))?;
         tally_core::fields::check_id("campaign", &self.campaign)
             .map_err(|r| bad(format!("has an unusable campaign id: {r}")))?;
-        if self.token.trim().is_empty() || self.token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if self.token.trim().is_empty()
+            || self
+                .token
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
             return Err(bad("has no usable token".into()));
         }
         if !matches!(self.role.as_str(), "canvasser" | "organizer") {
-            return Err(bad(format!("has role {:?}; expected canvasser or organizer", self.role)));
+            return Err(bad(format!(
+                "has role {:?}; expected canvasser or organizer",
+                self.role
+            )));
         }
         let campaign_doc = DocumentId::from_url(&self.campaign_url)
             .map_err(|e| bad(format!("campaign_url {:?}: {e}", self.campaign_url)))?;
@@ -74,7 +82,9 @@ impl EnrollResponse {
             )));
         }
         if totals_doc == campaign_doc {
-            return Err(bad("names the same document for the campaign and the totals".into()));
+            return Err(bad(
+                "names the same document for the campaign and the totals".into(),
+            ));
         }
         Ok(CheckedResponse {
             campaign_doc,
@@ -112,7 +122,9 @@ pub fn exchange(payload: &EnrollPayload, name: &str) -> Result<EnrollResponse> {
                 detail: format!("reading the answer failed: {e}"),
             })?;
             serde_json::from_str(&body).map_err(|e| {
-                ClientError::Protocol(format!("the enrollment answer is not the expected JSON ({e})"))
+                ClientError::Protocol(format!(
+                    "the enrollment answer is not the expected JSON ({e})"
+                ))
             })
         }
         Err(ureq::Error::Status(status, response)) => {

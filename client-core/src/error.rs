@@ -56,7 +56,9 @@ pub enum ClientError {
         message: String,
     },
     /// The server could not be reached or the connection broke.
-    #[error("cannot reach the server at {url}: {detail}. Check the phone's connection and try again")]
+    #[error(
+        "cannot reach the server at {url}: {detail}. Check the phone's connection and try again"
+    )]
     Network {
         /// What was being reached.
         url: String,
@@ -69,10 +71,14 @@ pub enum ClientError {
     )]
     Unauthorized,
     /// The server answered something this phone does not understand.
-    #[error("the server answered something unexpected: {0}. Check that the server address is a tally server and that the app is up to date")]
+    #[error(
+        "the server answered something unexpected: {0}. Check that the server address is a tally server and that the app is up to date"
+    )]
     Protocol(String),
     /// No record with this id on the phone.
-    #[error("no signature or check-in {0:?} on this phone: check the id (tally-device status lists them)")]
+    #[error(
+        "no signature or check-in {0:?} on this phone: check the id (tally-device status lists them)"
+    )]
     NotFound(String),
     /// The record was withdrawn already.
     #[error("{0:?} is already withdrawn: nothing to do")]
@@ -86,10 +92,14 @@ pub enum ClientError {
         max: usize,
     },
     /// The local database failed.
-    #[error("the phone's storage failed: {0}. Free some space or restart the app; nothing entered has been lost")]
+    #[error(
+        "the phone's storage failed: {0}. Free some space or restart the app; nothing entered has been lost"
+    )]
     Storage(String),
     /// Stored data cannot be read back.
-    #[error("the phone's stored data is damaged: {0}. Keep the file and tell an organizer before reinstalling")]
+    #[error(
+        "the phone's stored data is damaged: {0}. Keep the file and tell an organizer before reinstalling"
+    )]
     Corrupt(String),
 }
 

@@ -1,1 +1,38 @@
-pub fn x() {}
+//! `tally-client`: the library a canvasser's phone embeds, and the `tally-device` CLI over it.
+//!
+//! The phone collects petition signatures and event check-ins offline, writes them into its own
+//! automerge *collection* document, and syncs that document to the tally server over
+//! automerge-repo's WebSocket protocol. It never loses what the canvasser entered: every record
+//! is committed to the phone's SQLite file before the call returns, and stays *pending* until
+//! the server's heads include it (the server acknowledges only committed changes).
+//!
+//! - [`Device`] ([`device`]): the phone. Enroll ([`Device::enroll`]), [`Device::sign`],
+//!   [`Device::checkin`], [`Device::withdraw`], [`Device::pending`], [`Device::counts`],
+//!   [`Device::totals`], [`Device::status`]. Synchronous; safe to share between threads.
+//! - Sync: [`Device::sync_once`] and [`Device::spawn_watch`] ([`net`]) drive the sans-IO
+//!   [`SyncEngine`] ([`sync`]) over a WebSocket on a private runtime thread.
+//! - [`EnrollPayload`] ([`payload`]): the organizer's QR code, parsed strictly.
+//! - [`store`]: the SQLite schema.
+//!
+//! Signers' personal fields are sealed on the phone (tally-core's `SignatureForm::prepare`) to
+//! the campaign's organizers before they touch a document; the plaintext kept for the
+//! canvasser's receipts is dropped once the server acknowledges the record.
+
+pub mod device;
+pub mod enroll;
+pub mod error;
+pub mod net;
+pub mod payload;
+pub mod receipts;
+pub mod store;
+pub mod sync;
+
+pub use device::{Device, EnrollmentInfo, LastSync, MAX_RECORDS, Status, TeamTotals};
+pub use enroll::EnrollResponse;
+pub use error::{ClientError, PayloadError, Result};
+pub use net::{WatchEvent, WatchHandle};
+pub use payload::EnrollPayload;
+pub use receipts::{AckCounts, Counts, Receipt, ReceiptDetails, ReceiptKind, SignatureReceipt};
+pub use store::DocRole;
+pub use sync::{SyncEngine, SyncReport};
+pub use tally_core::collection::{FormError, SignatureForm};

@@ -46,9 +46,14 @@ fn err(field: &'static str, message: impl Into<String>) -> PayloadError {
     }
 }
 
-fn text<'a>(obj: &'a serde_json::Map<String, Value>, field: &'static str) -> Result<&'a str, PayloadError> {
+fn text<'a>(
+    obj: &'a serde_json::Map<String, Value>,
+    field: &'static str,
+) -> Result<&'a str, PayloadError> {
     match obj.get(field) {
-        None | Some(Value::Null) => Err(err(field, "missing: scan the whole enrollment code again")),
+        None | Some(Value::Null) => {
+            Err(err(field, "missing: scan the whole enrollment code again"))
+        }
         Some(Value::String(s)) => Ok(s.trim()),
         Some(other) => Err(err(field, format!("expected text, found {other}"))),
     }
@@ -60,11 +65,16 @@ impl EnrollPayload {
         let value: Value = serde_json::from_str(json.trim()).map_err(|e| {
             err(
                 "payload",
-                format!("not JSON ({e}): paste the whole text the organizer's `tally invite` printed"),
+                format!(
+                    "not JSON ({e}): paste the whole text the organizer's `tally invite` printed"
+                ),
             )
         })?;
         let Value::Object(obj) = value else {
-            return Err(err("payload", "expected a JSON object like {\"v\":1,\"server\":...}"));
+            return Err(err(
+                "payload",
+                "expected a JSON object like {\"v\":1,\"server\":...}",
+            ));
         };
         match obj.get("v") {
             None => return Err(err("v", "missing: this is not a tally enrollment code")),
@@ -80,15 +90,24 @@ impl EnrollPayload {
         }
         let server = parse_server(text(&obj, "server")?)?;
         let code = text(&obj, "code")?;
-        if code.is_empty() || code.len() > 64 || !code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        if code.is_empty()
+            || code.len() > 64
+            || !code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
             return Err(err(
                 "code",
-                format!("{code:?} is not an enrollment code (letters, digits and dashes, like ABCD-EFGH-JKMN)"),
+                format!(
+                    "{code:?} is not an enrollment code (letters, digits and dashes, like ABCD-EFGH-JKMN)"
+                ),
             ));
         }
         let campaign_url = text(&obj, "campaign")?;
-        let campaign = DocumentId::from_url(campaign_url)
-            .map_err(|e| err("campaign", format!("{campaign_url:?} is not a document URL (automerge:<id>): {e}")))?;
+        let campaign = DocumentId::from_url(campaign_url).map_err(|e| {
+            err(
+                "campaign",
+                format!("{campaign_url:?} is not a document URL (automerge:<id>): {e}"),
+            )
+        })?;
         let key_text = text(&obj, "key")?;
         if key_text.len() != 64 || !key_text.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(err(
@@ -96,11 +115,16 @@ impl EnrollPayload {
                 format!(
                     "the campaign key is 64 hex digits, got {} characters{}",
                     key_text.chars().count(),
-                    if key_text.bytes().all(|b| b.is_ascii_hexdigit()) { "" } else { " (not all hex)" }
+                    if key_text.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        ""
+                    } else {
+                        " (not all hex)"
+                    }
                 ),
             ));
         }
-        let key = DuplicateKey::from_hex(&key_text.to_ascii_lowercase()).map_err(|m| err("key", m))?;
+        let key =
+            DuplicateKey::from_hex(&key_text.to_ascii_lowercase()).map_err(|m| err("key", m))?;
         Ok(EnrollPayload {
             server,
             code: code.to_string(),
@@ -117,18 +141,29 @@ impl EnrollPayload {
 
 /// Checks a server base URL: `http`/`https`, a host, no query, fragment or credentials.
 fn parse_server(raw: &str) -> Result<String, PayloadError> {
-    let url = url::Url::parse(raw)
-        .map_err(|e| err("server", format!("{raw:?} is not a URL ({e}); expected like https://tally.example.org")))?;
+    let url = url::Url::parse(raw).map_err(|e| {
+        err(
+            "server",
+            format!("{raw:?} is not a URL ({e}); expected like https://tally.example.org"),
+        )
+    })?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(err(
             "server",
-            format!("{raw:?} must start with http:// or https://, not {}://", url.scheme()),
+            format!(
+                "{raw:?} must start with http:// or https://, not {}://",
+                url.scheme()
+            ),
         ));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(err("server", format!("{raw:?} names no host")));
     }
-    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() || url.password().is_some() {
+    if url.query().is_some()
+        || url.fragment().is_some()
+        || !url.username().is_empty()
+        || url.password().is_some()
+    {
         return Err(err(
             "server",
             format!("{raw:?} must be a plain base URL, without ?query, #fragment or user@"),
@@ -146,7 +181,10 @@ pub fn sync_url(server: &str) -> Result<String, PayloadError> {
     } else if let Some(rest) = base.strip_prefix("http://") {
         format!("ws://{rest}")
     } else {
-        return Err(err("server", format!("{server:?} is neither http nor https")));
+        return Err(err(
+            "server",
+            format!("{server:?} is neither http nor https"),
+        ));
     };
     Ok(format!("{rest}/sync"))
 }
@@ -157,8 +195,14 @@ mod tests {
 
     #[test]
     fn sync_urls() {
-        assert_eq!(sync_url("http://127.0.0.1:7300").unwrap(), "ws://127.0.0.1:7300/sync");
-        assert_eq!(sync_url("https://t.example.org/").unwrap(), "wss://t.example.org/sync");
+        assert_eq!(
+            sync_url("http://127.0.0.1:7300").unwrap(),
+            "ws://127.0.0.1:7300/sync"
+        );
+        assert_eq!(
+            sync_url("https://t.example.org/").unwrap(),
+            "wss://t.example.org/sync"
+        );
         assert_eq!(
             sync_url("https://t.example.org/tally/").unwrap(),
             "wss://t.example.org/tally/sync"

@@ -162,9 +162,16 @@ impl Counts {
             parts.push(plural(self.checkins_pending, "check-in", "check-ins"));
         }
         if self.withdrawals_pending > 0 {
-            parts.push(plural(self.withdrawals_pending, "withdrawal", "withdrawals"));
+            parts.push(plural(
+                self.withdrawals_pending,
+                "withdrawal",
+                "withdrawals",
+            ));
         }
-        format!("{} not yet safe: sync when you have signal", parts.join(", "))
+        format!(
+            "{} not yet safe: sync when you have signal",
+            parts.join(", ")
+        )
     }
 }
 

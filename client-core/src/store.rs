@@ -67,9 +67,8 @@ CREATE INDEX receipts_pending ON receipts (collected_at) WHERE acknowledged_at I
 /// Opens (creating if needed) the database at `path` with the durability settings, and
 /// migrates it to this build's schema.
 pub fn open(path: &Path) -> Result<Connection> {
-    let conn = Connection::open(path).map_err(|e| {
-        ClientError::Storage(format!("cannot open {}: {e}", path.display()))
-    })?;
+    let conn = Connection::open(path)
+        .map_err(|e| ClientError::Storage(format!("cannot open {}: {e}", path.display())))?;
     conn.busy_timeout(Duration::from_secs(10))?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
@@ -91,7 +90,11 @@ pub fn open(path: &Path) -> Result<Connection> {
                 // Another process may have created the schema between our check and our write.
                 let _ = conn.execute_batch("ROLLBACK");
                 let now: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-                if now == SCHEMA_VERSION { Ok(()) } else { Err(e) }
+                if now == SCHEMA_VERSION {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
             })?;
         }
         SCHEMA_VERSION => {}
@@ -119,7 +122,9 @@ pub fn data_version(conn: &Connection) -> Result<i64> {
 
 pub fn setting(conn: &Connection, key: &str) -> Result<Option<String>> {
     Ok(conn
-        .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0))
+        .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
         .optional()?)
 }
 
@@ -196,7 +201,9 @@ fn parse_heads(json: &str) -> Result<Vec<ChangeHash>> {
         .map_err(|e| ClientError::Corrupt(format!("stored server heads are not a list: {e}")))?;
     list.iter()
         .map(|s| {
-            parse_hash(s).ok_or_else(|| ClientError::Corrupt(format!("stored head {s:?} is not a change hash")))
+            parse_hash(s).ok_or_else(|| {
+                ClientError::Corrupt(format!("stored head {s:?} is not a change hash"))
+            })
         })
         .collect()
 }
@@ -227,18 +234,27 @@ pub fn doc_rows(conn: &Connection) -> Result<Vec<DocRow>> {
     Ok(out)
 }
 
+/// A document's stored bytes: its snapshot, its chunks in order, the highest chunk number.
+pub type DocBytes = (Option<Vec<u8>>, Vec<Vec<u8>>, i64);
+
 /// The stored bytes of a document: its snapshot, then its chunks in order, with the highest
 /// chunk sequence number read.
-pub fn doc_bytes(conn: &Connection, id: &DocumentId) -> Result<(Option<Vec<u8>>, Vec<Vec<u8>>, i64)> {
+pub fn doc_bytes(conn: &Connection, id: &DocumentId) -> Result<DocBytes> {
     let key = id.to_string();
     let snapshot: Option<Vec<u8>> = conn
-        .query_row("SELECT snapshot FROM documents WHERE doc_id = ?1", [&key], |r| r.get(0))
+        .query_row(
+            "SELECT snapshot FROM documents WHERE doc_id = ?1",
+            [&key],
+            |r| r.get(0),
+        )
         .optional()?
         .flatten();
     let mut stmt = conn.prepare("SELECT seq, data FROM chunks WHERE doc_id = ?1 ORDER BY seq")?;
     let mut chunks = Vec::new();
     let mut max_seq = 0;
-    for row in stmt.query_map([&key], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))? {
+    for row in stmt.query_map([&key], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+    })? {
         let (seq, data) = row?;
         max_seq = seq;
         chunks.push(data);
@@ -246,7 +262,13 @@ pub fn doc_bytes(conn: &Connection, id: &DocumentId) -> Result<(Option<Vec<u8>>,
     Ok((snapshot, chunks, max_seq))
 }
 
-pub fn insert_doc(conn: &Connection, id: &DocumentId, role: DocRole, snapshot: Option<&[u8]>, now: i64) -> Result<()> {
+pub fn insert_doc(
+    conn: &Connection,
+    id: &DocumentId,
+    role: DocRole,
+    snapshot: Option<&[u8]>,
+    now: i64,
+) -> Result<()> {
     conn.execute(
         "INSERT INTO documents (doc_id, role, snapshot, updated_at) VALUES (?1, ?2, ?3, ?4)",
         params![id.to_string(), role.as_str(), snapshot, now],
@@ -267,7 +289,13 @@ pub fn append_chunk(conn: &Connection, id: &DocumentId, data: &[u8], now: i64) -
 }
 
 /// Replaces a document's snapshot and drops the chunks it folds in (those up to `upto_seq`).
-pub fn replace_snapshot(conn: &Connection, id: &DocumentId, snapshot: &[u8], upto_seq: i64, now: i64) -> Result<()> {
+pub fn replace_snapshot(
+    conn: &Connection,
+    id: &DocumentId,
+    snapshot: &[u8],
+    upto_seq: i64,
+    now: i64,
+) -> Result<()> {
     conn.execute(
         "UPDATE documents SET snapshot = ?2, updated_at = ?3 WHERE doc_id = ?1",
         params![id.to_string(), snapshot, now],
@@ -280,12 +308,22 @@ pub fn replace_snapshot(conn: &Connection, id: &DocumentId, snapshot: &[u8], upt
 }
 
 pub fn chunk_count(conn: &Connection, id: &DocumentId) -> Result<usize> {
-    let n: i64 = conn.query_row("SELECT count(*) FROM chunks WHERE doc_id = ?1", [id.to_string()], |r| r.get(0))?;
+    let n: i64 = conn.query_row(
+        "SELECT count(*) FROM chunks WHERE doc_id = ?1",
+        [id.to_string()],
+        |r| r.get(0),
+    )?;
     Ok(usize::try_from(n).unwrap_or(0))
 }
 
 /// Stores what the server said about a document: its heads and our sync state with it.
-pub fn set_sync(conn: &Connection, id: &DocumentId, server_heads: &[ChangeHash], sync_state: Option<&[u8]>, now: i64) -> Result<()> {
+pub fn set_sync(
+    conn: &Connection,
+    id: &DocumentId,
+    server_heads: &[ChangeHash],
+    sync_state: Option<&[u8]>,
+    now: i64,
+) -> Result<()> {
     conn.execute(
         "UPDATE documents SET server_heads = ?2, sync_state = coalesce(?3, sync_state), updated_at = ?4
          WHERE doc_id = ?1",
@@ -309,13 +347,19 @@ pub fn insert_receipt(conn: &Connection, r: &Receipt) -> Result<()> {
 
 /// Change hashes of the receipts not acknowledged yet.
 pub fn pending_hashes(conn: &Connection) -> Result<Vec<String>> {
-    let mut stmt = conn.prepare("SELECT change_hash FROM receipts WHERE acknowledged_at IS NULL")?;
+    let mut stmt =
+        conn.prepare("SELECT change_hash FROM receipts WHERE acknowledged_at IS NULL")?;
     let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// Marks receipts acknowledged at `now`, dropping their plaintext when `drop_details`.
-pub fn acknowledge(conn: &Connection, hashes: &[String], now: i64, drop_details: bool) -> Result<AckCounts> {
+pub fn acknowledge(
+    conn: &Connection,
+    hashes: &[String],
+    now: i64,
+    drop_details: bool,
+) -> Result<AckCounts> {
     let mut counts = AckCounts::default();
     let mut stmt = conn.prepare(
         "UPDATE receipts SET acknowledged_at = ?2,
@@ -330,18 +374,30 @@ pub fn acknowledge(conn: &Connection, hashes: &[String], now: i64, drop_details:
         match kind.as_deref().and_then(ReceiptKind::parse) {
             Some(ReceiptKind::Signature) => counts.signatures += 1,
             Some(ReceiptKind::Checkin) => counts.checkins += 1,
-            Some(ReceiptKind::SignatureWithdrawal | ReceiptKind::CheckinWithdrawal) => counts.withdrawals += 1,
+            Some(ReceiptKind::SignatureWithdrawal | ReceiptKind::CheckinWithdrawal) => {
+                counts.withdrawals += 1
+            }
             None => {}
         }
     }
     Ok(counts)
 }
 
-fn receipt_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, String, i64, Option<i64>, Option<String>)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+/// A receipts row: change hash, record id, kind, collected at, acknowledged at, details.
+type ReceiptRow = (String, String, String, i64, Option<i64>, Option<String>);
+
+fn receipt_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReceiptRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
 }
 
-fn to_receipt(row: (String, String, String, i64, Option<i64>, Option<String>)) -> Result<Receipt> {
+fn to_receipt(row: ReceiptRow) -> Result<Receipt> {
     let (change_hash, record_id, kind, collected_at, acknowledged_at, details) = row;
     let kind = ReceiptKind::parse(&kind)
         .ok_or_else(|| ClientError::Corrupt(format!("receipt kind {kind:?}")))?;
@@ -360,12 +416,15 @@ fn to_receipt(row: (String, String, String, i64, Option<i64>, Option<String>)) -
     })
 }
 
-const RECEIPT_COLUMNS: &str = "change_hash, record_id, kind, collected_at, acknowledged_at, details";
+const RECEIPT_COLUMNS: &str =
+    "change_hash, record_id, kind, collected_at, acknowledged_at, details";
 
 /// Receipts, oldest first: only pending ones, or all.
 pub fn receipts(conn: &Connection, pending_only: bool) -> Result<Vec<Receipt>> {
     let sql = if pending_only {
-        format!("SELECT {RECEIPT_COLUMNS} FROM receipts WHERE acknowledged_at IS NULL ORDER BY collected_at, rowid")
+        format!(
+            "SELECT {RECEIPT_COLUMNS} FROM receipts WHERE acknowledged_at IS NULL ORDER BY collected_at, rowid"
+        )
     } else {
         format!("SELECT {RECEIPT_COLUMNS} FROM receipts ORDER BY collected_at, rowid")
     };
@@ -388,7 +447,13 @@ pub fn counts(conn: &Connection) -> Result<Counts> {
         "SELECT kind, acknowledged_at IS NOT NULL, count(*) FROM receipts GROUP BY 1, 2",
     )?;
     let mut c = Counts::default();
-    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?, r.get::<_, u64>(2)?)))? {
+    for row in stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, bool>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })? {
         let (kind, acked, n) = row?;
         let slot = match (ReceiptKind::parse(&kind), acked) {
             (Some(ReceiptKind::Signature), false) => &mut c.signatures_pending,
@@ -399,7 +464,7 @@ pub fn counts(conn: &Connection) -> Result<Counts> {
             (Some(_), true) => &mut c.withdrawals_acknowledged,
             (None, _) => continue,
         };
-        *slot += n;
+        *slot += u64::try_from(n).unwrap_or(0);
     }
     Ok(c)
 }

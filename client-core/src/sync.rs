@@ -54,11 +54,17 @@ impl SyncReport {
     /// A short line for people, e.g. "synced: 3 signatures acknowledged; all safe ...".
     pub fn summary(&self) -> String {
         let mut parts = Vec::new();
-        parts.push(if self.complete { "synced".to_string() } else { "sync incomplete".to_string() });
+        parts.push(if self.complete {
+            "synced".to_string()
+        } else {
+            "sync incomplete".to_string()
+        });
         if self.acknowledged.total() > 0 {
             parts.push(format!(
                 "{} signatures, {} check-ins, {} withdrawals newly safe",
-                self.acknowledged.signatures, self.acknowledged.checkins, self.acknowledged.withdrawals
+                self.acknowledged.signatures,
+                self.acknowledged.checkins,
+                self.acknowledged.withdrawals
             ));
         }
         if self.campaign_updated {
@@ -68,7 +74,9 @@ impl SyncReport {
             parts.push("team totals updated".into());
         }
         for role in &self.unavailable {
-            parts.push(format!("the server does not share the {role} document with this phone"));
+            parts.push(format!(
+                "the server does not share the {role} document with this phone"
+            ));
         }
         for e in &self.server_errors {
             parts.push(format!("server refused: {e}"));
@@ -154,7 +162,9 @@ impl SyncEngine {
             Ok(events) => events,
             Err(e) if e.is_fatal() => return Err(ClientError::Protocol(e.to_string())),
             Err(e) => {
-                self.report.warnings.push(format!("ignored a frame from the server: {e}"));
+                self.report
+                    .warnings
+                    .push(format!("ignored a frame from the server: {e}"));
                 return Ok(Vec::new());
             }
         };

@@ -40,9 +40,7 @@ impl From<tally_store::StoreError> for ApiError {
     fn from(e: tally_store::StoreError) -> Self {
         use tally_store::StoreError as E;
         match e {
-            E::InviteUnknown { .. } | E::InviteExpired { .. } | E::InviteUsed { .. } => {
-                ApiError::Gone(e.to_string())
-            }
+            E::InviteUnknown | E::InviteExpired | E::InviteUsed => ApiError::Gone(e.to_string()),
             E::NotFound(_) => ApiError::NotFound(e.to_string()),
             E::Full(_) | E::ReadOnly(_) => ApiError::Unavailable(e.to_string()),
             other => ApiError::Internal(other.to_string()),

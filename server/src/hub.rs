@@ -233,6 +233,11 @@ impl Hub {
         edit(&mut after).map_err(HubError::Automerge)?;
         let before_heads = guard.doc.get_heads();
         if after.get_heads() == before_heads {
+            // Nothing applied, but automerge may have queued changes whose dependencies have
+            // not arrived yet, and the peer's sync state now records them as sent: keep the
+            // fork so they apply (and are judged) when the dependencies come, instead of
+            // dropping them and stalling the sync. Nothing unjudged reaches storage.
+            guard.doc = after;
             return Ok(Accepted::default());
         }
         let verdict = self.judge(&guard, &after, writer);

@@ -234,21 +234,32 @@ pub struct ServerProcess {
     pub port: u16,
     child: Option<Child>,
     log: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl ServerProcess {
     /// Starts `tally serve` on a free port with `data` as its data folder.
     pub fn start(data: &Path) -> ServerProcess {
+        Self::start_with_env(data, &[])
+    }
+
+    /// Starts `tally serve` with extra `TALLY_*` environment settings.
+    pub fn start_with_env(data: &Path, env: &[(&str, &str)]) -> ServerProcess {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .expect("free port")
             .local_addr()
             .expect("addr")
             .port();
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let mut p = ServerProcess {
             data: data.to_path_buf(),
             port,
             child: None,
             log: data.join("serve.log"),
+            env,
         };
         p.spawn();
         p
@@ -270,6 +281,7 @@ impl ServerProcess {
             ])
             .arg(&self.data)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -1,1 +1,432 @@
-fn main() {}
+//! `tally-device`: a canvasser's phone on the command line, over the `tally-client` library.
+//! State lives in `--home DIR` (default `./tally-phone`). Every command accepts `--json` and
+//! then prints one JSON object (`sync --watch`: one per line, per event).
+//!
+//! Exit codes: 0 done; 1 refused or failed (the message says what to do); 2 bad usage;
+//! 3 `sync` reached the server but did not settle (the report says why).
+
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use tally_client::{
+    ClientError, Device, Receipt, ReceiptKind, SignatureForm, Status, SyncReport, WatchEvent,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "tally-device",
+    version,
+    about = "A canvasser's phone for tally: enroll, collect signatures and check-ins offline, sync."
+)]
+struct Cli {
+    /// Directory where the phone keeps its data (one SQLite file).
+    #[arg(
+        long,
+        global = true,
+        env = "TALLY_HOME",
+        default_value = "./tally-phone"
+    )]
+    home: PathBuf,
+    /// Print one JSON object instead of text (JSON lines for `sync --watch`).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Enroll this phone with the organizer's code, then fetch the campaign.
+    Enroll {
+        /// The JSON the organizer's `tally invite` printed; `-` reads it from stdin, `@FILE`
+        /// from a file.
+        #[arg(long)]
+        payload: String,
+        /// A name for this phone, shown to organizers.
+        #[arg(long, default_value = "tally-device")]
+        name: String,
+    },
+    /// Take a petition signature (works offline).
+    Sign {
+        /// The signer's full name.
+        #[arg(long)]
+        name: String,
+        /// Canadian postal code, e.g. "M5V 2T6".
+        #[arg(long)]
+        postal_code: String,
+        /// The signer's city.
+        #[arg(long)]
+        city: String,
+        /// The event it is collected at (an event id of the campaign).
+        #[arg(long)]
+        event: Option<String>,
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        phone: Option<String>,
+        /// Street address.
+        #[arg(long)]
+        street: Option<String>,
+        /// Federal riding.
+        #[arg(long)]
+        riding: Option<String>,
+        /// The signer agrees to be contacted by the campaign.
+        #[arg(long)]
+        consent: bool,
+    },
+    /// Check someone in to an event (works offline).
+    Checkin {
+        /// The event id.
+        #[arg(long)]
+        event: String,
+        /// The attendee's name.
+        #[arg(long)]
+        name: String,
+        /// They walked in (not pre-registered).
+        #[arg(long)]
+        walk_in: bool,
+    },
+    /// Withdraw a signature or check-in of this phone, by record id.
+    Withdraw {
+        /// The record id (`status` lists pending ones).
+        id: String,
+    },
+    /// What is not yet safe on the server, the last sync, the team totals.
+    Status,
+    /// Sync with the server once, or keep syncing with --watch.
+    Sync {
+        /// Keep a connection open, push each new record at once, reconnect with backoff.
+        /// Stop with Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// Give up a single sync after this many seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+}
+
+/// A failure to print: the error and, for the JSON form, its kind and field.
+struct Failure {
+    message: String,
+    kind: &'static str,
+    field: Option<&'static str>,
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        Failure {
+            message: e.to_string(),
+            kind: e.kind(),
+            field: e.field(),
+        }
+    }
+}
+
+fn when(ms: i64) -> String {
+    use chrono::TimeZone as _;
+    chrono::Local
+        .timestamp_millis_opt(ms)
+        .single()
+        .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+        .unwrap_or_else(|| format!("{ms} ms"))
+}
+
+fn read_payload(arg: &str) -> Result<String, Failure> {
+    let fail = |message: String| Failure {
+        message,
+        kind: "payload",
+        field: Some("payload"),
+    };
+    if arg == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| fail(format!("cannot read the payload from stdin: {e}")))?;
+        Ok(s)
+    } else if let Some(path) = arg.strip_prefix('@') {
+        std::fs::read_to_string(path)
+            .map_err(|e| fail(format!("cannot read the payload from {path}: {e}")))
+    } else {
+        Ok(arg.to_string())
+    }
+}
+
+fn receipt_line(r: &Receipt) -> String {
+    let who = r
+        .details
+        .as_ref()
+        .map(|d| {
+            let place = d
+                .postal_code
+                .as_deref()
+                .or(d.event.as_deref())
+                .unwrap_or("");
+            format!(
+                "{} {}",
+                d.name,
+                if place.is_empty() {
+                    String::new()
+                } else {
+                    format!("({place})")
+                }
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "  {}  {:<26} {}  {}",
+        when(r.collected_at),
+        r.kind.to_string(),
+        r.record_id,
+        who.trim_end()
+    )
+}
+
+fn print_status(s: &Status) {
+    match &s.enrollment {
+        Some(e) => println!(
+            "{} ({}): device {} ({}) at {}",
+            s.campaign_title
+                .as_deref()
+                .unwrap_or("campaign not received yet"),
+            e.campaign_url,
+            e.device_id,
+            e.role,
+            e.server
+        ),
+        None => println!("Not enrolled."),
+    }
+    println!("{}", s.summary);
+    let c = &s.counts;
+    println!(
+        "Safe on the server: {} signatures, {} check-ins, {} withdrawals.",
+        c.signatures_acknowledged, c.checkins_acknowledged, c.withdrawals_acknowledged
+    );
+    match (&s.last_complete_sync_at, &s.last_sync) {
+        (_, Some(last)) if !last.complete => println!(
+            "Last sync {}: incomplete ({}).{}",
+            when(last.at),
+            last.problem
+                .clone()
+                .unwrap_or_else(|| last.server_errors.join("; ")),
+            s.last_complete_sync_at
+                .map(|t| format!(" Last complete sync {}.", when(t)))
+                .unwrap_or_default()
+        ),
+        (Some(t), _) => println!("Last sync {}.", when(*t)),
+        (None, _) => println!("Never synced."),
+    }
+    match &s.totals {
+        Some(t) => println!(
+            "Team totals (as of {}): {} signatures, {} unique signers.",
+            when(t.computed_at),
+            t.totals.signatures,
+            t.totals.unique_signers
+        ),
+        None => println!("No team totals yet."),
+    }
+    if !s.pending.is_empty() {
+        println!("Not yet safe:");
+        for r in &s.pending {
+            println!("{}", receipt_line(r));
+        }
+    }
+    for p in &s.problems {
+        if s.enrollment.is_some() {
+            println!("Note: {p}");
+        }
+    }
+}
+
+fn print_event(event: &WatchEvent, as_json: bool) {
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string(event).expect("events serialize")
+        );
+        return;
+    }
+    match event {
+        WatchEvent::Connected => println!("connected"),
+        WatchEvent::Synced(r) => println!("{}", r.summary()),
+        WatchEvent::Disconnected { error, retry_in_ms } => {
+            println!(
+                "disconnected: {error}; retrying in {:.1} s",
+                *retry_in_ms as f64 / 1000.0
+            )
+        }
+    }
+}
+
+fn watch(device: &Device, as_json: bool) -> Result<(), Failure> {
+    let handle = device.spawn_watch(move |e| print_event(&e, as_json))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ClientError::Storage(format!("cannot start a runtime: {e}")))?;
+    rt.block_on(async {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = async {
+                while !handle.is_finished() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            } => {}
+        }
+    });
+    handle.stop()?;
+    Ok(())
+}
+
+fn report_json(report: &SyncReport) -> serde_json::Value {
+    json!({"ok": report.complete, "report": report, "summary": report.summary()})
+}
+
+fn run(cli: &Cli) -> Result<ExitCode, Failure> {
+    let device = Device::open(&cli.home)?;
+    let out = |value: serde_json::Value, text: String| {
+        if cli.json {
+            println!("{value}");
+        } else {
+            println!("{text}");
+        }
+    };
+    match &cli.command {
+        Command::Enroll { payload, name } => {
+            let payload = read_payload(payload)?;
+            let info = device.enroll(&payload, name)?;
+            let sync = device.sync_once(Duration::from_secs(20));
+            let title = device.campaign().ok().map(|c| c.title);
+            let (sync_json, sync_text) = match &sync {
+                Ok(r) if title.is_some() => (
+                    json!(r),
+                    format!(
+                        "Campaign received: {}. Ready to collect.",
+                        title.clone().unwrap_or_default()
+                    ),
+                ),
+                Ok(r) => (
+                    json!(r),
+                    format!(
+                        "The campaign has not arrived yet ({}): sync again before collecting.",
+                        r.summary()
+                    ),
+                ),
+                Err(e) => (
+                    json!({"error": e.to_string()}),
+                    format!("Could not sync yet: {e}"),
+                ),
+            };
+            out(
+                json!({"ok": true, "enrollment": info, "campaign_received": title.is_some(), "sync": sync_json}),
+                format!(
+                    "Enrolled as device {} ({}) in campaign {}.\n{sync_text}",
+                    info.device_id, info.role, info.campaign_url
+                ),
+            );
+        }
+        Command::Sign {
+            name,
+            postal_code,
+            city,
+            event,
+            email,
+            phone,
+            street,
+            riding,
+            consent,
+        } => {
+            let form = SignatureForm {
+                name: name.clone(),
+                postal_code: postal_code.clone(),
+                city: city.clone(),
+                email: email.clone(),
+                phone: phone.clone(),
+                street: street.clone(),
+                consent_contact: *consent,
+                event: event.clone(),
+                riding: riding.clone(),
+            };
+            let r = device.sign(&form)?;
+            let summary = device.counts()?.summary();
+            out(
+                json!({"ok": true, "signature": r, "summary": summary}),
+                format!(
+                    "Saved signature {} ({}, {}). {summary}.",
+                    r.record_id, r.city, r.fsa
+                ),
+            );
+        }
+        Command::Checkin {
+            event,
+            name,
+            walk_in,
+        } => {
+            let r = device.checkin(event, name, *walk_in)?;
+            let summary = device.counts()?.summary();
+            out(
+                json!({"ok": true, "checkin": r, "summary": summary}),
+                format!(
+                    "Checked in {} at {event}{} (record {}). {summary}.",
+                    name.trim(),
+                    if *walk_in { " as a walk-in" } else { "" },
+                    r.record_id
+                ),
+            );
+        }
+        Command::Withdraw { id } => {
+            let r = device.withdraw(id)?;
+            let what = if r.kind == ReceiptKind::SignatureWithdrawal {
+                "signature"
+            } else {
+                "check-in"
+            };
+            let summary = device.counts()?.summary();
+            out(
+                json!({"ok": true, "withdrawal": r, "summary": summary}),
+                format!("Withdrew {what} {}. {summary}.", r.record_id),
+            );
+        }
+        Command::Status => {
+            let s = device.status()?;
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({"ok": true, "enrolled": s.enrollment.is_some(), "status": s})
+                );
+            } else {
+                print_status(&s);
+            }
+        }
+        Command::Sync { watch: true, .. } => watch(&device, cli.json)?,
+        Command::Sync { timeout, .. } => {
+            let report = device.sync_once(Duration::from_secs((*timeout).max(1)))?;
+            out(report_json(&report), report.summary());
+            if !report.complete {
+                return Ok(ExitCode::from(3));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(code) => code,
+        Err(f) => {
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({"ok": false, "error": {"kind": f.kind, "field": f.field, "message": f.message}})
+                );
+            } else {
+                eprintln!("error: {}", f.message);
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

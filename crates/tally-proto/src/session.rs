@@ -92,6 +92,10 @@ pub enum Event {
     },
     /// The remote sent `sync`. Apply it to a copy of the document with a clone of
     /// [`Session::sync_state`], validate, then merge and [`Session::set_sync_state`].
+    /// On accepting, keep the copy even when its heads did not move: automerge queues
+    /// changes whose dependencies have not arrived, and the stored sync state records them
+    /// as received, so the remote will not send them again (dropping the copy there
+    /// deadlocks the sync: the testkit's duplicate-delivery proptest found this).
     SyncReceived {
         doc: DocumentId,
         message: sync::Message,

@@ -227,6 +227,7 @@ impl Hub {
             .cloned()
             .unwrap_or_default();
         let mut after = before.clone();
+        let carried_changes = !message.changes.is_empty();
         let verdict = match after.receive_sync_message(&mut state, message) {
             Err(e) => Err(format!("changes do not apply: {e}")),
             Ok(()) if after.get_heads() == before.get_heads() => Ok(()),
@@ -236,7 +237,11 @@ impl Hub {
         match verdict {
             Ok(()) => {
                 self.session_mut(client).set_sync_state(doc, state);
-                if changed {
+                if changed || carried_changes {
+                    // Keep `after` even when the heads did not move: changes whose
+                    // dependencies have not arrived yet wait in its queue, and the sync state
+                    // just stored says they were received, so the phone will not send them
+                    // again. (They are validated when they apply and the heads move.)
                     self.docs.insert(doc, after);
                 } else if !existed {
                     // Nothing stored yet (the first message only carries heads): answer from
@@ -289,6 +294,9 @@ struct HubOutput {
 /// A client: its own documents, its session when connected, persisted sync states.
 pub struct Repo {
     peer_id: PeerId,
+    /// This device's automerge actor, used for every document it writes (seeded, so that
+    /// change hashes, and with them bloom filter collisions, are the same in every run).
+    actor: ActorId,
     docs: BTreeMap<DocumentId, Automerge>,
     /// Documents asked for but not received yet.
     wanted: BTreeSet<DocumentId>,
@@ -302,9 +310,10 @@ pub struct Repo {
 }
 
 impl Repo {
-    fn new(peer_id: PeerId) -> Self {
+    fn new(peer_id: PeerId, actor: ActorId) -> Self {
         Self {
             peer_id,
+            actor,
             docs: BTreeMap::new(),
             wanted: BTreeSet::new(),
             session: None,
@@ -421,7 +430,11 @@ impl Repo {
                     let Some(session) = self.session.as_mut() else {
                         break;
                     };
-                    let am = self.docs.entry(doc).or_default();
+                    let actor = &self.actor;
+                    let am = self
+                        .docs
+                        .entry(doc)
+                        .or_insert_with(|| Automerge::new().with_actor(actor.clone()));
                     match session.apply_sync_message(doc, am, message) {
                         Ok(()) => {
                             if !am.get_heads().is_empty() {
@@ -522,8 +535,9 @@ impl Net {
     /// Adds a disconnected client.
     pub fn add_client(&mut self) -> ClientId {
         let id = self.repos.len();
+        let actor = ActorId::from(self.rng.r#gen::<[u8; 16]>());
         self.repos
-            .push(Repo::new(PeerId::new(format!("client-{id}"))));
+            .push(Repo::new(PeerId::new(format!("client-{id}")), actor));
         self.links.push(Link::default());
         id
     }
@@ -591,8 +605,7 @@ impl Net {
     /// A new document on `client`, created with its containers, and pushed if connected.
     pub fn create_doc(&mut self, client: ClientId) -> DocumentId {
         let doc = DocumentId::random(&mut self.rng);
-        let mut am = Automerge::new();
-        am.set_actor(ActorId::from(self.rng.r#gen::<[u8; 16]>()));
+        let mut am = Automerge::new().with_actor(self.repos[client].actor.clone());
         commit(
             &mut am,
             &[("created-by", self.repos[client].peer_id.to_string())],

@@ -352,8 +352,16 @@ fn six_phones_converge_with_duplicates() {
     offline_edits_converge(6, 99, 4, 150);
 }
 
+#[test]
+fn changes_waiting_for_dependencies_are_kept() {
+    // With these deliveries the hub receives changes before their dependencies; a hub that
+    // dropped the copy holding them (heads unchanged) deadlocked in a need/no-send loop.
+    offline_edits_converge(2, 0, 3, 219);
+    offline_edits_converge(4, 132, 3, 100);
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(ProptestConfig::with_cases(1500))]
 
     #[test]
     fn offline_phones_converge(

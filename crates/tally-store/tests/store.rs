@@ -112,7 +112,7 @@ fn a_failing_write_rolls_back_everything() {
     store
         .write(|tx| {
             tx.conn()
-                .execute_batch("CREATE TABLE signatures (doc_id TEXT, city TEXT)")?;
+                .execute_batch("CREATE TABLE scratch_rows (doc_id TEXT, city TEXT)")?;
             Ok(())
         })
         .unwrap();
@@ -124,7 +124,7 @@ fn a_failing_write_rolls_back_everything() {
             tx.save_sync_state("peer", "d1", b"state", T0)?;
             tx.quarantine("dev1", "d1", "bad change", b"msg", T0)?;
             tx.conn()
-                .execute("INSERT INTO signatures VALUES ('d1', 'Montreal')", [])?;
+                .execute("INSERT INTO scratch_rows VALUES ('d1', 'Montreal')", [])?;
             Err::<(), _>(StoreError::Invalid("the projection refused".into()))
         })
         .unwrap_err();
@@ -143,7 +143,7 @@ fn a_failing_write_rolls_back_everything() {
         .write(|tx| {
             Ok(tx
                 .conn()
-                .query_row("SELECT COUNT(*) FROM signatures", [], |row| row.get(0))?)
+                .query_row("SELECT COUNT(*) FROM scratch_rows", [], |row| row.get(0))?)
         })
         .unwrap();
     assert_eq!(rows, 0);

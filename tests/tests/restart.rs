@@ -1,0 +1,157 @@
+//! The server killed with SIGKILL in the middle of a stream of syncs: after the restart every
+//! change it had acknowledged is there, and the phones finish syncing what was not.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use automerge::{Automerge, ChangeHash};
+use tally_core::collection;
+use tally_proto::DocumentId;
+use tally_tests::server::Server;
+use tally_tests::{Peer, ServerProcess};
+
+struct Phone {
+    device: String,
+    token: String,
+    id: DocumentId,
+    doc: Automerge,
+    /// Signature id -> the change that wrote it.
+    written: BTreeMap<String, ChangeHash>,
+}
+
+fn acked(peer: &Peer, phone: &Phone) -> Vec<String> {
+    let Some(heads) = peer
+        .session
+        .sync_state(&phone.id)
+        .and_then(|s| s.their_heads.clone())
+    else {
+        return vec![];
+    };
+    let missing: std::collections::HashSet<ChangeHash> = peer.docs[&phone.id]
+        .get_changes(&heads)
+        .iter()
+        .map(|c| c.hash())
+        .collect();
+    phone
+        .written
+        .iter()
+        .filter(|(_, h)| !missing.contains(h))
+        .map(|(id, _)| id.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start(dir.path());
+    let c = server.campaign();
+    let mut phones: Vec<Phone> = (0..3)
+        .map(|_| {
+            let (device, token) = server.enroll(&c.id, "canvasser");
+            let doc = collection::create(&c.id, &device).unwrap();
+            Phone {
+                device,
+                token,
+                id: DocumentId::random(&mut rand::thread_rng()),
+                doc,
+                written: BTreeMap::new(),
+            }
+        })
+        .collect();
+    let mut peers = Vec::new();
+    for p in &phones {
+        let mut peer = Peer::connect(&server.ws(), &p.token).await.unwrap();
+        peer.push(p.id, p.doc.fork()).await.unwrap();
+        peer.settle(Duration::from_millis(200)).await.unwrap();
+        assert!(peer.acknowledged(&p.id));
+        peers.push(peer);
+    }
+
+    // Stream signatures; a killer thread SIGKILLs the server at a random moment.
+    let pid = server.pid();
+    let delay = Duration::from_millis(300 + rand::random::<u64>() % 700);
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(delay);
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    });
+    let mut acknowledged: Vec<String> = Vec::new();
+    let mut n = 0;
+    'stream: for round in 0..400 {
+        for (p, peer) in phones.iter_mut().zip(peers.iter_mut()) {
+            n += 1;
+            let id = format!("r{round}-{}", &p.device[..6]);
+            let sig =
+                c.world
+                    .signature(&p.device, &id, &format!("Signer {n}"), "M5V 2T6", "Toronto");
+            collection::add_signature(&mut p.doc, &sig, &c.world.campaign).unwrap();
+            p.written.insert(id, p.doc.get_heads()[0]);
+            peer.docs.insert(p.id, p.doc.fork());
+            if peer.sync(p.id).await.is_err() {
+                break 'stream;
+            }
+            if peer.settle(Duration::from_millis(15)).await.is_err() || peer.closed {
+                break 'stream;
+            }
+        }
+    }
+    killer.join().unwrap();
+    for (p, peer) in phones.iter().zip(peers.iter()) {
+        acknowledged.extend(acked(peer, p));
+    }
+    let written: usize = phones.iter().map(|p| p.written.len()).sum();
+    println!(
+        "before the kill: {written} signatures written, {} acknowledged",
+        acknowledged.len()
+    );
+    assert!(
+        !acknowledged.is_empty(),
+        "the kill came before anything was acknowledged; nothing was tested"
+    );
+    server.kill();
+
+    // Restart: everything acknowledged is there.
+    server.restart();
+    let mut admin = Peer::connect(&server.ws(), &server.admin()).await.unwrap();
+    for p in &phones {
+        admin.request(p.id).await.unwrap();
+    }
+    admin.settle(Duration::from_millis(500)).await.unwrap();
+    let mut stored = std::collections::HashSet::new();
+    for p in &phones {
+        stored.extend(
+            collection::read(&admin.docs[&p.id])
+                .unwrap()
+                .signatures
+                .into_keys(),
+        );
+    }
+    let lost: Vec<_> = acknowledged
+        .iter()
+        .filter(|id| !stored.contains(*id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged but lost after SIGKILL: {lost:?}"
+    );
+
+    // The phones reconnect and finish: every signature counted exactly once.
+    for p in &phones {
+        let mut peer = Peer::connect(&server.ws(), &p.token).await.unwrap();
+        peer.push(p.id, p.doc.fork()).await.unwrap();
+        peer.settle(Duration::from_millis(300)).await.unwrap();
+        assert!(
+            peer.acknowledged(&p.id),
+            "phone {} did not finish syncing",
+            p.device
+        );
+    }
+    let t = server.totals(&c.id);
+    assert_eq!(t["signatures"].as_u64(), Some(written as u64), "{t}");
+    assert!(
+        server.terminate(),
+        "graceful shutdown failed:\n{}",
+        server.log_text()
+    );
+}
