@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tally_core::campaign::{self, Campaign};
 use tally_core::collection::{self, Checkin, SignatureForm, TakenBy};
 use tally_core::doc::WriteError;
-use tally_core::fields::{MAX_SHORT_TEXT, normalize_postal_code};
+use tally_core::fields::{MAX_ID, MAX_SHORT_TEXT, normalize_postal_code};
 use tally_core::seal::DuplicateKey;
 use tally_core::totals::Totals;
 use tally_proto::{DocumentId, Session};
@@ -269,6 +269,30 @@ fn check_plain_text(field: &'static str, value: &str, required: bool) -> Result<
         return Err(ClientError::form(
             field,
             "must not contain control characters (line breaks, tabs)",
+        ));
+    }
+    Ok(())
+}
+
+/// The longest postal code the form takes before normalizing ("M5V 2T6" with stray spaces or a
+/// dash); longer input is refused without echoing it back.
+const MAX_POSTAL_CODE_INPUT: usize = 16;
+
+fn check_postal_code(value: &str) -> Result<()> {
+    let v = value.trim();
+    if v.is_empty() {
+        return Err(ClientError::form(
+            "postal_code",
+            "this field is required: a Canadian postal code like \"M5V 2T6\"",
+        ));
+    }
+    if v.len() > MAX_POSTAL_CODE_INPUT {
+        return Err(ClientError::form(
+            "postal_code",
+            format!(
+                "a Canadian postal code is 6 letters and digits like \"M5V 2T6\", got {} bytes",
+                v.len()
+            ),
         ));
     }
     Ok(())
@@ -769,6 +793,7 @@ impl Device {
         let enrollment = st.enrollment()?.clone();
         let campaign = st.campaign()?;
         check_plain_text("name", &form.name, true)?;
+        check_postal_code(&form.postal_code)?;
         check_plain_text("city", &form.city, true)?;
         for (field, value) in [
             ("email", &form.email),
@@ -835,6 +860,7 @@ impl Device {
         let enrollment = st.enrollment()?.clone();
         let campaign = st.campaign()?;
         check_plain_text("name", name, true)?;
+        check_plain_text("event", event, true)?;
         let event = event.trim();
         if !campaign.events.contains_key(event) {
             let known: Vec<&str> = campaign.events.keys().map(String::as_str).collect();
@@ -884,6 +910,21 @@ impl Device {
     /// Committed before returning; works offline.
     pub fn withdraw(&self, record_id: &str) -> Result<Receipt> {
         let record_id = record_id.trim();
+        if record_id.is_empty() {
+            return Err(ClientError::form(
+                "record_id",
+                "this field is required: the id `sign` or `checkin` printed",
+            ));
+        }
+        if record_id.len() > MAX_ID || record_id.chars().any(char::is_control) {
+            return Err(ClientError::form(
+                "record_id",
+                format!(
+                    "a record id is at most {MAX_ID} letters and digits, got {} bytes: check the id",
+                    record_id.len()
+                ),
+            ));
+        }
         let mut st = self.lock()?;
         st.enrollment()?;
         let doc = &st.doc(DocRole::Collection)?.doc;

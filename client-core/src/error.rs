@@ -77,11 +77,11 @@ pub enum ClientError {
     Protocol(String),
     /// No record with this id on the phone.
     #[error(
-        "no signature or check-in {0:?} on this phone: check the id (tally-device status lists them)"
+        "no signature or check-in with record id {0:?} on this phone: check the id (tally-device status lists pending ones; `sign` and `checkin` print each new one)"
     )]
     NotFound(String),
     /// The record was withdrawn already.
-    #[error("{0:?} is already withdrawn: nothing to do")]
+    #[error("record id {0:?} is already withdrawn: nothing to do")]
     AlreadyWithdrawn(String),
     /// The collection document reached its size bound.
     #[error(
@@ -104,11 +104,13 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// The form field at fault, for a [`ClientError::Form`] error.
+    /// The field at fault: the form field of a [`ClientError::Form`] error, the payload field
+    /// of a [`ClientError::Payload`] error, `record_id` for an unknown or withdrawn record.
     pub fn field(&self) -> Option<&'static str> {
         match self {
             ClientError::Form(f) => Some(f.field),
             ClientError::Payload(p) => Some(p.field),
+            ClientError::NotFound(_) | ClientError::AlreadyWithdrawn(_) => Some("record_id"),
             _ => None,
         }
     }

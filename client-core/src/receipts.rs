@@ -188,6 +188,25 @@ impl AckCounts {
         self.signatures + self.checkins + self.withdrawals
     }
 
+    /// E.g. "1 signature, 2 check-ins" (kinds with none left out; "nothing" when empty).
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        if self.signatures > 0 {
+            parts.push(plural(self.signatures, "signature", "signatures"));
+        }
+        if self.checkins > 0 {
+            parts.push(plural(self.checkins, "check-in", "check-ins"));
+        }
+        if self.withdrawals > 0 {
+            parts.push(plural(self.withdrawals, "withdrawal", "withdrawals"));
+        }
+        if parts.is_empty() {
+            "nothing".to_string()
+        } else {
+            parts.join(", ")
+        }
+    }
+
     pub(crate) fn add(&mut self, other: AckCounts) {
         self.signatures += other.signatures;
         self.checkins += other.checkins;

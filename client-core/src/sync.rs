@@ -60,12 +60,7 @@ impl SyncReport {
             "sync incomplete".to_string()
         });
         if self.acknowledged.total() > 0 {
-            parts.push(format!(
-                "{} signatures, {} check-ins, {} withdrawals newly safe",
-                self.acknowledged.signatures,
-                self.acknowledged.checkins,
-                self.acknowledged.withdrawals
-            ));
+            parts.push(format!("{} newly safe", self.acknowledged.summary()));
         }
         if self.campaign_updated {
             parts.push("campaign updated".into());

@@ -1,22 +1,34 @@
 //! The HTTP API under `/api/v1`: enrollment (a one-time code for a device token), campaigns and
-//! their events, invites, device revocation, totals and the sealed records for export. Writes to
-//! documents take the same validated path as sync ([`Hub::commit`]). Tokens come as
-//! `Authorization: Bearer ...` (or `?token=` for browsers).
+//! their events, invites, device revocation; for organizers, a campaign's totals (filtered, with
+//! small cells suppressed, also as a live stream: [`crate::live`]), strikes and paper sheets, and
+//! the sealed records for export. Writes to documents take the same validated path as sync
+//! ([`crate::hub::Hub::commit`]). Tokens come as `Authorization: Bearer ...` (or `?token=` for
+//! browsers). The routes are listed in `crate::ROUTES` and described by [`crate::openapi`].
+//!
+//! Every failure is an [`ApiError`] (status and message in one place, `error.rs`). Checks run in
+//! one order: the token (401), its role and campaign (403), the campaign (404), then the query
+//! or body (400), so a caller learns the first thing to fix.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::{FromRequestParts, Path, State};
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
-use axum::{Json, Router, routing::get, routing::post};
 use serde::{Deserialize, Serialize};
-use tally_core::campaign::{self, CampaignInit, Event};
+use tally_core::campaign::{self, Campaign, CampaignInit, Event};
 use tally_core::collection;
+use tally_core::review::{self, Sheet, SheetStatus, Strike, StrikeReason};
+use tally_core::totals::{Cell, CheckinCell, PaperTotals};
 use tally_proto::DocumentId;
 use tally_store::{Device, DocFilter, Role as StoreRole};
 
 use crate::AppState;
 use crate::error::ApiError;
 use crate::hub::{now_ms, server_writer, writer_of};
+use crate::projection::{self, Filter};
+use crate::suppression::{self, Suppression};
 
 /// The bearer token of a request, from the header or the `token` query parameter.
 pub fn bearer(parts: &Parts) -> Option<String> {
@@ -79,7 +91,17 @@ fn require_admin(device: &Device) -> Result<(), ApiError> {
     }
 }
 
-async fn blocking<T: Send + 'static>(
+/// Takes a JSON body, or says what is wrong with it and what a good one looks like.
+fn body<T>(b: Result<Json<T>, JsonRejection>, example: &str) -> Result<T, ApiError> {
+    b.map(|Json(v)| v).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "{}; send a JSON body like {example}",
+            e.body_text()
+        ))
+    })
+}
+
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
@@ -87,24 +109,8 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::Internal(e.to_string()))?
 }
 
-/// The routes of the API.
-pub fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/api/v1/enroll", post(enroll))
-        .route(
-            "/api/v1/campaigns",
-            post(create_campaign).get(list_campaigns),
-        )
-        .route("/api/v1/campaigns/{id}/events", post(add_event))
-        .route("/api/v1/campaigns/{id}/totals", get(totals))
-        .route("/api/v1/campaigns/{id}/sealed", get(sealed))
-        .route("/api/v1/invites", post(invite))
-        .route("/api/v1/devices", get(list_devices))
-        .route("/api/v1/devices/{id}/revoke", post(revoke))
-}
-
 #[derive(Deserialize)]
-struct EnrollReq {
+pub(crate) struct EnrollReq {
     code: String,
     #[serde(default)]
     name: String,
@@ -136,10 +142,14 @@ fn doc_of_kind(state: &AppState, campaign: &str, kind: &str) -> Result<Option<St
     Ok(docs.first().map(|m| format!("automerge:{}", m.doc_id)))
 }
 
-async fn enroll(
+pub(crate) async fn enroll(
     State(state): State<Arc<AppState>>,
-    Json(req): Json<EnrollReq>,
+    req: Result<Json<EnrollReq>, JsonRejection>,
 ) -> Result<Json<Enrolled>, ApiError> {
+    let req = body(
+        req,
+        r#"{"code": "XXXX-XXXX-XXXX", "name": "Amina's phone"}"#,
+    )?;
     blocking(move || {
         let name = if req.name.trim().is_empty() {
             "phone".to_string()
@@ -168,7 +178,7 @@ async fn enroll(
 }
 
 #[derive(Deserialize)]
-struct NewCampaign {
+pub(crate) struct NewCampaign {
     title: String,
     petition: String,
     addressee: String,
@@ -208,12 +218,16 @@ fn create_doc(
     Ok(id)
 }
 
-async fn create_campaign(
+pub(crate) async fn create_campaign(
     State(state): State<Arc<AppState>>,
     Auth(device): Auth,
-    Json(req): Json<NewCampaign>,
+    req: Result<Json<NewCampaign>, JsonRejection>,
 ) -> Result<Json<CreatedCampaign>, ApiError> {
     require_admin(&device)?;
+    let req = body(
+        req,
+        r#"{"title": "...", "petition": "...", "addressee": "the House of Commons", "recipients": ["age1..."]}"#,
+    )?;
     blocking(move || {
         let id = DocumentId::random(&mut rand::thread_rng());
         let init = CampaignInit {
@@ -254,7 +268,7 @@ async fn create_campaign(
     .await
 }
 
-async fn list_campaigns(
+pub(crate) async fn list_campaigns(
     State(state): State<Arc<AppState>>,
     Auth(device): Auth,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -280,7 +294,7 @@ fn campaign_doc(id: &str) -> Result<DocumentId, ApiError> {
 }
 
 #[derive(Deserialize)]
-struct NewEvent {
+pub(crate) struct NewEvent {
     #[serde(default)]
     id: Option<String>,
     name: String,
@@ -306,20 +320,20 @@ pub fn parse_time(v: &serde_json::Value) -> Result<i64, String> {
     }
 }
 
-async fn add_event(
+pub(crate) async fn add_event(
     State(state): State<Arc<AppState>>,
     Auth(device): Auth,
     Path(id): Path<String>,
-    Json(req): Json<NewEvent>,
+    req: Result<Json<NewEvent>, JsonRejection>,
 ) -> Result<Json<Event>, ApiError> {
     require_organizer(&device, &id)?;
     let doc_id = campaign_doc(&id)?;
     blocking(move || {
-        if state.hub.campaign(&id)?.is_none() {
-            return Err(ApiError::NotFound(format!(
-                "no campaign {id}; list campaigns with GET /api/v1/campaigns"
-            )));
-        }
+        known_campaign(&state, &id)?;
+        let req = body(
+            req,
+            r#"{"name": "Rally at Queen's Park", "city": "Toronto", "starts_at": "2026-07-01T18:00:00-04:00", "place": "Queen's Park"}"#,
+        )?;
         let starts_at = parse_time(&req.starts_at).map_err(ApiError::BadRequest)?;
         let event = Event {
             id: req
@@ -330,6 +344,10 @@ async fn add_event(
             starts_at,
             place: req.place,
         };
+        // Checked here, so a bad event is a 400 that names the field, not a failed edit.
+        event
+            .check(&format!("events/{}", event.id))
+            .map_err(|r| ApiError::BadRequest(format!("refused: {r}")))?;
         let ev = event.clone();
         state
             .hub
@@ -342,16 +360,17 @@ async fn add_event(
 }
 
 #[derive(Deserialize)]
-struct InviteReq {
+pub(crate) struct InviteReq {
     campaign: String,
     role: String,
 }
 
-async fn invite(
+pub(crate) async fn invite(
     State(state): State<Arc<AppState>>,
     Auth(device): Auth,
-    Json(req): Json<InviteReq>,
+    req: Result<Json<InviteReq>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let req = body(req, r#"{"campaign": "CAMPAIGN_ID", "role": "canvasser"}"#)?;
     require_organizer(&device, &req.campaign)?;
     let role = match req.role.as_str() {
         "canvasser" => StoreRole::Canvasser,
@@ -386,7 +405,7 @@ async fn invite(
     .await
 }
 
-async fn list_devices(
+pub(crate) async fn list_devices(
     State(state): State<Arc<AppState>>,
     Auth(device): Auth,
 ) -> Result<Json<Vec<Device>>, ApiError> {
@@ -394,7 +413,7 @@ async fn list_devices(
     blocking(move || Ok(Json(state.hub.store.list_devices()?))).await
 }
 
-async fn revoke(
+pub(crate) async fn revoke(
     State(state): State<Arc<AppState>>,
     Auth(device): Auth,
     Path(id): Path<String>,
@@ -415,24 +434,419 @@ async fn revoke(
     ))
 }
 
-async fn totals(
+/// The campaign `id`, or a 404 that says how to find the right id.
+fn known_campaign(state: &AppState, id: &str) -> Result<Arc<Campaign>, ApiError> {
+    state.hub.campaign(id)?.ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no campaign {id:?} on this server; list campaigns with GET /api/v1/campaigns"
+        ))
+    })
+}
+
+/// The filters of a totals answer, as understood (times in RFC 3339, UTC; the FSA upper case).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filters {
+    /// Event id.
+    pub event: Option<String>,
+    /// From this time, inclusive.
+    pub from: Option<String>,
+    /// Until this time, exclusive.
+    pub to: Option<String>,
+    /// Signers' city.
+    pub city: Option<String>,
+    /// Signers' FSA.
+    pub fsa: Option<String>,
+}
+
+/// A campaign's totals as the API answers them: `tally_core::totals::Totals` with the headline
+/// numbers `null` when suppression hides them, the filters applied, and what suppression hid.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct TotalsResponse {
+    /// The campaign id.
+    pub campaign: String,
+    /// Signatures counted: neither withdrawn nor struck.
+    pub signatures: Option<u64>,
+    /// Distinct duplicate tokens among the counted signatures.
+    pub unique_signers: Option<u64>,
+    /// Struck signatures (not withdrawn, with a strike that is not revoked).
+    pub struck: Option<u64>,
+    /// Withdrawn signatures.
+    pub withdrawn: Option<u64>,
+    /// By event id.
+    pub by_event: BTreeMap<String, Cell>,
+    /// By signers' city.
+    pub by_city: BTreeMap<String, Cell>,
+    /// By signers' FSA.
+    pub by_fsa: BTreeMap<String, Cell>,
+    /// By riding.
+    pub by_riding: BTreeMap<String, Cell>,
+    /// By day (YYYY-MM-DD in the campaign's time zone).
+    pub by_day: BTreeMap<String, Cell>,
+    /// By canvasser (device id).
+    pub by_canvasser: BTreeMap<String, Cell>,
+    /// Distinct check-ins by event id.
+    pub checkins: BTreeMap<String, CheckinCell>,
+    /// Paper sheets (never filtered).
+    pub paper: PaperTotals,
+    /// The filters applied.
+    pub filters: Filters,
+    /// Small-cell suppression.
+    pub suppression: Suppression,
+}
+
+/// What a totals request asks for, checked.
+#[derive(Debug, Clone)]
+pub(crate) struct TotalsRequest {
+    /// The campaign.
+    pub campaign: String,
+    /// Rows to count.
+    pub filter: Filter,
+    /// The filters, as echoed back.
+    pub echo: Filters,
+    /// Whether small cells are hidden.
+    pub suppress: bool,
+}
+
+const TOTALS_PARAMS: &str = "event, from, to, city, fsa, suppress (and token)";
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+/// Checks a totals query (`event`, `from`, `to`, `city`, `fsa`, `suppress`) against the
+/// campaign and the caller's role.
+fn totals_request(
+    device: &Device,
+    campaign: &Campaign,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<TotalsRequest, ApiError> {
+    let Query(pairs) = query.map_err(|e| {
+        ApiError::BadRequest(format!(
+            "{}; the query takes {TOTALS_PARAMS}",
+            e.body_text()
+        ))
+    })?;
+    let bad = |m: String| ApiError::BadRequest(m);
+    let mut seen = std::collections::BTreeSet::new();
+    let mut filter = Filter::default();
+    let mut echo = Filters::default();
+    let mut suppress = None;
+    for (k, v) in pairs {
+        if !seen.insert(k.clone()) {
+            return Err(bad(format!("{k} is given twice: give each filter once")));
+        }
+        let time = |v: &str| {
+            chrono::DateTime::parse_from_rfc3339(v)
+                .map(|t| t.timestamp_millis())
+                .map_err(|e| {
+                    bad(format!(
+                        "{k}={v:?} is not an RFC 3339 time like 2026-07-01T18:00:00-04:00 ({e})"
+                    ))
+                })
+        };
+        match k.as_str() {
+            "token" => {}
+            "event" => {
+                if !campaign.events.contains_key(&v) {
+                    let known: Vec<&str> = campaign.events.keys().map(String::as_str).collect();
+                    return Err(bad(format!(
+                        "event={v:?}: no such event in this campaign; its events are: {}",
+                        if known.is_empty() {
+                            "none yet".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    )));
+                }
+                echo.event = Some(v.clone());
+                filter.event = Some(v);
+            }
+            "from" => {
+                let t = time(&v)?;
+                filter.from = Some(t);
+                echo.from = Some(rfc3339(t));
+            }
+            "to" => {
+                let t = time(&v)?;
+                filter.to = Some(t);
+                echo.to = Some(rfc3339(t));
+            }
+            "city" => {
+                let c = v.trim().to_string();
+                tally_core::fields::check_text(
+                    "city",
+                    &c,
+                    tally_core::fields::MAX_SHORT_TEXT,
+                    true,
+                )
+                .map_err(|r| {
+                    bad(format!(
+                        "city={v:?}: {r}; give a city name, e.g. city=Toronto"
+                    ))
+                })?;
+                echo.city = Some(c.clone());
+                filter.city = Some(c);
+            }
+            "fsa" => {
+                let f = v.trim().to_ascii_uppercase();
+                if !tally_core::fields::is_fsa(&f) {
+                    return Err(bad(format!(
+                        "fsa={v:?} is not a forward sortation area: give the first three characters of a Canadian postal code, e.g. fsa=M5V"
+                    )));
+                }
+                echo.fsa = Some(f.clone());
+                filter.fsa = Some(f);
+            }
+            "suppress" => {
+                suppress = Some(match v.as_str() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => {
+                        return Err(bad(format!(
+                            "suppress={v:?}: give suppress=true or suppress=false"
+                        )));
+                    }
+                })
+            }
+            _ => {
+                return Err(bad(format!(
+                    "unknown query parameter {k:?}: the totals take {TOTALS_PARAMS}"
+                )));
+            }
+        }
+    }
+    if let (Some(from), Some(to)) = (filter.from, filter.to)
+        && from >= to
+    {
+        return Err(bad(
+            "from must be before to (from is inclusive, to exclusive)".into(),
+        ));
+    }
+    let admin = device.role == StoreRole::Admin;
+    let suppress = match suppress {
+        Some(false) if !admin => {
+            return Err(ApiError::Forbidden(
+                "small-cell suppression is always on for organizers: only the admin token sees cells of fewer than the threshold; drop suppress=false".into(),
+            ));
+        }
+        Some(s) => s,
+        None => !admin,
+    };
+    Ok(TotalsRequest {
+        campaign: campaign.id.clone(),
+        filter,
+        echo,
+        suppress,
+    })
+}
+
+/// Authorizes and checks a totals request: 403, 404, then 400.
+pub(crate) async fn prepare_totals(
+    state: &Arc<AppState>,
+    device: Device,
+    id: String,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<(Device, TotalsRequest), ApiError> {
+    require_organizer(&device, &id)?;
+    let st = state.clone();
+    blocking(move || {
+        let campaign = known_campaign(&st, &id)?;
+        let req = totals_request(&device, &campaign, query)?;
+        Ok((device, req))
+    })
+    .await
+}
+
+/// Computes the answer to a checked totals request (blocking: SQLite).
+pub(crate) fn answer_totals(
+    state: &AppState,
+    req: &TotalsRequest,
+) -> Result<TotalsResponse, ApiError> {
+    let mut t = state.reader.read(|conn| {
+        projection::query(conn, &req.campaign, &req.filter).map_err(tally_store::StoreError::from)
+    })?;
+    let suppression = if req.suppress {
+        suppression::apply(&mut t, state.config.suppress_below, !req.filter.is_empty())
+    } else {
+        Suppression {
+            threshold: state.config.suppress_below,
+            ..Suppression::default()
+        }
+    };
+    let head = |v: u64| (!suppression.headline_hidden).then_some(v);
+    Ok(TotalsResponse {
+        campaign: req.campaign.clone(),
+        signatures: head(t.signatures),
+        unique_signers: head(t.unique_signers),
+        struck: head(t.struck),
+        withdrawn: head(t.withdrawn),
+        by_event: t.by_event,
+        by_city: t.by_city,
+        by_fsa: t.by_fsa,
+        by_riding: t.by_riding,
+        by_day: t.by_day,
+        by_canvasser: t.by_canvasser,
+        checkins: t.checkins,
+        paper: t.paper,
+        filters: req.echo.clone(),
+        suppression,
+    })
+}
+
+pub(crate) async fn totals(
     State(state): State<Arc<AppState>>,
     Auth(device): Auth,
     Path(id): Path<String>,
-) -> Result<Json<tally_core::totals::Totals>, ApiError> {
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<TotalsResponse>, ApiError> {
+    let (_, req) = prepare_totals(&state, device, id, query).await?;
+    blocking(move || answer_totals(&state, &req).map(Json)).await
+}
+
+pub(crate) async fn totals_stream(
+    State(state): State<Arc<AppState>>,
+    Auth(device): Auth,
+    Path(id): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<axum::response::Response, ApiError> {
+    let (device, req) = prepare_totals(&state, device, id, query).await?;
+    Ok(crate::live::stream(state, device, req))
+}
+
+/// The campaign's review document (strikes and sheets are written there).
+fn review_doc(state: &AppState, campaign: &str) -> Result<DocumentId, ApiError> {
+    let url = doc_of_kind(state, campaign, "review")?.ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "campaign {campaign} has no review document; it is made with the campaign (POST /api/v1/campaigns)"
+        ))
+    })?;
+    url.trim_start_matches("automerge:")
+        .parse()
+        .map_err(|e| ApiError::Internal(format!("stored review id {url}: {e}")))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct NewStrike {
+    signature: String,
+    reason: String,
+    #[serde(default)]
+    revoked: bool,
+}
+
+/// Strikes a signature of the campaign (or revokes a strike with `"revoked": true`): written to
+/// the campaign's review document as the organizer, through the validated write path.
+pub(crate) async fn strike(
+    State(state): State<Arc<AppState>>,
+    Auth(device): Auth,
+    Path(id): Path<String>,
+    req: Result<Json<NewStrike>, JsonRejection>,
+) -> Result<Json<Strike>, ApiError> {
     require_organizer(&device, &id)?;
     blocking(move || {
-        if state.hub.campaign(&id)?.is_none() {
+        known_campaign(&state, &id)?;
+        let req = body(
+            req,
+            r#"{"signature": "SIGNATURE_ID", "reason": "duplicate", "revoked": false}"#,
+        )?;
+        let reason = StrikeReason::parse(&req.reason).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "reason {:?}: give duplicate, invalid, withdrawn_consent or test_entry",
+                req.reason
+            ))
+        })?;
+        let strike = Strike {
+            signature: req.signature,
+            reason,
+            by: device.device_id.clone(),
+            at: now_ms(),
+            revoked: req.revoked,
+        };
+        strike
+            .check()
+            .map_err(|r| ApiError::BadRequest(format!("refused: {r}")))?;
+        let known = state.reader.read(|conn| {
+            Ok(conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM signatures WHERE campaign = ?1 AND sig_id = ?2)",
+                [&id, &strike.signature],
+                |r| r.get::<_, bool>(0),
+            )?)
+        })?;
+        if !known {
             return Err(ApiError::NotFound(format!(
-                "no campaign {id}; list campaigns with GET /api/v1/campaigns"
+                "no signature {:?} in campaign {id} on this server (yet): signature ids are in GET /api/v1/campaigns/{id}/sealed and in the export",
+                strike.signature
             )));
         }
-        let t = state.hub.store.read(|conn| {
-            crate::projection::totals(conn, &id).map_err(tally_store::StoreError::from)
-        })?;
-        Ok(Json(t))
+        let doc = review_doc(&state, &id)?;
+        let s = strike.clone();
+        state
+            .hub
+            .commit(&doc, &writer_of(&device), None, b"", move |after| {
+                review::put_strike(after, &s).map_err(|e| e.to_string())
+            })?;
+        tracing::info!(campaign = %id, device = %device.device_id, revoked = strike.revoked, "strike recorded");
+        Ok(Json(strike))
     })
     .await
+}
+
+#[derive(Deserialize)]
+pub(crate) struct NewSheet {
+    serial: String,
+    count: i64,
+    #[serde(default)]
+    riding: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+}
+
+/// Records a paper petition sheet (or updates its count, riding or status) in the campaign's
+/// review document, as the organizer, through the validated write path.
+pub(crate) async fn sheet(
+    State(state): State<Arc<AppState>>,
+    Auth(device): Auth,
+    Path(id): Path<String>,
+    req: Result<Json<NewSheet>, JsonRejection>,
+) -> Result<Json<Sheet>, ApiError> {
+    require_organizer(&device, &id)?;
+    blocking(move || {
+        known_campaign(&state, &id)?;
+        let req = body(
+            req,
+            r#"{"serial": "S-0001", "count": 25, "riding": "Spadina—Harbourfront", "status": "collected"}"#,
+        )?;
+        let status_s = req.status.unwrap_or_else(|| "collected".into());
+        let status = SheetStatus::parse(&status_s).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "status {status_s:?}: give collected, counted or delivered"
+            ))
+        })?;
+        let sheet = Sheet {
+            serial: req.serial,
+            count: req.count,
+            riding: req.riding.filter(|r| !r.trim().is_empty()),
+            status,
+        };
+        sheet
+            .check()
+            .map_err(|r| ApiError::BadRequest(format!("refused: {r}")))?;
+        let doc = review_doc(&state, &id)?;
+        let s = sheet.clone();
+        state
+            .hub
+            .commit(&doc, &writer_of(&device), None, b"", move |after| {
+                review::put_sheet(after, &s).map_err(|e| e.to_string())
+            })?;
+        Ok(Json(sheet))
+    })
+    .await
+}
+
+/// The OpenAPI document of this server.
+pub(crate) async fn openapi() -> Json<serde_json::Value> {
+    Json(crate::openapi::document())
 }
 
 /// One signature for export: what the server knows in the clear, and the sealed fields.
@@ -462,18 +876,14 @@ pub struct SealedRecord {
     pub sealed: String,
 }
 
-async fn sealed(
+pub(crate) async fn sealed(
     State(state): State<Arc<AppState>>,
     Auth(device): Auth,
     Path(id): Path<String>,
 ) -> Result<Json<Vec<SealedRecord>>, ApiError> {
     require_organizer(&device, &id)?;
     blocking(move || {
-        if state.hub.campaign(&id)?.is_none() {
-            return Err(ApiError::NotFound(format!(
-                "no campaign {id}; list campaigns with GET /api/v1/campaigns"
-            )));
-        }
+        known_campaign(&state, &id)?;
         let review = match doc_of_kind(&state, &id, "review")? {
             Some(url) => {
                 let rid: DocumentId = url

@@ -1,6 +1,6 @@
 //! Server configuration in layers: built-in defaults, then a TOML file (`--config FILE`, or
 //! `DATA/tally.toml` when present), then `TALLY_*` environment variables, then command-line
-//! flags. `tally config example` prints a commented example file.
+//! flags. `tally config` prints a commented example file.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,6 +33,20 @@ pub struct Config {
     pub invite_ttl_hours: u64,
     /// Log format: "text" or "json".
     pub log_format: String,
+    /// Wrong tokens tolerated from one address within `auth_window_secs`; past that the
+    /// address gets 429 until the window has passed (token guessing).
+    pub max_auth_failures: u32,
+    /// How long wrong tokens are remembered per address, in seconds.
+    pub auth_window_secs: u64,
+    /// Most simultaneous sync connections from one address (phones behind one carrier NAT
+    /// share an address, so keep this generous).
+    pub max_connections_per_address: usize,
+    /// A sync connection whose peer has not taken a frame for this many seconds is closed, so a
+    /// client that never reads cannot make the server buffer without bound.
+    pub send_timeout_secs: u64,
+    /// Small-cell suppression: totals breakdown cells counting fewer distinct people than this
+    /// are hidden from every token but the admin's, and from the totals document.
+    pub suppress_below: u64,
 }
 
 impl Default for Config {
@@ -48,6 +62,11 @@ impl Default for Config {
             compact_after_chunks: 64,
             invite_ttl_hours: 72,
             log_format: "text".into(),
+            suppress_below: 5,
+            max_auth_failures: 20,
+            auth_window_secs: 60,
+            max_connections_per_address: 2_000,
+            send_timeout_secs: 20,
         }
     }
 }
@@ -62,9 +81,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid TOML for this config.
-    #[error(
-        "config file {path} is invalid: {source} (run `tally config example` for a valid file)"
-    )]
+    #[error("config file {path} is invalid: {source} (run `tally config` for a valid file)")]
     Parse {
         path: PathBuf,
         source: toml::de::Error,
@@ -129,6 +146,16 @@ impl Config {
                 "IDLE_UNLOAD_SECS" => self.idle_unload_secs = num(&value)?,
                 "COMPACT_AFTER_CHUNKS" => self.compact_after_chunks = num(&value)?,
                 "INVITE_TTL_HOURS" => self.invite_ttl_hours = num(&value)?,
+                "SUPPRESS_BELOW" => self.suppress_below = num(&value)?,
+                "MAX_AUTH_FAILURES" => {
+                    self.max_auth_failures =
+                        u32::try_from(num(&value)?).map_err(|_| bad("number too large"))?
+                }
+                "AUTH_WINDOW_SECS" => self.auth_window_secs = num(&value)?,
+                "MAX_CONNECTIONS_PER_ADDRESS" => {
+                    self.max_connections_per_address = num(&value)? as usize
+                }
+                "SEND_TIMEOUT_SECS" => self.send_timeout_secs = num(&value)?,
                 "LOG_FORMAT" => {
                     if value != "text" && value != "json" {
                         return Err(bad("expected text or json"));
@@ -139,6 +166,15 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The per-address abuse limits.
+    pub fn guard_limits(&self) -> crate::guard::Limits {
+        crate::guard::Limits {
+            max_auth_failures: self.max_auth_failures,
+            auth_window: Duration::from_secs(self.auth_window_secs),
+            max_connections_per_address: self.max_connections_per_address,
+        }
     }
 
     /// How long idle documents stay loaded.

@@ -9,6 +9,7 @@
 //! every document, except the idle sweep, which runs on a timer.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -82,6 +83,8 @@ pub struct Hub {
     campaigns: Mutex<HashMap<String, Arc<Campaign>>>,
     followers: Mutex<HashMap<DocumentId, Followers>>,
     dirty_totals: Mutex<HashSet<String>>,
+    /// Small-cell suppression threshold of the totals documents (canvassers read them).
+    totals_suppress_below: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -141,7 +144,14 @@ impl Hub {
             campaigns: Mutex::default(),
             followers: Mutex::default(),
             dirty_totals: Mutex::default(),
+            totals_suppress_below: AtomicU64::new(5),
         }
+    }
+
+    /// Sets the small-cell suppression threshold applied to the totals documents (default 5).
+    pub fn set_totals_suppress_below(&self, threshold: u64) {
+        self.totals_suppress_below
+            .store(threshold, Ordering::Relaxed);
     }
 
     /// The slot of a document, loading it from the store on first use. A document that does not
@@ -402,6 +412,12 @@ impl Hub {
 
     /// Rewrites the totals document of every campaign whose collections or review changed.
     pub fn refresh_totals(&self) -> Result<usize, HubError> {
+        self.refresh_dirty_totals().map(|c| c.len())
+    }
+
+    /// Rewrites the totals document (with small cells suppressed) of every campaign whose
+    /// collections or review changed, unless its totals are the same; returns those campaigns.
+    pub fn refresh_dirty_totals(&self) -> Result<Vec<String>, HubError> {
         let dirty: Vec<String> = lock(&self.dirty_totals).drain().collect();
         for campaign in &dirty {
             let docs = self.store.list_documents(&DocFilter {
@@ -413,15 +429,26 @@ impl Hub {
             let Ok(id) = meta.doc_id.parse::<DocumentId>() else {
                 continue;
             };
-            let totals = self
+            let mut totals = self
                 .store
                 .read(|conn| projection::totals(conn, campaign).map_err(StoreError::from))?;
+            crate::suppression::for_document(
+                &mut totals,
+                self.totals_suppress_below.load(Ordering::Relaxed),
+            );
+            let slot = self.slot(&id)?;
+            let current = tally_core::totals_doc::read(&lock(&slot).doc)
+                .ok()
+                .flatten();
+            if current.is_some_and(|(t, _)| t == totals) {
+                continue;
+            }
             let now = now_ms();
             self.commit(&id, &server_writer(), None, b"", |doc| {
                 tally_core::totals_doc::write(doc, &totals, now).map_err(|e| e.to_string())
             })?;
         }
-        Ok(dirty.len())
+        Ok(dirty)
     }
 
     /// Marks a campaign's totals for rewriting.

@@ -3,16 +3,21 @@
 //! shutdown future, so tests bind port 0 and stop it cleanly.
 //!
 //! Modules: [`config`] (layered settings), [`hub`] (documents in memory, the validated write
-//! path, unloading), [`projection`] (SQL rows and totals), [`sync`] (WebSocket connections),
-//! [`api`] (HTTP), [`error`] (HTTP errors), [`client`] (the organizers' command line, which calls
-//! the API).
+//! path, unloading), [`projection`] (SQL rows, aggregates and totals; `tally reindex`),
+//! [`suppression`] (small-cell suppression of totals), [`sync`] (WebSocket connections), [`api`]
+//! (HTTP), [`live`] (totals as Server-Sent Events), [`openapi`] (the API's description),
+//! [`error`] (HTTP errors), [`client`] (the organizers' command line, which calls the API).
 
 pub mod api;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod guard;
 pub mod hub;
+pub mod live;
+pub mod openapi;
 pub mod projection;
+pub mod suppression;
 pub mod sync;
 
 use std::collections::HashMap;
@@ -24,7 +29,6 @@ use std::time::Duration;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequestParts, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Json, Router};
 use tally_store::Store;
 use tokio::net::TcpListener;
@@ -47,7 +51,14 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     /// The configuration.
     pub config: Config,
-    /// Open sync connections by device id, to close them when a device is revoked.
+    /// A second connection to the database for the API's totals queries, so they never wait
+    /// behind the writer's lock (WAL lets it read while the hub writes). The hub's store when
+    /// no file can be reopened (an in-memory store).
+    pub reader: Arc<Store>,
+    /// Subscribers of live totals, woken when a campaign's totals are refreshed.
+    pub live: live::Live,
+    /// Open sync connections and totals streams by device id, to close them when a device is
+    /// revoked.
     conns: Mutex<HashMap<String, Vec<(u64, CancellationToken)>>>,
     /// Limits simultaneous sync connections.
     slots: Arc<Semaphore>,
@@ -74,11 +85,21 @@ impl AppState {
 }
 
 /// Opens (or creates) the data folder: the database, and on first start the admin token.
-/// Returns the store and, when it was just created, the admin token's path.
+/// Returns the store and, when it was just created, the admin token's path. A database whose
+/// schema upgrade left the totals aggregates stale gets them rebuilt from its rows here, once.
 pub fn open_data(data: &Path) -> anyhow::Result<(Store, Option<PathBuf>)> {
     std::fs::create_dir_all(data)
         .map_err(|e| anyhow::anyhow!("cannot create the data folder {}: {e}", data.display()))?;
     let store = Store::open(&data.join(DB_FILE))?;
+    store.write(|tx| {
+        if projection::aggregates_stale(tx.conn())? {
+            tracing::info!(
+                "rebuilding the totals aggregates from the projection rows (once, after an upgrade)"
+            );
+            projection::rebuild_aggregates(tx.conn())?;
+        }
+        Ok(())
+    })?;
     if store.has_admin()? {
         return Ok((store, None));
     }
@@ -106,13 +127,77 @@ pub fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Rebuilds the totals projection of the data folder `data` from its stored documents
+/// (`tally reindex`). Works offline on the file; stop the server first, as its writes would wait
+/// for the rebuild's transaction.
+pub fn reindex(data: &Path) -> anyhow::Result<projection::ReindexReport> {
+    let path = data.join(DB_FILE);
+    anyhow::ensure!(
+        path.exists(),
+        "no database at {}: pass the server's data folder with --data",
+        path.display()
+    );
+    let store = Store::open(&path)?;
+    Ok(projection::reindex(&store)?)
+}
+
+/// Declares the routes once: `ROUTES` lists them for the OpenAPI test, `routes()` builds them.
+macro_rules! route_table {
+    ($($method:ident $path:literal => $handler:path,)*) => {
+        /// Every (method, path) the server serves. The router is built from this same list, and
+        /// the OpenAPI document ([`openapi::document`]) describes exactly these.
+        pub const ROUTES: &[(&str, &str)] = &[$((stringify!($method), $path)),*];
+
+        fn routes() -> Router<Arc<AppState>> {
+            let router = Router::new();
+            $(let router = router.route($path, axum::routing::$method($handler));)*
+            router
+        }
+    };
+}
+
+route_table! {
+    get "/healthz" => healthz,
+    get "/sync" => sync_upgrade,
+    get "/api/v1/openapi.json" => api::openapi,
+    post "/api/v1/enroll" => api::enroll,
+    get "/api/v1/campaigns" => api::list_campaigns,
+    post "/api/v1/campaigns" => api::create_campaign,
+    post "/api/v1/campaigns/{id}/events" => api::add_event,
+    get "/api/v1/campaigns/{id}/totals" => api::totals,
+    get "/api/v1/campaigns/{id}/totals/stream" => api::totals_stream,
+    get "/api/v1/campaigns/{id}/sealed" => api::sealed,
+    post "/api/v1/campaigns/{id}/strikes" => api::strike,
+    post "/api/v1/campaigns/{id}/sheets" => api::sheet,
+    post "/api/v1/invites" => api::invite,
+    get "/api/v1/devices" => api::list_devices,
+    post "/api/v1/devices/{id}/revoke" => api::revoke,
+}
+
 /// Builds the router.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/sync", get(sync_upgrade))
-        .merge(api::routes())
+    routes()
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
         .with_state(state)
+}
+
+async fn no_route(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!(
+        "no route {}: the API is described at GET /api/v1/openapi.json",
+        uri.path()
+    ))
+}
+
+async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    (
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        Json(serde_json::json!({ "error": format!(
+            "{method} is not served at {}: the methods of each route are in GET /api/v1/openapi.json",
+            uri.path()
+        ) })),
+    )
+        .into_response()
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
@@ -155,11 +240,12 @@ async fn sync_upgrade(State(state): State<Arc<AppState>>, req: axum::extract::Re
         .push((conn_id, cancel.clone()));
     let st = state.clone();
     let tasks = state.tasks.clone();
+    let send_timeout = Duration::from_secs(state.config.send_timeout_secs);
     ws.max_message_size(state.config.max_frame_bytes)
         .max_frame_size(state.config.max_frame_bytes)
         .on_upgrade(move |socket| {
             tasks.track_future(async move {
-                sync::run(socket, conn, notify, cancel).await;
+                sync::run(socket, conn, notify, cancel, send_timeout).await;
                 if let Some(v) = st
                     .conns
                     .lock()
@@ -189,17 +275,29 @@ pub async fn serve(
             max_documents_per_device: config.max_documents_per_device,
         },
     ));
+    hub.set_totals_suppress_below(config.suppress_below);
+    // A crash between a commit and the next refresh leaves a totals document behind: bring
+    // every campaign's up to date (unchanged ones are not rewritten).
+    for m in hub.store.list_campaigns()? {
+        hub.mark_dirty(&m.campaign);
+    }
+    let reader = match Store::open_read_only(hub.store.path()) {
+        Ok(r) => Arc::new(r),
+        Err(_) => hub.store.clone(),
+    };
     let token = CancellationToken::new();
     let state = Arc::new(AppState {
         hub: hub.clone(),
         slots: Arc::new(Semaphore::new(config.max_connections)),
+        reader,
+        live: live::Live::default(),
         config,
         conns: Mutex::default(),
         shutdown: token.clone(),
         tasks: TaskTracker::new(),
     });
     let background = tokio::spawn(background(
-        hub.clone(),
+        state.clone(),
         token.clone(),
         state.config.idle_unload(),
     ));
@@ -222,7 +320,8 @@ pub async fn serve(
     Ok(())
 }
 
-async fn background(hub: Arc<Hub>, stop: CancellationToken, idle: Duration) {
+async fn background(state: Arc<AppState>, stop: CancellationToken, idle: Duration) {
+    let hub = state.hub.clone();
     let mut totals = tokio::time::interval(Duration::from_millis(500));
     let mut sweep = tokio::time::interval(
         (idle / 4).clamp(Duration::from_millis(250), Duration::from_secs(15)),
@@ -232,10 +331,10 @@ async fn background(hub: Arc<Hub>, stop: CancellationToken, idle: Duration) {
             _ = stop.cancelled() => return,
             _ = totals.tick() => {
                 let h = hub.clone();
-                match tokio::task::spawn_blocking(move || h.refresh_totals()).await {
+                match tokio::task::spawn_blocking(move || h.refresh_dirty_totals()).await {
                     Ok(Err(e)) => tracing::error!(error = %e, "totals not refreshed"),
                     Err(e) => tracing::error!(error = %e, "totals task failed"),
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(changed)) => state.live.notify(&changed),
                 }
             }
             _ = sweep.tick() => {

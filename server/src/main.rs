@@ -60,6 +60,13 @@ enum Cmd {
     },
     /// Print an example configuration file.
     Config,
+    /// Rebuild the totals tables (rows and aggregates) from the stored documents. Works offline
+    /// on the data folder: stop the server first (its writes would wait for the rebuild).
+    Reindex {
+        /// Data folder (default ./tally-data).
+        #[arg(long, env = "TALLY_DATA", default_value = "tally-data")]
+        data: PathBuf,
+    },
     /// Make an organizer's age identity (the secret that opens signers' details) and print its
     /// recipient (the public half that campaigns seal to).
     Keygen {
@@ -251,6 +258,14 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Config => {
             print!("{}", Config::example());
+            Ok(())
+        }
+        Cmd::Reindex { data } => {
+            let r = tally_server::reindex(&data)?;
+            println!(
+                "reindexed {} documents: {} signatures, {} check-ins, {} strikes, {} sheets, {} aggregate cells",
+                r.documents, r.signatures, r.checkins, r.strikes, r.sheets, r.cells
+            );
             Ok(())
         }
         Cmd::Campaign { cmd, remote } => {

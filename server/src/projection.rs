@@ -1,32 +1,167 @@
-//! The totals projection: SQL rows of signatures, check-ins, strikes and paper sheets, kept
-//! current from each document's accepted changes inside the same SQLite transaction that stores
-//! them (only the records the change touched are re-read), and the queries that answer totals
-//! from those rows. No personal field is ever written here. Tests hold these totals equal to
-//! the document core's reference `totals` function.
+//! The totals projection: SQL rows of signatures, check-ins, strikes and paper sheets, and
+//! aggregate cells beside them, kept current from each document's accepted changes inside the
+//! same SQLite transaction that stores them. Only the records the change touched are read (the
+//! validator finds them in automerge's diff between the old and new heads); nothing re-reads a
+//! whole document, and a restart needs no rebuild.
+//!
+//! Two ways to answer totals: [`totals`] reads the aggregate cells (a few hundred rows whatever
+//! the number of signatures), [`query`] scans the rows matching a [`Filter`] (event, time, city,
+//! FSA). Both must equal the document core's reference `tally_core::totals::totals`; the
+//! end-to-end tests hold them to it. [`reindex`] rebuilds every table from the stored documents
+//! (rows through the same code as the incremental path, aggregates by one SQL pass over the rows,
+//! an independent computation), for `tally reindex`.
+//!
+//! No personal field is ever written here: only what totals need, and the duplicate and attendee
+//! tokens (HMACs under a key the server never has).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use automerge::Automerge;
-use tally_core::collection::{self, CHECKINS, SIGNATURES};
-use tally_core::review::{self, SHEETS, STRIKES};
+use tally_core::collection::{self, CHECKINS, Checkin, SIGNATURES, Signature};
+use tally_core::review::{self, SHEETS, STRIKES, Sheet, Strike};
 use tally_core::totals::{Cell, CheckinCell, PaperCell, Totals, day_of};
 use tally_core::validate::Accepted;
 use tally_core::{DocHeader, DocKind};
-use tally_store::rusqlite::{self, Connection, params};
+use tally_store::rusqlite::{self, Connection, OptionalExtension, params};
+use tally_store::{DocFilter, Store, StoreError, WriteTx};
 
-/// Projection failures: a stored record that does not read back (a bug) or SQLite.
+/// Projection failures: a stored record that does not read back (a bug), aggregates that do not
+/// match the rows, or storage.
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionError {
     /// A record could not be read from the document.
     #[error("record {0} could not be projected: {1}")]
     Record(String, String),
+    /// A stored document could not be loaded (reindex).
+    #[error("document {0} could not be loaded: {1}")]
+    Load(String, String),
+    /// An aggregate would go below zero: the aggregate tables no longer match the rows.
+    #[error(
+        "the totals aggregates are out of step with the rows ({0}); stop the server and run `tally reindex`"
+    )]
+    Drift(String),
     /// SQLite refused.
     #[error(transparent)]
     Sql(#[from] rusqlite::Error),
+    /// The store refused.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
-/// Updates the rows of every record `acc` touched, reading them from `after`. `timezone` is the
-/// campaign's, for the day column.
+/// What a campaign's totals can be narrowed to. Signatures match on all the given fields
+/// (`from` inclusive, `to` exclusive, on `collected_at`); check-ins on `event` and the time range
+/// (on `at`) only, as they have no city or FSA; paper sheets are never filtered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Event id.
+    pub event: Option<String>,
+    /// Earliest time, ms since the epoch, inclusive.
+    pub from: Option<i64>,
+    /// Latest time, ms since the epoch, exclusive.
+    pub to: Option<i64>,
+    /// The signer's city, exactly as stored.
+    pub city: Option<String>,
+    /// The signer's FSA, upper case.
+    pub fsa: Option<String>,
+}
+
+impl Filter {
+    /// No filter at all: the whole campaign.
+    pub fn is_empty(&self) -> bool {
+        *self == Filter::default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rows and the incremental path.
+
+/// A signature row: the clear fields of a signature, as the `signatures` table holds them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SigRow {
+    event: Option<String>,
+    collected_at: i64,
+    day: String,
+    collected_by: String,
+    city: String,
+    fsa: String,
+    riding: Option<String>,
+    consent: bool,
+    dup: String,
+    withdrawn: bool,
+}
+
+impl SigRow {
+    fn of(s: &Signature, timezone: &str) -> SigRow {
+        SigRow {
+            event: s.event.clone(),
+            collected_at: s.collected_at,
+            day: day_of(s.collected_at, timezone),
+            collected_by: s.collected_by.clone(),
+            city: s.city.clone(),
+            fsa: s.fsa.clone(),
+            riding: s.riding.clone(),
+            consent: s.consent_contact,
+            dup: s.dup.clone(),
+            withdrawn: s.withdrawn,
+        }
+    }
+}
+
+/// A check-in row's fields that totals use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CheckinRow {
+    event: String,
+    attendee: String,
+    walk_in: bool,
+    withdrawn: bool,
+}
+
+/// One unit a record adds to the aggregates: (dim, key, token).
+type Contribution = (&'static str, String, Option<String>);
+
+/// What a signature adds to the aggregates, given whether it is struck.
+fn sig_contributions(row: &SigRow, struck: bool) -> Vec<Contribution> {
+    if row.withdrawn {
+        return vec![("withdrawn", String::new(), None)];
+    }
+    if struck {
+        return vec![("struck", String::new(), None)];
+    }
+    let t = || Some(row.dup.clone());
+    let mut out = vec![
+        ("all", String::new(), t()),
+        ("city", row.city.clone(), t()),
+        ("fsa", row.fsa.clone(), t()),
+        ("day", row.day.clone(), t()),
+        ("canvasser", row.collected_by.clone(), t()),
+    ];
+    if let Some(e) = &row.event {
+        out.push(("event", e.clone(), t()));
+    }
+    if let Some(r) = &row.riding {
+        out.push(("riding", r.clone(), t()));
+    }
+    out
+}
+
+/// What a check-in adds to the aggregates.
+fn checkin_contributions(row: &CheckinRow) -> Vec<Contribution> {
+    if row.withdrawn {
+        return Vec::new();
+    }
+    let kind = if row.walk_in {
+        "checkin_walk"
+    } else {
+        "checkin_pre"
+    };
+    vec![
+        ("checkin", row.event.clone(), Some(row.attendee.clone())),
+        (kind, row.event.clone(), Some(row.attendee.clone())),
+    ]
+}
+
+/// Updates the rows (and aggregates) of every record `acc` touched, reading them from `after`.
+/// `timezone` is the campaign's, for the day column.
 pub fn apply(
     conn: &Connection,
     doc_id: &str,
@@ -36,69 +171,34 @@ pub fn apply(
     timezone: &str,
 ) -> Result<(), ProjectionError> {
     let bad = |id: &str, e: String| ProjectionError::Record(id.to_string(), e);
+    let campaign = header.campaign.as_str();
     match header.kind {
         DocKind::Collection => {
             for id in acc.in_container(SIGNATURES) {
-                let Some(s) =
+                if let Some(s) =
                     collection::signature(after, id).map_err(|e| bad(id, e.to_string()))?
-                else {
-                    continue;
-                };
-                conn.prepare_cached(
-                    "INSERT INTO signatures (doc_id, sig_id, campaign, event, collected_at, day, collected_by, city, fsa, riding, consent, dup, withdrawn)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
-                     ON CONFLICT (doc_id, sig_id) DO UPDATE SET event = excluded.event, day = excluded.day, city = excluded.city,
-                       fsa = excluded.fsa, riding = excluded.riding, consent = excluded.consent, dup = excluded.dup, withdrawn = excluded.withdrawn",
-                )?
-                .execute(params![
-                    doc_id,
-                    s.id,
-                    header.campaign,
-                    s.event,
-                    s.collected_at,
-                    day_of(s.collected_at, timezone),
-                    s.collected_by,
-                    s.city,
-                    s.fsa,
-                    s.riding,
-                    s.consent_contact,
-                    s.dup,
-                    s.withdrawn
-                ])?;
+                {
+                    put_signature(conn, doc_id, campaign, &s, timezone)?;
+                }
             }
             for id in acc.in_container(CHECKINS) {
-                let Some(c) = collection::checkin(after, id).map_err(|e| bad(id, e.to_string()))?
-                else {
-                    continue;
-                };
-                conn.prepare_cached(
-                    "INSERT INTO checkins (doc_id, ci_id, campaign, event, attendee, at, by_id, walk_in, withdrawn)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                     ON CONFLICT (doc_id, ci_id) DO UPDATE SET attendee = excluded.attendee, walk_in = excluded.walk_in, withdrawn = excluded.withdrawn",
-                )?
-                .execute(params![doc_id, c.id, header.campaign, c.event, c.attendee, c.at, c.by, c.walk_in, c.withdrawn])?;
+                if let Some(c) =
+                    collection::checkin(after, id).map_err(|e| bad(id, e.to_string()))?
+                {
+                    put_checkin(conn, doc_id, campaign, &c)?;
+                }
             }
         }
         DocKind::Review => {
             for id in acc.in_container(STRIKES) {
-                let Some(s) = review::strike(after, id).map_err(|e| bad(id, e.to_string()))? else {
-                    continue;
-                };
-                conn.prepare_cached(
-                    "INSERT INTO strikes (campaign, sig_id, reason, by_id, at, revoked) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                     ON CONFLICT (campaign, sig_id) DO UPDATE SET reason = excluded.reason, by_id = excluded.by_id, at = excluded.at, revoked = excluded.revoked",
-                )?
-                .execute(params![header.campaign, s.signature, s.reason.as_str(), s.by, s.at, s.revoked])?;
+                if let Some(s) = review::strike(after, id).map_err(|e| bad(id, e.to_string()))? {
+                    put_strike(conn, campaign, &s)?;
+                }
             }
             for id in acc.in_container(SHEETS) {
-                let Some(s) = review::sheet(after, id).map_err(|e| bad(id, e.to_string()))? else {
-                    continue;
-                };
-                conn.prepare_cached(
-                    "INSERT INTO sheets (campaign, serial, count, riding, status) VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT (campaign, serial) DO UPDATE SET count = excluded.count, riding = excluded.riding, status = excluded.status",
-                )?
-                .execute(params![header.campaign, s.serial, s.count, s.riding, s.status.as_str()])?;
+                if let Some(s) = review::sheet(after, id).map_err(|e| bad(id, e.to_string()))? {
+                    put_sheet(conn, campaign, &s)?;
+                }
             }
         }
         DocKind::Campaign | DocKind::Totals => {}
@@ -106,70 +206,298 @@ pub fn apply(
     Ok(())
 }
 
-const COUNTED: &str = "FROM signatures s WHERE s.campaign = ?1 AND s.withdrawn = 0
-    AND NOT EXISTS (SELECT 1 FROM strikes k WHERE k.campaign = s.campaign AND k.sig_id = s.sig_id AND k.revoked = 0)";
-
-fn breakdown(
-    conn: &Connection,
-    campaign: &str,
-    column: &str,
-) -> rusqlite::Result<BTreeMap<String, Cell>> {
-    let sql = format!(
-        "SELECT s.{column}, COUNT(*), COUNT(DISTINCT s.dup) {COUNTED} AND s.{column} IS NOT NULL GROUP BY s.{column}"
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map([campaign], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            Cell {
-                signatures: r.get::<_, i64>(1)? as u64,
-                unique: r.get::<_, i64>(2)? as u64,
-            },
-        ))
-    })?;
-    rows.collect()
+fn is_struck(conn: &Connection, campaign: &str, sig_id: &str) -> rusqlite::Result<bool> {
+    conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM strikes WHERE campaign = ?1 AND sig_id = ?2 AND revoked = 0)",
+    )?
+    .query_row(params![campaign, sig_id], |r| r.get(0))
 }
 
-/// A campaign's totals, from the projection.
-pub fn totals(conn: &Connection, campaign: &str) -> rusqlite::Result<Totals> {
-    let mut t = Totals::default();
-    let (n, u): (i64, i64) = conn
-        .prepare_cached(&format!("SELECT COUNT(*), COUNT(DISTINCT s.dup) {COUNTED}"))?
-        .query_row([campaign], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    t.signatures = n as u64;
-    t.unique_signers = u as u64;
-    let (w, k): (i64, i64) = conn
+/// Writes a signature's row; returns the row it replaced.
+fn upsert_signature_row(
+    conn: &Connection,
+    doc_id: &str,
+    campaign: &str,
+    sig_id: &str,
+    row: &SigRow,
+) -> rusqlite::Result<Option<SigRow>> {
+    let old = conn
         .prepare_cached(
-            "SELECT COALESCE(SUM(s.withdrawn), 0),
-                    COALESCE(SUM(s.withdrawn = 0 AND EXISTS (SELECT 1 FROM strikes k WHERE k.campaign = s.campaign AND k.sig_id = s.sig_id AND k.revoked = 0)), 0)
-             FROM signatures s WHERE s.campaign = ?1",
+            "SELECT event, collected_at, day, collected_by, city, fsa, riding, consent, dup, withdrawn
+             FROM signatures WHERE doc_id = ?1 AND sig_id = ?2",
         )?
-        .query_row([campaign], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    t.withdrawn = w as u64;
-    t.struck = k as u64;
-    t.by_event = breakdown(conn, campaign, "event")?;
-    t.by_city = breakdown(conn, campaign, "city")?;
-    t.by_fsa = breakdown(conn, campaign, "fsa")?;
-    t.by_riding = breakdown(conn, campaign, "riding")?;
-    t.by_day = breakdown(conn, campaign, "day")?;
-    t.by_canvasser = breakdown(conn, campaign, "collected_by")?;
-    let mut stmt = conn.prepare_cached(
-        "SELECT event, COUNT(DISTINCT attendee), COUNT(DISTINCT CASE WHEN walk_in = 0 THEN attendee END),
-                COUNT(DISTINCT CASE WHEN walk_in = 1 THEN attendee END)
-         FROM checkins WHERE campaign = ?1 AND withdrawn = 0 GROUP BY event",
-    )?;
-    t.checkins = stmt
-        .query_map([campaign], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                CheckinCell {
-                    unique: r.get::<_, i64>(1)? as u64,
-                    pre_registered: r.get::<_, i64>(2)? as u64,
-                    walk_in: r.get::<_, i64>(3)? as u64,
-                },
-            ))
+        .query_row(params![doc_id, sig_id], |r| {
+            Ok(SigRow {
+                event: r.get(0)?,
+                collected_at: r.get(1)?,
+                day: r.get(2)?,
+                collected_by: r.get(3)?,
+                city: r.get(4)?,
+                fsa: r.get(5)?,
+                riding: r.get(6)?,
+                consent: r.get(7)?,
+                dup: r.get(8)?,
+                withdrawn: r.get(9)?,
+            })
+        })
+        .optional()?;
+    if old.as_ref() == Some(row) {
+        return Ok(old);
+    }
+    conn.prepare_cached(
+        "INSERT INTO signatures (doc_id, sig_id, campaign, event, collected_at, day, collected_by, city, fsa, riding, consent, dup, withdrawn)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+         ON CONFLICT (doc_id, sig_id) DO UPDATE SET event = excluded.event, day = excluded.day, city = excluded.city,
+           fsa = excluded.fsa, riding = excluded.riding, consent = excluded.consent, dup = excluded.dup, withdrawn = excluded.withdrawn",
+    )?
+    .execute(params![
+        doc_id,
+        sig_id,
+        campaign,
+        row.event,
+        row.collected_at,
+        row.day,
+        row.collected_by,
+        row.city,
+        row.fsa,
+        row.riding,
+        row.consent,
+        row.dup,
+        row.withdrawn
+    ])?;
+    Ok(old)
+}
+
+/// Projects one signature of collection `doc_id` (its row and its aggregate cells). Public for
+/// the latency example, which fills the tables through this same code.
+pub fn put_signature(
+    conn: &Connection,
+    doc_id: &str,
+    campaign: &str,
+    s: &Signature,
+    timezone: &str,
+) -> Result<(), ProjectionError> {
+    let row = SigRow::of(s, timezone);
+    let old = upsert_signature_row(conn, doc_id, campaign, &s.id, &row)?;
+    if old.as_ref() == Some(&row) {
+        return Ok(());
+    }
+    let struck = is_struck(conn, campaign, &s.id)?;
+    let before = old
+        .map(|o| sig_contributions(&o, struck))
+        .unwrap_or_default();
+    move_aggregates(conn, campaign, before, sig_contributions(&row, struck))
+}
+
+fn upsert_checkin_row(
+    conn: &Connection,
+    doc_id: &str,
+    campaign: &str,
+    c: &Checkin,
+) -> rusqlite::Result<Option<CheckinRow>> {
+    let old = conn
+        .prepare_cached(
+            "SELECT event, attendee, walk_in, withdrawn FROM checkins WHERE doc_id = ?1 AND ci_id = ?2",
+        )?
+        .query_row(params![doc_id, c.id], |r| {
+            Ok(CheckinRow {
+                event: r.get(0)?,
+                attendee: r.get(1)?,
+                walk_in: r.get(2)?,
+                withdrawn: r.get(3)?,
+            })
+        })
+        .optional()?;
+    conn.prepare_cached(
+        "INSERT INTO checkins (doc_id, ci_id, campaign, event, attendee, at, by_id, walk_in, withdrawn)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (doc_id, ci_id) DO UPDATE SET attendee = excluded.attendee, walk_in = excluded.walk_in, withdrawn = excluded.withdrawn",
+    )?
+    .execute(params![doc_id, c.id, campaign, c.event, c.attendee, c.at, c.by, c.walk_in, c.withdrawn])?;
+    Ok(old)
+}
+
+/// Projects one check-in of collection `doc_id`.
+pub fn put_checkin(
+    conn: &Connection,
+    doc_id: &str,
+    campaign: &str,
+    c: &Checkin,
+) -> Result<(), ProjectionError> {
+    let old = upsert_checkin_row(conn, doc_id, campaign, c)?;
+    let row = CheckinRow {
+        event: c.event.clone(),
+        attendee: c.attendee.clone(),
+        walk_in: c.walk_in,
+        withdrawn: c.withdrawn,
+    };
+    let before = old.map(|o| checkin_contributions(&o)).unwrap_or_default();
+    move_aggregates(conn, campaign, before, checkin_contributions(&row))
+}
+
+fn upsert_strike_row(conn: &Connection, campaign: &str, s: &Strike) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO strikes (campaign, sig_id, reason, by_id, at, revoked) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (campaign, sig_id) DO UPDATE SET reason = excluded.reason, by_id = excluded.by_id, at = excluded.at, revoked = excluded.revoked",
+    )?
+    .execute(params![campaign, s.signature, s.reason.as_str(), s.by, s.at, s.revoked])?;
+    Ok(())
+}
+
+/// Projects a strike (or its revocation): every signature of the campaign with that id moves
+/// between counted and struck.
+pub fn put_strike(conn: &Connection, campaign: &str, s: &Strike) -> Result<(), ProjectionError> {
+    let was = is_struck(conn, campaign, &s.signature)?;
+    upsert_strike_row(conn, campaign, s)?;
+    let now = !s.revoked;
+    if was == now {
+        return Ok(());
+    }
+    let rows: Vec<SigRow> = conn
+        .prepare_cached(
+            "SELECT event, collected_at, day, collected_by, city, fsa, riding, consent, dup, withdrawn
+             FROM signatures WHERE campaign = ?1 AND sig_id = ?2 AND withdrawn = 0",
+        )?
+        .query_map(params![campaign, s.signature], |r| {
+            Ok(SigRow {
+                event: r.get(0)?,
+                collected_at: r.get(1)?,
+                day: r.get(2)?,
+                collected_by: r.get(3)?,
+                city: r.get(4)?,
+                fsa: r.get(5)?,
+                riding: r.get(6)?,
+                consent: r.get(7)?,
+                dup: r.get(8)?,
+                withdrawn: r.get(9)?,
+            })
         })?
         .collect::<rusqlite::Result<_>>()?;
+    for row in rows {
+        move_aggregates(
+            conn,
+            campaign,
+            sig_contributions(&row, was),
+            sig_contributions(&row, now),
+        )?;
+    }
+    Ok(())
+}
+
+fn upsert_sheet_row(conn: &Connection, campaign: &str, s: &Sheet) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO sheets (campaign, serial, count, riding, status) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (campaign, serial) DO UPDATE SET count = excluded.count, riding = excluded.riding, status = excluded.status",
+    )?
+    .execute(params![campaign, s.serial, s.count, s.riding, s.status.as_str()])?;
+    Ok(())
+}
+
+/// Projects a paper sheet (a row only: paper totals are summed from the few sheet rows).
+pub fn put_sheet(conn: &Connection, campaign: &str, s: &Sheet) -> Result<(), ProjectionError> {
+    Ok(upsert_sheet_row(conn, campaign, s)?)
+}
+
+/// Takes `before` out of the aggregates and puts `after` in, skipping what both hold.
+fn move_aggregates(
+    conn: &Connection,
+    campaign: &str,
+    mut before: Vec<Contribution>,
+    after: Vec<Contribution>,
+) -> Result<(), ProjectionError> {
+    let mut adds = Vec::new();
+    for c in after {
+        match before.iter().position(|b| *b == c) {
+            Some(i) => {
+                before.swap_remove(i);
+            }
+            None => adds.push(c),
+        }
+    }
+    // Additions first, so a cell that only changes members never drops to zero in between.
+    for (dim, key, token) in &adds {
+        bump(conn, campaign, dim, key, token.as_deref(), 1)?;
+    }
+    for (dim, key, token) in &before {
+        bump(conn, campaign, dim, key, token.as_deref(), -1)?;
+    }
+    Ok(())
+}
+
+fn token_id(conn: &Connection, campaign: &str, token: &str) -> rusqlite::Result<i64> {
+    let found = conn
+        .prepare_cached("SELECT token_id FROM agg_tokens WHERE campaign = ?1 AND token = ?2")?
+        .query_row(params![campaign, token], |r| r.get(0))
+        .optional()?;
+    match found {
+        Some(id) => Ok(id),
+        None => {
+            conn.prepare_cached("INSERT INTO agg_tokens (campaign, token) VALUES (?1, ?2)")?
+                .execute(params![campaign, token])?;
+            Ok(conn.last_insert_rowid())
+        }
+    }
+}
+
+/// Adds `delta` (+1 or -1) records to a cell, and to its token's member count if it has one.
+fn bump(
+    conn: &Connection,
+    campaign: &str,
+    dim: &str,
+    key: &str,
+    token: Option<&str>,
+    delta: i64,
+) -> Result<(), ProjectionError> {
+    let drift = |what: &str| ProjectionError::Drift(format!("{campaign}/{dim}/{key}: {what}"));
+    let (key_id, n): (i64, i64) = conn
+        .prepare_cached(
+            "INSERT INTO agg_cells (campaign, dim, key, n, uniq) VALUES (?1, ?2, ?3, ?4, 0)
+             ON CONFLICT (campaign, dim, key) DO UPDATE SET n = n + excluded.n
+             RETURNING key_id, n",
+        )?
+        .query_row(params![campaign, dim, key, delta], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    if n < 0 {
+        return Err(drift("records below zero"));
+    }
+    if let Some(token) = token {
+        let tid = token_id(conn, campaign, token)?;
+        let m: i64 = conn
+            .prepare_cached(
+                "INSERT INTO agg_members (key_id, token_id, n) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key_id, token_id) DO UPDATE SET n = n + excluded.n
+                 RETURNING n",
+            )?
+            .query_row(params![key_id, tid, delta], |r| r.get(0))?;
+        if m < 0 {
+            return Err(drift("a token's records below zero"));
+        }
+        let uniq_delta = match (delta > 0, m) {
+            (true, 1) => 1,
+            (false, 0) => {
+                conn.prepare_cached("DELETE FROM agg_members WHERE key_id = ?1 AND token_id = ?2")?
+                    .execute(params![key_id, tid])?;
+                -1
+            }
+            _ => 0,
+        };
+        if uniq_delta != 0 {
+            conn.prepare_cached("UPDATE agg_cells SET uniq = uniq + ?2 WHERE key_id = ?1")?
+                .execute(params![key_id, uniq_delta])?;
+        }
+    }
+    if n == 0 {
+        conn.prepare_cached("DELETE FROM agg_cells WHERE key_id = ?1")?
+            .execute([key_id])?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Queries.
+
+fn paper(conn: &Connection, campaign: &str, t: &mut Totals) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(
         "SELECT status, COUNT(*), SUM(count) FROM sheets WHERE campaign = ?1 GROUP BY status",
     )?;
@@ -177,7 +505,7 @@ pub fn totals(conn: &Connection, campaign: &str) -> rusqlite::Result<Totals> {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, i64>(1)? as u64,
-            r.get::<_, i64>(2)? as u64,
+            r.get::<_, i64>(2)?.max(0) as u64,
         ))
     })? {
         let (status, sheets, signatures) = row?;
@@ -187,5 +515,385 @@ pub fn totals(conn: &Connection, campaign: &str) -> rusqlite::Result<Totals> {
             .by_status
             .insert(status, PaperCell { sheets, signatures });
     }
+    Ok(())
+}
+
+/// A campaign's totals, read from the aggregate cells.
+pub fn totals(conn: &Connection, campaign: &str) -> rusqlite::Result<Totals> {
+    let mut t = Totals::default();
+    let mut stmt =
+        conn.prepare_cached("SELECT dim, key, n, uniq FROM agg_cells WHERE campaign = ?1")?;
+    let mut rows = stmt.query([campaign])?;
+    while let Some(r) = rows.next()? {
+        let dim: String = r.get(0)?;
+        let key: String = r.get(1)?;
+        let n = r.get::<_, i64>(2)? as u64;
+        let uniq = r.get::<_, i64>(3)? as u64;
+        let cell = Cell {
+            signatures: n,
+            unique: uniq,
+        };
+        match dim.as_str() {
+            "all" => (t.signatures, t.unique_signers) = (n, uniq),
+            "struck" => t.struck = n,
+            "withdrawn" => t.withdrawn = n,
+            "event" => _ = t.by_event.insert(key, cell),
+            "city" => _ = t.by_city.insert(key, cell),
+            "fsa" => _ = t.by_fsa.insert(key, cell),
+            "riding" => _ = t.by_riding.insert(key, cell),
+            "day" => _ = t.by_day.insert(key, cell),
+            "canvasser" => _ = t.by_canvasser.insert(key, cell),
+            "checkin" => t.checkins.entry(key).or_default().unique = uniq,
+            "checkin_pre" => t.checkins.entry(key).or_default().pre_registered = uniq,
+            "checkin_walk" => t.checkins.entry(key).or_default().walk_in = uniq,
+            _ => {}
+        }
+    }
+    paper(conn, campaign, &mut t)?;
     Ok(t)
+}
+
+/// A campaign's totals narrowed by `filter`: from the aggregates when the filter is empty,
+/// otherwise by scanning the matching rows (through the filter indexes).
+pub fn query(conn: &Connection, campaign: &str, filter: &Filter) -> rusqlite::Result<Totals> {
+    if filter.is_empty() {
+        totals(conn, campaign)
+    } else {
+        scan(conn, campaign, filter)
+    }
+}
+
+#[derive(Default)]
+struct Acc {
+    signatures: u64,
+    tokens: HashSet<String>,
+}
+
+impl Acc {
+    fn add(&mut self, token: &str) {
+        self.signatures += 1;
+        if !self.tokens.contains(token) {
+            self.tokens.insert(token.to_string());
+        }
+    }
+    fn cell(&self) -> Cell {
+        Cell {
+            signatures: self.signatures,
+            unique: self.tokens.len() as u64,
+        }
+    }
+}
+
+fn cells(map: HashMap<String, Acc>) -> BTreeMap<String, Cell> {
+    map.into_iter().map(|(k, a)| (k, a.cell())).collect()
+}
+
+/// A campaign's totals computed by scanning the projection rows that match `filter` (no
+/// aggregates). Used for filtered queries, and as the baseline the aggregates are measured
+/// against.
+pub fn scan(conn: &Connection, campaign: &str, filter: &Filter) -> rusqlite::Result<Totals> {
+    let mut where_sig = String::from("s.campaign = ?1");
+    let mut where_ci = String::from("campaign = ?1 AND withdrawn = 0");
+    let mut sig_args: Vec<rusqlite::types::Value> = vec![campaign.to_string().into()];
+    let mut ci_args: Vec<rusqlite::types::Value> = vec![campaign.to_string().into()];
+    if let Some(e) = &filter.event {
+        sig_args.push(e.clone().into());
+        where_sig.push_str(&format!(" AND s.event = ?{}", sig_args.len()));
+        ci_args.push(e.clone().into());
+        where_ci.push_str(&format!(" AND event = ?{}", ci_args.len()));
+    }
+    if let Some(from) = filter.from {
+        sig_args.push(from.into());
+        where_sig.push_str(&format!(" AND s.collected_at >= ?{}", sig_args.len()));
+        ci_args.push(from.into());
+        where_ci.push_str(&format!(" AND at >= ?{}", ci_args.len()));
+    }
+    if let Some(to) = filter.to {
+        sig_args.push(to.into());
+        where_sig.push_str(&format!(" AND s.collected_at < ?{}", sig_args.len()));
+        ci_args.push(to.into());
+        where_ci.push_str(&format!(" AND at < ?{}", ci_args.len()));
+    }
+    if let Some(c) = &filter.city {
+        sig_args.push(c.clone().into());
+        where_sig.push_str(&format!(" AND s.city = ?{}", sig_args.len()));
+    }
+    if let Some(f) = &filter.fsa {
+        sig_args.push(f.clone().into());
+        where_sig.push_str(&format!(" AND s.fsa = ?{}", sig_args.len()));
+    }
+
+    let mut t = Totals::default();
+    let mut all = Acc::default();
+    let mut dims: [HashMap<String, Acc>; 6] = Default::default();
+    let sql = format!(
+        "SELECT s.event, s.day, s.collected_by, s.city, s.fsa, s.riding, s.dup, s.withdrawn,
+                EXISTS (SELECT 1 FROM strikes k WHERE k.campaign = s.campaign AND k.sig_id = s.sig_id AND k.revoked = 0)
+         FROM signatures s WHERE {where_sig}"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(sig_args))?;
+    while let Some(r) = rows.next()? {
+        if r.get::<_, bool>(7)? {
+            t.withdrawn += 1;
+            continue;
+        }
+        if r.get::<_, bool>(8)? {
+            t.struck += 1;
+            continue;
+        }
+        let dup: String = r.get(6)?;
+        all.add(&dup);
+        let keys: [Option<String>; 6] = [
+            r.get(0)?,
+            Some(r.get(3)?),
+            Some(r.get(4)?),
+            r.get(5)?,
+            Some(r.get(1)?),
+            Some(r.get(2)?),
+        ];
+        for (dim, key) in dims.iter_mut().zip(keys) {
+            if let Some(k) = key {
+                dim.entry(k).or_default().add(&dup);
+            }
+        }
+    }
+    t.signatures = all.signatures;
+    t.unique_signers = all.tokens.len() as u64;
+    let [ev, city, fsa, riding, day, canvasser] = dims;
+    t.by_event = cells(ev);
+    t.by_city = cells(city);
+    t.by_fsa = cells(fsa);
+    t.by_riding = cells(riding);
+    t.by_day = cells(day);
+    t.by_canvasser = cells(canvasser);
+
+    let mut sets: HashMap<String, [HashSet<String>; 3]> = HashMap::new();
+    let sql = format!("SELECT event, attendee, walk_in FROM checkins WHERE {where_ci}");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(ci_args))?;
+    while let Some(r) = rows.next()? {
+        let event: String = r.get(0)?;
+        let attendee: String = r.get(1)?;
+        let walk_in: bool = r.get(2)?;
+        let s = sets.entry(event).or_default();
+        s[0].insert(attendee.clone());
+        s[if walk_in { 2 } else { 1 }].insert(attendee);
+    }
+    t.checkins = sets
+        .into_iter()
+        .map(|(k, [u, p, w])| {
+            (
+                k,
+                CheckinCell {
+                    unique: u.len() as u64,
+                    pre_registered: p.len() as u64,
+                    walk_in: w.len() as u64,
+                },
+            )
+        })
+        .collect();
+    paper(conn, campaign, &mut t)?;
+    Ok(t)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rebuilding.
+
+/// Counted signatures and live check-ins as (campaign, dim, key, token): the aggregates'
+/// definition in one SQL expression, the independent counterpart of `sig_contributions` and
+/// `checkin_contributions`.
+const SOURCE: &str = "WITH counted AS (
+    SELECT s.* FROM signatures s WHERE s.withdrawn = 0 AND NOT EXISTS
+        (SELECT 1 FROM strikes k WHERE k.campaign = s.campaign AND k.sig_id = s.sig_id AND k.revoked = 0)
+), src (campaign, dim, key, token) AS (
+    SELECT campaign, 'all', '', dup FROM counted
+    UNION ALL SELECT campaign, 'event', event, dup FROM counted WHERE event IS NOT NULL
+    UNION ALL SELECT campaign, 'city', city, dup FROM counted
+    UNION ALL SELECT campaign, 'fsa', fsa, dup FROM counted
+    UNION ALL SELECT campaign, 'riding', riding, dup FROM counted WHERE riding IS NOT NULL
+    UNION ALL SELECT campaign, 'day', day, dup FROM counted
+    UNION ALL SELECT campaign, 'canvasser', collected_by, dup FROM counted
+    UNION ALL SELECT campaign, 'checkin', event, attendee FROM checkins WHERE withdrawn = 0
+    UNION ALL SELECT campaign, 'checkin_pre', event, attendee FROM checkins WHERE withdrawn = 0 AND walk_in = 0
+    UNION ALL SELECT campaign, 'checkin_walk', event, attendee FROM checkins WHERE withdrawn = 0 AND walk_in = 1
+)";
+
+/// Recomputes every aggregate table from the projection rows, in one SQL pass; clears the
+/// "stale" mark a schema upgrade leaves.
+pub fn rebuild_aggregates(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "DELETE FROM agg_members; DELETE FROM agg_cells; DELETE FROM agg_tokens;
+         DELETE FROM projection_state WHERE name = 'aggregates';",
+    )?;
+    conn.execute_batch(&format!(
+        "{SOURCE} INSERT INTO agg_tokens (campaign, token) SELECT DISTINCT campaign, token FROM src;
+         {SOURCE} INSERT INTO agg_cells (campaign, dim, key, n, uniq)
+             SELECT campaign, dim, key, COUNT(*), COUNT(DISTINCT token) FROM src GROUP BY campaign, dim, key;
+         {SOURCE} INSERT INTO agg_members (key_id, token_id, n)
+             SELECT c.key_id, t.token_id, COUNT(*) FROM src
+             JOIN agg_cells c ON c.campaign = src.campaign AND c.dim = src.dim AND c.key = src.key
+             JOIN agg_tokens t ON t.campaign = src.campaign AND t.token = src.token
+             GROUP BY c.key_id, t.token_id;
+         INSERT INTO agg_cells (campaign, dim, key, n, uniq)
+             SELECT campaign, 'withdrawn', '', COUNT(*), 0 FROM signatures WHERE withdrawn = 1 GROUP BY campaign;
+         INSERT INTO agg_cells (campaign, dim, key, n, uniq)
+             SELECT s.campaign, 'struck', '', COUNT(*), 0 FROM signatures s WHERE s.withdrawn = 0 AND EXISTS
+                 (SELECT 1 FROM strikes k WHERE k.campaign = s.campaign AND k.sig_id = s.sig_id AND k.revoked = 0)
+             GROUP BY s.campaign;"
+    ))
+}
+
+/// Whether a schema upgrade left the aggregates to be rebuilt from existing rows.
+pub fn aggregates_stale(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM projection_state WHERE name = 'aggregates' AND value = 'stale')",
+        [],
+        |r| r.get(0),
+    )
+}
+
+/// What [`reindex`] rebuilt.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReindexReport {
+    /// Documents read.
+    pub documents: u64,
+    /// Signature rows written.
+    pub signatures: u64,
+    /// Check-in rows written.
+    pub checkins: u64,
+    /// Strike rows written.
+    pub strikes: u64,
+    /// Sheet rows written.
+    pub sheets: u64,
+    /// Aggregate cells computed.
+    pub cells: u64,
+}
+
+fn load(tx: &WriteTx<'_>, doc_id: &str) -> Result<Automerge, ProjectionError> {
+    let bad = |e: String| ProjectionError::Load(doc_id.to_string(), e);
+    let stored = tx
+        .load_document(doc_id)?
+        .ok_or_else(|| bad("listed but not stored".into()))?;
+    let mut doc = match &stored.snapshot {
+        Some(snap) => Automerge::load(snap).map_err(|e| bad(e.to_string()))?,
+        None => Automerge::new(),
+    };
+    for chunk in &stored.incremental {
+        doc.load_incremental(chunk)
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    Ok(doc)
+}
+
+/// Rebuilds every projection table from the stored documents, in one write transaction: the
+/// rows through the same upserts as the incremental path, then the aggregates from the rows
+/// ([`rebuild_aggregates`]). Loads one document at a time.
+pub fn reindex(store: &Store) -> Result<ReindexReport, ProjectionError> {
+    store.write_with_error(|tx| {
+        let conn = tx.conn();
+        conn.execute_batch(
+            "DELETE FROM signatures; DELETE FROM checkins; DELETE FROM strikes; DELETE FROM sheets;",
+        )?;
+        let mut report = ReindexReport::default();
+        let mut zones: HashMap<String, String> = HashMap::new();
+        for meta in tx.list_documents(&DocFilter {
+            kind: Some(tally_store::CAMPAIGN_KIND.into()),
+            ..DocFilter::default()
+        })? {
+            let doc = load(tx, &meta.doc_id)?;
+            let c = tally_core::campaign::read(&doc)
+                .map_err(|e| ProjectionError::Load(meta.doc_id.clone(), e.to_string()))?;
+            zones.insert(meta.campaign.clone(), c.timezone);
+        }
+        for meta in tx.list_documents(&DocFilter::default())? {
+            report.documents += 1;
+            let unreadable = |e: tally_core::Rejection| {
+                ProjectionError::Load(meta.doc_id.clone(), e.to_string())
+            };
+            let campaign = meta.campaign.as_str();
+            match meta.kind.as_str() {
+                "collection" => {
+                    let doc = load(tx, &meta.doc_id)?;
+                    let tz = zones.get(campaign).map_or("UTC", String::as_str);
+                    let c = collection::read(&doc).map_err(unreadable)?;
+                    for s in c.signatures.values() {
+                        upsert_signature_row(conn, &meta.doc_id, campaign, &s.id, &SigRow::of(s, tz))?;
+                        report.signatures += 1;
+                    }
+                    for ci in c.checkins.values() {
+                        upsert_checkin_row(conn, &meta.doc_id, campaign, ci)?;
+                        report.checkins += 1;
+                    }
+                }
+                "review" => {
+                    let doc = load(tx, &meta.doc_id)?;
+                    let r = review::read(&doc).map_err(unreadable)?;
+                    for s in r.strikes.values() {
+                        upsert_strike_row(conn, campaign, s)?;
+                        report.strikes += 1;
+                    }
+                    for s in r.sheets.values() {
+                        upsert_sheet_row(conn, campaign, s)?;
+                        report.sheets += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        rebuild_aggregates(conn)?;
+        report.cells = conn.query_row("SELECT COUNT(*) FROM agg_cells", [], |r| r.get::<_, i64>(0))? as u64;
+        Ok(report)
+    })
+}
+
+/// Every projection table as sorted text lines, with aggregate members named by their cell and
+/// token instead of row ids: what `tally reindex` must reproduce exactly. (The token interning
+/// table itself is left out: it may keep tokens no record uses any more.)
+pub fn dump(conn: &Connection) -> rusqlite::Result<BTreeMap<&'static str, Vec<String>>> {
+    let queries: [(&'static str, &str); 6] = [
+        (
+            "signatures",
+            "SELECT doc_id, sig_id, campaign, event, collected_at, day, collected_by, city, fsa, riding, consent, dup, withdrawn FROM signatures",
+        ),
+        (
+            "checkins",
+            "SELECT doc_id, ci_id, campaign, event, attendee, at, by_id, walk_in, withdrawn FROM checkins",
+        ),
+        (
+            "strikes",
+            "SELECT campaign, sig_id, reason, by_id, at, revoked FROM strikes",
+        ),
+        (
+            "sheets",
+            "SELECT campaign, serial, count, riding, status FROM sheets",
+        ),
+        (
+            "agg_cells",
+            "SELECT campaign, dim, key, n, uniq FROM agg_cells",
+        ),
+        (
+            "agg_members",
+            "SELECT c.campaign, c.dim, c.key, t.token, m.n FROM agg_members m
+             JOIN agg_cells c ON c.key_id = m.key_id JOIN agg_tokens t ON t.token_id = m.token_id",
+        ),
+    ];
+    let mut out = BTreeMap::new();
+    for (name, sql) in queries {
+        let mut stmt = conn.prepare(sql)?;
+        let width = stmt.column_count();
+        let mut lines: Vec<String> = stmt
+            .query_map([], |r| {
+                let mut cols = Vec::with_capacity(width);
+                for i in 0..width {
+                    let v: rusqlite::types::Value = r.get(i)?;
+                    cols.push(format!("{v:?}"));
+                }
+                Ok(cols.join("|"))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        lines.sort();
+        out.insert(name, lines);
+    }
+    Ok(out)
 }

@@ -276,11 +276,14 @@ async fn blocking<R: Send + 'static>(
 }
 
 /// Runs one sync connection until the peer leaves, the device is revoked or the server stops.
+/// A frame the peer does not take within `send_timeout` closes the connection: a client that
+/// never reads stalls only itself, and nothing is buffered for it without bound.
 pub async fn run(
     socket: WebSocket,
     conn: Conn,
     mut notify: mpsc::UnboundedReceiver<DocumentId>,
     cancel: CancellationToken,
+    send_timeout: std::time::Duration,
 ) {
     let device_id = conn.device().device_id.clone();
     let (mut sink, mut stream) = socket.split();
@@ -305,9 +308,24 @@ pub async fn run(
         for out in outs {
             match out {
                 Out::Send(bytes) => {
-                    if let Err(e) = sink.send(WsMessage::Binary(bytes.into())).await {
-                        close = Some(format!("send failed: {e}"));
-                        break;
+                    match tokio::time::timeout(
+                        send_timeout,
+                        sink.send(WsMessage::Binary(bytes.into())),
+                    )
+                    .await
+                    {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            close = Some(format!("send failed: {e}"));
+                            break;
+                        }
+                        Err(_) => {
+                            close = Some(format!(
+                                "the peer is not reading: a frame waited {} s to be sent",
+                                send_timeout.as_secs()
+                            ));
+                            break;
+                        }
                     }
                 }
                 Out::Close(why) => close = Some(why),
@@ -317,7 +335,7 @@ pub async fn run(
             break why;
         }
     };
-    let _ = sink.send(WsMessage::Close(None)).await;
+    let _ = tokio::time::timeout(send_timeout, sink.send(WsMessage::Close(None))).await;
     blocking(&mut conn, |c| c.close()).await;
     tracing::info!(device = %device_id, %reason, "sync connection closed");
 }

@@ -94,7 +94,9 @@ pub fn dump(device: &Device) -> String {
         .collect();
     for table in tables {
         out.push_str(&format!("# {table}\n"));
-        let mut stmt = conn.prepare(&format!("SELECT * FROM \"{table}\" ORDER BY 1")).unwrap();
+        let mut stmt = conn
+            .prepare(&format!("SELECT * FROM \"{table}\" ORDER BY 1"))
+            .unwrap();
         let n = stmt.column_count();
         let rows = stmt
             .query_map([], |r| {
@@ -151,7 +153,8 @@ impl TestServer {
     pub fn with_campaign(world: &World) -> Self {
         let mut s = Self::new();
         s.docs.insert(campaign_doc_id(), world.campaign_doc.clone());
-        s.docs.insert(totals_doc_id(), totals_doc(41, tally_core::fixtures::NOW));
+        s.docs
+            .insert(totals_doc_id(), totals_doc(41, tally_core::fixtures::NOW));
         s
     }
 
@@ -163,7 +166,11 @@ impl TestServer {
     pub fn receive(&mut self, frame: &[u8]) -> Vec<Vec<u8>> {
         self.received += 1;
         let mut out = Vec::new();
-        for event in self.session.receive(frame, 0).expect("the phone sends valid frames") {
+        for event in self
+            .session
+            .receive(frame, 0)
+            .expect("the phone sends valid frames")
+        {
             match event {
                 Event::Send(f) => out.push(f),
                 Event::DocRequested { doc, message } | Event::SyncReceived { doc, message } => {

@@ -318,6 +318,17 @@ impl WriteTx<'_> {
     ) -> Result<()> {
         save_sync_state(self.conn(), peer_key, doc_id, bytes, now)
     }
+
+    /// A document's stored bytes, read inside this transaction (e.g. to rebuild tables derived
+    /// from every document atomically).
+    pub fn load_document(&self, doc_id: &str) -> Result<Option<StoredDoc>> {
+        load_document(self.conn(), doc_id)
+    }
+
+    /// The documents matching `filter`, read inside this transaction.
+    pub fn list_documents(&self, filter: &DocFilter) -> Result<Vec<DocMeta>> {
+        list_documents(self.conn(), filter)
+    }
 }
 
 impl Store {

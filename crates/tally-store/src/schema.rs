@@ -139,6 +139,54 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (campaign, serial)
     ) STRICT;
     "#,
+    // 3: aggregate tables beside the projection rows, kept current in the same transaction, so
+    // a campaign's totals are read from a few hundred cells instead of a GROUP BY over every
+    // signature; and indexes for the API's filters (event, time, city, FSA).
+    //
+    // A cell is one number of the totals: (campaign, dim, key) with `n` records and `uniq`
+    // distinct tokens among them. dims: 'all' (key ''), 'event', 'city', 'fsa', 'riding', 'day',
+    // 'canvasser' over counted signatures (duplicate tokens); 'struck' and 'withdrawn' (key '',
+    // no tokens); 'checkin', 'checkin_pre', 'checkin_walk' by event over check-ins that are not
+    // withdrawn (attendee tokens). `agg_members` counts each token's records in a cell, so that
+    // `uniq` can follow removals; `agg_tokens` interns the tokens (HMACs, never personal fields)
+    // to keep that table small. A cell or member whose count reaches 0 is deleted.
+    //
+    // Databases that already hold projection rows get `projection_state.aggregates = 'stale'`;
+    // the server rebuilds the aggregates from the rows when it opens such a file.
+    r#"
+    CREATE TABLE agg_cells (
+        key_id   INTEGER PRIMARY KEY,
+        campaign TEXT NOT NULL,
+        dim      TEXT NOT NULL,
+        key      TEXT NOT NULL,
+        n        INTEGER NOT NULL,
+        uniq     INTEGER NOT NULL,
+        UNIQUE (campaign, dim, key)
+    ) STRICT;
+    CREATE TABLE agg_tokens (
+        token_id INTEGER PRIMARY KEY,
+        campaign TEXT NOT NULL,
+        token    TEXT NOT NULL,
+        UNIQUE (campaign, token)
+    ) STRICT;
+    CREATE TABLE agg_members (
+        key_id   INTEGER NOT NULL,
+        token_id INTEGER NOT NULL,
+        n        INTEGER NOT NULL,
+        PRIMARY KEY (key_id, token_id)
+    ) STRICT, WITHOUT ROWID;
+    CREATE TABLE projection_state (
+        name  TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) STRICT;
+    INSERT INTO projection_state (name, value)
+        SELECT 'aggregates', 'stale'
+        WHERE EXISTS (SELECT 1 FROM signatures) OR EXISTS (SELECT 1 FROM checkins);
+    CREATE INDEX signatures_by_event ON signatures (campaign, event);
+    CREATE INDEX signatures_by_time ON signatures (campaign, collected_at);
+    CREATE INDEX signatures_by_city ON signatures (campaign, city);
+    CREATE INDEX signatures_by_fsa ON signatures (campaign, fsa);
+    "#,
 ];
 
 /// The schema version this build writes and reads.

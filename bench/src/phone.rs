@@ -1,0 +1,178 @@
+//! The phone: a real `tally_client::Device` enrolled through the server (invite, enrollment, a
+//! first sync for the campaign), then `Device::sign` timed for every signature (sealed,
+//! committed to the phone's SQLite file with `synchronous=FULL` before it returns). Then a child
+//! process opens the same phone, holding all of its signatures, and reports its own resident
+//! memory.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use tally_client::Device;
+use tally_core::seal::DuplicateKey;
+
+use crate::data::form;
+use crate::report::{Cmp, Figures};
+use crate::server::Server;
+use crate::setup::progress;
+use crate::stats::{Latencies, status_kb};
+
+/// What the child process reports about itself.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PhoneMemory {
+    /// Records in the phone's collection document.
+    pub records: usize,
+    /// Resident memory after opening the phone and reading its status, kB.
+    pub vmrss_kb: u64,
+    /// Peak resident memory, kB.
+    pub vmhwm_kb: u64,
+    /// How long opening the phone took, ms.
+    pub open_ms: f64,
+}
+
+/// The hidden `phone-rss` subcommand: opens the phone in `home` as the app would (its documents
+/// loaded), reads its status, and prints this process's memory as JSON.
+pub fn memory_child(home: &Path) -> Result<()> {
+    let t = Instant::now();
+    let device = Device::open(home)?;
+    let status = device.status()?;
+    let open_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let report = PhoneMemory {
+        records: status.collection_records,
+        vmrss_kb: status_kb(None, "VmRSS").unwrap_or(0),
+        vmhwm_kb: status_kb(None, "VmHWM").unwrap_or(0),
+        open_ms,
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// Settings of the phone phase.
+pub struct PhoneArgs<'a> {
+    /// The campaign to enroll in.
+    pub campaign: &'a str,
+    /// Its duplicate key (goes into the enrollment payload, as `tally invite` prints it).
+    pub key: &'a DuplicateKey,
+    /// The event signatures are collected at (every other one).
+    pub event: &'a str,
+    /// Signatures to take.
+    pub signatures: usize,
+    /// This benchmark's executable, run as the child process.
+    pub exe: &'a Path,
+    /// Where the phone's home folder goes.
+    pub dir: &'a Path,
+}
+
+/// Runs the phase: enrolls a phone on the campaign of `server`, signs, then measures a process
+/// holding the phone.
+pub fn run(server: &Server, a: &PhoneArgs<'_>, figs: &mut Figures) -> Result<()> {
+    let PhoneArgs {
+        campaign,
+        key,
+        event,
+        signatures: n,
+        exe,
+        dir,
+    } = *a;
+    eprintln!("== phone: {n} signatures with Device::sign, then a process holding them");
+    if n > tally_client::MAX_RECORDS {
+        bail!(
+            "a phone holds at most {} records; ask for fewer phone signatures",
+            tally_client::MAX_RECORDS
+        );
+    }
+    let api = server.api();
+    let code = api.invite(campaign)?;
+    let payload = serde_json::json!({
+        "v": 1,
+        "server": server.base,
+        "code": code,
+        "campaign": format!("automerge:{campaign}"),
+        "key": key.to_hex(),
+    })
+    .to_string();
+    let home = dir.join("phone");
+    let device = Device::open(&home)?;
+    device.enroll(&payload, "bench phone")?;
+    let report = device.sync_once(Duration::from_secs(60))?;
+    if !report.complete {
+        bail!(
+            "the phone's first sync did not complete: {}",
+            report.summary()
+        );
+    }
+    let pb = progress(n as u64, "phone: Device::sign");
+    let mut lat = Latencies::new();
+    for i in 0..n {
+        let f = form(4_000_000_000 - i as u32, (i % 2 == 0).then_some(event));
+        let t = Instant::now();
+        device.sign(&f).with_context(|| format!("signature {i}"))?;
+        lat.record(t.elapsed());
+        pb.inc(1);
+    }
+    pb.finish();
+    drop(device);
+
+    let out = Command::new(exe)
+        .arg("phone-rss")
+        .arg("--home")
+        .arg(&home)
+        .output()
+        .context("running the phone-rss child")?;
+    let mem: Option<PhoneMemory> = if out.status.success() {
+        serde_json::from_slice(&out.stdout).ok()
+    } else {
+        figs.note(format!(
+            "phone: the child process failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+        None
+    };
+    figs.add(
+        "phone.signatures",
+        "phone: signatures taken",
+        Some(n as f64),
+        "count",
+    );
+    figs.add(
+        "phone.sign_p50_ms",
+        "phone: Device::sign (sealed, committed, durable), p50",
+        lat.quantile_ms(0.5),
+        "ms",
+    );
+    figs.add_target(
+        "phone.sign_p99_ms",
+        "phone: Device::sign (sealed, committed, durable), p99",
+        lat.quantile_ms(0.99),
+        "ms",
+        Cmp::Below,
+        2.0,
+    );
+    figs.add(
+        "phone.sign_max_ms",
+        "phone: Device::sign, max",
+        lat.max_ms(),
+        "ms",
+    );
+    figs.add_target(
+        "phone.rss_mb",
+        "phone: resident memory of a process holding the phone",
+        mem.as_ref().map(|m| m.vmrss_kb as f64 / 1024.0),
+        "MB",
+        Cmp::Below,
+        40.0,
+    )
+    .with_note(format!(
+        "{} local signatures",
+        mem.as_ref().map(|m| m.records).unwrap_or(0)
+    ));
+    figs.add(
+        "phone.open_ms",
+        "phone: opening the phone (documents loaded) in the child",
+        mem.as_ref().map(|m| m.open_ms),
+        "ms",
+    );
+    Ok(())
+}

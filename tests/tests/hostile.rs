@@ -1,0 +1,850 @@
+//! The bad-input catalogue: a real `tally serve` process, real sockets on 127.0.0.1, and a
+//! list of hostile clients, each case asserting the exact outcome (the error the client sees,
+//! the status code, the log line). A witness phone stays connected throughout: after every case
+//! it still syncs a new signature, and every signature stored before is still counted.
+//!
+//! Attacks that trip per-address limits (token guessing, connection floods) come from other
+//! loopback addresses (127.0.0.2, 127.0.0.3), so that the witness's address is never blocked.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use automerge::transaction::Transactable;
+use automerge::{Automerge, ROOT, ReadDoc, ScalarValue};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tally_core::collection;
+use tally_proto::DocumentId;
+use tally_proto::wire::{self, Message, PeerId, PeerMetadata};
+use tally_tests::server::{Campaign, Server, http};
+use tally_tests::{Peer, ServerProcess};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+const QUIET: Duration = Duration::from_millis(300);
+const MAX_FRAME: usize = 1024 * 1024;
+const MAX_DOCS_PER_DEVICE: usize = 6;
+const MAX_AUTH_FAILURES: usize = 8;
+const MAX_CONNS_PER_ADDRESS: usize = 12;
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+fn new_id() -> DocumentId {
+    DocumentId::random(&mut rand::thread_rng())
+}
+
+/// The server, the campaign, the witness phone and what must stay counted.
+struct Rig {
+    server: ServerProcess,
+    c: Campaign,
+    witness_device: String,
+    witness: Peer,
+    witness_doc: DocumentId,
+    /// Signatures stored so far (the witness's); totals must equal this after every case.
+    stored: u64,
+    cases: Vec<&'static str>,
+}
+
+impl Rig {
+    /// After a case: the witness still syncs a new signature and the totals count everything.
+    async fn still_healthy(&mut self, case: &'static str) {
+        let n = self.stored;
+        let mut doc = self.witness.docs[&self.witness_doc].fork();
+        let sig = self.c.world.signature(
+            &self.witness_device,
+            &format!("w{n}"),
+            &format!("Witness Signer {n}"),
+            "M5V 2T6",
+            "Toronto",
+        );
+        collection::add_signature(&mut doc, &sig, &self.c.world.campaign).unwrap();
+        self.witness.docs.insert(self.witness_doc, doc);
+        self.witness.sync(self.witness_doc).await.unwrap();
+        self.witness.settle(QUIET).await.unwrap();
+        assert!(!self.witness.closed, "{case}: the witness was disconnected");
+        assert!(
+            self.witness.acknowledged(&self.witness_doc),
+            "{case}: the witness's signature was not acknowledged; errors {:?}",
+            self.witness.errors
+        );
+        assert!(self.witness.errors.is_empty(), "{case}: {:?}", self.witness.errors);
+        self.stored += 1;
+        let t = self.server.totals(&self.c.id);
+        assert_eq!(t["signatures"].as_u64(), Some(self.stored), "{case}: {t}");
+        self.cases.push(case);
+    }
+
+    fn log(&self) -> String {
+        self.server.log_text()
+    }
+
+    fn quarantined(&self) -> usize {
+        let db = self.server.data.join("tally.db");
+        let store = tally_store::Store::open(&db).unwrap();
+        store.list_quarantine(&Default::default()).unwrap().len()
+    }
+
+    fn addr(&self) -> SocketAddr {
+        format!("127.0.0.1:{}", self.server.port).parse().unwrap()
+    }
+}
+
+/// Opens a WebSocket from a chosen local address, with an optional bearer token.
+async fn open_from(
+    local: IpAddr,
+    server: SocketAddr,
+    token: Option<&str>,
+) -> Result<Ws, tungstenite::Error> {
+    let socket = TcpSocket::new_v4().map_err(tungstenite::Error::Io)?;
+    socket
+        .bind(SocketAddr::new(local, 0))
+        .map_err(tungstenite::Error::Io)?;
+    let stream = socket.connect(server).await.map_err(tungstenite::Error::Io)?;
+    let mut req = format!("ws://{server}/sync").into_client_request()?;
+    if let Some(t) = token {
+        req.headers_mut()
+            .insert("Authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    let (ws, _) =
+        tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream)).await?;
+    Ok(ws)
+}
+
+fn status_of(r: Result<Ws, tungstenite::Error>) -> (u16, String) {
+    match r {
+        Ok(_) => (101, String::new()),
+        Err(tungstenite::Error::Http(resp)) => {
+            let body = resp
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).to_string())
+                .unwrap_or_default();
+            (resp.status().as_u16(), body)
+        }
+        Err(e) => panic!("expected an HTTP answer, got {e}"),
+    }
+}
+
+/// What the server said on a raw connection within `wait`: its error messages, and whether it
+/// closed.
+async fn hear(ws: &mut Ws, wait: Duration) -> (Vec<String>, Vec<Message>, bool) {
+    let mut errors = Vec::new();
+    let mut other = Vec::new();
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, ws.next()).await {
+            Err(_) => return (errors, other, false),
+            Ok(Some(Ok(WsMessage::Binary(b)))) => match wire::decode(&b) {
+                Ok(Message::Error { message, .. }) => errors.push(message),
+                Ok(m) => other.push(m),
+                Err(e) => panic!("the server sent an undecodable frame: {e}"),
+            },
+            Ok(Some(Ok(WsMessage::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => {
+                return (errors, other, true);
+            }
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+fn join_frame(me: &str, versions: &[&str]) -> Vec<u8> {
+    wire::encode(&Message::Join {
+        sender_id: PeerId::new(me),
+        supported_protocol_versions: Some(versions.iter().map(|v| v.to_string()).collect()),
+        peer_metadata: Some(PeerMetadata::default()),
+    })
+}
+
+/// A raw connection that has joined as `me`; returns it and the server's peer id.
+async fn joined(rig: &Rig, token: &str, me: &str) -> (Ws, PeerId) {
+    let mut ws = Peer::open(&rig.server.ws(), Some(token)).await.unwrap();
+    ws.send(WsMessage::Binary(join_frame(me, &["1"]).into()))
+        .await
+        .unwrap();
+    let (errors, msgs, closed) = hear(&mut ws, QUIET).await;
+    assert!(errors.is_empty() && !closed, "join refused: {errors:?}");
+    let server = msgs
+        .into_iter()
+        .find_map(|m| match m {
+            Message::Peer { sender_id, .. } => Some(sender_id),
+            _ => None,
+        })
+        .expect("a peer answer");
+    (ws, server)
+}
+
+async fn send(ws: &mut Ws, frame: Vec<u8>) {
+    ws.send(WsMessage::Binary(frame.into())).await.unwrap();
+}
+
+/// A collection of `owner`'s with one valid signature `s1`.
+fn collection_with_one(c: &Campaign, owner: &str) -> Automerge {
+    let mut doc = collection::create(&c.id, owner).unwrap();
+    let sig = c
+        .world
+        .signature(owner, "s1", "Amara Okafor", "M5V 2T6", "Toronto");
+    collection::add_signature(&mut doc, &sig, &c.world.campaign).unwrap();
+    doc
+}
+
+/// Sets one field of record `s1` in `doc`'s `signatures` to `value` (None deletes the record).
+fn edit_s1(doc: &mut Automerge, field: &str, value: Option<ScalarValue>) {
+    let mut tx = doc.transaction();
+    let (_, sigs) = tx.get(ROOT, collection::SIGNATURES).unwrap().unwrap();
+    match value {
+        None => tx.delete(&sigs, "s1").unwrap(),
+        Some(v) => {
+            let (_, rec) = tx.get(&sigs, "s1").unwrap().unwrap();
+            tx.put(&rec, field, v).unwrap();
+        }
+    }
+    tx.commit();
+}
+
+/// Pushes a good collection, then `bad` edits to it; returns the errors the phone heard.
+async fn refused_edit(
+    rig: &Rig,
+    token: &str,
+    owner: &str,
+    bad: impl FnOnce(&mut Automerge),
+) -> (Vec<String>, DocumentId) {
+    let mut phone = Peer::connect(&rig.server.ws(), token).await.unwrap();
+    let id = new_id();
+    phone
+        .push(id, collection_with_one(&rig.c, owner))
+        .await
+        .unwrap();
+    phone.settle(QUIET).await.unwrap();
+    assert!(phone.acknowledged(&id), "the good collection was not stored: {:?}", phone.errors);
+    let mut doc = phone.docs[&id].fork();
+    bad(&mut doc);
+    phone.docs.insert(id, doc);
+    phone.sync(id).await.unwrap();
+    phone.settle(QUIET).await.unwrap();
+    assert!(!phone.closed, "a refused change closed the connection");
+    (phone.errors.clone(), id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bad_input_catalogue() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with_env(
+        dir.path(),
+        &[
+            ("TALLY_MAX_FRAME_BYTES", &MAX_FRAME.to_string()),
+            (
+                "TALLY_MAX_DOCUMENTS_PER_DEVICE",
+                &MAX_DOCS_PER_DEVICE.to_string(),
+            ),
+            ("TALLY_MAX_AUTH_FAILURES", &MAX_AUTH_FAILURES.to_string()),
+            ("TALLY_AUTH_WINDOW_SECS", "60"),
+            (
+                "TALLY_MAX_CONNECTIONS_PER_ADDRESS",
+                &MAX_CONNS_PER_ADDRESS.to_string(),
+            ),
+            ("TALLY_SEND_TIMEOUT_SECS", "2"),
+        ],
+    );
+    let c = server.campaign();
+    let (witness_device, witness_token) = server.enroll(&c.id, "canvasser");
+    let mut witness = Peer::connect(&server.ws(), &witness_token).await.unwrap();
+    let witness_doc = new_id();
+    witness
+        .push(witness_doc, collection::create(&c.id, &witness_device).unwrap())
+        .await
+        .unwrap();
+    witness.settle(QUIET).await.unwrap();
+    let mut rig = Rig {
+        server,
+        c,
+        witness_device,
+        witness,
+        witness_doc,
+        stored: 0,
+        cases: Vec::new(),
+    };
+    rig.still_healthy("setup").await;
+    let (mallory, mallory_token) = rig.server.enroll(&rig.c.id, "canvasser");
+    let (bob, bob_token) = rig.server.enroll(&rig.c.id, "canvasser");
+
+    // 1. A text frame: refused with a message; the connection stays usable.
+    let mut ws = Peer::open(&rig.server.ws(), Some(&mallory_token))
+        .await
+        .unwrap();
+    ws.send(WsMessage::Text("{\"type\":\"join\"}".into()))
+        .await
+        .unwrap();
+    let (errors, _, closed) = hear(&mut ws, QUIET).await;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("text frames are not part of the protocol"), "{errors:?}");
+    assert!(!closed);
+    send(&mut ws, join_frame("mallory-1", &["1"])).await;
+    let (errors, msgs, _) = hear(&mut ws, QUIET).await;
+    assert!(errors.is_empty() && matches!(msgs.first(), Some(Message::Peer { .. })));
+    rig.still_healthy("text frame").await;
+
+    // 2. Bytes that are not CBOR.
+    let mut ws = Peer::open(&rig.server.ws(), Some(&mallory_token))
+        .await
+        .unwrap();
+    send(&mut ws, vec![0xff, 0x00, 0x13, 0x37]).await;
+    let (errors, _, _) = hear(&mut ws, QUIET).await;
+    assert!(errors.len() == 1 && errors[0].contains("not valid CBOR"), "{errors:?}");
+    rig.still_healthy("invalid CBOR").await;
+
+    // 3. CBOR that is not a map.
+    send(&mut ws, vec![0x01]).await;
+    let (errors, _, _) = hear(&mut ws, QUIET).await;
+    assert!(errors.len() == 1 && errors[0].contains("expected a map"), "{errors:?}");
+    rig.still_healthy("CBOR not a map").await;
+
+    // 4. An unknown message type.
+    let mut unknown = Vec::new();
+    ciborium::into_writer(
+        &ciborium::Value::Map(vec![(
+            ciborium::Value::Text("type".into()),
+            ciborium::Value::Text("shutdown-server".into()),
+        )]),
+        &mut unknown,
+    )
+    .unwrap();
+    send(&mut ws, unknown).await;
+    let (errors, _, _) = hear(&mut ws, QUIET).await;
+    assert!(errors.len() == 1 && errors[0].contains("unknown message type"), "{errors:?}");
+    rig.still_healthy("unknown message type").await;
+
+    // 5. `sync` before `join`.
+    let doc_bytes = collection_with_one(&rig.c, &mallory);
+    let data = {
+        use automerge::sync::SyncDoc;
+        doc_bytes
+            .generate_sync_message(&mut automerge::sync::State::new())
+            .unwrap()
+            .encode()
+    };
+    let early = new_id();
+    send(
+        &mut ws,
+        wire::encode(&Message::Sync {
+            sender_id: PeerId::new("mallory"),
+            target_id: PeerId::new("server"),
+            document_id: early,
+            data: data.clone(),
+        }),
+    )
+    .await;
+    let (errors, _, _) = hear(&mut ws, QUIET).await;
+    assert!(errors.len() == 1 && errors[0].contains("before join"), "{errors:?}");
+    assert!(tally_store::Store::open(&rig.server.data.join("tally.db"))
+        .unwrap()
+        .doc_meta(&early.to_string())
+        .unwrap()
+        .is_none());
+    rig.still_healthy("sync before join").await;
+
+    // 6. `join` with an unsupported protocol version: refused, and the connection closes.
+    send(&mut ws, join_frame("mallory-2", &["2", "99"])).await;
+    let (errors, _, closed) = hear(&mut ws, Duration::from_secs(2)).await;
+    assert!(
+        errors.len() == 1 && errors[0].contains("unsupported protocol version"),
+        "{errors:?}"
+    );
+    assert!(closed, "an unsupported version must close the connection");
+    rig.still_healthy("unsupported protocol version").await;
+
+    // 7. A second `join` on a joined connection.
+    let (mut ws, server_id) = joined(&rig, &mallory_token, "mallory-3").await;
+    send(&mut ws, join_frame("mallory-3", &["1"])).await;
+    let (errors, _, closed) = hear(&mut ws, QUIET).await;
+    assert!(errors.len() == 1 && errors[0].contains("second join"), "{errors:?}");
+    assert!(!closed);
+    rig.still_healthy("second join").await;
+
+    // 8. A message claiming another sender, 9. addressed to another peer.
+    send(
+        &mut ws,
+        wire::encode(&Message::Request {
+            sender_id: PeerId::new("someone-else"),
+            target_id: server_id.clone(),
+            document_id: new_id(),
+            data: data.clone(),
+        }),
+    )
+    .await;
+    let (errors, _, _) = hear(&mut ws, QUIET).await;
+    assert!(errors.len() == 1 && errors[0].contains("claims to come from"), "{errors:?}");
+    rig.still_healthy("wrong sender").await;
+    send(
+        &mut ws,
+        wire::encode(&Message::Request {
+            sender_id: PeerId::new("mallory-3"),
+            target_id: PeerId::new("not-the-server"),
+            document_id: new_id(),
+            data: data.clone(),
+        }),
+    )
+    .await;
+    let (errors, _, _) = hear(&mut ws, QUIET).await;
+    assert!(errors.len() == 1 && errors[0].contains("addressed to"), "{errors:?}");
+    rig.still_healthy("wrong target").await;
+
+    // 10. A document id that is not base58check.
+    let mut bad_id = Vec::new();
+    ciborium::into_writer(
+        &ciborium::Value::Map(vec![
+            (ciborium::Value::Text("type".into()), ciborium::Value::Text("request".into())),
+            (ciborium::Value::Text("senderId".into()), ciborium::Value::Text("mallory-3".into())),
+            (ciborium::Value::Text("targetId".into()), ciborium::Value::Text(server_id.as_str().into())),
+            (ciborium::Value::Text("documentId".into()), ciborium::Value::Text("not-a-document-id".into())),
+            (ciborium::Value::Text("data".into()), ciborium::Value::Bytes(data.clone())),
+        ]),
+        &mut bad_id,
+    )
+    .unwrap();
+    send(&mut ws, bad_id).await;
+    let (errors, _, _) = hear(&mut ws, QUIET).await;
+    assert!(errors.len() == 1 && errors[0].contains("not a document id"), "{errors:?}");
+    rig.still_healthy("document id not base58check").await;
+
+    // 11. Sync data that is not an automerge sync message.
+    send(
+        &mut ws,
+        wire::encode(&Message::Sync {
+            sender_id: PeerId::new("mallory-3"),
+            target_id: server_id.clone(),
+            document_id: new_id(),
+            data: b"\x42garbage that is not a sync message".to_vec(),
+        }),
+    )
+    .await;
+    let (errors, _, _) = hear(&mut ws, QUIET).await;
+    assert!(
+        errors.len() == 1 && errors[0].contains("not a valid automerge sync message"),
+        "{errors:?}"
+    );
+    rig.still_healthy("garbage sync data").await;
+
+    // 12. A valid-looking sync message whose change bytes are corrupted: refused, nothing stored.
+    let target = new_id();
+    let mut corrupt = data.clone();
+    let at = corrupt.len() - 40;
+    for b in &mut corrupt[at..at + 8] {
+        *b ^= 0x5a;
+    }
+    send(
+        &mut ws,
+        wire::encode(&Message::Sync {
+            sender_id: PeerId::new("mallory-3"),
+            target_id: server_id.clone(),
+            document_id: target,
+            data: corrupt,
+        }),
+    )
+    .await;
+    let (errors, _, closed) = hear(&mut ws, QUIET).await;
+    assert_eq!(errors.len(), 1, "a corrupted change must be answered with an error: {errors:?}");
+    assert!(!closed);
+    assert!(tally_store::Store::open(&rig.server.data.join("tally.db"))
+        .unwrap()
+        .doc_meta(&target.to_string())
+        .unwrap()
+        .is_none());
+    rig.still_healthy("corrupted change").await;
+
+    // 13. Leave, then more frames: the connection is over.
+    send(
+        &mut ws,
+        wire::encode(&Message::Leave {
+            sender_id: PeerId::new("mallory-3"),
+        }),
+    )
+    .await;
+    let _ = ws
+        .send(WsMessage::Binary(join_frame("mallory-3", &["1"]).into()))
+        .await;
+    let (_, msgs, closed) = hear(&mut ws, Duration::from_secs(2)).await;
+    assert!(closed, "the server kept a connection open after leave");
+    assert!(!msgs.iter().any(|m| matches!(m, Message::Peer { .. })));
+    rig.still_healthy("frames after leave").await;
+
+    // 14. A frame over the size limit: the WebSocket is closed (1009), nothing stored.
+    let (mut ws, server_id) = joined(&rig, &mallory_token, "mallory-4").await;
+    let huge = wire::encode(&Message::Sync {
+        sender_id: PeerId::new("mallory-4"),
+        target_id: server_id,
+        document_id: new_id(),
+        data: vec![0u8; MAX_FRAME + 1024],
+    });
+    let _ = ws.send(WsMessage::Binary(huge.into())).await;
+    let (_, _, closed) = hear(&mut ws, Duration::from_secs(3)).await;
+    assert!(closed, "an oversized frame must close the connection");
+    rig.still_healthy("frame over the size limit").await;
+
+    // 15. Two connections joining with the same peer id: each is its own session; both sync.
+    let (mut ra, _) = joined(&rig, &bob_token, "bob-phone").await;
+    let (mut rb, _) = joined(&rig, &bob_token, "bob-phone").await;
+    let (ea, _, ca) = hear(&mut ra, QUIET).await;
+    let (eb, _, cb) = hear(&mut rb, QUIET).await;
+    assert!(ea.is_empty() && eb.is_empty() && !ca && !cb, "{ea:?} {eb:?}");
+    drop((ra, rb));
+    rig.still_healthy("duplicate peer id").await;
+
+    // 16. A change that deletes a record: refused, quarantined, logged, the record stays.
+    let q0 = rig.quarantined();
+    let (errors, id) = refused_edit(&rig, &bob_token, &bob, |d| edit_s1(d, "", None)).await;
+    assert!(errors.len() == 1 && errors[0].contains("deleted"), "{errors:?}");
+    assert_eq!(rig.quarantined(), q0 + 1);
+    assert!(rig.log().contains("change refused and quarantined"));
+    rig.stored += 1; // bob's good s1 is counted
+    let mut check = Peer::connect(&rig.server.ws(), &bob_token).await.unwrap();
+    check.request(id).await.unwrap();
+    check.settle(QUIET).await.unwrap();
+    assert_eq!(collection::read(&check.docs[&id]).unwrap().signatures.len(), 1);
+    rig.still_healthy("change that deletes a record").await;
+
+    // 17.–21. Field rules: an immutable field, a bad FSA, an unknown event, an oversized sealed
+    // blob, a record collected "by" someone else. Each refused with the field named.
+    for (case, field, value, expect) in [
+        (
+            "immutable field changed",
+            "collected_at",
+            ScalarValue::Int(1),
+            "collected_at",
+        ),
+        ("bad FSA", "fsa", ScalarValue::Str("ZZZ9".into()), "fsa"),
+        (
+            "unknown event",
+            "event",
+            ScalarValue::Str("no-such-event".into()),
+            "event",
+        ),
+        (
+            "oversized sealed blob",
+            "sealed",
+            ScalarValue::Bytes(vec![7; 70 * 1024]),
+            "sealed",
+        ),
+        (
+            "record collected by someone else",
+            "collected_by",
+            ScalarValue::Str(mallory.clone().into()),
+            "collected_by",
+        ),
+    ] {
+        let q0 = rig.quarantined();
+        let (errors, _) =
+            refused_edit(&rig, &bob_token, &bob, |d| edit_s1(d, field, Some(value))).await;
+        assert!(errors.len() == 1 && errors[0].contains(expect), "{case}: {errors:?}");
+        assert_eq!(rig.quarantined(), q0 + 1, "{case}");
+        rig.stored += 1;
+        rig.still_healthy(case).await;
+    }
+
+    // 22. A collection claiming another canvasser as its owner.
+    let mut phone = Peer::connect(&rig.server.ws(), &mallory_token).await.unwrap();
+    let forged = new_id();
+    phone
+        .push(forged, collection::create(&rig.c.id, &bob).unwrap())
+        .await
+        .unwrap();
+    phone.settle(QUIET).await.unwrap();
+    assert!(phone.errors.len() == 1 && phone.errors[0].contains("owner"), "{:?}", phone.errors);
+    rig.still_healthy("collection for another canvasser").await;
+
+    // 23. Writing into another canvasser's existing document: it is not even readable, so the
+    // answer is doc-unavailable, and the witness's document is unchanged.
+    let mut into = rig.witness.docs[&rig.witness_doc].fork();
+    let sig = rig
+        .c
+        .world
+        .signature(&mallory, "m1", "Forged Person", "M5V 2T6", "Toronto");
+    collection::add_signature(&mut into, &sig, &rig.c.world.campaign).unwrap();
+    phone.push(rig.witness_doc, into).await.unwrap();
+    phone.settle(QUIET).await.unwrap();
+    assert!(
+        phone.unavailable.contains(&rig.witness_doc) || phone.errors.len() > 1,
+        "writing into another canvasser's document was not refused"
+    );
+    rig.still_healthy("write into another canvasser's document").await;
+
+    // 24. A canvasser writing the campaign document.
+    let campaign_id: DocumentId = rig.c.id.parse().unwrap();
+    phone.request(campaign_id).await.unwrap();
+    phone.settle(QUIET).await.unwrap();
+    let mut camp = phone.docs[&campaign_id].fork();
+    camp.transact::<_, _, automerge::AutomergeError>(|tx| {
+        tx.put(ROOT, "title", "Deport everyone")?;
+        Ok(())
+    })
+    .unwrap();
+    let errors_before = phone.errors.len();
+    phone.docs.insert(campaign_id, camp);
+    phone.sync(campaign_id).await.unwrap();
+    phone.settle(QUIET).await.unwrap();
+    assert_eq!(phone.errors.len(), errors_before + 1, "{:?}", phone.errors);
+    assert!(
+        phone.errors.last().unwrap().contains("campaign"),
+        "{:?}",
+        phone.errors
+    );
+    let (_, campaigns) = http(
+        &rig.server.base(),
+        "GET",
+        "/api/v1/campaigns",
+        Some(&rig.server.admin()),
+        None,
+    );
+    assert!(!campaigns.to_string().contains("Deport everyone"));
+    rig.still_healthy("canvasser writes the campaign").await;
+
+    // 25. More documents than a device may create.
+    let mut refused = 0;
+    for _ in 0..MAX_DOCS_PER_DEVICE + 2 {
+        let errors_before = phone.errors.len();
+        phone
+            .push(new_id(), collection_with_one(&rig.c, &mallory))
+            .await
+            .unwrap();
+        phone.settle(Duration::from_millis(150)).await.unwrap();
+        if phone.errors.len() > errors_before {
+            assert!(
+                phone.errors.last().unwrap().contains("documents"),
+                "{:?}",
+                phone.errors.last()
+            );
+            refused += 1;
+        } else {
+            rig.stored += 1;
+        }
+    }
+    assert!(refused >= 2, "the per-device document limit was not enforced");
+    rig.still_healthy("too many documents for one device").await;
+
+    // 26. Thousands of requests for documents that do not exist: each answered unavailable.
+    let (mut ws, server_id) = joined(&rig, &bob_token, "bob-requests").await;
+    let empty = {
+        use automerge::sync::SyncDoc;
+        Automerge::new()
+            .generate_sync_message(&mut automerge::sync::State::new())
+            .map(|m| m.encode())
+            .unwrap_or_default()
+    };
+    for _ in 0..3000 {
+        send(
+            &mut ws,
+            wire::encode(&Message::Request {
+                sender_id: PeerId::new("bob-requests"),
+                target_id: server_id.clone(),
+                document_id: new_id(),
+                data: empty.clone(),
+            }),
+        )
+        .await;
+    }
+    let (errors, msgs, closed) = hear(&mut ws, Duration::from_secs(3)).await;
+    let unavailable = msgs
+        .iter()
+        .filter(|m| matches!(m, Message::DocUnavailable { .. }))
+        .count();
+    assert!(errors.is_empty() && !closed, "{errors:?}");
+    assert_eq!(unavailable, 3000);
+    rig.still_healthy("thousands of requests for missing documents").await;
+
+    // 27. An ephemeral message: relayed to nobody, never stored, no error.
+    send(
+        &mut ws,
+        wire::encode(&Message::Ephemeral {
+            sender_id: PeerId::new("bob-requests"),
+            target_id: server_id.clone(),
+            document_id: rig.witness_doc,
+            session_id: "s".into(),
+            count: 1,
+            data: b"\xa0".to_vec(),
+        }),
+    )
+    .await;
+    let (errors, _, closed) = hear(&mut ws, QUIET).await;
+    assert!(errors.is_empty() && !closed, "{errors:?}");
+    rig.still_healthy("ephemeral message").await;
+
+    // 28. A slow client that never reads: the server stops sending to it after the send
+    // timeout and closes it, instead of buffering without bound.
+    let (mut slow, server_id) = joined(&rig, &bob_token, "bob-slow").await;
+    let writer = tokio::spawn(async move {
+        let t0 = Instant::now();
+        let mut sent = 0usize;
+        while t0.elapsed() < Duration::from_secs(20) {
+            let frame = wire::encode(&Message::Request {
+                sender_id: PeerId::new("bob-slow"),
+                target_id: server_id.clone(),
+                document_id: new_id(),
+                data: empty.clone(),
+            });
+            match tokio::time::timeout(
+                Duration::from_secs(5),
+                slow.send(WsMessage::Binary(frame.into())),
+            )
+            .await
+            {
+                Ok(Ok(())) => sent += 1,
+                _ => break,
+            }
+        }
+        (sent, t0.elapsed())
+    });
+    let deadline = Instant::now() + Duration::from_secs(25);
+    while Instant::now() < deadline && !rig.log().contains("peer is not reading") {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (sent, took) = writer.await.unwrap();
+    assert!(
+        rig.log().contains("peer is not reading"),
+        "the server did not close a client that never reads ({sent} frames sent in {took:?})"
+    );
+    rig.still_healthy("slow client that never reads").await;
+
+    // 29. A connection flood from one address: past the per-address limit, 429 with a message.
+    let flood_from: IpAddr = "127.0.0.3".parse().unwrap();
+    let mut open = Vec::new();
+    let mut refused = Vec::new();
+    for _ in 0..MAX_CONNS_PER_ADDRESS + 5 {
+        match open_from(flood_from, rig.addr(), Some(&bob_token)).await {
+            Ok(ws) => open.push(ws),
+            Err(e) => refused.push(status_of(Err(e))),
+        }
+    }
+    assert_eq!(open.len(), MAX_CONNS_PER_ADDRESS);
+    assert_eq!(refused.len(), 5);
+    assert!(refused.iter().all(|(s, body)| *s == 429 && body.contains("too many sync connections")), "{refused:?}");
+    assert!(rig.log().contains("connection refused: too many sync connections"));
+    drop(open);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        open_from(flood_from, rig.addr(), Some(&bob_token)).await.is_ok(),
+        "closed connections were not released"
+    );
+    rig.still_healthy("connection flood from one address").await;
+
+    // 30. Token guessing: wrong tokens get 401, then the address is refused with 429 even with
+    // a valid token; the log says so and never holds the guessed tokens.
+    let guesser: IpAddr = "127.0.0.2".parse().unwrap();
+    let guesses: Vec<String> = (0..MAX_AUTH_FAILURES)
+        .map(|i| format!("tly_guess{i:04}{}", rand::random::<u32>()))
+        .collect();
+    for g in &guesses {
+        let (s, _) = status_of(open_from(guesser, rig.addr(), Some(g)).await);
+        assert_eq!(s, 401);
+    }
+    let (s, body) = status_of(open_from(guesser, rig.addr(), Some(&bob_token)).await);
+    assert_eq!(s, 429, "{body}");
+    assert!(body.contains("too many wrong tokens"), "{body}");
+    let log = rig.log();
+    assert!(log.contains("wrong token"), "token failures are not logged");
+    assert!(log.contains("127.0.0.2"));
+    for g in &guesses {
+        assert!(!log.contains(g.as_str()), "a guessed token reached the log");
+    }
+    rig.still_healthy("token guessing").await;
+
+    // 31. A revoked token: its connection is closed and the upgrade refused.
+    let (s, _) = http(
+        &rig.server.base(),
+        "POST",
+        &format!("/api/v1/devices/{mallory}/revoke"),
+        Some(&rig.server.admin()),
+        Some(json!({})),
+    );
+    assert_eq!(s, 200);
+    phone.settle(Duration::from_millis(1500)).await.ok();
+    assert!(phone.closed, "a revoked device stayed connected");
+    let (s, _) = status_of(Peer::open(&rig.server.ws(), Some(&mallory_token)).await);
+    assert_eq!(s, 401);
+    rig.still_healthy("revoked token").await;
+
+    // 32. An expired enrollment code: 410 with a message that says to ask for a new one.
+    let (s, inv) = http(
+        &rig.server.base(),
+        "POST",
+        "/api/v1/invites",
+        Some(&rig.server.admin()),
+        Some(json!({ "campaign": rig.c.id, "role": "canvasser" })),
+    );
+    assert_eq!(s, 200);
+    {
+        let conn = rusqlite_conn(&rig);
+        conn.execute("UPDATE invites SET expires_at = 1 WHERE used_at IS NULL", [])
+            .unwrap();
+    }
+    let (s, v) = http(
+        &rig.server.base(),
+        "POST",
+        "/api/v1/enroll",
+        None,
+        Some(json!({ "code": inv["code"], "name": "late phone" })),
+    );
+    assert_eq!(s, 410, "{v}");
+    assert!(v.to_string().contains("expired"), "{v}");
+    rig.still_healthy("expired enrollment code").await;
+
+    // 33. The sync endpoint without a WebSocket upgrade.
+    let (s, _) = http(
+        &rig.server.base(),
+        "GET",
+        "/sync",
+        Some(&bob_token),
+        None,
+    );
+    assert!(s == 400 || s == 426, "plain GET /sync answered {s}");
+    rig.still_healthy("plain HTTP on the sync endpoint").await;
+
+    // 34. A 10 MB JSON body: refused with 413 before it is parsed.
+    let big = json!({ "code": "x".repeat(10 * 1024 * 1024), "name": "big" });
+    let (s, _) = http(&rig.server.base(), "POST", "/api/v1/enroll", None, Some(big));
+    assert_eq!(s, 413);
+    rig.still_healthy("10 MB JSON body").await;
+
+    // 35. SQL-like text in every totals filter: refused or answered, never executed.
+    let sql = "x' OR 1=1; DROP TABLE signatures; --";
+    let enc: String = url_encode(sql);
+    for filter in ["event", "city", "fsa", "from", "to"] {
+        let (s, v) = http(
+            &rig.server.base(),
+            "GET",
+            &format!("/api/v1/campaigns/{}/totals?{filter}={enc}", rig.c.id),
+            Some(&rig.server.admin()),
+            None,
+        );
+        assert!(s == 400 || s == 200, "{filter}: {s} {v}");
+        if s == 200 {
+            assert_eq!(v["signatures"].as_u64(), Some(0), "{filter}: {v}");
+        } else {
+            assert!(v["error"].as_str().is_some_and(|e| e.contains(filter)), "{filter}: {v}");
+        }
+    }
+    rig.still_healthy("SQL-like text in every filter").await;
+
+    println!("{} hostile cases, each followed by a healthy witness:", rig.cases.len() - 1);
+    for c in &rig.cases[1..] {
+        println!("  - {c}");
+    }
+    assert!(rig.cases.len() > 30);
+    assert!(rig.server.terminate(), "graceful shutdown failed:\n{}", rig.log());
+}
+
+fn rusqlite_conn(rig: &Rig) -> tally_store::rusqlite::Connection {
+    let conn = tally_store::rusqlite::Connection::open(rig.server.data.join("tally.db")).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    conn
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

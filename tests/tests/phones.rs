@@ -1,0 +1,414 @@
+//! Phones end to end, over the real programs only: `tally serve` in a child process, organizers'
+//! `tally` commands, and phones as `tally-device` processes, each with its own SQLite file,
+//! talking WebSocket on 127.0.0.1 (directly, or through [`CutProxy`] to break the network).
+//!
+//! - `two_phones_offline_then_sync`: enrollment from `tally invite` payloads, collection while
+//!   the server is down, a duplicate signer spelled differently, totals and the export.
+//! - `phone_killed_between_commit_and_ack`: SIGKILL of a syncing phone after a signature is
+//!   committed but before the server's acknowledgement reaches it (and one the server never
+//!   saw); after restart both are pending, then synced and counted once.
+//! - `sync_cut_mid_exchange_many_times`: the phone's link cut after N bytes, N varying, over
+//!   and over while it keeps collecting; then a clean sync: the totals are exact.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rand::{Rng as _, SeedableRng as _};
+use serde_json::Value;
+use tally_tests::server::Server as _;
+use tally_tests::{CutProxy, Organizer, Phone, ServerProcess};
+
+/// A server, an organizer with an identity, a campaign with one event.
+struct Setup {
+    server: ServerProcess,
+    org: Organizer,
+    campaign: String,
+}
+
+const EVENT: &str = "rally";
+const IDENTITY: &str = "organizer.age";
+
+fn setup(root: &Path) -> Setup {
+    let server = ServerProcess::start(&root.join("server"));
+    let org = Organizer::new(&root.join("organizer"), &server.base(), &server.data);
+    let recipient = org.keygen(IDENTITY);
+    let campaign = org.create_campaign("Status for All", &recipient);
+    org.add_event(&campaign, EVENT, "Rally at Queen's Park", "Toronto");
+    Setup {
+        server,
+        org,
+        campaign,
+    }
+}
+
+/// The invite payload with its server URL pointed at `base` (a proxy in front of the server).
+fn via(mut payload: Value, base: &str) -> Value {
+    payload["server"] = Value::String(base.to_string());
+    payload
+}
+
+/// Polls the server's totals until `signatures` reaches `n` (or the timeout).
+fn wait_for_signatures(org: &Organizer, campaign: &str, n: u64, timeout: Duration) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let t = org.totals(campaign);
+        if t["signatures"].as_u64() == Some(n) || Instant::now() > deadline {
+            return t;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Rows of the exported CSV as maps from column name to value (no quoted commas in this data).
+fn csv_rows(csv: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().expect("CSV header").split(',').collect();
+    lines
+        .map(|l| {
+            header
+                .iter()
+                .map(|h| h.to_string())
+                .zip(l.split(',').map(str::to_string))
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn two_phones_offline_then_sync() {
+    let root = tempfile::tempdir().unwrap();
+    let Setup {
+        mut server,
+        org,
+        campaign,
+    } = setup(root.path());
+
+    // Two phones enrolled from the payloads `tally invite` printed: one given on the command
+    // line, one on stdin.
+    let amina = Phone::new(&root.path().join("amina"));
+    let bo = Phone::new(&root.path().join("bo"));
+    amina.enroll(&org.invite(&campaign), "Amina's phone");
+    let r = bo
+        .run_with_stdin(
+            &["--json", "enroll", "--payload", "-", "--name", "Bo's phone"],
+            &org.invite(&campaign).to_string(),
+        )
+        .ok();
+    assert_eq!(r.json()["campaign_received"], true, "{r}");
+
+    // The server goes away; the phones keep collecting.
+    assert!(server.terminate(), "shutdown:\n{}", server.log_text());
+    amina.sign(
+        "Amara Okafor",
+        "M5V 2T6",
+        "Toronto",
+        &["--event", EVENT, "--consent"],
+    );
+    amina.sign("Jean Tremblay", "H2X 1Y4", "Montréal", &[]);
+    // The same person as Amina's first signer, typed differently on the other phone.
+    bo.sign("  amara   OKAFOR ", "m5v2t6", "Toronto", &[]);
+    bo.sign(
+        "Li Wei",
+        "v6b-1a1",
+        "Vancouver",
+        &[
+            "--email",
+            "li.wei@example.org",
+            "--phone",
+            "604 555 0100",
+            "--street",
+            "123 Main St",
+        ],
+    );
+    for (phone, n) in [(&amina, 2), (&bo, 2)] {
+        let s = phone.status();
+        assert_eq!(s["counts"]["signatures_pending"], n, "{s}");
+        assert_eq!(
+            s["summary"],
+            format!("{n} signatures not yet safe: sync when you have signal")
+        );
+    }
+    // Syncing with the server down fails and says so; nothing becomes safe.
+    let r = amina.sync(5).code(1);
+    assert!(r.stdout.contains("cannot reach the server"), "{r}");
+    assert_eq!(amina.status()["counts"]["signatures_pending"], 2);
+
+    // The server is back: both phones sync.
+    server.restart();
+    for phone in [&amina, &bo] {
+        let r = phone.sync(30).ok();
+        let v = r.json();
+        assert_eq!(v["ok"], true, "{r}");
+        assert_eq!(v["report"]["acknowledged"]["signatures"], 2, "{r}");
+        let s = phone.status();
+        assert_eq!(s["counts"]["signatures_pending"], 0, "{s}");
+        assert_eq!(s["counts"]["signatures_acknowledged"], 2, "{s}");
+        assert_eq!(s["pending"], Value::Array(vec![]), "{s}");
+    }
+
+    // Every signature counted; the duplicate signer once among the unique ones.
+    let t = org.totals(&campaign);
+    assert_eq!(t["signatures"], 4, "{t}");
+    assert_eq!(t["unique_signers"], 3, "{t}");
+    assert_eq!(t["by_fsa"]["M5V"]["signatures"], 2, "{t}");
+    assert_eq!(t["by_fsa"]["M5V"]["unique"], 1, "{t}");
+    assert_eq!(t["by_event"][EVENT]["signatures"], 1, "{t}");
+    assert_eq!(t["by_city"]["Montréal"]["signatures"], 1, "{t}");
+
+    // The organizer's identity opens every name.
+    let csv = org.export(&campaign, IDENTITY, "signers.csv");
+    let rows = csv_rows(&csv);
+    assert_eq!(rows.len(), 4, "{csv}");
+    let mut people: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| (r["name"].clone(), r["postal_code"].clone()))
+        .collect();
+    people.sort();
+    assert_eq!(
+        people,
+        [
+            ("Amara Okafor", "M5V2T6"),
+            ("Jean Tremblay", "H2X1Y4"),
+            ("Li Wei", "V6B1A1"),
+            ("amara   OKAFOR", "M5V2T6"),
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+    );
+    let li = rows.iter().find(|r| r["name"] == "Li Wei").unwrap();
+    assert_eq!(li["email"], "li.wei@example.org");
+    assert_eq!(li["street"], "123 Main St");
+    assert_eq!(li["city"], "Vancouver");
+
+    // The server never held a name in the clear: not in its database, not in its log.
+    assert!(server.terminate(), "shutdown:\n{}", server.log_text());
+    for file in ["tally.db", "tally.db-wal", "serve.log"] {
+        let bytes = std::fs::read(server.data.join(file)).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        for name in ["Okafor", "OKAFOR", "Tremblay", "Li Wei", "li.wei@"] {
+            assert!(!text.contains(name), "{name} in the clear in {file}");
+        }
+    }
+}
+
+/// Reads a `sync --watch --json` process's events into a channel, one JSON value per line.
+fn watch_events(child: &mut std::process::Child) -> mpsc::Receiver<Value> {
+    let stdout = child.stdout.take().expect("watch stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if let Ok(v) = serde_json::from_str::<Value>(&line)
+                && tx.send(v).is_err()
+            {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn next_event(rx: &mpsc::Receiver<Value>, kind: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(v) if v["event"] == kind => return v,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    panic!("no {kind:?} event from sync --watch");
+}
+
+/// How to kill a phone "between committing a signature and syncing it", honestly: the phone is
+/// the `tally-device sync --watch` process, connected and synced through a proxy. Signatures
+/// are committed by `tally-device sign` (a separate process on the same SQLite file, as the
+/// CLI's `sign` beside a running `sync --watch`); the watch process picks them up and pushes
+/// them. The proxy decides how far that gets:
+///
+/// 1. server-to-phone bytes stalled: the server receives the signature and commits it (its
+///    totals count it), but its acknowledgement never reaches the phone;
+/// 2. both directions stalled: the second signature never reaches the server.
+///
+/// Then the watch process is SIGKILLed (no chance to flush or to mark anything), and the
+/// links it had die with it. Nothing here is mocked: the kill lands while the real phone has
+/// committed and is syncing, which is the moment the brief says must lose nothing.
+#[test]
+fn phone_killed_between_commit_and_ack() {
+    let root = tempfile::tempdir().unwrap();
+    let Setup {
+        mut server,
+        org,
+        campaign,
+    } = setup(root.path());
+    let upstream: SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
+    let proxy = CutProxy::start(upstream);
+    let phone = Phone::new(&root.path().join("phone"));
+    phone.enroll(&via(org.invite(&campaign), &proxy.base()), "phone");
+
+    let mut watch = phone.spawn(&["--json", "sync", "--watch"]);
+    let events = watch_events(&mut watch);
+    next_event(&events, "connected");
+    next_event(&events, "synced");
+
+    // 1. The server gets the signature, the phone never hears back.
+    proxy.stall(false, true);
+    let acked_late = phone.sign("Amara Okafor", "M5V 2T6", "Toronto", &[]);
+    let t = wait_for_signatures(&org, &campaign, 1, Duration::from_secs(15));
+    assert_eq!(
+        t["signatures"], 1,
+        "the watch never pushed the signature: {t}"
+    );
+    // 2. Nothing gets through any more.
+    proxy.stall(true, true);
+    let never_sent = phone.sign("Jean Tremblay", "H2X 1Y4", "Montréal", &[]);
+    // Give the watch process time to notice the write and try to push it (it looks every
+    // second), so the kill lands while it is syncing.
+    std::thread::sleep(Duration::from_millis(1500));
+
+    watch.kill().expect("SIGKILL the phone");
+    let status = watch.wait().expect("reap the phone");
+    assert!(!status.success(), "the watch process was not killed");
+    proxy.cut_all();
+    proxy.stall(false, false);
+
+    // After the restart, both are on the phone and still pending: the phone cannot know the
+    // server has the first one.
+    assert_eq!(
+        phone.pending(),
+        vec![acked_late.clone(), never_sent.clone()]
+    );
+    let s = phone.status();
+    assert_eq!(s["counts"]["signatures_pending"], 2, "{s}");
+    assert_eq!(
+        s["summary"],
+        "2 signatures not yet safe: sync when you have signal"
+    );
+    assert_eq!(org.totals(&campaign)["signatures"], 1);
+
+    // A sync settles both, and the server counts each once.
+    let r = phone.sync(30).ok();
+    assert_eq!(r.json()["report"]["acknowledged"]["signatures"], 2, "{r}");
+    assert!(phone.pending().is_empty());
+    let t = org.totals(&campaign);
+    assert_eq!(t["signatures"], 2, "{t}");
+    assert_eq!(t["unique_signers"], 2, "{t}");
+    // Counted once even after the server restarts (the projection is persistent, not replayed
+    // twice).
+    server.restart();
+    assert_eq!(org.totals(&campaign)["signatures"], 2);
+    let csv = org.export(&campaign, IDENTITY, "signers.csv");
+    assert_eq!(csv.matches("Amara Okafor").count(), 1, "{csv}");
+    assert_eq!(csv.matches("Jean Tremblay").count(), 1, "{csv}");
+}
+
+/// One phone's record of what it signed.
+struct Collector {
+    phone: Phone,
+    signed: usize,
+}
+
+#[test]
+fn sync_cut_mid_exchange_many_times() {
+    const ROUNDS: usize = 36;
+    let root = tempfile::tempdir().unwrap();
+    let Setup {
+        server,
+        org,
+        campaign,
+    } = setup(root.path());
+    let upstream: SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
+    let proxy = CutProxy::start(upstream);
+    let mut phones: Vec<Collector> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let phone = Phone::new(&root.path().join(name));
+            phone.enroll(&via(org.invite(&campaign), &proxy.base()), name);
+            Collector { phone, signed: 0 }
+        })
+        .collect();
+
+    // Each round one phone takes a signature (every fifth one a person the other phone already
+    // signed up), then syncs through a link cut after N bytes. N is drawn from a fixed seed
+    // over the whole life of a connection: the HTTP upgrade, the handshake, the pushes and the
+    // acknowledgements.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20_260_701);
+    let mut duplicates = 0;
+    let mut incomplete = 0;
+    let mut acked_then_cut = 0;
+    for round in 0..ROUNDS {
+        let i = round % 2;
+        let (name, postal) = if round % 5 == 4 {
+            duplicates += 1;
+            // The person the other phone signed up in the previous round, typed in capitals.
+            (format!("SIGNER {}", round - 1), "m5v 2t6".to_string())
+        } else {
+            (format!("Signer {round}"), "M5V 2T6".to_string())
+        };
+        phones[i].phone.sign(&name, &postal, "Toronto", &[]);
+        phones[i].signed += 1;
+        let limit = if rng.gen_bool(0.25) {
+            rng.gen_range(40..700)
+        } else {
+            rng.gen_range(700..6_000)
+        };
+        proxy.set_limit(Some(limit));
+        let r = phones[i].phone.sync(10);
+        match r.code {
+            0 => {}
+            // 1: cut before the WebSocket was up; 3: cut after, mid-sync.
+            1 => incomplete += 1,
+            3 => {
+                incomplete += 1;
+                if r.json()["report"]["acknowledged"]["signatures"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    > 0
+                {
+                    acked_then_cut += 1;
+                }
+            }
+            _ => panic!("round {round}, limit {limit}: unexpected exit:\n{r}"),
+        }
+    }
+    let stats = proxy.stats();
+    println!(
+        "{ROUNDS} rounds: {} links, {} cut; {incomplete} syncs incomplete, {acked_then_cut} cut after acknowledgements arrived",
+        stats.connections, stats.cuts
+    );
+    assert!(
+        stats.cuts >= ROUNDS * 2 / 3,
+        "too few cuts to test anything: {stats:?}"
+    );
+    assert!(incomplete >= ROUNDS / 2, "{incomplete} incomplete syncs");
+    assert!(
+        acked_then_cut > 0,
+        "no link was cut after the server acknowledged something"
+    );
+
+    // A clean link: everything arrives, exactly once.
+    proxy.set_limit(None);
+    let signed: usize = phones.iter().map(|p| p.signed).sum();
+    for p in &phones {
+        let r = p.phone.sync(30).ok();
+        assert_eq!(r.json()["ok"], true, "{r}");
+        let s = p.phone.status();
+        assert_eq!(s["counts"]["signatures_pending"], 0, "{s}");
+        assert_eq!(s["counts"]["signatures_acknowledged"], p.signed, "{s}");
+    }
+    let t = org.totals(&campaign);
+    assert_eq!(t["signatures"], signed, "{t}");
+    assert_eq!(t["unique_signers"], signed - duplicates, "{t}");
+    assert_eq!(
+        t["by_canvasser"].as_object().map(|m| m.len()),
+        Some(2),
+        "{t}"
+    );
+    assert!(
+        !server.log_text().contains("quarantined"),
+        "the server refused a change:\n{}",
+        server.log_text()
+    );
+}
