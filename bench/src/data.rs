@@ -4,6 +4,9 @@
 //! personal fields and computes the duplicate token, then `collection::add_signature`: one
 //! automerge change per signature, by the phone's own actor).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
 use anyhow::{Result, anyhow};
 use automerge::Automerge;
 use indicatif::ProgressBar;
@@ -176,6 +179,27 @@ pub enum Sealing<'a> {
     Pool(&'a [Vec<u8>]),
 }
 
+/// Time spent building, summed over threads, in nanoseconds.
+#[derive(Default, Debug)]
+pub struct BuildTime {
+    /// Preparing records (`SignatureForm::prepare`: sealing, duplicate token, checks).
+    pub prepare_ns: AtomicU64,
+    /// Writing them (`collection::add_signature`: one automerge change each).
+    pub add_ns: AtomicU64,
+    /// Signatures built.
+    pub count: AtomicU64,
+}
+
+impl BuildTime {
+    /// (prepare, add) in µs per signature.
+    pub fn per_signature_us(&self) -> (Option<f64>, Option<f64>) {
+        let n = self.count.load(Ordering::Relaxed);
+        let per =
+            |ns: &AtomicU64| (n > 0).then(|| ns.load(Ordering::Relaxed) as f64 / n as f64 / 1000.0);
+        (per(&self.prepare_ns), per(&self.add_ns))
+    }
+}
+
 /// What the documents are built for.
 pub struct Builder<'a> {
     /// The campaign, read from its document.
@@ -188,6 +212,8 @@ pub struct Builder<'a> {
     pub sealing: Sealing<'a>,
     /// Time of the first signature, ms since the epoch (later ones follow, one per second).
     pub start_ms: i64,
+    /// Where the time goes.
+    pub time: BuildTime,
 }
 
 impl Builder<'_> {
@@ -236,9 +262,19 @@ impl Builder<'_> {
         progress: &ProgressBar,
     ) -> Result<()> {
         for (n, &i) in signers.iter().enumerate() {
+            let t = Instant::now();
             let sig = self.signature(owner, i, self.start_ms + n as i64 * 1000)?;
+            let prepared = t.elapsed();
             collection::add_signature(doc, &sig, self.campaign)
                 .map_err(|e| anyhow!("adding signature {i}: {e}"))?;
+            let added = t.elapsed() - prepared;
+            self.time
+                .prepare_ns
+                .fetch_add(prepared.as_nanos() as u64, Ordering::Relaxed);
+            self.time
+                .add_ns
+                .fetch_add(added.as_nanos() as u64, Ordering::Relaxed);
+            self.time.count.fetch_add(1, Ordering::Relaxed);
             progress.inc(1);
         }
         Ok(())

@@ -50,20 +50,22 @@ pub fn run(server: &Server, rt: &Runtime, a: &IngestArgs, figs: &mut Figures) ->
     // Offline collection: every phone signs M people, sealed and tokenized as on the phone.
     let pb = progress(plan.total, "collecting offline");
     let built = Instant::now();
-    {
+    let (prepare_us, add_us) = {
         let builder = Builder {
             campaign: &setup.campaign,
             key: &setup.key,
             event: &setup.event,
             sealing: Sealing::Real,
             start_ms: now_ms() - (a.per_phone as i64 + 60) * 1000,
+            time: Default::default(),
         };
         let slots = &plan.slots;
         par_for_each(&mut setup.phones, cores(), |i, phone| {
             let owner = phone.device_id.clone();
             builder.add_all(phone.collection_doc_mut(), &owner, &slots[i], &pb)
         })?;
-    }
+        builder.time.per_signature_us()
+    };
     pb.finish();
     let build_secs = built.elapsed().as_secs_f64();
 
@@ -177,6 +179,19 @@ pub fn run(server: &Server, rt: &Runtime, a: &IngestArgs, figs: &mut Figures) ->
         Some(build_secs),
         "s",
     );
+    figs.add(
+        &format!("{p}.prepare_us_per_sig"),
+        "phone side: SignatureForm::prepare (age sealing, token, checks), per signature",
+        prepare_us,
+        "µs",
+    );
+    figs.add(
+        &format!("{p}.add_us_per_sig"),
+        "phone side: collection::add_signature (one change), per signature",
+        add_us,
+        "µs",
+    )
+    .with_note(format!("collections of {} signatures", a.per_phone));
     figs.add_target(
         &format!("{p}.signatures_per_sec"),
         "ingest: signatures acknowledged per second",

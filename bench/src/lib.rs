@@ -181,6 +181,20 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<Report> {
         .build()?;
     let mut figs = Figures::default();
     let mut phases = Vec::new();
+    // The disk: every acknowledged change and every signature on the phone waits for a flush.
+    let fsync = stats::fsync_latency(&work, 50)?;
+    figs.add(
+        "machine.fsync_p50_ms",
+        "machine: 4 KiB write + fdatasync in the work folder, p50",
+        fsync.quantile_ms(0.5),
+        "ms",
+    );
+    figs.add(
+        "machine.fsync_p99_ms",
+        "machine: 4 KiB write + fdatasync, p99",
+        fsync.quantile_ms(0.99),
+        "ms",
+    );
 
     // Ingest and the phone share one server.
     let mut ingested = None;
@@ -243,6 +257,7 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<Report> {
                     event: &s.event,
                     sealing: data::Sealing::Real,
                     start_ms: setup::now_ms() - (args.signatures as i64 + 60) * 1000,
+                    time: Default::default(),
                 };
                 data::par_for_each(&mut s.phones, cores(), |i, phone| {
                     let owner = phone.device_id.clone();

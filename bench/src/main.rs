@@ -39,6 +39,26 @@ enum Cmd {
     },
 }
 
+/// The command line with the admin token's value hidden (it goes into the report).
+fn redact(args: Vec<String>) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut hide_next = false;
+    for a in args {
+        if hide_next {
+            out.push("<redacted>".to_string());
+            hide_next = false;
+        } else if a == "--admin-token" {
+            out.push(a);
+            hide_next = true;
+        } else if a.starts_with("--admin-token=") {
+            out.push("--admin-token=<redacted>".to_string());
+        } else {
+            out.push(a);
+        }
+    }
+    out
+}
+
 fn main() {
     let cli = Cli::parse();
     if let Some(Cmd::PhoneRss { home }) = cli.command {
@@ -48,7 +68,7 @@ fn main() {
         }
         return;
     }
-    let command: Vec<String> = std::env::args().collect();
+    let command = redact(std::env::args().collect());
     let report = match tally_bench::run(&cli.run, command) {
         Ok(r) => r,
         Err(e) => {

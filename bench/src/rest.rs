@@ -64,6 +64,7 @@ pub fn run(server: &mut Server, rt: &Runtime, a: &RestArgs, figs: &mut Figures) 
         event: &setup.event,
         sealing: Sealing::Pool(&pool),
         start_ms: now_ms() - (per as i64 + 60) * 1000,
+        time: Default::default(),
     };
     let queue: Mutex<VecDeque<(usize, Phone)>> = Mutex::new(
         std::mem::take(&mut setup.phones)
@@ -189,6 +190,19 @@ pub fn run(server: &mut Server, rt: &Runtime, a: &RestArgs, figs: &mut Figures) 
         cpu_use.server,
         "cores",
     );
+    figs.add(
+        "rest.build_cpu_bench_cores",
+        "at rest: benchmark CPU (building the phones' documents) while building",
+        cpu_use.bench,
+        "cores",
+    );
+    figs.add(
+        "rest.add_us_per_sig",
+        "at rest: collection::add_signature on the phone side, per signature",
+        builder.time.per_signature_us().1,
+        "µs",
+    )
+    .with_note(format!("collections of {per} signatures"));
     figs.add_target(
         "rest.totals_exact",
         "at rest: totals from the API exact",

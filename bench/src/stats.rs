@@ -189,3 +189,23 @@ impl CpuWindow {
         }
     }
 }
+
+/// Latency of a small durable write in `dir` (4 KiB written, then `fdatasync`), `n` times: what
+/// every SQLite commit with `synchronous=FULL` pays at least once, on the server and the phone.
+pub fn fsync_latency(dir: &std::path::Path, n: usize) -> std::io::Result<Latencies> {
+    use std::io::{Seek, Write};
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path)?;
+    let block = [7u8; 4096];
+    let mut lat = Latencies::new();
+    for _ in 0..n {
+        let t = std::time::Instant::now();
+        f.seek(std::io::SeekFrom::Start(0))?;
+        f.write_all(&block)?;
+        f.sync_data()?;
+        lat.record(t.elapsed());
+    }
+    drop(f);
+    std::fs::remove_file(path)?;
+    Ok(lat)
+}

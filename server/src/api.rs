@@ -59,16 +59,45 @@ impl FromRequestParts<Arc<AppState>> for Auth {
         let Some(token) = bearer(parts) else {
             return Err(ApiError::Unauthorized("no token: send `Authorization: Bearer <token>` (the admin token is in DATA/admin.token)".into()));
         };
+        // Token guessing: an address with too many wrong tokens is refused before the lookup.
+        let addr = client_addr(parts);
+        if let Some(ip) = addr {
+            let refused = lock_guard(state).check_auth(ip, now_ms().max(0) as u64);
+            if let Err(r) = refused {
+                tracing::warn!(address = %ip, "request refused: {r}");
+                return Err(ApiError::TooManyRequests(r.to_string()));
+            }
+        }
         let store = state.hub.store.clone();
         let device = tokio::task::spawn_blocking(move || store.authenticate(&token, now_ms()))
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))??;
-        device.map(Auth).ok_or_else(|| {
-            ApiError::Unauthorized(
-                "unknown or revoked token: enroll the device again with a new invite".into(),
-            )
-        })
+        match device {
+            Some(d) => Ok(Auth(d)),
+            None => {
+                if let Some(ip) = addr {
+                    let failures = lock_guard(state).auth_failed(ip, now_ms().max(0) as u64);
+                    tracing::warn!(address = %ip, failures, "wrong token (unknown or revoked)");
+                }
+                Err(ApiError::Unauthorized(
+                    "unknown or revoked token: enroll the device again with a new invite".into(),
+                ))
+            }
+        }
     }
+}
+
+/// The client's IP address, when the server was started with connection info.
+pub fn client_addr(parts: &Parts) -> Option<std::net::IpAddr> {
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+/// The per-address guard, recovered from a poisoned lock (its state stays consistent).
+pub fn lock_guard(state: &AppState) -> std::sync::MutexGuard<'_, crate::guard::Guard> {
+    state.guard.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn require_organizer(device: &Device, campaign: &str) -> Result<(), ApiError> {
@@ -94,6 +123,11 @@ fn require_admin(device: &Device) -> Result<(), ApiError> {
 /// Takes a JSON body, or says what is wrong with it and what a good one looks like.
 fn body<T>(b: Result<Json<T>, JsonRejection>, example: &str) -> Result<T, ApiError> {
     b.map(|Json(v)| v).map_err(|e| {
+        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::PayloadTooLarge(
+                "the request body is larger than the API accepts (2 MB); send only the fields the endpoint documents".into(),
+            );
+        }
         ApiError::BadRequest(format!(
             "{}; send a JSON body like {example}",
             e.body_text()

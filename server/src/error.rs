@@ -28,6 +28,12 @@ pub enum ApiError {
     /// Gone (410): used, expired.
     #[error("{0}")]
     Gone(String),
+    /// The request body is too large (413).
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// Too many attempts or connections from one address (429).
+    #[error("{0}")]
+    TooManyRequests(String),
     /// The server cannot take more (503).
     #[error("{0}")]
     Unavailable(String),
@@ -68,6 +74,8 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Gone(_) => StatusCode::GONE,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -240,7 +240,18 @@ impl Hub {
         let mut guard = lock(&slot);
         guard.last_used = Instant::now();
         let mut after = guard.doc.fork();
-        edit(&mut after).map_err(HubError::Automerge)?;
+        if let Err(e) = edit(&mut after) {
+            // Bytes automerge cannot apply (corrupted, truncated, forged) are refused and kept
+            // like any other bad change; the stored document is untouched.
+            drop(guard);
+            let reason = format!(
+                "the changes could not be applied ({e}); the sending app must resend them intact"
+            );
+            self.store
+                .quarantine(&writer.id, &key, &reason, raw, now_ms())?;
+            tracing::warn!(doc = %key, device = %writer.id, %reason, "change refused and quarantined");
+            return Err(HubError::Rejected(reason));
+        }
         let before_heads = guard.doc.get_heads();
         if after.get_heads() == before_heads {
             // Nothing applied, but automerge may have queued changes whose dependencies have

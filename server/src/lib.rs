@@ -57,6 +57,8 @@ pub struct AppState {
     pub reader: Arc<Store>,
     /// Subscribers of live totals, woken when a campaign's totals are refreshed.
     pub live: live::Live,
+    /// Per-address abuse limits: wrong tokens and simultaneous sync connections.
+    pub guard: Mutex<guard::Guard>,
     /// Open sync connections and totals streams by device id, to close them when a device is
     /// revoked.
     conns: Mutex<HashMap<String, Vec<(u64, CancellationToken)>>>,
@@ -217,6 +219,21 @@ async fn sync_upgrade(State(state): State<Arc<AppState>>, req: axum::extract::Re
         Ok(ws) => ws,
         Err(e) => return e.into_response(),
     };
+    // Connection floods: a bounded number of sync connections per address, released when
+    // the connection ends (or when the upgrade never completes).
+    let addr_slot = match api::client_addr(&parts) {
+        Some(ip) => match api::lock_guard(&state).open_connection(ip) {
+            Ok(()) => Some(AddrSlot {
+                state: state.clone(),
+                ip,
+            }),
+            Err(r) => {
+                tracing::warn!(address = %ip, device = %device.device_id, "connection refused: {r}");
+                return ApiError::TooManyRequests(r.to_string()).into_response();
+            }
+        },
+        None => None,
+    };
     let Ok(permit) = state.slots.clone().try_acquire_owned() else {
         return ApiError::Unavailable(format!(
             "the server is at its limit of {} connections; retry in a minute",
@@ -255,8 +272,21 @@ async fn sync_upgrade(State(state): State<Arc<AppState>>, req: axum::extract::Re
                     v.retain(|(id, _)| *id != conn_id);
                 }
                 drop(permit);
+                drop(addr_slot);
             })
         })
+}
+
+/// One sync connection counted against its address in the guard, until dropped.
+struct AddrSlot {
+    state: Arc<AppState>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for AddrSlot {
+    fn drop(&mut self) {
+        api::lock_guard(&self.state).close_connection(self.ip);
+    }
 }
 
 /// Runs the server on `listener` until `shutdown` completes; then closes connections (which
@@ -287,6 +317,7 @@ pub async fn serve(
     };
     let token = CancellationToken::new();
     let state = Arc::new(AppState {
+        guard: Mutex::new(guard::Guard::new(config.guard_limits())),
         hub: hub.clone(),
         slots: Arc::new(Semaphore::new(config.max_connections)),
         reader,
@@ -308,9 +339,12 @@ pub async fn serve(
         t.cancel();
     });
     tracing::info!(listen = %listener.local_addr()?, "tally serving");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(token.clone().cancelled_owned())
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(token.clone().cancelled_owned())
+    .await?;
     state.tasks.close();
     state.tasks.wait().await;
     let _ = background.await;

@@ -171,39 +171,39 @@ pub fn apply(
     timezone: &str,
 ) -> Result<(), ProjectionError> {
     let bad = |id: &str, e: String| ProjectionError::Record(id.to_string(), e);
-    let campaign = header.campaign.as_str();
+    let mut batch = Batch::new(&header.campaign);
     match header.kind {
         DocKind::Collection => {
             for id in acc.in_container(SIGNATURES) {
                 if let Some(s) =
                     collection::signature(after, id).map_err(|e| bad(id, e.to_string()))?
                 {
-                    put_signature(conn, doc_id, campaign, &s, timezone)?;
+                    batch.signature(conn, doc_id, &s, timezone)?;
                 }
             }
             for id in acc.in_container(CHECKINS) {
                 if let Some(c) =
                     collection::checkin(after, id).map_err(|e| bad(id, e.to_string()))?
                 {
-                    put_checkin(conn, doc_id, campaign, &c)?;
+                    batch.checkin(conn, doc_id, &c)?;
                 }
             }
         }
         DocKind::Review => {
             for id in acc.in_container(STRIKES) {
                 if let Some(s) = review::strike(after, id).map_err(|e| bad(id, e.to_string()))? {
-                    put_strike(conn, campaign, &s)?;
+                    batch.strike(conn, &s)?;
                 }
             }
             for id in acc.in_container(SHEETS) {
                 if let Some(s) = review::sheet(after, id).map_err(|e| bad(id, e.to_string()))? {
-                    put_sheet(conn, campaign, &s)?;
+                    upsert_sheet_row(conn, &header.campaign, &s)?;
                 }
             }
         }
         DocKind::Campaign | DocKind::Totals => {}
     }
-    Ok(())
+    batch.flush(conn)
 }
 
 fn is_struck(conn: &Connection, campaign: &str, sig_id: &str) -> rusqlite::Result<bool> {
@@ -268,25 +268,26 @@ fn upsert_signature_row(
     Ok(old)
 }
 
-/// Projects one signature of collection `doc_id` (its row and its aggregate cells). Public for
-/// the latency example, which fills the tables through this same code.
-pub fn put_signature(
-    conn: &Connection,
-    doc_id: &str,
-    campaign: &str,
-    s: &Signature,
-    timezone: &str,
-) -> Result<(), ProjectionError> {
-    let row = SigRow::of(s, timezone);
-    let old = upsert_signature_row(conn, doc_id, campaign, &s.id, &row)?;
-    if old.as_ref() == Some(&row) {
-        return Ok(());
-    }
-    let struck = is_struck(conn, campaign, &s.id)?;
-    let before = old
-        .map(|o| sig_contributions(&o, struck))
-        .unwrap_or_default();
-    move_aggregates(conn, campaign, before, sig_contributions(&row, struck))
+fn read_sig_rows(conn: &Connection, campaign: &str, sig_id: &str) -> rusqlite::Result<Vec<SigRow>> {
+    conn.prepare_cached(
+        "SELECT event, collected_at, day, collected_by, city, fsa, riding, consent, dup, withdrawn
+         FROM signatures WHERE campaign = ?1 AND sig_id = ?2 AND withdrawn = 0",
+    )?
+    .query_map(params![campaign, sig_id], |r| {
+        Ok(SigRow {
+            event: r.get(0)?,
+            collected_at: r.get(1)?,
+            day: r.get(2)?,
+            collected_by: r.get(3)?,
+            city: r.get(4)?,
+            fsa: r.get(5)?,
+            riding: r.get(6)?,
+            consent: r.get(7)?,
+            dup: r.get(8)?,
+            withdrawn: r.get(9)?,
+        })
+    })?
+    .collect()
 }
 
 fn upsert_checkin_row(
@@ -317,70 +318,12 @@ fn upsert_checkin_row(
     Ok(old)
 }
 
-/// Projects one check-in of collection `doc_id`.
-pub fn put_checkin(
-    conn: &Connection,
-    doc_id: &str,
-    campaign: &str,
-    c: &Checkin,
-) -> Result<(), ProjectionError> {
-    let old = upsert_checkin_row(conn, doc_id, campaign, c)?;
-    let row = CheckinRow {
-        event: c.event.clone(),
-        attendee: c.attendee.clone(),
-        walk_in: c.walk_in,
-        withdrawn: c.withdrawn,
-    };
-    let before = old.map(|o| checkin_contributions(&o)).unwrap_or_default();
-    move_aggregates(conn, campaign, before, checkin_contributions(&row))
-}
-
 fn upsert_strike_row(conn: &Connection, campaign: &str, s: &Strike) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT INTO strikes (campaign, sig_id, reason, by_id, at, revoked) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (campaign, sig_id) DO UPDATE SET reason = excluded.reason, by_id = excluded.by_id, at = excluded.at, revoked = excluded.revoked",
     )?
     .execute(params![campaign, s.signature, s.reason.as_str(), s.by, s.at, s.revoked])?;
-    Ok(())
-}
-
-/// Projects a strike (or its revocation): every signature of the campaign with that id moves
-/// between counted and struck.
-pub fn put_strike(conn: &Connection, campaign: &str, s: &Strike) -> Result<(), ProjectionError> {
-    let was = is_struck(conn, campaign, &s.signature)?;
-    upsert_strike_row(conn, campaign, s)?;
-    let now = !s.revoked;
-    if was == now {
-        return Ok(());
-    }
-    let rows: Vec<SigRow> = conn
-        .prepare_cached(
-            "SELECT event, collected_at, day, collected_by, city, fsa, riding, consent, dup, withdrawn
-             FROM signatures WHERE campaign = ?1 AND sig_id = ?2 AND withdrawn = 0",
-        )?
-        .query_map(params![campaign, s.signature], |r| {
-            Ok(SigRow {
-                event: r.get(0)?,
-                collected_at: r.get(1)?,
-                day: r.get(2)?,
-                collected_by: r.get(3)?,
-                city: r.get(4)?,
-                fsa: r.get(5)?,
-                riding: r.get(6)?,
-                consent: r.get(7)?,
-                dup: r.get(8)?,
-                withdrawn: r.get(9)?,
-            })
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    for row in rows {
-        move_aggregates(
-            conn,
-            campaign,
-            sig_contributions(&row, was),
-            sig_contributions(&row, now),
-        )?;
-    }
     Ok(())
 }
 
@@ -393,35 +336,173 @@ fn upsert_sheet_row(conn: &Connection, campaign: &str, s: &Sheet) -> rusqlite::R
     Ok(())
 }
 
-/// Projects a paper sheet (a row only: paper totals are summed from the few sheet rows).
-pub fn put_sheet(conn: &Connection, campaign: &str, s: &Sheet) -> Result<(), ProjectionError> {
-    Ok(upsert_sheet_row(conn, campaign, s)?)
+/// The aggregate changes of one campaign's records, gathered while their rows are written and
+/// netted before they touch the aggregate tables: each cell is written once per batch, and a
+/// record whose correction leaves a cell unchanged costs that cell nothing. The hub makes one
+/// batch per accepted change ([`apply`]); the latency example makes one per synthetic sync.
+pub struct Batch {
+    campaign: String,
+    /// Net change of each cell's record count.
+    cells: HashMap<(&'static str, String), i64>,
+    /// Net change of each token's record count in a cell.
+    members: HashMap<(&'static str, String, String), i64>,
 }
 
-/// Takes `before` out of the aggregates and puts `after` in, skipping what both hold.
-fn move_aggregates(
-    conn: &Connection,
-    campaign: &str,
-    mut before: Vec<Contribution>,
-    after: Vec<Contribution>,
-) -> Result<(), ProjectionError> {
-    let mut adds = Vec::new();
-    for c in after {
-        match before.iter().position(|b| *b == c) {
-            Some(i) => {
-                before.swap_remove(i);
-            }
-            None => adds.push(c),
+impl Batch {
+    /// An empty batch for `campaign`.
+    pub fn new(campaign: &str) -> Batch {
+        Batch {
+            campaign: campaign.to_string(),
+            cells: HashMap::new(),
+            members: HashMap::new(),
         }
     }
-    // Additions first, so a cell that only changes members never drops to zero in between.
-    for (dim, key, token) in &adds {
-        bump(conn, campaign, dim, key, token.as_deref(), 1)?;
+
+    fn add(&mut self, contributions: Vec<Contribution>, sign: i64) {
+        for (dim, key, token) in contributions {
+            if let Some(t) = token {
+                *self.members.entry((dim, key.clone(), t)).or_default() += sign;
+            }
+            *self.cells.entry((dim, key)).or_default() += sign;
+        }
     }
-    for (dim, key, token) in &before {
-        bump(conn, campaign, dim, key, token.as_deref(), -1)?;
+
+    /// Projects one signature of collection `doc_id`: writes its row now, its aggregates at
+    /// [`Batch::flush`].
+    pub fn signature(
+        &mut self,
+        conn: &Connection,
+        doc_id: &str,
+        s: &Signature,
+        timezone: &str,
+    ) -> Result<(), ProjectionError> {
+        let row = SigRow::of(s, timezone);
+        let old = upsert_signature_row(conn, doc_id, &self.campaign, &s.id, &row)?;
+        if old.as_ref() == Some(&row) {
+            return Ok(());
+        }
+        let struck = is_struck(conn, &self.campaign, &s.id)?;
+        if let Some(o) = old {
+            self.add(sig_contributions(&o, struck), -1);
+        }
+        self.add(sig_contributions(&row, struck), 1);
+        Ok(())
     }
-    Ok(())
+
+    /// Projects one check-in of collection `doc_id`.
+    pub fn checkin(
+        &mut self,
+        conn: &Connection,
+        doc_id: &str,
+        c: &Checkin,
+    ) -> Result<(), ProjectionError> {
+        let old = upsert_checkin_row(conn, doc_id, &self.campaign, c)?;
+        let row = CheckinRow {
+            event: c.event.clone(),
+            attendee: c.attendee.clone(),
+            walk_in: c.walk_in,
+            withdrawn: c.withdrawn,
+        };
+        if let Some(o) = old {
+            self.add(checkin_contributions(&o), -1);
+        }
+        self.add(checkin_contributions(&row), 1);
+        Ok(())
+    }
+
+    /// Projects a strike (or its revocation): every signature of the campaign with that id
+    /// moves between counted and struck.
+    pub fn strike(&mut self, conn: &Connection, s: &Strike) -> Result<(), ProjectionError> {
+        let was = is_struck(conn, &self.campaign, &s.signature)?;
+        upsert_strike_row(conn, &self.campaign, s)?;
+        let now = !s.revoked;
+        if was != now {
+            for row in read_sig_rows(conn, &self.campaign, &s.signature)? {
+                self.add(sig_contributions(&row, was), -1);
+                self.add(sig_contributions(&row, now), 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the netted changes to the aggregate tables.
+    pub fn flush(self, conn: &Connection) -> Result<(), ProjectionError> {
+        let campaign = self.campaign.as_str();
+        let drift = |dim: &str, key: &str, what: &str| {
+            ProjectionError::Drift(format!("{campaign}/{dim}/{key}: {what}"))
+        };
+        let mut by_cell: HashMap<(&'static str, String), Vec<(String, i64)>> = HashMap::new();
+        for ((dim, key, token), d) in self.members {
+            if d != 0 {
+                by_cell.entry((dim, key)).or_default().push((token, d));
+            }
+        }
+        let mut keys: HashSet<(&'static str, String)> = by_cell.keys().cloned().collect();
+        keys.extend(
+            self.cells
+                .iter()
+                .filter(|(_, d)| **d != 0)
+                .map(|(k, _)| k.clone()),
+        );
+        let mut token_ids: HashMap<String, i64> = HashMap::new();
+        for (dim, key) in keys {
+            let dn = self.cells.get(&(dim, key.clone())).copied().unwrap_or(0);
+            let (key_id, n): (i64, i64) = conn
+                .prepare_cached(
+                    "INSERT INTO agg_cells (campaign, dim, key, n, uniq) VALUES (?1, ?2, ?3, ?4, 0)
+                     ON CONFLICT (campaign, dim, key) DO UPDATE SET n = n + excluded.n
+                     RETURNING key_id, n",
+                )?
+                .query_row(params![campaign, dim, key, dn], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+            if n < 0 {
+                return Err(drift(dim, &key, "records below zero"));
+            }
+            let mut du = 0i64;
+            for (token, dm) in by_cell.remove(&(dim, key.clone())).unwrap_or_default() {
+                let tid = match token_ids.get(&token) {
+                    Some(id) => *id,
+                    None => {
+                        let id = token_id(conn, campaign, &token)?;
+                        token_ids.insert(token, id);
+                        id
+                    }
+                };
+                let m: i64 = conn
+                    .prepare_cached(
+                        "INSERT INTO agg_members (key_id, token_id, n) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (key_id, token_id) DO UPDATE SET n = n + excluded.n
+                         RETURNING n",
+                    )?
+                    .query_row(params![key_id, tid, dm], |r| r.get(0))?;
+                let m0 = m - dm;
+                if m < 0 || m0 < 0 {
+                    return Err(drift(dim, &key, "a token's records below zero"));
+                }
+                if m0 == 0 && m > 0 {
+                    du += 1;
+                }
+                if m == 0 {
+                    conn.prepare_cached(
+                        "DELETE FROM agg_members WHERE key_id = ?1 AND token_id = ?2",
+                    )?
+                    .execute(params![key_id, tid])?;
+                    if m0 > 0 {
+                        du -= 1;
+                    }
+                }
+            }
+            if n == 0 {
+                conn.prepare_cached("DELETE FROM agg_cells WHERE key_id = ?1")?
+                    .execute([key_id])?;
+            } else if du != 0 {
+                conn.prepare_cached("UPDATE agg_cells SET uniq = uniq + ?2 WHERE key_id = ?1")?
+                    .execute(params![key_id, du])?;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn token_id(conn: &Connection, campaign: &str, token: &str) -> rusqlite::Result<i64> {
@@ -437,61 +518,6 @@ fn token_id(conn: &Connection, campaign: &str, token: &str) -> rusqlite::Result<
             Ok(conn.last_insert_rowid())
         }
     }
-}
-
-/// Adds `delta` (+1 or -1) records to a cell, and to its token's member count if it has one.
-fn bump(
-    conn: &Connection,
-    campaign: &str,
-    dim: &str,
-    key: &str,
-    token: Option<&str>,
-    delta: i64,
-) -> Result<(), ProjectionError> {
-    let drift = |what: &str| ProjectionError::Drift(format!("{campaign}/{dim}/{key}: {what}"));
-    let (key_id, n): (i64, i64) = conn
-        .prepare_cached(
-            "INSERT INTO agg_cells (campaign, dim, key, n, uniq) VALUES (?1, ?2, ?3, ?4, 0)
-             ON CONFLICT (campaign, dim, key) DO UPDATE SET n = n + excluded.n
-             RETURNING key_id, n",
-        )?
-        .query_row(params![campaign, dim, key, delta], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
-    if n < 0 {
-        return Err(drift("records below zero"));
-    }
-    if let Some(token) = token {
-        let tid = token_id(conn, campaign, token)?;
-        let m: i64 = conn
-            .prepare_cached(
-                "INSERT INTO agg_members (key_id, token_id, n) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (key_id, token_id) DO UPDATE SET n = n + excluded.n
-                 RETURNING n",
-            )?
-            .query_row(params![key_id, tid, delta], |r| r.get(0))?;
-        if m < 0 {
-            return Err(drift("a token's records below zero"));
-        }
-        let uniq_delta = match (delta > 0, m) {
-            (true, 1) => 1,
-            (false, 0) => {
-                conn.prepare_cached("DELETE FROM agg_members WHERE key_id = ?1 AND token_id = ?2")?
-                    .execute(params![key_id, tid])?;
-                -1
-            }
-            _ => 0,
-        };
-        if uniq_delta != 0 {
-            conn.prepare_cached("UPDATE agg_cells SET uniq = uniq + ?2 WHERE key_id = ?1")?
-                .execute(params![key_id, uniq_delta])?;
-        }
-    }
-    if n == 0 {
-        conn.prepare_cached("DELETE FROM agg_cells WHERE key_id = ?1")?
-            .execute([key_id])?;
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -626,9 +652,13 @@ pub fn scan(conn: &Connection, campaign: &str, filter: &Filter) -> rusqlite::Res
     let mut t = Totals::default();
     let mut all = Acc::default();
     let mut dims: [HashMap<String, Acc>; 6] = Default::default();
+    // Strikes are few: one lookup here instead of one per row.
+    let struck: HashSet<String> = conn
+        .prepare_cached("SELECT sig_id FROM strikes WHERE campaign = ?1 AND revoked = 0")?
+        .query_map([campaign], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
     let sql = format!(
-        "SELECT s.event, s.day, s.collected_by, s.city, s.fsa, s.riding, s.dup, s.withdrawn,
-                EXISTS (SELECT 1 FROM strikes k WHERE k.campaign = s.campaign AND k.sig_id = s.sig_id AND k.revoked = 0)
+        "SELECT s.event, s.day, s.collected_by, s.city, s.fsa, s.riding, s.dup, s.withdrawn, s.sig_id
          FROM signatures s WHERE {where_sig}"
     );
     let mut stmt = conn.prepare_cached(&sql)?;
@@ -638,7 +668,7 @@ pub fn scan(conn: &Connection, campaign: &str, filter: &Filter) -> rusqlite::Res
             t.withdrawn += 1;
             continue;
         }
-        if r.get::<_, bool>(8)? {
+        if struck.contains(r.get_ref(8)?.as_str()?) {
             t.struck += 1;
             continue;
         }

@@ -131,14 +131,14 @@ mod tests {
         let mut t = Totals {
             signatures: 33,
             unique_signers: 33,
+            by_city: [
+                ("Toronto".to_string(), cell(20, 20)),
+                ("Hamilton".to_string(), cell(10, 10)),
+                ("Smallville".to_string(), cell(3, 3)),
+            ]
+            .into(),
             ..Totals::default()
         };
-        t.by_city = [
-            ("Toronto".to_string(), cell(20, 20)),
-            ("Hamilton".to_string(), cell(10, 10)),
-            ("Smallville".to_string(), cell(3, 3)),
-        ]
-        .into();
         let s = apply(&mut t, 5, false);
         // Smallville alone could be recovered as 33 - 20 - 10; Hamilton goes with it.
         assert_eq!(t.by_city.keys().collect::<Vec<_>>(), ["Toronto"]);
@@ -149,8 +149,10 @@ mod tests {
 
     #[test]
     fn nothing_small_nothing_hidden() {
-        let mut t = Totals::default();
-        t.by_city = [("Toronto".to_string(), cell(5, 5))].into();
+        let mut t = Totals {
+            by_city: [("Toronto".to_string(), cell(5, 5))].into(),
+            ..Totals::default()
+        };
         let s = apply(&mut t, 5, true);
         assert_eq!(t.by_city.len(), 1);
         assert_eq!(s.hidden_cells, 0);

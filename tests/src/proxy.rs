@@ -206,9 +206,11 @@ async fn link(client: TcpStream, shared: Arc<Shared>, mut left: u64) {
         let go_up = !shared.stall_up.load(Ordering::SeqCst);
         let go_down = !shared.stall_down.load(Ordering::SeqCst);
         let flow = tokio::select! {
+            // A cut comes before any more bytes.
+            biased;
+            _ = cut_all.changed() => Flow::Closed,
             r = cr.read(&mut up), if go_up => forward(r, &up, &mut uw, &mut left, &shared).await,
             r = ur.read(&mut down), if go_down => forward(r, &down, &mut cw, &mut left, &shared).await,
-            _ = cut_all.changed() => Flow::Closed,
             // Look at the stall flags again now and then.
             () = tokio::time::sleep(Duration::from_millis(10)) => Flow::Open,
         };

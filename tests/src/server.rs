@@ -208,15 +208,38 @@ pub fn binary(name: &str) -> PathBuf {
     static BUILT: std::sync::Once = std::sync::Once::new();
     BUILT.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--bins",
-                "-p",
-                "tally-server",
-                "-p",
-                "tally-client",
-            ])
+        let mut build = Command::new(cargo);
+        build.args([
+            "build",
+            "--bins",
+            "-p",
+            "tally-server",
+            "-p",
+            "tally-client",
+        ]);
+        // Without the variables cargo sets for a test process: some build scripts (ring's)
+        // rerun when they differ from the outer build's environment, and everything above
+        // them (rustls, the WebSocket client, both binaries) would be rebuilt, minutes on CI.
+        for (key, _) in std::env::vars_os() {
+            let Some(key) = key.to_str() else { continue };
+            if key.starts_with("CARGO_PKG_")
+                || key.starts_with("CARGO_BIN_EXE_")
+                || matches!(
+                    key,
+                    "CARGO_MANIFEST_DIR"
+                        | "CARGO_MANIFEST_PATH"
+                        | "CARGO_MANIFEST_LINKS"
+                        | "CARGO_CRATE_NAME"
+                        | "CARGO_BIN_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                        | "OUT_DIR"
+                )
+            {
+                build.env_remove(key);
+            }
+        }
+        let status = build
             .stdout(Stdio::null())
             .status()
             .expect("run cargo build");
