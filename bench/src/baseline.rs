@@ -40,7 +40,7 @@ struct Work {
     key: String,
     id: DocumentId,
     writer: Writer,
-    /// The collection as the server held it after enrollment.
+    /// The collection as the server held it after enrollment, loaded from its bytes.
     before: Automerge,
     /// The phone's new changes, as bytes.
     chunk: Vec<u8>,
@@ -57,7 +57,9 @@ fn prepare(setup: &Setup) -> Result<Vec<Work>> {
         .zip(&setup.base_heads)
         .map(|(p, base)| {
             let doc = p.collection_doc();
-            let before = doc.fork_at(base)?;
+            // As the server holds it: loaded from the bytes it stored (it unloads idle
+            // documents, so at the reconnect it loads them from SQLite).
+            let before = Automerge::load(&doc.fork_at(base)?.save())?;
             let read = collection::read(doc).map_err(|e| anyhow!("{e}"))?;
             let header = DocHeader::read(doc).map_err(|e| anyhow!("{e}"))?;
             Ok(Work {

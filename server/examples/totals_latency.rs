@@ -120,13 +120,8 @@ fn ms(d: Duration) -> String {
 fn run(n: u64) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let store = Store::open(&dir.path().join("tally.db"))?;
-    if let Ok(kib) = std::env::var("CACHE_KIB") {
-        store.write(|tx| {
-            Ok(tx
-                .conn()
-                .execute_batch(&format!("PRAGMA cache_size = -{kib}"))?)
-        })?;
-    }
+    // The same page cache as the server's reader connection (`serve` in server/src/lib.rs).
+    store.write(|tx| Ok(tx.conn().execute_batch("PRAGMA cache_size = -65536")?))?;
     let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ n);
     let t0 = Instant::now();
     let mut flushing = Duration::ZERO;

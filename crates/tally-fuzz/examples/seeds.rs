@@ -68,7 +68,11 @@ fn main() {
     raw.extend(am.save_after(&before_heads));
     write("validate_changes", "raw-signature", &raw);
     // Program mode (odd first byte): put a city, delete a field, a new record's id.
-    write("validate_changes", "program", &[1, 0x01, 5, 3, 0x01, 10, 0, 0x11, 0, 2]);
+    write(
+        "validate_changes",
+        "program",
+        &[1, 0x01, 5, 3, 0x01, 10, 0, 0x11, 0, 2],
+    );
 
     write(
         "qr_payload",

@@ -18,7 +18,12 @@ use tally_proto::wire::{self, PeerId, PeerMetadata};
 
 /// The names of the fuzz targets, as `fuzz/fuzz_targets/<name>.rs` and
 /// `fuzz/regressions/<name>/`.
-pub const TARGETS: &[&str] = &["wire_decode", "session_frames", "validate_changes", "qr_payload"];
+pub const TARGETS: &[&str] = &[
+    "wire_decode",
+    "session_frames",
+    "validate_changes",
+    "qr_payload",
+];
 
 /// Runs the target called `name` on `data`. Panics on an unknown name.
 pub fn run(name: &str, data: &[u8]) {
@@ -50,7 +55,11 @@ pub fn session_frames(data: &[u8]) {
     let mut rest = data;
     let mut now = 0u64;
     while let Some((&len, tail)) = rest.split_first() {
-        let n = if len == 255 { tail.len() } else { usize::from(len).min(tail.len()) };
+        let n = if len == 255 {
+            tail.len()
+        } else {
+            usize::from(len).min(tail.len())
+        };
         let (frame, tail) = tail.split_at(n);
         rest = tail;
         now += 17;
@@ -86,9 +95,26 @@ fn before() -> &'static (World, Automerge) {
 
 /// Field names the structured mode writes; unknown ones are the fuzzer's to invent.
 const FIELDS: &[&str] = &[
-    "id", "campaign", "event", "collected_at", "collected_by", "city", "fsa", "riding",
-    "consent_contact", "dup", "sealed", "withdrawn", "kind", "schema", "owner", "attendee", "at",
-    "by", "walk_in", "x",
+    "id",
+    "campaign",
+    "event",
+    "collected_at",
+    "collected_by",
+    "city",
+    "fsa",
+    "riding",
+    "consent_contact",
+    "dup",
+    "sealed",
+    "withdrawn",
+    "kind",
+    "schema",
+    "owner",
+    "attendee",
+    "at",
+    "by",
+    "walk_in",
+    "x",
 ];
 
 /// The document core's `validate` fed arbitrary changes to a canvasser's collection. The first
@@ -128,8 +154,14 @@ fn edit(doc: &mut Automerge, ops: &[u8]) -> Result<(), automerge::AutomergeError
         let container = match place % 4 {
             0 => ROOT,
             1 | 2 => {
-                let map = if place % 4 == 1 { collection::SIGNATURES } else { collection::CHECKINS };
-                let Some((_, records)) = tx.get(ROOT, map)? else { continue };
+                let map = if place % 4 == 1 {
+                    collection::SIGNATURES
+                } else {
+                    collection::CHECKINS
+                };
+                let Some((_, records)) = tx.get(ROOT, map)? else {
+                    continue;
+                };
                 let record = if place & 0x10 == 0 { "s1" } else { "s2" };
                 match tx.get(&records, record)? {
                     Some((_, obj)) => obj,
@@ -150,7 +182,11 @@ fn edit(doc: &mut Automerge, ops: &[u8]) -> Result<(), automerge::AutomergeError
             4 => {
                 tx.put_object(&container, key, ObjType::Map)?;
             }
-            _ => tx.put(&container, key, ScalarValue::Bytes(vec![value; usize::from(value)]))?,
+            _ => tx.put(
+                &container,
+                key,
+                ScalarValue::Bytes(vec![value; usize::from(value)]),
+            )?,
         }
     }
     tx.commit();

@@ -154,15 +154,16 @@ const MIGRATIONS: &[&str] = &[
     // Databases that already hold projection rows get `projection_state.aggregates = 'stale'`;
     // the server rebuilds the aggregates from the rows when it opens such a file.
     r#"
+    -- Clustered by (campaign, dim, key), so a campaign's cells are read in one sequential pass.
     CREATE TABLE agg_cells (
-        key_id   INTEGER PRIMARY KEY,
         campaign TEXT NOT NULL,
         dim      TEXT NOT NULL,
         key      TEXT NOT NULL,
+        key_id   INTEGER NOT NULL UNIQUE,
         n        INTEGER NOT NULL,
         uniq     INTEGER NOT NULL,
-        UNIQUE (campaign, dim, key)
-    ) STRICT;
+        PRIMARY KEY (campaign, dim, key)
+    ) STRICT, WITHOUT ROWID;
     CREATE TABLE agg_tokens (
         token_id INTEGER PRIMARY KEY,
         campaign TEXT NOT NULL,
