@@ -83,6 +83,9 @@ pub struct Hub {
     campaigns: Mutex<HashMap<String, Arc<Campaign>>>,
     followers: Mutex<HashMap<DocumentId, Followers>>,
     dirty_totals: Mutex<HashSet<String>>,
+    /// Documents with enough chunks to compact, for the background task ([`Hub::compact_due`]),
+    /// so that no acknowledgement waits for a compaction.
+    due_compaction: Mutex<HashSet<DocumentId>>,
     /// Small-cell suppression threshold of the totals documents (canvassers read them).
     totals_suppress_below: AtomicU64,
 }
@@ -144,6 +147,7 @@ impl Hub {
             campaigns: Mutex::default(),
             followers: Mutex::default(),
             dirty_totals: Mutex::default(),
+            due_compaction: Mutex::default(),
             totals_suppress_below: AtomicU64::new(5),
         }
     }
@@ -303,10 +307,10 @@ impl Hub {
         if header.kind == DocKind::Campaign {
             lock(&self.campaigns).remove(&header.campaign);
         }
-        if compact {
-            self.compact(&key, &mut guard);
-        }
         drop(guard);
+        if compact {
+            lock(&self.due_compaction).insert(*id);
+        }
         if matches!(header.kind, DocKind::Collection | DocKind::Review) {
             lock(&self.dirty_totals).insert(header.campaign.clone());
         }
@@ -370,6 +374,25 @@ impl Hub {
             Ok(_) => slot.chunks = 0,
             Err(e) => tracing::warn!(doc = %key, error = %e, "compaction failed; the chunks stay"),
         }
+    }
+
+    /// Compacts the loaded documents that have gathered `compact_after_chunks` chunks since
+    /// their snapshot (run by the background task); returns how many were compacted. A document
+    /// unloaded meanwhile waits until its next write.
+    pub fn compact_due(&self) -> usize {
+        let due: Vec<DocumentId> = lock(&self.due_compaction).drain().collect();
+        let mut n = 0;
+        for id in due {
+            let Some(slot) = lock(&self.docs).get(&id).cloned() else {
+                continue;
+            };
+            let mut guard = lock(&slot);
+            if guard.chunks >= self.cfg.compact_after_chunks {
+                self.compact(&id.to_string(), &mut guard);
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Follows a document: `tx` receives its id whenever someone else changes it.

@@ -364,6 +364,7 @@ async fn background(state: Arc<AppState>, stop: CancellationToken, idle: Duratio
     let mut sweep = tokio::time::interval(
         (idle / 4).clamp(Duration::from_millis(250), Duration::from_secs(15)),
     );
+    let mut compaction = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -379,6 +380,12 @@ async fn background(state: Arc<AppState>, stop: CancellationToken, idle: Duratio
                 let h = hub.clone();
                 if let Ok(n) = tokio::task::spawn_blocking(move || h.sweep()).await && n > 0 {
                     tracing::debug!(unloaded = n, "idle documents unloaded");
+                }
+            }
+            _ = compaction.tick() => {
+                let h = hub.clone();
+                if let Ok(n) = tokio::task::spawn_blocking(move || h.compact_due()).await && n > 0 {
+                    tracing::debug!(compacted = n, "documents compacted");
                 }
             }
         }

@@ -221,3 +221,51 @@ async fn a_bad_change_is_refused_quarantined_and_the_connection_keeps_working() 
     let _ = Automerge::new();
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_are_compacted_in_the_background() {
+    let server = TestServer::start_with(|cfg| cfg.compact_after_chunks = 4).await;
+    let c = server.campaign();
+    let (alice, token) = server.enroll(&c.id, "canvasser");
+    let mut phone = Peer::connect(&server.ws(), &token).await.unwrap();
+    let id = new_id();
+    let mut doc = collection::create(&c.id, &alice).unwrap();
+    phone.push(id, doc.fork()).await.unwrap();
+    phone.settle(QUIET).await.unwrap();
+    // Ten writes, each its own chunk, each acknowledged.
+    for i in 0..10 {
+        let sig = c.world.signature(
+            &alice,
+            &format!("s{i}"),
+            &format!("Signer {i}"),
+            "M5V 2T6",
+            "Toronto",
+        );
+        collection::add_signature(&mut doc, &sig, &c.world.campaign).unwrap();
+        phone.docs.insert(id, doc.fork());
+        phone.sync(id).await.unwrap();
+        phone.settle(Duration::from_millis(100)).await.unwrap();
+        assert!(phone.acknowledged(&id), "write {i} not acknowledged");
+    }
+    // The background task folds the chunks into a snapshot within a couple of seconds.
+    let store = tally_store::Store::open(&server.db()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut stats = store.chunks_since_snapshot(&id.to_string()).unwrap();
+    while stats.count >= 4 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stats = store.chunks_since_snapshot(&id.to_string()).unwrap();
+    }
+    assert!(stats.count < 4, "not compacted: {stats:?}");
+    assert!(stats.snapshot_bytes > 0, "no snapshot written: {stats:?}");
+    // The compacted document holds everything.
+    let bytes = store
+        .load_document(&id.to_string())
+        .unwrap()
+        .expect("stored");
+    let mut stored = Automerge::new();
+    for chunk in bytes.snapshot.into_iter().chain(bytes.incremental) {
+        stored.load_incremental(&chunk).unwrap();
+    }
+    assert_eq!(collection::read(&stored).unwrap().signatures.len(), 10);
+    server.stop().await;
+}
