@@ -137,7 +137,11 @@ pub fn run(server: &Server, rt: &Runtime, a: &IngestArgs, figs: &mut Figures) ->
             let unique = v["unique_signers"].as_u64();
             (
                 sigs == Some(plan.total) && unique == Some(plan.distinct),
-                format!("{sigs:?} signatures, {unique:?} unique"),
+                format!(
+                    "{} signatures, {} unique",
+                    sigs.map_or("none".into(), |n| n.to_string()),
+                    unique.map_or("none".into(), |n| n.to_string())
+                ),
             )
         }
         Ok((s, v, _)) => (false, format!("HTTP {s}: {v}")),

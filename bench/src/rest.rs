@@ -212,8 +212,11 @@ pub fn run(server: &mut Server, rt: &Runtime, a: &RestArgs, figs: &mut Figures) 
         1.0,
     )
     .with_note(format!(
-        "got {:?}/{:?}; expected {}/{}",
-        got.0, got.1, plan.total, plan.distinct
+        "got {}/{}; expected {}/{}",
+        got.0.map_or("none".into(), |n| n.to_string()),
+        got.1.map_or("none".into(), |n| n.to_string()),
+        plan.total,
+        plan.distinct
     ));
     figs.add(
         "rest.build_server_peak_rss_mb",
