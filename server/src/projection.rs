@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use automerge::Automerge;
 use tally_core::collection::{self, CHECKINS, Checkin, SIGNATURES, Signature};
 use tally_core::review::{self, SHEETS, STRIKES, Sheet, Strike};
-use tally_core::totals::{Cell, CheckinCell, PaperCell, Totals, day_of};
+use tally_core::totals::{Cell, CellAcc, CheckinCell, PaperCell, Totals, cells, day_of};
 use tally_core::validate::Accepted;
 use tally_core::{DocHeader, DocKind};
 use tally_store::rusqlite::{self, Connection, OptionalExtension, params};
@@ -226,20 +226,7 @@ fn upsert_signature_row(
             "SELECT event, collected_at, day, collected_by, city, fsa, riding, consent, dup, withdrawn
              FROM signatures WHERE doc_id = ?1 AND sig_id = ?2",
         )?
-        .query_row(params![doc_id, sig_id], |r| {
-            Ok(SigRow {
-                event: r.get(0)?,
-                collected_at: r.get(1)?,
-                day: r.get(2)?,
-                collected_by: r.get(3)?,
-                city: r.get(4)?,
-                fsa: r.get(5)?,
-                riding: r.get(6)?,
-                consent: r.get(7)?,
-                dup: r.get(8)?,
-                withdrawn: r.get(9)?,
-            })
-        })
+        .query_row(params![doc_id, sig_id], sig_row)
         .optional()?;
     if old.as_ref() == Some(row) {
         return Ok(old);
@@ -268,25 +255,29 @@ fn upsert_signature_row(
     Ok(old)
 }
 
+/// A `signatures` row, selected as `event, collected_at, day, collected_by, city, fsa, riding,
+/// consent, dup, withdrawn`.
+fn sig_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SigRow> {
+    Ok(SigRow {
+        event: r.get(0)?,
+        collected_at: r.get(1)?,
+        day: r.get(2)?,
+        collected_by: r.get(3)?,
+        city: r.get(4)?,
+        fsa: r.get(5)?,
+        riding: r.get(6)?,
+        consent: r.get(7)?,
+        dup: r.get(8)?,
+        withdrawn: r.get(9)?,
+    })
+}
+
 fn read_sig_rows(conn: &Connection, campaign: &str, sig_id: &str) -> rusqlite::Result<Vec<SigRow>> {
     conn.prepare_cached(
         "SELECT event, collected_at, day, collected_by, city, fsa, riding, consent, dup, withdrawn
          FROM signatures WHERE campaign = ?1 AND sig_id = ?2 AND withdrawn = 0",
     )?
-    .query_map(params![campaign, sig_id], |r| {
-        Ok(SigRow {
-            event: r.get(0)?,
-            collected_at: r.get(1)?,
-            day: r.get(2)?,
-            collected_by: r.get(3)?,
-            city: r.get(4)?,
-            fsa: r.get(5)?,
-            riding: r.get(6)?,
-            consent: r.get(7)?,
-            dup: r.get(8)?,
-            withdrawn: r.get(9)?,
-        })
-    })?
+    .query_map(params![campaign, sig_id], sig_row)?
     .collect()
 }
 
@@ -594,31 +585,6 @@ pub fn query(conn: &Connection, campaign: &str, filter: &Filter) -> rusqlite::Re
     }
 }
 
-#[derive(Default)]
-struct Acc {
-    signatures: u64,
-    tokens: HashSet<String>,
-}
-
-impl Acc {
-    fn add(&mut self, token: &str) {
-        self.signatures += 1;
-        if !self.tokens.contains(token) {
-            self.tokens.insert(token.to_string());
-        }
-    }
-    fn cell(&self) -> Cell {
-        Cell {
-            signatures: self.signatures,
-            unique: self.tokens.len() as u64,
-        }
-    }
-}
-
-fn cells(map: HashMap<String, Acc>) -> BTreeMap<String, Cell> {
-    map.into_iter().map(|(k, a)| (k, a.cell())).collect()
-}
-
 /// A campaign's totals computed by scanning the projection rows that match `filter` (no
 /// aggregates). Used for filtered queries, and as the baseline the aggregates are measured
 /// against.
@@ -655,8 +621,8 @@ pub fn scan(conn: &Connection, campaign: &str, filter: &Filter) -> rusqlite::Res
     }
 
     let mut t = Totals::default();
-    let mut all = Acc::default();
-    let mut dims: [HashMap<String, Acc>; 6] = Default::default();
+    let mut all = CellAcc::default();
+    let mut dims: [HashMap<String, CellAcc>; 6] = Default::default();
     // Strikes are few: one lookup here instead of one per row.
     let struck: HashSet<String> = conn
         .prepare_cached("SELECT sig_id FROM strikes WHERE campaign = ?1 AND revoked = 0")?
@@ -693,8 +659,8 @@ pub fn scan(conn: &Connection, campaign: &str, filter: &Filter) -> rusqlite::Res
             }
         }
     }
-    t.signatures = all.signatures;
-    t.unique_signers = all.tokens.len() as u64;
+    let all = all.cell();
+    (t.signatures, t.unique_signers) = (all.signatures, all.unique);
     let [ev, city, fsa, riding, day, canvasser] = dims;
     t.by_event = cells(ev);
     t.by_city = cells(city);

@@ -28,7 +28,8 @@ pub const CHECKINS: &str = "checkins";
 /// The magic header every sealed blob starts with (an age file).
 pub const AGE_MAGIC: &[u8] = b"age-encryption.org/v1\n";
 
-pub(crate) const SIGNATURE_FIELDS: &[&str] = &[
+/// The fields of a signature record.
+pub const SIGNATURE_FIELDS: &[&str] = &[
     "id",
     "campaign",
     "event",
@@ -44,7 +45,8 @@ pub(crate) const SIGNATURE_FIELDS: &[&str] = &[
 ];
 /// Fields fixed when a signature is taken; a correction may not change them.
 pub(crate) const SIGNATURE_IMMUTABLE: &[&str] = &["id", "campaign", "collected_at", "collected_by"];
-pub(crate) const CHECKIN_FIELDS: &[&str] = &[
+/// The fields of a check-in record.
+pub const CHECKIN_FIELDS: &[&str] = &[
     "id",
     "event",
     "attendee",

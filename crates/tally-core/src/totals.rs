@@ -91,18 +91,25 @@ pub fn day_of(ms: i64, tz: &str) -> String {
     }
 }
 
+/// One totals cell being counted: signatures, and the distinct duplicate tokens among them.
+/// Shared with the server's row-scanning totals, so both count a cell the same way.
 #[derive(Default)]
-struct Acc {
+pub struct CellAcc {
     signatures: u64,
     tokens: BTreeSet<String>,
 }
 
-impl Acc {
-    fn add(&mut self, token: &str) {
+impl CellAcc {
+    /// Counts one signature with duplicate token `token`.
+    pub fn add(&mut self, token: &str) {
         self.signatures += 1;
-        self.tokens.insert(token.to_string());
+        if !self.tokens.contains(token) {
+            self.tokens.insert(token.to_string());
+        }
     }
-    fn cell(&self) -> Cell {
+
+    /// The cell counted so far.
+    pub fn cell(&self) -> Cell {
         Cell {
             signatures: self.signatures,
             unique: self.tokens.len() as u64,
@@ -110,7 +117,8 @@ impl Acc {
     }
 }
 
-fn cells(map: BTreeMap<String, Acc>) -> BTreeMap<String, Cell> {
+/// A breakdown's finished cells, by key.
+pub fn cells(map: impl IntoIterator<Item = (String, CellAcc)>) -> BTreeMap<String, Cell> {
     map.into_iter().map(|(k, a)| (k, a.cell())).collect()
 }
 
@@ -126,8 +134,8 @@ fn is_struck(sig: &Signature, review: &Review) -> bool {
 /// Computes a campaign's totals from its documents. Collections of other campaigns are ignored.
 pub fn totals(campaign: &Campaign, collections: &[Collection], review: &Review) -> Totals {
     let mut t = Totals::default();
-    let mut all = Acc::default();
-    let mut dims: [BTreeMap<String, Acc>; 6] = Default::default();
+    let mut all = CellAcc::default();
+    let mut dims: [BTreeMap<String, CellAcc>; 6] = Default::default();
     let mut checkins: BTreeMap<String, [BTreeSet<&str>; 3]> = BTreeMap::new();
     for c in collections.iter().filter(|c| c.campaign == campaign.id) {
         for sig in c.signatures.values() {
@@ -160,8 +168,8 @@ pub fn totals(campaign: &Campaign, collections: &[Collection], review: &Review) 
             sets[if ci.walk_in { 2 } else { 1 }].insert(&ci.attendee);
         }
     }
-    t.signatures = all.signatures;
-    t.unique_signers = all.tokens.len() as u64;
+    let all = all.cell();
+    (t.signatures, t.unique_signers) = (all.signatures, all.unique);
     let [ev, city, fsa, riding, day, canvasser] = dims;
     t.by_event = cells(ev);
     t.by_city = cells(city);
