@@ -22,7 +22,8 @@ use tally_core::collection;
 use tally_core::review::{self, Sheet, SheetStatus, Strike, StrikeReason};
 use tally_core::totals::{Cell, CheckinCell, PaperTotals};
 use tally_proto::DocumentId;
-use tally_store::{Device, DocFilter, Role as StoreRole};
+use tally_store::devices::LAST_SEEN_RESOLUTION_MS;
+use tally_store::{Device, DocFilter, Role as StoreRole, TokenRefusal};
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -68,23 +69,64 @@ impl FromRequestParts<Arc<AppState>> for Auth {
                 return Err(ApiError::TooManyRequests(r.to_string()));
             }
         }
-        let store = state.hub.store.clone();
-        let device = tokio::task::spawn_blocking(move || store.authenticate(&token, now_ms()))
+        // The check reads on the reader connection, so it never waits behind the writer; the
+        // `last_seen` write (at most once a minute per device) goes to the writer in the
+        // background.
+        let reader = state.reader.clone();
+        let expiry = state.config.token_idle_expiry_ms();
+        let now = now_ms();
+        let checked = tokio::task::spawn_blocking(move || reader.check_token(&token, now, expiry))
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))??;
-        match device {
-            Some(d) => Ok(Auth(d)),
-            None => {
+        match checked {
+            Ok(device) => {
+                let store = state.hub.store.clone();
+                let seen = device.clone();
+                if seen
+                    .last_seen
+                    .is_none_or(|t| t <= now - LAST_SEEN_RESOLUTION_MS)
+                {
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(e) = store.record_seen(&seen, now) {
+                            tracing::warn!(device = %seen.device_id, error = %e, "last seen time not recorded");
+                        }
+                    });
+                }
+                Ok(Auth(device))
+            }
+            Err(TokenRefusal::Unknown) => {
                 if let Some(ip) = addr {
-                    let failures = lock_guard(state).auth_failed(ip, now_ms().max(0) as u64);
-                    tracing::warn!(address = %ip, failures, "wrong token (unknown or revoked)");
+                    let failures = lock_guard(state).auth_failed(ip, now.max(0) as u64);
+                    tracing::warn!(address = %ip, failures, "wrong token (unknown)");
                 }
                 Err(ApiError::Unauthorized(
-                    "unknown or revoked token: enroll the device again with a new invite".into(),
+                    "unknown token: send the whole token the device got at enrollment, or enroll the device again with a new invite".into(),
                 ))
+            }
+            Err(TokenRefusal::Revoked { at }) => {
+                tracing::warn!(address = ?addr, "token of a revoked device refused");
+                Err(ApiError::Unauthorized(format!(
+                    "this device was revoked on {}: ask an organizer for a new invite and enroll again",
+                    day(at)
+                )))
+            }
+            Err(TokenRefusal::Expired { last_active }) => {
+                tracing::warn!(address = ?addr, "expired token refused");
+                Err(ApiError::Unauthorized(format!(
+                    "this device's token expired: it was not used since {} (tokens expire after {} days unused); ask an organizer for a new invite and enroll again, the phone keeps what it holds",
+                    day(last_active),
+                    state.config.token_idle_expiry_secs / 86_400
+                )))
             }
         }
     }
+}
+
+/// A time as a UTC date and minute, for messages.
+fn day(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_else(|| ms.to_string())
 }
 
 /// The client's IP address, when the server was started with connection info.

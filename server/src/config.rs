@@ -44,6 +44,10 @@ pub struct Config {
     /// A sync connection whose peer has not taken a frame for this many seconds is closed, so a
     /// client that never reads cannot make the server buffer without bound.
     pub send_timeout_secs: u64,
+    /// A device token not used for this many seconds expires (lost or abandoned phones); the
+    /// device then enrolls again with a new invite, keeping what it holds. 0: tokens never
+    /// expire. The admin's token never expires. Default: 90 days.
+    pub token_idle_expiry_secs: u64,
     /// Small-cell suppression: totals breakdown cells counting fewer distinct people than this
     /// are hidden from every token but the admin's, and from the totals document.
     pub suppress_below: u64,
@@ -67,6 +71,7 @@ impl Default for Config {
             auth_window_secs: 60,
             max_connections_per_address: 2_000,
             send_timeout_secs: 20,
+            token_idle_expiry_secs: 90 * 24 * 3600,
         }
     }
 }
@@ -156,6 +161,7 @@ impl Config {
                     self.max_connections_per_address = num(&value)? as usize
                 }
                 "SEND_TIMEOUT_SECS" => self.send_timeout_secs = num(&value)?,
+                "TOKEN_IDLE_EXPIRY_SECS" => self.token_idle_expiry_secs = num(&value)?,
                 "LOG_FORMAT" => {
                     if value != "text" && value != "json" {
                         return Err(bad("expected text or json"));
@@ -175,6 +181,13 @@ impl Config {
             auth_window: Duration::from_secs(self.auth_window_secs),
             max_connections_per_address: self.max_connections_per_address,
         }
+    }
+
+    /// The idle expiry of device tokens in ms, `None` when they never expire.
+    pub fn token_idle_expiry_ms(&self) -> Option<i64> {
+        (self.token_idle_expiry_secs > 0).then(|| {
+            i64::try_from(self.token_idle_expiry_secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+        })
     }
 
     /// How long idle documents stay loaded.

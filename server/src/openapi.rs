@@ -245,7 +245,7 @@ pub fn document() -> Value {
             "summary": "automerge-repo WebSocket sync (upgrade)",
             "description": "Upgrades to a WebSocket speaking automerge-repo's protocol; see docs/protocol.md.",
             "responses": { "101": { "description": "switching protocols" },
-                           "401": error("no token, or an unknown or revoked one"),
+                           "401": error("no token, or an unknown, revoked or expired one (expired: unused for `token_idle_expiry_secs`)"),
                            "503": error("the connection limit is reached") } } },
         "/api/v1/openapi.json": { "get": {
             "summary": "This document", "security": [],

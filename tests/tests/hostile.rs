@@ -941,6 +941,34 @@ async fn the_bad_input_catalogue() {
     }
     rig.still_healthy("SQL-like text in every filter").await;
 
+    // 36. An expired device token (unused for longer than the idle expiry, 90 days by
+    // default): 401 on the upgrade and on the API, saying it expired and what to do, while the
+    // admin's token, unused just as long, still works.
+    let (expiring, expiring_token) = rig.server.enroll(&rig.c.id, "canvasser");
+    rusqlite_conn(&rig)
+        .execute(
+            "UPDATE devices SET created_at = 1, last_seen = 1 WHERE device_id = ?1 OR role = 'admin'",
+            [&expiring],
+        )
+        .unwrap();
+    let (s, body) = status_of(Peer::open(&rig.server.ws(), Some(&expiring_token)).await);
+    assert_eq!(s, 401, "{body}");
+    assert!(
+        body.contains("expired") && body.contains("1970-01-01") && body.contains("new invite"),
+        "{body}"
+    );
+    let (s, v) = http(
+        &rig.server.base(),
+        "GET",
+        &format!("/api/v1/campaigns/{}/totals", rig.c.id),
+        Some(&expiring_token),
+        None,
+    );
+    assert_eq!(s, 401, "{v}");
+    assert!(rig.log().contains("expired token refused"));
+    assert!(!rig.log().contains(expiring_token.as_str()));
+    rig.still_healthy("expired device token").await;
+
     println!(
         "{} hostile cases, each followed by a healthy witness:",
         rig.cases.len() - 1

@@ -99,6 +99,23 @@ pub struct Device {
     pub last_seen: Option<i64>,
 }
 
+/// Why a bearer token was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenRefusal {
+    /// No device has this token (or it is malformed).
+    Unknown,
+    /// The device was revoked at this time (ms since the Unix epoch).
+    Revoked {
+        /// When.
+        at: i64,
+    },
+    /// The device has not been used for longer than the idle expiry.
+    Expired {
+        /// When it was last active (last seen, or enrolled), ms since the Unix epoch.
+        last_active: i64,
+    },
+}
+
 /// A device's bearer token, shown once. `Debug` hides it so it cannot leak into logs.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Token(String);
@@ -377,34 +394,75 @@ impl Store {
         })
     }
     /// The device a bearer token belongs to, or `None` if the token is unknown, malformed or
-    /// its device revoked. Records `last_seen` (at most one write a minute per device).
+    /// its device revoked; records `last_seen`. Tokens do not expire here; the server uses
+    /// [`Store::check_token`] and [`Store::record_seen`].
     pub fn authenticate(&self, token: &str, now: i64) -> Result<Option<Device>> {
-        if !token.starts_with(TOKEN_PREFIX) {
+        let Ok(mut device) = self.check_token(token, now, None)? else {
             return Ok(None);
+        };
+        if self.record_seen(&device, now)? {
+            device.last_seen = Some(now);
+        }
+        Ok(Some(device))
+    }
+
+    /// Checks a bearer token, reading only (so it works on a read-only connection and never
+    /// waits for the writer): the device it belongs to, or why it is refused. With
+    /// `idle_expiry_ms`, the token of a non-admin device that has not been used for that long
+    /// (since it was last seen, or enrolled) has expired: a lost or abandoned phone's token dies
+    /// on its own, while a phone in use never loses access mid-campaign. The admin's token does
+    /// not expire (it lives in the data folder; revoke it to end it).
+    pub fn check_token(
+        &self,
+        token: &str,
+        now: i64,
+        idle_expiry_ms: Option<i64>,
+    ) -> Result<std::result::Result<Device, TokenRefusal>> {
+        if !token.starts_with(TOKEN_PREFIX) {
+            return Ok(Err(TokenRefusal::Unknown));
         }
         let hash = token_hash(token);
-        self.with_conn(|conn| {
-            let device = conn
+        let device = self.with_conn(|conn| {
+            Ok(conn
                 .query_row(
                     &format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE token_hash = ?1"),
                     [hash.as_slice()],
                     device_from_row,
                 )
-                .optional()?;
-            let Some(mut device) = device.filter(|d| d.revoked_at.is_none()) else {
-                return Ok(None);
-            };
-            if device
-                .last_seen
-                .is_none_or(|seen| seen <= now - LAST_SEEN_RESOLUTION_MS)
-            {
-                conn.execute(
-                    "UPDATE devices SET last_seen = ?2 WHERE device_id = ?1",
-                    params![device.device_id, now],
-                )?;
-                device.last_seen = Some(now);
-            }
-            Ok(Some(device))
+                .optional()?)
+        })?;
+        let Some(device) = device else {
+            return Ok(Err(TokenRefusal::Unknown));
+        };
+        if let Some(at) = device.revoked_at {
+            return Ok(Err(TokenRefusal::Revoked { at }));
+        }
+        let last_active = device.last_seen.unwrap_or(device.created_at);
+        if let Some(ttl) = idle_expiry_ms
+            && device.role != Role::Admin
+            && now.saturating_sub(last_active) > ttl
+        {
+            return Ok(Err(TokenRefusal::Expired { last_active }));
+        }
+        Ok(Ok(device))
+    }
+
+    /// Records that `device` was seen at `now`, if its stored `last_seen` is older than
+    /// [`LAST_SEEN_RESOLUTION_MS`] (so at most one write a minute per device); returns whether
+    /// it wrote.
+    pub fn record_seen(&self, device: &Device, now: i64) -> Result<bool> {
+        if device
+            .last_seen
+            .is_some_and(|seen| seen > now - LAST_SEEN_RESOLUTION_MS)
+        {
+            return Ok(false);
+        }
+        self.with_conn(|conn| {
+            conn.execute(
+                "UPDATE devices SET last_seen = max(coalesce(last_seen, 0), ?2) WHERE device_id = ?1",
+                params![device.device_id, now],
+            )?;
+            Ok(true)
         })
     }
 

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
-pub use devices::{Device, InviteCode, Role, Token};
+pub use devices::{Device, InviteCode, Role, Token, TokenRefusal};
 pub use documents::{CAMPAIGN_KIND, ChunkStats, DocFilter, DocMeta, StoredDoc};
 pub use error::{Result, StoreError};
 pub use quarantine::{QuarantineEntry, QuarantineFilter};

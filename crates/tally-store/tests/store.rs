@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use tally_store::{DocFilter, DocMeta, QuarantineFilter, Role, SCHEMA_VERSION, Store, StoreError};
+use tally_store::{
+    DocFilter, DocMeta, QuarantineFilter, Role, SCHEMA_VERSION, Store, StoreError, TokenRefusal,
+};
 use tempfile::TempDir;
 
 const T0: i64 = 1_700_000_000_000;
@@ -464,6 +466,73 @@ fn only_token_and_code_hashes_reach_the_disk() {
             .authenticate(device_token.as_str(), T0)
             .unwrap()
             .is_some()
+    );
+}
+
+#[test]
+fn idle_tokens_expire_except_the_admins() {
+    let (_dir, _path, store) = temp_store();
+    let (_admin, admin_token) = store.create_admin("laptop", T0).unwrap();
+    let (_id, code) = store
+        .create_invite(Some("c1"), Role::Canvasser, HOUR, T0)
+        .unwrap();
+    let (phone, token) = store.redeem_invite(code.as_str(), "phone", T0).unwrap();
+    let day = 24 * HOUR;
+    let ttl = Some(30 * day);
+    // Used on day 20: the idle clock restarts there, so day 45 is still fine.
+    let used = store
+        .check_token(token.as_str(), T0 + 20 * day, ttl)
+        .unwrap()
+        .unwrap();
+    assert!(store.record_seen(&used, T0 + 20 * day).unwrap());
+    let used = store
+        .check_token(token.as_str(), T0 + 45 * day, ttl)
+        .unwrap()
+        .unwrap();
+    assert_eq!(used.device_id, phone.device_id);
+    assert_eq!(used.last_seen, Some(T0 + 20 * day));
+    assert!(store.record_seen(&used, T0 + 45 * day).unwrap());
+    // Seen again within the minute: no write.
+    let again = store
+        .check_token(token.as_str(), T0 + 45 * day + 10, ttl)
+        .unwrap()
+        .unwrap();
+    assert!(!store.record_seen(&again, T0 + 45 * day + 10).unwrap());
+    // Then 31 idle days: expired, and it says since when.
+    assert_eq!(
+        store
+            .check_token(token.as_str(), T0 + 76 * day + 1, ttl)
+            .unwrap(),
+        Err(TokenRefusal::Expired {
+            last_active: T0 + 45 * day
+        })
+    );
+    // Without an expiry the same token still works (the operator can lift it).
+    assert!(
+        store
+            .check_token(token.as_str(), T0 + 76 * day + 1, None)
+            .unwrap()
+            .is_ok()
+    );
+    // The admin's token never expires; unknown and revoked tokens say so.
+    assert!(
+        store
+            .check_token(admin_token.as_str(), T0 + 400 * day, ttl)
+            .unwrap()
+            .is_ok()
+    );
+    assert_eq!(
+        store.check_token("tly_00", T0, ttl).unwrap(),
+        Err(TokenRefusal::Unknown)
+    );
+    store
+        .revoke_device(&phone.device_id, T0 + 80 * day)
+        .unwrap();
+    assert_eq!(
+        store
+            .check_token(token.as_str(), T0 + 80 * day, None)
+            .unwrap(),
+        Err(TokenRefusal::Revoked { at: T0 + 80 * day })
     );
 }
 
