@@ -133,8 +133,8 @@ fn day(ms: i64) -> String {
 pub fn client_addr(parts: &Parts) -> Option<std::net::IpAddr> {
     parts
         .extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip())
+        .get::<axum::extract::ConnectInfo<crate::tls::PeerAddr>>()
+        .map(|c| c.0.0.ip())
 }
 
 /// The per-address guard, recovered from a poisoned lock (its state stays consistent).

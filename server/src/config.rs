@@ -19,6 +19,11 @@ pub struct Config {
     /// URL phones use to reach this server (printed in enrollment payloads); defaults to
     /// `http://LISTEN`.
     pub public_url: Option<String>,
+    /// TLS certificate chain (PEM, server certificate first). With `tls_key`, the server speaks
+    /// HTTPS and WSS itself; without both, plain HTTP (put a TLS-terminating proxy in front).
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) belonging to `tls_cert`.
+    pub tls_key: Option<PathBuf>,
     /// Largest WebSocket frame accepted, in bytes.
     pub max_frame_bytes: usize,
     /// Most collection documents one device may create.
@@ -59,6 +64,8 @@ impl Default for Config {
             listen: "127.0.0.1:7300".parse().expect("valid default address"),
             data: PathBuf::from("tally-data"),
             public_url: None,
+            tls_cert: None,
+            tls_key: None,
             max_frame_bytes: 16 * 1024 * 1024,
             max_documents_per_device: 64,
             max_connections: 10_000,
@@ -145,6 +152,8 @@ impl Config {
                 }
                 "DATA" => self.data = PathBuf::from(&value),
                 "PUBLIC_URL" => self.public_url = Some(value.clone()),
+                "TLS_CERT" => self.tls_cert = Some(PathBuf::from(&value)),
+                "TLS_KEY" => self.tls_key = Some(PathBuf::from(&value)),
                 "MAX_FRAME_BYTES" => self.max_frame_bytes = num(&value)? as usize,
                 "MAX_DOCUMENTS_PER_DEVICE" => self.max_documents_per_device = num(&value)?,
                 "MAX_CONNECTIONS" => self.max_connections = num(&value)? as usize,
@@ -195,11 +204,35 @@ impl Config {
         Duration::from_secs(self.idle_unload_secs)
     }
 
-    /// The URL phones use.
+    /// The certificate and key files when TLS is on; an error naming the missing one when only
+    /// one of them is given.
+    pub fn tls_files(&self) -> Result<Option<(&Path, &Path)>, String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(c), Some(k)) => Ok(Some((c, k))),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(
+                "tls_cert is set but tls_key is not: give both (--tls-cert and --tls-key, or \
+                 TALLY_TLS_CERT and TALLY_TLS_KEY), or neither for plain HTTP"
+                    .into(),
+            ),
+            (None, Some(_)) => Err(
+                "tls_key is set but tls_cert is not: give both (--tls-cert and --tls-key, or \
+                 TALLY_TLS_CERT and TALLY_TLS_KEY), or neither for plain HTTP"
+                    .into(),
+            ),
+        }
+    }
+
+    /// The URL phones use: `public_url`, else `https://LISTEN` with TLS or `http://LISTEN`.
     pub fn public_url(&self) -> String {
+        let scheme = if self.tls_cert.is_some() && self.tls_key.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         self.public_url
             .clone()
-            .unwrap_or_else(|| format!("http://{}", self.listen))
+            .unwrap_or_else(|| format!("{scheme}://{}", self.listen))
     }
 
     /// A commented example configuration file.

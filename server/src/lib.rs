@@ -19,6 +19,7 @@ pub mod openapi;
 pub mod projection;
 pub mod suppression;
 pub mod sync;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -297,6 +298,11 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // The certificate and key are read before anything starts, so a bad pair stops here.
+    let tls_config = match config.tls_files().map_err(anyhow::Error::msg)? {
+        Some((cert, key)) => Some(tls::server_config(cert, key)?),
+        None => None,
+    };
     let hub = Arc::new(Hub::new(
         Arc::new(store),
         HubConfig {
@@ -342,13 +348,23 @@ pub async fn serve(
         shutdown.await;
         t.cancel();
     });
-    tracing::info!(listen = %listener.local_addr()?, "tally serving");
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(token.clone().cancelled_owned())
-    .await?;
+    let local = listener.local_addr()?;
+    let make = app.into_make_service_with_connect_info::<tls::PeerAddr>();
+    match tls_config {
+        Some(tls_config) => {
+            tracing::info!(listen = %local, tls = true, "tally serving");
+            let listener = tls::TlsListener::new(listener, tls_config)?;
+            axum::serve(listener, make)
+                .with_graceful_shutdown(token.clone().cancelled_owned())
+                .await?;
+        }
+        None => {
+            tracing::info!(listen = %local, tls = false, "tally serving");
+            axum::serve(listener, make)
+                .with_graceful_shutdown(token.clone().cancelled_owned())
+                .await?;
+        }
+    }
     state.tasks.close();
     state.tasks.wait().await;
     let _ = background.await;

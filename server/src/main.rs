@@ -57,6 +57,12 @@ enum Cmd {
         /// Configuration file (default DATA/tally.toml if present).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Serve HTTPS and WSS with this PEM certificate chain (needs --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Print an example configuration file.
     Config,
@@ -199,8 +205,11 @@ fn print(json_out: bool, value: &serde_json::Value, human: impl FnOnce() -> Stri
 fn init_logs(format: &str) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // Colours only on a terminal: a log file or journal gets plain `key=value` text.
+    use std::io::IsTerminal;
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if format == "json" {
         b.json().init()
@@ -216,6 +225,8 @@ fn main() -> anyhow::Result<()> {
             listen,
             data,
             config,
+            tls_cert,
+            tls_key,
         } => {
             let mut cfg = Config::load(config.as_deref(), data.as_deref())?;
             if let Some(l) = listen {
@@ -223,6 +234,10 @@ fn main() -> anyhow::Result<()> {
             }
             if let Some(d) = data {
                 cfg.data = d;
+            }
+            if tls_cert.is_some() {
+                cfg.tls_cert = tls_cert;
+                cfg.tls_key = tls_key;
             }
             init_logs(&cfg.log_format);
             let rt = tokio::runtime::Runtime::new()?;

@@ -48,7 +48,11 @@ impl Peer {
                 format!("Bearer {t}").parse().expect("header value"),
             );
         }
-        let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+        let connector = crate::tls::client_config()
+            .filter(|_| url.starts_with("wss://"))
+            .map(tokio_tungstenite::Connector::Rustls);
+        let (ws, _) =
+            tokio_tungstenite::connect_async_tls_with_config(req, None, false, connector).await?;
         Ok(ws)
     }
 

@@ -18,7 +18,15 @@ pub fn http(
     token: Option<&str>,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut req = ureq::request(method, &format!("{base}{path}")).timeout(Duration::from_secs(30));
+    let url = format!("{base}{path}");
+    let mut req = match crate::tls::client_config().filter(|_| base.starts_with("https://")) {
+        Some(tls) => ureq::AgentBuilder::new()
+            .tls_config(tls)
+            .build()
+            .request(method, &url),
+        None => ureq::request(method, &url),
+    }
+    .timeout(Duration::from_secs(30));
     if let Some(t) = token {
         req = req.set("Authorization", &format!("Bearer {t}"));
     }
@@ -50,9 +58,13 @@ pub trait Server {
     /// The admin token.
     fn admin(&self) -> String;
 
-    /// `ws://127.0.0.1:PORT/sync`.
+    /// `ws://127.0.0.1:PORT/sync` (`wss://` with TLS).
     fn ws(&self) -> String {
-        format!("{}/sync", self.base().replace("http://", "ws://"))
+        let base = self.base();
+        match base.strip_prefix("https://") {
+            Some(rest) => format!("wss://{rest}/sync"),
+            None => format!("{}/sync", base.replace("http://", "ws://")),
+        }
     }
 
     /// Creates a campaign sealed to a fresh test world's organizers, with the world's event.
@@ -258,6 +270,8 @@ pub struct ServerProcess {
     child: Option<Child>,
     log: PathBuf,
     env: Vec<(String, String)>,
+    /// Whether it serves TLS (`TALLY_TLS_CERT` given).
+    tls: bool,
 }
 
 impl ServerProcess {
@@ -273,16 +287,18 @@ impl ServerProcess {
             .local_addr()
             .expect("addr")
             .port();
-        let env = env
+        let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        let tls = env.iter().any(|(k, _)| k == "TALLY_TLS_CERT");
         let mut p = ServerProcess {
             data: data.to_path_buf(),
             port,
             child: None,
             log: data.join("serve.log"),
             env,
+            tls,
         };
         p.spawn();
         p
@@ -312,16 +328,26 @@ impl ServerProcess {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if ureq::get(&format!("{}/healthz", self.base()))
-                .timeout(Duration::from_millis(500))
-                .call()
-                .is_ok()
-            {
+            if self.healthy() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("tally serve did not come up; log:\n{}", self.log_text());
+    }
+
+    /// Whether `/healthz` answers 200.
+    pub fn healthy(&self) -> bool {
+        let url = format!("{}/healthz", self.base());
+        let agent = match crate::tls::client_config().filter(|_| self.tls) {
+            Some(tls) => ureq::AgentBuilder::new().tls_config(tls).build(),
+            None => ureq::agent(),
+        };
+        agent
+            .get(&url)
+            .timeout(Duration::from_millis(500))
+            .call()
+            .is_ok()
     }
 
     /// The server's log so far.
@@ -373,7 +399,8 @@ impl ServerProcess {
 
 impl Server for ServerProcess {
     fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
     fn admin(&self) -> String {
         std::fs::read_to_string(self.data.join(tally_server::ADMIN_TOKEN_FILE))
