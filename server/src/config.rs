@@ -24,6 +24,10 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM) belonging to `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// Caps the database file at this many KiB (0: no cap). A write that would grow it further
+    /// fails like a full disk: the phone hears the error and keeps its data, nothing is
+    /// acknowledged. SQLite never sets the cap below the file's current size.
+    pub max_database_kib: u64,
     /// Largest WebSocket frame accepted, in bytes.
     pub max_frame_bytes: usize,
     /// Most collection documents one device may create.
@@ -66,6 +70,7 @@ impl Default for Config {
             public_url: None,
             tls_cert: None,
             tls_key: None,
+            max_database_kib: 0,
             max_frame_bytes: 16 * 1024 * 1024,
             max_documents_per_device: 64,
             max_connections: 10_000,
@@ -154,6 +159,7 @@ impl Config {
                 "PUBLIC_URL" => self.public_url = Some(value.clone()),
                 "TLS_CERT" => self.tls_cert = Some(PathBuf::from(&value)),
                 "TLS_KEY" => self.tls_key = Some(PathBuf::from(&value)),
+                "MAX_DATABASE_KIB" => self.max_database_kib = num(&value)?,
                 "MAX_FRAME_BYTES" => self.max_frame_bytes = num(&value)? as usize,
                 "MAX_DOCUMENTS_PER_DEVICE" => self.max_documents_per_device = num(&value)?,
                 "MAX_CONNECTIONS" => self.max_connections = num(&value)? as usize,

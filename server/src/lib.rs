@@ -303,6 +303,18 @@ pub async fn serve(
         Some((cert, key)) => Some(tls::server_config(cert, key)?),
         None => None,
     };
+    if config.max_database_kib > 0 {
+        let page_size: i64 =
+            store.read(|c| Ok(c.pragma_query_value(None, "page_size", |r| r.get(0))?))?;
+        let page_size = u64::try_from(page_size).unwrap_or(4096);
+        let pages = (config.max_database_kib * 1024).div_ceil(page_size.max(512));
+        let cap = store.set_max_pages(u32::try_from(pages).unwrap_or(u32::MAX))?;
+        tracing::info!(
+            max_pages = cap,
+            page_size,
+            "database size capped (max_database_kib)"
+        );
+    }
     let hub = Arc::new(Hub::new(
         Arc::new(store),
         HubConfig {

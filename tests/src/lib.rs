@@ -5,6 +5,7 @@
 //! that cuts or stalls links, and a throwaway TLS certificate ([`tls`]).
 
 pub mod cli;
+pub mod faults;
 pub mod peer;
 pub mod proxy;
 pub mod server;

@@ -5,7 +5,10 @@
 //!   with [`CutProxy::set_limit`]: the link is dropped mid-frame, as when a phone loses signal;
 //! - stall one or both directions ([`CutProxy::stall`]): bytes stop moving but the link stays
 //!   open, as on a network that silently stops delivering;
-//! - drop every open link at once ([`CutProxy::cut_all`]).
+//! - drop every open link at once ([`CutProxy::cut_all`]);
+//! - deliver WebSocket frames twice ([`CutProxy::duplicate_frames`]): after the HTTP upgrade it
+//!   finds frame boundaries in both directions and sends every n-th binary frame again, whole,
+//!   as a retransmitting middlebox or a replaying attacker would.
 //!
 //! It runs on its own thread with its own tokio runtime, so tests that block (running child
 //! processes) can use it without an async runtime of their own.
@@ -29,6 +32,8 @@ pub struct ProxyStats {
     pub cuts: usize,
     /// Bytes forwarded, both directions, all links.
     pub bytes: u64,
+    /// WebSocket frames sent twice.
+    pub duplicated: usize,
 }
 
 struct Shared {
@@ -42,6 +47,9 @@ struct Shared {
     connections: AtomicUsize,
     cuts: AtomicUsize,
     bytes: AtomicU64,
+    /// Every n-th binary WebSocket frame of a new link is sent twice; 0 for none.
+    dup_every: AtomicU64,
+    duplicated: AtomicUsize,
     /// Bumped by `cut_all`: every open link ends.
     cut_all: watch::Sender<u64>,
 }
@@ -70,6 +78,8 @@ impl CutProxy {
             connections: AtomicUsize::new(0),
             cuts: AtomicUsize::new(0),
             bytes: AtomicU64::new(0),
+            dup_every: AtomicU64::new(0),
+            duplicated: AtomicUsize::new(0),
             cut_all,
         });
         let (stop, stop_rx) = watch::channel(false);
@@ -117,6 +127,14 @@ impl CutProxy {
         self.shared.stall_down.store(down, Ordering::SeqCst);
     }
 
+    /// Links accepted from now on send every `every`-th binary WebSocket frame twice, in both
+    /// directions; `None` turns it off.
+    pub fn duplicate_frames(&self, every: Option<u64>) {
+        self.shared
+            .dup_every
+            .store(every.unwrap_or(0), Ordering::SeqCst);
+    }
+
     /// Drops every open link (bytes held back are lost with them).
     pub fn cut_all(&self) {
         self.shared.cut_all.send_modify(|g| *g += 1);
@@ -128,6 +146,7 @@ impl CutProxy {
             connections: self.shared.connections.load(Ordering::SeqCst),
             cuts: self.shared.cuts.load(Ordering::SeqCst),
             bytes: self.shared.bytes.load(Ordering::SeqCst),
+            duplicated: self.shared.duplicated.load(Ordering::SeqCst),
         }
     }
 }
@@ -155,7 +174,8 @@ async fn accept_loop(
                 let Ok((client, _)) = accepted else { continue };
                 shared.connections.fetch_add(1, Ordering::SeqCst);
                 let limit = shared.limit.load(Ordering::SeqCst);
-                links.spawn(link(client, shared.clone(), limit));
+                let every = shared.dup_every.load(Ordering::SeqCst);
+                links.spawn(link(client, shared.clone(), limit, every));
             }
         }
     }
@@ -169,20 +189,101 @@ enum Flow {
     Cut,
 }
 
-/// Forwards up to `left` bytes of what `from` read; `Cut` once the budget is spent.
+/// Finds WebSocket frame boundaries in one direction of a link (after the HTTP upgrade's
+/// header) and repeats every n-th complete binary frame.
+struct Framer {
+    /// Still in the HTTP request or response header.
+    in_http: bool,
+    buf: Vec<u8>,
+    every: u64,
+    binary_frames: u64,
+}
+
+impl Framer {
+    fn new(every: u64) -> Framer {
+        Framer {
+            in_http: true,
+            buf: Vec::new(),
+            every,
+            binary_frames: 0,
+        }
+    }
+
+    /// The length of the frame at the start of `b`, once all of it is there.
+    fn frame_len(b: &[u8]) -> Option<usize> {
+        let b1 = *b.get(1)?;
+        let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
+        let (ext, len) = match b1 & 0x7f {
+            126 => (
+                2,
+                u16::from_be_bytes(b.get(2..4)?.try_into().ok()?) as usize,
+            ),
+            127 => (
+                8,
+                usize::try_from(u64::from_be_bytes(b.get(2..10)?.try_into().ok()?)).ok()?,
+            ),
+            n => (0, n as usize),
+        };
+        let total = 2 + ext + mask + len;
+        (b.len() >= total).then_some(total)
+    }
+
+    /// Takes the bytes read; returns the bytes to send and how many frames went twice.
+    fn feed(&mut self, bytes: &[u8]) -> (Vec<u8>, usize) {
+        self.buf.extend_from_slice(bytes);
+        let mut out = Vec::with_capacity(self.buf.len());
+        let mut dups = 0;
+        if self.in_http {
+            match self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                Some(end) => {
+                    out.extend(self.buf.drain(..end + 4));
+                    self.in_http = false;
+                }
+                None => return (out, 0),
+            }
+        }
+        while let Some(n) = Self::frame_len(&self.buf) {
+            let frame: Vec<u8> = self.buf.drain(..n).collect();
+            out.extend_from_slice(&frame);
+            let binary_final = frame[0] & 0x80 != 0 && frame[0] & 0x0f == 2;
+            if binary_final {
+                self.binary_frames += 1;
+                if self.binary_frames.is_multiple_of(self.every) {
+                    out.extend_from_slice(&frame);
+                    dups += 1;
+                }
+            }
+        }
+        (out, dups)
+    }
+}
+
+/// Forwards up to `left` bytes of what `from` read (through `framer`, when frames are
+/// duplicated); `Cut` once the budget is spent.
 async fn forward(
     read: std::io::Result<usize>,
     buf: &[u8],
     to: &mut tokio::net::tcp::OwnedWriteHalf,
     left: &mut u64,
     shared: &Shared,
+    framer: Option<&mut Framer>,
 ) -> Flow {
     let n = match read {
         Ok(0) | Err(_) => return Flow::Closed,
         Ok(n) => n,
     };
-    let k = usize::try_from((*left).min(n as u64)).unwrap_or(n);
-    if to.write_all(&buf[..k]).await.is_err() {
+    let framed;
+    let bytes = match framer {
+        Some(f) => {
+            let (out, dups) = f.feed(&buf[..n]);
+            shared.duplicated.fetch_add(dups, Ordering::SeqCst);
+            framed = out;
+            &framed[..]
+        }
+        None => &buf[..n],
+    };
+    let k = usize::try_from((*left).min(bytes.len() as u64)).unwrap_or(bytes.len());
+    if to.write_all(&bytes[..k]).await.is_err() {
         return Flow::Closed;
     }
     *left -= k as u64;
@@ -190,7 +291,7 @@ async fn forward(
     if *left == 0 { Flow::Cut } else { Flow::Open }
 }
 
-async fn link(client: TcpStream, shared: Arc<Shared>, mut left: u64) {
+async fn link(client: TcpStream, shared: Arc<Shared>, mut left: u64, dup_every: u64) {
     let Ok(upstream) = TcpStream::connect(shared.upstream).await else {
         return;
     };
@@ -202,6 +303,10 @@ async fn link(client: TcpStream, shared: Arc<Shared>, mut left: u64) {
     let (mut ur, mut uw) = upstream.into_split();
     let mut up = vec![0u8; 16 * 1024];
     let mut down = vec![0u8; 16 * 1024];
+    let (mut up_framer, mut down_framer) = match dup_every {
+        0 => (None, None),
+        n => (Some(Framer::new(n)), Some(Framer::new(n))),
+    };
     loop {
         let go_up = !shared.stall_up.load(Ordering::SeqCst);
         let go_down = !shared.stall_down.load(Ordering::SeqCst);
@@ -209,8 +314,8 @@ async fn link(client: TcpStream, shared: Arc<Shared>, mut left: u64) {
             // A cut comes before any more bytes.
             biased;
             _ = cut_all.changed() => Flow::Closed,
-            r = cr.read(&mut up), if go_up => forward(r, &up, &mut uw, &mut left, &shared).await,
-            r = ur.read(&mut down), if go_down => forward(r, &down, &mut cw, &mut left, &shared).await,
+            r = cr.read(&mut up), if go_up => forward(r, &up, &mut uw, &mut left, &shared, up_framer.as_mut()).await,
+            r = ur.read(&mut down), if go_down => forward(r, &down, &mut cw, &mut left, &shared, down_framer.as_mut()).await,
             // Look at the stall flags again now and then.
             () = tokio::time::sleep(Duration::from_millis(10)) => Flow::Open,
         };
@@ -222,5 +327,39 @@ async fn link(client: TcpStream, shared: Arc<Shared>, mut left: u64) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Framer;
+
+    #[test]
+    fn the_framer_repeats_every_nth_binary_frame_and_nothing_else() {
+        let mut f = Framer::new(2);
+        let header = b"GET /sync HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+        let text = vec![0x81, 0x02, b'h', b'i'];
+        let bin = |b: u8| vec![0x82, 0x01, b];
+        let masked = vec![0x82, 0x81, 1, 2, 3, 4, 9];
+        let mut long = vec![0x82, 126, 0x01, 0x00];
+        long.extend(std::iter::repeat_n(7u8, 256));
+        let mut all = header.clone();
+        for part in [&text, &bin(1), &bin(2), &masked, &long] {
+            all.extend_from_slice(part);
+        }
+        // Fed one byte at a time: boundaries are found across reads.
+        let mut out = Vec::new();
+        let mut dups = 0;
+        for b in &all {
+            let (o, d) = f.feed(std::slice::from_ref(b));
+            out.extend(o);
+            dups += d;
+        }
+        let mut expected = header;
+        for part in [&text, &bin(1), &bin(2), &bin(2), &masked, &long, &long] {
+            expected.extend_from_slice(part);
+        }
+        assert_eq!(dups, 2);
+        assert_eq!(out, expected);
     }
 }

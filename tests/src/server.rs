@@ -296,7 +296,8 @@ impl ServerProcess {
             data: data.to_path_buf(),
             port,
             child: None,
-            log: data.join("serve.log"),
+            // Beside the data folder, not in it: fault tests make the folder read-only.
+            log: PathBuf::from(format!("{}.serve.log", data.display())),
             env,
             tls,
         };
@@ -305,6 +306,14 @@ impl ServerProcess {
     }
 
     fn spawn(&mut self) {
+        if let Err(e) = self.try_spawn(Duration::from_secs(30)) {
+            panic!("{e}");
+        }
+    }
+
+    /// Starts the process and waits up to `wait` for `/healthz`; on failure (it exited, or did
+    /// not answer in time) the process is gone and the error holds its log.
+    pub fn try_spawn(&mut self, wait: Duration) -> Result<(), String> {
         std::fs::create_dir_all(&self.data).expect("data dir");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -326,14 +335,42 @@ impl ServerProcess {
             .spawn()
             .expect("spawn tally serve");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + wait;
         while Instant::now() < deadline {
             if self.healthy() {
-                return;
+                return Ok(());
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                self.child = None;
+                return Err(format!(
+                    "tally serve exited ({status}); log:\n{}",
+                    self.log_text()
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("tally serve did not come up; log:\n{}", self.log_text());
+        self.kill();
+        Err(format!(
+            "tally serve did not come up; log:\n{}",
+            self.log_text()
+        ))
+    }
+
+    /// Replaces the extra environment used from the next start on.
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
+
+    /// Whether the process is running (started and not killed).
+    pub fn running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// Whether `/healthz` answers 200.
@@ -348,6 +385,11 @@ impl ServerProcess {
             .timeout(Duration::from_millis(500))
             .call()
             .is_ok()
+    }
+
+    /// The server's log file (beside the data folder).
+    pub fn log_path(&self) -> PathBuf {
+        self.log.clone()
     }
 
     /// The server's log so far.

@@ -184,8 +184,15 @@ fn two_phones_offline_then_sync() {
 
     // The server never held a name in the clear: not in its database, not in its log.
     assert!(server.terminate(), "shutdown:\n{}", server.log_text());
-    for file in ["tally.db", "tally.db-wal", "serve.log"] {
-        let bytes = std::fs::read(server.data.join(file)).unwrap_or_default();
+    let log = server.log_path();
+    assert!(log.exists() && server.data.join("tally.db").exists());
+    for file in [
+        server.data.join("tally.db"),
+        server.data.join("tally.db-wal"),
+        log,
+    ] {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        let file = file.display();
         let text = String::from_utf8_lossy(&bytes);
         for name in ["Okafor", "OKAFOR", "Tremblay", "Li Wei", "li.wei@"] {
             assert!(!text.contains(name), "{name} in the clear in {file}");
