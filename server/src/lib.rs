@@ -65,6 +65,8 @@ pub struct AppState {
     conns: Mutex<HashMap<String, Vec<(u64, CancellationToken)>>>,
     /// Limits simultaneous sync connections.
     slots: Arc<Semaphore>,
+    /// Sync frames handled at once on the blocking pool (see `sync::run`).
+    workers: Arc<Semaphore>,
     /// Cancelled at shutdown.
     shutdown: CancellationToken,
     /// Tracks connection tasks so shutdown waits for them to flush.
@@ -93,6 +95,19 @@ impl AppState {
 pub fn open_data(data: &Path) -> anyhow::Result<(Store, Option<PathBuf>)> {
     std::fs::create_dir_all(data)
         .map_err(|e| anyhow::anyhow!("cannot create the data folder {}: {e}", data.display()))?;
+    // SQLite may open a database on a read-only disk and fail only at the first write, after
+    // phones have connected: find out now, and say so.
+    let probe = data.join(".tally-write-probe");
+    std::fs::write(&probe, b"ok")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "the data folder {} is not writable ({e}); a read-only or full disk? tally keeps \
+                 its database there: make the folder writable (remount it read-write, free \
+                 space) or choose another --data",
+                data.display()
+            )
+        })?;
     let store = Store::open(&data.join(DB_FILE))?;
     store.write(|tx| {
         if projection::aggregates_stale(tx.conn())? {
@@ -259,11 +274,12 @@ async fn sync_upgrade(State(state): State<Arc<AppState>>, req: axum::extract::Re
     let st = state.clone();
     let tasks = state.tasks.clone();
     let send_timeout = Duration::from_secs(state.config.send_timeout_secs);
+    let workers = state.workers.clone();
     ws.max_message_size(state.config.max_frame_bytes)
         .max_frame_size(state.config.max_frame_bytes)
         .on_upgrade(move |socket| {
             tasks.track_future(async move {
-                sync::run(socket, conn, notify, cancel, send_timeout).await;
+                sync::run(socket, conn, notify, cancel, send_timeout, workers).await;
                 if let Some(v) = st
                     .conns
                     .lock()
@@ -342,6 +358,9 @@ pub async fn serve(
         guard: Mutex::new(guard::Guard::new(config.guard_limits())),
         hub: hub.clone(),
         slots: Arc::new(Semaphore::new(config.max_connections)),
+        workers: Arc::new(Semaphore::new(
+            std::thread::available_parallelism().map_or(2, |n| n.get()) * 2,
+        )),
         reader,
         live: live::Live::default(),
         config,

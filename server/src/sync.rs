@@ -18,7 +18,7 @@ use futures_util::{SinkExt, StreamExt};
 use tally_core::validate::Writer;
 use tally_proto::{DocumentId, Event, Limits, PeerId, PeerMetadata, Session};
 use tally_store::Device;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Hub, HubError, can_read, now_ms, writer_of};
@@ -260,10 +260,19 @@ impl Conn {
     }
 }
 
+/// Runs `f` on the blocking pool once one of the `workers` permits is free. Every write takes
+/// the one store writer in turn, so more concurrent handlers than permits would only park
+/// blocking threads on its lock; bounding them leaves threads free for the API (totals,
+/// authentication), which then never queues behind a reconnect wave.
 async fn blocking<R: Send + 'static>(
     conn: &mut Option<Conn>,
+    workers: &Semaphore,
     f: impl FnOnce(&mut Conn) -> R + Send + 'static,
 ) -> R {
+    let _permit = workers
+        .acquire()
+        .await
+        .expect("the workers semaphore is never closed");
     let mut c = conn.take().expect("connection present between events");
     let (c, r) = tokio::task::spawn_blocking(move || {
         let r = f(&mut c);
@@ -284,6 +293,7 @@ pub async fn run(
     mut notify: mpsc::UnboundedReceiver<DocumentId>,
     cancel: CancellationToken,
     send_timeout: std::time::Duration,
+    workers: Arc<Semaphore>,
 ) {
     let device_id = conn.device().device_id.clone();
     let (mut sink, mut stream) = socket.split();
@@ -293,7 +303,7 @@ pub async fn run(
         let outs = tokio::select! {
             _ = cancel.cancelled() => break "closed by the server (shutdown or revoked device)".to_string(),
             msg = stream.next() => match msg {
-                Some(Ok(WsMessage::Binary(bytes))) => blocking(&mut conn, move |c| c.on_frame(&bytes)).await,
+                Some(Ok(WsMessage::Binary(bytes))) => blocking(&mut conn, &workers, move |c| c.on_frame(&bytes)).await,
                 Some(Ok(WsMessage::Text(_))) => {
                     let frame = conn.as_ref().map(|c| c.session.error_frame("text frames are not part of the protocol: send CBOR messages as binary frames")).unwrap_or_default();
                     vec![Out::Send(frame)]
@@ -302,7 +312,7 @@ pub async fn run(
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => break format!("socket error: {e}"),
             },
-            Some(doc) = notify.recv() => blocking(&mut conn, move |c| c.on_doc_changed(doc)).await,
+            Some(doc) = notify.recv() => blocking(&mut conn, &workers, move |c| c.on_doc_changed(doc)).await,
         };
         let mut close = None;
         for out in outs {
@@ -336,6 +346,6 @@ pub async fn run(
         }
     };
     let _ = tokio::time::timeout(send_timeout, sink.send(WsMessage::Close(None))).await;
-    blocking(&mut conn, |c| c.close()).await;
+    blocking(&mut conn, &workers, |c| c.close()).await;
     tracing::info!(device = %device_id, %reason, "sync connection closed");
 }

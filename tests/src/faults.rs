@@ -470,7 +470,7 @@ impl Rig {
                 // Refusing to start on a read-only or full disk is right, if it says why.
                 let said = e.to_lowercase();
                 let why = match mode {
-                    Mode::ReadOnly => ["read-only", "readonly"],
+                    Mode::ReadOnly => ["read-only", "not writable"],
                     _ => ["full", "no space"],
                 };
                 if !why.iter().any(|w| said.contains(w)) {

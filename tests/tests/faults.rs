@@ -131,6 +131,10 @@ fn a_read_only_database_refuses_then_heals() {
     let r = faults::run_steps(root.path(), 2, 1, false, &steps).unwrap_or_else(|e| panic!("{e}"));
     println!("{r:?}");
     assert_eq!(r.read_only, 1, "{r:?}");
+    assert_eq!(
+        r.read_only_refused, 1,
+        "the server started on a read-only folder: {r:?}"
+    );
     assert_eq!(r.syncs_failed_read_only, 1, "{r:?}");
     assert_eq!(r.signatures, 4);
 }
