@@ -277,6 +277,8 @@ impl Hub {
             }
         };
         let chunk = after.save_after(&before_heads);
+        // Read the touched records now, so that only SQL runs under the store's writer.
+        let changes = projection::Changes::read(&header, &acc, &after)?;
         let now = now_ms();
         let meta = DocMeta {
             doc_id: key.clone(),
@@ -294,7 +296,7 @@ impl Hub {
                 tx.put_meta(&meta)?;
             }
             tx.append_chunk(&key, &chunk, now)?;
-            projection::apply(tx.conn(), &key, &header, &acc, &after, &tz)?;
+            changes.write(tx.conn(), &key, &header, &tz)?;
             Ok(())
         })?;
         // Durable: from here on the change may be acknowledged.

@@ -160,6 +160,79 @@ fn checkin_contributions(row: &CheckinRow) -> Vec<Contribution> {
     ]
 }
 
+/// The records a change touched, read from the document: made by [`Changes::read`] before the
+/// store's writer is taken, so that only SQL runs under it ([`Changes::write`]).
+#[derive(Debug, Default)]
+pub struct Changes {
+    signatures: Vec<Signature>,
+    checkins: Vec<Checkin>,
+    strikes: Vec<Strike>,
+    sheets: Vec<Sheet>,
+}
+
+impl Changes {
+    /// Reads every record `acc` touched from `after`.
+    pub fn read(
+        header: &DocHeader,
+        acc: &Accepted,
+        after: &Automerge,
+    ) -> Result<Changes, ProjectionError> {
+        let bad = |id: &str, e: String| ProjectionError::Record(id.to_string(), e);
+        let mut c = Changes::default();
+        match header.kind {
+            DocKind::Collection => {
+                for id in acc.in_container(SIGNATURES) {
+                    c.signatures.extend(
+                        collection::signature(after, id).map_err(|e| bad(id, e.to_string()))?,
+                    );
+                }
+                for id in acc.in_container(CHECKINS) {
+                    c.checkins.extend(
+                        collection::checkin(after, id).map_err(|e| bad(id, e.to_string()))?,
+                    );
+                }
+            }
+            DocKind::Review => {
+                for id in acc.in_container(STRIKES) {
+                    c.strikes
+                        .extend(review::strike(after, id).map_err(|e| bad(id, e.to_string()))?);
+                }
+                for id in acc.in_container(SHEETS) {
+                    c.sheets
+                        .extend(review::sheet(after, id).map_err(|e| bad(id, e.to_string()))?);
+                }
+            }
+            DocKind::Campaign | DocKind::Totals => {}
+        }
+        Ok(c)
+    }
+
+    /// Updates the rows (and aggregates) of the records. `timezone` is the campaign's, for the
+    /// day column.
+    pub fn write(
+        &self,
+        conn: &Connection,
+        doc_id: &str,
+        header: &DocHeader,
+        timezone: &str,
+    ) -> Result<(), ProjectionError> {
+        let mut batch = Batch::new(&header.campaign);
+        for s in &self.signatures {
+            batch.signature(conn, doc_id, s, timezone)?;
+        }
+        for c in &self.checkins {
+            batch.checkin(conn, doc_id, c)?;
+        }
+        for s in &self.strikes {
+            batch.strike(conn, s)?;
+        }
+        for s in &self.sheets {
+            upsert_sheet_row(conn, &header.campaign, s)?;
+        }
+        batch.flush(conn)
+    }
+}
+
 /// Updates the rows (and aggregates) of every record `acc` touched, reading them from `after`.
 /// `timezone` is the campaign's, for the day column.
 pub fn apply(
@@ -170,40 +243,7 @@ pub fn apply(
     after: &Automerge,
     timezone: &str,
 ) -> Result<(), ProjectionError> {
-    let bad = |id: &str, e: String| ProjectionError::Record(id.to_string(), e);
-    let mut batch = Batch::new(&header.campaign);
-    match header.kind {
-        DocKind::Collection => {
-            for id in acc.in_container(SIGNATURES) {
-                if let Some(s) =
-                    collection::signature(after, id).map_err(|e| bad(id, e.to_string()))?
-                {
-                    batch.signature(conn, doc_id, &s, timezone)?;
-                }
-            }
-            for id in acc.in_container(CHECKINS) {
-                if let Some(c) =
-                    collection::checkin(after, id).map_err(|e| bad(id, e.to_string()))?
-                {
-                    batch.checkin(conn, doc_id, &c)?;
-                }
-            }
-        }
-        DocKind::Review => {
-            for id in acc.in_container(STRIKES) {
-                if let Some(s) = review::strike(after, id).map_err(|e| bad(id, e.to_string()))? {
-                    batch.strike(conn, &s)?;
-                }
-            }
-            for id in acc.in_container(SHEETS) {
-                if let Some(s) = review::sheet(after, id).map_err(|e| bad(id, e.to_string()))? {
-                    upsert_sheet_row(conn, &header.campaign, &s)?;
-                }
-            }
-        }
-        DocKind::Campaign | DocKind::Totals => {}
-    }
-    batch.flush(conn)
+    Changes::read(header, acc, after)?.write(conn, doc_id, header, timezone)
 }
 
 fn is_struck(conn: &Connection, campaign: &str, sig_id: &str) -> rusqlite::Result<bool> {

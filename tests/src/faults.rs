@@ -561,6 +561,11 @@ impl Rig {
 
     fn heal(&mut self) -> Result<(), String> {
         self.set_link(Link::Clean);
+        if self.read_only.is_some() {
+            // The read-only mount goes first: the ballast beneath it can only be deleted then.
+            self.server.kill();
+            self.read_only = None;
+        }
         if let Some(disk) = &self.disk {
             disk.drain();
             // Space again: the running server carries on without a restart.

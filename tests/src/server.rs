@@ -212,8 +212,18 @@ impl Server for TestServer {
     }
 }
 
-/// Path of a workspace binary, building it if needed (`cargo test --workspace` has built it).
+/// Path of a workspace binary, building it if needed (`cargo test --workspace` has built it), or
+/// taken from `TALLY_TEST_BIN_DIR` when set.
 pub fn binary(name: &str) -> PathBuf {
+    // Prebuilt programs (e.g. release builds for the long fault mode): used as they are.
+    if let Some(dir) = std::env::var_os("TALLY_TEST_BIN_DIR") {
+        let path = PathBuf::from(dir).join(name);
+        assert!(
+            path.exists(),
+            "TALLY_TEST_BIN_DIR has no {name}: build it there first"
+        );
+        return path;
+    }
     let exe = std::env::current_exe().expect("test exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let path = dir.join(name);
