@@ -143,6 +143,8 @@ pub struct Report {
     pub durability_checks: usize,
     /// Wall time.
     pub elapsed: Duration,
+    /// The steps played and what each sync said.
+    pub log: Vec<String>,
 }
 
 /// How the server stands.
@@ -430,8 +432,11 @@ impl Rig {
                 Mode::Normal => {}
             }
         }
+        let summary = serde_json::from_str::<Value>(run.stdout.trim())
+            .map(|v| v["summary"].to_string())
+            .unwrap_or_else(|_| run.stderr.trim().to_string());
         self.log.push(format!(
-            "  phone {phone} sync over {link:?}: exit {}",
+            "  phone {phone} sync over {link:?}: exit {}: {summary}",
             run.code
         ));
     }
@@ -661,6 +666,7 @@ pub fn run_steps(
     rig.report.cuts = stats.cuts;
     rig.report.duplicated = stats.duplicated;
     rig.report.elapsed = t0.elapsed();
+    rig.report.log = rig.log.clone();
     let result = match outcome {
         Ok(()) => Ok(rig.report.clone()),
         Err(e) => Err(format!(

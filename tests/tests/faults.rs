@@ -69,6 +69,29 @@ fn schedules_are_reproducible_from_their_seed() {
     assert!(has(&|s| matches!(s, Step::Heal)));
 }
 
+/// Every frame delivered twice, both ways: the sync still finishes (the server ignores a frame
+/// that repeats the one before it, so the two sides do not answer every copy and snowball).
+#[test]
+fn frames_delivered_twice_still_sync() {
+    let root = tempfile::tempdir().unwrap();
+    let steps = [
+        Step::Sign { phone: 0, count: 3 },
+        Step::Sync {
+            phone: 0,
+            link: Link::Duplicate(1),
+        },
+        Step::Sign { phone: 0, count: 2 },
+        Step::Sync {
+            phone: 0,
+            link: Link::Duplicate(1),
+        },
+    ];
+    let r = faults::run_steps(root.path(), 3, 1, false, &steps).unwrap_or_else(|e| panic!("{e}"));
+    println!("{}", r.log.join("\n"));
+    assert!(r.duplicated > 0, "{r:?}");
+    assert_eq!(r.syncs_ok, 2, "{r:?}");
+}
+
 /// A full disk: the phone's sync is refused (it keeps its signatures); after the disk has room
 /// again everything arrives once.
 #[test]

@@ -385,9 +385,16 @@ async fn the_bad_input_catalogue() {
     assert!(closed, "an unsupported version must close the connection");
     rig.still_healthy("unsupported protocol version").await;
 
-    // 7. A second `join` on a joined connection.
+    // 7. A second `join` on a joined connection. A byte-for-byte replay of the first is
+    // ignored (a frame repeated back to back is a replay); a different one is refused.
     let (mut ws, server_id) = joined(&rig, &mallory_token, "mallory-3").await;
     send(&mut ws, join_frame("mallory-3", &["1"])).await;
+    let (errors, msgs, closed) = hear(&mut ws, QUIET).await;
+    assert!(
+        errors.is_empty() && msgs.is_empty() && !closed,
+        "a replayed join was answered: {errors:?} {msgs:?}"
+    );
+    send(&mut ws, join_frame("mallory-3", &["1", "1"])).await;
     let (errors, _, closed) = hear(&mut ws, QUIET).await;
     assert!(
         errors.len() == 1 && errors[0].contains("second join"),

@@ -226,6 +226,9 @@ pub struct Session {
     limits: Limits,
     /// Time of the last frame received (host's clock, milliseconds), for idle timeouts.
     last_heard_ms: Option<u64>,
+    /// Keyed hash and length of the last frame received, to recognise a replay of it.
+    last_frame: Option<(u64, usize)>,
+    hasher: std::collections::hash_map::RandomState,
 }
 
 impl Session {
@@ -256,6 +259,8 @@ impl Session {
             docs: HashMap::new(),
             limits: Limits::default(),
             last_heard_ms: None,
+            last_frame: None,
+            hasher: std::collections::hash_map::RandomState::new(),
         }
     }
 
@@ -303,6 +308,12 @@ impl Session {
     }
 
     /// Handles one received frame. `now_ms` is the host's clock in milliseconds.
+    ///
+    /// A frame byte for byte the same as the one received just before it is a replay (a
+    /// middlebox or a buggy peer sending it twice) and is ignored: within one connection the
+    /// transport delivers everything once, so no well-behaved peer needs to repeat itself, and
+    /// answering every copy would make both ends answer each other's copies, doubling the
+    /// traffic at every round (a replayed `join` would also end the handshake in an error).
     pub fn receive(&mut self, frame: &[u8], now_ms: u64) -> Result<Vec<Event>, SessionError> {
         if self.phase == Phase::Closed {
             return Err(SessionError::Closed);
@@ -313,6 +324,13 @@ impl Session {
                 len: frame.len(),
                 max: self.limits.max_frame_bytes,
             });
+        }
+        let fingerprint = (
+            std::hash::BuildHasher::hash_one(&self.hasher, frame),
+            frame.len(),
+        );
+        if self.last_frame.replace(fingerprint) == Some(fingerprint) {
+            return Ok(Vec::new());
         }
         let msg = wire::decode(frame)?;
         match self.phase {

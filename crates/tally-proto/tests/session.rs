@@ -206,7 +206,14 @@ fn sync_before_join_is_refused() {
 #[test]
 fn duplicate_join_and_misplaced_handshake_messages() {
     let (mut s, mut c) = pair();
-    let (_, join) = client();
+    // A second join that is not a byte-for-byte replay of the first (those are ignored).
+    let (_, join) = Session::client(
+        PeerId::new("phone"),
+        PeerMetadata {
+            storage_id: Some(StorageId("another".into())),
+            is_ephemeral: false,
+        },
+    );
     assert_eq!(
         s.receive(&join, 3),
         Err(SessionError::DuplicateJoin {
@@ -702,4 +709,31 @@ fn automerge_really_panics_on_a_duplicate_need() {
         am.generate_sync_message(&mut state)
     }));
     assert!(outcome.is_err());
+}
+
+#[test]
+fn a_frame_repeated_back_to_back_is_a_replay_and_ignored() {
+    let mut s = server();
+    let (_, join) = client();
+    assert_eq!(s.receive(&join, 1).unwrap().len(), 2);
+    // The same join again, byte for byte: ignored, not "a second join".
+    assert_eq!(s.receive(&join, 2).unwrap(), Vec::new());
+    assert!(s.is_established());
+
+    // A request, twice: answered once.
+    let request = frame(&Message::Request {
+        sender_id: PeerId::new("phone"),
+        target_id: PeerId::new("server"),
+        document_id: doc_id(9),
+        data: doc_with("k", "v")
+            .generate_sync_message(&mut sync::State::new())
+            .unwrap()
+            .encode(),
+    });
+    let first = s.receive(&request, 3).unwrap();
+    assert!(!first.is_empty());
+    assert_eq!(s.receive(&request, 4).unwrap(), Vec::new());
+    // Not back to back (another frame between): handled again.
+    let _ = s.receive(&join, 5);
+    assert_eq!(s.receive(&request, 6).unwrap().len(), first.len());
 }
