@@ -420,7 +420,7 @@ impl Rig {
 
     fn sync(&mut self, phone: usize, link: Link) {
         self.set_link(link);
-        let run = self.phones[phone].phone.sync(8);
+        let run = self.phones[phone].phone.sync(15);
         self.set_link(Link::Clean);
         if run.code == 0 {
             self.report.syncs_ok += 1;
