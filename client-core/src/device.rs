@@ -9,8 +9,14 @@
 //! A `Device` is a cheap handle (`Clone`, `Send`, `Sync`) over shared state behind a mutex, so an
 //! app can sign on one thread while the sync loop runs on another. Several processes may open the
 //! same home directory (the CLI's `sign` beside `sync --watch`): SQLite serializes their writes,
-//! compaction re-reads the file inside its transaction, and long-running processes reload when
-//! another process wrote (`PRAGMA data_version`).
+//! compaction ([`crate::compact`], in the background) checks the file before it swaps a snapshot
+//! in, and long-running processes catch up when another connection wrote (`PRAGMA
+//! data_version`): they read only the chunks they have not seen, and reload a document only when
+//! someone else folded chunks they never saw into its snapshot.
+//!
+//! Signing does only work that does not grow with the phone's history: the receipt counts come
+//! from a table triggers keep, the record count and the campaign are cached, and nothing
+//! rewrites or re-reads a whole document.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -28,6 +34,7 @@ use tally_core::seal::DuplicateKey;
 use tally_core::totals::Totals;
 use tally_proto::{DocumentId, Session};
 
+use crate::compact::{self, Compactor, NUDGE_EVERY};
 use crate::enroll::{self, EnrollResponse};
 use crate::error::{ClientError, Result};
 use crate::payload::EnrollPayload;
@@ -39,8 +46,7 @@ use crate::store::{self, DocRole};
 /// over to a new collection document. This build does not roll over: it refuses new records.
 pub const MAX_RECORDS: usize = 10_000;
 
-/// Chunks a document accumulates before it is compacted into its snapshot.
-pub const COMPACT_AFTER_CHUNKS: usize = 200;
+pub use crate::compact::COMPACT_AFTER_CHUNKS;
 
 const KEY_ENROLLMENT: &str = "enrollment";
 const KEY_DROP_PLAINTEXT: &str = "drop_plaintext_on_ack";
@@ -179,8 +185,10 @@ pub(crate) struct LocalDoc {
     pub id: DocumentId,
     pub role: DocRole,
     pub doc: Automerge,
-    /// Chunks on disk not yet compacted (an estimate for other processes' writes).
-    pub chunks: usize,
+    /// The last chunk (`chunks.seq`) `doc` holds, with every earlier one of this document.
+    pub seen_seq: i64,
+    /// Chunks appended since the compactor was last nudged about this document.
+    pub unnudged: usize,
     /// The heads the server last sent for it.
     pub server_heads: Vec<ChangeHash>,
     /// The persisted sync state (`sync::State::encode`) with the server.
@@ -200,23 +208,12 @@ pub(crate) struct State {
     pub docs: Vec<LocalDoc>,
     pub drop_plaintext: bool,
     data_version: i64,
-}
-
-fn corrupt(what: impl std::fmt::Display) -> impl FnOnce(automerge::AutomergeError) -> ClientError {
-    move |e| ClientError::Corrupt(format!("{what}: {e}"))
-}
-
-/// Loads a document from its snapshot and chunks.
-fn assemble(snapshot: Option<Vec<u8>>, chunks: &[Vec<u8>], role: DocRole) -> Result<Automerge> {
-    let mut doc = match snapshot {
-        Some(bytes) => Automerge::load(&bytes).map_err(corrupt(format!("the {role} document")))?,
-        None => Automerge::new(),
-    };
-    for chunk in chunks {
-        doc.load_incremental(chunk)
-            .map_err(corrupt(format!("a saved change of the {role} document")))?;
-    }
-    Ok(doc)
+    /// The campaign as last read, with the campaign document's heads it was read at.
+    campaign: Option<(Vec<ChangeHash>, Campaign)>,
+    /// Records in the collection, once counted (`None` after the collection changed otherwise
+    /// than by a local write).
+    records: Option<usize>,
+    compactor: Compactor,
 }
 
 /// Maps a write refused by the document core to the form field at fault.
@@ -307,45 +304,114 @@ impl State {
             docs: Vec::new(),
             drop_plaintext: true,
             data_version: 0,
+            campaign: None,
+            records: None,
+            compactor: Compactor::new(path),
         };
         st.reload()?;
         Ok(st)
     }
 
-    /// Re-reads settings and documents from the file.
-    pub fn reload(&mut self) -> Result<()> {
-        self.data_version = store::data_version(&self.conn)?;
-        self.enrollment = store::setting(&self.conn, KEY_ENROLLMENT)?
+    /// The enrollment and the plaintext setting, as stored.
+    fn read_settings(conn: &Connection) -> Result<(Option<Enrollment>, bool)> {
+        let enrollment = store::setting(conn, KEY_ENROLLMENT)?
             .map(|json| {
                 serde_json::from_str::<Enrollment>(&json)
                     .map_err(|e| ClientError::Corrupt(format!("the stored enrollment: {e}")))
             })
             .transpose()?;
-        self.drop_plaintext =
-            store::setting(&self.conn, KEY_DROP_PLAINTEXT)?.is_none_or(|v| v != "false");
+        let drop_plaintext = store::setting(conn, KEY_DROP_PLAINTEXT)?.is_none_or(|v| v != "false");
+        Ok((enrollment, drop_plaintext))
+    }
+
+    /// Re-reads settings and documents from the file (one read transaction: one consistent
+    /// state of it).
+    pub fn reload(&mut self) -> Result<()> {
+        self.data_version = store::data_version(&self.conn)?;
+        let tx = self.conn.unchecked_transaction()?;
+        let (enrollment, drop_plaintext) = State::read_settings(&tx)?;
         let mut docs = Vec::new();
-        for row in store::doc_rows(&self.conn)? {
-            let (snapshot, chunks, _) = store::doc_bytes(&self.conn, &row.id)?;
+        for row in store::doc_rows(&tx)? {
+            let (doc, seen_seq) = compact::load(&tx, &row.id, row.role)?;
             docs.push(LocalDoc {
                 id: row.id,
                 role: row.role,
-                doc: assemble(snapshot, &chunks, row.role)?,
-                chunks: chunks.len(),
+                doc,
+                seen_seq,
+                unnudged: 0,
                 server_heads: row.server_heads,
                 sync_state: row.sync_state,
             });
         }
+        tx.commit()?;
+        self.enrollment = enrollment;
+        self.drop_plaintext = drop_plaintext;
         self.docs = docs;
+        self.campaign = None;
+        self.records = None;
         Ok(())
     }
 
-    /// Reloads when another process committed since we last looked. Returns whether it did.
+    /// Catches up when another connection (another process, or this device's compactor)
+    /// committed since we last looked. Returns whether it did.
     pub fn refresh(&mut self) -> Result<bool> {
-        if store::data_version(&self.conn)? == self.data_version {
+        let version = store::data_version(&self.conn)?;
+        if version == self.data_version {
             return Ok(false);
         }
-        self.reload()?;
+        self.catch_up()?;
+        self.data_version = version;
         Ok(true)
+    }
+
+    /// Brings memory up to the file, in one read transaction: the settings, the documents'
+    /// rows, and for each document only the chunks it has not seen. A document is loaded again
+    /// only when its snapshot folds chunks this copy never saw (another process appended and
+    /// compacted); everything is, when the set of documents changed.
+    fn catch_up(&mut self) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        let rows = store::doc_rows(&tx)?;
+        let same_docs = rows.len() == self.docs.len()
+            && rows
+                .iter()
+                .all(|r| self.docs.iter().any(|d| d.id == r.id && d.role == r.role));
+        if !same_docs {
+            drop(tx);
+            return self.reload();
+        }
+        (self.enrollment, self.drop_plaintext) = State::read_settings(&tx)?;
+        for row in rows {
+            let Some(local) = self.docs.iter_mut().find(|d| d.id == row.id) else {
+                continue;
+            };
+            if store::snapshot_upto(&tx, &row.id)? > local.seen_seq {
+                (local.doc, local.seen_seq) = compact::load(&tx, &row.id, row.role)?;
+            } else {
+                local.seen_seq =
+                    compact::load_chunks(&tx, &row.id, row.role, &mut local.doc, local.seen_seq)?;
+            }
+            local.server_heads = row.server_heads;
+            local.sync_state = row.sync_state;
+        }
+        tx.commit()?;
+        self.records = None;
+        Ok(())
+    }
+
+    /// Counts a chunk appended to a document, and nudges the background compaction now and
+    /// then. `seen_seq` is the chunk's number when no other connection had committed since
+    /// this state last caught up (checked inside the appending transaction, so the document in
+    /// memory holds every chunk up to it), the previous value otherwise: the next refresh then
+    /// reads what it missed.
+    fn appended(&mut self, idx: usize, seen_seq: i64) {
+        let local = &mut self.docs[idx];
+        local.seen_seq = seen_seq;
+        local.unnudged += 1;
+        if local.unnudged >= NUDGE_EVERY {
+            local.unnudged = 0;
+            let (id, role) = (local.id, local.role);
+            self.compactor.nudge(id, role);
+        }
     }
 
     /// After a failed write: make memory equal to the file again. If even that fails, the
@@ -371,21 +437,28 @@ impl State {
         Ok(&self.docs[self.index(role)?])
     }
 
-    /// The campaign, read from its document; checked to be this phone's campaign.
-    fn campaign(&self) -> Result<Campaign> {
+    /// The campaign, read from its document; checked to be this phone's campaign. Read again
+    /// only when the campaign document changed.
+    fn campaign(&mut self) -> Result<Campaign> {
         let enrollment = self.enrollment()?;
-        let doc = self.doc(DocRole::Campaign)?;
-        if doc.doc.get_heads().is_empty() {
+        let doc = &self.doc(DocRole::Campaign)?.doc;
+        let heads = doc.get_heads();
+        if heads.is_empty() {
             return Err(ClientError::NoCampaign);
         }
-        let campaign =
-            campaign::read(&doc.doc).map_err(|r| ClientError::BadCampaign(r.to_string()))?;
+        if let Some((at, campaign)) = &self.campaign
+            && *at == heads
+        {
+            return Ok(campaign.clone());
+        }
+        let campaign = campaign::read(doc).map_err(|r| ClientError::BadCampaign(r.to_string()))?;
         if campaign.id != enrollment.campaign {
             return Err(ClientError::BadCampaign(format!(
                 "it is campaign {:?} but this phone is enrolled in {:?}",
                 campaign.id, enrollment.campaign
             )));
         }
+        self.campaign = Some((heads, campaign.clone()));
         Ok(campaign)
     }
 
@@ -405,9 +478,18 @@ impl State {
         }))
     }
 
-    fn check_room(&self) -> Result<()> {
-        let doc = self.doc(DocRole::Collection)?;
-        if collection::record_count(&doc.doc) >= MAX_RECORDS {
+    /// Records (signatures and check-ins) in the collection, counted once and then kept.
+    fn collection_records(&mut self) -> Result<usize> {
+        if let Some(n) = self.records {
+            return Ok(n);
+        }
+        let n = collection::record_count(&self.doc(DocRole::Collection)?.doc);
+        self.records = Some(n);
+        Ok(n)
+    }
+
+    fn check_room(&mut self) -> Result<()> {
+        if self.collection_records()? >= MAX_RECORDS {
             return Err(ClientError::CollectionFull { max: MAX_RECORDS });
         }
         Ok(())
@@ -451,54 +533,39 @@ impl State {
             acknowledged_at: None,
             details,
         };
-        let committed = (|| -> Result<()> {
+        let seen = local.seen_seq;
+        let committed = (|| -> Result<i64> {
             let tx = self
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            store::append_chunk(&tx, &doc_id, &chunk, at)?;
+            let quiet = store::data_version(&tx)? == self.data_version;
+            let seq = store::append_chunk(&tx, &doc_id, &chunk, at)?;
             store::insert_receipt(&tx, &receipt)?;
             tx.commit()?;
-            Ok(())
+            Ok(if quiet { seq } else { seen })
         })();
-        if let Err(e) = committed {
-            self.restore();
-            return Err(e);
-        }
-        self.docs[idx].chunks += 1;
-        if self.docs[idx].chunks >= COMPACT_AFTER_CHUNKS {
-            // The write is committed; a failed compaction only leaves more chunks to fold later.
-            let _ = self.compact(idx);
+        let seen = match committed {
+            Ok(seen) => seen,
+            Err(e) => {
+                self.restore();
+                return Err(e);
+            }
+        };
+        // Durable from here on. Compaction, if due, happens in the background.
+        self.appended(idx, seen);
+        if let (Some(n), ReceiptKind::Signature | ReceiptKind::Checkin) = (&mut self.records, kind)
+        {
+            *n += 1;
         }
         Ok(receipt)
     }
 
-    /// Folds a document's chunks into its snapshot. Reads the file inside the transaction, so
-    /// chunks another process appended are kept.
-    pub fn compact(&mut self, idx: usize) -> Result<()> {
-        let id = self.docs[idx].id;
-        let role = self.docs[idx].role;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (snapshot, chunks, max_seq) = store::doc_bytes(&tx, &id)?;
-        if chunks.is_empty() {
-            return Ok(());
-        }
-        let doc = assemble(snapshot, &chunks, role)?;
-        store::replace_snapshot(&tx, &id, &doc.save(), max_seq, now_ms())?;
-        tx.commit()?;
-        let local = &mut self.docs[idx];
-        local.doc = doc;
-        local.chunks = 0;
-        Ok(())
-    }
-
-    /// Compacts every document with at least `min_chunks` chunks.
-    pub fn compact_all(&mut self, min_chunks: usize) -> Result<()> {
+    /// Folds every document's chunks into its snapshot now, on this connection. The documents
+    /// in memory already hold everything, so they stay as they are.
+    pub fn compact_all(&mut self) -> Result<()> {
         for idx in 0..self.docs.len() {
-            if self.docs[idx].chunks >= min_chunks.max(1) {
-                self.compact(idx)?;
-            }
+            let (id, role) = (self.docs[idx].id, self.docs[idx].role);
+            compact::compact(&mut self.conn, &id, role, 1, false)?;
         }
         Ok(())
     }
@@ -583,32 +650,41 @@ impl State {
         } else {
             Vec::new()
         };
-        let committed = (|| -> Result<AckCounts> {
+        let seen = self.docs[idx].seen_seq;
+        let committed = (|| -> Result<(AckCounts, i64)> {
             let tx = self
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            if let Some(chunk) = &chunk {
-                store::append_chunk(&tx, &doc_id, chunk, now)?;
-            }
+            let quiet = store::data_version(&tx)? == self.data_version;
+            let seen = match &chunk {
+                Some(chunk) => {
+                    let seq = store::append_chunk(&tx, &doc_id, chunk, now)?;
+                    if quiet { seq } else { seen }
+                }
+                None => seen,
+            };
             store::set_sync(&tx, &doc_id, &server_heads, sync_state.as_deref(), now)?;
             let acked = store::acknowledge(&tx, &acked_hashes, now, self.drop_plaintext)?;
             tx.commit()?;
-            Ok(acked)
+            Ok((acked, seen))
         })();
-        let acked = match committed {
-            Ok(acked) => acked,
+        let (acked, seen) = match committed {
+            Ok(done) => done,
             Err(e) => {
                 self.restore();
                 return Err(e);
             }
         };
+        if chunk.is_some() {
+            self.appended(idx, seen);
+            if role == DocRole::Collection {
+                self.records = None;
+            }
+        }
         let local = &mut self.docs[idx];
         local.server_heads = server_heads;
         if sync_state.is_some() {
             local.sync_state = sync_state;
-        }
-        if chunk.is_some() {
-            local.chunks += 1;
         }
         Ok(Applied { changed, acked })
     }
@@ -790,6 +866,8 @@ impl Device {
     /// nothing and names the field.
     pub fn sign(&self, form: &SignatureForm) -> Result<SignatureReceipt> {
         let mut st = self.lock()?;
+        // Catch up first if another connection wrote (cheap when none did).
+        st.refresh()?;
         let enrollment = st.enrollment()?.clone();
         let campaign = st.campaign()?;
         check_plain_text("name", &form.name, true)?;
@@ -857,6 +935,8 @@ impl Device {
     /// HMAC of the normalized name) goes into the document. Committed before returning.
     pub fn checkin(&self, event: &str, name: &str, walk_in: bool) -> Result<Receipt> {
         let mut st = self.lock()?;
+        // Catch up first if another connection wrote (cheap when none did).
+        st.refresh()?;
         let enrollment = st.enrollment()?.clone();
         let campaign = st.campaign()?;
         check_plain_text("name", name, true)?;
@@ -926,6 +1006,7 @@ impl Device {
             ));
         }
         let mut st = self.lock()?;
+        st.refresh()?;
         st.enrollment()?;
         let doc = &st.doc(DocRole::Collection)?.doc;
         let found_sig = collection::signature(doc, record_id)
@@ -1040,12 +1121,24 @@ impl Device {
             return Ok(());
         }
         let chunk = local.doc.save_after(&before);
-        let now = now_ms();
-        if let Err(e) = store::append_chunk(&st.conn, &id, &chunk, now) {
-            st.restore();
-            return Err(e);
+        let seen = local.seen_seq;
+        let data_version = st.data_version;
+        let appended = (|| -> Result<i64> {
+            let tx = st
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let quiet = store::data_version(&tx)? == data_version;
+            let seq = store::append_chunk(&tx, &id, &chunk, now_ms())?;
+            tx.commit()?;
+            Ok(if quiet { seq } else { seen })
+        })();
+        match appended {
+            Ok(seen) => st.appended(idx, seen),
+            Err(e) => {
+                st.restore();
+                return Err(e);
+            }
         }
-        st.docs[idx].chunks += 1;
         Ok(())
     }
 
@@ -1059,9 +1152,10 @@ impl Device {
         Ok(self.lock()?.doc(role)?.server_heads.clone())
     }
 
-    /// Folds every document's incremental chunks into its snapshot.
+    /// Folds every document's incremental chunks into its snapshot now (the phone also does it
+    /// in the background as chunks accumulate).
     pub fn compact(&self) -> Result<()> {
-        self.lock()?.compact_all(1)
+        self.lock()?.compact_all()
     }
 
     /// Everything `tally-device status` shows. Works before enrollment too.
@@ -1087,11 +1181,7 @@ impl Device {
                 problems.push(e.to_string());
                 None
             });
-            (
-                title,
-                totals,
-                collection::record_count(&st.doc(DocRole::Collection)?.doc),
-            )
+            (title, totals, st.collection_records()?)
         } else {
             problems.push(ClientError::NotEnrolled.to_string());
             (None, None, 0)
@@ -1114,7 +1204,8 @@ impl Device {
         })
     }
 
-    /// Records the outcome of a sync (and compacts what the sync appended).
+    /// Records the outcome of a sync (and has the background compaction look at what the sync
+    /// appended).
     pub(crate) fn record_sync(&self, last: &LastSync) -> Result<()> {
         let mut st = self.lock()?;
         let json = serde_json::to_string(last).expect("last sync serializes");
@@ -1122,7 +1213,10 @@ impl Device {
         if last.complete {
             st.set_setting(KEY_LAST_COMPLETE_SYNC, &last.at.to_string())?;
         }
-        st.compact_all(COMPACT_AFTER_CHUNKS / 4)?;
+        for idx in 0..st.docs.len() {
+            let (id, role) = (st.docs[idx].id, st.docs[idx].role);
+            st.compactor.nudge(id, role);
+        }
         // Push dropped plaintext out of the WAL file too.
         let _ = st.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
         Ok(())

@@ -12,12 +12,14 @@
 //! - Sync: [`Device::sync_once`] and [`Device::spawn_watch`] ([`net`]) drive the sans-IO
 //!   [`SyncEngine`] ([`sync`]) over a WebSocket on a private runtime thread.
 //! - [`EnrollPayload`] ([`payload`]): the organizer's QR code, parsed strictly.
-//! - [`store`]: the SQLite schema.
+//! - [`store`]: the SQLite schema; [`compact`]: loading documents from it, and folding their
+//!   chunks into snapshots in the background, off the signing path.
 //!
 //! Signers' personal fields are sealed on the phone (tally-core's `SignatureForm::prepare`) to
 //! the campaign's organizers before they touch a document; the plaintext kept for the
 //! canvasser's receipts is dropped once the server acknowledges the record.
 
+pub mod compact;
 pub mod device;
 pub mod enroll;
 pub mod error;

@@ -1,17 +1,23 @@
 //! The phone's storage: one SQLite file in the device's home directory, in WAL mode with
 //! `synchronous=FULL`, so that a write this module commits survives the phone dying right after.
 //!
-//! Tables (schema version 1, `PRAGMA user_version`):
+//! Tables (schema version 2, `PRAGMA user_version`):
 //! - `settings(key, value)`: the enrollment (JSON, with the token and the duplicate key), the
 //!   plaintext-dropping setting, the last sync;
-//! - `documents(doc_id, role, snapshot, server_heads, sync_state, updated_at)`: one row per
-//!   document this phone keeps (its collection, the campaign, the team totals), the compacted
-//!   automerge save, the heads the server last sent, and the persisted sync state with it;
+//! - `documents(doc_id, role, server_heads, sync_state, updated_at)`: one row per document this
+//!   phone keeps (its collection, the campaign, the team totals), the heads the server last sent,
+//!   and the persisted sync state with it;
+//! - `snapshots(doc_id, data, upto_seq)`: a document's compacted automerge save, and the last
+//!   chunk it folds in. Kept apart from `documents` so that writing a row there never rewrites
+//!   a snapshot of megabytes;
 //! - `chunks(seq, doc_id, data, added_at)`: incremental automerge saves appended per commit,
-//!   folded into `documents.snapshot` by compaction;
+//!   folded into the snapshot by compaction;
 //! - `receipts(change_hash, record_id, kind, collected_at, acknowledged_at, details)`: one row per
 //!   local change the canvasser made (a signature, a check-in, a withdrawal), pending until the
-//!   server's heads include it; `details` is the plaintext kept for display until then.
+//!   server's heads include it; `details` is the plaintext kept for display until then;
+//! - `receipt_counts(kind, acknowledged, n)`: the receipts counted by kind and state, kept by
+//!   triggers in the transaction that changes `receipts`, so counting costs the same at 10 and
+//!   at 10,000 receipts.
 //!
 //! `secure_delete` is on, so dropped plaintext is overwritten in the file, not just unlinked.
 //! This module is plain SQL over a connection; it knows nothing of automerge beyond change
@@ -30,7 +36,39 @@ use crate::receipts::{AckCounts, Counts, Receipt, ReceiptDetails, ReceiptKind};
 /// The database file inside the home directory.
 pub const DB_FILE: &str = "tally-device.sqlite3";
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// Kept current by triggers; shared by a new file and the migration from version 1.
+const RECEIPT_COUNTS: &str = "
+CREATE TABLE receipt_counts (
+    kind TEXT NOT NULL,
+    acknowledged INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (kind, acknowledged)
+) STRICT, WITHOUT ROWID;
+INSERT INTO receipt_counts (kind, acknowledged, n)
+    SELECT k.kind, a.acknowledged, 0
+    FROM (SELECT 'signature' AS kind UNION ALL SELECT 'checkin'
+          UNION ALL SELECT 'signature_withdrawal' UNION ALL SELECT 'checkin_withdrawal') AS k,
+         (SELECT 0 AS acknowledged UNION ALL SELECT 1) AS a;
+CREATE TRIGGER receipts_counted_insert AFTER INSERT ON receipts BEGIN
+    UPDATE receipt_counts SET n = n + 1
+    WHERE kind = new.kind AND acknowledged = (new.acknowledged_at IS NOT NULL);
+END;
+CREATE TRIGGER receipts_counted_delete AFTER DELETE ON receipts BEGIN
+    UPDATE receipt_counts SET n = n - 1
+    WHERE kind = old.kind AND acknowledged = (old.acknowledged_at IS NOT NULL);
+END;
+CREATE TRIGGER receipts_counted_update AFTER UPDATE OF kind, acknowledged_at ON receipts
+WHEN old.kind IS NOT new.kind
+    OR (old.acknowledged_at IS NULL) IS NOT (new.acknowledged_at IS NULL)
+BEGIN
+    UPDATE receipt_counts SET n = n - 1
+    WHERE kind = old.kind AND acknowledged = (old.acknowledged_at IS NOT NULL);
+    UPDATE receipt_counts SET n = n + 1
+    WHERE kind = new.kind AND acknowledged = (new.acknowledged_at IS NOT NULL);
+END;
+";
 
 const SCHEMA: &str = "
 CREATE TABLE settings (
@@ -40,10 +78,14 @@ CREATE TABLE settings (
 CREATE TABLE documents (
     doc_id TEXT PRIMARY KEY,
     role TEXT NOT NULL UNIQUE CHECK (role IN ('collection', 'campaign', 'totals')),
-    snapshot BLOB,
     server_heads TEXT NOT NULL DEFAULT '[]',
     sync_state BLOB,
     updated_at INTEGER NOT NULL
+) STRICT;
+CREATE TABLE snapshots (
+    doc_id TEXT PRIMARY KEY REFERENCES documents (doc_id),
+    data BLOB NOT NULL,
+    upto_seq INTEGER NOT NULL
 ) STRICT;
 CREATE TABLE chunks (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -64,6 +106,46 @@ CREATE INDEX receipts_by_record ON receipts (record_id);
 CREATE INDEX receipts_pending ON receipts (collected_at) WHERE acknowledged_at IS NULL;
 ";
 
+/// From version 1: snapshots move out of `documents` (a chunk's commit used to rewrite the
+/// snapshot's row), and receipts get their counts.
+const MIGRATE_1_TO_2: &str = "
+CREATE TABLE snapshots (
+    doc_id TEXT PRIMARY KEY REFERENCES documents (doc_id),
+    data BLOB NOT NULL,
+    upto_seq INTEGER NOT NULL
+) STRICT;
+INSERT INTO snapshots (doc_id, data, upto_seq)
+    SELECT doc_id, snapshot, 0 FROM documents WHERE snapshot IS NOT NULL;
+ALTER TABLE documents DROP COLUMN snapshot;
+";
+
+/// Creates this build's schema on a new file, or migrates an older one, in one transaction.
+/// Another process may do the same at the same time: whoever comes second finds it done.
+fn migrate(conn: &Connection) -> Result<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let run = || -> rusqlite::Result<()> {
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let steps = match version {
+            0 => format!("{SCHEMA} {RECEIPT_COUNTS}"),
+            1 => format!(
+                "{MIGRATE_1_TO_2} {RECEIPT_COUNTS}
+                 UPDATE receipt_counts SET n = (SELECT count(*) FROM receipts r
+                     WHERE r.kind = receipt_counts.kind
+                       AND (r.acknowledged_at IS NOT NULL) = receipt_counts.acknowledged);"
+            ),
+            _ => String::new(),
+        };
+        if !steps.is_empty() {
+            conn.execute_batch(&format!("{steps} PRAGMA user_version = {SCHEMA_VERSION};"))?;
+        }
+        conn.execute_batch("COMMIT")
+    };
+    run().map_err(|e| {
+        let _ = conn.execute_batch("ROLLBACK");
+        ClientError::from(e)
+    })
+}
+
 /// Opens (creating if needed) the database at `path` with the durability settings, and
 /// migrates it to this build's schema.
 pub fn open(path: &Path) -> Result<Connection> {
@@ -80,23 +162,11 @@ pub fn open(path: &Path) -> Result<Connection> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "secure_delete", "ON")?;
+    if conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? < SCHEMA_VERSION {
+        migrate(&conn)?;
+    }
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     match version {
-        0 => {
-            conn.execute_batch(&format!(
-                "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-            ))
-            .or_else(|e| {
-                // Another process may have created the schema between our check and our write.
-                let _ = conn.execute_batch("ROLLBACK");
-                let now: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-                if now == SCHEMA_VERSION {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            })?;
-        }
         SCHEMA_VERSION => {}
         newer if newer > SCHEMA_VERSION => {
             return Err(ClientError::Storage(format!(
@@ -234,32 +304,83 @@ pub fn doc_rows(conn: &Connection) -> Result<Vec<DocRow>> {
     Ok(out)
 }
 
-/// A document's stored bytes: its snapshot, its chunks in order, the highest chunk number.
-pub type DocBytes = (Option<Vec<u8>>, Vec<Vec<u8>>, i64);
-
-/// The stored bytes of a document: its snapshot, then its chunks in order, with the highest
-/// chunk sequence number read.
-pub fn doc_bytes(conn: &Connection, id: &DocumentId) -> Result<DocBytes> {
-    let key = id.to_string();
-    let snapshot: Option<Vec<u8>> = conn
+/// A document's snapshot: its compacted save and the last chunk it folds in (0 when it has
+/// none, e.g. a document received from the server that was never compacted).
+pub fn snapshot(conn: &Connection, id: &DocumentId) -> Result<(Option<Vec<u8>>, i64)> {
+    Ok(conn
         .query_row(
-            "SELECT snapshot FROM documents WHERE doc_id = ?1",
+            "SELECT data, upto_seq FROM snapshots WHERE doc_id = ?1",
+            [id.to_string()],
+            |r| Ok((Some(r.get(0)?), r.get(1)?)),
+        )
+        .optional()?
+        .unwrap_or((None, 0)))
+}
+
+/// The last chunk the snapshot folds in (0 when none): cheap, the snapshot is not read.
+pub fn snapshot_upto(conn: &Connection, id: &DocumentId) -> Result<i64> {
+    Ok(conn
+        .query_row(
+            "SELECT upto_seq FROM snapshots WHERE doc_id = ?1",
+            [id.to_string()],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0))
+}
+
+/// Hands each chunk of a document numbered above `after` to `f`, in order, one at a time,
+/// without a copy per chunk. Returns the highest chunk number seen, or `after` when none.
+pub fn each_chunk(
+    conn: &Connection,
+    id: &DocumentId,
+    after: i64,
+    mut f: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<i64> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, data FROM chunks WHERE doc_id = ?1 AND seq > ?2 ORDER BY seq",
+    )?;
+    let mut rows = stmt.query(params![id.to_string(), after])?;
+    let mut max_seq = after;
+    while let Some(row) = rows.next()? {
+        max_seq = row.get(0)?;
+        f(row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?)?;
+    }
+    Ok(max_seq)
+}
+
+/// How much a document has waiting to be compacted, without reading any bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChunkStats {
+    /// Chunks not folded into the snapshot.
+    pub chunks: u64,
+    /// Their total size.
+    pub chunk_bytes: u64,
+    /// The snapshot's size (0 when none).
+    pub snapshot_bytes: u64,
+}
+
+pub fn chunk_stats(conn: &Connection, id: &DocumentId) -> Result<ChunkStats> {
+    let key = id.to_string();
+    let (chunks, chunk_bytes): (i64, i64) = conn.query_row(
+        "SELECT count(*), coalesce(sum(length(data)), 0) FROM chunks WHERE doc_id = ?1",
+        [&key],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let snapshot_bytes: i64 = conn
+        .query_row(
+            "SELECT length(data) FROM snapshots WHERE doc_id = ?1",
             [&key],
             |r| r.get(0),
         )
         .optional()?
-        .flatten();
-    let mut stmt = conn.prepare("SELECT seq, data FROM chunks WHERE doc_id = ?1 ORDER BY seq")?;
-    let mut chunks = Vec::new();
-    let mut max_seq = 0;
-    for row in stmt.query_map([&key], |r| {
-        Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
-    })? {
-        let (seq, data) = row?;
-        max_seq = seq;
-        chunks.push(data);
-    }
-    Ok((snapshot, chunks, max_seq))
+        .unwrap_or(0);
+    let n = |v: i64| u64::try_from(v).unwrap_or(0);
+    Ok(ChunkStats {
+        chunks: n(chunks),
+        chunk_bytes: n(chunk_bytes),
+        snapshot_bytes: n(snapshot_bytes),
+    })
 }
 
 pub fn insert_doc(
@@ -270,22 +391,20 @@ pub fn insert_doc(
     now: i64,
 ) -> Result<()> {
     conn.execute(
-        "INSERT INTO documents (doc_id, role, snapshot, updated_at) VALUES (?1, ?2, ?3, ?4)",
-        params![id.to_string(), role.as_str(), snapshot, now],
+        "INSERT INTO documents (doc_id, role, updated_at) VALUES (?1, ?2, ?3)",
+        params![id.to_string(), role.as_str(), now],
     )?;
+    if let Some(snapshot) = snapshot {
+        replace_snapshot(conn, id, snapshot, 0)?;
+    }
     Ok(())
 }
 
-pub fn append_chunk(conn: &Connection, id: &DocumentId, data: &[u8], now: i64) -> Result<()> {
-    conn.execute(
-        "INSERT INTO chunks (doc_id, data, added_at) VALUES (?1, ?2, ?3)",
-        params![id.to_string(), data, now],
-    )?;
-    conn.execute(
-        "UPDATE documents SET updated_at = ?2 WHERE doc_id = ?1",
-        params![id.to_string(), now],
-    )?;
-    Ok(())
+/// Appends a chunk to a document; returns its number (`chunks.seq`).
+pub fn append_chunk(conn: &Connection, id: &DocumentId, data: &[u8], now: i64) -> Result<i64> {
+    conn.prepare_cached("INSERT INTO chunks (doc_id, data, added_at) VALUES (?1, ?2, ?3)")?
+        .execute(params![id.to_string(), data, now])?;
+    Ok(conn.last_insert_rowid())
 }
 
 /// Replaces a document's snapshot and drops the chunks it folds in (those up to `upto_seq`).
@@ -294,26 +413,17 @@ pub fn replace_snapshot(
     id: &DocumentId,
     snapshot: &[u8],
     upto_seq: i64,
-    now: i64,
 ) -> Result<()> {
     conn.execute(
-        "UPDATE documents SET snapshot = ?2, updated_at = ?3 WHERE doc_id = ?1",
-        params![id.to_string(), snapshot, now],
+        "INSERT INTO snapshots (doc_id, data, upto_seq) VALUES (?1, ?2, ?3)
+         ON CONFLICT (doc_id) DO UPDATE SET data = excluded.data, upto_seq = excluded.upto_seq",
+        params![id.to_string(), snapshot, upto_seq],
     )?;
     conn.execute(
         "DELETE FROM chunks WHERE doc_id = ?1 AND seq <= ?2",
         params![id.to_string(), upto_seq],
     )?;
     Ok(())
-}
-
-pub fn chunk_count(conn: &Connection, id: &DocumentId) -> Result<usize> {
-    let n: i64 = conn.query_row(
-        "SELECT count(*) FROM chunks WHERE doc_id = ?1",
-        [id.to_string()],
-        |r| r.get(0),
-    )?;
-    Ok(usize::try_from(n).unwrap_or(0))
 }
 
 /// Stores what the server said about a document: its heads and our sync state with it.
@@ -337,11 +447,11 @@ pub fn insert_receipt(conn: &Connection, r: &Receipt) -> Result<()> {
         .details
         .as_ref()
         .map(|d| serde_json::to_string(d).expect("receipt details serialize"));
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO receipts (change_hash, record_id, kind, collected_at, acknowledged_at, details)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![r.change_hash, r.record_id, r.kind.as_str(), r.collected_at, r.acknowledged_at, details],
-    )?;
+    )?
+    .execute(params![r.change_hash, r.record_id, r.kind.as_str(), r.collected_at, r.acknowledged_at, details])?;
     Ok(())
 }
 
@@ -442,10 +552,9 @@ pub fn receipts_of(conn: &Connection, record_id: &str) -> Result<Vec<Receipt>> {
     rows.map(|r| to_receipt(r?)).collect()
 }
 
+/// Pending and acknowledged receipts by kind, from the counts the triggers keep.
 pub fn counts(conn: &Connection) -> Result<Counts> {
-    let mut stmt = conn.prepare(
-        "SELECT kind, acknowledged_at IS NOT NULL, count(*) FROM receipts GROUP BY 1, 2",
-    )?;
+    let mut stmt = conn.prepare_cached("SELECT kind, acknowledged, n FROM receipt_counts")?;
     let mut c = Counts::default();
     for row in stmt.query_map([], |r| {
         Ok((
