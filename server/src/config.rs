@@ -57,6 +57,10 @@ pub struct Config {
     /// device then enrolls again with a new invite, keeping what it holds. 0: tokens never
     /// expire. The admin's token never expires. Default: 90 days.
     pub token_idle_expiry_secs: u64,
+    /// The totals documents (what phones show offline) are rewritten at most this often, in
+    /// seconds; every connected phone is sent each rewrite. Live totals streams are not
+    /// affected (they update within half a second).
+    pub totals_document_secs: u64,
     /// Small-cell suppression: totals breakdown cells counting fewer distinct people than this
     /// are hidden from every token but the admin's, and from the totals document.
     pub suppress_below: u64,
@@ -84,6 +88,7 @@ impl Default for Config {
             max_connections_per_address: 2_000,
             send_timeout_secs: 20,
             token_idle_expiry_secs: 90 * 24 * 3600,
+            totals_document_secs: 2,
         }
     }
 }
@@ -177,6 +182,7 @@ impl Config {
                 }
                 "SEND_TIMEOUT_SECS" => self.send_timeout_secs = num(&value)?,
                 "TOKEN_IDLE_EXPIRY_SECS" => self.token_idle_expiry_secs = num(&value)?,
+                "TOTALS_DOCUMENT_SECS" => self.totals_document_secs = num(&value)?,
                 "LOG_FORMAT" => {
                     if value != "text" && value != "json" {
                         return Err(bad("expected text or json"));

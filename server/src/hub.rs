@@ -83,6 +83,8 @@ pub struct Hub {
     campaigns: Mutex<HashMap<String, Arc<Campaign>>>,
     followers: Mutex<HashMap<DocumentId, Followers>>,
     dirty_totals: Mutex<HashSet<String>>,
+    /// Campaigns whose totals changed since the live streams were last woken.
+    dirty_live: Mutex<HashSet<String>>,
     /// Documents with enough chunks to compact, for the background task ([`Hub::compact_due`]),
     /// so that no acknowledgement waits for a compaction.
     due_compaction: Mutex<HashSet<DocumentId>>,
@@ -147,6 +149,7 @@ impl Hub {
             campaigns: Mutex::default(),
             followers: Mutex::default(),
             dirty_totals: Mutex::default(),
+            dirty_live: Mutex::default(),
             due_compaction: Mutex::default(),
             totals_suppress_below: AtomicU64::new(5),
         }
@@ -314,7 +317,7 @@ impl Hub {
             lock(&self.due_compaction).insert(*id);
         }
         if matches!(header.kind, DocKind::Collection | DocKind::Review) {
-            lock(&self.dirty_totals).insert(header.campaign.clone());
+            self.mark_dirty(&header.campaign);
         }
         self.publish(id, origin);
         Ok(acc)
@@ -490,5 +493,12 @@ impl Hub {
     /// Marks a campaign's totals for rewriting.
     pub fn mark_dirty(&self, campaign: &str) {
         lock(&self.dirty_totals).insert(campaign.to_string());
+        lock(&self.dirty_live).insert(campaign.to_string());
+    }
+
+    /// The campaigns whose totals changed since the last call, for the live streams (which
+    /// read the totals tables themselves, more often than the totals documents are written).
+    pub fn take_dirty_live(&self) -> Vec<String> {
+        lock(&self.dirty_live).drain().collect()
     }
 }

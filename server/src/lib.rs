@@ -407,7 +407,13 @@ pub async fn serve(
 
 async fn background(state: Arc<AppState>, stop: CancellationToken, idle: Duration) {
     let hub = state.hub.clone();
-    let mut totals = tokio::time::interval(Duration::from_millis(500));
+    // Live streams (wall screens) hear of new totals within half a second; the totals
+    // documents, which every connected phone is sent, are rewritten at most every
+    // `totals_document_secs`.
+    let mut live = tokio::time::interval(Duration::from_millis(500));
+    let mut totals = tokio::time::interval(Duration::from_millis(
+        (state.config.totals_document_secs.max(1) * 1000).min(3_600_000),
+    ));
     let mut sweep = tokio::time::interval(
         (idle / 4).clamp(Duration::from_millis(250), Duration::from_secs(15)),
     );
@@ -415,12 +421,13 @@ async fn background(state: Arc<AppState>, stop: CancellationToken, idle: Duratio
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
+            _ = live.tick() => state.live.notify(&hub.take_dirty_live()),
             _ = totals.tick() => {
                 let h = hub.clone();
                 match tokio::task::spawn_blocking(move || h.refresh_dirty_totals()).await {
                     Ok(Err(e)) => tracing::error!(error = %e, "totals not refreshed"),
                     Err(e) => tracing::error!(error = %e, "totals task failed"),
-                    Ok(Ok(changed)) => state.live.notify(&changed),
+                    Ok(Ok(_)) => {}
                 }
             }
             _ = sweep.tick() => {

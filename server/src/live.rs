@@ -3,8 +3,8 @@
 //! `EventSource`) that sends the campaign's totals at once and again whenever they change.
 //!
 //! How a change reaches a subscriber: `Hub::commit` marks the campaign's totals dirty; every
-//! 500 ms the server's background task rewrites the dirty campaigns' totals documents and calls
-//! [`Live::notify`] with them; each subscriber of those campaigns wakes, waits until
+//! 500 ms the server's background task calls [`Live::notify`] with the dirty campaigns (the
+//! totals documents are rewritten on their own, slower tick); each subscriber of those campaigns wakes, waits until
 //! [`MIN_INTERVAL`] has passed since its last event (so a burst of syncs is coalesced into at most
 //! a few events a second), computes its answer (with its own filters and suppression) and sends
 //! it if it differs from the last one. Nothing here walks every subscriber or every campaign.

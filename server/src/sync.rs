@@ -312,7 +312,20 @@ pub async fn run(
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => break format!("socket error: {e}"),
             },
-            Some(doc) = notify.recv() => blocking(&mut conn, &workers, move |c| c.on_doc_changed(doc)).await,
+            Some(doc) = notify.recv() => {
+                // Every change waiting is handled in one go, each document once: a phone that
+                // is slow to read does not make the server generate the same answer many times.
+                let mut docs = vec![doc];
+                while let Ok(d) = notify.try_recv() {
+                    if !docs.contains(&d) {
+                        docs.push(d);
+                    }
+                }
+                blocking(&mut conn, &workers, move |c| {
+                    docs.into_iter().flat_map(|d| c.on_doc_changed(d)).collect()
+                })
+                .await
+            }
         };
         let mut close = None;
         for out in outs {

@@ -1354,7 +1354,7 @@ async fn the_database_never_holds_a_signers_name_or_email() {
         s.organizer
     ));
     rx.recv_timeout(Duration::from_secs(10)).expect("event");
-    tokio::time::sleep(Duration::from_millis(1200)).await; // totals documents written
+    tokio::time::sleep(Duration::from_millis(2500)).await; // totals documents written (2 s)
     let mut needles: Vec<String> = Vec::new();
     for (name, _, email) in PEOPLE {
         for v in [name.to_string(), email.to_string()] {

@@ -109,11 +109,20 @@ async fn a_phone_pushes_its_collection_and_reads_the_campaign() {
         (Some(2), Some(2)),
         "{t}"
     );
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    phone.settle(QUIET).await.unwrap();
-    let (totals, _) = tally_core::totals_doc::read(&phone.docs[&totals_id])
-        .unwrap()
-        .expect("totals written");
+    // The totals document is rewritten every `totals_document_secs` (2 s): wait for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let totals = loop {
+        phone.settle(QUIET).await.unwrap();
+        let current = phone
+            .docs
+            .get(&totals_id)
+            .and_then(|d| tally_core::totals_doc::read(d).ok().flatten());
+        match current {
+            Some((t, _)) if t.signatures == 2 => break t,
+            _ if std::time::Instant::now() > deadline => panic!("totals document not updated"),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
     assert_eq!(totals.signatures, 2);
 
     // A second connection of the same device reads its own collection back.
