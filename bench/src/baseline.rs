@@ -219,6 +219,7 @@ fn hub_path(setup: &Setup, work: &[Work], dir: &std::path::Path) -> Result<Optio
             idle_unload: Duration::from_secs(60),
             compact_after_chunks: 64,
             max_documents_per_device: 64,
+            max_loaded_documents: 0,
         },
     );
     let admin = Writer {

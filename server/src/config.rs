@@ -36,6 +36,10 @@ pub struct Config {
     pub max_connections: usize,
     /// Seconds a document stays in memory after its last use.
     pub idle_unload_secs: u64,
+    /// Most documents held in memory at once; past it the least recently used ones not in use
+    /// are unloaded (a reconnect wave of many phones then stays within bounded memory). 0: no
+    /// cap, only `idle_unload_secs`.
+    pub max_loaded_documents: usize,
     /// Compact a document once this many incremental chunks follow its snapshot.
     pub compact_after_chunks: u64,
     /// How long an invite code stays valid, in hours.
@@ -80,6 +84,7 @@ impl Default for Config {
             max_connections: 10_000,
             idle_unload_secs: 60,
             compact_after_chunks: 64,
+            max_loaded_documents: 256,
             invite_ttl_hours: 72,
             log_format: "text".into(),
             suppress_below: 5,
@@ -170,6 +175,7 @@ impl Config {
                 "MAX_CONNECTIONS" => self.max_connections = num(&value)? as usize,
                 "IDLE_UNLOAD_SECS" => self.idle_unload_secs = num(&value)?,
                 "COMPACT_AFTER_CHUNKS" => self.compact_after_chunks = num(&value)?,
+                "MAX_LOADED_DOCUMENTS" => self.max_loaded_documents = num(&value)? as usize,
                 "INVITE_TTL_HOURS" => self.invite_ttl_hours = num(&value)?,
                 "SUPPRESS_BELOW" => self.suppress_below = num(&value)?,
                 "MAX_AUTH_FAILURES" => {

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use automerge::Automerge;
+use automerge::{Automerge, ReadDoc};
 use tally_core::campaign::{self, Campaign};
 use tally_core::validate::{Accepted, Writer, validate};
 use tally_core::{DocHeader, DocKind, Role};
@@ -69,6 +69,9 @@ pub struct HubConfig {
     pub compact_after_chunks: u64,
     /// Most collection documents per device.
     pub max_documents_per_device: u64,
+    /// Most documents held in memory; past it the least recently used ones not in use are
+    /// unloaded at once, whatever their idle time (0: no cap, only the idle time).
+    pub max_loaded_documents: usize,
 }
 
 /// Who follows a document: connection id -> a channel that receives the ids of changed docs.
@@ -196,10 +199,37 @@ impl Hub {
             }
         };
         let mut docs = lock(&self.docs);
-        Ok(docs
+        let slot = docs
             .entry(*id)
             .or_insert_with(|| Arc::new(Mutex::new(slot)))
-            .clone())
+            .clone();
+        let cap = self.cfg.max_loaded_documents;
+        if cap > 0 && docs.len() > cap {
+            Self::evict(&mut docs, cap - cap / 10);
+        }
+        Ok(slot)
+    }
+
+    /// Unloads the least recently used documents until at most `keep` are loaded, skipping the
+    /// ones in use (held by a caller, or locked) and the ones holding changes that wait for
+    /// missing dependencies (which exist only in memory).
+    fn evict(docs: &mut HashMap<DocumentId, Arc<Mutex<Slot>>>, keep: usize) {
+        let mut idle: Vec<(Instant, DocumentId)> = docs
+            .iter()
+            .filter(|(_, slot)| Arc::strong_count(slot) == 1)
+            .filter_map(|(id, slot)| {
+                let s = slot.try_lock().ok()?;
+                s.doc
+                    .get_missing_deps(&[])
+                    .is_empty()
+                    .then_some((s.last_used, *id))
+            })
+            .collect();
+        idle.sort_unstable();
+        let excess = docs.len().saturating_sub(keep);
+        for (_, id) in idle.into_iter().take(excess) {
+            docs.remove(&id);
+        }
     }
 
     /// A document's meta, `None` if it was never stored.

@@ -337,6 +337,7 @@ pub async fn serve(
             idle_unload: config.idle_unload(),
             compact_after_chunks: config.compact_after_chunks,
             max_documents_per_device: config.max_documents_per_device,
+            max_loaded_documents: config.max_loaded_documents,
         },
     ));
     hub.set_totals_suppress_below(config.suppress_below);

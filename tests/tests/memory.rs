@@ -1,6 +1,7 @@
 //! Memory stays bounded: two rounds of 5,000 new documents each, touched then left idle; the
-//! server unloads them, and the second round adds far less resident memory than the first. The
-//! resident memory after each round is printed for the record.
+//! server never holds more than `max_loaded_documents` (200 here), unloads the rest when idle,
+//! and the second round adds far less resident memory than the first. The resident memory
+//! after each round is printed for the record.
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,7 @@ async fn idle_documents_are_unloaded() {
         &[
             ("TALLY_IDLE_UNLOAD_SECS", "2"),
             ("TALLY_MAX_DOCUMENTS_PER_DEVICE", "20000"),
+            ("TALLY_MAX_LOADED_DOCUMENTS", "200"),
         ],
     );
     let c = server.campaign();
@@ -67,9 +69,10 @@ async fn idle_documents_are_unloaded() {
             loaded_max > 0,
             "the server reported no loaded documents while syncing"
         );
+        // The cap of 200 holds however fast documents arrive (a few in use may exceed it).
         assert!(
-            loaded_max < (DOCS / 3) as u64,
-            "{loaded_max} of {DOCS} documents held at once: idle documents are not unloaded"
+            loaded_max <= 210,
+            "{loaded_max} of {DOCS} documents held at once, over max_loaded_documents (200)"
         );
         drop(peer);
 
