@@ -184,7 +184,9 @@ pub struct Status {
 pub(crate) struct LocalDoc {
     pub id: DocumentId,
     pub role: DocRole,
-    pub doc: Automerge,
+    /// The document, once loaded ([`State::ensure`]): the collection, the big one, waits for
+    /// its first use (the status needs only SQL); the others load with the state.
+    doc: Option<Automerge>,
     /// The last chunk (`chunks.seq`) `doc` holds, with every earlier one of this document.
     pub seen_seq: i64,
     /// Chunks appended since the compactor was last nudged about this document.
@@ -193,6 +195,27 @@ pub(crate) struct LocalDoc {
     pub server_heads: Vec<ChangeHash>,
     /// The persisted sync state (`sync::State::encode`) with the server.
     pub sync_state: Option<Vec<u8>>,
+}
+
+impl LocalDoc {
+    fn not_loaded(&self) -> ClientError {
+        ClientError::Storage(format!(
+            "the {} document was used before it was loaded (a bug in tally-client)",
+            self.role
+        ))
+    }
+
+    /// The document; an error if it was not loaded first ([`State::ensure`]).
+    pub fn doc(&self) -> Result<&Automerge> {
+        self.doc.as_ref().ok_or_else(|| self.not_loaded())
+    }
+
+    pub fn doc_mut(&mut self) -> Result<&mut Automerge> {
+        if self.doc.is_none() {
+            return Err(self.not_loaded());
+        }
+        Ok(self.doc.as_mut().expect("checked just above"))
+    }
 }
 
 /// The result of applying one message from the server.
@@ -213,6 +236,8 @@ pub(crate) struct State {
     /// Records in the collection, once counted (`None` after the collection changed otherwise
     /// than by a local write).
     records: Option<usize>,
+    /// Whether the collection has been used: from then on a reload loads it at once.
+    collection_wanted: bool,
     compactor: Compactor,
 }
 
@@ -298,6 +323,9 @@ fn check_postal_code(value: &str) -> Result<()> {
 impl State {
     fn open(path: &Path) -> Result<State> {
         let conn = store::open(path)?;
+        // Checkpoints (copying the WAL into the file, with an fsync of the file) would otherwise
+        // land in whichever signature's commit crosses 1,000 pages: the compactor runs them.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let mut st = State {
             conn,
             enrollment: None,
@@ -306,6 +334,7 @@ impl State {
             data_version: 0,
             campaign: None,
             records: None,
+            collection_wanted: false,
             compactor: Compactor::new(path),
         };
         st.reload()?;
@@ -332,7 +361,12 @@ impl State {
         let (enrollment, drop_plaintext) = State::read_settings(&tx)?;
         let mut docs = Vec::new();
         for row in store::doc_rows(&tx)? {
-            let (doc, seen_seq) = compact::load(&tx, &row.id, row.role)?;
+            let (doc, seen_seq) = if row.role == DocRole::Collection && !self.collection_wanted {
+                (None, 0)
+            } else {
+                let (doc, seen) = compact::load(&tx, &row.id, row.role)?;
+                (Some(doc), seen)
+            };
             docs.push(LocalDoc {
                 id: row.id,
                 role: row.role,
@@ -384,17 +418,42 @@ impl State {
             let Some(local) = self.docs.iter_mut().find(|d| d.id == row.id) else {
                 continue;
             };
-            if store::snapshot_upto(&tx, &row.id)? > local.seen_seq {
-                (local.doc, local.seen_seq) = compact::load(&tx, &row.id, row.role)?;
-            } else {
-                local.seen_seq =
-                    compact::load_chunks(&tx, &row.id, row.role, &mut local.doc, local.seen_seq)?;
+            if let Some(doc) = &mut local.doc {
+                if store::snapshot_upto(&tx, &row.id)? > local.seen_seq {
+                    let (doc, seen) = compact::load(&tx, &row.id, row.role)?;
+                    (local.doc, local.seen_seq) = (Some(doc), seen);
+                } else {
+                    local.seen_seq =
+                        compact::load_chunks(&tx, &row.id, row.role, doc, local.seen_seq)?;
+                }
             }
             local.server_heads = row.server_heads;
             local.sync_state = row.sync_state;
         }
         tx.commit()?;
         self.records = None;
+        Ok(())
+    }
+
+    /// Loads the document at `idx` if it is not yet.
+    pub fn ensure(&mut self, idx: usize) -> Result<()> {
+        if self.docs[idx].role == DocRole::Collection {
+            self.collection_wanted = true;
+        }
+        if self.docs[idx].doc.is_none() {
+            let (id, role) = (self.docs[idx].id, self.docs[idx].role);
+            let (doc, seen) = compact::load(&self.conn, &id, role)?;
+            let local = &mut self.docs[idx];
+            (local.doc, local.seen_seq) = (Some(doc), seen);
+        }
+        Ok(())
+    }
+
+    /// Loads every document not loaded yet.
+    pub fn ensure_all(&mut self) -> Result<()> {
+        for idx in 0..self.docs.len() {
+            self.ensure(idx)?;
+        }
         Ok(())
     }
 
@@ -440,8 +499,10 @@ impl State {
     /// The campaign, read from its document; checked to be this phone's campaign. Read again
     /// only when the campaign document changed.
     fn campaign(&mut self) -> Result<Campaign> {
+        let idx = self.index(DocRole::Campaign)?;
+        self.ensure(idx)?;
         let enrollment = self.enrollment()?;
-        let doc = &self.doc(DocRole::Campaign)?.doc;
+        let doc = self.docs[idx].doc()?;
         let heads = doc.get_heads();
         if heads.is_empty() {
             return Err(ClientError::NoCampaign);
@@ -462,12 +523,14 @@ impl State {
         Ok(campaign)
     }
 
-    fn totals(&self) -> Result<Option<TeamTotals>> {
-        let doc = self.doc(DocRole::Totals)?;
-        if doc.doc.get_heads().is_empty() {
+    fn totals(&mut self) -> Result<Option<TeamTotals>> {
+        let idx = self.index(DocRole::Totals)?;
+        self.ensure(idx)?;
+        let doc = self.docs[idx].doc()?;
+        if doc.get_heads().is_empty() {
             return Ok(None);
         }
-        let read = tally_core::totals_doc::read(&doc.doc).map_err(|r| {
+        let read = tally_core::totals_doc::read(doc).map_err(|r| {
             ClientError::Protocol(format!(
                 "the team totals from the server cannot be read ({r})"
             ))
@@ -483,9 +546,26 @@ impl State {
         if let Some(n) = self.records {
             return Ok(n);
         }
-        let n = collection::record_count(&self.doc(DocRole::Collection)?.doc);
+        let idx = self.index(DocRole::Collection)?;
+        self.ensure(idx)?;
+        let n = collection::record_count(self.docs[idx].doc()?);
         self.records = Some(n);
         Ok(n)
+    }
+
+    /// Records in the collection, for the status: counted in the document when it is loaded,
+    /// otherwise from the receipt counts, without loading it (only this phone writes its
+    /// collection, and every record went in with its receipt, in one transaction).
+    fn records_for_status(&mut self, counts: &Counts) -> Result<usize> {
+        let idx = self.index(DocRole::Collection)?;
+        if self.docs[idx].doc.is_some() {
+            return self.collection_records();
+        }
+        let n = counts.signatures_pending
+            + counts.signatures_acknowledged
+            + counts.checkins_pending
+            + counts.checkins_acknowledged;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     fn check_room(&mut self) -> Result<()> {
@@ -506,11 +586,12 @@ impl State {
         write: impl FnOnce(&mut Automerge) -> std::result::Result<(), WriteError>,
     ) -> Result<Receipt> {
         let idx = self.index(DocRole::Collection)?;
+        self.ensure(idx)?;
         let local = &mut self.docs[idx];
-        let before = local.doc.get_heads();
-        write(&mut local.doc).map_err(write_error)?;
-        let new: Vec<ChangeHash> = local
-            .doc
+        let doc = local.doc_mut()?;
+        let before = doc.get_heads();
+        write(doc).map_err(write_error)?;
+        let new: Vec<ChangeHash> = doc
             .get_changes_meta(&before)
             .iter()
             .map(|m| m.hash)
@@ -522,7 +603,7 @@ impl State {
                 new.len()
             )));
         };
-        let chunk = local.doc.save_after(&before);
+        let chunk = doc.save_after(&before);
         let doc_id = local.id;
         let receipt = Receipt {
             record_id: record_id.to_string(),
@@ -603,7 +684,8 @@ impl State {
     /// another process added changes, or at the start of a sync).
     pub fn recheck_acks(&mut self) -> Result<AckCounts> {
         let idx = self.index(DocRole::Collection)?;
-        let hashes = self.acked_hashes(&self.docs[idx].doc, &self.docs[idx].server_heads)?;
+        self.ensure(idx)?;
+        let hashes = self.acked_hashes(self.docs[idx].doc()?, &self.docs[idx].server_heads)?;
         if hashes.is_empty() {
             return Ok(AckCounts::default());
         }
@@ -633,20 +715,22 @@ impl State {
                 ClientError::Protocol(format!("a sync message for unknown document {doc_id}"))
             })?;
         let server_heads = message.heads.clone();
+        self.ensure(idx)?;
         let local = &mut self.docs[idx];
         let role = local.role;
-        let before = local.doc.get_heads();
-        if let Err(e) = session.apply_sync_message(doc_id, &mut local.doc, message) {
+        let doc = local.doc_mut()?;
+        let before = doc.get_heads();
+        if let Err(e) = session.apply_sync_message(doc_id, doc, message) {
             self.restore();
             return Err(ClientError::Protocol(format!(
                 "the server's changes to the {role} document do not apply ({e})"
             )));
         }
-        let changed = local.doc.get_heads() != before;
-        let chunk = changed.then(|| local.doc.save_after(&before));
+        let changed = doc.get_heads() != before;
+        let chunk = changed.then(|| doc.save_after(&before));
         let sync_state = session.encoded_sync_state(&doc_id);
         let acked_hashes = if role == DocRole::Collection {
-            self.acked_hashes(&self.docs[idx].doc, &server_heads)?
+            self.acked_hashes(self.docs[idx].doc()?, &server_heads)?
         } else {
             Vec::new()
         };
@@ -1008,7 +1092,9 @@ impl Device {
         let mut st = self.lock()?;
         st.refresh()?;
         st.enrollment()?;
-        let doc = &st.doc(DocRole::Collection)?.doc;
+        let idx = st.index(DocRole::Collection)?;
+        st.ensure(idx)?;
+        let doc = st.docs[idx].doc()?;
         let found_sig = collection::signature(doc, record_id)
             .map_err(|r| ClientError::Corrupt(r.to_string()))?;
         let found_checkin = if found_sig.is_none() {
@@ -1108,20 +1194,22 @@ impl Device {
                 "the phone's own collection is written only on the phone; it cannot be imported",
             ));
         }
+        st.ensure(idx)?;
         let local = &mut st.docs[idx];
-        let before = local.doc.get_heads();
-        if let Err(e) = local.doc.load_incremental(bytes) {
+        let seen = local.seen_seq;
+        let doc = local.doc_mut()?;
+        let before = doc.get_heads();
+        if let Err(e) = doc.load_incremental(bytes) {
             st.restore();
             return Err(ClientError::form(
                 "document",
                 format!("not an automerge document: {e}"),
             ));
         }
-        if local.doc.get_heads() == before {
+        if doc.get_heads() == before {
             return Ok(());
         }
-        let chunk = local.doc.save_after(&before);
-        let seen = local.seen_seq;
+        let chunk = doc.save_after(&before);
         let data_version = st.data_version;
         let appended = (|| -> Result<i64> {
             let tx = st
@@ -1144,7 +1232,18 @@ impl Device {
 
     /// A copy of one of the phone's documents (for inspection, export and tests).
     pub fn document(&self, role: DocRole) -> Result<Automerge> {
-        Ok(self.lock()?.doc(role)?.doc.clone())
+        let mut st = self.lock()?;
+        let idx = st.index(role)?;
+        st.ensure(idx)?;
+        Ok(st.docs[idx].doc()?.clone())
+    }
+
+    /// Loads the collection document now. Reading the status does not need it; signing,
+    /// checking in, withdrawing and syncing load it at their first use (at 10,000 records
+    /// that takes about 0.3 s and most of the phone's memory), so an app can call this in the
+    /// background once the status is on screen.
+    pub fn preload(&self) -> Result<()> {
+        self.lock()?.ensure_all()
     }
 
     /// The heads the server last sent for one of the phone's documents.
@@ -1181,7 +1280,7 @@ impl Device {
                 problems.push(e.to_string());
                 None
             });
-            (title, totals, st.collection_records()?)
+            (title, totals, st.records_for_status(&counts)?)
         } else {
             problems.push(ClientError::NotEnrolled.to_string());
             (None, None, 0)

@@ -113,6 +113,7 @@ impl SyncEngine {
         let mut st = device.lock()?;
         st.refresh()?;
         let enrollment = st.enrollment()?.clone();
+        st.ensure_all()?;
         // Acknowledgements the stored heads already cover (e.g. changes another process made).
         st.recheck_acks()?;
         let suffix: [u8; 4] = rand::random();
@@ -219,7 +220,7 @@ impl SyncEngine {
         let Some(local) = st.docs.iter().find(|d| d.id == doc) else {
             return Ok(None);
         };
-        Ok(self.session.sync_frame(doc, &local.doc))
+        Ok(self.session.sync_frame(doc, local.doc()?))
     }
 
     fn frames_for_all(&mut self) -> Result<Vec<Vec<u8>>> {
@@ -274,7 +275,7 @@ impl SyncEngine {
             let Some(local) = st.docs.iter().find(|d| d.id == *id) else {
                 continue;
             };
-            if !same_heads(&local.doc, &local.server_heads) {
+            if !same_heads(local.doc()?, &local.server_heads) {
                 return Ok(false);
             }
         }

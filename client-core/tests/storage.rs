@@ -135,6 +135,14 @@ fn counts_follow_sign_checkin_withdraw_ack_and_reopen() {
     let c = reopened.counts().unwrap();
     assert_eq!((c.signatures_pending, c.signatures_acknowledged), (1, 3));
     assert_eq!(c, counted(&reopened));
+    // The status of a phone just opened counts records without loading the collection; a sync
+    // right after the open (nothing signed since) loads it and acknowledges the last one.
+    assert_eq!(reopened.status().unwrap().collection_records, 5);
+    let engine = sync(&reopened, &mut server);
+    assert!(engine.is_settled().unwrap());
+    let c = reopened.counts().unwrap();
+    assert_eq!((c.signatures_pending, c.signatures_acknowledged), (0, 4));
+    assert_eq!(c, counted(&reopened));
     assert_eq!(reopened.status().unwrap().collection_records, 5);
 }
 
