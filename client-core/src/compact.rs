@@ -31,8 +31,9 @@ fn corrupt(what: impl std::fmt::Display) -> impl FnOnce(automerge::AutomergeErro
     move |e| ClientError::Corrupt(format!("{what}: {e}"))
 }
 
-/// Loads a document from its snapshot and its chunks (streamed, one at a time). Returns it with
-/// the number of the last chunk it holds.
+/// Loads a document from its snapshot and its chunks. Returns it with the number of the last
+/// chunk it holds. Call it inside a transaction: between two reads outside one, a compaction
+/// could fold and delete chunks the second read then misses.
 pub(crate) fn load(conn: &Connection, id: &DocumentId, role: DocRole) -> Result<(Automerge, i64)> {
     let (snapshot, upto) = store::snapshot(conn, id)?;
     let mut doc = match snapshot {

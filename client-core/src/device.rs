@@ -442,7 +442,11 @@ impl State {
         }
         if self.docs[idx].doc.is_none() {
             let (id, role) = (self.docs[idx].id, self.docs[idx].role);
-            let (doc, seen) = compact::load(&self.conn, &id, role)?;
+            // One read transaction: a compaction cannot fold chunks between the snapshot read
+            // and the chunks read.
+            let tx = self.conn.unchecked_transaction()?;
+            let (doc, seen) = compact::load(&tx, &id, role)?;
+            tx.commit()?;
             let local = &mut self.docs[idx];
             (local.doc, local.seen_seq) = (Some(doc), seen);
         }
