@@ -275,8 +275,13 @@ async fn sync_upgrade(State(state): State<Arc<AppState>>, req: axum::extract::Re
     let tasks = state.tasks.clone();
     let send_timeout = Duration::from_secs(state.config.send_timeout_secs);
     let workers = state.workers.clone();
+    // Small socket buffers: tungstenite's default of 128 KiB each way per connection came to
+    // about 250 MB with a thousand phones connected. They grow for a large frame and shrink
+    // back; every frame is sent whole and flushed anyway.
     ws.max_message_size(state.config.max_frame_bytes)
         .max_frame_size(state.config.max_frame_bytes)
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| {
             tasks.track_future(async move {
                 sync::run(socket, conn, notify, cancel, send_timeout, workers).await;
