@@ -84,7 +84,7 @@ impl Default for Config {
             max_connections: 10_000,
             idle_unload_secs: 60,
             compact_after_chunks: 64,
-            max_loaded_documents: 256,
+            max_loaded_documents: 128,
             invite_ttl_hours: 72,
             log_format: "text".into(),
             suppress_below: 5,
