@@ -288,8 +288,27 @@ impl Drop for SmallDisk {
     }
 }
 
+/// Compacts the (stopped) server's database file, so that it has no free pages left.
+fn vacuum(db: &Path) -> Result<(), String> {
+    let conn = tally_store::rusqlite::Connection::open(db).map_err(|e| e.to_string())?;
+    conn.execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")
+        .map_err(|e| format!("VACUUM {}: {e}", db.display()))
+}
+
+/// Set to play the stand-ins that need no mounts (a capped database for a full disk, no
+/// read-only steps), as on a machine that allows none.
+const NO_MOUNTS: &str = "TALLY_FAULT_NO_MOUNTS";
+
+fn mounts_allowed() -> Result<(), String> {
+    match std::env::var_os(NO_MOUNTS) {
+        Some(_) => Err(format!("{NO_MOUNTS} is set")),
+        None => Ok(()),
+    }
+}
+
 /// Whether this machine can give a folder a small filesystem of its own (tmpfs, as root).
 pub fn small_disk_available(scratch: &Path) -> Result<(), String> {
+    mounts_allowed()?;
     let disk = SmallDisk::mount(&scratch.join("disk-probe"))?;
     let filled = disk.fill()?;
     disk.drain();
@@ -303,6 +322,7 @@ pub fn small_disk_available(scratch: &Path) -> Result<(), String> {
 
 /// Whether this machine can make a folder read-only for the server (a bind mount as root).
 pub fn read_only_available(scratch: &Path) -> Result<(), String> {
+    mounts_allowed()?;
     let dir = scratch.join("ro-probe");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let guard = ReadOnlyFolder::apply(&dir)?;
@@ -461,6 +481,8 @@ impl Rig {
         self.read_only = None;
         match mode {
             Mode::Full if self.disk.is_none() => {
+                // No slack in the file either: SQLite would first fill its free pages.
+                vacuum(&self.server.data.join("tally.db"))?;
                 self.server.set_env(&[("TALLY_MAX_DATABASE_KIB", "1")])
             }
             _ => self.server.set_env(&[]),
