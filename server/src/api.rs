@@ -22,7 +22,6 @@ use tally_core::collection;
 use tally_core::review::{self, Sheet, SheetStatus, Strike, StrikeReason};
 use tally_core::totals::{Cell, CheckinCell, PaperTotals};
 use tally_proto::DocumentId;
-use tally_store::devices::LAST_SEEN_RESOLUTION_MS;
 use tally_store::{Device, DocFilter, Role as StoreRole, TokenRefusal};
 
 use crate::AppState;
@@ -80,12 +79,9 @@ impl FromRequestParts<Arc<AppState>> for Auth {
             .map_err(|e| ApiError::Internal(e.to_string()))??;
         match checked {
             Ok(device) => {
-                let store = state.hub.store.clone();
-                let seen = device.clone();
-                if seen
-                    .last_seen
-                    .is_none_or(|t| t <= now - LAST_SEEN_RESOLUTION_MS)
-                {
+                if !device.seen_recently(now) {
+                    let store = state.hub.store.clone();
+                    let seen = device.clone();
                     tokio::task::spawn_blocking(move || {
                         if let Err(e) = store.record_seen(&seen, now) {
                             tracing::warn!(device = %seen.device_id, error = %e, "last seen time not recorded");

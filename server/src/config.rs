@@ -225,28 +225,24 @@ impl Config {
     /// The certificate and key files when TLS is on; an error naming the missing one when only
     /// one of them is given.
     pub fn tls_files(&self) -> Result<Option<(&Path, &Path)>, String> {
-        match (&self.tls_cert, &self.tls_key) {
-            (Some(c), Some(k)) => Ok(Some((c, k))),
-            (None, None) => Ok(None),
-            (Some(_), None) => Err(
-                "tls_cert is set but tls_key is not: give both (--tls-cert and --tls-key, or \
-                 TALLY_TLS_CERT and TALLY_TLS_KEY), or neither for plain HTTP"
-                    .into(),
-            ),
-            (None, Some(_)) => Err(
-                "tls_key is set but tls_cert is not: give both (--tls-cert and --tls-key, or \
-                 TALLY_TLS_CERT and TALLY_TLS_KEY), or neither for plain HTTP"
-                    .into(),
-            ),
-        }
+        let missing = match (&self.tls_cert, &self.tls_key) {
+            (Some(c), Some(k)) => return Ok(Some((c, k))),
+            (None, None) => return Ok(None),
+            (Some(_), None) => ("tls_cert", "tls_key"),
+            (None, Some(_)) => ("tls_key", "tls_cert"),
+        };
+        Err(format!(
+            "{} is set but {} is not: give both (--tls-cert and --tls-key, or TALLY_TLS_CERT \
+             and TALLY_TLS_KEY), or neither for plain HTTP",
+            missing.0, missing.1
+        ))
     }
 
     /// The URL phones use: `public_url`, else `https://LISTEN` with TLS or `http://LISTEN`.
     pub fn public_url(&self) -> String {
-        let scheme = if self.tls_cert.is_some() && self.tls_key.is_some() {
-            "https"
-        } else {
-            "http"
+        let scheme = match self.tls_files() {
+            Ok(Some(_)) => "https",
+            _ => "http",
         };
         self.public_url
             .clone()

@@ -479,14 +479,10 @@ impl Hub {
         lock(&self.docs).len()
     }
 
-    /// Rewrites the totals document of every campaign whose collections or review changed.
-    pub fn refresh_totals(&self) -> Result<usize, HubError> {
-        self.refresh_dirty_totals().map(|c| c.len())
-    }
-
     /// Rewrites the totals document (with small cells suppressed) of every campaign whose
-    /// collections or review changed, unless its totals are the same; returns those campaigns.
-    pub fn refresh_dirty_totals(&self) -> Result<Vec<String>, HubError> {
+    /// collections or review changed, unless its totals are the same; returns how many
+    /// campaigns were looked at.
+    pub fn refresh_totals(&self) -> Result<usize, HubError> {
         let dirty: Vec<String> = lock(&self.dirty_totals).drain().collect();
         for campaign in &dirty {
             let docs = self.store.list_documents(&DocFilter {
@@ -517,7 +513,7 @@ impl Hub {
                 tally_core::totals_doc::write(doc, &totals, now).map_err(|e| e.to_string())
             })?;
         }
-        Ok(dirty)
+        Ok(dirty.len())
     }
 
     /// Marks a campaign's totals for rewriting.

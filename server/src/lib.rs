@@ -430,7 +430,7 @@ async fn background(state: Arc<AppState>, stop: CancellationToken, idle: Duratio
             _ = live.tick() => state.live.notify(&hub.take_dirty_live()),
             _ = totals.tick() => {
                 let h = hub.clone();
-                match tokio::task::spawn_blocking(move || h.refresh_dirty_totals()).await {
+                match tokio::task::spawn_blocking(move || h.refresh_totals()).await {
                     Ok(Err(e)) => tracing::error!(error = %e, "totals not refreshed"),
                     Err(e) => tracing::error!(error = %e, "totals task failed"),
                     Ok(Ok(_)) => {}

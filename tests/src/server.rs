@@ -19,14 +19,9 @@ pub fn http(
     body: Option<Value>,
 ) -> (u16, Value) {
     let url = format!("{base}{path}");
-    let mut req = match crate::tls::client_config().filter(|_| base.starts_with("https://")) {
-        Some(tls) => ureq::AgentBuilder::new()
-            .tls_config(tls)
-            .build()
-            .request(method, &url),
-        None => ureq::request(method, &url),
-    }
-    .timeout(Duration::from_secs(30));
+    let mut req = crate::tls::agent_for(&url)
+        .request(method, &url)
+        .timeout(Duration::from_secs(30));
     if let Some(t) = token {
         req = req.set("Authorization", &format!("Bearer {t}"));
     }
@@ -386,11 +381,7 @@ impl ServerProcess {
     /// Whether `/healthz` answers 200.
     pub fn healthy(&self) -> bool {
         let url = format!("{}/healthz", self.base());
-        let agent = match crate::tls::client_config().filter(|_| self.tls) {
-            Some(tls) => ureq::AgentBuilder::new().tls_config(tls).build(),
-            None => ureq::agent(),
-        };
-        agent
+        crate::tls::agent_for(&url)
             .get(&url)
             .timeout(Duration::from_millis(500))
             .call()

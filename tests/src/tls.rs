@@ -51,3 +51,12 @@ pub fn trust(cert_pem: &str) {
 pub fn client_config() -> Option<Arc<rustls::ClientConfig>> {
     CLIENT.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
+
+/// An HTTP agent for `url`: one that trusts the certificate given to [`trust`] for an
+/// `https://` URL once it was called, the default one otherwise.
+pub fn agent_for(url: &str) -> ureq::Agent {
+    match client_config().filter(|_| url.starts_with("https://")) {
+        Some(tls) => ureq::AgentBuilder::new().tls_config(tls).build(),
+        None => ureq::agent(),
+    }
+}

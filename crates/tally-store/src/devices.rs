@@ -99,6 +99,15 @@ pub struct Device {
     pub last_seen: Option<i64>,
 }
 
+impl Device {
+    /// Whether its stored `last_seen` is within [`LAST_SEEN_RESOLUTION_MS`] of `now`, so that
+    /// [`Store::record_seen`] has nothing to write.
+    pub fn seen_recently(&self, now: i64) -> bool {
+        self.last_seen
+            .is_some_and(|seen| seen > now - LAST_SEEN_RESOLUTION_MS)
+    }
+}
+
 /// Why a bearer token was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TokenRefusal {
@@ -451,10 +460,7 @@ impl Store {
     /// [`LAST_SEEN_RESOLUTION_MS`] (so at most one write a minute per device); returns whether
     /// it wrote.
     pub fn record_seen(&self, device: &Device, now: i64) -> Result<bool> {
-        if device
-            .last_seen
-            .is_some_and(|seen| seen > now - LAST_SEEN_RESOLUTION_MS)
-        {
+        if device.seen_recently(now) {
             return Ok(false);
         }
         self.with_conn(|conn| {
