@@ -65,6 +65,13 @@ pub struct Config {
     /// seconds; every connected phone is sent each rewrite. Live totals streams are not
     /// affected (they update within half a second).
     pub totals_document_secs: u64,
+    /// Threads that run the sync connections' work (applying, validating and storing changes).
+    /// 0: twice the number of cores.
+    pub sync_workers: usize,
+    /// How far below the server's scheduling priority the sync workers run (Linux `nice` steps,
+    /// 0 to 19), so that organizers' queries are answered at once while phones sync. 0: the
+    /// same priority.
+    pub sync_workers_niceness: i32,
     /// Small-cell suppression: totals breakdown cells counting fewer distinct people than this
     /// are hidden from every token but the admin's, and from the totals document.
     pub suppress_below: u64,
@@ -94,6 +101,8 @@ impl Default for Config {
             send_timeout_secs: 20,
             token_idle_expiry_secs: 90 * 24 * 3600,
             totals_document_secs: 2,
+            sync_workers: 0,
+            sync_workers_niceness: 10,
         }
     }
 }
@@ -189,6 +198,13 @@ impl Config {
                 "SEND_TIMEOUT_SECS" => self.send_timeout_secs = num(&value)?,
                 "TOKEN_IDLE_EXPIRY_SECS" => self.token_idle_expiry_secs = num(&value)?,
                 "TOTALS_DOCUMENT_SECS" => self.totals_document_secs = num(&value)?,
+                "SYNC_WORKERS" => self.sync_workers = num(&value)? as usize,
+                "SYNC_WORKERS_NICENESS" => {
+                    self.sync_workers_niceness = i32::try_from(num(&value)?)
+                        .ok()
+                        .filter(|n| *n <= 19)
+                        .ok_or_else(|| bad("expected 0 to 19"))?
+                }
                 "LOG_FORMAT" => {
                     if value != "text" && value != "json" {
                         return Err(bad("expected text or json"));
@@ -215,6 +231,14 @@ impl Config {
         (self.token_idle_expiry_secs > 0).then(|| {
             i64::try_from(self.token_idle_expiry_secs.saturating_mul(1000)).unwrap_or(i64::MAX)
         })
+    }
+
+    /// How many sync worker threads to start (`sync_workers`, 0 meaning twice the cores).
+    pub fn sync_worker_threads(&self) -> usize {
+        match self.sync_workers {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()) * 2,
+            n => n,
+        }
     }
 
     /// How long idle documents stay loaded.

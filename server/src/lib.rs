@@ -6,7 +6,8 @@
 //! path, unloading), [`projection`] (SQL rows, aggregates and totals; `tally reindex`),
 //! [`suppression`] (small-cell suppression of totals), [`sync`] (WebSocket connections), [`api`]
 //! (HTTP), [`live`] (totals as Server-Sent Events), [`openapi`] (the API's description),
-//! [`error`] (HTTP errors), [`client`] (the organizers' command line, which calls the API).
+//! [`error`] (HTTP errors), [`workers`] (the sync connections' threads, below the API's priority),
+//! [`client`] (the organizers' command line, which calls the API).
 
 pub mod api;
 pub mod client;
@@ -20,6 +21,7 @@ pub mod projection;
 pub mod suppression;
 pub mod sync;
 pub mod tls;
+pub mod workers;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -66,7 +68,7 @@ pub struct AppState {
     /// Limits simultaneous sync connections.
     slots: Arc<Semaphore>,
     /// Sync frames handled at once on the blocking pool (see `sync::run`).
-    workers: Arc<Semaphore>,
+    workers: Arc<workers::Workers>,
     /// Cancelled at shutdown.
     shutdown: CancellationToken,
     /// Tracks connection tasks so shutdown waits for them to flush.
@@ -359,14 +361,19 @@ pub async fn serve(
         }
         Err(_) => hub.store.clone(),
     };
+    let workers =
+        workers::Workers::start(config.sync_worker_threads(), config.sync_workers_niceness)?;
+    tracing::info!(
+        threads = workers.threads(),
+        niceness = workers.niceness(),
+        "sync workers started"
+    );
     let token = CancellationToken::new();
     let state = Arc::new(AppState {
         guard: Mutex::new(guard::Guard::new(config.guard_limits())),
         hub: hub.clone(),
         slots: Arc::new(Semaphore::new(config.max_connections)),
-        workers: Arc::new(Semaphore::new(
-            std::thread::available_parallelism().map_or(2, |n| n.get()) * 2,
-        )),
+        workers,
         reader,
         live: live::Live::default(),
         config,

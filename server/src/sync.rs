@@ -1,6 +1,6 @@
 //! WebSocket sync at `/sync`: authentication before the upgrade, then one [`Conn`] per socket
-//! driving a sans-IO `tally_proto::Session`. Every frame is handled on the blocking pool (automerge
-//! and SQLite work), one at a time per connection, so a connection's frames keep their order and
+//! driving a sans-IO `tally_proto::Session`. Every frame is handled on a sync worker thread
+//! ([`crate::workers`]: automerge and SQLite work), one at a time per connection, so a connection's frames keep their order and
 //! the async runtime stays free for the other sockets.
 //!
 //! A sync message that carries changes goes through [`Hub::commit`]: validated on a fork, stored,
@@ -18,10 +18,11 @@ use futures_util::{SinkExt, StreamExt};
 use tally_core::validate::Writer;
 use tally_proto::{DocumentId, Event, Limits, PeerId, PeerMetadata, Session};
 use tally_store::Device;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Hub, HubError, can_read, now_ms, writer_of};
+use crate::workers::Workers;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
@@ -260,26 +261,20 @@ impl Conn {
     }
 }
 
-/// Runs `f` on the blocking pool once one of the `workers` permits is free. Every write takes
-/// the one store writer in turn, so more concurrent handlers than permits would only park
-/// blocking threads on its lock; bounding them leaves threads free for the API (totals,
-/// authentication), which then never queues behind a reconnect wave.
+/// Runs `f` on one of the sync [`Workers`] (lower priority than the API, a bounded number at
+/// once), so the API (totals, authentication) never queues behind a reconnect wave.
 async fn blocking<R: Send + 'static>(
     conn: &mut Option<Conn>,
-    workers: &Semaphore,
+    workers: &Workers,
     f: impl FnOnce(&mut Conn) -> R + Send + 'static,
 ) -> R {
-    let _permit = workers
-        .acquire()
-        .await
-        .expect("the workers semaphore is never closed");
     let mut c = conn.take().expect("connection present between events");
-    let (c, r) = tokio::task::spawn_blocking(move || {
-        let r = f(&mut c);
-        (c, r)
-    })
-    .await
-    .expect("connection handler panicked");
+    let (c, r) = workers
+        .run(move || {
+            let r = f(&mut c);
+            (c, r)
+        })
+        .await;
     *conn = Some(c);
     r
 }
@@ -293,7 +288,7 @@ pub async fn run(
     mut notify: mpsc::UnboundedReceiver<DocumentId>,
     cancel: CancellationToken,
     send_timeout: std::time::Duration,
-    workers: Arc<Semaphore>,
+    workers: Arc<Workers>,
 ) {
     let device_id = conn.device().device_id.clone();
     let (mut sink, mut stream) = socket.split();
