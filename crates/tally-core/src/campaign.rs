@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use automerge::{Automerge, ObjId, ROOT, ReadDoc, ScalarValue, Value, transaction::Transactable};
 
-use crate::doc::{self, DocHeader, DocKind, WriteError, get_int, get_str, required};
+use crate::doc::{self, DocHeader, DocKind, Fields, WriteError, get_int, get_str, required};
 use crate::fields::{
     MAX_LONG_TEXT, MAX_RECIPIENTS, MAX_SHORT_TEXT, check_id, check_text, check_time,
 };
@@ -193,21 +193,18 @@ pub fn put_event(doc: &mut Automerge, event: &Event) -> Result<(), WriteError> {
 /// Reads one event record and checks it.
 pub(crate) fn read_event(doc: &Automerge, obj: &ObjId, key: &str) -> Result<Event, Rejection> {
     let p = format!("events/{key}");
-    doc::only_keys(doc, obj, EVENT_FIELDS, &p)?;
-    let f = |k: &str| format!("{p}/{k}");
+    let r = Fields::read(doc, obj, p.clone());
+    r.only(EVENT_FIELDS)?;
     let event = Event {
-        id: required(get_str(doc, obj, "id", &f("id"))?, &f("id"))?,
-        name: required(get_str(doc, obj, "name", &f("name"))?, &f("name"))?,
-        city: required(get_str(doc, obj, "city", &f("city"))?, &f("city"))?,
-        starts_at: required(
-            get_int(doc, obj, "starts_at", &f("starts_at"))?,
-            &f("starts_at"),
-        )?,
-        place: get_str(doc, obj, "place", &f("place"))?.unwrap_or_default(),
+        id: r.required("id", r.str("id")?)?,
+        name: r.required("name", r.str("name")?)?,
+        city: r.required("city", r.str("city")?)?,
+        starts_at: r.required("starts_at", r.int("starts_at")?)?,
+        place: r.str("place")?.unwrap_or_default(),
     };
     if event.id != key {
         return Err(Rejection::new(
-            f("id"),
+            r.path("id"),
             Rule::Malformed,
             "a record's id must equal its key",
         ));

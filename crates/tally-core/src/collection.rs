@@ -10,10 +10,7 @@ use std::collections::BTreeMap;
 use automerge::{Automerge, ObjId, ReadDoc, ScalarValue};
 
 use crate::campaign::Campaign;
-use crate::doc::{
-    self, DocHeader, DocKind, WriteError, get_bool, get_bytes, get_int, get_opt_str, get_str,
-    required,
-};
+use crate::doc::{self, DocHeader, DocKind, Fields, WriteError};
 use crate::fields::{
     MAX_SEALED, MAX_SHORT_TEXT, check_fsa, check_id, check_text, check_time, fsa_of,
     normalize_postal_code,
@@ -584,38 +581,25 @@ pub fn withdraw_checkin(doc: &mut Automerge, id: &str) -> Result<(), WriteError>
 
 /// Reads one signature record (structure and types; campaign rules are checked by `check`).
 pub fn read_signature(doc: &Automerge, obj: &ObjId, key: &str) -> Result<Signature, Rejection> {
-    let p = format!("{SIGNATURES}/{key}");
-    doc::only_keys(doc, obj, SIGNATURE_FIELDS, &p)?;
-    let f = |k: &str| format!("{p}/{k}");
+    let r = Fields::read(doc, obj, format!("{SIGNATURES}/{key}"));
+    r.only(SIGNATURE_FIELDS)?;
     let sig = Signature {
-        id: required(get_str(doc, obj, "id", &f("id"))?, &f("id"))?,
-        campaign: required(
-            get_str(doc, obj, "campaign", &f("campaign"))?,
-            &f("campaign"),
-        )?,
-        event: get_opt_str(doc, obj, "event", &f("event"))?,
-        collected_at: required(
-            get_int(doc, obj, "collected_at", &f("collected_at"))?,
-            &f("collected_at"),
-        )?,
-        collected_by: required(
-            get_str(doc, obj, "collected_by", &f("collected_by"))?,
-            &f("collected_by"),
-        )?,
-        city: required(get_str(doc, obj, "city", &f("city"))?, &f("city"))?,
-        fsa: required(get_str(doc, obj, "fsa", &f("fsa"))?, &f("fsa"))?,
-        riding: get_opt_str(doc, obj, "riding", &f("riding"))?,
-        consent_contact: required(
-            get_bool(doc, obj, "consent_contact", &f("consent_contact"))?,
-            &f("consent_contact"),
-        )?,
-        dup: required(get_str(doc, obj, "dup", &f("dup"))?, &f("dup"))?,
-        sealed: required(get_bytes(doc, obj, "sealed", &f("sealed"))?, &f("sealed"))?,
-        withdrawn: get_bool(doc, obj, "withdrawn", &f("withdrawn"))?.unwrap_or(false),
+        id: r.required("id", r.str("id")?)?,
+        campaign: r.required("campaign", r.str("campaign")?)?,
+        event: r.opt_str("event")?,
+        collected_at: r.required("collected_at", r.int("collected_at")?)?,
+        collected_by: r.required("collected_by", r.str("collected_by")?)?,
+        city: r.required("city", r.str("city")?)?,
+        fsa: r.required("fsa", r.str("fsa")?)?,
+        riding: r.opt_str("riding")?,
+        consent_contact: r.required("consent_contact", r.bool("consent_contact")?)?,
+        dup: r.required("dup", r.str("dup")?)?,
+        sealed: r.required("sealed", r.bytes("sealed")?)?,
+        withdrawn: r.bool("withdrawn")?.unwrap_or(false),
     };
     if sig.id != key {
         return Err(Rejection::new(
-            f("id"),
+            r.path("id"),
             Rule::Malformed,
             "a record's id must equal its key",
         ));
@@ -625,24 +609,20 @@ pub fn read_signature(doc: &Automerge, obj: &ObjId, key: &str) -> Result<Signatu
 
 /// Reads one check-in record.
 pub fn read_checkin(doc: &Automerge, obj: &ObjId, key: &str) -> Result<Checkin, Rejection> {
-    let p = format!("{CHECKINS}/{key}");
-    doc::only_keys(doc, obj, CHECKIN_FIELDS, &p)?;
-    let f = |k: &str| format!("{p}/{k}");
+    let r = Fields::read(doc, obj, format!("{CHECKINS}/{key}"));
+    r.only(CHECKIN_FIELDS)?;
     let c = Checkin {
-        id: required(get_str(doc, obj, "id", &f("id"))?, &f("id"))?,
-        event: required(get_str(doc, obj, "event", &f("event"))?, &f("event"))?,
-        attendee: required(
-            get_str(doc, obj, "attendee", &f("attendee"))?,
-            &f("attendee"),
-        )?,
-        at: required(get_int(doc, obj, "at", &f("at"))?, &f("at"))?,
-        by: required(get_str(doc, obj, "by", &f("by"))?, &f("by"))?,
-        walk_in: required(get_bool(doc, obj, "walk_in", &f("walk_in"))?, &f("walk_in"))?,
-        withdrawn: get_bool(doc, obj, "withdrawn", &f("withdrawn"))?.unwrap_or(false),
+        id: r.required("id", r.str("id")?)?,
+        event: r.required("event", r.str("event")?)?,
+        attendee: r.required("attendee", r.str("attendee")?)?,
+        at: r.required("at", r.int("at")?)?,
+        by: r.required("by", r.str("by")?)?,
+        walk_in: r.required("walk_in", r.bool("walk_in")?)?,
+        withdrawn: r.bool("withdrawn")?.unwrap_or(false),
     };
     if c.id != key {
         return Err(Rejection::new(
-            f("id"),
+            r.path("id"),
             Rule::Malformed,
             "a record's id must equal its key",
         ));

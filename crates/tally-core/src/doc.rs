@@ -232,13 +232,96 @@ fn scalar(
 ) -> Result<Option<ScalarValue>, Rejection> {
     match doc.get(obj, key) {
         Ok(None) => Ok(None),
-        Ok(Some((Value::Scalar(s), _))) => Ok(Some(s.into_owned())),
-        Ok(Some((Value::Object(t), _))) => Err(Rejection::new(
-            path,
+        Ok(Some((value, _))) => plain(value, &|| path.to_string()),
+        Err(e) => Err(Rejection::new(path, Rule::Malformed, e.to_string())),
+    }
+}
+
+/// A field's value as a plain (scalar) value; a rejection for an object.
+fn plain(value: Value<'_>, path: &dyn Fn() -> String) -> Result<Option<ScalarValue>, Rejection> {
+    match value {
+        Value::Scalar(s) => Ok(Some(s.into_owned())),
+        Value::Object(t) => Err(Rejection::new(
+            path(),
             Rule::WrongType,
             format!("expected a plain value, found a {t:?} object"),
         )),
-        Err(e) => Err(Rejection::new(path, Rule::Malformed, e.to_string())),
+    }
+}
+
+// The typed reads of a field's value (absent: `None`), shared by the root getters below and by
+// [`Fields`]. `path` names the field in a rejection; it is only built for one.
+
+fn want_str(
+    v: Option<ScalarValue>,
+    path: &dyn Fn() -> String,
+) -> Result<Option<String>, Rejection> {
+    match v {
+        None => Ok(None),
+        Some(ScalarValue::Str(s)) => Ok(Some(s.to_string())),
+        Some(other) => Err(Rejection::new(
+            path(),
+            Rule::WrongType,
+            format!("expected a string, found {other}"),
+        )),
+    }
+}
+
+fn want_opt_str(
+    v: Option<ScalarValue>,
+    path: &dyn Fn() -> String,
+) -> Result<Option<String>, Rejection> {
+    match v {
+        None | Some(ScalarValue::Null) => Ok(None),
+        Some(ScalarValue::Str(s)) => Ok(Some(s.to_string())),
+        Some(other) => Err(Rejection::new(
+            path(),
+            Rule::WrongType,
+            format!("expected a string or null, found {other}"),
+        )),
+    }
+}
+
+fn want_int(v: Option<ScalarValue>, path: &dyn Fn() -> String) -> Result<Option<i64>, Rejection> {
+    match v {
+        None => Ok(None),
+        Some(ScalarValue::Int(i)) | Some(ScalarValue::Timestamp(i)) => Ok(Some(i)),
+        Some(ScalarValue::Uint(u)) => i64::try_from(u)
+            .map(Some)
+            .map_err(|_| Rejection::new(path(), Rule::Malformed, "integer out of range")),
+        Some(ScalarValue::F64(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(Some(f as i64)),
+        Some(other) => Err(Rejection::new(
+            path(),
+            Rule::WrongType,
+            format!("expected an integer, found {other}"),
+        )),
+    }
+}
+
+fn want_bool(v: Option<ScalarValue>, path: &dyn Fn() -> String) -> Result<Option<bool>, Rejection> {
+    match v {
+        None => Ok(None),
+        Some(ScalarValue::Boolean(b)) => Ok(Some(b)),
+        Some(other) => Err(Rejection::new(
+            path(),
+            Rule::WrongType,
+            format!("expected true or false, found {other}"),
+        )),
+    }
+}
+
+fn want_bytes(
+    v: Option<ScalarValue>,
+    path: &dyn Fn() -> String,
+) -> Result<Option<Vec<u8>>, Rejection> {
+    match v {
+        None => Ok(None),
+        Some(ScalarValue::Bytes(b)) => Ok(Some(b)),
+        Some(other) => Err(Rejection::new(
+            path(),
+            Rule::WrongType,
+            format!("expected bytes, found {other}"),
+        )),
     }
 }
 
@@ -249,33 +332,7 @@ pub(crate) fn get_str(
     key: &str,
     path: &str,
 ) -> Result<Option<String>, Rejection> {
-    match scalar(doc, obj, key, path)? {
-        None => Ok(None),
-        Some(ScalarValue::Str(s)) => Ok(Some(s.to_string())),
-        Some(other) => Err(Rejection::new(
-            path,
-            Rule::WrongType,
-            format!("expected a string, found {other}"),
-        )),
-    }
-}
-
-/// An optional string field, where `null` also means absent.
-pub(crate) fn get_opt_str(
-    doc: &Automerge,
-    obj: &ObjId,
-    key: &str,
-    path: &str,
-) -> Result<Option<String>, Rejection> {
-    match scalar(doc, obj, key, path)? {
-        None | Some(ScalarValue::Null) => Ok(None),
-        Some(ScalarValue::Str(s)) => Ok(Some(s.to_string())),
-        Some(other) => Err(Rejection::new(
-            path,
-            Rule::WrongType,
-            format!("expected a string or null, found {other}"),
-        )),
-    }
+    want_str(scalar(doc, obj, key, path)?, &|| path.to_string())
 }
 
 /// An integer field. Integers written by JavaScript may arrive as whole floats; those are accepted.
@@ -285,55 +342,7 @@ pub(crate) fn get_int(
     key: &str,
     path: &str,
 ) -> Result<Option<i64>, Rejection> {
-    match scalar(doc, obj, key, path)? {
-        None => Ok(None),
-        Some(ScalarValue::Int(i)) | Some(ScalarValue::Timestamp(i)) => Ok(Some(i)),
-        Some(ScalarValue::Uint(u)) => i64::try_from(u)
-            .map(Some)
-            .map_err(|_| Rejection::new(path, Rule::Malformed, "integer out of range")),
-        Some(ScalarValue::F64(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(Some(f as i64)),
-        Some(other) => Err(Rejection::new(
-            path,
-            Rule::WrongType,
-            format!("expected an integer, found {other}"),
-        )),
-    }
-}
-
-/// A boolean field.
-pub(crate) fn get_bool(
-    doc: &Automerge,
-    obj: &ObjId,
-    key: &str,
-    path: &str,
-) -> Result<Option<bool>, Rejection> {
-    match scalar(doc, obj, key, path)? {
-        None => Ok(None),
-        Some(ScalarValue::Boolean(b)) => Ok(Some(b)),
-        Some(other) => Err(Rejection::new(
-            path,
-            Rule::WrongType,
-            format!("expected true or false, found {other}"),
-        )),
-    }
-}
-
-/// A bytes field.
-pub(crate) fn get_bytes(
-    doc: &Automerge,
-    obj: &ObjId,
-    key: &str,
-    path: &str,
-) -> Result<Option<Vec<u8>>, Rejection> {
-    match scalar(doc, obj, key, path)? {
-        None => Ok(None),
-        Some(ScalarValue::Bytes(b)) => Ok(Some(b)),
-        Some(other) => Err(Rejection::new(
-            path,
-            Rule::WrongType,
-            format!("expected bytes, found {other}"),
-        )),
-    }
+    want_int(scalar(doc, obj, key, path)?, &|| path.to_string())
 }
 
 /// Requires a field to be present.
@@ -341,26 +350,86 @@ pub(crate) fn required<T>(value: Option<T>, path: &str) -> Result<T, Rejection> 
     value.ok_or_else(|| Rejection::new(path, Rule::Missing, "this field is required"))
 }
 
-/// Refuses any key of a record map other than `allowed`.
-pub(crate) fn only_keys(
-    doc: &Automerge,
-    obj: &ObjId,
-    allowed: &[&str],
-    path: &str,
-) -> Result<(), Rejection> {
-    for key in doc.keys(obj) {
-        if !allowed.contains(&key.as_str()) {
-            return Err(Rejection::new(
-                format!("{path}/{key}"),
+/// A record map read in one pass (`map_range`: each key's winning value, as `get` gives it),
+/// then looked up field by field in memory. Reading a record with one automerge lookup per field
+/// cost most of the server's projection of a signature; the record's path is only formatted
+/// for a rejection.
+pub(crate) struct Fields {
+    path: String,
+    values: Vec<(String, Value<'static>)>,
+}
+
+impl Fields {
+    /// Reads every field of the map `obj`; `path` names the record in rejections
+    /// (`signatures/ID`).
+    pub(crate) fn read(doc: &Automerge, obj: &ObjId, path: String) -> Fields {
+        let values = doc
+            .map_range(obj, ..)
+            .map(|item| (item.key.into_owned(), Value::from(item.value)))
+            .collect();
+        Fields { path, values }
+    }
+
+    /// The path of field `key`, for a rejection.
+    pub(crate) fn path(&self, key: &str) -> String {
+        format!("{}/{key}", self.path)
+    }
+
+    /// Refuses any field other than `allowed`.
+    pub(crate) fn only(&self, allowed: &[&str]) -> Result<(), Rejection> {
+        match self
+            .values
+            .iter()
+            .find(|(k, _)| !allowed.contains(&k.as_str()))
+        {
+            None => Ok(()),
+            Some((key, _)) => Err(Rejection::new(
+                self.path(key),
                 Rule::UnknownField,
                 format!(
                     "not a field of this record; known fields: {}",
                     allowed.join(", ")
                 ),
-            ));
+            )),
         }
     }
-    Ok(())
+
+    fn scalar(&self, key: &str) -> Result<Option<ScalarValue>, Rejection> {
+        match self.values.iter().find(|(k, _)| k == key) {
+            None => Ok(None),
+            Some((_, v)) => plain(v.clone(), &|| self.path(key)),
+        }
+    }
+
+    /// A string field (as [`get_str`]).
+    pub(crate) fn str(&self, key: &str) -> Result<Option<String>, Rejection> {
+        want_str(self.scalar(key)?, &|| self.path(key))
+    }
+
+    /// An optional string field, `null` meaning absent.
+    pub(crate) fn opt_str(&self, key: &str) -> Result<Option<String>, Rejection> {
+        want_opt_str(self.scalar(key)?, &|| self.path(key))
+    }
+
+    /// An integer field (as [`get_int`]).
+    pub(crate) fn int(&self, key: &str) -> Result<Option<i64>, Rejection> {
+        want_int(self.scalar(key)?, &|| self.path(key))
+    }
+
+    /// A boolean field.
+    pub(crate) fn bool(&self, key: &str) -> Result<Option<bool>, Rejection> {
+        want_bool(self.scalar(key)?, &|| self.path(key))
+    }
+
+    /// A bytes field.
+    pub(crate) fn bytes(&self, key: &str) -> Result<Option<Vec<u8>>, Rejection> {
+        want_bytes(self.scalar(key)?, &|| self.path(key))
+    }
+
+    /// Requires field `key` (as [`required`]).
+    pub(crate) fn required<T>(&self, key: &str, value: Option<T>) -> Result<T, Rejection> {
+        value.ok_or_else(|| Rejection::new(self.path(key), Rule::Missing, "this field is required"))
+    }
 }
 
 /// The record maps of a container, as (key, object id), in key order.
@@ -441,4 +510,56 @@ pub enum WriteError {
     /// automerge refused the write.
     #[error("the document could not be written: {0}")]
     Automerge(#[from] automerge::AutomergeError),
+}
+
+#[cfg(test)]
+mod tests {
+    use automerge::transaction::Transactable;
+    use automerge::{ActorId, AutoCommit, ObjType, ReadDoc, ScalarValue};
+
+    use super::*;
+
+    /// A record map `r` with a conflict on `city` (two actors wrote it concurrently) and a
+    /// nested object under `odd`.
+    fn record_with_conflict() -> (Automerge, ObjId) {
+        let mut a = AutoCommit::new().with_actor(ActorId::from(b"aaaa".as_slice()));
+        let r = a.put_object(automerge::ROOT, "r", ObjType::Map).unwrap();
+        a.put(&r, "id", "r").unwrap();
+        a.put(&r, "at", 5i64).unwrap();
+        let mut b = a.fork().with_actor(ActorId::from(b"bbbb".as_slice()));
+        a.put(&r, "city", "Montréal").unwrap();
+        b.put(&r, "city", "Toronto").unwrap();
+        b.put_object(&r, "odd", ObjType::List).unwrap();
+        a.merge(&mut b).unwrap();
+        (a.document().clone(), r)
+    }
+
+    #[test]
+    fn fields_read_in_one_pass_give_what_get_gives() {
+        let (doc, r) = record_with_conflict();
+        let f = Fields::read(&doc, &r, "things/r".into());
+        let winner = match doc.get(&r, "city").unwrap() {
+            Some((Value::Scalar(s), _)) => s.into_owned(),
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(f.str("city").unwrap().map(ScalarValue::from), Some(winner));
+        assert_eq!(f.int("at").unwrap(), Some(5));
+        assert_eq!(f.str("id").unwrap().as_deref(), Some("r"));
+        assert_eq!(f.str("missing").unwrap(), None);
+        assert!(f.only(&["id", "at", "city", "odd"]).is_ok());
+    }
+
+    #[test]
+    fn fields_name_the_field_in_each_rejection() {
+        let (doc, r) = record_with_conflict();
+        let f = Fields::read(&doc, &r, "things/r".into());
+        let e = f.only(&["id", "at", "city"]).unwrap_err();
+        assert_eq!((e.path.as_str(), e.rule), ("things/r/odd", Rule::UnknownField));
+        let e = f.str("odd").unwrap_err();
+        assert_eq!((e.path.as_str(), e.rule), ("things/r/odd", Rule::WrongType));
+        let e = f.str("at").unwrap_err();
+        assert_eq!((e.path.as_str(), e.rule), ("things/r/at", Rule::WrongType));
+        let e = f.required("gone", f.int("gone").unwrap()).unwrap_err();
+        assert_eq!((e.path.as_str(), e.rule), ("things/r/gone", Rule::Missing));
+    }
 }

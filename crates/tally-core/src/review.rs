@@ -6,9 +6,7 @@ use std::collections::BTreeMap;
 
 use automerge::{Automerge, ObjId, ScalarValue};
 
-use crate::doc::{
-    self, DocHeader, DocKind, WriteError, get_bool, get_int, get_opt_str, get_str, required,
-};
+use crate::doc::{self, DocHeader, DocKind, Fields, WriteError};
 use crate::fields::{MAX_SHORT_TEXT, check_id, check_text, check_time};
 use crate::validate::{Rejection, Rule};
 
@@ -210,26 +208,22 @@ pub fn put_sheet(doc: &mut Automerge, sheet: &Sheet) -> Result<(), WriteError> {
 }
 
 pub(crate) fn read_strike(doc: &Automerge, obj: &ObjId, key: &str) -> Result<Strike, Rejection> {
-    let p = format!("{STRIKES}/{key}");
-    doc::only_keys(doc, obj, STRIKE_FIELDS, &p)?;
-    let f = |k: &str| format!("{p}/{k}");
-    let reason_s = required(get_str(doc, obj, "reason", &f("reason"))?, &f("reason"))?;
+    let r = Fields::read(doc, obj, format!("{STRIKES}/{key}"));
+    r.only(STRIKE_FIELDS)?;
+    let reason_s = r.required("reason", r.str("reason")?)?;
     let reason = StrikeReason::parse(&reason_s).ok_or_else(|| {
-        Rejection::new(f("reason"), Rule::Malformed, format!("{reason_s:?} is not a strike reason: duplicate, invalid, withdrawn_consent or test_entry"))
+        Rejection::new(r.path("reason"), Rule::Malformed, format!("{reason_s:?} is not a strike reason: duplicate, invalid, withdrawn_consent or test_entry"))
     })?;
     let s = Strike {
-        signature: required(
-            get_str(doc, obj, "signature", &f("signature"))?,
-            &f("signature"),
-        )?,
+        signature: r.required("signature", r.str("signature")?)?,
         reason,
-        by: required(get_str(doc, obj, "by", &f("by"))?, &f("by"))?,
-        at: required(get_int(doc, obj, "at", &f("at"))?, &f("at"))?,
-        revoked: get_bool(doc, obj, "revoked", &f("revoked"))?.unwrap_or(false),
+        by: r.required("by", r.str("by")?)?,
+        at: r.required("at", r.int("at")?)?,
+        revoked: r.bool("revoked")?.unwrap_or(false),
     };
     if s.signature != key {
         return Err(Rejection::new(
-            f("signature"),
+            r.path("signature"),
             Rule::Malformed,
             "a strike's key is the struck signature's id",
         ));
@@ -239,26 +233,25 @@ pub(crate) fn read_strike(doc: &Automerge, obj: &ObjId, key: &str) -> Result<Str
 }
 
 pub(crate) fn read_sheet(doc: &Automerge, obj: &ObjId, key: &str) -> Result<Sheet, Rejection> {
-    let p = format!("{SHEETS}/{key}");
-    doc::only_keys(doc, obj, SHEET_FIELDS, &p)?;
-    let f = |k: &str| format!("{p}/{k}");
-    let status_s = required(get_str(doc, obj, "status", &f("status"))?, &f("status"))?;
+    let r = Fields::read(doc, obj, format!("{SHEETS}/{key}"));
+    r.only(SHEET_FIELDS)?;
+    let status_s = r.required("status", r.str("status")?)?;
     let status = SheetStatus::parse(&status_s).ok_or_else(|| {
         Rejection::new(
-            f("status"),
+            r.path("status"),
             Rule::Malformed,
             format!("{status_s:?} is not a sheet status: collected, counted or delivered"),
         )
     })?;
     let s = Sheet {
-        serial: required(get_str(doc, obj, "serial", &f("serial"))?, &f("serial"))?,
-        count: required(get_int(doc, obj, "count", &f("count"))?, &f("count"))?,
-        riding: get_opt_str(doc, obj, "riding", &f("riding"))?,
+        serial: r.required("serial", r.str("serial")?)?,
+        count: r.required("count", r.int("count")?)?,
+        riding: r.opt_str("riding")?,
         status,
     };
     if s.serial != key {
         return Err(Rejection::new(
-            f("serial"),
+            r.path("serial"),
             Rule::Malformed,
             "a sheet's key is its serial",
         ));
