@@ -160,7 +160,7 @@ fn checkin_contributions(row: &CheckinRow) -> Vec<Contribution> {
     ]
 }
 
-/// The records a change touched, read from the document: made by [`Changes::read`] before the
+/// The records a change touched, as validation read them: made by [`Changes::read`] before the
 /// store's writer is taken, so that only SQL runs under it ([`Changes::write`]).
 #[derive(Debug, Default)]
 pub struct Changes {
@@ -171,36 +171,58 @@ pub struct Changes {
 }
 
 impl Changes {
-    /// Reads every record `acc` touched from `after`.
+    /// Every record `acc` touched: as `validate` checked it ([`Accepted::checked`]), else read
+    /// from `after`.
     pub fn read(
         header: &DocHeader,
         acc: &Accepted,
         after: &Automerge,
     ) -> Result<Changes, ProjectionError> {
-        let bad = |id: &str, e: String| ProjectionError::Record(id.to_string(), e);
-        let mut c = Changes::default();
-        match header.kind {
-            DocKind::Collection => {
-                for id in acc.in_container(SIGNATURES) {
-                    c.signatures.extend(
-                        collection::signature(after, id).map_err(|e| bad(id, e.to_string()))?,
-                    );
-                }
-                for id in acc.in_container(CHECKINS) {
-                    c.checkins.extend(
-                        collection::checkin(after, id).map_err(|e| bad(id, e.to_string()))?,
-                    );
+        fn each<T: Clone>(
+            ids: impl Iterator<Item = impl AsRef<str>>,
+            checked: &BTreeMap<String, T>,
+            read: impl Fn(&str) -> Result<Option<T>, tally_core::validate::Rejection>,
+            out: &mut Vec<T>,
+        ) -> Result<(), ProjectionError> {
+            for id in ids {
+                let id = id.as_ref();
+                match checked.get(id) {
+                    Some(r) => out.push(r.clone()),
+                    None => out.extend(
+                        read(id).map_err(|e| ProjectionError::Record(id.into(), e.to_string()))?,
+                    ),
                 }
             }
+            Ok(())
+        }
+        let (k, mut c) = (&acc.checked, Changes::default());
+        match header.kind {
+            DocKind::Collection => {
+                let ids = acc.in_container(SIGNATURES);
+                each(
+                    ids,
+                    &k.signatures,
+                    |id| collection::signature(after, id),
+                    &mut c.signatures,
+                )?;
+                let ids = acc.in_container(CHECKINS);
+                each(
+                    ids,
+                    &k.checkins,
+                    |id| collection::checkin(after, id),
+                    &mut c.checkins,
+                )?;
+            }
             DocKind::Review => {
-                for id in acc.in_container(STRIKES) {
-                    c.strikes
-                        .extend(review::strike(after, id).map_err(|e| bad(id, e.to_string()))?);
-                }
-                for id in acc.in_container(SHEETS) {
-                    c.sheets
-                        .extend(review::sheet(after, id).map_err(|e| bad(id, e.to_string()))?);
-                }
+                let ids = acc.in_container(STRIKES);
+                each(
+                    ids,
+                    &k.strikes,
+                    |id| review::strike(after, id),
+                    &mut c.strikes,
+                )?;
+                let ids = acc.in_container(SHEETS);
+                each(ids, &k.sheets, |id| review::sheet(after, id), &mut c.sheets)?;
             }
             DocKind::Campaign | DocKind::Totals => {}
         }
@@ -321,6 +343,52 @@ fn read_sig_rows(conn: &Connection, campaign: &str, sig_id: &str) -> rusqlite::R
     .collect()
 }
 
+/// Every signature row of a campaign holding duplicate token `dup`, but the one `except`
+/// (doc_id, sig_id): (sig_id, row, struck now). Usually none, or one: the same person signed on
+/// another phone.
+fn token_sig_rows(
+    conn: &Connection,
+    campaign: &str,
+    dup: &str,
+    except: Option<(&str, &str)>,
+) -> rusqlite::Result<Vec<(String, SigRow, bool)>> {
+    let (doc, sig) = except.unwrap_or(("", ""));
+    conn.prepare_cached(
+        "SELECT event, collected_at, day, collected_by, city, fsa, riding, consent, dup, withdrawn, sig_id,
+                EXISTS (SELECT 1 FROM strikes k WHERE k.campaign = s.campaign AND k.sig_id = s.sig_id AND k.revoked = 0)
+         FROM signatures s WHERE campaign = ?1 AND dup = ?2 AND NOT (doc_id = ?3 AND sig_id = ?4)",
+    )?
+    .query_map(params![campaign, dup, doc, sig], |r| {
+        Ok((r.get(10)?, sig_row(r)?, r.get(11)?))
+    })?
+    .collect()
+}
+
+/// Every check-in row of a campaign holding attendee token `attendee`, but the one `except`
+/// (doc_id, ci_id).
+fn token_checkin_rows(
+    conn: &Connection,
+    campaign: &str,
+    attendee: &str,
+    (doc, ci): (&str, &str),
+) -> rusqlite::Result<Vec<CheckinRow>> {
+    conn.prepare_cached(
+        "SELECT event, attendee, walk_in, withdrawn FROM checkins
+         WHERE campaign = ?1 AND attendee = ?2 AND NOT (doc_id = ?3 AND ci_id = ?4)",
+    )?
+    .query_map(params![campaign, attendee, doc, ci], checkin_row)?
+    .collect()
+}
+
+fn checkin_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CheckinRow> {
+    Ok(CheckinRow {
+        event: r.get(0)?,
+        attendee: r.get(1)?,
+        walk_in: r.get(2)?,
+        withdrawn: r.get(3)?,
+    })
+}
+
 fn upsert_checkin_row(
     conn: &Connection,
     doc_id: &str,
@@ -331,14 +399,7 @@ fn upsert_checkin_row(
         .prepare_cached(
             "SELECT event, attendee, walk_in, withdrawn FROM checkins WHERE doc_id = ?1 AND ci_id = ?2",
         )?
-        .query_row(params![doc_id, c.id], |r| {
-            Ok(CheckinRow {
-                event: r.get(0)?,
-                attendee: r.get(1)?,
-                walk_in: r.get(2)?,
-                withdrawn: r.get(3)?,
-            })
-        })
+        .query_row(params![doc_id, c.id], checkin_row)
         .optional()?;
     conn.prepare_cached(
         "INSERT INTO checkins (doc_id, ci_id, campaign, event, attendee, at, by_id, walk_in, withdrawn)
@@ -368,15 +429,30 @@ fn upsert_sheet_row(conn: &Connection, campaign: &str, s: &Sheet) -> rusqlite::R
 }
 
 /// The aggregate changes of one campaign's records, gathered while their rows are written and
-/// netted before they touch the aggregate tables: each cell is written once per batch, and a
+/// netted before they touch the aggregate table: each cell is written once per batch, and a
 /// record whose correction leaves a cell unchanged costs that cell nothing. The hub makes one
 /// batch per accepted change ([`apply`]); the latency example makes one per synthetic sync.
+///
+/// A cell's distinct count (`uniq`) follows its tokens through the rows themselves: when a
+/// record changes, the other rows holding its token (found by the token indexes, usually none)
+/// say in which cells the token counted before and after.
 pub struct Batch {
     campaign: String,
     /// Net change of each cell's record count.
     cells: HashMap<(&'static str, String), i64>,
-    /// Net change of each token's record count in a cell.
-    members: HashMap<(&'static str, String, String), i64>,
+    /// Net change of each cell's distinct tokens.
+    uniq: HashMap<(&'static str, String), i64>,
+}
+
+/// The cells a token counts in (distinctly), given the contributions of every row holding it.
+fn token_cells(
+    contributions: impl IntoIterator<Item = Contribution>,
+) -> HashSet<(&'static str, String)> {
+    contributions
+        .into_iter()
+        .filter(|(_, _, token)| token.is_some())
+        .map(|(dim, key, _)| (dim, key))
+        .collect()
 }
 
 impl Batch {
@@ -385,16 +461,27 @@ impl Batch {
         Batch {
             campaign: campaign.to_string(),
             cells: HashMap::new(),
-            members: HashMap::new(),
+            uniq: HashMap::new(),
         }
     }
 
-    fn add(&mut self, contributions: Vec<Contribution>, sign: i64) {
-        for (dim, key, token) in contributions {
-            if let Some(t) = token {
-                *self.members.entry((dim, key.clone(), t)).or_default() += sign;
-            }
+    fn count(&mut self, contributions: Vec<Contribution>, sign: i64) {
+        for (dim, key, _) in contributions {
             *self.cells.entry((dim, key)).or_default() += sign;
+        }
+    }
+
+    /// One token moved from the cells `before` to the cells `after`.
+    fn moved(
+        &mut self,
+        before: &HashSet<(&'static str, String)>,
+        after: &HashSet<(&'static str, String)>,
+    ) {
+        for cell in after.difference(before) {
+            *self.uniq.entry(cell.clone()).or_default() += 1;
+        }
+        for cell in before.difference(after) {
+            *self.uniq.entry(cell.clone()).or_default() -= 1;
         }
     }
 
@@ -413,10 +500,31 @@ impl Batch {
             return Ok(());
         }
         let struck = is_struck(conn, &self.campaign, &s.id)?;
-        if let Some(o) = old {
-            self.add(sig_contributions(&o, struck), -1);
+        if let Some(o) = &old {
+            self.count(sig_contributions(o, struck), -1);
         }
-        self.add(sig_contributions(&row, struck), 1);
+        self.count(sig_contributions(&row, struck), 1);
+        let mut tokens = vec![row.dup.as_str()];
+        if let Some(o) = &old
+            && o.dup != row.dup
+        {
+            tokens.push(o.dup.as_str());
+        }
+        for token in tokens {
+            let others: Vec<Contribution> =
+                token_sig_rows(conn, &self.campaign, token, Some((doc_id, &s.id)))?
+                    .iter()
+                    .flat_map(|(_, r, struck)| sig_contributions(r, *struck))
+                    .collect();
+            let with = |r: Option<&SigRow>| {
+                let own = r
+                    .filter(|r| r.dup == token)
+                    .map(|r| sig_contributions(r, struck));
+                token_cells(others.iter().cloned().chain(own.into_iter().flatten()))
+            };
+            let (before, after) = (with(old.as_ref()), with(Some(&row)));
+            self.moved(&before, &after);
+        }
         Ok(())
     }
 
@@ -434,10 +542,32 @@ impl Batch {
             walk_in: c.walk_in,
             withdrawn: c.withdrawn,
         };
-        if let Some(o) = old {
-            self.add(checkin_contributions(&o), -1);
+        if old.as_ref() == Some(&row) {
+            return Ok(());
         }
-        self.add(checkin_contributions(&row), 1);
+        if let Some(o) = &old {
+            self.count(checkin_contributions(o), -1);
+        }
+        self.count(checkin_contributions(&row), 1);
+        let mut tokens = vec![row.attendee.as_str()];
+        if let Some(o) = &old
+            && o.attendee != row.attendee
+        {
+            tokens.push(o.attendee.as_str());
+        }
+        for token in tokens {
+            let others: Vec<Contribution> =
+                token_checkin_rows(conn, &self.campaign, token, (doc_id, &c.id))?
+                    .iter()
+                    .flat_map(checkin_contributions)
+                    .collect();
+            let with = |r: Option<&CheckinRow>| {
+                let own = r.filter(|r| r.attendee == token).map(checkin_contributions);
+                token_cells(others.iter().cloned().chain(own.into_iter().flatten()))
+            };
+            let (before, after) = (with(old.as_ref()), with(Some(&row)));
+            self.moved(&before, &after);
+        }
         Ok(())
     }
 
@@ -447,112 +577,73 @@ impl Batch {
         let was = is_struck(conn, &self.campaign, &s.signature)?;
         upsert_strike_row(conn, &self.campaign, s)?;
         let now = !s.revoked;
-        if was != now {
-            for row in read_sig_rows(conn, &self.campaign, &s.signature)? {
-                self.add(sig_contributions(&row, was), -1);
-                self.add(sig_contributions(&row, now), 1);
+        if was == now {
+            return Ok(());
+        }
+        let rows = read_sig_rows(conn, &self.campaign, &s.signature)?;
+        let mut tokens: Vec<&str> = Vec::new();
+        for row in &rows {
+            self.count(sig_contributions(row, was), -1);
+            self.count(sig_contributions(row, now), 1);
+            if !tokens.contains(&row.dup.as_str()) {
+                tokens.push(row.dup.as_str());
             }
+        }
+        for token in tokens {
+            let holders = token_sig_rows(conn, &self.campaign, token, None)?;
+            // The struck state read is the new one; before, this signature's rows had `was`.
+            let at = |state: bool| {
+                token_cells(holders.iter().flat_map(|(id, r, struck)| {
+                    let struck = if *id == s.signature { state } else { *struck };
+                    sig_contributions(r, struck)
+                }))
+            };
+            let (before, after) = (at(was), at(now));
+            self.moved(&before, &after);
         }
         Ok(())
     }
 
-    /// Writes the netted changes to the aggregate tables.
+    /// Writes the netted changes to the aggregate table.
     pub fn flush(self, conn: &Connection) -> Result<(), ProjectionError> {
         let campaign = self.campaign.as_str();
         let drift = |dim: &str, key: &str, what: &str| {
             ProjectionError::Drift(format!("{campaign}/{dim}/{key}: {what}"))
         };
-        let mut by_cell: HashMap<(&'static str, String), Vec<(String, i64)>> = HashMap::new();
-        for ((dim, key, token), d) in self.members {
-            if d != 0 {
-                by_cell.entry((dim, key)).or_default().push((token, d));
-            }
-        }
-        let mut keys: HashSet<(&'static str, String)> = by_cell.keys().cloned().collect();
-        keys.extend(
-            self.cells
-                .iter()
-                .filter(|(_, d)| **d != 0)
-                .map(|(k, _)| k.clone()),
-        );
-        let mut token_ids: HashMap<String, i64> = HashMap::new();
-        for (dim, key) in keys {
-            let dn = self.cells.get(&(dim, key.clone())).copied().unwrap_or(0);
-            let (key_id, n): (i64, i64) = conn
+        let mut keys: HashSet<&(&'static str, String)> = HashSet::new();
+        keys.extend(self.cells.iter().filter(|(_, d)| **d != 0).map(|(k, _)| k));
+        keys.extend(self.uniq.iter().filter(|(_, d)| **d != 0).map(|(k, _)| k));
+        for cell in keys {
+            let (dim, key) = (cell.0, cell.1.as_str());
+            let dn = self.cells.get(cell).copied().unwrap_or(0);
+            let du = self.uniq.get(cell).copied().unwrap_or(0);
+            let (n, uniq): (i64, i64) = conn
                 .prepare_cached(
                     "INSERT INTO agg_cells (campaign, dim, key, key_id, n, uniq)
-                     VALUES (?1, ?2, ?3, (SELECT COALESCE(MAX(key_id), 0) + 1 FROM agg_cells), ?4, 0)
-                     ON CONFLICT (campaign, dim, key) DO UPDATE SET n = n + excluded.n
-                     RETURNING key_id, n",
+                     VALUES (?1, ?2, ?3, (SELECT COALESCE(MAX(key_id), 0) + 1 FROM agg_cells), ?4, ?5)
+                     ON CONFLICT (campaign, dim, key) DO UPDATE SET n = n + excluded.n, uniq = uniq + excluded.uniq
+                     RETURNING n, uniq",
                 )?
-                .query_row(params![campaign, dim, key, dn], |r| {
+                .query_row(params![campaign, dim, key, dn, du], |r| {
                     Ok((r.get(0)?, r.get(1)?))
                 })?;
-            if n < 0 {
-                return Err(drift(dim, &key, "records below zero"));
+            if n < 0 || uniq < 0 {
+                return Err(drift(dim, key, "records below zero"));
             }
-            let mut du = 0i64;
-            for (token, dm) in by_cell.remove(&(dim, key.clone())).unwrap_or_default() {
-                let tid = match token_ids.get(&token) {
-                    Some(id) => *id,
-                    None => {
-                        let id = token_id(conn, campaign, &token)?;
-                        token_ids.insert(token, id);
-                        id
-                    }
-                };
-                let m: i64 = conn
-                    .prepare_cached(
-                        "INSERT INTO agg_members (key_id, token_id, n) VALUES (?1, ?2, ?3)
-                         ON CONFLICT (key_id, token_id) DO UPDATE SET n = n + excluded.n
-                         RETURNING n",
-                    )?
-                    .query_row(params![key_id, tid, dm], |r| r.get(0))?;
-                let m0 = m - dm;
-                if m < 0 || m0 < 0 {
-                    return Err(drift(dim, &key, "a token's records below zero"));
-                }
-                if m0 == 0 && m > 0 {
-                    du += 1;
-                }
-                if m == 0 {
-                    conn.prepare_cached(
-                        "DELETE FROM agg_members WHERE key_id = ?1 AND token_id = ?2",
-                    )?
-                    .execute(params![key_id, tid])?;
-                    if m0 > 0 {
-                        du -= 1;
-                    }
-                }
+            if uniq > n {
+                return Err(drift(dim, key, "more distinct people than records"));
             }
             if n == 0 {
+                if uniq != 0 {
+                    return Err(drift(dim, key, "distinct people without records"));
+                }
                 conn.prepare_cached(
                     "DELETE FROM agg_cells WHERE campaign = ?1 AND dim = ?2 AND key = ?3",
                 )?
                 .execute(params![campaign, dim, key])?;
-            } else if du != 0 {
-                conn.prepare_cached(
-                    "UPDATE agg_cells SET uniq = uniq + ?4 WHERE campaign = ?1 AND dim = ?2 AND key = ?3",
-                )?
-                .execute(params![campaign, dim, key, du])?;
             }
         }
         Ok(())
-    }
-}
-
-fn token_id(conn: &Connection, campaign: &str, token: &str) -> rusqlite::Result<i64> {
-    let found = conn
-        .prepare_cached("SELECT token_id FROM agg_tokens WHERE campaign = ?1 AND token = ?2")?
-        .query_row(params![campaign, token], |r| r.get(0))
-        .optional()?;
-    match found {
-        Some(id) => Ok(id),
-        None => {
-            conn.prepare_cached("INSERT INTO agg_tokens (campaign, token) VALUES (?1, ?2)")?
-                .execute(params![campaign, token])?;
-            Ok(conn.last_insert_rowid())
-        }
     }
 }
 
@@ -786,21 +877,13 @@ const SOURCE: &str = "WITH counted AS (
 /// "stale" mark a schema upgrade leaves.
 pub fn rebuild_aggregates(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
-        "DELETE FROM agg_members; DELETE FROM agg_cells; DELETE FROM agg_tokens;
-         DELETE FROM projection_state WHERE name = 'aggregates';",
+        "DELETE FROM agg_cells; DELETE FROM projection_state WHERE name = 'aggregates';",
     )?;
     conn.execute_batch(&format!(
-        "{SOURCE} INSERT INTO agg_tokens (campaign, token)
-             SELECT DISTINCT campaign, token FROM src WHERE token IS NOT NULL;
-         {SOURCE} INSERT INTO agg_cells (campaign, dim, key, key_id, n, uniq)
+        "{SOURCE} INSERT INTO agg_cells (campaign, dim, key, key_id, n, uniq)
              SELECT campaign, dim, key, ROW_NUMBER() OVER (ORDER BY campaign, dim, key),
                     COUNT(*), COUNT(DISTINCT token)
-             FROM src GROUP BY campaign, dim, key;
-         {SOURCE} INSERT INTO agg_members (key_id, token_id, n)
-             SELECT c.key_id, t.token_id, COUNT(*) FROM src
-             JOIN agg_cells c ON c.campaign = src.campaign AND c.dim = src.dim AND c.key = src.key
-             JOIN agg_tokens t ON t.campaign = src.campaign AND t.token = src.token
-             GROUP BY c.key_id, t.token_id;"
+             FROM src GROUP BY campaign, dim, key;"
     ))
 }
 
@@ -907,11 +990,10 @@ pub fn reindex(store: &Store) -> Result<ReindexReport, ProjectionError> {
     })
 }
 
-/// Every projection table as sorted text lines, with aggregate members named by their cell and
-/// token instead of row ids: what `tally reindex` must reproduce exactly. (The token interning
-/// table itself is left out: it may keep tokens no record uses any more.)
+/// Every projection table as sorted text lines (aggregate cells without their row ids): what
+/// `tally reindex` must reproduce exactly.
 pub fn dump(conn: &Connection) -> rusqlite::Result<BTreeMap<&'static str, Vec<String>>> {
-    let queries: [(&'static str, &str); 6] = [
+    let queries: [(&'static str, &str); 5] = [
         (
             "signatures",
             "SELECT doc_id, sig_id, campaign, event, collected_at, day, collected_by, city, fsa, riding, consent, dup, withdrawn FROM signatures",
@@ -931,11 +1013,6 @@ pub fn dump(conn: &Connection) -> rusqlite::Result<BTreeMap<&'static str, Vec<St
         (
             "agg_cells",
             "SELECT campaign, dim, key, n, uniq FROM agg_cells",
-        ),
-        (
-            "agg_members",
-            "SELECT c.campaign, c.dim, c.key, t.token, m.n FROM agg_members m
-             JOIN agg_cells c ON c.key_id = m.key_id JOIN agg_tokens t ON t.token_id = m.token_id",
         ),
     ];
     let mut out = BTreeMap::new();
@@ -1013,13 +1090,32 @@ mod tests {
                 b.signature(c, "docA", &moved, "America/Toronto")?; // then withdrawn
                 b.strike(c, &strike("s3", true))?; // revoked: s3 counts again
                 b.strike(c, &strike("s1", false))?;
+                // The same person checked in twice (two phones), then one check-in withdrawn;
+                // another corrected from one person to another.
+                b.checkin(c, "docB", &world.checkin("dev2", "c2", "Li Wei", false))?;
+                b.checkin(
+                    c,
+                    "docB",
+                    &world.checkin("dev2", "c3", "Amara Okafor", false),
+                )?;
+                b.flush(c)?;
+                let mut b = Batch::new(&camp);
+                let mut gone = world.checkin("dev1", "c1", "Li Wei", true);
+                gone.withdrawn = true;
+                b.checkin(c, "docA", &gone)?;
+                b.checkin(c, "docB", &world.checkin("dev2", "c3", "Li Wei", false))?;
                 b.flush(c)?;
                 Ok(())
             })
             .unwrap();
         let (incremental, t) = store.read(|c| Ok((dump(c)?, totals(c, &camp)?))).unwrap();
         assert_eq!((t.signatures, t.struck, t.withdrawn), (1, 1, 1));
-        assert_eq!(t.checkins["rally1"].walk_in, 1);
+        let rally = &t.checkins["rally1"];
+        assert_eq!(
+            (rally.unique, rally.walk_in, rally.pre_registered),
+            (1, 0, 1),
+            "{rally:?}"
+        );
         store
             .write(|tx| Ok(rebuild_aggregates(tx.conn())?))
             .unwrap();

@@ -10,7 +10,7 @@
 //! version. A brand-new document must set its whole header and create its containers in its
 //! first changes, and a collection's owner must be its writer.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::{Automerge, ObjType, PatchAction, Prop, ROOT, ReadDoc, Value};
 
@@ -176,6 +176,22 @@ pub struct Accepted {
     pub root: bool,
     /// Records touched, as (container, record id).
     pub records: BTreeSet<(String, String)>,
+    /// The touched records of collections and reviews as checked (after the change), by id: the
+    /// server projects them without reading them from the document again.
+    pub checked: Checked,
+}
+
+/// Records read and checked by [`validate`], by id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Checked {
+    /// Signatures.
+    pub signatures: BTreeMap<String, collection::Signature>,
+    /// Check-ins.
+    pub checkins: BTreeMap<String, collection::Checkin>,
+    /// Strikes, by struck signature id.
+    pub strikes: BTreeMap<String, review::Strike>,
+    /// Paper sheets, by serial.
+    pub sheets: BTreeMap<String, review::Sheet>,
 }
 
 impl Accepted {
@@ -273,6 +289,7 @@ pub fn validate(
         created,
         root: created,
         records: BTreeSet::new(),
+        checked: Checked::default(),
     };
     for patch in after.diff(&before_heads, &after_heads) {
         let mut segs: Vec<String> = patch.path.iter().map(|(_, p)| prop_key(p)).collect();
@@ -395,7 +412,15 @@ pub fn validate(
         }
     }
     for (container, id) in &acc.records {
-        check_record(before, after, &header, container, id, campaign)?;
+        check_record(
+            before,
+            after,
+            &header,
+            container,
+            id,
+            campaign,
+            &mut acc.checked,
+        )?;
     }
     Ok(acc)
 }
@@ -459,6 +484,7 @@ fn check_record(
     container: &str,
     id: &str,
     campaign: Option<&Campaign>,
+    checked: &mut Checked,
 ) -> Result<(), Rejection> {
     let path = format!("{container}/{id}");
     let obj = doc::record(after, container, id)?
@@ -488,6 +514,7 @@ fn check_record(
                     collection::SIGNATURE_IMMUTABLE,
                 )?;
             }
+            checked.signatures.insert(id.to_string(), sig);
         }
         (DocKind::Collection, CHECKINS) => {
             let ci = collection::read_checkin(after, &obj, id)?;
@@ -504,15 +531,20 @@ fn check_record(
                     collection::CHECKIN_IMMUTABLE,
                 )?;
             }
+            checked.checkins.insert(id.to_string(), ci);
         }
         (DocKind::Campaign, "events") => {
             campaign::read_event(after, &obj, id)?;
         }
         (DocKind::Review, STRIKES) => {
-            review::read_strike(after, &obj, id)?;
+            checked
+                .strikes
+                .insert(id.to_string(), review::read_strike(after, &obj, id)?);
         }
         (DocKind::Review, SHEETS) => {
-            review::read_sheet(after, &obj, id)?;
+            checked
+                .sheets
+                .insert(id.to_string(), review::read_sheet(after, &obj, id)?);
         }
         _ => {
             return Err(Rejection::new(
