@@ -3,7 +3,13 @@
 //! committed to the phone's SQLite file with `synchronous=FULL` before it returns). Then a child
 //! process opens the same phone, holding all of its signatures, reads its status and reports its
 //! own resident memory; then it loads the collection document too (as signing or syncing would)
-//! and reports it again.
+//! and reports it again, with the peak the load reached.
+//!
+//! Besides the latency of `sign`, the phase reports the CPU the signing thread used per
+//! signature: the difference is time spent waiting, mostly for the disk to confirm the commit
+//! (`fsync`; compare the machine's own write + fdatasync latency in the same table), and the
+//! memory of the signing process itself, which held the collection and compacted it in the
+//! background.
 
 use std::path::Path;
 use std::process::Command;
@@ -33,8 +39,26 @@ pub struct PhoneMemory {
     pub open_ms: f64,
     /// Resident memory once the collection document is loaded too, kB.
     pub loaded_vmrss_kb: u64,
+    /// Peak resident memory once the collection document is loaded, kB: automerge's load
+    /// reaches it (it rebuilds every change to check the document's hashes) and then frees most
+    /// of it, but the allocator may keep the freed pages.
+    pub loaded_vmhwm_kb: u64,
     /// How long loading the collection document took, ms.
     pub load_ms: f64,
+    /// Size of the phone's SQLite file (its WAL not included), bytes.
+    pub db_bytes: u64,
+}
+
+/// CPU seconds (user and system) the calling thread has used so far.
+fn thread_cpu_seconds() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+    // Fields after the command name (in parentheses, may hold spaces): utime and stime are the
+    // 12th and 13th.
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // Linux reports USER_HZ, 100 on every architecture this runs on.
+    Some(ticks as f64 / 100.0)
 }
 
 /// The hidden `phone-rss` subcommand: opens the phone in `home` as the app would, reads its
@@ -50,13 +74,16 @@ pub fn memory_child(home: &Path) -> Result<()> {
     let t = Instant::now();
     device.preload()?;
     let load_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let db_bytes = std::fs::metadata(device.database_path()).map_or(0, |m| m.len());
     let report = PhoneMemory {
         records: status.collection_records,
         vmrss_kb,
         vmhwm_kb,
         open_ms,
         loaded_vmrss_kb: status_kb(None, "VmRSS").unwrap_or(0),
+        loaded_vmhwm_kb: status_kb(None, "VmHWM").unwrap_or(0),
         load_ms,
+        db_bytes,
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
@@ -118,6 +145,7 @@ pub fn run(server: &Server, a: &PhoneArgs<'_>, figs: &mut Figures) -> Result<()>
     }
     let pb = progress(n as u64, "phone: Device::sign");
     let mut lat = Latencies::new();
+    let cpu_before = thread_cpu_seconds();
     for i in 0..n {
         let f = form(4_000_000_000 - i as u32, (i % 2 == 0).then_some(event));
         let t = Instant::now();
@@ -126,6 +154,13 @@ pub fn run(server: &Server, a: &PhoneArgs<'_>, figs: &mut Figures) -> Result<()>
         pb.inc(1);
     }
     pb.finish();
+    let sign_cpu_ms = match (cpu_before, thread_cpu_seconds()) {
+        (Some(a), Some(b)) if n > 0 => Some((b - a) * 1000.0 / n as f64),
+        _ => None,
+    };
+    // This process signed with the collection loaded and compacted it in the background.
+    let signing_rss_kb = status_kb(None, "VmRSS");
+    let signing_hwm_kb = status_kb(None, "VmHWM");
     drop(device);
 
     let out = Command::new(exe)
@@ -169,6 +204,12 @@ pub fn run(server: &Server, a: &PhoneArgs<'_>, figs: &mut Figures) -> Result<()>
         lat.max_ms(),
         "ms",
     );
+    figs.add(
+        "phone.sign_cpu_ms",
+        "phone: Device::sign, CPU of the signing thread per signature (mean; the rest of its time is waiting, mostly for the disk)",
+        sign_cpu_ms,
+        "ms",
+    );
     figs.add_target(
         "phone.rss_mb",
         "phone: resident memory of a process that opened the phone and read its status",
@@ -191,6 +232,30 @@ pub fn run(server: &Server, a: &PhoneArgs<'_>, figs: &mut Figures) -> Result<()>
         "phone.rss_loaded_mb",
         "phone: resident memory once the collection document is loaded too (as when signing)",
         mem.as_ref().map(|m| m.loaded_vmrss_kb as f64 / 1024.0),
+        "MB",
+    );
+    figs.add(
+        "phone.signing_rss_mb",
+        "phone: resident memory of the signing process after its signatures (the bench's own process: the phone, its background compaction, the harness)",
+        signing_rss_kb.map(|kb| kb as f64 / 1024.0),
+        "MB",
+    );
+    figs.add(
+        "phone.signing_peak_mb",
+        "phone: peak resident memory of the signing process",
+        signing_hwm_kb.map(|kb| kb as f64 / 1024.0),
+        "MB",
+    );
+    figs.add(
+        "phone.rss_load_peak_mb",
+        "phone: peak resident memory while loading the collection document",
+        mem.as_ref().map(|m| m.loaded_vmhwm_kb as f64 / 1024.0),
+        "MB",
+    );
+    figs.add(
+        "phone.db_mb",
+        "phone: the phone's SQLite file",
+        mem.as_ref().map(|m| m.db_bytes as f64 / (1024.0 * 1024.0)),
         "MB",
     );
     figs.add(

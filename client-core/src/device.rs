@@ -650,7 +650,7 @@ impl State {
     pub fn compact_all(&mut self) -> Result<()> {
         for idx in 0..self.docs.len() {
             let (id, role) = (self.docs[idx].id, self.docs[idx].role);
-            compact::compact(&mut self.conn, &id, role, 1, false)?;
+            compact::compact(&mut self.conn, &id, role, 1, false, || None)?;
         }
         Ok(())
     }
@@ -811,13 +811,29 @@ impl Device {
             .map_err(|e| ClientError::Storage(format!("cannot create {}: {e}", home.display())))?;
         let state = State::open(&home.join(store::DB_FILE))?;
         let (writes, _) = tokio::sync::watch::channel(0);
-        Ok(Device {
+        let device = Device {
             shared: Arc::new(Shared {
                 home,
                 state: Mutex::new(state),
                 writes,
             }),
-        })
+        };
+        // The background compaction saves a copy of a document this device holds rather than
+        // loading it again (see `compact`). A weak handle: the thread must not keep the device
+        // alive, and it ends when the device is dropped.
+        let weak = Arc::downgrade(&device.shared);
+        let source: compact::Source = Arc::new(move |id: &DocumentId| {
+            let device = Device {
+                shared: weak.upgrade()?,
+            };
+            // `lock` reloads from the file first if a failed write may have left memory ahead
+            // of it; no write is half done while the lock is held.
+            let st = device.lock().ok()?;
+            let local = st.docs.iter().find(|d| d.id == *id)?;
+            Some((local.doc.as_ref()?.clone(), local.seen_seq))
+        });
+        device.lock()?.compactor.set_source(source);
+        Ok(device)
     }
 
     /// The home directory.
