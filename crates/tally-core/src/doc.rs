@@ -554,7 +554,10 @@ mod tests {
         let (doc, r) = record_with_conflict();
         let f = Fields::read(&doc, &r, "things/r".into());
         let e = f.only(&["id", "at", "city"]).unwrap_err();
-        assert_eq!((e.path.as_str(), e.rule), ("things/r/odd", Rule::UnknownField));
+        assert_eq!(
+            (e.path.as_str(), e.rule),
+            ("things/r/odd", Rule::UnknownField)
+        );
         let e = f.str("odd").unwrap_err();
         assert_eq!((e.path.as_str(), e.rule), ("things/r/odd", Rule::WrongType));
         let e = f.str("at").unwrap_err();
