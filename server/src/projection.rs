@@ -343,52 +343,6 @@ fn read_sig_rows(conn: &Connection, campaign: &str, sig_id: &str) -> rusqlite::R
     .collect()
 }
 
-/// Every signature row of a campaign holding duplicate token `dup`, but the one `except`
-/// (doc_id, sig_id): (sig_id, row, struck now). Usually none, or one: the same person signed on
-/// another phone.
-fn token_sig_rows(
-    conn: &Connection,
-    campaign: &str,
-    dup: &str,
-    except: Option<(&str, &str)>,
-) -> rusqlite::Result<Vec<(String, SigRow, bool)>> {
-    let (doc, sig) = except.unwrap_or(("", ""));
-    conn.prepare_cached(
-        "SELECT event, collected_at, day, collected_by, city, fsa, riding, consent, dup, withdrawn, sig_id,
-                EXISTS (SELECT 1 FROM strikes k WHERE k.campaign = s.campaign AND k.sig_id = s.sig_id AND k.revoked = 0)
-         FROM signatures s WHERE campaign = ?1 AND dup = ?2 AND NOT (doc_id = ?3 AND sig_id = ?4)",
-    )?
-    .query_map(params![campaign, dup, doc, sig], |r| {
-        Ok((r.get(10)?, sig_row(r)?, r.get(11)?))
-    })?
-    .collect()
-}
-
-/// Every check-in row of a campaign holding attendee token `attendee`, but the one `except`
-/// (doc_id, ci_id).
-fn token_checkin_rows(
-    conn: &Connection,
-    campaign: &str,
-    attendee: &str,
-    (doc, ci): (&str, &str),
-) -> rusqlite::Result<Vec<CheckinRow>> {
-    conn.prepare_cached(
-        "SELECT event, attendee, walk_in, withdrawn FROM checkins
-         WHERE campaign = ?1 AND attendee = ?2 AND NOT (doc_id = ?3 AND ci_id = ?4)",
-    )?
-    .query_map(params![campaign, attendee, doc, ci], checkin_row)?
-    .collect()
-}
-
-fn checkin_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CheckinRow> {
-    Ok(CheckinRow {
-        event: r.get(0)?,
-        attendee: r.get(1)?,
-        walk_in: r.get(2)?,
-        withdrawn: r.get(3)?,
-    })
-}
-
 fn upsert_checkin_row(
     conn: &Connection,
     doc_id: &str,
@@ -399,7 +353,14 @@ fn upsert_checkin_row(
         .prepare_cached(
             "SELECT event, attendee, walk_in, withdrawn FROM checkins WHERE doc_id = ?1 AND ci_id = ?2",
         )?
-        .query_row(params![doc_id, c.id], checkin_row)
+        .query_row(params![doc_id, c.id], |r| {
+            Ok(CheckinRow {
+                event: r.get(0)?,
+                attendee: r.get(1)?,
+                walk_in: r.get(2)?,
+                withdrawn: r.get(3)?,
+            })
+        })
         .optional()?;
     conn.prepare_cached(
         "INSERT INTO checkins (doc_id, ci_id, campaign, event, attendee, at, by_id, walk_in, withdrawn)
@@ -429,30 +390,15 @@ fn upsert_sheet_row(conn: &Connection, campaign: &str, s: &Sheet) -> rusqlite::R
 }
 
 /// The aggregate changes of one campaign's records, gathered while their rows are written and
-/// netted before they touch the aggregate table: each cell is written once per batch, and a
+/// netted before they touch the aggregate tables: each cell is written once per batch, and a
 /// record whose correction leaves a cell unchanged costs that cell nothing. The hub makes one
 /// batch per accepted change ([`apply`]); the latency example makes one per synthetic sync.
-///
-/// A cell's distinct count (`uniq`) follows its tokens through the rows themselves: when a
-/// record changes, the other rows holding its token (found by the token indexes, usually none)
-/// say in which cells the token counted before and after.
 pub struct Batch {
     campaign: String,
     /// Net change of each cell's record count.
     cells: HashMap<(&'static str, String), i64>,
-    /// Net change of each cell's distinct tokens.
-    uniq: HashMap<(&'static str, String), i64>,
-}
-
-/// The cells a token counts in (distinctly), given the contributions of every row holding it.
-fn token_cells(
-    contributions: impl IntoIterator<Item = Contribution>,
-) -> HashSet<(&'static str, String)> {
-    contributions
-        .into_iter()
-        .filter(|(_, _, token)| token.is_some())
-        .map(|(dim, key, _)| (dim, key))
-        .collect()
+    /// Net change of each token's record count in a cell.
+    members: HashMap<(&'static str, String, String), i64>,
 }
 
 impl Batch {
@@ -461,27 +407,16 @@ impl Batch {
         Batch {
             campaign: campaign.to_string(),
             cells: HashMap::new(),
-            uniq: HashMap::new(),
+            members: HashMap::new(),
         }
     }
 
-    fn count(&mut self, contributions: Vec<Contribution>, sign: i64) {
-        for (dim, key, _) in contributions {
+    fn add(&mut self, contributions: Vec<Contribution>, sign: i64) {
+        for (dim, key, token) in contributions {
+            if let Some(t) = token {
+                *self.members.entry((dim, key.clone(), t)).or_default() += sign;
+            }
             *self.cells.entry((dim, key)).or_default() += sign;
-        }
-    }
-
-    /// One token moved from the cells `before` to the cells `after`.
-    fn moved(
-        &mut self,
-        before: &HashSet<(&'static str, String)>,
-        after: &HashSet<(&'static str, String)>,
-    ) {
-        for cell in after.difference(before) {
-            *self.uniq.entry(cell.clone()).or_default() += 1;
-        }
-        for cell in before.difference(after) {
-            *self.uniq.entry(cell.clone()).or_default() -= 1;
         }
     }
 
@@ -500,31 +435,10 @@ impl Batch {
             return Ok(());
         }
         let struck = is_struck(conn, &self.campaign, &s.id)?;
-        if let Some(o) = &old {
-            self.count(sig_contributions(o, struck), -1);
+        if let Some(o) = old {
+            self.add(sig_contributions(&o, struck), -1);
         }
-        self.count(sig_contributions(&row, struck), 1);
-        let mut tokens = vec![row.dup.as_str()];
-        if let Some(o) = &old
-            && o.dup != row.dup
-        {
-            tokens.push(o.dup.as_str());
-        }
-        for token in tokens {
-            let others: Vec<Contribution> =
-                token_sig_rows(conn, &self.campaign, token, Some((doc_id, &s.id)))?
-                    .iter()
-                    .flat_map(|(_, r, struck)| sig_contributions(r, *struck))
-                    .collect();
-            let with = |r: Option<&SigRow>| {
-                let own = r
-                    .filter(|r| r.dup == token)
-                    .map(|r| sig_contributions(r, struck));
-                token_cells(others.iter().cloned().chain(own.into_iter().flatten()))
-            };
-            let (before, after) = (with(old.as_ref()), with(Some(&row)));
-            self.moved(&before, &after);
-        }
+        self.add(sig_contributions(&row, struck), 1);
         Ok(())
     }
 
@@ -542,32 +456,10 @@ impl Batch {
             walk_in: c.walk_in,
             withdrawn: c.withdrawn,
         };
-        if old.as_ref() == Some(&row) {
-            return Ok(());
+        if let Some(o) = old {
+            self.add(checkin_contributions(&o), -1);
         }
-        if let Some(o) = &old {
-            self.count(checkin_contributions(o), -1);
-        }
-        self.count(checkin_contributions(&row), 1);
-        let mut tokens = vec![row.attendee.as_str()];
-        if let Some(o) = &old
-            && o.attendee != row.attendee
-        {
-            tokens.push(o.attendee.as_str());
-        }
-        for token in tokens {
-            let others: Vec<Contribution> =
-                token_checkin_rows(conn, &self.campaign, token, (doc_id, &c.id))?
-                    .iter()
-                    .flat_map(checkin_contributions)
-                    .collect();
-            let with = |r: Option<&CheckinRow>| {
-                let own = r.filter(|r| r.attendee == token).map(checkin_contributions);
-                token_cells(others.iter().cloned().chain(own.into_iter().flatten()))
-            };
-            let (before, after) = (with(old.as_ref()), with(Some(&row)));
-            self.moved(&before, &after);
-        }
+        self.add(checkin_contributions(&row), 1);
         Ok(())
     }
 
@@ -577,73 +469,112 @@ impl Batch {
         let was = is_struck(conn, &self.campaign, &s.signature)?;
         upsert_strike_row(conn, &self.campaign, s)?;
         let now = !s.revoked;
-        if was == now {
-            return Ok(());
-        }
-        let rows = read_sig_rows(conn, &self.campaign, &s.signature)?;
-        let mut tokens: Vec<&str> = Vec::new();
-        for row in &rows {
-            self.count(sig_contributions(row, was), -1);
-            self.count(sig_contributions(row, now), 1);
-            if !tokens.contains(&row.dup.as_str()) {
-                tokens.push(row.dup.as_str());
+        if was != now {
+            for row in read_sig_rows(conn, &self.campaign, &s.signature)? {
+                self.add(sig_contributions(&row, was), -1);
+                self.add(sig_contributions(&row, now), 1);
             }
-        }
-        for token in tokens {
-            let holders = token_sig_rows(conn, &self.campaign, token, None)?;
-            // The struck state read is the new one; before, this signature's rows had `was`.
-            let at = |state: bool| {
-                token_cells(holders.iter().flat_map(|(id, r, struck)| {
-                    let struck = if *id == s.signature { state } else { *struck };
-                    sig_contributions(r, struck)
-                }))
-            };
-            let (before, after) = (at(was), at(now));
-            self.moved(&before, &after);
         }
         Ok(())
     }
 
-    /// Writes the netted changes to the aggregate table.
+    /// Writes the netted changes to the aggregate tables.
     pub fn flush(self, conn: &Connection) -> Result<(), ProjectionError> {
         let campaign = self.campaign.as_str();
         let drift = |dim: &str, key: &str, what: &str| {
             ProjectionError::Drift(format!("{campaign}/{dim}/{key}: {what}"))
         };
-        let mut keys: HashSet<&(&'static str, String)> = HashSet::new();
-        keys.extend(self.cells.iter().filter(|(_, d)| **d != 0).map(|(k, _)| k));
-        keys.extend(self.uniq.iter().filter(|(_, d)| **d != 0).map(|(k, _)| k));
-        for cell in keys {
-            let (dim, key) = (cell.0, cell.1.as_str());
-            let dn = self.cells.get(cell).copied().unwrap_or(0);
-            let du = self.uniq.get(cell).copied().unwrap_or(0);
-            let (n, uniq): (i64, i64) = conn
+        let mut by_cell: HashMap<(&'static str, String), Vec<(String, i64)>> = HashMap::new();
+        for ((dim, key, token), d) in self.members {
+            if d != 0 {
+                by_cell.entry((dim, key)).or_default().push((token, d));
+            }
+        }
+        let mut keys: HashSet<(&'static str, String)> = by_cell.keys().cloned().collect();
+        keys.extend(
+            self.cells
+                .iter()
+                .filter(|(_, d)| **d != 0)
+                .map(|(k, _)| k.clone()),
+        );
+        let mut token_ids: HashMap<String, i64> = HashMap::new();
+        for (dim, key) in keys {
+            let dn = self.cells.get(&(dim, key.clone())).copied().unwrap_or(0);
+            let (key_id, n): (i64, i64) = conn
                 .prepare_cached(
                     "INSERT INTO agg_cells (campaign, dim, key, key_id, n, uniq)
-                     VALUES (?1, ?2, ?3, (SELECT COALESCE(MAX(key_id), 0) + 1 FROM agg_cells), ?4, ?5)
-                     ON CONFLICT (campaign, dim, key) DO UPDATE SET n = n + excluded.n, uniq = uniq + excluded.uniq
-                     RETURNING n, uniq",
+                     VALUES (?1, ?2, ?3, (SELECT COALESCE(MAX(key_id), 0) + 1 FROM agg_cells), ?4, 0)
+                     ON CONFLICT (campaign, dim, key) DO UPDATE SET n = n + excluded.n
+                     RETURNING key_id, n",
                 )?
-                .query_row(params![campaign, dim, key, dn, du], |r| {
+                .query_row(params![campaign, dim, key, dn], |r| {
                     Ok((r.get(0)?, r.get(1)?))
                 })?;
-            if n < 0 || uniq < 0 {
-                return Err(drift(dim, key, "records below zero"));
+            if n < 0 {
+                return Err(drift(dim, &key, "records below zero"));
             }
-            if uniq > n {
-                return Err(drift(dim, key, "more distinct people than records"));
+            let mut du = 0i64;
+            for (token, dm) in by_cell.remove(&(dim, key.clone())).unwrap_or_default() {
+                let tid = match token_ids.get(&token) {
+                    Some(id) => *id,
+                    None => {
+                        let id = token_id(conn, campaign, &token)?;
+                        token_ids.insert(token, id);
+                        id
+                    }
+                };
+                let m: i64 = conn
+                    .prepare_cached(
+                        "INSERT INTO agg_members (key_id, token_id, n) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (key_id, token_id) DO UPDATE SET n = n + excluded.n
+                         RETURNING n",
+                    )?
+                    .query_row(params![key_id, tid, dm], |r| r.get(0))?;
+                let m0 = m - dm;
+                if m < 0 || m0 < 0 {
+                    return Err(drift(dim, &key, "a token's records below zero"));
+                }
+                if m0 == 0 && m > 0 {
+                    du += 1;
+                }
+                if m == 0 {
+                    conn.prepare_cached(
+                        "DELETE FROM agg_members WHERE key_id = ?1 AND token_id = ?2",
+                    )?
+                    .execute(params![key_id, tid])?;
+                    if m0 > 0 {
+                        du -= 1;
+                    }
+                }
             }
             if n == 0 {
-                if uniq != 0 {
-                    return Err(drift(dim, key, "distinct people without records"));
-                }
                 conn.prepare_cached(
                     "DELETE FROM agg_cells WHERE campaign = ?1 AND dim = ?2 AND key = ?3",
                 )?
                 .execute(params![campaign, dim, key])?;
+            } else if du != 0 {
+                conn.prepare_cached(
+                    "UPDATE agg_cells SET uniq = uniq + ?4 WHERE campaign = ?1 AND dim = ?2 AND key = ?3",
+                )?
+                .execute(params![campaign, dim, key, du])?;
             }
         }
         Ok(())
+    }
+}
+
+fn token_id(conn: &Connection, campaign: &str, token: &str) -> rusqlite::Result<i64> {
+    let found = conn
+        .prepare_cached("SELECT token_id FROM agg_tokens WHERE campaign = ?1 AND token = ?2")?
+        .query_row(params![campaign, token], |r| r.get(0))
+        .optional()?;
+    match found {
+        Some(id) => Ok(id),
+        None => {
+            conn.prepare_cached("INSERT INTO agg_tokens (campaign, token) VALUES (?1, ?2)")?
+                .execute(params![campaign, token])?;
+            Ok(conn.last_insert_rowid())
+        }
     }
 }
 
@@ -877,13 +808,21 @@ const SOURCE: &str = "WITH counted AS (
 /// "stale" mark a schema upgrade leaves.
 pub fn rebuild_aggregates(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
-        "DELETE FROM agg_cells; DELETE FROM projection_state WHERE name = 'aggregates';",
+        "DELETE FROM agg_members; DELETE FROM agg_cells; DELETE FROM agg_tokens;
+         DELETE FROM projection_state WHERE name = 'aggregates';",
     )?;
     conn.execute_batch(&format!(
-        "{SOURCE} INSERT INTO agg_cells (campaign, dim, key, key_id, n, uniq)
+        "{SOURCE} INSERT INTO agg_tokens (campaign, token)
+             SELECT DISTINCT campaign, token FROM src WHERE token IS NOT NULL;
+         {SOURCE} INSERT INTO agg_cells (campaign, dim, key, key_id, n, uniq)
              SELECT campaign, dim, key, ROW_NUMBER() OVER (ORDER BY campaign, dim, key),
                     COUNT(*), COUNT(DISTINCT token)
-             FROM src GROUP BY campaign, dim, key;"
+             FROM src GROUP BY campaign, dim, key;
+         {SOURCE} INSERT INTO agg_members (key_id, token_id, n)
+             SELECT c.key_id, t.token_id, COUNT(*) FROM src
+             JOIN agg_cells c ON c.campaign = src.campaign AND c.dim = src.dim AND c.key = src.key
+             JOIN agg_tokens t ON t.campaign = src.campaign AND t.token = src.token
+             GROUP BY c.key_id, t.token_id;"
     ))
 }
 
@@ -990,10 +929,11 @@ pub fn reindex(store: &Store) -> Result<ReindexReport, ProjectionError> {
     })
 }
 
-/// Every projection table as sorted text lines (aggregate cells without their row ids): what
-/// `tally reindex` must reproduce exactly.
+/// Every projection table as sorted text lines, with aggregate members named by their cell and
+/// token instead of row ids: what `tally reindex` must reproduce exactly. (The token interning
+/// table itself is left out: it may keep tokens no record uses any more.)
 pub fn dump(conn: &Connection) -> rusqlite::Result<BTreeMap<&'static str, Vec<String>>> {
-    let queries: [(&'static str, &str); 5] = [
+    let queries: [(&'static str, &str); 6] = [
         (
             "signatures",
             "SELECT doc_id, sig_id, campaign, event, collected_at, day, collected_by, city, fsa, riding, consent, dup, withdrawn FROM signatures",
@@ -1013,6 +953,11 @@ pub fn dump(conn: &Connection) -> rusqlite::Result<BTreeMap<&'static str, Vec<St
         (
             "agg_cells",
             "SELECT campaign, dim, key, n, uniq FROM agg_cells",
+        ),
+        (
+            "agg_members",
+            "SELECT c.campaign, c.dim, c.key, t.token, m.n FROM agg_members m
+             JOIN agg_cells c ON c.key_id = m.key_id JOIN agg_tokens t ON t.token_id = m.token_id",
         ),
     ];
     let mut out = BTreeMap::new();

@@ -770,7 +770,7 @@ async fn reindex_reproduces_the_incremental_tables() {
     };
     let before = dump(copy);
     assert!(before["signatures"].len() >= 6, "{before:?}");
-    assert!(!before["agg_cells"].is_empty());
+    assert!(!before["agg_members"].is_empty());
     let out = std::process::Command::new(binary("tally"))
         .args(["reindex", "--data"])
         .arg(copy)

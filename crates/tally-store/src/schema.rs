@@ -188,16 +188,6 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX signatures_by_city ON signatures (campaign, city);
     CREATE INDEX signatures_by_fsa ON signatures (campaign, fsa);
     "#,
-    // 4: a cell's distinct count follows its tokens through the rows themselves (the few other
-    // rows holding a record's token, found by these indexes) instead of a member row per token
-    // and cell: `agg_members` cost up to seven index writes per signature, most of the
-    // projection's time. The cells' counts are unchanged; `agg_cells.key_id` is no longer read.
-    r#"
-    DROP TABLE agg_members;
-    DROP TABLE agg_tokens;
-    CREATE INDEX signatures_by_dup ON signatures (campaign, dup);
-    CREATE INDEX checkins_by_attendee ON checkins (campaign, attendee);
-    "#,
 ];
 
 /// The schema version this build writes and reads.
