@@ -24,7 +24,7 @@ use crate::data::form;
 use crate::report::{Cmp, Figures};
 use crate::server::Server;
 use crate::setup::progress;
-use crate::stats::{Latencies, status_kb};
+use crate::stats::{Latencies, status_kb, thread_cpu_seconds};
 
 /// What the child process reports about itself.
 #[derive(Debug, Serialize, Deserialize)]
@@ -47,18 +47,6 @@ pub struct PhoneMemory {
     pub load_ms: f64,
     /// Size of the phone's SQLite file (its WAL not included), bytes.
     pub db_bytes: u64,
-}
-
-/// CPU seconds (user and system) the calling thread has used so far.
-fn thread_cpu_seconds() -> Option<f64> {
-    let text = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
-    // Fields after the command name (in parentheses, may hold spaces): utime and stime are the
-    // 12th and 13th.
-    let rest = &text[text.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // Linux reports USER_HZ, 100 on every architecture this runs on.
-    Some(ticks as f64 / 100.0)
 }
 
 /// The hidden `phone-rss` subcommand: opens the phone in `home` as the app would, reads its

@@ -72,10 +72,19 @@ const TICKS_PER_SEC: f64 = 100.0;
 
 /// User plus system CPU seconds a process has used so far; `pid` `None` is this process.
 pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
-    let path = match pid {
-        Some(p) => format!("/proc/{p}/stat"),
-        None => "/proc/self/stat".to_string(),
-    };
+    match pid {
+        Some(p) => stat_cpu_seconds(&format!("/proc/{p}/stat")),
+        None => stat_cpu_seconds("/proc/self/stat"),
+    }
+}
+
+/// User plus system CPU seconds the calling thread has used so far.
+pub fn thread_cpu_seconds() -> Option<f64> {
+    stat_cpu_seconds("/proc/thread-self/stat")
+}
+
+/// utime + stime of a `/proc/.../stat` file, in seconds.
+fn stat_cpu_seconds(path: &str) -> Option<f64> {
     let text = std::fs::read_to_string(path).ok()?;
     // The command name is in parentheses and may hold spaces: count fields after the last ')'.
     let rest = &text[text.rfind(')')? + 1..];
