@@ -68,15 +68,16 @@ impl FromRequestParts<Arc<AppState>> for Auth {
                 return Err(ApiError::TooManyRequests(r.to_string()));
             }
         }
-        // The check reads on the reader connection, so it never waits behind the writer; the
+        // The check reads on a reader connection, so it never waits behind the writer; the
         // `last_seen` write (at most once a minute per device) goes to the writer in the
         // background.
         let reader = state.reader.clone();
         let expiry = state.config.token_idle_expiry_ms();
         let now = now_ms();
-        let checked = tokio::task::spawn_blocking(move || reader.check_token(&token, now, expiry))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))??;
+        let checked =
+            tokio::task::spawn_blocking(move || reader.get().check_token(&token, now, expiry))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))??;
         match checked {
             Ok(device) => {
                 if !device.seen_recently(now) {
@@ -736,7 +737,7 @@ pub(crate) fn answer_totals(
     state: &AppState,
     req: &TotalsRequest,
 ) -> Result<TotalsResponse, ApiError> {
-    let mut t = state.reader.read(|conn| {
+    let mut t = state.reader.get().read(|conn| {
         projection::query(conn, &req.campaign, &req.filter).map_err(tally_store::StoreError::from)
     })?;
     let suppression = if req.suppress {
@@ -773,8 +774,14 @@ pub(crate) async fn totals(
     Path(id): Path<String>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<TotalsResponse>, ApiError> {
-    let (_, req) = prepare_totals(&state, device, id, query).await?;
-    blocking(move || answer_totals(&state, &req).map(Json)).await
+    // Checked and answered in one trip to the blocking pool: under load each trip is a wait.
+    require_organizer(&device, &id)?;
+    blocking(move || {
+        let campaign = known_campaign(&state, &id)?;
+        let req = totals_request(&device, &campaign, query)?;
+        answer_totals(&state, &req).map(Json)
+    })
+    .await
 }
 
 pub(crate) async fn totals_stream(
@@ -838,7 +845,7 @@ pub(crate) async fn strike(
         strike
             .check()
             .map_err(|r| ApiError::BadRequest(format!("refused: {r}")))?;
-        let known = state.reader.read(|conn| {
+        let known = state.reader.get().read(|conn| {
             Ok(conn.query_row(
                 "SELECT EXISTS (SELECT 1 FROM signatures WHERE campaign = ?1 AND sig_id = ?2)",
                 [&id, &strike.signature],

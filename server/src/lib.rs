@@ -33,7 +33,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequestParts, State};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
-use tally_store::Store;
+use tally_store::{Readers, Store};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -54,10 +54,11 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     /// The configuration.
     pub config: Config,
-    /// A second connection to the database for the API's totals queries, so they never wait
-    /// behind the writer's lock (WAL lets it read while the hub writes). The hub's store when
-    /// no file can be reopened (an in-memory store).
-    pub reader: Arc<Store>,
+    /// Read-only connections to the database for the API's token checks and totals queries,
+    /// so that they never wait behind the writer's lock (WAL lets them read while the hub
+    /// writes) nor, up to the pool's size, behind each other. The hub's store alone when no
+    /// file can be reopened (an in-memory store).
+    pub reader: Arc<Readers>,
     /// Subscribers of live totals, woken when a campaign's totals are refreshed.
     pub live: live::Live,
     /// Per-address abuse limits: wrong tokens and simultaneous sync connections.
@@ -313,6 +314,21 @@ impl Drop for AddrSlot {
     }
 }
 
+/// The API's read connections: one per core (two to four), sharing a page cache budget of
+/// 64 MiB (filtered totals scan rows); the writer's own store when the file cannot be opened a
+/// second time (an in-memory store).
+fn open_readers(store: &Arc<Store>) -> Readers {
+    let n = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
+    let cache_kib = 65_536 / n;
+    let opened = Readers::open(store.path(), n, |r| {
+        r.read(|c| Ok(c.execute_batch(&format!("PRAGMA cache_size = -{cache_kib}"))?))
+    });
+    match opened {
+        Ok(r) => r,
+        Err(_) => Readers::from_stores(vec![store.clone()]),
+    }
+}
+
 /// Runs the server on `listener` until `shutdown` completes; then closes connections (which
 /// persist their sync states), writes pending totals and returns.
 pub async fn serve(
@@ -353,14 +369,8 @@ pub async fn serve(
     for m in hub.store.list_campaigns()? {
         hub.mark_dirty(&m.campaign);
     }
-    let reader = match Store::open_read_only(hub.store.path()) {
-        Ok(r) => {
-            // Filtered totals scan rows: give the reader a page cache of up to 64 MiB.
-            r.read(|c| Ok(c.execute_batch("PRAGMA cache_size = -65536")?))?;
-            Arc::new(r)
-        }
-        Err(_) => hub.store.clone(),
-    };
+    let reader = Arc::new(open_readers(&hub.store));
+    tracing::debug!(connections = reader.len(), "read connections opened");
     let workers =
         workers::Workers::start(config.sync_worker_threads(), config.sync_workers_niceness)?;
     tracing::info!(

@@ -7,8 +7,8 @@
 //!
 //! The crate is synchronous: the server calls it from `spawn_blocking` or a dedicated writer
 //! thread. A [`Store`] owns one connection behind a mutex, so it is `Send + Sync` and its calls
-//! are serialized; for reads beside a busy writer, open a second `Store` on the same file (WAL
-//! lets readers and one writer run at once).
+//! are serialized; for reads beside a busy writer, open a [`Readers`] pool of read-only
+//! connections on the same file (WAL lets readers and one writer run at once).
 //!
 //! Durability: the file runs in WAL mode with `synchronous=FULL`, so when [`Store::write`] (or
 //! any other writing call) returns `Ok`, the change has been committed and fsynced, and survives
@@ -19,12 +19,13 @@
 //!
 //! Modules: [`error`] (the error type and SQLite error mapping), `schema` (migrations),
 //! [`documents`] (documents, chunks, compaction, sync states), [`devices`] (devices, tokens,
-//! invites), [`quarantine`] (rejected messages).
+//! invites), [`quarantine`] (rejected messages), [`readers`] (a pool of read connections).
 
 pub mod devices;
 pub mod documents;
 pub mod error;
 pub mod quarantine;
+pub mod readers;
 mod schema;
 
 use std::path::{Path, PathBuf};
@@ -37,6 +38,7 @@ pub use devices::{Device, InviteCode, Role, Token, TokenRefusal};
 pub use documents::{CAMPAIGN_KIND, ChunkStats, DocFilter, DocMeta, StoredDoc};
 pub use error::{Result, StoreError};
 pub use quarantine::{QuarantineEntry, QuarantineFilter};
+pub use readers::{Reader, Readers};
 pub use rusqlite;
 pub use schema::SCHEMA_VERSION;
 
