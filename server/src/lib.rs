@@ -314,6 +314,27 @@ impl Drop for AddrSlot {
     }
 }
 
+/// The listening socket's accept queue. tokio's `TcpListener::bind` asks for 1,024; when a march
+/// ends and a thousand phones reconnect at once (and organizers open the totals), the kernel
+/// drops the SYNs that find the queue full and the clients retry only after a second, so a
+/// queue sized for the reconnect storm saves each of them that second. The kernel caps it at
+/// `net.core.somaxconn` (4,096 on current Linux).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the server's listening socket on `addr`, with [`LISTEN_BACKLOG`] (call inside a tokio
+/// runtime).
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restarted server can take its port at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// The API's read connections: one per core (two to four), sharing a page cache budget of
 /// 64 MiB (filtered totals scan rows); the writer's own store when the file cannot be opened a
 /// second time (an in-memory store).
@@ -466,5 +487,44 @@ async fn background(state: Arc<AppState>, stop: CancellationToken, idle: Duratio
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reconnect storm larger than tokio's default queue: every connection completes at once
+    /// although the server accepts none of them yet. With a 1,024 queue the connections past
+    /// it would wait for the SYN retry, a second later, and time out here.
+    #[tokio::test]
+    async fn the_accept_queue_takes_a_reconnect_storm() {
+        const STORM: usize = 1_200;
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(usize::MAX);
+        if somaxconn <= STORM {
+            eprintln!(
+                "skipped: net.core.somaxconn is {somaxconn}, which caps any listen backlog below {STORM}"
+            );
+            return;
+        }
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut clients = Vec::with_capacity(STORM);
+        for i in 0..STORM {
+            let c = tokio::time::timeout(
+                Duration::from_millis(900),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("connection {i} waited: the accept queue is full"))
+            .unwrap_or_else(|e| panic!("connection {i}: {e} (too few file descriptors?)"));
+            clients.push(c);
+        }
+        // They are all there to be accepted.
+        let (first, _) = listener.accept().await.unwrap();
+        assert_eq!(first.local_addr().unwrap(), addr);
     }
 }

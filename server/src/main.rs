@@ -246,7 +246,7 @@ fn main() -> anyhow::Result<()> {
                 if let Some(path) = admin {
                     tracing::info!(path = %path.display(), "first start: wrote the admin token (mode 0600); `tally` commands read it from there");
                 }
-                let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
+                let listener = tally_server::listen(cfg.listen).with_context(|| format!("cannot listen on {}", cfg.listen))?;
                 tally_server::serve(cfg, store, listener, shutdown_signal()).await
             })
         }

@@ -154,9 +154,7 @@ impl TestServer {
             ..Config::default()
         };
         tweak(&mut cfg);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tally_server::listen("127.0.0.1:0".parse().expect("address")).expect("bind");
         let addr = listener.local_addr().expect("addr");
         cfg.listen = addr;
         let (store, _) = tally_server::open_data(&cfg.data).expect("open data");
