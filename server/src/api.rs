@@ -715,21 +715,17 @@ fn totals_request(
     })
 }
 
-/// Authorizes and checks a totals request: 403, 404, then 400.
-pub(crate) async fn prepare_totals(
-    state: &Arc<AppState>,
-    device: Device,
-    id: String,
+/// Authorizes and checks a totals request: 403, 404, then 400 (blocking: it may load the
+/// campaign document).
+fn check_totals(
+    state: &AppState,
+    device: &Device,
+    id: &str,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Result<(Device, TotalsRequest), ApiError> {
-    require_organizer(&device, &id)?;
-    let st = state.clone();
-    blocking(move || {
-        let campaign = known_campaign(&st, &id)?;
-        let req = totals_request(&device, &campaign, query)?;
-        Ok((device, req))
-    })
-    .await
+) -> Result<TotalsRequest, ApiError> {
+    require_organizer(device, id)?;
+    let campaign = known_campaign(state, id)?;
+    totals_request(device, &campaign, query)
 }
 
 /// Computes the answer to a checked totals request (blocking: SQLite).
@@ -775,10 +771,8 @@ pub(crate) async fn totals(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<TotalsResponse>, ApiError> {
     // Checked and answered in one trip to the blocking pool: under load each trip is a wait.
-    require_organizer(&device, &id)?;
     blocking(move || {
-        let campaign = known_campaign(&state, &id)?;
-        let req = totals_request(&device, &campaign, query)?;
+        let req = check_totals(&state, &device, &id, query)?;
         answer_totals(&state, &req).map(Json)
     })
     .await
@@ -790,7 +784,12 @@ pub(crate) async fn totals_stream(
     Path(id): Path<String>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<axum::response::Response, ApiError> {
-    let (device, req) = prepare_totals(&state, device, id, query).await?;
+    let st = state.clone();
+    let (device, req) = blocking(move || {
+        let req = check_totals(&st, &device, &id, query)?;
+        Ok((device, req))
+    })
+    .await?;
     Ok(crate::live::stream(state, device, req))
 }
 

@@ -494,6 +494,38 @@ async fn background(state: Arc<AppState>, stop: CancellationToken, idle: Duratio
 mod tests {
     use super::*;
 
+    /// Raises this process's soft limit on open files to `n` if it is lower (the test's clients
+    /// each hold one); an error if the hard limit does not allow it.
+    fn enough_descriptors(n: u64) -> Result<(), String> {
+        #[cfg(target_os = "linux")]
+        {
+            use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+            let lim = getrlimit(Resource::Nofile);
+            if lim.current.is_none_or(|c| c >= n) {
+                return Ok(());
+            }
+            if lim.maximum.is_some_and(|m| m < n) {
+                return Err(format!(
+                    "the open files limit is {:?} (hard), under the {n} this test needs",
+                    lim.maximum
+                ));
+            }
+            setrlimit(
+                Resource::Nofile,
+                Rlimit {
+                    current: Some(n),
+                    maximum: lim.maximum,
+                },
+            )
+            .map_err(|e| format!("raising the open files limit to {n}: {e}"))
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = n;
+            Ok(())
+        }
+    }
+
     /// A reconnect storm larger than tokio's default queue: every connection completes at once
     /// although the server accepts none of them yet. With a 1,024 queue the connections past
     /// it would wait for the SYN retry, a second later, and time out here.
@@ -508,6 +540,10 @@ mod tests {
             eprintln!(
                 "skipped: net.core.somaxconn is {somaxconn}, which caps any listen backlog below {STORM}"
             );
+            return;
+        }
+        if let Err(why) = enough_descriptors(STORM as u64 + 256) {
+            eprintln!("skipped: {why}");
             return;
         }
         let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
