@@ -56,8 +56,8 @@ pub struct AppState {
     pub config: Config,
     /// Read-only connections to the database for the API's token checks and totals queries,
     /// so that they never wait behind the writer's lock (WAL lets them read while the hub
-    /// writes) nor, up to the pool's size, behind each other. The hub's store alone when no
-    /// file can be reopened (an in-memory store).
+    /// writes) nor, up to the pool's size, behind each other. The hub's store alone for an
+    /// in-memory store, which cannot be opened twice.
     pub reader: Arc<Readers>,
     /// Subscribers of live totals, woken when a campaign's totals are refreshed.
     pub live: live::Live,
@@ -336,18 +336,25 @@ pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// The API's read connections: one per core (two to four), sharing a page cache budget of
-/// 64 MiB (filtered totals scan rows); the writer's own store when the file cannot be opened a
-/// second time (an in-memory store).
-fn open_readers(store: &Arc<Store>) -> Readers {
+/// 64 MiB (filtered totals scan rows). An in-memory store cannot be opened a second time, so
+/// there the writer's own connection serves; on a file, a connection that cannot be opened is
+/// an error, not a silent fall back to reading behind every write.
+fn open_readers(store: &Arc<Store>) -> anyhow::Result<Readers> {
+    if store.path() == Path::new(":memory:") {
+        return Ok(Readers::from_stores(vec![store.clone()]));
+    }
     let n = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
     let cache_kib = 65_536 / n;
-    let opened = Readers::open(store.path(), n, |r| {
+    let readers = Readers::open(store.path(), n, |r| {
         r.read(|c| Ok(c.execute_batch(&format!("PRAGMA cache_size = -{cache_kib}"))?))
-    });
-    match opened {
-        Ok(r) => r,
-        Err(_) => Readers::from_stores(vec![store.clone()]),
-    }
+    })
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open the API's read connections on {}: {e}",
+            store.path().display()
+        )
+    })?;
+    Ok(readers)
 }
 
 /// Runs the server on `listener` until `shutdown` completes; then closes connections (which
@@ -390,7 +397,7 @@ pub async fn serve(
     for m in hub.store.list_campaigns()? {
         hub.mark_dirty(&m.campaign);
     }
-    let reader = Arc::new(open_readers(&hub.store));
+    let reader = Arc::new(open_readers(&hub.store)?);
     tracing::debug!(connections = reader.len(), "read connections opened");
     let workers =
         workers::Workers::start(config.sync_worker_threads(), config.sync_workers_niceness)?;
