@@ -192,8 +192,12 @@ pub fn put_event(doc: &mut Automerge, event: &Event) -> Result<(), WriteError> {
 
 /// Reads one event record and checks it.
 pub(crate) fn read_event(doc: &Automerge, obj: &ObjId, key: &str) -> Result<Event, Rejection> {
+    event_from(Fields::read(doc, obj, format!("events/{key}")), key)
+}
+
+/// Reads one event record from its fields and checks it.
+pub(crate) fn event_from(r: Fields, key: &str) -> Result<Event, Rejection> {
     let p = format!("events/{key}");
-    let r = Fields::read(doc, obj, p.clone());
     r.only(EVENT_FIELDS)?;
     let event = Event {
         id: r.required("id", r.str("id")?)?,

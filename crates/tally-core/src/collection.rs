@@ -581,7 +581,12 @@ pub fn withdraw_checkin(doc: &mut Automerge, id: &str) -> Result<(), WriteError>
 
 /// Reads one signature record (structure and types; campaign rules are checked by `check`).
 pub fn read_signature(doc: &Automerge, obj: &ObjId, key: &str) -> Result<Signature, Rejection> {
-    let r = Fields::read(doc, obj, format!("{SIGNATURES}/{key}"));
+    signature_from(Fields::read(doc, obj, format!("{SIGNATURES}/{key}")), key)
+}
+
+/// Reads one signature record from its fields (read in one pass, or with one value put in by
+/// the validator to judge a value that did not survive).
+pub(crate) fn signature_from(r: Fields, key: &str) -> Result<Signature, Rejection> {
     r.only(SIGNATURE_FIELDS)?;
     let sig = Signature {
         id: r.required("id", r.str("id")?)?,
@@ -609,7 +614,11 @@ pub fn read_signature(doc: &Automerge, obj: &ObjId, key: &str) -> Result<Signatu
 
 /// Reads one check-in record.
 pub fn read_checkin(doc: &Automerge, obj: &ObjId, key: &str) -> Result<Checkin, Rejection> {
-    let r = Fields::read(doc, obj, format!("{CHECKINS}/{key}"));
+    checkin_from(Fields::read(doc, obj, format!("{CHECKINS}/{key}")), key)
+}
+
+/// Reads one check-in record from its fields.
+pub(crate) fn checkin_from(r: Fields, key: &str) -> Result<Checkin, Rejection> {
     r.only(CHECKIN_FIELDS)?;
     let c = Checkin {
         id: r.required("id", r.str("id")?)?,

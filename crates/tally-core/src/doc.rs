@@ -370,6 +370,16 @@ impl Fields {
         Fields { path, values }
     }
 
+    /// The same fields with `key` holding `value` instead: the validator judges a value that a
+    /// later change overwrote as if it had stayed.
+    pub(crate) fn with(mut self, key: &str, value: Value<'static>) -> Fields {
+        match self.values.iter_mut().find(|(k, _)| k == key) {
+            Some((_, v)) => *v = value,
+            None => self.values.push((key.to_string(), value)),
+        }
+        self
+    }
+
     /// The path of field `key`, for a rejection.
     pub(crate) fn path(&self, key: &str) -> String {
         format!("{}/{key}", self.path)

@@ -23,6 +23,7 @@ pub mod seal;
 pub mod totals;
 pub mod totals_doc;
 pub mod validate;
+mod writes;
 
 pub use doc::{DocHeader, DocKind, SCHEMA_VERSION};
 pub use validate::{Rejection, Role, Rule, Writer, validate};

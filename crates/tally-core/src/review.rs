@@ -208,7 +208,11 @@ pub fn put_sheet(doc: &mut Automerge, sheet: &Sheet) -> Result<(), WriteError> {
 }
 
 pub(crate) fn read_strike(doc: &Automerge, obj: &ObjId, key: &str) -> Result<Strike, Rejection> {
-    let r = Fields::read(doc, obj, format!("{STRIKES}/{key}"));
+    strike_from(Fields::read(doc, obj, format!("{STRIKES}/{key}")), key)
+}
+
+/// Reads one strike from its fields.
+pub(crate) fn strike_from(r: Fields, key: &str) -> Result<Strike, Rejection> {
     r.only(STRIKE_FIELDS)?;
     let reason_s = r.required("reason", r.str("reason")?)?;
     let reason = StrikeReason::parse(&reason_s).ok_or_else(|| {
@@ -233,7 +237,11 @@ pub(crate) fn read_strike(doc: &Automerge, obj: &ObjId, key: &str) -> Result<Str
 }
 
 pub(crate) fn read_sheet(doc: &Automerge, obj: &ObjId, key: &str) -> Result<Sheet, Rejection> {
-    let r = Fields::read(doc, obj, format!("{SHEETS}/{key}"));
+    sheet_from(Fields::read(doc, obj, format!("{SHEETS}/{key}")), key)
+}
+
+/// Reads one paper sheet from its fields.
+pub(crate) fn sheet_from(r: Fields, key: &str) -> Result<Sheet, Rejection> {
     r.only(SHEET_FIELDS)?;
     let status_s = r.required("status", r.str("status")?)?;
     let status = SheetStatus::parse(&status_s).ok_or_else(|| {

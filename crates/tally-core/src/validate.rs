@@ -10,13 +10,14 @@
 //! version. A brand-new document must set its whole header and create its containers in its
 //! first changes, and a collection's owner must be its writer.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
-use automerge::{Automerge, ObjType, PatchAction, Prop, ROOT, ReadDoc, Value};
+use automerge::{Automerge, ObjId, ObjType, PatchAction, Prop, ROOT, ReadDoc, ScalarValue, Value};
 
 use crate::campaign::{self, Campaign};
 use crate::collection::{self, CHECKINS, SIGNATURES};
-use crate::doc::{self, DocHeader, DocKind, Slot};
+use crate::doc::{self, DocHeader, DocKind, Fields, Slot};
 use crate::review::{self, SHEETS, STRIKES};
 
 /// What a writer is allowed to be.
@@ -114,6 +115,8 @@ pub enum Rule {
     WrongKind,
     /// An automerge operation tally documents never use (counters, text, marks).
     UnsupportedOperation,
+    /// Two concurrent objects at one key (two record maps created under one id).
+    Conflict,
 }
 
 impl Rule {
@@ -137,6 +140,7 @@ impl Rule {
             Rule::UnsupportedSchema => "unsupported schema version",
             Rule::WrongKind => "wrong document kind",
             Rule::UnsupportedOperation => "operation not used by tally documents",
+            Rule::Conflict => "a record is created once",
         }
     }
 }
@@ -260,6 +264,9 @@ pub fn validate(
             ),
         ));
     }
+    // Every operation, including the values that the patches below do not show (conflict
+    // losers, values overwritten in the same message): see `crate::writes`.
+    let overwritten = crate::writes::scan(after, &before_heads)?;
     if created {
         for (key, slot) in kind.root_keys() {
             if matches!(slot, Slot::List | Slot::Records) {
@@ -315,6 +322,8 @@ pub fn validate(
                     "list entries are never deleted",
                 ));
             }
+            // Every value of a conflict is judged by `writes::scan` (losers as overwritten
+            // values; a conflict involving an object is refused there).
             PatchAction::Conflict { .. } => continue,
             PatchAction::Increment { .. }
             | PatchAction::SpliceText { .. }
@@ -420,9 +429,96 @@ pub fn validate(
             id,
             campaign,
             &mut acc.checked,
+            None,
         )?;
     }
+    for o in &overwritten {
+        judge_overwritten(before, after, &header, campaign, o)?;
+    }
     Ok(acc)
+}
+
+/// Judges a plain value that a later operation of the same changes overwrote, as if it had
+/// stayed: a record's field with the record's other (final) fields, a root field by its slot.
+fn judge_overwritten(
+    before: &Automerge,
+    after: &Automerge,
+    header: &DocHeader,
+    campaign: Option<&Campaign>,
+    o: &crate::writes::Overwritten,
+) -> Result<(), Rejection> {
+    let segs = crate::writes::path_of(after, &o.obj);
+    let path = || {
+        let mut p = segs.clone();
+        p.push(o.key.clone());
+        p.join("/")
+    };
+    match segs.as_slice() {
+        [] => {
+            let header_key = [
+                doc::KEY_KIND,
+                doc::KEY_SCHEMA,
+                doc::KEY_CAMPAIGN,
+                doc::KEY_OWNER,
+            ]
+            .contains(&o.key.as_str());
+            let slot = header
+                .kind
+                .root_keys()
+                .iter()
+                .find(|(k, _)| *k == o.key)
+                .map(|(_, s)| *s);
+            match slot {
+                _ if header_key => Err(Rejection::new(
+                    path(),
+                    Rule::Immutable,
+                    "a document's header is written once, in its first change",
+                )),
+                Some(Slot::Scalar) => match &o.value {
+                    ScalarValue::Str(s) => {
+                        let max = if header.kind == DocKind::Totals {
+                            4 * 1024 * 1024
+                        } else {
+                            crate::fields::MAX_LONG_TEXT
+                        };
+                        crate::fields::check_text(&path(), s, max, false)
+                    }
+                    ScalarValue::Bytes(_) | ScalarValue::Unknown { .. } => Err(Rejection::new(
+                        path(),
+                        Rule::WrongType,
+                        "expected a plain text, number or boolean",
+                    )),
+                    _ => Ok(()),
+                },
+                Some(_) => Err(Rejection::new(
+                    path(),
+                    Rule::Replaced,
+                    "containers are created with the document and never replaced",
+                )),
+                None => Err(Rejection::new(
+                    path(),
+                    Rule::UnknownField,
+                    format!("a {} document has no field {:?}", header.kind, o.key),
+                )),
+            }
+        }
+        [container, id] => check_record(
+            before,
+            after,
+            header,
+            container,
+            id,
+            campaign,
+            &mut Checked::default(),
+            Some((&o.key, &o.value)),
+        ),
+        [_] => Err(Rejection::new(path(), Rule::WrongType, "a record is a map")),
+        _ => Err(Rejection::new(
+            path(),
+            Rule::WrongType,
+            "tally documents hold no nested objects here",
+        )),
+    }
 }
 
 fn authorize(header: &DocHeader, writer: &Writer) -> Result<(), Rejection> {
@@ -477,6 +573,9 @@ fn unchanged(path: String, fields: &[(&str, bool)], immutable: &[&str]) -> Resul
     Ok(())
 }
 
+/// Checks one touched record as it is after the changes; with `put`, as it would be with that
+/// field holding that value instead (an overwritten value, judged as if it had stayed).
+#[allow(clippy::too_many_arguments)]
 fn check_record(
     before: &Automerge,
     after: &Automerge,
@@ -485,10 +584,18 @@ fn check_record(
     id: &str,
     campaign: Option<&Campaign>,
     checked: &mut Checked,
+    put: Option<(&str, &ScalarValue)>,
 ) -> Result<(), Rejection> {
     let path = format!("{container}/{id}");
-    let obj = doc::record(after, container, id)?
+    let obj: ObjId = doc::record(after, container, id)?
         .ok_or_else(|| Rejection::new(&path, Rule::Missing, "record vanished"))?;
+    let fields = || {
+        let f = Fields::read(after, &obj, path.clone());
+        match put {
+            Some((k, v)) => f.with(k, Value::Scalar(Cow::Owned(v.clone()))),
+            None => f,
+        }
+    };
     let old_obj = if before.get_heads().is_empty() {
         None
     } else {
@@ -496,7 +603,7 @@ fn check_record(
     };
     match (header.kind, container) {
         (DocKind::Collection, SIGNATURES) => {
-            let sig = collection::read_signature(after, &obj, id)?;
+            let sig = collection::signature_from(fields(), id)?;
             sig.check(
                 header.owner.as_deref().unwrap_or(""),
                 &header.campaign,
@@ -517,7 +624,7 @@ fn check_record(
             checked.signatures.insert(id.to_string(), sig);
         }
         (DocKind::Collection, CHECKINS) => {
-            let ci = collection::read_checkin(after, &obj, id)?;
+            let ci = collection::checkin_from(fields(), id)?;
             ci.check(header.owner.as_deref().unwrap_or(""), campaign)?;
             if let Some(o) = old_obj {
                 let old = collection::read_checkin(before, &o, id)?;
@@ -534,17 +641,17 @@ fn check_record(
             checked.checkins.insert(id.to_string(), ci);
         }
         (DocKind::Campaign, "events") => {
-            campaign::read_event(after, &obj, id)?;
+            campaign::event_from(fields(), id)?;
         }
         (DocKind::Review, STRIKES) => {
             checked
                 .strikes
-                .insert(id.to_string(), review::read_strike(after, &obj, id)?);
+                .insert(id.to_string(), review::strike_from(fields(), id)?);
         }
         (DocKind::Review, SHEETS) => {
             checked
                 .sheets
-                .insert(id.to_string(), review::read_sheet(after, &obj, id)?);
+                .insert(id.to_string(), review::sheet_from(fields(), id)?);
         }
         _ => {
             return Err(Rejection::new(
