@@ -976,6 +976,105 @@ async fn the_bad_input_catalogue() {
     assert!(!rig.log().contains(expiring_token.as_str()));
     rig.still_healthy("expired device token").await;
 
+    // Every value is judged: one message carrying concurrent changes, the losing side of each
+    // conflict holding what the server must never store (issue 11.1).
+    let secret = "amara.conflict@example.org";
+    let (eve, eve_token) = rig.server.enroll(&rig.c.id, "canvasser");
+    for (shape, expect) in [
+        ("two record maps at one id", "a record is created once"),
+        ("a losing oversized city", "too large"),
+        ("a record replaced in the same message", "never replaced"),
+    ] {
+        let c = &rig.c;
+        let (errors, id) = refused_edit(&rig, &eve_token, &eve, |doc| {
+            let sig = c
+                .world
+                .signature(&eve, "s2", "Jean Tremblay", "H2X 1Y4", "Montréal");
+            let record = |tx: &mut automerge::transaction::Transaction<'_>, extra: bool| {
+                let (_, sigs) = tx.get(ROOT, collection::SIGNATURES).unwrap().unwrap();
+                let r = tx
+                    .put_object(&sigs, "s2", automerge::ObjType::Map)
+                    .unwrap();
+                for (k, v) in [
+                    ("id", ScalarValue::from("s2")),
+                    ("campaign", sig.campaign.as_str().into()),
+                    ("event", ScalarValue::Null),
+                    ("collected_at", ScalarValue::Int(sig.collected_at)),
+                    ("collected_by", sig.collected_by.as_str().into()),
+                    ("city", sig.city.as_str().into()),
+                    ("fsa", sig.fsa.as_str().into()),
+                    ("riding", ScalarValue::Null),
+                    ("consent_contact", ScalarValue::Boolean(true)),
+                    ("dup", sig.dup.as_str().into()),
+                    ("sealed", ScalarValue::Bytes(sig.sealed.clone())),
+                    ("withdrawn", ScalarValue::Boolean(false)),
+                ] {
+                    tx.put(&r, k, v).unwrap();
+                }
+                if extra {
+                    tx.put(&r, "name", "Jean Tremblay").unwrap();
+                    tx.put(&r, "email", secret).unwrap();
+                }
+            };
+            match shape {
+                "two record maps at one id" => {
+                    let mut good = doc.fork();
+                    let mut tx = good.transaction();
+                    record(&mut tx, false);
+                    tx.commit();
+                    let mut bad = doc.fork();
+                    let mut tx = bad.transaction();
+                    record(&mut tx, true);
+                    tx.commit();
+                    doc.merge(&mut good).unwrap();
+                    doc.merge(&mut bad).unwrap();
+                }
+                "a losing oversized city" => {
+                    let mut a = doc.fork();
+                    edit_s1(&mut a, "city", Some("Mississauga".into()));
+                    let mut b = doc.fork();
+                    edit_s1(&mut b, "city", Some(secret.repeat(20).into()));
+                    doc.merge(&mut a).unwrap();
+                    doc.merge(&mut b).unwrap();
+                }
+                _ => {
+                    let mut tx = doc.transaction();
+                    record(&mut tx, true);
+                    tx.commit();
+                    let mut tx = doc.transaction();
+                    record(&mut tx, false);
+                    tx.commit();
+                }
+            }
+        })
+        .await;
+        rig.stored += 1; // the good collection's s1 is counted
+        assert_eq!(errors.len(), 1, "{shape}: {errors:?}");
+        assert!(errors[0].contains(expect), "{shape}: {errors:?}");
+        // Nothing of the refused message is in the document's stored chunks.
+        let conn = rusqlite_conn(&rig);
+        let mut stmt = conn
+            .prepare("SELECT bytes FROM chunks WHERE doc_id = ?1")
+            .unwrap();
+        let chunks: Vec<Vec<u8>> = stmt
+            .query_map([id.to_string()], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(!chunks.is_empty(), "{shape}: the good collection was stored");
+        let stored = Automerge::load(&chunks.concat()).expect("the stored chunks load");
+        for change in stored.get_changes(&[]) {
+            for op in change.decode().operations {
+                let text = format!("{:?} {:?}", op.key, op.action);
+                assert!(
+                    !text.contains("conflict@example") && !text.contains("\"email\""),
+                    "{shape}: a refused value reached the stored chunks: {text}"
+                );
+            }
+        }
+        rig.still_healthy(shape).await;
+    }
+
     println!(
         "{} hostile cases, each followed by a healthy witness:",
         rig.cases.len() - 1

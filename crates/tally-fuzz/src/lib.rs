@@ -111,8 +111,12 @@ fn key_of(field: u8) -> &'static str {
 /// The document core's `validate` fed arbitrary changes to a canvasser's collection. The first
 /// byte picks the mode: even, the rest is raw change bytes (`validate_bytes`); odd, the rest is
 /// a program of edits (put, delete, nested objects, at the root, in `signatures` or
-/// `checkins`) committed as one change. An accepted change must leave a document that the
-/// typed reader can read.
+/// `checkins`). The program is cut into concurrent branches at every 4-byte edit whose first
+/// byte is `0xFF`, and within a branch into successive changes at every edit whose first byte
+/// is `0xFE`; the branches are merged into one message, so conflicts and overwritten values are
+/// drawn as often as plain edits. An accepted change must leave a document that the typed
+/// reader can read, and no operation of it, visible or not, may write a key no record has or a
+/// string longer than any text field allows.
 pub fn validate_changes(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else {
         return;
@@ -126,8 +130,16 @@ pub fn validate_changes(data: &[u8]) {
         }
     } else {
         let mut after = before.fork();
-        if edit(&mut after, rest).is_err() {
-            return;
+        for branch_ops in split(rest, 0xFF) {
+            let mut branch = before.fork();
+            for change_ops in split(&branch_ops, 0xFE) {
+                if edit(&mut branch, &change_ops).is_err() {
+                    return;
+                }
+            }
+            if after.merge(&mut branch).is_err() {
+                return;
+            }
         }
         if validate(before, &after, &writer, Some(&world.campaign)).is_err() {
             return;
@@ -135,6 +147,33 @@ pub fn validate_changes(data: &[u8]) {
         after
     };
     collection::read(&after).expect("an accepted change leaves a readable collection");
+    for change in after.get_changes(&before.get_heads()) {
+        for op in change.decode().operations {
+            if let automerge::legacy::Key::Map(key) = &op.key {
+                assert_ne!(key.as_str(), "x", "an accepted change wrote a key no record has");
+            }
+            if let automerge::legacy::OpType::Put(ScalarValue::Str(s)) = &op.action {
+                assert!(
+                    s.len() <= tally_core::fields::MAX_SHORT_TEXT,
+                    "an accepted change wrote a text of {} bytes",
+                    s.len()
+                );
+            }
+        }
+    }
+}
+
+/// The 4-byte edits of `ops`, cut at every edit whose first byte is `mark` (the mark is dropped).
+fn split(ops: &[u8], mark: u8) -> Vec<Vec<u8>> {
+    let mut parts = vec![Vec::new()];
+    for op in ops.chunks(4) {
+        if op.first() == Some(&mark) {
+            parts.push(Vec::new());
+        } else if let Some(last) = parts.last_mut() {
+            last.extend_from_slice(op);
+        }
+    }
+    parts
 }
 
 /// Applies the edit program in `ops` to `doc` as one change.
