@@ -992,9 +992,7 @@ async fn the_bad_input_catalogue() {
                 .signature(&eve, "s2", "Jean Tremblay", "H2X 1Y4", "Montréal");
             let record = |tx: &mut automerge::transaction::Transaction<'_>, extra: bool| {
                 let (_, sigs) = tx.get(ROOT, collection::SIGNATURES).unwrap().unwrap();
-                let r = tx
-                    .put_object(&sigs, "s2", automerge::ObjType::Map)
-                    .unwrap();
+                let r = tx.put_object(&sigs, "s2", automerge::ObjType::Map).unwrap();
                 for (k, v) in [
                     ("id", ScalarValue::from("s2")),
                     ("campaign", sig.campaign.as_str().into()),
@@ -1061,7 +1059,10 @@ async fn the_bad_input_catalogue() {
             .unwrap()
             .map(Result::unwrap)
             .collect();
-        assert!(!chunks.is_empty(), "{shape}: the good collection was stored");
+        assert!(
+            !chunks.is_empty(),
+            "{shape}: the good collection was stored"
+        );
         let stored = Automerge::load(&chunks.concat()).expect("the stored chunks load");
         for change in stored.get_changes(&[]) {
             for op in change.decode().operations {

@@ -150,7 +150,11 @@ pub fn validate_changes(data: &[u8]) {
     for change in after.get_changes(&before.get_heads()) {
         for op in change.decode().operations {
             if let automerge::legacy::Key::Map(key) = &op.key {
-                assert_ne!(key.as_str(), "x", "an accepted change wrote a key no record has");
+                assert_ne!(
+                    key.as_str(),
+                    "x",
+                    "an accepted change wrote a key no record has"
+                );
             }
             if let automerge::legacy::OpType::Put(ScalarValue::Str(s)) = &op.action {
                 assert!(
