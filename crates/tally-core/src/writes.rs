@@ -27,9 +27,9 @@
 //! The cost is one lookup per operation, in proportion to the message, like the rest of
 //! validation.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use automerge::legacy::{Key, ObjectId, OpType};
+use automerge::legacy::{Key, ObjectId, OpId, OpType};
 use automerge::{ActorId, Automerge, ChangeHash, ObjId, ObjType, Prop, ROOT, ReadDoc, ScalarValue};
 
 use crate::validate::{Rejection, Rule};
@@ -79,11 +79,43 @@ pub(crate) fn scan(
 ) -> Result<Vec<Overwritten>, Rejection> {
     let mut overwritten = Vec::new();
     let mut objects: HashMap<ObjectId, ObjId> = HashMap::new();
-    for change in after.get_changes(before_heads) {
-        let change = change.decode();
+    let changes: Vec<_> = after
+        .get_changes(before_heads)
+        .iter()
+        .map(|c| c.decode())
+        .collect();
+    // Objects these changes create, and how many of their operations write each map key: a key
+    // of a new object written once can hold nothing but that value (a second write, a delete or
+    // a concurrent put would count twice), so it needs no lookup. That is nearly every field of
+    // a new record, so the scan costs about one lookup per record, not one per field.
+    let mut created: HashSet<OpId> = HashSet::new();
+    let mut writes: HashMap<(&ObjectId, &str), u32> = HashMap::new();
+    for change in &changes {
+        let start = change.start_op.get();
+        for (i, op) in change.operations.iter().enumerate() {
+            if let OpType::Make(_) = op.action {
+                created.insert(OpId::new(start + i as u64, &change.actor_id));
+            }
+            if let Key::Map(k) = &op.key {
+                *writes.entry((&op.obj, k.as_str())).or_default() += 1;
+            }
+        }
+    }
+    for change in &changes {
         let start = change.start_op.get();
         for (i, op) in change.operations.iter().enumerate() {
             let counter = start + i as u64;
+            if let (
+                ObjectId::Id(parent),
+                Key::Map(k),
+                OpType::Make(ObjType::Map | ObjType::List) | OpType::Put(_),
+            ) = (&op.obj, &op.key, &op.action)
+                && created.contains(parent)
+                && writes.get(&(&op.obj, k.as_str())) == Some(&1)
+                && !matches!(op.action, OpType::Put(ScalarValue::Counter(_)))
+            {
+                continue;
+            }
             let obj = match objects.get(&op.obj) {
                 Some(o) => o.clone(),
                 None => {
