@@ -698,6 +698,20 @@ fn totals_request(
         ));
     }
     let admin = device.role == StoreRole::Admin;
+    if !admin {
+        // A window drawn around one signature's time would single it out by subtraction from
+        // a wider one: organizers' time filters are snapped outward to whole days in the
+        // campaign's time zone (docs/security.md, "Small-cell suppression").
+        let tz = campaign.timezone.as_str();
+        if let Some(from) = filter.from.as_mut() {
+            *from = tally_core::totals::snap_to_day(*from, tz, false);
+            echo.from = Some(rfc3339(*from));
+        }
+        if let Some(to) = filter.to.as_mut() {
+            *to = tally_core::totals::snap_to_day(*to, tz, true);
+            echo.to = Some(rfc3339(*to));
+        }
+    }
     let suppress = match suppress {
         Some(false) if !admin => {
             return Err(ApiError::Forbidden(

@@ -112,9 +112,22 @@ pub fn apply(t: &mut Totals, threshold: u64, filtered: bool) -> Suppression {
     s
 }
 
-/// Suppression as it applies to the campaign's totals document: breakdowns only (the whole
-/// campaign's headline is never hidden).
+/// The campaign's totals document, which every canvasser's phone reads: the headline, the
+/// events and the paper sheets, with small event cells suppressed; no breakdown by city, FSA,
+/// riding, day or canvasser at all. A canvasser writes some of the records counted, so a
+/// threshold on distinct signers is one a canvasser can pad: four invented signers in a
+/// victim's city and FSA made `Smallville 5` appear and revealed the one real signer there.
+/// Organizers see those breakdowns through the API, where a canvasser's token cannot reach.
 pub fn for_document(t: &mut Totals, threshold: u64) {
+    for area in [
+        &mut t.by_city,
+        &mut t.by_fsa,
+        &mut t.by_riding,
+        &mut t.by_day,
+        &mut t.by_canvasser,
+    ] {
+        area.clear();
+    }
     apply(t, threshold, false);
 }
 
@@ -145,6 +158,34 @@ mod tests {
         assert_eq!(s.hidden.get("by_city"), Some(&2));
         assert!(!s.headline_hidden);
         assert!(s.note.is_some());
+    }
+
+    #[test]
+    fn padding_a_victims_area_reveals_nothing_to_phones() {
+        // One real signer in Smallville / X0A, four invented by a canvasser to pass the threshold.
+        let mut t = Totals {
+            signatures: 25,
+            unique_signers: 25,
+            by_city: [
+                ("Toronto".to_string(), cell(20, 20)),
+                ("Smallville".to_string(), cell(5, 5)),
+            ]
+            .into(),
+            by_fsa: [
+                ("M5V".to_string(), cell(20, 20)),
+                ("X0A".to_string(), cell(5, 5)),
+            ]
+            .into(),
+            by_day: [("2026-07-01".to_string(), cell(25, 25))].into(),
+            by_canvasser: [("mallory".to_string(), cell(4, 4))].into(),
+            by_event: [("rally".to_string(), cell(25, 25))].into(),
+            ..Totals::default()
+        };
+        for_document(&mut t, 5);
+        assert!(t.by_city.is_empty() && t.by_fsa.is_empty() && t.by_riding.is_empty());
+        assert!(t.by_day.is_empty() && t.by_canvasser.is_empty());
+        assert_eq!(t.by_event["rally"].signatures, 25);
+        assert_eq!(t.signatures, 25);
     }
 
     #[test]

@@ -1069,19 +1069,49 @@ async fn small_cells_are_hidden_from_organizers_and_shown_to_the_admin() {
     assert_eq!(small["suppression"]["headline_hidden"], true);
     let small_admin = get(&server.admin(), "?city=Smallville");
     assert_eq!(small_admin["signatures"], 3);
+    // A window drawn around one signature's minute is widened to whole days for organizers
+    // (in the campaign's time zone), so it cannot single that signature out by subtraction;
+    // the answer says which window it counted. The admin's window is as asked.
+    for (from, to) in [
+        ("2025-06-15T13:37:00Z", "2025-06-15T13:38:00Z"),
+        ("2025-06-15T00:00:01-04:00", "2025-06-16T23:59:59-04:00"),
+        ("2025-06-14T23:59:59.999Z", "2025-06-15T00:00:00.001Z"),
+    ] {
+        let q = format!("?from={}&to={}", enc(from), enc(to));
+        let ms = |t: &str| chrono::DateTime::parse_from_rfc3339(t).unwrap().timestamp_millis();
+        let tz = &s.c.world.campaign.timezone;
+        let want = |t: &str, up: bool| {
+            chrono::DateTime::from_timestamp_millis(tally_core::totals::snap_to_day(ms(t), tz, up))
+                .unwrap()
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        };
+        let org = get(&s.organizer, &q);
+        assert_eq!(org["filters"]["from"], want(from, false), "{org}");
+        assert_eq!(org["filters"]["to"], want(to, true), "{org}");
+        let span = ms(org["filters"]["to"].as_str().unwrap())
+            - ms(org["filters"]["from"].as_str().unwrap());
+        assert!(span >= 23 * 3_600_000, "{org}");
+        let admin = get(&server.admin(), &q);
+        assert_eq!(
+            ms(admin["filters"]["from"].as_str().unwrap()),
+            ms(from),
+            "{admin}"
+        );
+    }
     // The admin may ask for suppression.
     let asked = get(&server.admin(), "?suppress=true");
     assert!(asked["by_city"].get("Smallville").is_none(), "{asked}");
 
-    // The totals document canvassers read holds the suppressed breakdowns.
+    // The totals document canvassers read holds no area breakdown at all: a canvasser could pad
+    // a victim's city past the threshold with invented signers (issue 11.5).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let doc = stored_doc(&server.db(), &s.c.id, "totals").expect("totals doc");
         if let Ok(Some((t, _))) = tally_core::totals_doc::read(&doc)
             && t.signatures == 14
         {
-            assert!(!t.by_city.contains_key("Smallville"), "{:?}", t.by_city);
-            assert!(t.by_city.contains_key("Toronto"));
+            assert!(t.by_city.is_empty(), "{:?}", t.by_city);
+            assert!(t.by_fsa.is_empty() && t.by_day.is_empty() && t.by_canvasser.is_empty());
             break;
         }
         assert!(Instant::now() < deadline, "totals document not written");

@@ -91,6 +91,27 @@ pub fn day_of(ms: i64, tz: &str) -> String {
     }
 }
 
+/// The start of the day of `ms` in the time zone `tz` (UTC if `tz` is not a zone name), and,
+/// with `up`, the start of the next day unless `ms` is already a day's start: a time filter
+/// snapped outward to whole days, so that a window cannot be drawn around one signature.
+pub fn snap_to_day(ms: i64, tz: &str, up: bool) -> i64 {
+    let tz: chrono_tz::Tz = tz.parse().unwrap_or(chrono_tz::UTC);
+    let Some(t) = tz.timestamp_millis_opt(ms).single() else {
+        return ms;
+    };
+    let start = |d: chrono::NaiveDate| {
+        d.and_hms_opt(0, 0, 0)
+            .and_then(|n| tz.from_local_datetime(&n).earliest())
+            .map(|t| t.timestamp_millis())
+    };
+    let day = t.date_naive();
+    match start(day) {
+        Some(s) if !up || s == ms => s,
+        Some(_) => day.succ_opt().and_then(start).unwrap_or(ms),
+        None => ms,
+    }
+}
+
 /// One totals cell being counted: signatures, and the distinct duplicate tokens among them.
 /// Shared with the server's row-scanning totals, so both count a cell the same way.
 #[derive(Default)]

@@ -144,3 +144,37 @@ fn totals_count_what_they_should() {
     other.campaign = "camp2".into();
     assert_eq!(totals(&w.campaign, &[other], &review).signatures, 0);
 }
+
+#[test]
+fn time_filters_snap_outward_to_whole_local_days() {
+    use tally_core::totals::snap_to_day;
+    let ms = |t: &str| {
+        chrono::DateTime::parse_from_rfc3339(t)
+            .unwrap()
+            .timestamp_millis()
+    };
+    let tz = "America/Toronto";
+    // Down to the local midnight, up to the next one; a midnight stays where it is.
+    assert_eq!(
+        snap_to_day(ms("2026-07-01T13:37:00-04:00"), tz, false),
+        ms("2026-07-01T00:00:00-04:00")
+    );
+    assert_eq!(
+        snap_to_day(ms("2026-07-01T13:37:00-04:00"), tz, true),
+        ms("2026-07-02T00:00:00-04:00")
+    );
+    assert_eq!(
+        snap_to_day(ms("2026-07-01T00:00:00-04:00"), tz, true),
+        ms("2026-07-01T00:00:00-04:00")
+    );
+    // The day clocks go back is 25 hours long; a zone that is not one is UTC.
+    assert_eq!(
+        snap_to_day(ms("2026-11-01T12:00:00-05:00"), tz, true)
+            - snap_to_day(ms("2026-11-01T12:00:00-05:00"), tz, false),
+        25 * 3_600_000
+    );
+    assert_eq!(
+        snap_to_day(ms("2026-07-01T13:37:00Z"), "Mars/Olympus", false),
+        ms("2026-07-01T00:00:00Z")
+    );
+}
