@@ -807,8 +807,7 @@ impl Device {
     /// Opens the phone's store in `home` (created if missing), enrolled or not.
     pub fn open(home: impl AsRef<Path>) -> Result<Device> {
         let home = home.as_ref().to_path_buf();
-        std::fs::create_dir_all(&home)
-            .map_err(|e| ClientError::Storage(format!("cannot create {}: {e}", home.display())))?;
+        store::private_home(&home)?;
         let state = State::open(&home.join(store::DB_FILE))?;
         let (writes, _) = tokio::sync::watch::channel(0);
         let device = Device {

@@ -146,6 +146,54 @@ fn migrate(conn: &Connection) -> Result<()> {
     })
 }
 
+/// Creates the phone's home folder if missing, readable by its owner only (0700), and makes its
+/// database files (`DB_FILE` and SQLite's `-wal` and `-shm` beside it) 0600, creating the
+/// database file so: they hold the device's token, the campaign's duplicate key and, until the
+/// server acknowledges them, the signers' details. A home made group- or world-readable by an
+/// older build or by hand is tightened at every open.
+pub fn private_home(home: &Path) -> Result<()> {
+    let fail = |what: &str, p: &Path, e: std::io::Error| {
+        ClientError::Storage(format!(
+            "cannot {what} {}: {e}; check that the phone's home folder belongs to this user",
+            p.display()
+        ))
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(home)
+            .map_err(|e| fail("create", home, e))?;
+        let tighten = |p: &Path, mode: u32| -> Result<()> {
+            let meta = std::fs::metadata(p).map_err(|e| fail("read", p, e))?;
+            if meta.permissions().mode() & 0o077 != 0 {
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+                    .map_err(|e| fail("restrict the permissions of", p, e))?;
+            }
+            Ok(())
+        };
+        tighten(home, 0o700)?;
+        let db = home.join(DB_FILE);
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&db)
+            .map_err(|e| fail("create", &db, e))?;
+        for suffix in ["", "-wal", "-shm"] {
+            let p = home.join(format!("{DB_FILE}{suffix}"));
+            if p.exists() {
+                tighten(&p, 0o600)?;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(home).map_err(|e| fail("create", home, e))?;
+    Ok(())
+}
+
 /// Opens (creating if needed) the database at `path` with the durability settings, and
 /// migrates it to this build's schema.
 pub fn open(path: &Path) -> Result<Connection> {

@@ -264,3 +264,40 @@ fn a_version_1_file_migrates() {
         .collect();
     assert!(!columns.contains(&"snapshot".to_string()), "{columns:?}");
 }
+
+/// The phone's folder and files hold its token, the duplicate key and unacknowledged signers'
+/// details: only their owner may read them, for a new home and for one an older build (or a
+/// careless copy) left open to everyone.
+#[cfg(unix)]
+#[test]
+fn the_phones_folder_and_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = dir.path().join("new").join("phone");
+    let device = Device::open(&fresh).unwrap();
+    device.status().unwrap();
+    assert_eq!(mode(&fresh), 0o700);
+    for suffix in ["", "-wal", "-shm"] {
+        let p = fresh.join(format!("{}{suffix}", tally_client::store::DB_FILE));
+        if p.exists() {
+            assert_eq!(mode(&p), 0o600, "{}", p.display());
+        }
+    }
+    drop(device);
+
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let db = open.join(tally_client::store::DB_FILE);
+    std::fs::write(&db, b"").unwrap();
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let device = Device::open(&open).unwrap();
+    device.status().unwrap();
+    assert_eq!(mode(&open), 0o700);
+    assert_eq!(mode(&db), 0o600);
+    let wal = open.join(format!("{}-wal", tally_client::store::DB_FILE));
+    if wal.exists() {
+        assert_eq!(mode(&wal), 0o600);
+    }
+}
