@@ -11,6 +11,7 @@
 //! No sockets, threads, clocks, randomness sources or storage live here: frames go in and
 //! out as bytes, time is passed in as milliseconds, randomness as an `Rng`.
 
+pub mod bounds;
 pub mod docid;
 pub mod session;
 pub mod wire;
@@ -18,6 +19,7 @@ pub mod wire;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+pub use bounds::{ChangesSummary, FrameBudget, SyncBounds};
 pub use docid::{DocIdError, DocumentId};
 pub use session::{Event, Limits, Role, Session, SessionError};
 pub use wire::{Message, PeerId, PeerMetadata, StorageId, WireError};

@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 use automerge::Automerge;
 use automerge::sync::{self, SyncDoc};
 
+use crate::bounds::{FrameBudget, SyncBounds};
 use crate::docid::DocumentId;
 use crate::wire::{
     self, HeadsInfo, Message, PROTOCOL_V1, PeerId, PeerMetadata, StorageId, WireError,
@@ -36,6 +37,12 @@ pub struct Limits {
     pub max_frame_bytes: usize,
     /// Most documents the remote may make this session track (each costs a sync state).
     pub max_documents: usize,
+    /// What one `sync` or `request` message may ask for ([`SyncBounds`]).
+    pub sync: SyncBounds,
+    /// Frames per second the remote may send on average (a token bucket; 0: no budget).
+    pub frames_per_second: u32,
+    /// Frames the remote may send at once before the rate applies.
+    pub frame_burst: u32,
 }
 
 impl Default for Limits {
@@ -43,6 +50,9 @@ impl Default for Limits {
         Self {
             max_frame_bytes: 32 * 1024 * 1024,
             max_documents: 100_000,
+            sync: SyncBounds::default(),
+            frames_per_second: 0,
+            frame_burst: 0,
         }
     }
 }
@@ -176,6 +186,10 @@ pub enum SessionError {
         "this connection already tracks {max} documents; close idle documents or raise Limits::max_documents"
     )]
     TooManyDocuments { max: usize },
+    #[error(
+        "more than {burst} frames at once or {per_second} frames per second on average; the connection is closed: send fewer, larger messages and reconnect later"
+    )]
+    FrameBudgetExceeded { per_second: u32, burst: u32 },
     #[error("the session is closed; open a new connection")]
     Closed,
 }
@@ -186,7 +200,9 @@ impl SessionError {
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
-            SessionError::UnsupportedProtocolVersion { .. } | SessionError::Closed
+            SessionError::UnsupportedProtocolVersion { .. }
+                | SessionError::FrameBudgetExceeded { .. }
+                | SessionError::Closed
         )
     }
 }
@@ -229,6 +245,8 @@ pub struct Session {
     /// Keyed hash and length of the last frame received, to recognise a replay of it.
     last_frame: Option<(u64, usize)>,
     hasher: std::collections::hash_map::RandomState,
+    /// The remote's frame budget ([`Limits::frames_per_second`]).
+    budget: FrameBudget,
 }
 
 impl Session {
@@ -261,11 +279,13 @@ impl Session {
             last_heard_ms: None,
             last_frame: None,
             hasher: std::collections::hash_map::RandomState::new(),
+            budget: FrameBudget::new(0, 0),
         }
     }
 
     /// Replaces the default [`Limits`].
     pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.budget = FrameBudget::new(limits.frames_per_second, limits.frame_burst);
         self.limits = limits;
         self
     }
@@ -319,6 +339,14 @@ impl Session {
             return Err(SessionError::Closed);
         }
         self.last_heard_ms = Some(now_ms);
+        if !self.budget.take(now_ms) {
+            // Checked first, before any work: a flood of tiny frames costs one comparison each.
+            self.phase = Phase::Closed;
+            return Err(SessionError::FrameBudgetExceeded {
+                per_second: self.budget.per_second(),
+                burst: self.budget.burst(),
+            });
+        }
         if frame.len() > self.limits.max_frame_bytes {
             return Err(SessionError::FrameTooLarge {
                 len: frame.len(),
@@ -442,7 +470,7 @@ impl Session {
                 data,
             } => {
                 self.check_addressing(sender_id, target_id)?;
-                let message = decode_sync("request", document_id, &data)?;
+                let message = decode_sync("request", document_id, &data, &self.limits.sync)?;
                 let state = self.doc_entry(document_id)?;
                 state.remote_requested = true;
                 if !message.heads.is_empty() {
@@ -460,7 +488,7 @@ impl Session {
                 data,
             } => {
                 self.check_addressing(sender_id, target_id)?;
-                let message = decode_sync("sync", document_id, &data)?;
+                let message = decode_sync("sync", document_id, &data, &self.limits.sync)?;
                 let state = self.doc_entry(document_id)?;
                 if !message.heads.is_empty() {
                     state.remote_has = true;
@@ -742,83 +770,16 @@ impl Session {
     }
 }
 
-/// Decodes the `data` of a `request` / `sync` and refuses what would crash automerge later.
+/// Decodes the `data` of a `request` / `sync` and refuses what would crash automerge later
+/// or cost more than a real peer's message ([`SyncBounds::check`]).
 fn decode_sync(
     kind: &'static str,
     doc: DocumentId,
     data: &[u8],
+    bounds: &SyncBounds,
 ) -> Result<sync::Message, SessionError> {
     let bad = |reason: String| SessionError::BadSyncMessage { kind, doc, reason };
     let message = sync::Message::decode(data).map_err(|e| bad(e.to_string()))?;
-    check_sync_message(&message).map_err(bad)?;
+    bounds.check(&message).map_err(bad)?;
     Ok(message)
-}
-
-/// Refuses sync messages that automerge 0.12 decodes but then panics on in the host's next
-/// `generate_sync_message` (both found by this crate's fuzz tests):
-/// - a `need` list naming a change we have twice: `get_changes_by_hashes` unwraps a
-///   `MissingOps` error;
-/// - a bloom filter with entries but zero bits per entry: `BloomFilter::contains_hash`
-///   divides by zero; and a huge probe count makes it allocate `num_probes` u32s (automerge
-///   itself writes 10 bits per entry and 7 probes).
-fn check_sync_message(message: &sync::Message) -> Result<(), String> {
-    const MAX_PROBES: u64 = 64;
-    let mut need = message.need.clone();
-    need.sort_unstable();
-    if let Some(pair) = need.windows(2).find(|w| w[0] == w[1]) {
-        return Err(format!("need lists change {} twice", pair[0]));
-    }
-    for have in &message.have {
-        let bytes = have.bloom.to_bytes();
-        let mut rest = bytes.as_slice();
-        if rest.is_empty() {
-            continue;
-        }
-        let (Some(entries), Some(bits_per_entry), Some(probes)) = (
-            read_leb128(&mut rest),
-            read_leb128(&mut rest),
-            read_leb128(&mut rest),
-        ) else {
-            return Err("bloom filter header is truncated".to_owned());
-        };
-        if entries > 0 && bits_per_entry == 0 {
-            return Err(format!(
-                "bloom filter has {entries} entries but 0 bits per entry"
-            ));
-        }
-        if probes > MAX_PROBES {
-            return Err(format!(
-                "bloom filter asks for {probes} probes; at most {MAX_PROBES} are accepted (automerge uses 7)"
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn read_leb128(input: &mut &[u8]) -> Option<u64> {
-    let mut value: u64 = 0;
-    for shift in (0..64).step_by(7) {
-        let (&byte, rest) = input.split_first()?;
-        *input = rest;
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some(value);
-        }
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn leb128_reads_what_automerge_writes() {
-        let mut input: &[u8] = &[0xe5, 0x8e, 0x26, 0x07];
-        assert_eq!(read_leb128(&mut input), Some(624_485));
-        assert_eq!(read_leb128(&mut input), Some(7));
-        assert_eq!(read_leb128(&mut input), None);
-        let mut endless: &[u8] = &[0xff; 20];
-        assert_eq!(read_leb128(&mut endless), None);
-    }
 }

@@ -384,3 +384,153 @@ proptest! {
         }
     }
 }
+
+/// A structurally valid sync message asking for more than a real peer would: too many heads,
+/// needs, haves, last-sync hashes, or a bloom filter past its bounds.
+fn oversized_sync() -> impl Strategy<Value = (RawSync, &'static str)> {
+    let hash = any::<[u8; 32]>();
+    let bounds = tally_proto::SyncBounds::default();
+    let distinct = move |n: usize, seed: u8| -> Vec<[u8; 32]> {
+        (0..n)
+            .map(|i| {
+                let mut h = [seed; 32];
+                h[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                h
+            })
+            .collect()
+    };
+    let base = RawSync {
+        heads: vec![],
+        need: vec![],
+        haves: vec![],
+        changes: vec![],
+    };
+    prop_oneof![
+        (1usize..50, hash).prop_map({
+            let base = base.clone();
+            move |(extra, h)| {
+                let mut r = base.clone();
+                r.heads = vec![h; bounds.max_heads + extra];
+                (r, "heads")
+            }
+        }),
+        (1usize..50, any::<u8>()).prop_map({
+            let base = base.clone();
+            move |(extra, seed)| {
+                let mut r = base.clone();
+                r.need = distinct(bounds.max_need + extra, seed);
+                (r, "need")
+            }
+        }),
+        (1usize..2_000).prop_map({
+            let base = base.clone();
+            move |extra| {
+                let mut r = base.clone();
+                r.haves = vec![(vec![], 0, 0, 0); bounds.max_haves + extra];
+                (r, "have entries")
+            }
+        }),
+        (1usize..50, hash).prop_map({
+            let base = base.clone();
+            move |(extra, h)| {
+                let mut r = base.clone();
+                r.haves = vec![(vec![h; bounds.max_last_sync + extra], 0, 0, 0)];
+                (r, "last-sync")
+            }
+        }),
+        (33u32..1_000).prop_map({
+            let base = base.clone();
+            move |probes| {
+                let mut r = base.clone();
+                r.haves = vec![(vec![], 1, 10, probes)];
+                (r, "probes")
+            }
+        }),
+        (33u32..200).prop_map(move |bits| {
+            let mut r = base.clone();
+            r.haves = vec![(vec![], 1, bits, 7)];
+            (r, "bits per entry")
+        }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Every sync message beyond the bounds is refused by the session with a message naming
+    /// what was exceeded, and no event reaches the host (so no automerge work is done).
+    #[test]
+    fn oversized_sync_messages_are_refused_before_the_host((raw, what) in oversized_sync()) {
+        let mut server = Session::server(PeerId::new("server"), PeerMetadata::default());
+        let (_, join) = Session::client(PeerId::new("phone"), PeerMetadata::default());
+        server.receive(&join, 0).unwrap();
+        let data = raw.encode(&[]);
+        prop_assert!(automerge::sync::Message::decode(&data).is_ok(), "automerge decodes it");
+        for frame in [
+            wire::encode(&Message::Sync {
+                sender_id: PeerId::new("phone"),
+                target_id: PeerId::new("server"),
+                document_id: doc(),
+                data: data.clone(),
+            }),
+            wire::encode(&Message::Request {
+                sender_id: PeerId::new("phone"),
+                target_id: PeerId::new("server"),
+                document_id: doc(),
+                data,
+            }),
+        ] {
+            let err = server.receive(&frame, 1).unwrap_err();
+            prop_assert!(err.to_string().contains(what), "{what}: {err}");
+            prop_assert!(!err.is_fatal());
+        }
+    }
+
+    /// The chunk inspector never panics on random bytes or on mutated real chunks, and when it
+    /// passes a chunk that automerge then loads, it never counted fewer operations than the
+    /// chunk held.
+    #[test]
+    fn inspected_chunks_never_undercount(
+        ops in 1usize..300,
+        list in any::<bool>(),
+        as_doc in any::<bool>(),
+        mutations in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+        garbage in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
+        use automerge::transaction::Transactable;
+        use automerge::ReadDoc;
+        let mut am = automerge::Automerge::new();
+        am.transact::<_, _, automerge::AutomergeError>(|tx| {
+            if list {
+                let l = tx.put_object(automerge::ROOT, "l", automerge::ObjType::List)?;
+                for i in 0..ops {
+                    tx.insert(&l, i, i as i64)?;
+                }
+            } else {
+                for i in 0..ops {
+                    tx.put(automerge::ROOT, format!("k{i}"), "v")?;
+                }
+            }
+            Ok(())
+        })
+        .unwrap_or_else(|f| panic!("{}", f.error));
+        let mut chunk = if as_doc {
+            am.save()
+        } else {
+            am.get_changes(&[])[0].raw_bytes().to_vec()
+        };
+        for (at, byte) in &mutations {
+            let i = at.index(chunk.len());
+            chunk[i] = *byte;
+        }
+        let bounds = tally_proto::SyncBounds::default();
+        let _ = tally_proto::bounds::inspect_changes(std::iter::once(garbage.as_slice()), &bounds);
+        if let Ok(summary) = tally_proto::bounds::inspect_changes(std::iter::once(chunk.as_slice()), &bounds)
+            && let Ok(loaded) = automerge::Automerge::load(&chunk)
+        {
+            let held = loaded.get_changes(&[]).iter().map(|c| c.len() as u64).sum::<u64>();
+            prop_assert!(summary.ops >= held, "counted {} of {held}", summary.ops);
+            let _ = loaded.length(automerge::ROOT);
+        }
+    }
+}

@@ -323,6 +323,7 @@ fn limits_are_enforced() {
     let mut s = s.with_limits(Limits {
         max_frame_bytes: 150,
         max_documents: 1,
+        ..Limits::default()
     });
     let big = frame(&Message::Sync {
         sender_id: PeerId::new("phone"),
