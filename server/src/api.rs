@@ -215,10 +215,30 @@ fn doc_of_kind(state: &AppState, campaign: &str, kind: &str) -> Result<Option<St
     Ok(docs.first().map(|m| format!("automerge:{}", m.doc_id)))
 }
 
+/// The client's address as an extractor (`None` without connection info).
+pub(crate) struct ClientAddr(Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(client_addr(parts)))
+    }
+}
+
 pub(crate) async fn enroll(
     State(state): State<Arc<AppState>>,
+    ClientAddr(addr): ClientAddr,
     req: Result<Json<EnrollReq>, JsonRejection>,
 ) -> Result<Json<Enrolled>, ApiError> {
+    // Every attempt counts, whatever its body: a flood of them is refused before any lookup.
+    if let Some(ip) = addr {
+        let counted = lock_guard(&state).enroll_attempt(ip, now_ms().max(0) as u64);
+        if let Err(r) = counted {
+            tracing::warn!(address = %ip, "enrollment refused: {r}");
+            return Err(ApiError::TooManyRequests(r.to_string()));
+        }
+    }
     let req = body(
         req,
         r#"{"code": "XXXX-XXXX-XXXX", "name": "Amina's phone"}"#,

@@ -51,9 +51,36 @@ pub struct Config {
     pub max_auth_failures: u32,
     /// How long wrong tokens are remembered per address, in seconds.
     pub auth_window_secs: u64,
-    /// Most simultaneous sync connections from one address (phones behind one carrier NAT
-    /// share an address, so keep this generous).
+    /// Most connections from one address that have not yet had the answer to their first
+    /// request (TLS handshake, request head and body, the token check): the unauthenticated
+    /// phase. Authenticated sync connections are capped per device instead
+    /// (`max_connections_per_device`), since phones behind one carrier NAT share an address.
     pub max_connections_per_address: usize,
+    /// Most such connections in all; a new connection past it is refused at once (503). Kept
+    /// at most a quarter of the open-files limit, so they never starve the rest.
+    pub max_pending_connections: usize,
+    /// Seconds a client has to send a request's head (request line and headers), counted from
+    /// when the server starts waiting for it; an idle keep-alive connection is closed after as
+    /// long.
+    pub header_read_timeout_secs: u64,
+    /// Seconds a client has to send a request's whole body.
+    pub request_body_timeout_secs: u64,
+    /// Sync connections one device may hold at once; a new one beyond replaces (closes) the
+    /// oldest.
+    pub max_connections_per_device: usize,
+    /// Seconds between the WebSocket pings the server sends each sync connection (0: none).
+    pub ping_interval_secs: u64,
+    /// A sync connection from which nothing (not a frame, not a pong) arrived for this many
+    /// seconds is closed (0: never).
+    pub idle_timeout_secs: u64,
+    /// Live totals streams one device may hold at once (429 past it).
+    pub max_streams_per_device: usize,
+    /// Live totals streams in all (503 past it).
+    pub max_streams: usize,
+    /// Enrollment attempts one address may make within `enroll_window_secs` (429 past it).
+    pub max_enrollments_per_address: u32,
+    /// The window of `max_enrollments_per_address`, in seconds.
+    pub enroll_window_secs: u64,
     /// A sync connection whose peer has not taken a frame for this many seconds is closed, so a
     /// client that never reads cannot make the server buffer without bound.
     pub send_timeout_secs: u64,
@@ -97,7 +124,17 @@ impl Default for Config {
             suppress_below: 5,
             max_auth_failures: 20,
             auth_window_secs: 60,
-            max_connections_per_address: 2_000,
+            max_connections_per_address: 128,
+            max_pending_connections: 1_024,
+            header_read_timeout_secs: 10,
+            request_body_timeout_secs: 10,
+            max_connections_per_device: 4,
+            ping_interval_secs: 30,
+            idle_timeout_secs: 90,
+            max_streams_per_device: 4,
+            max_streams: 256,
+            max_enrollments_per_address: 20,
+            enroll_window_secs: 60,
             send_timeout_secs: 20,
             token_idle_expiry_secs: 90 * 24 * 3600,
             totals_document_secs: 2,
@@ -195,6 +232,21 @@ impl Config {
                 "MAX_CONNECTIONS_PER_ADDRESS" => {
                     self.max_connections_per_address = num(&value)? as usize
                 }
+                "MAX_PENDING_CONNECTIONS" => self.max_pending_connections = num(&value)? as usize,
+                "HEADER_READ_TIMEOUT_SECS" => self.header_read_timeout_secs = num(&value)?,
+                "REQUEST_BODY_TIMEOUT_SECS" => self.request_body_timeout_secs = num(&value)?,
+                "MAX_CONNECTIONS_PER_DEVICE" => {
+                    self.max_connections_per_device = num(&value)? as usize
+                }
+                "PING_INTERVAL_SECS" => self.ping_interval_secs = num(&value)?,
+                "IDLE_TIMEOUT_SECS" => self.idle_timeout_secs = num(&value)?,
+                "MAX_STREAMS_PER_DEVICE" => self.max_streams_per_device = num(&value)? as usize,
+                "MAX_STREAMS" => self.max_streams = num(&value)? as usize,
+                "MAX_ENROLLMENTS_PER_ADDRESS" => {
+                    self.max_enrollments_per_address =
+                        u32::try_from(num(&value)?).map_err(|_| bad("number too large"))?
+                }
+                "ENROLL_WINDOW_SECS" => self.enroll_window_secs = num(&value)?,
                 "SEND_TIMEOUT_SECS" => self.send_timeout_secs = num(&value)?,
                 "TOKEN_IDLE_EXPIRY_SECS" => self.token_idle_expiry_secs = num(&value)?,
                 "TOTALS_DOCUMENT_SECS" => self.totals_document_secs = num(&value)?,
@@ -223,7 +275,26 @@ impl Config {
             max_auth_failures: self.max_auth_failures,
             auth_window: Duration::from_secs(self.auth_window_secs),
             max_connections_per_address: self.max_connections_per_address,
+            max_pending_connections: self.max_pending_connections,
+            max_enrollments_per_address: self.max_enrollments_per_address,
+            enroll_window: Duration::from_secs(self.enroll_window_secs),
         }
+    }
+
+    /// The per-device limits.
+    pub fn device_limits(&self) -> crate::guard::DeviceLimits {
+        crate::guard::DeviceLimits {
+            max_connections_per_device: self.max_connections_per_device,
+            max_streams_per_device: self.max_streams_per_device,
+            max_streams: self.max_streams,
+        }
+    }
+
+    /// The open files the server may need at its limits: every sync connection, every
+    /// unfinished connection, every live stream, and some for the database, its read
+    /// connections and the log.
+    pub fn files_needed(&self) -> u64 {
+        (self.max_connections + self.max_pending_connections + self.max_streams) as u64 + 64
     }
 
     /// The idle expiry of device tokens in ms, `None` when they never expire.

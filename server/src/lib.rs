@@ -7,6 +7,8 @@
 //! [`suppression`] (small-cell suppression of totals), [`sync`] (WebSocket connections), [`api`]
 //! (HTTP), [`live`] (totals as Server-Sent Events), [`openapi`] (the API's description),
 //! [`error`] (HTTP errors), [`workers`] (the sync connections' threads, below the API's priority),
+//! [`net`] (the accept loop: HTTP timeouts, caps on unfinished connections), [`guard`] (abuse
+//! limits per address and per device),
 //! [`client`] (the organizers' command line, which calls the API).
 
 pub mod api;
@@ -16,6 +18,7 @@ pub mod error;
 pub mod guard;
 pub mod hub;
 pub mod live;
+pub mod net;
 pub mod openapi;
 pub mod projection;
 pub mod suppression;
@@ -61,8 +64,11 @@ pub struct AppState {
     pub reader: Arc<Readers>,
     /// Subscribers of live totals, woken when a campaign's totals are refreshed.
     pub live: live::Live,
-    /// Per-address abuse limits: wrong tokens and simultaneous sync connections.
+    /// Per-address abuse limits: wrong tokens, unfinished connections, enrollments.
     pub guard: Mutex<guard::Guard>,
+    /// Per-device limits: sync connections (the handle closes a replaced one) and live
+    /// streams.
+    pub devices: Mutex<guard::Devices<CancellationToken>>,
     /// Open sync connections and totals streams by device id, to close them when a device is
     /// revoked.
     conns: Mutex<HashMap<String, Vec<(u64, CancellationToken)>>>,
@@ -238,21 +244,6 @@ async fn sync_upgrade(State(state): State<Arc<AppState>>, req: axum::extract::Re
         Ok(ws) => ws,
         Err(e) => return e.into_response(),
     };
-    // Connection floods: a bounded number of sync connections per address, released when
-    // the connection ends (or when the upgrade never completes).
-    let addr_slot = match api::client_addr(&parts) {
-        Some(ip) => match api::lock_guard(&state).open_connection(ip) {
-            Ok(()) => Some(AddrSlot {
-                state: state.clone(),
-                ip,
-            }),
-            Err(r) => {
-                tracing::warn!(address = %ip, device = %device.device_id, "connection refused: {r}");
-                return ApiError::TooManyRequests(r.to_string()).into_response();
-            }
-        },
-        None => None,
-    };
     let Ok(permit) = state.slots.clone().try_acquire_owned() else {
         return ApiError::Unavailable(format!(
             "the server is at its limit of {} connections; retry in a minute",
@@ -276,18 +267,48 @@ async fn sync_upgrade(State(state): State<Arc<AppState>>, req: axum::extract::Re
         .push((conn_id, cancel.clone()));
     let st = state.clone();
     let tasks = state.tasks.clone();
-    let send_timeout = Duration::from_secs(state.config.send_timeout_secs);
+    let opts = sync::RunOptions::from_config(&state.config);
     let workers = state.workers.clone();
     // Small socket buffers: tungstenite's default of 128 KiB each way per connection came to
     // about 250 MB with a thousand phones connected. They grow for a large frame and shrink
-    // back; every frame is sent whole and flushed anyway.
-    ws.max_message_size(state.config.max_frame_bytes)
-        .max_frame_size(state.config.max_frame_bytes)
+    // back; every frame is sent whole and flushed anyway. tungstenite's own limit is a little
+    // above max_frame_bytes, so that a message just over it reaches `sync::run`, which closes
+    // with 1009 and the sizes; one far over it fails in tungstenite, which `run` answers alike.
+    let transport_limit = sync::transport_limit(state.config.max_frame_bytes);
+    ws.max_message_size(transport_limit)
+        .max_frame_size(transport_limit)
         .read_buffer_size(16 * 1024)
         .write_buffer_size(0)
         .on_upgrade(move |socket| {
             tasks.track_future(async move {
-                sync::run(socket, conn, notify, cancel, send_timeout, workers).await;
+                // A device holds a few sync connections at most: this one replaces the oldest
+                // past the cap (a phone's connections lost with its network never lock it out).
+                let replaced_by_newer = CancellationToken::new();
+                let (replaced, cap) = {
+                    let mut d = st.devices.lock().unwrap_or_else(|p| p.into_inner());
+                    let r = d.open_sync(&device.device_id, conn_id, replaced_by_newer.clone());
+                    (r, d.max_connections_per_device())
+                };
+                for old in replaced {
+                    old.cancel();
+                }
+                sync::run(
+                    socket,
+                    conn,
+                    notify,
+                    sync::Stops {
+                        cancel,
+                        replaced: replaced_by_newer,
+                        per_device: cap,
+                    },
+                    opts,
+                    workers,
+                )
+                .await;
+                st.devices
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .close_sync(&device.device_id, conn_id);
                 if let Some(v) = st
                     .conns
                     .lock()
@@ -297,21 +318,8 @@ async fn sync_upgrade(State(state): State<Arc<AppState>>, req: axum::extract::Re
                     v.retain(|(id, _)| *id != conn_id);
                 }
                 drop(permit);
-                drop(addr_slot);
             })
         })
-}
-
-/// One sync connection counted against its address in the guard, until dropped.
-struct AddrSlot {
-    state: Arc<AppState>,
-    ip: std::net::IpAddr,
-}
-
-impl Drop for AddrSlot {
-    fn drop(&mut self) {
-        api::lock_guard(&self.state).close_connection(self.ip);
-    }
 }
 
 /// The listening socket's accept queue. tokio's `TcpListener::bind` asks for 1,024; when a march
@@ -406,9 +414,35 @@ pub async fn serve(
         niceness = workers.niceness(),
         "sync workers started"
     );
+    // Every connection holds a file descriptor: take what the system allows, and keep the
+    // unfinished connections (slowloris) to a quarter of it.
+    let files = net::raise_open_files_limit();
+    let mut guard_limits = config.guard_limits();
+    if let Some(limit) = files.now {
+        let quarter = usize::try_from(limit / 4).unwrap_or(usize::MAX).max(16);
+        if quarter < guard_limits.max_pending_connections {
+            guard_limits.max_pending_connections = quarter;
+        }
+        if limit < config.files_needed() {
+            tracing::warn!(
+                open_files = limit,
+                needed = config.files_needed(),
+                max_pending_connections = guard_limits.max_pending_connections,
+                "the open files limit is below what max_connections + max_pending_connections + max_streams need; raise it (LimitNOFILE= in a systemd unit, docker --ulimit nofile=, ulimit -n): see docs/operations.md, Limits"
+            );
+        }
+    }
+    tracing::info!(
+        before = ?files.before,
+        now = ?files.now,
+        hard = ?files.hard,
+        max_pending_connections = guard_limits.max_pending_connections,
+        "open files limit"
+    );
     let token = CancellationToken::new();
     let state = Arc::new(AppState {
-        guard: Mutex::new(guard::Guard::new(config.guard_limits())),
+        guard: Mutex::new(guard::Guard::new(guard_limits)),
+        devices: Mutex::new(guard::Devices::new(config.device_limits())),
         hub: hub.clone(),
         slots: Arc::new(Semaphore::new(config.max_connections)),
         workers,
@@ -431,22 +465,21 @@ pub async fn serve(
         t.cancel();
     });
     let local = listener.local_addr()?;
-    let make = app.into_make_service_with_connect_info::<tls::PeerAddr>();
-    match tls_config {
-        Some(tls_config) => {
-            tracing::info!(listen = %local, tls = true, "tally serving");
-            let listener = tls::TlsListener::new(listener, tls_config)?;
-            axum::serve(listener, make)
-                .with_graceful_shutdown(token.clone().cancelled_owned())
-                .await?;
-        }
-        None => {
-            tracing::info!(listen = %local, tls = false, "tally serving");
-            axum::serve(listener, make)
-                .with_graceful_shutdown(token.clone().cancelled_owned())
-                .await?;
-        }
-    }
+    let secs = |n: u64| (n > 0).then(|| Duration::from_secs(n));
+    let timeouts = net::Timeouts {
+        header_read: secs(state.config.header_read_timeout_secs),
+        body: secs(state.config.request_body_timeout_secs),
+    };
+    tracing::info!(listen = %local, tls = tls_config.is_some(), "tally serving");
+    net::serve(
+        listener,
+        tls_config,
+        app,
+        state.clone(),
+        timeouts,
+        token.clone(),
+    )
+    .await;
     state.tasks.close();
     state.tasks.wait().await;
     let _ = background.await;

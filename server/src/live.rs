@@ -11,6 +11,12 @@
 //!
 //! A stream ends when the server shuts down or the device is revoked (it is registered with the
 //! device's connections, which revocation cancels).
+//!
+//! Each stream holds a socket and, while it computes an answer, a blocking thread: a device may
+//! hold `max_streams_per_device` streams and the server `max_streams` in all
+//! ([`crate::guard::Devices`]); past either the request is refused (429, 503), never an older
+//! stream closed, as a browser's `EventSource` reconnects when its stream ends and two tabs
+//! would then take turns for ever.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -62,7 +68,8 @@ impl Live {
     }
 }
 
-/// Removes a stream from its device's connection list when the stream ends.
+/// Removes a stream from its device's connection list, and from the count of streams, when the
+/// stream ends.
 struct Registration {
     state: Arc<AppState>,
     device: String,
@@ -71,6 +78,11 @@ struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        self.state
+            .devices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .close_stream(&self.device);
         let mut conns = self.state.conns.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(v) = conns.get_mut(&self.device) {
             v.retain(|(id, _)| *id != self.id);
@@ -138,6 +150,19 @@ impl Subscriber {
 
 /// The SSE response for a checked totals request by `device`.
 pub(crate) fn stream(state: Arc<AppState>, device: Device, req: TotalsRequest) -> Response {
+    let counted = state
+        .devices
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .open_stream(&device.device_id);
+    if let Err(r) = counted {
+        tracing::warn!(device = %device.device_id, "live stream refused: {r}");
+        return if r.server_wide() {
+            crate::error::ApiError::Unavailable(r.to_string()).into_response()
+        } else {
+            crate::error::ApiError::TooManyRequests(r.to_string()).into_response()
+        };
+    }
     let cancel = state.shutdown.child_token();
     let id = NEXT_STREAM.fetch_add(1, Ordering::Relaxed);
     state

@@ -13,12 +13,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use automerge::sync::SyncDoc;
-use axum::extract::ws::{Message as WsMessage, WebSocket};
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use futures_util::{SinkExt, StreamExt};
+use std::time::Duration;
 use tally_core::validate::Writer;
 use tally_proto::{DocumentId, Event, Limits, PeerId, PeerMetadata, Session};
 use tally_store::Device;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Hub, HubError, can_read, now_ms, writer_of};
@@ -279,33 +281,150 @@ async fn blocking<R: Send + 'static>(
     r
 }
 
-/// Runs one sync connection until the peer leaves, the device is revoked or the server stops.
-/// A frame the peer does not take within `send_timeout` closes the connection: a client that
-/// never reads stalls only itself, and nothing is buffered for it without bound.
+/// How a sync connection's socket is run (from the configuration).
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    /// A frame the peer does not take within this long closes the connection.
+    pub send_timeout: Duration,
+    /// Between the pings the server sends (`None`: no pings).
+    pub ping_interval: Option<Duration>,
+    /// A peer from which nothing arrived for this long is closed (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// The largest message the peer may send.
+    pub max_frame_bytes: usize,
+}
+
+impl RunOptions {
+    /// The options set in `config`.
+    pub fn from_config(config: &crate::config::Config) -> RunOptions {
+        let secs = |n: u64| (n > 0).then(|| Duration::from_secs(n));
+        RunOptions {
+            send_timeout: Duration::from_secs(config.send_timeout_secs),
+            ping_interval: secs(config.ping_interval_secs),
+            idle_timeout: secs(config.idle_timeout_secs),
+            max_frame_bytes: config.max_frame_bytes,
+        }
+    }
+}
+
+/// What ends a connection from the server's side.
+pub struct Stops {
+    /// Shutdown or a revoked device.
+    pub cancel: CancellationToken,
+    /// A newer connection of the same device took this one's place.
+    pub replaced: CancellationToken,
+    /// The device's cap, for the reason given.
+    pub per_device: usize,
+}
+
+/// The limit given to tungstenite for a `max_frame_bytes` limit: a quarter more (at least
+/// 64 KiB), so that messages a little over the limit arrive whole and are refused by [`run`]
+/// with their exact size. Larger ones fail inside tungstenite as soon as their header or their
+/// fragments say so, and are answered the same way.
+pub fn transport_limit(max_frame_bytes: usize) -> usize {
+    max_frame_bytes.saturating_add((max_frame_bytes / 4).max(64 * 1024))
+}
+
+/// WebSocket close codes the server sends.
+mod close_code {
+    /// The server is shutting down, or the device was revoked.
+    pub const GOING_AWAY: u16 = 1001;
+    /// The peer broke the protocol's rules (a fatal protocol error, silence, replaced).
+    pub const POLICY: u16 = 1008;
+    /// A message over `max_frame_bytes`.
+    pub const TOO_BIG: u16 = 1009;
+}
+
+/// A close frame's reason is at most 123 bytes: cut at a character boundary.
+fn close_frame(code: u16, reason: &str) -> WsMessage {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    WsMessage::Close(Some(CloseFrame {
+        code,
+        reason: reason[..end].into(),
+    }))
+}
+
+fn too_big(size: usize, max: usize) -> String {
+    format!("frame of {size} bytes exceeds max_frame_bytes = {max}; split it, or ask the operator")
+}
+
+/// The close code and reason for a socket error: a message over the limit is 1009 with its
+/// size, anything else ends the connection without a code (the socket is gone).
+fn socket_error(e: axum::Error, max: usize) -> (Option<u16>, String) {
+    let inner = e.into_inner();
+    if let Some(tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong {
+        size,
+        ..
+    })) = inner.downcast_ref::<tungstenite::Error>()
+    {
+        return (Some(close_code::TOO_BIG), too_big(*size, max));
+    }
+    (None, format!("socket error: {inner}"))
+}
+
+/// Runs one sync connection until the peer leaves, the device is revoked, a newer connection
+/// of the device replaces it or the server stops. A frame the peer does not take within
+/// `send_timeout` closes the connection: a client that never reads stalls only itself, and
+/// nothing is buffered for it without bound. The server pings every `ping_interval`; a peer
+/// from which nothing (a frame, a pong) arrived for `idle_timeout` is closed, so a peer that
+/// went silent (a phone gone out of range, a socket held open on purpose) does not hold its
+/// connection forever. A message over `max_frame_bytes` closes with 1009 and the sizes.
 pub async fn run(
     socket: WebSocket,
     conn: Conn,
     mut notify: mpsc::UnboundedReceiver<DocumentId>,
-    cancel: CancellationToken,
-    send_timeout: std::time::Duration,
+    stops: Stops,
+    opts: RunOptions,
     workers: Arc<Workers>,
 ) {
     let device_id = conn.device().device_id.clone();
     let (mut sink, mut stream) = socket.split();
     let mut conn = Some(conn);
+    let send_timeout = opts.send_timeout;
+    let mut ping = opts.ping_interval.map(|every| {
+        let mut t = tokio::time::interval_at(Instant::now() + every, every);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    let mut heard = Instant::now();
     tracing::info!(device = %device_id, "sync connection opened");
-    let reason = loop {
+    let (code, reason) = loop {
+        let silent_at = opts.idle_timeout.map(|d| heard + d);
         let outs = tokio::select! {
-            _ = cancel.cancelled() => break "closed by the server (shutdown or revoked device)".to_string(),
-            msg = stream.next() => match msg {
-                Some(Ok(WsMessage::Binary(bytes))) => blocking(&mut conn, &workers, move |c| c.on_frame(&bytes)).await,
-                Some(Ok(WsMessage::Text(_))) => {
-                    let frame = conn.as_ref().map(|c| c.session.error_frame("text frames are not part of the protocol: send CBOR messages as binary frames")).unwrap_or_default();
-                    vec![Out::Send(frame)]
+            _ = stops.cancel.cancelled() => break (Some(close_code::GOING_AWAY), "closed by the server (shutdown or revoked device)".to_string()),
+            _ = stops.replaced.cancelled() => break (Some(close_code::POLICY), format!(
+                "replaced by a newer connection of this device (at most {} at once)",
+                stops.per_device
+            )),
+            _ = async { tokio::time::sleep_until(silent_at.expect("guarded")).await }, if silent_at.is_some() => {
+                break (Some(close_code::POLICY), format!(
+                    "silent for {} s (no frame, no pong); reconnect",
+                    opts.idle_timeout.unwrap_or_default().as_secs()
+                ));
+            }
+            _ = async { ping.as_mut().expect("guarded").tick().await }, if ping.is_some() => {
+                vec![Step::Ping]
+            }
+            msg = stream.next() => {
+                if matches!(msg, Some(Ok(_))) {
+                    heard = Instant::now();
                 }
-                Some(Ok(WsMessage::Close(_))) | None => break "peer closed".to_string(),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => break format!("socket error: {e}"),
+                match msg {
+                    Some(Ok(WsMessage::Binary(bytes))) if bytes.len() > opts.max_frame_bytes => {
+                        break (Some(close_code::TOO_BIG), too_big(bytes.len(), opts.max_frame_bytes));
+                    }
+                    Some(Ok(WsMessage::Binary(bytes))) => blocking(&mut conn, &workers, move |c| c.on_frame(&bytes)).await.into_iter().map(Step::from).collect(),
+                    Some(Ok(WsMessage::Text(_))) => {
+                        let frame = conn.as_ref().map(|c| c.session.error_frame("text frames are not part of the protocol: send CBOR messages as binary frames")).unwrap_or_default();
+                        vec![Step::Frame(frame)]
+                    }
+                    Some(Ok(WsMessage::Close(_))) | None => break (None, "peer closed".to_string()),
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => break socket_error(e, opts.max_frame_bytes),
+                }
             },
             Some(doc) = notify.recv() => {
                 // Every change waiting is handled in one go, each document once: a phone that
@@ -317,43 +436,70 @@ pub async fn run(
                     }
                 }
                 blocking(&mut conn, &workers, move |c| {
-                    docs.into_iter().flat_map(|d| c.on_doc_changed(d)).collect()
+                    docs.into_iter().flat_map(|d| c.on_doc_changed(d)).collect::<Vec<_>>()
                 })
                 .await
+                .into_iter()
+                .map(Step::from)
+                .collect()
             }
         };
         let mut close = None;
         for out in outs {
-            match out {
-                Out::Send(bytes) => {
-                    match tokio::time::timeout(
-                        send_timeout,
-                        sink.send(WsMessage::Binary(bytes.into())),
-                    )
-                    .await
-                    {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            close = Some(format!("send failed: {e}"));
-                            break;
-                        }
-                        Err(_) => {
-                            close = Some(format!(
-                                "the peer is not reading: a frame waited {} s to be sent",
-                                send_timeout.as_secs()
-                            ));
-                            break;
-                        }
-                    }
+            let msg = match out {
+                Step::Frame(bytes) => WsMessage::Binary(bytes.into()),
+                Step::Ping => WsMessage::Ping(Default::default()),
+                Step::Close(why) => {
+                    close = Some((Some(close_code::POLICY), why));
+                    continue;
                 }
-                Out::Close(why) => close = Some(why),
+            };
+            match tokio::time::timeout(send_timeout, sink.send(msg)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    close = Some((None, format!("send failed: {e}")));
+                    break;
+                }
+                Err(_) => {
+                    close = Some((
+                        None,
+                        format!(
+                            "the peer is not reading: a frame waited {} s to be sent",
+                            send_timeout.as_secs()
+                        ),
+                    ));
+                    break;
+                }
             }
         }
-        if let Some(why) = close {
-            break why;
+        if let Some(c) = close {
+            break c;
         }
     };
-    let _ = tokio::time::timeout(send_timeout, sink.send(WsMessage::Close(None))).await;
+    let farewell = match code {
+        Some(code) => close_frame(code, &reason),
+        None => WsMessage::Close(None),
+    };
+    let _ = tokio::time::timeout(send_timeout, sink.send(farewell)).await;
     blocking(&mut conn, &workers, |c| c.close()).await;
     tracing::info!(device = %device_id, %reason, "sync connection closed");
+}
+
+/// What `run` does next with the socket.
+enum Step {
+    /// Send a binary frame.
+    Frame(Vec<u8>),
+    /// Send a ping.
+    Ping,
+    /// Close, saying why.
+    Close(String),
+}
+
+impl From<Out> for Step {
+    fn from(o: Out) -> Self {
+        match o {
+            Out::Send(b) => Step::Frame(b),
+            Out::Close(why) => Step::Close(why),
+        }
+    }
 }
