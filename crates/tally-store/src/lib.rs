@@ -37,7 +37,9 @@ use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 pub use devices::{Device, InviteCode, Role, Token, TokenRefusal};
 pub use documents::{CAMPAIGN_KIND, ChunkStats, DocFilter, DocMeta, StoredDoc};
 pub use error::{Result, StoreError};
-pub use quarantine::{QuarantineEntry, QuarantineFilter};
+pub use quarantine::{
+    NewQuarantine, QuarantineEntry, QuarantineFilter, QuarantineOutcome, QuarantineQuota,
+};
 pub use readers::{Reader, Readers};
 pub use rusqlite;
 pub use schema::SCHEMA_VERSION;

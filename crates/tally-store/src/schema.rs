@@ -188,6 +188,20 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX signatures_by_city ON signatures (campaign, city);
     CREATE INDEX signatures_by_fsa ON signatures (campaign, fsa);
     "#,
+    // 4: the quarantine keeps what an organizer needs to act on a refusal (size, digest, the
+    // refused changes' hashes, the rule broken, how many later refusals were only counted) and
+    // raw bytes only within a small bound (`QuarantineQuota`). Raw bytes kept before this
+    // version beyond 16 KiB are dropped (their size stays); the digest of older entries is
+    // unknown (empty).
+    r#"
+    ALTER TABLE quarantine ADD COLUMN size INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE quarantine ADD COLUMN digest TEXT NOT NULL DEFAULT '';
+    ALTER TABLE quarantine ADD COLUMN change_hashes TEXT NOT NULL DEFAULT '';
+    ALTER TABLE quarantine ADD COLUMN rule TEXT;
+    ALTER TABLE quarantine ADD COLUMN repeats INTEGER NOT NULL DEFAULT 0;
+    UPDATE quarantine SET size = length(bytes);
+    UPDATE quarantine SET bytes = X'' WHERE length(bytes) > 16384;
+    "#,
 ];
 
 /// The schema version this build writes and reads.

@@ -833,3 +833,148 @@ fn a_missing_folder_cannot_be_opened() {
     let err = Store::open(&dir.path().join("no/such/folder/tally.db")).unwrap_err();
     assert!(matches!(err, StoreError::CannotOpen(_)), "{err:?}");
 }
+
+fn refusal<'a>(
+    device: &'a str,
+    raw: &'a [u8],
+    keep_raw: bool,
+    now: i64,
+) -> tally_store::NewQuarantine<'a> {
+    tally_store::NewQuarantine {
+        device_id: device,
+        doc_id: "d1",
+        reason: "signatures/s1/name: unknown field",
+        rule: Some("unknown field"),
+        raw,
+        keep_raw,
+        change_hashes: &[],
+        now,
+    }
+}
+
+#[test]
+fn the_quarantine_keeps_metadata_always_and_raw_bytes_within_bounds() {
+    use tally_store::{QuarantineOutcome, QuarantineQuota};
+    let (_dir, _path, store) = temp_store();
+    let quota = QuarantineQuota {
+        max_raw_bytes: 100,
+        max_raw_bytes_per_device: 250,
+        max_raw_bytes_total: 400,
+        max_entries_per_device: 5,
+        max_entries_total: 8,
+        retention_ms: 1_000,
+    };
+    let hashes = vec!["ab".repeat(32), "cd".repeat(32)];
+    // A refusal whose bytes may hold a refused field: only its metadata is kept.
+    let secret = b"Amara Okafor, 12 Main St";
+    let mut entry = refusal("devA", secret, false, T0);
+    entry.change_hashes = &hashes;
+    assert!(matches!(
+        store.quarantine_entry(&entry, &quota).unwrap(),
+        QuarantineOutcome::Kept {
+            raw_kept: false,
+            ..
+        }
+    ));
+    // Small bytes that may be kept are; large ones are not.
+    assert!(matches!(
+        store
+            .quarantine_entry(&refusal("devA", &[1; 100], true, T0), &quota)
+            .unwrap(),
+        QuarantineOutcome::Kept { raw_kept: true, .. }
+    ));
+    assert!(matches!(
+        store
+            .quarantine_entry(&refusal("devA", &[2; 101], true, T0), &quota)
+            .unwrap(),
+        QuarantineOutcome::Kept {
+            raw_kept: false,
+            ..
+        }
+    ));
+    // The per-device raw quota: 100 + 100 fit, the third does not.
+    store
+        .quarantine_entry(&refusal("devA", &[3; 100], true, T0), &quota)
+        .unwrap();
+    assert!(matches!(
+        store
+            .quarantine_entry(&refusal("devA", &[4; 60], true, T0), &quota)
+            .unwrap(),
+        QuarantineOutcome::Kept {
+            raw_kept: false,
+            ..
+        }
+    ));
+    // The device's entry quota (5) is reached: later refusals are counted in its last entry.
+    for _ in 0..3 {
+        assert!(matches!(
+            store
+                .quarantine_entry(&refusal("devA", &[5; 10], true, T0), &quota)
+                .unwrap(),
+            QuarantineOutcome::Counted { id: Some(_) }
+        ));
+    }
+    let all = store.list_quarantine(&QuarantineFilter::default()).unwrap();
+    assert_eq!(all.len(), 5);
+    let first = &all[0];
+    assert!(
+        first.bytes.is_empty(),
+        "a refused field's bytes are never kept"
+    );
+    assert_eq!(first.size, secret.len() as i64);
+    assert_eq!(first.digest.len(), 64);
+    assert_eq!(first.change_hashes, hashes);
+    assert_eq!(first.rule.as_deref(), Some("unknown field"));
+    assert_eq!(all[1].bytes, vec![1; 100]);
+    assert_eq!(all[4].repeats, 3);
+    let raw: usize = all.iter().map(|e| e.bytes.len()).sum();
+    assert!(raw <= 250, "{raw}");
+    // Another device still gets its own entries, up to the total (8).
+    for i in 0..5 {
+        let out = store
+            .quarantine_entry(&refusal("devB", &[6; 10], true, T0), &quota)
+            .unwrap();
+        assert_eq!(
+            matches!(out, QuarantineOutcome::Kept { .. }),
+            i < 3,
+            "{i}: {out:?}"
+        );
+    }
+    // Retention: everything older than 1 s goes with the next refusal.
+    store
+        .quarantine_entry(&refusal("devC", b"x", true, T0 + 5_000), &quota)
+        .unwrap();
+    let all = store.list_quarantine(&QuarantineFilter::default()).unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].device_id, "devC");
+}
+
+#[test]
+fn schema_4_migrates_a_version_3_quarantine() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        let store = Store::open(&path).unwrap();
+        drop(store);
+    }
+    // Roll the file back to version 3's quarantine, with a small and a large entry.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "DROP TABLE quarantine;
+         CREATE TABLE quarantine (id INTEGER PRIMARY KEY, device_id TEXT NOT NULL, doc_id TEXT NOT NULL,
+             at INTEGER NOT NULL, reason TEXT NOT NULL, bytes BLOB NOT NULL) STRICT;
+         PRAGMA user_version = 3;",
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO quarantine (device_id, doc_id, at, reason, bytes) VALUES ('d', 'x', ?1, 'r', ?2), ('d', 'x', ?1, 'r', ?3)",
+        rusqlite::params![T0, vec![1u8; 10], vec![2u8; 20_000]],
+    )
+    .unwrap();
+    drop(conn);
+    let store = Store::open(&path).unwrap();
+    let all = store.list_quarantine(&QuarantineFilter::default()).unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!((all[0].size, all[0].bytes.len()), (10, 10));
+    assert_eq!((all[1].size, all[1].bytes.len()), (20_000, 0));
+}
