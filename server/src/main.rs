@@ -9,6 +9,38 @@ use serde_json::json;
 use tally_server::client::{self, Api};
 use tally_server::config::Config;
 
+/// Writes to standard output. A reader that went away (`tally ... | head`) ends the program
+/// quietly with status 0, as it has all it asked for; any other failure to write (a full disk
+/// under a redirect) is an error, said once on standard error.
+fn emit(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        let _ = writeln!(
+            std::io::stderr(),
+            "error: cannot write to standard output: {e}"
+        );
+        std::process::exit(1);
+    }
+}
+
+/// `print!` through [`emit`]: no panic when standard output is closed.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        emit(format_args!($($arg)*))
+    };
+}
+
+/// `println!` through [`emit`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        emit(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 #[derive(Parser)]
 #[command(
     name = "tally",
@@ -196,9 +228,9 @@ fn api(r: &Remote) -> anyhow::Result<Api> {
 
 fn print(json_out: bool, value: &serde_json::Value, human: impl FnOnce() -> String) {
     if json_out {
-        println!("{value}");
+        outln!("{value}");
     } else {
-        println!("{}", human());
+        outln!("{}", human());
     }
 }
 
@@ -264,7 +296,7 @@ fn main() -> anyhow::Result<()> {
                 id.to_string().expose_secret()
             );
             tally_server::write_secret(&out, &text)?;
-            println!("{recipient}");
+            outln!("{recipient}");
             eprintln!(
                 "identity written to {} (keep it offline and backed up: it opens every signer's details)",
                 out.display()
@@ -272,14 +304,19 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Config => {
-            print!("{}", Config::example());
+            out!("{}", Config::example());
             Ok(())
         }
         Cmd::Reindex { data } => {
             let r = tally_server::reindex(&data)?;
-            println!(
+            outln!(
                 "reindexed {} documents: {} signatures, {} check-ins, {} strikes, {} sheets, {} aggregate cells",
-                r.documents, r.signatures, r.checkins, r.strikes, r.sheets, r.cells
+                r.documents,
+                r.signatures,
+                r.checkins,
+                r.strikes,
+                r.sheets,
+                r.cells
             );
             Ok(())
         }

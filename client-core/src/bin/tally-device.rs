@@ -16,6 +16,31 @@ use tally_client::{
     ClientError, Device, Receipt, ReceiptKind, SignatureForm, Status, SyncReport, WatchEvent,
 };
 
+/// Writes to standard output. A reader that went away (`tally ... | head`) ends the program
+/// quietly with status 0, as it has all it asked for; any other failure to write (a full disk
+/// under a redirect) is an error, said once on standard error.
+fn emit(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        let _ = writeln!(
+            std::io::stderr(),
+            "error: cannot write to standard output: {e}"
+        );
+        std::process::exit(1);
+    }
+}
+
+/// `println!` through [`emit`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        emit(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 #[derive(Parser)]
 #[command(
     name = "tally-device",
@@ -187,7 +212,7 @@ fn receipt_line(r: &Receipt) -> String {
 
 fn print_status(s: &Status) {
     match &s.enrollment {
-        Some(e) => println!(
+        Some(e) => outln!(
             "{} ({}): device {} ({}) at {}",
             s.campaign_title
                 .as_deref()
@@ -197,16 +222,18 @@ fn print_status(s: &Status) {
             e.role,
             e.server
         ),
-        None => println!("Not enrolled."),
+        None => outln!("Not enrolled."),
     }
-    println!("{}", s.summary);
+    outln!("{}", s.summary);
     let c = &s.counts;
-    println!(
+    outln!(
         "Safe on the server: {} signatures, {} check-ins, {} withdrawals.",
-        c.signatures_acknowledged, c.checkins_acknowledged, c.withdrawals_acknowledged
+        c.signatures_acknowledged,
+        c.checkins_acknowledged,
+        c.withdrawals_acknowledged
     );
     match (&s.last_complete_sync_at, &s.last_sync) {
-        (_, Some(last)) if !last.complete => println!(
+        (_, Some(last)) if !last.complete => outln!(
             "Last sync {}: incomplete ({}).{}",
             when(last.at),
             last.problem
@@ -216,44 +243,44 @@ fn print_status(s: &Status) {
                 .map(|t| format!(" Last complete sync {}.", when(t)))
                 .unwrap_or_default()
         ),
-        (Some(t), _) => println!("Last sync {}.", when(*t)),
-        (None, _) => println!("Never synced."),
+        (Some(t), _) => outln!("Last sync {}.", when(*t)),
+        (None, _) => outln!("Never synced."),
     }
     match &s.totals {
-        Some(t) => println!(
+        Some(t) => outln!(
             "Team totals (as of {}): {} signatures, {} unique signers.",
             when(t.computed_at),
             t.totals.signatures,
             t.totals.unique_signers
         ),
-        None => println!("No team totals yet."),
+        None => outln!("No team totals yet."),
     }
     if !s.pending.is_empty() {
-        println!("Not yet safe:");
+        outln!("Not yet safe:");
         for r in &s.pending {
-            println!("{}", receipt_line(r));
+            outln!("{}", receipt_line(r));
         }
     }
     for p in &s.problems {
         if s.enrollment.is_some() {
-            println!("Note: {p}");
+            outln!("Note: {p}");
         }
     }
 }
 
 fn print_event(event: &WatchEvent, as_json: bool) {
     if as_json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string(event).expect("events serialize")
         );
         return;
     }
     match event {
-        WatchEvent::Connected => println!("connected"),
-        WatchEvent::Synced(r) => println!("{}", r.summary()),
+        WatchEvent::Connected => outln!("connected"),
+        WatchEvent::Synced(r) => outln!("{}", r.summary()),
         WatchEvent::Disconnected { error, retry_in_ms } => {
-            println!(
+            outln!(
                 "disconnected: {error}; retrying in {:.1} s",
                 *retry_in_ms as f64 / 1000.0
             )
@@ -289,9 +316,9 @@ fn run(cli: &Cli) -> Result<ExitCode, Failure> {
     let device = Device::open(&cli.home)?;
     let out = |value: serde_json::Value, text: String| {
         if cli.json {
-            println!("{value}");
+            outln!("{value}");
         } else {
-            println!("{text}");
+            outln!("{text}");
         }
     };
     match &cli.command {
@@ -393,7 +420,7 @@ fn run(cli: &Cli) -> Result<ExitCode, Failure> {
         Command::Status => {
             let s = device.status()?;
             if cli.json {
-                println!(
+                outln!(
                     "{}",
                     json!({"ok": true, "enrolled": s.enrollment.is_some(), "status": s})
                 );
@@ -419,12 +446,13 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(f) => {
             if cli.json {
-                println!(
+                outln!(
                     "{}",
                     json!({"ok": false, "error": {"kind": f.kind, "field": f.field, "message": f.message}})
                 );
             } else {
-                eprintln!("error: {}", f.message);
+                use std::io::Write as _;
+                let _ = writeln!(std::io::stderr(), "error: {}", f.message);
             }
             ExitCode::FAILURE
         }
