@@ -9,6 +9,22 @@ use std::process::{Command, Output, Stdio};
 
 use tally_tests::server::binary;
 
+/// `program ARGS` in `dir`, with no `TALLY_*` variable of the test's environment and `env` added.
+fn run_in(dir: &Path, program: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(binary(program));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TALLY_") || k.starts_with("RUST_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.args(args)
+        .current_dir(dir)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the binary")
+}
+
 fn text(out: &Output) -> String {
     format!(
         "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
@@ -56,5 +72,91 @@ fn closed_stdout_is_quiet() {
         let out = run_with_closed_stdout(dir.path(), program, args);
         assert_eq!(out.status.code(), Some(0), "{program}: {}", text(&out));
         assert_eq!(stderr(&out), "", "{program}: {}", text(&out));
+    }
+}
+
+/// The one line a failed command prints on standard error, whatever `RUST_BACKTRACE` says.
+#[track_caller]
+fn one_error_line(out: &Output) -> String {
+    assert_eq!(out.status.code(), Some(1), "{}", text(out));
+    let err = stderr(out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected: {}", text(out));
+    assert!(lines[0].starts_with("error: "), "{}", text(out));
+    lines[0].to_string()
+}
+
+/// With `RUST_BACKTRACE=1` every `tally` error printed anyhow's debug form: "Error: ...",
+/// "Caused by:" and a 20-frame "Stack backtrace:". A user's error is one clean line, with its
+/// causes on it.
+#[test]
+fn errors_are_one_line_whatever_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let backtrace = [("RUST_BACKTRACE", "1"), ("RUST_LIB_BACKTRACE", "1")];
+    for env in [&[][..], &backtrace[..]] {
+        // Nobody listens on port 1.
+        let out = run_in(
+            dir.path(),
+            "tally",
+            &[
+                "campaign",
+                "list",
+                "--server",
+                "http://127.0.0.1:1",
+                "--token",
+                "x",
+            ],
+            env,
+        );
+        let line = one_error_line(&out);
+        assert!(
+            line.contains("cannot reach the server at http://127.0.0.1:1"),
+            "{line}"
+        );
+
+        let out = run_in(
+            dir.path(),
+            "tally",
+            &["reindex", "--data", "no-such-folder"],
+            env,
+        );
+        let line = one_error_line(&out);
+        assert!(line.contains("no database at"), "{line}");
+
+        // A cause chain stays on the line: "cannot listen on ADDR: Address already in use".
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap().to_string();
+        let mut env_off = env.to_vec();
+        env_off.push(("RUST_LOG", "off"));
+        let out = run_in(
+            dir.path(),
+            "tally",
+            &["serve", "--listen", &addr, "--data", "data"],
+            &env_off,
+        );
+        let line = one_error_line(&out);
+        assert!(
+            line.starts_with(&format!("error: cannot listen on {addr}: ")),
+            "{line}"
+        );
+        assert!(line.contains("in use"), "{line}");
+
+        let out = run_in(
+            dir.path(),
+            "tally-device",
+            &[
+                "--home",
+                "phone",
+                "sign",
+                "--name",
+                "A B",
+                "--postal-code",
+                "M5V 2T6",
+                "--city",
+                "Toronto",
+            ],
+            env,
+        );
+        one_error_line(&out);
     }
 }
