@@ -102,6 +102,35 @@ pub struct Config {
     /// Small-cell suppression: totals breakdown cells counting fewer distinct people than this
     /// are hidden from every token but the admin's, and from the totals document.
     pub suppress_below: u64,
+
+    // What one sync message and one connection may cost, and what the quarantine keeps
+    // (issue 11.2 and 11.4; `Config::sync_limits`).
+    /// Most operations the changes of one sync message may claim (counted from the chunks'
+    /// columns before anything is loaded).
+    pub max_ops_per_message: u64,
+    /// Frames per second one sync connection may send on average; past its burst the
+    /// connection is closed (0: no budget).
+    pub max_frames_per_second: u32,
+    /// Frames one sync connection may send at once before `max_frames_per_second` applies.
+    pub frame_burst: u32,
+    /// Bytes of changes waiting for dependencies that never arrived one document may make the
+    /// server hold (beyond: dropped, and the peer told).
+    pub max_pending_bytes_per_document: usize,
+    /// Likewise per device, over all its connections.
+    pub max_pending_bytes_per_device: usize,
+    /// The quarantine keeps a refused message's raw bytes only up to this size (0: never), and
+    /// never for a refused field's value.
+    pub quarantine_max_raw_bytes: usize,
+    /// Raw bytes the quarantine keeps per device.
+    pub quarantine_raw_bytes_per_device: u64,
+    /// Raw bytes the quarantine keeps in all.
+    pub quarantine_raw_bytes_total: u64,
+    /// Quarantine entries per device; later refusals are counted in the device's latest one.
+    pub quarantine_entries_per_device: u64,
+    /// Quarantine entries in all.
+    pub quarantine_entries_total: u64,
+    /// Quarantine entries are deleted after this many days (0: kept forever).
+    pub quarantine_retention_days: u64,
 }
 
 impl Default for Config {
@@ -140,6 +169,17 @@ impl Default for Config {
             totals_document_secs: 2,
             sync_workers: 0,
             sync_workers_niceness: 10,
+            max_ops_per_message: 1_000_000,
+            max_frames_per_second: 1_000,
+            frame_burst: 5_000,
+            max_pending_bytes_per_document: 4 * 1024 * 1024,
+            max_pending_bytes_per_device: 8 * 1024 * 1024,
+            quarantine_max_raw_bytes: 16 * 1024,
+            quarantine_raw_bytes_per_device: 256 * 1024,
+            quarantine_raw_bytes_total: 16 * 1024 * 1024,
+            quarantine_entries_per_device: 1_000,
+            quarantine_entries_total: 100_000,
+            quarantine_retention_days: 30,
         }
     }
 }
@@ -257,6 +297,31 @@ impl Config {
                         .filter(|n| *n <= 19)
                         .ok_or_else(|| bad("expected 0 to 19"))?
                 }
+                "MAX_OPS_PER_MESSAGE" => self.max_ops_per_message = num(&value)?,
+                "MAX_FRAMES_PER_SECOND" => {
+                    self.max_frames_per_second =
+                        u32::try_from(num(&value)?).map_err(|_| bad("number too large"))?
+                }
+                "FRAME_BURST" => {
+                    self.frame_burst =
+                        u32::try_from(num(&value)?).map_err(|_| bad("number too large"))?
+                }
+                "MAX_PENDING_BYTES_PER_DOCUMENT" => {
+                    self.max_pending_bytes_per_document = num(&value)? as usize
+                }
+                "MAX_PENDING_BYTES_PER_DEVICE" => {
+                    self.max_pending_bytes_per_device = num(&value)? as usize
+                }
+                "QUARANTINE_MAX_RAW_BYTES" => self.quarantine_max_raw_bytes = num(&value)? as usize,
+                "QUARANTINE_RAW_BYTES_PER_DEVICE" => {
+                    self.quarantine_raw_bytes_per_device = num(&value)?
+                }
+                "QUARANTINE_RAW_BYTES_TOTAL" => self.quarantine_raw_bytes_total = num(&value)?,
+                "QUARANTINE_ENTRIES_PER_DEVICE" => {
+                    self.quarantine_entries_per_device = num(&value)?
+                }
+                "QUARANTINE_ENTRIES_TOTAL" => self.quarantine_entries_total = num(&value)?,
+                "QUARANTINE_RETENTION_DAYS" => self.quarantine_retention_days = num(&value)?,
                 "LOG_FORMAT" => {
                     if value != "text" && value != "json" {
                         return Err(bad("expected text or json"));
@@ -278,6 +343,37 @@ impl Config {
             max_pending_connections: self.max_pending_connections,
             max_enrollments_per_address: self.max_enrollments_per_address,
             enroll_window: Duration::from_secs(self.enroll_window_secs),
+        }
+    }
+
+    /// What one sync message and one connection may cost, and what the quarantine keeps.
+    pub fn sync_limits(&self) -> crate::hub::SyncLimits {
+        crate::hub::SyncLimits {
+            bounds: tally_proto::SyncBounds {
+                max_ops: self.max_ops_per_message,
+                // Compressed parts may inflate to 64 bytes per operation allowed (64 MiB at the
+                // default), at least 1 MiB.
+                max_inflated_bytes: usize::try_from(self.max_ops_per_message.saturating_mul(64))
+                    .unwrap_or(usize::MAX)
+                    .max(1024 * 1024),
+                ..tally_proto::SyncBounds::default()
+            },
+            frames_per_second: self.max_frames_per_second,
+            frame_burst: self.frame_burst,
+            max_pending_bytes_per_document: self.max_pending_bytes_per_document,
+            max_pending_bytes_per_device: self.max_pending_bytes_per_device,
+            quarantine: tally_store::QuarantineQuota {
+                max_raw_bytes: self.quarantine_max_raw_bytes,
+                max_raw_bytes_per_device: self.quarantine_raw_bytes_per_device,
+                max_raw_bytes_total: self.quarantine_raw_bytes_total,
+                max_entries_per_device: self.quarantine_entries_per_device,
+                max_entries_total: self.quarantine_entries_total,
+                retention_ms: i64::try_from(
+                    self.quarantine_retention_days
+                        .saturating_mul(24 * 3600 * 1000),
+                )
+                .unwrap_or(i64::MAX),
+            },
         }
     }
 

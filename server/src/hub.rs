@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use automerge::{Automerge, ReadDoc};
 use tally_core::campaign::{self, Campaign};
-use tally_core::validate::{Accepted, Writer, validate};
+use tally_core::validate::{Accepted, Rule, Writer, validate};
 use tally_core::{DocHeader, DocKind, Role};
 use tally_proto::DocumentId;
-use tally_store::{Device, DocFilter, DocMeta, Store, StoreError};
+use tally_store::{Device, DocFilter, DocMeta, NewQuarantine, QuarantineQuota, Store, StoreError};
 use tokio::sync::mpsc;
 
 use crate::projection;
@@ -60,6 +60,16 @@ pub enum HubError {
     Automerge(String),
 }
 
+/// What [`Hub::commit_sync`] did with a message it accepted.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// What validation accepted (empty when nothing applied).
+    pub accepted: Accepted,
+    /// Some of the message's changes wait for dependencies that have not arrived; they were
+    /// not kept.
+    pub waiting: bool,
+}
+
 /// Settings of the hub.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
@@ -72,6 +82,90 @@ pub struct HubConfig {
     /// Most documents held in memory; past it the least recently used ones not in use are
     /// unloaded at once, whatever their idle time (0: no cap, only the idle time).
     pub max_loaded_documents: usize,
+}
+
+/// What one sync message and one connection may cost, and what the quarantine keeps
+/// (issue 11.2 and 11.4; `Config::sync_limits`).
+#[derive(Debug, Clone)]
+pub struct SyncLimits {
+    /// What one sync message may ask for (heads, needs, haves, blooms, chunks, ops).
+    pub bounds: tally_proto::SyncBounds,
+    /// A connection's frame budget: frames per second on average (0: none) ...
+    pub frames_per_second: u32,
+    /// ... and at once.
+    pub frame_burst: u32,
+    /// Bytes of changes waiting for missing dependencies one document may hold (all
+    /// connections together).
+    pub max_pending_bytes_per_document: usize,
+    /// Bytes of such changes one device may make the server hold (all its connections).
+    pub max_pending_bytes_per_device: usize,
+    /// What the quarantine keeps.
+    pub quarantine: QuarantineQuota,
+}
+
+impl Default for SyncLimits {
+    fn default() -> Self {
+        SyncLimits {
+            bounds: tally_proto::SyncBounds::default(),
+            frames_per_second: 1_000,
+            frame_burst: 5_000,
+            max_pending_bytes_per_document: 4 * 1024 * 1024,
+            max_pending_bytes_per_device: 8 * 1024 * 1024,
+            quarantine: QuarantineQuota::default(),
+        }
+    }
+}
+
+/// A refusal on its way to the quarantine: the words for the peer, and the rule broken when
+/// validation refused it (which decides whether the raw bytes may be kept).
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// Why, in words the peer and an organizer can act on.
+    pub reason: String,
+    /// The validation rule, if validation refused it.
+    pub rule: Option<Rule>,
+    /// Whether the raw message may be kept (small ones only, see [`QuarantineQuota`]).
+    pub keep_raw: bool,
+}
+
+impl Refusal {
+    /// A refusal by validation: the raw bytes are kept only for rules that judge who writes
+    /// what kind of document, never for rules that judge a written value (an unknown field,
+    /// an oversized or malformed one, a conflict's loser...), whose bytes may hold exactly
+    /// what the server must not keep.
+    pub fn by_rule(rejection: &tally_core::validate::Rejection) -> Refusal {
+        let keep_raw = matches!(
+            rejection.rule,
+            Rule::RoleMayNotWrite
+                | Rule::OutsideCampaign
+                | Rule::NotOwner
+                | Rule::UnknownKind
+                | Rule::UnsupportedSchema
+                | Rule::WrongKind
+                | Rule::Deletion
+        );
+        Refusal {
+            reason: rejection.to_string(),
+            rule: Some(rejection.rule),
+            keep_raw,
+        }
+    }
+
+    /// A refusal by the server itself (no rule); `keep_raw` as given.
+    pub fn server(reason: impl Into<String>, keep_raw: bool) -> Refusal {
+        Refusal {
+            reason: reason.into(),
+            rule: None,
+            keep_raw,
+        }
+    }
+}
+
+/// Bytes of changes waiting for dependencies, per document and per device (all connections).
+#[derive(Default)]
+struct PendingBook {
+    by_doc: HashMap<DocumentId, usize>,
+    by_device: HashMap<String, usize>,
 }
 
 /// Who follows a document: connection id -> a channel that receives the ids of changed docs.
@@ -93,6 +187,10 @@ pub struct Hub {
     due_compaction: Mutex<HashSet<DocumentId>>,
     /// Small-cell suppression threshold of the totals documents (canvassers read them).
     totals_suppress_below: AtomicU64,
+    /// What a sync message, a connection and the quarantine may cost.
+    sync_limits: Mutex<Arc<SyncLimits>>,
+    /// Changes waiting for dependencies, held by the connections ([`Hub::reserve_pending`]).
+    pending: Mutex<PendingBook>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -155,7 +253,102 @@ impl Hub {
             dirty_live: Mutex::default(),
             due_compaction: Mutex::default(),
             totals_suppress_below: AtomicU64::new(5),
+            sync_limits: Mutex::new(Arc::new(SyncLimits::default())),
+            pending: Mutex::default(),
         }
+    }
+
+    /// Sets what a sync message, a connection and the quarantine may cost.
+    pub fn set_sync_limits(&self, limits: SyncLimits) {
+        *lock(&self.sync_limits) = Arc::new(limits);
+    }
+
+    /// What a sync message, a connection and the quarantine may cost.
+    pub fn sync_limits(&self) -> Arc<SyncLimits> {
+        lock(&self.sync_limits).clone()
+    }
+
+    /// Records a refusal in the quarantine within its quota, and logs it.
+    pub fn refuse(
+        &self,
+        device_id: &str,
+        doc: &str,
+        refusal: &Refusal,
+        raw: &[u8],
+        change_hashes: &[String],
+    ) -> Result<(), StoreError> {
+        let limits = self.sync_limits();
+        let rule = refusal.rule.map(|r| r.describe());
+        let outcome = self.store.quarantine_entry(
+            &NewQuarantine {
+                device_id,
+                doc_id: doc,
+                reason: &refusal.reason,
+                rule,
+                raw,
+                keep_raw: refusal.keep_raw,
+                change_hashes,
+                now: now_ms(),
+            },
+            &limits.quarantine,
+        )?;
+        tracing::warn!(doc = %doc, device = %device_id, reason = %refusal.reason, size = raw.len(), ?outcome, "change refused and quarantined");
+        Ok(())
+    }
+
+    /// Reserves `bytes` of waiting changes for `doc` and `device`, within the per-document and
+    /// per-device bounds; the error says which bound and what to do.
+    pub fn reserve_pending(
+        &self,
+        doc: &DocumentId,
+        device: &str,
+        bytes: usize,
+    ) -> Result<(), String> {
+        let limits = self.sync_limits();
+        let mut book = lock(&self.pending);
+        let on_doc = book.by_doc.get(doc).copied().unwrap_or(0) + bytes;
+        let on_device = book.by_device.get(device).copied().unwrap_or(0) + bytes;
+        if on_doc > limits.max_pending_bytes_per_document {
+            return Err(format!(
+                "{on_doc} bytes of changes would wait here for changes the server never received (their dependencies), more than the {} one document may hold",
+                limits.max_pending_bytes_per_document
+            ));
+        }
+        if on_device > limits.max_pending_bytes_per_device {
+            return Err(format!(
+                "{on_device} bytes of this device's changes would wait for changes the server never received (their dependencies), more than the {} one device may make it hold",
+                limits.max_pending_bytes_per_device
+            ));
+        }
+        book.by_doc.insert(*doc, on_doc);
+        book.by_device.insert(device.to_string(), on_device);
+        Ok(())
+    }
+
+    /// Gives back what [`Hub::reserve_pending`] reserved.
+    pub fn release_pending(&self, doc: &DocumentId, device: &str, bytes: usize) {
+        let mut book = lock(&self.pending);
+        if let Some(n) = book.by_doc.get_mut(doc) {
+            *n = n.saturating_sub(bytes);
+            if *n == 0 {
+                book.by_doc.remove(doc);
+            }
+        }
+        if let Some(n) = book.by_device.get_mut(device) {
+            *n = n.saturating_sub(bytes);
+            if *n == 0 {
+                book.by_device.remove(device);
+            }
+        }
+    }
+
+    /// Bytes of waiting changes held for `doc` and for `device`.
+    pub fn pending_bytes(&self, doc: &DocumentId, device: &str) -> (usize, usize) {
+        let book = lock(&self.pending);
+        (
+            book.by_doc.get(doc).copied().unwrap_or(0),
+            book.by_device.get(device).copied().unwrap_or(0),
+        )
     }
 
     /// Sets the small-cell suppression threshold applied to the totals documents (default 5).
@@ -211,8 +404,9 @@ impl Hub {
     }
 
     /// Unloads the least recently used documents until at most `keep` are loaded, skipping the
-    /// ones in use (held by a caller, or locked) and the ones holding changes that wait for
-    /// missing dependencies (which exist only in memory).
+    /// ones in use (held by a caller, or locked). (No document holds changes waiting for
+    /// dependencies: the connections keep those, see [`Hub::commit_sync`]; the check stays
+    /// for safety.)
     fn evict(docs: &mut HashMap<DocumentId, Arc<Mutex<Slot>>>, keep: usize) {
         let mut idle: Vec<(Instant, DocumentId)> = docs
             .iter()
@@ -272,6 +466,24 @@ impl Hub {
         raw: &[u8],
         edit: impl FnOnce(&mut Automerge) -> Result<(), String>,
     ) -> Result<Accepted, HubError> {
+        self.commit_sync(id, writer, origin, raw, &[], edit)
+            .map(|c| c.accepted)
+    }
+
+    /// [`Hub::commit`] for a sync message: also says whether changes of it wait for
+    /// dependencies that have not arrived. Those are never kept in the document (where they
+    /// would hold memory beyond any bound and keep it from being unloaded): the caller keeps
+    /// their bytes, within [`Hub::reserve_pending`]'s bounds, and hands them back with the
+    /// connection's next message. `change_hashes` name the message's changes in the quarantine.
+    pub fn commit_sync(
+        &self,
+        id: &DocumentId,
+        writer: &Writer,
+        origin: Option<u64>,
+        raw: &[u8],
+        change_hashes: &[String],
+        edit: impl FnOnce(&mut Automerge) -> Result<(), String>,
+    ) -> Result<Committed, HubError> {
         let key = id.to_string();
         let slot = self.slot(id)?;
         let mut guard = lock(&slot);
@@ -281,32 +493,41 @@ impl Hub {
             // Bytes automerge cannot apply (corrupted, truncated, forged) are refused and kept
             // like any other bad change; the stored document is untouched.
             drop(guard);
-            let reason = format!(
-                "the changes could not be applied ({e}); the sending app must resend them intact"
+            let refusal = Refusal::server(
+                format!(
+                    "the changes could not be applied ({e}); the sending app must resend them intact"
+                ),
+                true,
             );
-            self.store
-                .quarantine(&writer.id, &key, &reason, raw, now_ms())?;
-            tracing::warn!(doc = %key, device = %writer.id, %reason, "change refused and quarantined");
-            return Err(HubError::Rejected(reason));
+            self.refuse(&writer.id, &key, &refusal, raw, change_hashes)?;
+            return Err(HubError::Rejected(refusal.reason));
         }
         let before_heads = guard.doc.get_heads();
+        let waiting = !after.get_missing_deps(&[]).is_empty();
         if after.get_heads() == before_heads {
-            // Nothing applied, but automerge may have queued changes whose dependencies have
-            // not arrived yet, and the peer's sync state now records them as sent: keep the
-            // fork so they apply (and are judged) when the dependencies come, instead of
-            // dropping them and stalling the sync. Nothing unjudged reaches storage.
-            guard.doc = after;
-            return Ok(Accepted::default());
+            // Nothing applied. Changes automerge queued for missing dependencies are dropped
+            // with the fork; the caller keeps their bytes (bounded) and offers them again.
+            return Ok(Committed {
+                accepted: Accepted::default(),
+                waiting,
+            });
+        }
+        if waiting {
+            // Some changes applied and some wait: keep only the applied ones.
+            let applied = guard.doc.get_changes_added(&after);
+            let mut clean = guard.doc.fork();
+            clean
+                .apply_changes(applied)
+                .map_err(|e| HubError::Automerge(e.to_string()))?;
+            after = clean;
         }
         let verdict = self.judge(&guard, &after, writer);
         let (acc, header, campaign) = match verdict {
             Ok(v) => v,
-            Err(reason) => {
+            Err(refusal) => {
                 drop(guard);
-                self.store
-                    .quarantine(&writer.id, &key, &reason, raw, now_ms())?;
-                tracing::warn!(doc = %key, device = %writer.id, %reason, "change refused and quarantined");
-                return Err(HubError::Rejected(reason));
+                self.refuse(&writer.id, &key, &refusal, raw, change_hashes)?;
+                return Err(HubError::Rejected(refusal.reason));
             }
         };
         let chunk = after.save_after(&before_heads);
@@ -350,7 +571,10 @@ impl Hub {
             self.mark_dirty(&header.campaign);
         }
         self.publish(id, origin);
-        Ok(acc)
+        Ok(Committed {
+            accepted: acc,
+            waiting,
+        })
     }
 
     /// Decides whether `after` may replace the slot's document, as `writer`.
@@ -359,36 +583,42 @@ impl Hub {
         slot: &Slot,
         after: &Automerge,
         writer: &Writer,
-    ) -> Result<(Accepted, DocHeader, Option<Arc<Campaign>>), String> {
-        let header = DocHeader::read(after).map_err(|r| r.to_string())?;
+    ) -> Result<(Accepted, DocHeader, Option<Arc<Campaign>>), Refusal> {
+        let header = DocHeader::read(after).map_err(|r| Refusal::by_rule(&r))?;
         let campaign = if header.kind == DocKind::Campaign {
             None
         } else {
             match self.campaign(&header.campaign) {
                 Ok(Some(c)) => Some(c),
                 Ok(None) => {
-                    return Err(format!(
-                        "campaign: no campaign {:?} on this server; enroll again with a current invite",
-                        header.campaign
+                    return Err(Refusal::server(
+                        format!(
+                            "campaign: no campaign {:?} on this server; enroll again with a current invite",
+                            header.campaign
+                        ),
+                        false,
                     ));
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(Refusal::server(e.to_string(), false)),
             }
         };
         if slot.meta.is_none() && header.kind == DocKind::Collection {
             let owned = self
                 .store
                 .count_documents_by_owner(&writer.id)
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| Refusal::server(e.to_string(), false))?;
             if owned >= self.cfg.max_documents_per_device {
-                return Err(format!(
-                    "limit: this device already has {owned} collection documents, the most one device may create ({}); ask an organizer to raise max_documents_per_device",
-                    self.cfg.max_documents_per_device
+                return Err(Refusal::server(
+                    format!(
+                        "limit: this device already has {owned} collection documents, the most one device may create ({}); ask an organizer to raise max_documents_per_device",
+                        self.cfg.max_documents_per_device
+                    ),
+                    false,
                 ));
             }
         }
-        let acc =
-            validate(&slot.doc, after, writer, campaign.as_deref()).map_err(|r| r.to_string())?;
+        let acc = validate(&slot.doc, after, writer, campaign.as_deref())
+            .map_err(|r| Refusal::by_rule(&r))?;
         let campaign = match header.kind {
             DocKind::Campaign => campaign::read(after).ok().map(Arc::new),
             _ => campaign,

@@ -400,6 +400,7 @@ pub async fn serve(
         },
     ));
     hub.set_totals_suppress_below(config.suppress_below);
+    hub.set_sync_limits(config.sync_limits());
     // A crash between a commit and the next refresh leaves a totals document behind: bring
     // every campaign's up to date (unchanged ones are not rewritten).
     for m in hub.store.list_campaigns()? {

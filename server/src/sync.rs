@@ -8,7 +8,7 @@
 //! the connection stays open for the device's other documents. Documents this device may not
 //! read answer `doc-unavailable`, whether they exist or not.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Hub, HubError, can_read, now_ms, writer_of};
+use crate::hub::{Hub, HubError, Refusal, can_read, now_ms, writer_of};
 use crate::workers::Workers;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
@@ -49,6 +49,18 @@ pub struct Conn {
     notify: mpsc::UnboundedSender<DocumentId>,
     /// Key under which sync states persist: device and storage id, once the peer joined with one.
     peer_key: Option<String>,
+    /// Per document, changes of this peer that wait for dependencies not yet received (never
+    /// kept in the shared document): offered again with the peer's next message, reserved in
+    /// the hub's per-document and per-device bounds, dropped when the connection closes.
+    pending: HashMap<DocumentId, Pending>,
+}
+
+/// Changes waiting for their dependencies.
+#[derive(Default)]
+struct Pending {
+    chunks: Vec<Vec<u8>>,
+    bytes: usize,
+    ops: u64,
 }
 
 impl Conn {
@@ -64,8 +76,12 @@ impl Conn {
             storage_id: None,
             is_ephemeral: false,
         };
+        let limits = hub.sync_limits();
         let session = Session::server(me, metadata).with_limits(Limits {
             max_frame_bytes,
+            sync: limits.bounds.clone(),
+            frames_per_second: limits.frames_per_second,
+            frame_burst: limits.frame_burst,
             ..Limits::default()
         });
         let writer = writer_of(&device);
@@ -78,6 +94,7 @@ impl Conn {
             followed: HashSet::new(),
             notify,
             peer_key: None,
+            pending: HashMap::new(),
         };
         (conn, rx)
     }
@@ -162,13 +179,11 @@ impl Conn {
             if meta.is_some() && !message.changes.is_empty() {
                 // A write to a document this device may not read: refused, kept, and answered
                 // exactly like a document that does not exist.
-                let _ = self.hub.store.quarantine(
-                    &self.device.device_id,
-                    &doc.to_string(),
-                    "write to a document this device may not read",
-                    raw,
-                    now_ms(),
-                );
+                let refusal =
+                    Refusal::server("write to a document this device may not read", false);
+                let _ =
+                    self.hub
+                        .refuse(&self.device.device_id, &doc.to_string(), &refusal, raw, &[]);
                 tracing::warn!(device = %self.device.device_id, doc = %doc, "write to an unreadable document refused");
                 out.extend(self.session.unavailable_frame(doc).map(Out::Send));
                 return;
@@ -190,17 +205,99 @@ impl Conn {
         } else {
             self.seed_sync_state(&doc);
         }
+        // What the message's chunks would cost, read from their headers before any is loaded.
+        let limits = self.hub.sync_limits();
+        let pending_ops = self.pending.get(&doc).map_or(0, |p| p.ops);
+        let summary = tally_proto::bounds::inspect_changes(message.changes.iter(), &limits.bounds)
+            .and_then(|s| {
+                if s.ops.saturating_add(pending_ops) > limits.bounds.max_ops {
+                    Err(format!(
+                        "the changes claim {} operations with the {pending_ops} already waiting for their dependencies, more than the {} one sync message may carry; the waiting ones were dropped: sync again on a new connection",
+                        s.ops, limits.bounds.max_ops
+                    ))
+                } else {
+                    Ok(s)
+                }
+            });
+        let summary = match summary {
+            Ok(s) => s,
+            Err(reason) => {
+                self.drop_pending(&doc);
+                let refusal = Refusal::server(reason, false);
+                if let Err(e) =
+                    self.hub
+                        .refuse(&self.device.device_id, &doc.to_string(), &refusal, raw, &[])
+                {
+                    return self.storage_error(&doc, &e.to_string(), out);
+                }
+                out.push(Out::Send(self.session.error_frame(&format!(
+                    "document {doc}: change refused: {}",
+                    refusal.reason
+                ))));
+                if readable {
+                    self.answer(doc, out);
+                }
+                return;
+            }
+        };
+        let change_hashes: Vec<String> = summary
+            .change_hashes
+            .iter()
+            .map(|h| h.to_string())
+            .collect();
+        let incoming: Vec<Vec<u8>> = message.changes.iter().map(<[u8]>::to_vec).collect();
+        let waiting_before: Vec<u8> = self
+            .pending
+            .get(&doc)
+            .map(|p| p.chunks.concat())
+            .unwrap_or_default();
         let mut state = self.session.sync_state(&doc).cloned().unwrap_or_default();
-        let result = self
-            .hub
-            .commit(&doc, &self.writer, Some(self.id), raw, |after| {
+        let result = self.hub.commit_sync(
+            &doc,
+            &self.writer,
+            Some(self.id),
+            raw,
+            &change_hashes,
+            |after| {
+                if !waiting_before.is_empty() {
+                    // Offered again: they apply (and are judged) with this message if their
+                    // dependencies are here now.
+                    let _ = after.load_incremental(&waiting_before);
+                }
                 after
                     .receive_sync_message(&mut state, message)
                     .map_err(|e| e.to_string())
-            });
+            },
+        );
         match result {
-            Ok(_) => self.session.set_sync_state(doc, state),
+            Ok(committed) => {
+                self.session.set_sync_state(doc, state);
+                if committed.waiting {
+                    if let Err(why) = self.keep_pending(doc, incoming, summary.ops) {
+                        let refusal = Refusal::server(
+                            format!(
+                                "{why}; they were dropped and nothing of them was stored: sync again on a new connection, sending the changes they depend on first"
+                            ),
+                            false,
+                        );
+                        let _ = self.hub.refuse(
+                            &self.device.device_id,
+                            &doc.to_string(),
+                            &refusal,
+                            raw,
+                            &change_hashes,
+                        );
+                        out.push(Out::Send(self.session.error_frame(&format!(
+                            "document {doc}: change refused: {}",
+                            refusal.reason
+                        ))));
+                    }
+                } else {
+                    self.drop_pending(&doc);
+                }
+            }
             Err(HubError::Rejected(reason)) => {
+                self.drop_pending(&doc);
                 out.push(Out::Send(
                     self.session
                         .error_frame(&format!("document {doc}: {reason}")),
@@ -219,6 +316,37 @@ impl Conn {
             self.hub.follow(doc, self.id, self.notify.clone());
         }
         self.answer(doc, out);
+    }
+
+    /// Keeps `chunks` (whose changes wait for dependencies) for `doc`, within the hub's
+    /// per-document and per-device bounds; over them, drops everything waiting for `doc`.
+    fn keep_pending(
+        &mut self,
+        doc: DocumentId,
+        chunks: Vec<Vec<u8>>,
+        ops: u64,
+    ) -> Result<(), String> {
+        let bytes: usize = chunks.iter().map(Vec::len).sum();
+        if let Err(why) = self
+            .hub
+            .reserve_pending(&doc, &self.device.device_id, bytes)
+        {
+            self.drop_pending(&doc);
+            return Err(why);
+        }
+        let p = self.pending.entry(doc).or_default();
+        p.chunks.extend(chunks);
+        p.bytes += bytes;
+        p.ops = p.ops.saturating_add(ops);
+        Ok(())
+    }
+
+    /// Forgets the changes waiting for `doc` on this connection.
+    fn drop_pending(&mut self, doc: &DocumentId) {
+        if let Some(p) = self.pending.remove(doc) {
+            self.hub
+                .release_pending(doc, &self.device.device_id, p.bytes);
+        }
     }
 
     fn storage_error(&mut self, doc: &DocumentId, error: &str, out: &mut Vec<Out>) {
@@ -248,6 +376,9 @@ impl Conn {
     /// The connection ends: persist sync states and stop following.
     pub fn close(&mut self) {
         self.hub.unfollow(self.followed.drain(), self.id);
+        for doc in self.pending.keys().copied().collect::<Vec<_>>() {
+            self.drop_pending(&doc);
+        }
         let Some(key) = &self.peer_key else { return };
         let now = now_ms();
         for doc in self.session.documents().copied().collect::<Vec<_>>() {
