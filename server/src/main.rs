@@ -1,7 +1,7 @@
 //! `tally`: the sync server (`tally serve`) and the organizers' commands, which call a running
 //! server's HTTP API.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -250,6 +250,56 @@ fn init_logs(format: &str) {
     }
 }
 
+/// The data folder's lock file. `tally serve` holds an exclusive lock on it (`flock`) for as
+/// long as it runs, and `tally reindex` while it rebuilds; it holds the holder's pid. The kernel
+/// drops the lock when the process ends, however it ends, so a stale file stops nobody.
+const LOCK_FILE: &str = "tally.lock";
+
+/// Takes the data folder's lock: `Ok(Ok(file))` while held (keep the file open), `Ok(Err(who))`
+/// when another process holds it (`who`: "pid N"). A folder where the file cannot be opened at
+/// all (a read-only folder without one) is not locked: opening the database says why it fails.
+fn lock_data(data: &Path) -> anyhow::Result<Result<Option<std::fs::File>, String>> {
+    use std::io::{Read as _, Write as _};
+    let path = data.join(LOCK_FILE);
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path);
+    let (mut file, writable) = match opened {
+        Ok(f) => (f, true),
+        Err(_) => match std::fs::File::open(&path) {
+            Ok(f) => (f, false),
+            Err(_) => return Ok(Ok(None)),
+        },
+    };
+    match file.try_lock() {
+        Ok(()) => {
+            if writable {
+                file.set_len(0)
+                    .and_then(|()| writeln!(file, "{}", std::process::id()))
+                    .and_then(|()| file.sync_all())
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            Ok(Ok(Some(file)))
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let pid = pid.trim();
+            Ok(Err(if pid.is_empty() {
+                "pid unknown".to_string()
+            } else {
+                format!("pid {pid}")
+            }))
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -284,6 +334,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cfg.tls_cert = tls_cert;
                 cfg.tls_key = tls_key;
             }
+            std::fs::create_dir_all(&cfg.data)
+                .with_context(|| format!("cannot create the data folder {}", cfg.data.display()))?;
+            let _lock = lock_data(&cfg.data)?.map_err(|who| {
+                anyhow::anyhow!(
+                    "another tally server ({who}) is running on the data folder {} (it holds {}): \
+                     stop it first, or give this one another --data",
+                    cfg.data.display(),
+                    cfg.data.join(LOCK_FILE).display()
+                )
+            })?;
             init_logs(&cfg.log_format);
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async move {
@@ -321,6 +381,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Reindex { data } => {
+            // Only where there is a database to rebuild: otherwise reindex says so.
+            let _lock = if data.join(tally_server::DB_FILE).exists() {
+                lock_data(&data)?.map_err(|who| {
+                    anyhow::anyhow!(
+                        "a tally server ({who}) is running on the data folder {}: stop it first. \
+                         reindex rebuilds the totals tables in one transaction, which would hold \
+                         up the server's writes (phones' syncs stall) while it runs",
+                        data.display()
+                    )
+                })?
+            } else {
+                None
+            };
             let r = tally_server::reindex(&data)?;
             outln!(
                 "reindexed {} documents: {} signatures, {} check-ins, {} strikes, {} sheets, {} aggregate cells",

@@ -7,6 +7,7 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+use tally_tests::ServerProcess;
 use tally_tests::server::binary;
 
 /// `program ARGS` in `dir`, with no `TALLY_*` variable of the test's environment and `env` added.
@@ -159,4 +160,72 @@ fn errors_are_one_line_whatever_the_environment() {
         );
         one_error_line(&out);
     }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Two servers on one data folder: the second is refused, naming the first one's pid, and so is
+/// `tally reindex` while a server runs there; both work once it has stopped.
+#[test]
+fn one_server_per_data_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut first = ServerProcess::start(&data);
+    let pid = first.pid();
+
+    let port = free_port();
+    let mut second = Command::new(binary("tally"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+        .arg(&data)
+        .env("RUST_LOG", "off")
+        .env_remove("RUST_BACKTRACE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the second server");
+    // Either it exits, or it comes up (the bug): no clock decides.
+    let health = format!("http://127.0.0.1:{port}/healthz");
+    loop {
+        if second.try_wait().unwrap().is_some() {
+            break;
+        }
+        if ureq::get(&health)
+            .timeout(std::time::Duration::from_millis(500))
+            .call()
+            .is_ok()
+        {
+            let _ = second.kill();
+            let out = second.wait_with_output().unwrap();
+            panic!(
+                "a second server started on the same data folder: {}",
+                text(&out)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = second.wait_with_output().unwrap();
+    let line = one_error_line(&out);
+    assert!(line.contains(&format!("pid {pid}")), "{line}");
+    assert!(line.contains(&data.display().to_string()), "{line}");
+    assert!(first.healthy(), "the first server still runs");
+
+    let data_arg = data.display().to_string();
+    let out = run_in(dir.path(), "tally", &["reindex", "--data", &data_arg], &[]);
+    let line = one_error_line(&out);
+    assert!(line.contains(&format!("pid {pid}")), "{line}");
+    assert!(line.contains("stop it"), "{line}");
+
+    assert!(first.terminate(), "the first server stops cleanly");
+    let out = run_in(dir.path(), "tally", &["reindex", "--data", &data_arg], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let mut again = ServerProcess::start(&data);
+    assert!(again.healthy());
+    again.kill();
 }
