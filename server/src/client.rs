@@ -114,14 +114,21 @@ fn csv_field(s: &str) -> String {
 }
 
 /// Downloads the sealed records, opens them with `identity` and writes a CSV; returns the
-/// number of rows written and how many could not be opened.
+/// number of rows written and how many could not be opened. Fails, writing nothing, when there
+/// were records and none opens (the wrong identity), and when `out` exists unless `force`.
 pub fn export(
     api: &Api,
     campaign: &str,
     identity: &Path,
     out: &Path,
     only_counted: bool,
+    force: bool,
 ) -> anyhow::Result<(usize, usize)> {
+    anyhow::ensure!(
+        force || !out.exists(),
+        "{} exists already: pass --force to overwrite it, or choose another --out",
+        out.display()
+    );
     let text = std::fs::read_to_string(identity)
         .map_err(|e| anyhow::anyhow!("cannot read identity file {}: {e}", identity.display()))?;
     let id = seal::parse_identity(&text)?;
@@ -169,6 +176,39 @@ pub fn export(
         csv.push('\n');
         rows += 1;
     }
-    crate::write_secret(out, &csv)?;
+    anyhow::ensure!(
+        rows > 0 || failed == 0,
+        "none of the {failed} signatures could be opened with the identity in {} (recipient {}): \
+         the campaign is not sealed to it; use the identity of one of the campaign's organizers. \
+         nothing written to {}",
+        identity.display(),
+        id.to_public(),
+        out.display()
+    );
+    write_export(out, &csv, force)?;
     Ok((rows, failed))
+}
+
+/// Writes the CSV readable only by its owner (mode 0600 on Unix); never over an existing file
+/// unless `force`, even one that appeared since the check above.
+fn write_export(path: &Path, text: &str, force: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true);
+    if force {
+        opts.create(true).truncate(true);
+    } else {
+        opts.create_new(true);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
 }

@@ -163,6 +163,9 @@ enum Cmd {
         /// Include withdrawn and struck signatures.
         #[arg(long)]
         all: bool,
+        /// Overwrite --out if it exists.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         remote: Remote,
     },
@@ -506,9 +509,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             identity,
             out,
             all,
+            force,
             remote,
         } => {
-            let (rows, failed) = client::export(&api(&remote)?, &campaign, &identity, &out, !all)?;
+            let (rows, failed) =
+                client::export(&api(&remote)?, &campaign, &identity, &out, !all, force)?;
+            if failed > 0 {
+                use std::io::Write as _;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "warning: {failed} of {} signatures could not be opened with the identity in {} \
+                     and are NOT in {}: they are sealed to other organizers; export them with one \
+                     of those organizers' identities",
+                    rows + failed,
+                    identity.display(),
+                    out.display()
+                );
+            }
             let v = json!({ "rows": rows, "unopened": failed, "out": out });
             print(remote.json, &v, || {
                 format!(

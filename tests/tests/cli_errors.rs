@@ -7,8 +7,8 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use tally_tests::ServerProcess;
-use tally_tests::server::binary;
+use tally_tests::server::{Server as _, binary};
+use tally_tests::{Organizer, Phone, ServerProcess};
 
 /// `program ARGS` in `dir`, with no `TALLY_*` variable of the test's environment and `env` added.
 fn run_in(dir: &Path, program: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -228,4 +228,138 @@ fn one_server_per_data_folder() {
     let mut again = ServerProcess::start(&data);
     assert!(again.healthy());
     again.kill();
+}
+
+/// `tally export` with the wrong identity: it wrote a header-only CSV and exited 0 ("wrote 0
+/// signers ... 1 could not be opened"). Now it fails and writes nothing; an existing file is not
+/// overwritten without `--force`.
+#[test]
+fn export_with_the_wrong_identity_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("data"));
+    let org = Organizer::new(&dir.path().join("org"), &server.base(), &server.data);
+    let recipient = org.keygen("organizer.age");
+    org.keygen("other.age");
+    let campaign = org.create_campaign("Status for All", &recipient);
+    let phone = Phone::new(&dir.path().join("phone"));
+    phone.enroll(&org.invite(&campaign), "Amina's phone");
+    phone.sign("Amara Okafor", "M5V 2T6", "Toronto", &[]);
+    phone.sync(20).ok();
+
+    let export = |identity: &str, extra: &[&str]| {
+        let mut args = vec![
+            "export",
+            "--campaign",
+            &campaign,
+            "--identity",
+            identity,
+            "--out",
+            "signers.csv",
+        ];
+        args.extend_from_slice(extra);
+        org.run(&args)
+    };
+    let out = export("other.age", &[]).code(1);
+    assert!(
+        out.stderr
+            .contains("none of the 1 signatures could be opened"),
+        "{out}"
+    );
+    assert!(out.stderr.contains("nothing written"), "{out}");
+    assert!(!org.dir.join("signers.csv").exists(), "{out}");
+
+    let out = export("organizer.age", &[]).ok();
+    assert!(out.stdout.contains("wrote 1 signers"), "{out}");
+    let csv = std::fs::read_to_string(org.dir.join("signers.csv")).unwrap();
+    assert!(csv.contains("Amara Okafor"), "{csv}");
+
+    let out = export("organizer.age", &[]).code(1);
+    assert!(out.stderr.contains("--force"), "{out}");
+    export("organizer.age", &["--force"]).ok();
+}
+
+/// Answers every HTTP request with `body` (JSON), one connection after another.
+fn stub_server(body: String) -> String {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                if line == "\r\n" {
+                    break;
+                }
+                line.clear();
+            }
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Some records open, some do not (sealed to another organizer): the CSV holds those that open
+/// and the command says loudly how many are missing.
+#[test]
+fn export_warns_when_some_records_do_not_open() {
+    use tally_core::seal::{self, PersonalFields};
+    let dir = tempfile::tempdir().unwrap();
+    let org = Organizer::new(dir.path(), "http://unused", &dir.path().join("data"));
+    let mine = org.keygen("organizer.age");
+    let theirs = org.keygen("other.age");
+    let record = |id: &str, recipient: &str| {
+        let fields = PersonalFields {
+            name: format!("Signer {id}"),
+            postal_code: "M5V2T6".into(),
+            ..PersonalFields::default()
+        };
+        let sealed: String = seal::seal(&[recipient.to_string()], &fields)
+            .unwrap()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        serde_json::json!({"id": id, "collected_at": 0, "collected_by": "d", "event": null,
+            "city": "Toronto", "fsa": "M5V", "riding": null, "consent_contact": false,
+            "counted": true, "withdrawn": false, "sealed": sealed})
+    };
+    let body = serde_json::json!([
+        record("r1", &mine),
+        record("r2", &theirs),
+        record("r3", &theirs)
+    ]);
+    let base = stub_server(body.to_string());
+    let out = run_in(
+        dir.path(),
+        "tally",
+        &[
+            "export",
+            "--campaign",
+            "c",
+            "--identity",
+            "organizer.age",
+            "--out",
+            "signers.csv",
+            "--server",
+            &base,
+            "--token",
+            "t",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("warning: 2 of 3 signatures could not be opened"),
+        "{}",
+        text(&out)
+    );
+    let csv = std::fs::read_to_string(dir.path().join("signers.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 2, "{csv}");
+    assert!(csv.contains("Signer r1"), "{csv}");
 }
