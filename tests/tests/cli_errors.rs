@@ -363,3 +363,49 @@ fn export_warns_when_some_records_do_not_open() {
     assert_eq!(csv.lines().count(), 2, "{csv}");
     assert!(csv.contains("Signer r1"), "{csv}");
 }
+
+/// A first run from the repository root leaves an organizer's identity, campaign keys, a phone's
+/// database and signers' details in the checkout: git must ignore them (a `git add -A` would
+/// commit an identity and signers), and docs/operations.md's "A first run" works in a scratch
+/// folder.
+#[test]
+fn first_run_files_are_ignored_by_git() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let docs = std::fs::read_to_string(root.join("docs/operations.md")).unwrap();
+    let first_run = docs
+        .split("## A first run")
+        .nth(1)
+        .and_then(|s| s.split("```sh").nth(1))
+        .and_then(|s| s.split("```").next())
+        .expect("docs/operations.md has a ```sh block under \"## A first run\"");
+    let scratch = first_run
+        .find("cd \"$(mktemp -d)\"")
+        .expect("the first run moves to a scratch folder");
+    let first_data = first_run.find("tally serve").expect("the first run serves");
+    assert!(scratch < first_data, "the scratch folder comes first");
+
+    let git = Command::new("git").arg("--version").output();
+    if !git.is_ok_and(|o| o.status.success()) {
+        eprintln!("no git here: .gitignore not checked");
+        return;
+    }
+    for path in [
+        "organizer.age",
+        "tally-keys/3Vt16xB8yr2QixdPwJcbxBVxeUs.key",
+        "tally-phone/tally-device.sqlite3",
+        "signers.csv",
+        "tally-data/admin.token",
+    ] {
+        let out = Command::new("git")
+            .args(["check-ignore", "--no-index", "-q", path])
+            .current_dir(&root)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{path} is not ignored by git: {}",
+            text(&out)
+        );
+    }
+}
