@@ -14,6 +14,8 @@ use crate::api::{CreatedCampaign, SealedRecord};
 pub struct Api {
     /// Base URL, e.g. `http://127.0.0.1:7300`.
     pub server: String,
+    /// Where `server` came from (`--server`, the configuration's `listen`...), for messages.
+    pub origin: String,
     /// Bearer token.
     pub token: String,
 }
@@ -47,11 +49,21 @@ impl Api {
                     .and_then(Value::as_str)
                     .unwrap_or("no details")
                     .to_string();
-                Err(anyhow::anyhow!("the server refused ({code}): {msg}"))
+                let hint = if code == 401 {
+                    "; is this the server whose token this is? pass --server or --token"
+                } else {
+                    ""
+                };
+                Err(anyhow::anyhow!(
+                    "the server at {} ({}) refused ({code}): {msg}{hint}",
+                    self.server,
+                    self.origin
+                ))
             }
             Err(e) => Err(anyhow::anyhow!(
-                "cannot reach the server at {}: {e}; is `tally serve` running there?",
-                self.server
+                "cannot reach the server at {} ({}): {e}; is `tally serve` running there?",
+                self.server,
+                self.origin
             )),
         }
     }

@@ -54,14 +54,14 @@ struct Cli {
 
 #[derive(clap::Args, Clone)]
 struct Remote {
-    /// The server's URL.
-    #[arg(
-        long,
-        env = "TALLY_SERVER",
-        default_value = "http://127.0.0.1:7300",
-        global = true
-    )]
-    server: String,
+    /// The server's URL (default: the `public_url`, else the `listen` address, of the server's
+    /// configuration: --config, DATA/tally.toml, TALLY_* variables; as `tally serve` reads it).
+    #[arg(long, env = "TALLY_SERVER", global = true)]
+    server: Option<String>,
+    /// The server's configuration file, to find the server when --server is not given
+    /// (default DATA/tally.toml if present).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
     /// API token (default: the admin token in DATA/admin.token).
     #[arg(long, env = "TALLY_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
@@ -223,10 +223,56 @@ enum TokenCmd {
 }
 
 fn api(r: &Remote) -> anyhow::Result<Api> {
+    let (server, origin) = match &r.server {
+        Some(url) => (url.clone(), "given by --server or TALLY_SERVER".to_string()),
+        None => server_from_config(r)?,
+    };
     Ok(Api {
-        server: r.server.clone(),
+        server,
+        origin,
         token: client::load_token(r.token.clone(), &r.data)?,
     })
+}
+
+/// The server `tally serve` would be with the same configuration (`--config`, else
+/// `DATA/tally.toml` if present, then the `TALLY_*` variables): its `public_url` if set, else its
+/// `listen` address (a wildcard one asked on loopback). Returns the URL and where it came from.
+fn server_from_config(r: &Remote) -> anyhow::Result<(String, String)> {
+    let cfg = Config::load(r.config.as_deref(), Some(&r.data))?;
+    let default_file = r.data.join("tally.toml");
+    let file = r
+        .config
+        .clone()
+        .or_else(|| default_file.exists().then_some(default_file));
+    let from = |key: &str, var: &str| {
+        if std::env::var_os(var).is_some() {
+            format!("{var}, as `tally serve` reads it")
+        } else {
+            match &file {
+                Some(f) => format!("{key} in {}", f.display()),
+                None => format!(
+                    "the default {key} address; no {}",
+                    r.data.join("tally.toml").display()
+                ),
+            }
+        }
+    };
+    if let Some(url) = &cfg.public_url {
+        return Ok((url.clone(), from("public_url", "TALLY_PUBLIC_URL")));
+    }
+    let mut addr = cfg.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let scheme = if cfg.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    Ok((format!("{scheme}://{addr}"), from("listen", "TALLY_LISTEN")))
 }
 
 fn print(json_out: bool, value: &serde_json::Value, human: impl FnOnce() -> String) {

@@ -409,3 +409,73 @@ fn first_run_files_are_ignored_by_git() {
         );
     }
 }
+
+/// Without `--server` or `TALLY_SERVER`, the organizer commands ask the server the data folder's
+/// `tally.toml` describes (its `public_url`, else its `listen`), not the default port; every
+/// connection or auth error says which server was asked and why that one.
+#[test]
+fn organizer_commands_find_the_server_in_its_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = ServerProcess::start(&data);
+    let url = server.base();
+    let data_arg = data.display().to_string();
+    let config = data.join("tally.toml");
+
+    std::fs::write(&config, format!("listen = \"127.0.0.1:{}\"\n", server.port)).unwrap();
+    let out = run_in(
+        dir.path(),
+        "tally",
+        &["campaign", "list", "--json", "--data", &data_arg],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // A wrong token: the error names the server and where its address came from.
+    let out = run_in(
+        dir.path(),
+        "tally",
+        &["campaign", "list", "--data", &data_arg, "--token", "wrong"],
+        &[],
+    );
+    let line = one_error_line(&out);
+    assert!(line.contains(&format!("the server at {url}")), "{line}");
+    assert!(line.contains("(401)"), "{line}");
+    assert!(line.contains("listen"), "{line}");
+    assert!(line.contains("tally.toml"), "{line}");
+
+    // public_url wins over listen (behind a proxy, listen may be no address to ask).
+    std::fs::write(
+        &config,
+        format!("listen = \"127.0.0.1:1\"\npublic_url = \"{url}\"\n"),
+    )
+    .unwrap();
+    let out = run_in(
+        dir.path(),
+        "tally",
+        &["campaign", "list", "--json", "--data", &data_arg],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // Nobody there: the connection error names the server and the flag that chose it.
+    let out = run_in(
+        dir.path(),
+        "tally",
+        &[
+            "campaign",
+            "list",
+            "--data",
+            &data_arg,
+            "--server",
+            "http://127.0.0.1:1",
+        ],
+        &[],
+    );
+    let line = one_error_line(&out);
+    assert!(
+        line.contains("cannot reach the server at http://127.0.0.1:1"),
+        "{line}"
+    );
+    assert!(line.contains("--server"), "{line}");
+}
