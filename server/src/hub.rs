@@ -758,3 +758,81 @@ impl Hub {
         lock(&self.dirty_live).drain().collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_core::validate::Rejection;
+
+    #[test]
+    fn raw_bytes_are_kept_only_for_rules_that_judge_no_written_value() {
+        let keeps = |rule| Refusal::by_rule(&Rejection::new("signatures/s1", rule, "x")).keep_raw;
+        for rule in [
+            Rule::RoleMayNotWrite,
+            Rule::NotOwner,
+            Rule::Deletion,
+            Rule::WrongKind,
+        ] {
+            assert!(keeps(rule), "{rule:?}");
+        }
+        for rule in [
+            Rule::UnknownField,
+            Rule::TooLarge,
+            Rule::Malformed,
+            Rule::WrongType,
+            Rule::Conflict,
+            Rule::Replaced,
+            Rule::UnsupportedOperation,
+            Rule::Immutable,
+            Rule::ActingAsOther,
+            Rule::Missing,
+            Rule::UnknownEvent,
+        ] {
+            assert!(!keeps(rule), "{rule:?}");
+        }
+        let r = Refusal::by_rule(&Rejection::new(
+            "signatures/s1/name",
+            Rule::UnknownField,
+            "x",
+        ));
+        assert_eq!(r.rule, Some(Rule::UnknownField));
+        assert!(r.reason.contains("signatures/s1/name"));
+    }
+
+    #[test]
+    fn waiting_changes_are_bounded_per_document_and_per_device() {
+        let hub = Hub::new(
+            Arc::new(Store::open_in_memory().unwrap()),
+            HubConfig {
+                idle_unload: Duration::from_secs(60),
+                compact_after_chunks: 64,
+                max_documents_per_device: 64,
+                max_loaded_documents: 0,
+            },
+        );
+        hub.set_sync_limits(SyncLimits {
+            max_pending_bytes_per_document: 100,
+            max_pending_bytes_per_device: 150,
+            ..SyncLimits::default()
+        });
+        let (a, b) = (
+            DocumentId::from_bytes([1; 16]),
+            DocumentId::from_bytes([2; 16]),
+        );
+        hub.reserve_pending(&a, "dev1", 60).unwrap();
+        hub.reserve_pending(&a, "dev2", 40).unwrap();
+        let err = hub.reserve_pending(&a, "dev2", 1).unwrap_err();
+        assert!(err.contains("one document may hold"), "{err}");
+        hub.reserve_pending(&b, "dev1", 90).unwrap();
+        let err = hub.reserve_pending(&b, "dev1", 1).unwrap_err();
+        assert!(err.contains("one device may"), "{err}");
+        assert_eq!(hub.pending_bytes(&a, "dev1"), (100, 150));
+        hub.release_pending(&a, "dev1", 60);
+        hub.release_pending(&b, "dev1", 90);
+        assert_eq!(hub.pending_bytes(&b, "dev1"), (0, 0));
+        hub.reserve_pending(&b, "dev1", 100).unwrap();
+        // Releasing more than was reserved never goes below zero.
+        hub.release_pending(&a, "dev2", 1_000);
+        assert_eq!(hub.pending_bytes(&a, "dev2"), (0, 0));
+    }
+}

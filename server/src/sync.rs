@@ -223,7 +223,10 @@ impl Conn {
             Ok(s) => s,
             Err(reason) => {
                 self.drop_pending(&doc);
-                let refusal = Refusal::server(reason, false);
+                // Bytes that do not even parse are kept like those automerge cannot apply
+                // (small ones, for the app's developers); bytes over the bounds are not.
+                let unparsable = reason.starts_with("the changes could not be applied");
+                let refusal = Refusal::server(reason, unparsable);
                 if let Err(e) =
                     self.hub
                         .refuse(&self.device.device_id, &doc.to_string(), &refusal, raw, &[])

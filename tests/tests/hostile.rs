@@ -257,6 +257,9 @@ async fn the_bad_input_catalogue() {
                 &MAX_CONNS_PER_ADDRESS.to_string(),
             ),
             ("TALLY_SEND_TIMEOUT_SECS", "2"),
+            // No frame budget: case 28 floods a connection to test the send timeout (the
+            // budget has its own cases in hostile_sync.rs).
+            ("TALLY_MAX_FRAMES_PER_SECOND", "0"),
             (
                 "TALLY_MAX_CONNECTIONS_PER_DEVICE",
                 &MAX_CONNS_PER_DEVICE.to_string(),

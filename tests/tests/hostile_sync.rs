@@ -260,9 +260,13 @@ fn list_of(n: usize) -> Automerge {
     let mut doc = Automerge::new();
     let mut tx = doc.transaction();
     let list = tx.put_object(ROOT, "l", automerge::ObjType::List).unwrap();
-    for i in 0..n {
-        tx.insert(&list, i, 1i64).unwrap();
-    }
+    tx.splice(
+        &list,
+        0,
+        0,
+        std::iter::repeat_n(automerge::ScalarValue::Int(1), n),
+    )
+    .unwrap();
     tx.commit();
     doc
 }
@@ -448,7 +452,7 @@ async fn the_cost_of_a_sync_is_bounded() {
         // Into a new document (the creation path) and into the attacker's own collection.
         for target in [new_id(), own] {
             let t0 = Instant::now();
-            let data = raw_sync(&[], &[], &[], &[bytes.clone()]);
+            let data = raw_sync(&[], &[], &[], std::slice::from_ref(&bytes));
             send(&mut ws, sync_frame("mallory-1", &server_id, target, data)).await;
             let (errors, _, closed) = hear_answer(&mut ws, Duration::from_secs(20)).await;
             assert!(
@@ -647,7 +651,8 @@ async fn the_cost_of_a_sync_is_bounded() {
     rig.stored += 1;
     let before = eve_phone.docs[&eve_doc].clone();
     let secret_name = "Zanele Plaintext-Secret";
-    let refusals: Vec<(&str, Box<dyn Fn(&mut Automerge)>)> = vec![
+    type Edit = Box<dyn Fn(&mut Automerge)>;
+    let refusals: Vec<(&str, Edit)> = vec![
         (
             "a plaintext name in an unknown field",
             Box::new(move |doc: &mut Automerge| {
@@ -830,28 +835,37 @@ async fn measure_attacks() {
                 let chunk = list_of(5_000_000).save();
                 println!("document chunk: {} bytes", chunk.len());
                 (0..4)
-                    .map(|_| vec![raw_sync(&[], &[], &[], &[chunk.clone()])])
+                    .map(|_| vec![raw_sync(&[], &[], &[], std::slice::from_ref(&chunk))])
                     .collect()
             }
             "orphans" => {
-                let mut doc = base.fork();
-                let mut tx = doc.transaction();
-                tx.put(ROOT, "withheld", 1).unwrap();
-                tx.commit();
-                let withheld = doc.get_heads();
-                for i in 0..12 {
+                // Four connections, three 12 MB frames each, every frame different orphans
+                // (1 MB values that automerge does not compress away), all for one document.
+                let frame = |tag: usize| {
+                    let mut doc = base.fork();
                     let mut tx = doc.transaction();
-                    tx.put(ROOT, format!("pad{i}"), "x".repeat(1 << 20))
-                        .unwrap();
+                    tx.put(ROOT, "withheld", tag as i64).unwrap();
                     tx.commit();
-                }
-                let chunks: Vec<Vec<u8>> = doc
-                    .get_changes(&withheld)
-                    .iter()
-                    .map(|c| c.raw_bytes().to_vec())
-                    .collect();
-                let heads: Vec<[u8; 32]> = doc.get_heads().iter().map(|h| h.0).collect();
-                vec![vec![raw_sync(&heads, &[], &[], &chunks)]; 4]
+                    let withheld = doc.get_heads();
+                    for i in 0..12 {
+                        let mut tx = doc.transaction();
+                        let noise: String = (0..(1usize << 20))
+                            .map(|j| char::from(b'a' + ((j * 7 + i * 13 + tag * 31) % 26) as u8))
+                            .collect();
+                        tx.put(ROOT, format!("pad{i}"), noise).unwrap();
+                        tx.commit();
+                    }
+                    let chunks: Vec<Vec<u8>> = doc
+                        .get_changes(&withheld)
+                        .iter()
+                        .map(|c| c.raw_bytes().to_vec())
+                        .collect();
+                    let heads: Vec<[u8; 32]> = doc.get_heads().iter().map(|h| h.0).collect();
+                    raw_sync(&heads, &[], &[], &chunks)
+                };
+                (0..4)
+                    .map(|n| (0..3).map(|k| frame(n * 3 + k)).collect())
+                    .collect()
             }
             "quarantine" => {
                 let mut doc = base.fork();
@@ -880,6 +894,7 @@ async fn measure_attacks() {
             let url = server.ws();
             let tok = mtok.clone();
             let is_flood = attack == "flood";
+            let is_orphans = attack == "orphans";
             tasks.push(tokio::spawn(async move {
                 let mut ws = Peer::open(&url, Some(&tok)).await.unwrap();
                 let me = format!("attacker-{n}");
@@ -902,7 +917,7 @@ async fn measure_attacks() {
                     let (mut tx, mut rx) = ws.split();
                     let drain = tokio::spawn(async move { while rx.next().await.is_some() {} });
                     while Instant::now() < end {
-                        let b = if sent % 2 == 0 {
+                        let b = if sent.is_multiple_of(2) {
                             vec![0x01]
                         } else {
                             vec![0x02]
@@ -917,7 +932,11 @@ async fn measure_attacks() {
                 }
                 let count = conn_frames.len();
                 for (i, data) in conn_frames.into_iter().enumerate() {
-                    let target = if i % 2 == 0 { own } else { new_id() };
+                    let target = if i % 2 == 0 || is_orphans {
+                        own
+                    } else {
+                        new_id()
+                    };
                     let _ = ws
                         .send(WsMessage::Binary(
                             sync_frame(&me, &sid, target, data).into(),

@@ -127,6 +127,70 @@ impl SyncBounds {
         Ok(())
     }
 
+    /// The same counts as [`SyncBounds::check`], read from the encoded message before
+    /// automerge decodes it: decoding allocates per entry (a frame of millions of empty `have`
+    /// entries or empty change chunks costs hundreds of MB to decode), so the counts are
+    /// refused first. Malformed input is left to automerge's decoder to name.
+    pub fn precheck(&self, data: &[u8]) -> Result<(), String> {
+        let over = |what: &str, n: u64, max: usize| {
+            format!(
+                "{what}: {n}, more than the {max} a sync message may carry (automerge peers send far fewer); the message was not applied"
+            )
+        };
+        let mut rest = data.get(1..).unwrap_or_default();
+        let Some(heads) = read_uleb(&mut rest) else {
+            return Ok(());
+        };
+        if heads > self.max_heads as u64 {
+            return Err(over("heads", heads, self.max_heads));
+        }
+        if skip(&mut rest, heads * 32, "heads").is_err() {
+            return Ok(());
+        }
+        let Some(need) = read_uleb(&mut rest) else {
+            return Ok(());
+        };
+        if need > self.max_need as u64 {
+            return Err(over("need hashes", need, self.max_need));
+        }
+        if skip(&mut rest, need * 32, "need").is_err() {
+            return Ok(());
+        }
+        let Some(haves) = read_uleb(&mut rest) else {
+            return Ok(());
+        };
+        if haves > self.max_haves as u64 {
+            return Err(over("have entries", haves, self.max_haves));
+        }
+        for _ in 0..haves {
+            let Some(last_sync) = read_uleb(&mut rest) else {
+                return Ok(());
+            };
+            if last_sync > self.max_last_sync as u64 {
+                return Err(over(
+                    "last-sync hashes in a have entry",
+                    last_sync,
+                    self.max_last_sync,
+                ));
+            }
+            if skip(&mut rest, last_sync * 32, "last sync").is_err() {
+                return Ok(());
+            }
+            let Some(len) = read_uleb(&mut rest) else {
+                return Ok(());
+            };
+            if skip(&mut rest, len, "bloom").is_err() {
+                return Ok(());
+            }
+        }
+        if let Some(chunks) = read_uleb(&mut rest)
+            && chunks > self.max_chunks as u64
+        {
+            return Err(over("change chunks", chunks, self.max_chunks));
+        }
+        Ok(())
+    }
+
     fn check_bloom(&self, bytes: &[u8]) -> Result<(), String> {
         let mut rest = bytes;
         if rest.is_empty() {
@@ -227,11 +291,17 @@ fn change_hash(body: &[u8]) -> automerge::ChangeHash {
     automerge::ChangeHash(hasher.finalize().into())
 }
 
+/// The words for bytes automerge could not load either (the same as the server's own refusal
+/// of corrupted changes).
+fn malformed(why: &str) -> String {
+    format!(
+        "the changes could not be applied (a chunk is malformed: {why}); the sending app must resend them intact"
+    )
+}
+
 /// (chunk type, body, the bytes after the chunk).
 fn split_chunk(input: &[u8]) -> Result<(u8, &[u8], &[u8]), String> {
-    let bad = |why: &str| {
-        format!("a change chunk is malformed ({why}); the sending app must resend it intact")
-    };
+    let bad = |why: &str| malformed(why);
     if input.len() < 9 {
         return Err(bad("shorter than a chunk header"));
     }
@@ -252,9 +322,9 @@ fn split_chunk(input: &[u8]) -> Result<(u8, &[u8], &[u8]), String> {
 fn inflate(data: &[u8], max: usize) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     let mut decoder = flate2::read::DeflateDecoder::new(data).take((max as u64).saturating_add(1));
-    decoder.read_to_end(&mut out).map_err(|e| {
-        format!("a compressed chunk does not inflate ({e}); the sending app must resend it intact")
-    })?;
+    decoder
+        .read_to_end(&mut out)
+        .map_err(|e| malformed(&format!("a compressed chunk does not inflate: {e}")))?;
     if out.len() > max {
         return Err(format!(
             "compressed data inflates past {max} bytes, more than one sync message may expand to; split the changes over several messages"
@@ -266,14 +336,14 @@ fn inflate(data: &[u8], max: usize) -> Result<Vec<u8>, String> {
 fn skip(rest: &mut &[u8], n: u64, what: &str) -> Result<(), String> {
     let n = usize::try_from(n).ok().filter(|n| *n <= rest.len());
     let Some(n) = n else {
-        return Err(format!("a chunk is malformed (truncated {what})"));
+        return Err(malformed(&format!("truncated {what}")));
     };
     *rest = &rest[n..];
     Ok(())
 }
 
 fn uleb(rest: &mut &[u8], what: &str) -> Result<u64, String> {
-    read_uleb(rest).ok_or_else(|| format!("a chunk is malformed (truncated {what})"))
+    read_uleb(rest).ok_or_else(|| malformed(&format!("truncated {what}")))
 }
 
 /// Skips a length-prefixed list of length-prefixed byte strings (actor ids).
@@ -295,7 +365,7 @@ fn columns(rest: &mut &[u8]) -> Result<Vec<(u64, u64)>, String> {
         let len = uleb(rest, "column length")?;
         cols.push((spec, len));
         if cols.len() > 1_024 {
-            return Err("a chunk is malformed (more than 1,024 columns)".to_owned());
+            return Err(malformed("more than 1,024 columns"));
         }
     }
     Ok(cols)
@@ -365,7 +435,7 @@ fn rows_of_columns(
 
 /// How many rows one column's data encodes, summing run lengths without expanding them.
 fn column_rows(col_type: u64, data: &[u8]) -> Result<u64, String> {
-    let bad = || "a chunk is malformed (a column's runs are truncated)".to_owned();
+    let bad = || malformed("a column's runs are truncated");
     let mut rest = data;
     let mut rows = 0u64;
     match col_type {
@@ -674,6 +744,32 @@ mod tests {
         let mut m = real;
         m.need = vec![hash, hash];
         assert!(bounds.check(&m).unwrap_err().contains("twice"));
+    }
+
+    #[test]
+    fn counts_are_refused_before_decoding() {
+        let b = SyncBounds::default();
+        let mut m = vec![0x42, 0, 0];
+        write_uleb(&mut m, 5_000_000);
+        m.extend(std::iter::repeat_n(0u8, 10_000_000));
+        assert!(
+            b.precheck(&m)
+                .unwrap_err()
+                .contains("have entries: 5000000")
+        );
+        let mut m = vec![0x42, 0, 0, 0];
+        write_uleb(&mut m, 200_000);
+        assert!(
+            b.precheck(&m)
+                .unwrap_err()
+                .contains("change chunks: 200000")
+        );
+        let doc = doc_with(3);
+        let real = doc.generate_sync_message(&mut sync::State::new()).unwrap();
+        assert!(b.precheck(&real.encode()).is_ok());
+        for short in [&[][..], &[0x42], &[0x42, 5], &[0x42, 0, 0, 1, 3]] {
+            assert!(b.precheck(short).is_ok(), "left to automerge's decoder");
+        }
     }
 
     #[test]

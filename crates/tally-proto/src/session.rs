@@ -779,6 +779,7 @@ fn decode_sync(
     bounds: &SyncBounds,
 ) -> Result<sync::Message, SessionError> {
     let bad = |reason: String| SessionError::BadSyncMessage { kind, doc, reason };
+    bounds.precheck(data).map_err(bad)?;
     let message = sync::Message::decode(data).map_err(|e| bad(e.to_string()))?;
     bounds.check(&message).map_err(bad)?;
     Ok(message)
