@@ -1082,7 +1082,11 @@ async fn small_cells_are_hidden_from_organizers_and_shown_to_the_admin() {
         ("2025-06-14T23:59:59.999Z", "2025-06-15T00:00:00.001Z"),
     ] {
         let q = format!("?from={}&to={}", enc(from), enc(to));
-        let ms = |t: &str| chrono::DateTime::parse_from_rfc3339(t).unwrap().timestamp_millis();
+        let ms = |t: &str| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .unwrap()
+                .timestamp_millis()
+        };
         let tz = &s.c.world.campaign.timezone;
         let want = |t: &str, up: bool| {
             chrono::DateTime::from_timestamp_millis(tally_core::totals::snap_to_day(ms(t), tz, up))
