@@ -123,6 +123,12 @@ impl Server {
                 "RUST_LOG",
                 std::env::var("TALLY_BENCH_SERVER_LOG").unwrap_or("warn".into()),
             )
+            // Every simulated phone comes from 127.0.0.1, where real ones come from many
+            // addresses: the per-address limits on enrollment and on connections still in their
+            // upgrade would otherwise refuse most of the reconnect wave.
+            .env("TALLY_MAX_ENROLLMENTS_PER_ADDRESS", "1000000")
+            .env("TALLY_MAX_CONNECTIONS_PER_ADDRESS", "100000")
+            .env("TALLY_MAX_PENDING_CONNECTIONS", "4096")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
