@@ -174,7 +174,9 @@ impl Default for Config {
             frame_burst: 5_000,
             max_pending_bytes_per_document: 4 * 1024 * 1024,
             max_pending_bytes_per_device: 8 * 1024 * 1024,
-            quarantine_max_raw_bytes: 16 * 1024,
+            // None by default: a message refused for who wrote it was never judged field by
+            // field, so its bytes may hold a plaintext name (docs/security.md).
+            quarantine_max_raw_bytes: 0,
             quarantine_raw_bytes_per_device: 256 * 1024,
             quarantine_raw_bytes_total: 16 * 1024 * 1024,
             quarantine_entries_per_device: 1_000,
