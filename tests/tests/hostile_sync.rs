@@ -171,16 +171,8 @@ fn sync_frame(me: &str, server: &PeerId, doc: DocumentId, data: Vec<u8>) -> Vec<
     })
 }
 
-fn leb(out: &mut Vec<u8>, mut n: u64) {
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
+fn leb(out: &mut Vec<u8>, n: u64) {
+    tally_proto::bounds::write_uleb(out, n);
 }
 
 /// A V1 sync message written byte by byte: heads, needs, haves (last sync, bloom bytes),

@@ -515,7 +515,9 @@ fn read_sleb(input: &mut &[u8]) -> Option<i64> {
     }
 }
 
-fn write_uleb(out: &mut Vec<u8>, mut n: u64) {
+/// Appends `n` as unsigned LEB128, the integer encoding of automerge's chunks and sync
+/// messages (also what tests use to build hostile ones).
+pub fn write_uleb(out: &mut Vec<u8>, mut n: u64) {
     loop {
         let byte = (n & 0x7f) as u8;
         n >>= 7;

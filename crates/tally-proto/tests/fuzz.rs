@@ -256,16 +256,8 @@ fn frames_of_many_tiny_items_are_refused_before_decoding() {
     assert!(wire::decode(&big).is_ok());
 }
 
-fn leb(out: &mut Vec<u8>, mut n: u64) {
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
+fn leb(out: &mut Vec<u8>, n: u64) {
+    tally_proto::bounds::write_uleb(out, n);
 }
 
 /// A structurally valid V1 sync message with arbitrary contents.
