@@ -453,6 +453,25 @@ pub fn create(campaign: &str, owner: &str) -> Result<Automerge, WriteError> {
     Ok(doc::create(DocKind::Collection, campaign, Some(owner), &[]))
 }
 
+/// A new collection that continues `previous` (the document id of the phone's collection before
+/// it in its chain: after a roll-over, a refusal or a re-enrollment). The link is part of the
+/// header: written in the first change, never changed.
+pub fn create_continuing(
+    campaign: &str,
+    owner: &str,
+    previous: &str,
+) -> Result<Automerge, WriteError> {
+    check_id("campaign", campaign)?;
+    check_id("owner", owner)?;
+    check_id(doc::KEY_CONTINUES, previous)?;
+    Ok(doc::create(
+        DocKind::Collection,
+        campaign,
+        Some(owner),
+        &[(doc::KEY_CONTINUES, ScalarValue::Str(previous.into()))],
+    ))
+}
+
 fn owner_of(doc: &Automerge) -> Result<(String, String), WriteError> {
     let h = DocHeader::read(doc)?;
     if h.kind != DocKind::Collection {

@@ -21,6 +21,9 @@ pub const KEY_SCHEMA: &str = "schema";
 pub const KEY_CAMPAIGN: &str = "campaign";
 /// Root key of a collection's owner (the canvasser who writes it).
 pub const KEY_OWNER: &str = "owner";
+/// Root key of the collection a collection continues (the phone's previous collection in the
+/// chain; docs/documents.md, "A chain of collections"). Optional; written once, at creation.
+pub const KEY_CONTINUES: &str = "continues";
 
 /// The four kinds of tally document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -73,6 +76,7 @@ impl DocKind {
             ],
             DocKind::Collection => &[
                 ("owner", Header),
+                ("continues", Header),
                 ("signatures", Records),
                 ("checkins", Records),
             ],
@@ -112,6 +116,9 @@ pub struct DocHeader {
     pub campaign: String,
     /// A collection's owner; `None` for the other kinds.
     pub owner: Option<String>,
+    /// The collection this collection continues (its document id), if it is not the first of
+    /// its phone's chain; `None` for the other kinds.
+    pub continues: Option<String>,
 }
 
 impl DocHeader {
@@ -168,11 +175,21 @@ impl DocHeader {
         } else {
             None
         };
+        let continues = if kind == DocKind::Collection {
+            let continues = get_str(doc, &ROOT, KEY_CONTINUES, KEY_CONTINUES)?;
+            if let Some(c) = &continues {
+                crate::fields::check_id(KEY_CONTINUES, c)?;
+            }
+            continues
+        } else {
+            None
+        };
         Ok(DocHeader {
             kind,
             schema,
             campaign,
             owner,
+            continues,
         })
     }
 }

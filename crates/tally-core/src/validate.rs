@@ -239,6 +239,7 @@ pub fn validate(
             ("schema", old.schema == header.schema),
             ("campaign", old.campaign == header.campaign),
             ("owner", old.owner == header.owner),
+            ("continues", old.continues == header.continues),
         ] {
             if !same {
                 return Err(Rejection::new(
@@ -460,6 +461,7 @@ fn judge_overwritten(
                 doc::KEY_SCHEMA,
                 doc::KEY_CAMPAIGN,
                 doc::KEY_OWNER,
+                doc::KEY_CONTINUES,
             ]
             .contains(&o.key.as_str());
             let slot = header

@@ -369,6 +369,43 @@ fn refuses_header_and_immutable_changes() {
     );
 }
 
+/// A chain of collections: a collection may name the one it continues in its first change, and
+/// never afterwards; the link is an id.
+#[test]
+fn a_collection_names_what_it_continues_once() {
+    let w = World::new();
+    let a = alice();
+    let next = collection::create_continuing(CAMPAIGN, ALICE, "prevDoc1").unwrap();
+    let accepted = validate(&Automerge::new(), &next, &a, Some(&w.campaign)).expect("accepted");
+    let header = accepted.header.expect("a header");
+    assert_eq!(header.continues.as_deref(), Some("prevDoc1"));
+    assert_eq!(
+        tally_core::DocHeader::read(&alice_collection(&w))
+            .unwrap()
+            .continues,
+        None,
+        "a first collection continues nothing"
+    );
+    refused(
+        &next,
+        &edit(&next, |tx| tx.put(ROOT, "continues", "otherDoc").unwrap()),
+        &a,
+        &w,
+        Rule::Immutable,
+        "continues",
+    );
+    let first = alice_collection(&w);
+    refused(
+        &first,
+        &edit(&first, |tx| tx.put(ROOT, "continues", "prevDoc1").unwrap()),
+        &a,
+        &w,
+        Rule::Immutable,
+        "continues",
+    );
+    assert!(collection::create_continuing(CAMPAIGN, ALICE, "not an id!").is_err());
+}
+
 #[test]
 fn refuses_bad_fields() {
     let w = World::new();
