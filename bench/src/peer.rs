@@ -41,17 +41,15 @@ pub struct Phone {
 impl Phone {
     /// A freshly enrolled phone: the server's answer to `POST /api/v1/enroll` and a new
     /// collection document (`collection::create`, as `Device::complete_enrollment` makes it).
-    pub fn enrolled(answer: &serde_json::Value) -> Result<Phone> {
-        let s = |k: &str| {
-            answer[k]
-                .as_str()
-                .map(str::to_string)
+    pub fn enrolled(answer: &tally_server::api::types::Enrolled) -> Result<Phone> {
+        let s = |k: &str, v: &Option<String>| {
+            v.clone()
                 .with_context(|| format!("{k} in the enrollment answer"))
         };
-        let device_id = s("device_id")?;
-        let campaign_id = s("campaign")?;
-        let campaign = DocumentId::from_url(&s("campaign_url")?)?;
-        let totals = DocumentId::from_url(&s("totals_url")?)?;
+        let device_id = answer.device_id.clone();
+        let campaign_id = s("campaign", &answer.campaign)?;
+        let campaign = DocumentId::from_url(&s("campaign_url", &answer.campaign_url)?)?;
+        let totals = DocumentId::from_url(&s("totals_url", &answer.totals_url)?)?;
         let collection = DocumentId::random(&mut rand::thread_rng());
         let doc = tally_core::collection::create(&campaign_id, &device_id)
             .map_err(|e| anyhow!("creating the collection: {e}"))?;
@@ -61,7 +59,7 @@ impl Phone {
         docs.insert(totals, Automerge::new());
         Ok(Phone {
             device_id,
-            token: s("token")?,
+            token: answer.token.clone(),
             storage_id: hex::encode(rand::random::<[u8; 16]>()),
             collection,
             campaign,

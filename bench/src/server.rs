@@ -7,7 +7,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tally_server::api::types::{
+    self, EnrollRequest, Enrolled, Invite, InviteRequest, NewCampaign, NewEvent,
+};
 
 /// Where the `tally` binary is: `explicit`, else `$TALLY_BIN`, else next to this executable
 /// (`target/release/tally` beside `target/release/tally-bench`), else one folder up (when this
@@ -268,7 +273,12 @@ impl Api {
     }
 
     /// One call; returns (status, JSON body).
-    pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value)> {
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<(u16, Value)> {
         let req = self
             .agent
             .request(method, &format!("{}{path}", self.base))
@@ -284,72 +294,84 @@ impl Api {
         }
     }
 
-    fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
-        let (status, v) = self.call(method, path, body)?;
+    /// A call that must answer 200 with an `R`.
+    fn ok<R: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<R> {
+        let (status, v) = self.call(method, path, Some(body))?;
         if status != 200 {
             bail!("HTTP {method} {path} answered {status}: {v}");
         }
-        Ok(v)
+        serde_json::from_value(v).with_context(|| format!("the answer of {method} {path}"))
     }
 
     /// Creates a campaign sealed to `recipients`, with one event starting now.
     pub fn create_campaign(&self, recipients: &[String], now_ms: i64) -> Result<CreatedCampaign> {
-        let v = self.ok(
+        let created: types::CreatedCampaign = self.ok(
             "POST",
             "/api/v1/campaigns",
-            Some(json!({
-                "title": "Status for All (benchmark)",
-                "petition": "We call on the Government of Canada to regularize all undocumented people.",
-                "addressee": "the House of Commons",
-                "goal": 1_000_000,
-                "timezone": "America/Toronto",
-                "recipients": recipients,
-            })),
+            &NewCampaign {
+                title: "Status for All (benchmark)".into(),
+                petition:
+                    "We call on the Government of Canada to regularize all undocumented people."
+                        .into(),
+                addressee: "the House of Commons".into(),
+                goal: 1_000_000,
+                timezone: "America/Toronto".into(),
+                recipients: recipients.to_vec(),
+            },
         )?;
-        let id = v["campaign"]
-            .as_str()
-            .context("campaign id in the answer")?
-            .to_string();
-        let ev = self.ok(
+        let id = created.campaign;
+        let ev: types::Event = self.ok(
             "POST",
             &format!("/api/v1/campaigns/{id}/events"),
-            Some(json!({
-                "id": "march-end",
-                "name": "End of the march",
-                "city": "Toronto",
-                "starts_at": now_ms,
-                "place": "Queen's Park",
-            })),
+            &NewEvent {
+                id: Some("march-end".into()),
+                name: "End of the march".into(),
+                city: "Toronto".into(),
+                starts_at: now_ms.into(),
+                place: "Queen's Park".into(),
+            },
         )?;
-        Ok(CreatedCampaign {
-            id,
-            event: ev["id"].as_str().unwrap_or("march-end").to_string(),
-        })
+        Ok(CreatedCampaign { id, event: ev.id })
     }
 
     /// Creates a one-time canvasser invite; returns its code.
     pub fn invite(&self, campaign: &str) -> Result<String> {
-        let v = self.ok(
+        let inv: Invite = self.ok(
             "POST",
             "/api/v1/invites",
-            Some(json!({ "campaign": campaign, "role": "canvasser" })),
+            &InviteRequest {
+                campaign: campaign.to_string(),
+                role: "canvasser".into(),
+            },
         )?;
-        Ok(v["code"].as_str().context("invite code")?.to_string())
+        Ok(inv.code)
     }
 
     /// Redeems an invite code; returns the server's answer (device id, token, document URLs).
-    pub fn enroll(&self, code: &str, name: &str) -> Result<Value> {
+    pub fn enroll(&self, code: &str, name: &str) -> Result<Enrolled> {
         self.ok(
             "POST",
             "/api/v1/enroll",
-            Some(json!({ "code": code, "name": name })),
+            &EnrollRequest {
+                code: code.to_string(),
+                name: name.to_string(),
+            },
         )
     }
 
     /// The campaign's totals; returns (status, body, latency).
     pub fn totals(&self, campaign: &str) -> Result<(u16, Value, Duration)> {
         let t = Instant::now();
-        let (s, v) = self.call("GET", &format!("/api/v1/campaigns/{campaign}/totals"), None)?;
+        let (s, v) = self.call(
+            "GET",
+            &format!("/api/v1/campaigns/{campaign}/totals"),
+            None::<&()>,
+        )?;
         Ok((s, v, t.elapsed()))
     }
 }

@@ -191,13 +191,14 @@ pub fn local(n: usize) -> Result<Setup> {
     let mut phones = Vec::with_capacity(n);
     for _ in 0..n {
         let device_id = hex::encode(rand::random::<[u8; 8]>());
-        let answer = serde_json::json!({
-            "device_id": device_id,
-            "token": "local",
-            "campaign": init.id,
-            "campaign_url": campaign_id.to_url(),
-            "totals_url": totals.to_url(),
-        });
+        let answer = tally_server::api::types::Enrolled {
+            device_id,
+            token: "local".into(),
+            role: "canvasser".into(),
+            campaign: Some(init.id.clone()),
+            campaign_url: Some(campaign_id.to_url()),
+            totals_url: Some(totals.to_url()),
+        };
         phones.push(Phone::enrolled(&answer)?);
     }
     let base_heads = phones

@@ -5,10 +5,12 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tally_core::seal::{self, DuplicateKey};
 
-use crate::api::{CreatedCampaign, SealedRecord};
+use crate::api::types::{CreatedCampaign, Invite, InviteRequest, NewCampaign, SealedRecord};
 
 /// How to reach the server.
 pub struct Api {
@@ -32,7 +34,12 @@ pub fn load_token(token: Option<String>, data: &Path) -> anyhow::Result<String> 
 }
 
 impl Api {
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    fn call<R: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> anyhow::Result<R> {
         let url = format!("{}{}", self.server.trim_end_matches('/'), path);
         let req =
             ureq::request(method, &url).set("Authorization", &format!("Bearer {}", self.token));
@@ -68,14 +75,18 @@ impl Api {
         }
     }
 
-    /// POST JSON.
-    pub fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+    /// POSTs `body` (one of [`crate::api::types`]) and reads the answer as `R`.
+    pub fn post<R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> anyhow::Result<R> {
         self.call("POST", path, Some(body))
     }
 
-    /// GET JSON.
-    pub fn get(&self, path: &str) -> anyhow::Result<Value> {
-        self.call("GET", path, None)
+    /// GETs `path` and reads the answer as `R`.
+    pub fn get<R: DeserializeOwned>(&self, path: &str) -> anyhow::Result<R> {
+        self.call("GET", path, None::<&()>)
     }
 }
 
@@ -85,8 +96,12 @@ pub fn key_path(keys: &Path, campaign: &str) -> PathBuf {
 }
 
 /// Creates a campaign and its duplicate key (kept in `keys`, mode 0600).
-pub fn campaign_create(api: &Api, keys: &Path, body: Value) -> anyhow::Result<CreatedCampaign> {
-    let created: CreatedCampaign = serde_json::from_value(api.post("/api/v1/campaigns", body)?)?;
+pub fn campaign_create(
+    api: &Api,
+    keys: &Path,
+    body: &NewCampaign,
+) -> anyhow::Result<CreatedCampaign> {
+    let created: CreatedCampaign = api.post("/api/v1/campaigns", body)?;
     std::fs::create_dir_all(keys)?;
     crate::write_secret(
         &key_path(keys, &created.campaign),
@@ -107,13 +122,16 @@ pub fn read_key(keys: &Path, campaign: &str) -> anyhow::Result<DuplicateKey> {
 /// Creates an invite and the payload a phone reads from a QR code.
 pub fn invite(api: &Api, keys: &Path, campaign: &str, role: &str) -> anyhow::Result<Value> {
     let key = read_key(keys, campaign)?;
-    let inv = api.post(
+    let inv: Invite = api.post(
         "/api/v1/invites",
-        json!({ "campaign": campaign, "role": role }),
+        &InviteRequest {
+            campaign: campaign.to_string(),
+            role: role.to_string(),
+        },
     )?;
-    let payload = json!({ "v": 1, "server": inv["server"], "code": inv["code"], "campaign": inv["campaign"], "key": key.to_hex() });
+    let payload = json!({ "v": 1, "server": inv.server, "code": inv.code, "campaign": inv.campaign, "key": key.to_hex() });
     Ok(
-        json!({ "code": inv["code"], "expires_at": inv["expires_at"], "role": inv["role"], "payload": payload }),
+        json!({ "code": inv.code, "expires_at": inv.expires_at, "role": inv.role, "payload": payload }),
     )
 }
 
@@ -144,8 +162,7 @@ pub fn export(
     let text = std::fs::read_to_string(identity)
         .map_err(|e| anyhow::anyhow!("cannot read identity file {}: {e}", identity.display()))?;
     let id = seal::parse_identity(&text)?;
-    let records: Vec<SealedRecord> =
-        serde_json::from_value(api.get(&format!("/api/v1/campaigns/{campaign}/sealed"))?)?;
+    let records: Vec<SealedRecord> = api.get(&format!("/api/v1/campaigns/{campaign}/sealed"))?;
     let mut csv = String::from(
         "id,collected_at,collected_by,event,city,fsa,riding,consent_contact,counted,withdrawn,name,email,phone,street,postal_code\n",
     );

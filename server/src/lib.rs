@@ -187,18 +187,18 @@ route_table! {
     get "/healthz" => healthz,
     get "/sync" => sync_upgrade,
     get "/api/v1/openapi.json" => api::openapi,
-    post "/api/v1/enroll" => api::enroll,
-    get "/api/v1/campaigns" => api::list_campaigns,
-    post "/api/v1/campaigns" => api::create_campaign,
-    post "/api/v1/campaigns/{id}/events" => api::add_event,
-    get "/api/v1/campaigns/{id}/totals" => api::totals,
-    get "/api/v1/campaigns/{id}/totals/stream" => api::totals_stream,
-    get "/api/v1/campaigns/{id}/sealed" => api::sealed,
-    post "/api/v1/campaigns/{id}/strikes" => api::strike,
-    post "/api/v1/campaigns/{id}/sheets" => api::sheet,
-    post "/api/v1/invites" => api::invite,
-    get "/api/v1/devices" => api::list_devices,
-    post "/api/v1/devices/{id}/revoke" => api::revoke,
+    post "/api/v1/enroll" => api::devices::enroll,
+    get "/api/v1/campaigns" => api::campaigns::list_campaigns,
+    post "/api/v1/campaigns" => api::campaigns::create_campaign,
+    post "/api/v1/campaigns/{id}/events" => api::campaigns::add_event,
+    get "/api/v1/campaigns/{id}/totals" => api::totals::totals,
+    get "/api/v1/campaigns/{id}/totals/stream" => api::totals::totals_stream,
+    get "/api/v1/campaigns/{id}/sealed" => api::export::sealed,
+    post "/api/v1/campaigns/{id}/strikes" => api::review::strike,
+    post "/api/v1/campaigns/{id}/sheets" => api::review::sheet,
+    post "/api/v1/invites" => api::devices::invite,
+    get "/api/v1/devices" => api::devices::list_devices,
+    post "/api/v1/devices/{id}/revoke" => api::devices::revoke,
 }
 
 /// Builds the router.
@@ -236,8 +236,8 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> 
 
 async fn sync_upgrade(State(state): State<Arc<AppState>>, req: axum::extract::Request) -> Response {
     let (mut parts, _body) = req.into_parts();
-    let device = match api::Auth::from_request_parts(&mut parts, &state).await {
-        Ok(api::Auth(d)) => d,
+    let device = match api::auth::Auth::from_request_parts(&mut parts, &state).await {
+        Ok(api::auth::Auth(d)) => d,
         Err(e) => return e.into_response(),
     };
     let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {

@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::AppState;
-use crate::api::{TotalsRequest, answer_totals, blocking};
+use crate::api::totals::{TotalsRequest, answer};
 
 /// The shortest time between two events of one stream.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(250);
@@ -125,9 +125,7 @@ impl Subscriber {
                 self.rx.borrow_and_update();
             }
             self.first = false;
-            let st = self.state.clone();
-            let req = self.req.clone();
-            let answer = blocking(move || answer_totals(&st, &req)).await;
+            let answer = answer(self.state.clone(), self.req.clone()).await;
             self.next_at = Instant::now() + MIN_INTERVAL;
             match answer.and_then(|a| {
                 serde_json::to_string(&a)

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde_json::json;
+use tally_server::api::types::{
+    CampaignList, Device, Event, NewCampaign, NewEvent, Revoked, TotalsResponse,
+};
 use tally_server::client::{self, Api};
 use tally_server::config::Config;
 
@@ -469,7 +472,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     let c = client::campaign_create(
                         &a,
                         &remote.keys,
-                        json!({ "title": title, "petition": petition, "addressee": addressee, "goal": goal, "timezone": timezone, "recipients": recipients }),
+                        &NewCampaign {
+                            title,
+                            petition,
+                            addressee,
+                            goal,
+                            timezone,
+                            recipients,
+                        },
                     )?;
                     let v = serde_json::to_value(&c)?;
                     print(remote.json, &v, || {
@@ -481,7 +491,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     });
                 }
                 CampaignCmd::List => {
-                    let v = a.get("/api/v1/campaigns")?;
+                    let v = serde_json::to_value(a.get::<CampaignList>("/api/v1/campaigns")?)?;
                     print(remote.json, &v, || {
                         serde_json::to_string_pretty(&v).unwrap_or_default()
                     });
@@ -501,10 +511,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 },
             remote,
         } => {
-            let v = api(&remote)?.post(&format!("/api/v1/campaigns/{campaign}/events"), json!({ "id": id, "name": name, "city": city, "starts_at": starts_at, "place": place }))?;
-            print(remote.json, &v, || {
-                format!("event {}", v["id"].as_str().unwrap_or("?"))
-            });
+            let event: Event = api(&remote)?.post(
+                &format!("/api/v1/campaigns/{campaign}/events"),
+                &NewEvent {
+                    id,
+                    name,
+                    city,
+                    starts_at: starts_at.into(),
+                    place,
+                },
+            )?;
+            let v = serde_json::to_value(&event)?;
+            print(remote.json, &v, || format!("event {}", event.id));
             Ok(())
         }
         Cmd::Invite {
@@ -525,10 +543,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Token { cmd, remote } => {
             let a = api(&remote)?;
             let v = match cmd {
-                TokenCmd::Revoke { device } => {
-                    a.post(&format!("/api/v1/devices/{device}/revoke"), json!({}))?
-                }
-                TokenCmd::List => a.get("/api/v1/devices")?,
+                TokenCmd::Revoke { device } => serde_json::to_value(
+                    a.post::<Revoked>(&format!("/api/v1/devices/{device}/revoke"), &json!({}))?,
+                )?,
+                TokenCmd::List => serde_json::to_value(a.get::<Vec<Device>>("/api/v1/devices")?)?,
             };
             print(remote.json, &v, || {
                 serde_json::to_string_pretty(&v).unwrap_or_default()
@@ -536,7 +554,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Totals { campaign, remote } => {
-            let v = api(&remote)?.get(&format!("/api/v1/campaigns/{campaign}/totals"))?;
+            let t: TotalsResponse =
+                api(&remote)?.get(&format!("/api/v1/campaigns/{campaign}/totals"))?;
+            let v = serde_json::to_value(&t)?;
             print(remote.json, &v, || {
                 format!(
                     "{} signatures counted, {} unique signers ({} struck, {} withdrawn); paper: {} sheets, {} signatures",

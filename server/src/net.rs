@@ -36,7 +36,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::AppState;
-use crate::api::lock_guard;
+use crate::api::auth::lock_guard;
 use crate::guard::Refusal;
 use crate::tls::{HANDSHAKE_TIMEOUT, PeerAddr};
 

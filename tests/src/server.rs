@@ -6,8 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 use tally_core::fixtures::World;
+use tally_server::api::types::{
+    CreatedCampaign, EnrollRequest, Enrolled, Invite, InviteRequest, NewCampaign, NewEvent,
+};
 use tally_server::config::Config;
 
 /// An HTTP call: method, URL path, token, body; returns (status, JSON body).
@@ -34,6 +39,22 @@ pub fn http(
         Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or(Value::Null)),
         Err(e) => panic!("HTTP {method} {path} failed: {e}"),
     }
+}
+
+/// A call that must succeed: sends `body` (one of `tally_server::api::types`) and reads the
+/// answer as `R`; panics with the status and the server's message otherwise.
+pub fn call<R: DeserializeOwned>(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &impl Serialize,
+) -> R {
+    let body = serde_json::to_value(body).expect("request body as JSON");
+    let (status, v) = http(base, method, path, token, Some(body));
+    assert_eq!(status, 200, "{method} {path}: {v}");
+    serde_json::from_value(v.clone())
+        .unwrap_or_else(|e| panic!("{method} {path}: unexpected answer {v}: {e}"))
 }
 
 /// A campaign created through the API, with its organizers' keys.
@@ -65,60 +86,68 @@ pub trait Server {
     /// Creates a campaign sealed to a fresh test world's organizers, with the world's event.
     fn campaign(&self) -> Campaign {
         let world = World::new();
-        let (s, v) = http(
+        let created: CreatedCampaign = call(
             &self.base(),
             "POST",
             "/api/v1/campaigns",
             Some(&self.admin()),
-            Some(
-                json!({ "title": world.campaign.title, "petition": world.campaign.petition, "addressee": world.campaign.addressee, "goal": 100, "timezone": "America/Toronto", "recipients": world.campaign.recipients }),
-            ),
+            &NewCampaign {
+                title: world.campaign.title.clone(),
+                petition: world.campaign.petition.clone(),
+                addressee: world.campaign.addressee.clone(),
+                goal: 100,
+                timezone: "America/Toronto".into(),
+                recipients: world.campaign.recipients.clone(),
+            },
         );
-        assert_eq!(s, 200, "campaign create: {v}");
-        let id = v["campaign"].as_str().expect("campaign id").to_string();
+        let id = created.campaign.clone();
         let ev = &world.campaign.events[tally_core::fixtures::EVENT];
-        let (s, v2) = http(
+        let _: tally_server::api::types::Event = call(
             &self.base(),
             "POST",
             &format!("/api/v1/campaigns/{id}/events"),
             Some(&self.admin()),
-            Some(
-                json!({ "id": ev.id, "name": ev.name, "city": ev.city, "starts_at": ev.starts_at, "place": ev.place }),
-            ),
+            &NewEvent {
+                id: Some(ev.id.clone()),
+                name: ev.name.clone(),
+                city: ev.city.clone(),
+                starts_at: ev.starts_at.into(),
+                place: ev.place.clone(),
+            },
         );
-        assert_eq!(s, 200, "event add: {v2}");
         // The world's campaign now describes the server's campaign (same keys, the server's id).
         let mut world = world;
         world.campaign.id = id.clone();
         Campaign {
             id,
-            totals_url: v["totals_url"].as_str().expect("totals url").to_string(),
+            totals_url: created.totals_url,
             world,
         }
     }
 
     /// Invites and enrolls a device; returns (device id, token).
     fn enroll(&self, campaign: &str, role: &str) -> (String, String) {
-        let (s, inv) = http(
+        let inv: Invite = call(
             &self.base(),
             "POST",
             "/api/v1/invites",
             Some(&self.admin()),
-            Some(json!({ "campaign": campaign, "role": role })),
+            &InviteRequest {
+                campaign: campaign.to_string(),
+                role: role.to_string(),
+            },
         );
-        assert_eq!(s, 200, "invite: {inv}");
-        let (s, e) = http(
+        let e: Enrolled = call(
             &self.base(),
             "POST",
             "/api/v1/enroll",
             None,
-            Some(json!({ "code": inv["code"], "name": "test phone" })),
+            &EnrollRequest {
+                code: inv.code,
+                name: "test phone".into(),
+            },
         );
-        assert_eq!(s, 200, "enroll: {e}");
-        (
-            e["device_id"].as_str().expect("device id").to_string(),
-            e["token"].as_str().expect("token").to_string(),
-        )
+        (e.device_id, e.token)
     }
 
     /// The totals from the API.

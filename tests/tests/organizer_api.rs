@@ -21,7 +21,7 @@ use tally_core::fixtures::{EVENT, NOW};
 use tally_core::review::{self, Review};
 use tally_core::totals::Totals;
 use tally_proto::DocumentId;
-use tally_server::api::TotalsResponse;
+use tally_server::api::types::TotalsResponse;
 use tally_store::{DocFilter, Store};
 use tally_tests::server::{Server, binary, http};
 use tally_tests::{Campaign, Peer, TestServer};

@@ -1,0 +1,130 @@
+//! Devices: enrollment (a one-time invite code for a device token), invites, the list of
+//! devices and their revocation (which also closes the device's connections).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use tally_store::{Device, Role as StoreRole};
+
+use super::auth::{Auth, ClientAddr, lock_guard, require_admin, require_organizer};
+use super::types::{EnrollRequest, Enrolled, Invite, InviteRequest, Revoked};
+use super::{blocking, body, doc_of_kind};
+use crate::AppState;
+use crate::error::ApiError;
+use crate::hub::now_ms;
+
+pub(crate) async fn enroll(
+    State(state): State<Arc<AppState>>,
+    ClientAddr(addr): ClientAddr,
+    req: Result<Json<EnrollRequest>, JsonRejection>,
+) -> Result<Json<Enrolled>, ApiError> {
+    // Every attempt counts, whatever its body: a flood of them is refused before any lookup.
+    if let Some(ip) = addr {
+        let counted = lock_guard(&state).enroll_attempt(ip, now_ms().max(0) as u64);
+        if let Err(r) = counted {
+            tracing::warn!(address = %ip, "enrollment refused: {r}");
+            return Err(ApiError::TooManyRequests(r.to_string()));
+        }
+    }
+    let req = body(
+        req,
+        r#"{"code": "XXXX-XXXX-XXXX", "name": "Amina's phone"}"#,
+    )?;
+    blocking(move || {
+        let name = if req.name.trim().is_empty() {
+            "phone".to_string()
+        } else {
+            req.name.trim().chars().take(100).collect()
+        };
+        let (device, token) = state.hub.store.redeem_invite(&req.code, &name, now_ms())?;
+        tracing::info!(device = %device.device_id, role = device.role.as_str(), "device enrolled");
+        let (campaign_url, totals_url) = match &device.campaign {
+            Some(c) => (
+                Some(format!("automerge:{c}")),
+                doc_of_kind(&state, c, "totals")?,
+            ),
+            None => (None, None),
+        };
+        Ok(Json(Enrolled {
+            device_id: device.device_id,
+            token: token.into_string(),
+            role: device.role.as_str().into(),
+            campaign: device.campaign,
+            campaign_url,
+            totals_url,
+        }))
+    })
+    .await
+}
+
+pub(crate) async fn invite(
+    State(state): State<Arc<AppState>>,
+    Auth(device): Auth,
+    req: Result<Json<InviteRequest>, JsonRejection>,
+) -> Result<Json<Invite>, ApiError> {
+    let req = body(req, r#"{"campaign": "CAMPAIGN_ID", "role": "canvasser"}"#)?;
+    require_organizer(&device, &req.campaign)?;
+    let role = match req.role.as_str() {
+        "canvasser" => StoreRole::Canvasser,
+        "organizer" => StoreRole::Organizer,
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "role {other:?}: invite a canvasser or an organizer"
+            )));
+        }
+    };
+    blocking(move || {
+        if state.hub.campaign(&req.campaign)?.is_none() {
+            return Err(ApiError::NotFound(format!(
+                "no campaign {}; list campaigns with GET /api/v1/campaigns",
+                req.campaign
+            )));
+        }
+        let ttl = state.config.invite_ttl_hours as i64 * 3_600_000;
+        let now = now_ms();
+        let (_, code) = state
+            .hub
+            .store
+            .create_invite(Some(&req.campaign), role, ttl, now)?;
+        Ok(Json(Invite {
+            code: code.as_str().to_string(),
+            expires_at: now + ttl,
+            server: state.config.public_url(),
+            campaign: format!("automerge:{}", req.campaign),
+            role: role.as_str().to_string(),
+        }))
+    })
+    .await
+}
+
+pub(crate) async fn list_devices(
+    State(state): State<Arc<AppState>>,
+    Auth(device): Auth,
+) -> Result<Json<Vec<Device>>, ApiError> {
+    require_admin(&device)?;
+    blocking(move || Ok(Json(state.hub.store.list_devices()?))).await
+}
+
+pub(crate) async fn revoke(
+    State(state): State<Arc<AppState>>,
+    Auth(device): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Revoked>, ApiError> {
+    require_admin(&device)?;
+    let st = state.clone();
+    let id2 = id.clone();
+    let found = blocking(move || Ok(st.hub.store.revoke_device(&id2, now_ms())?)).await?;
+    if !found {
+        return Err(ApiError::NotFound(format!(
+            "no device {id}; list devices with `tally token list`"
+        )));
+    }
+    let closed = state.disconnect(&id);
+    tracing::info!(device = %id, connections = closed, "device revoked");
+    Ok(Json(Revoked {
+        revoked: id,
+        connections_closed: closed,
+    }))
+}

@@ -1,0 +1,72 @@
+//! Export: a campaign's signatures with their sealed personal fields, for an organizer to open
+//! on their own machine (`tally export`, or the dashboard in their browser). The server never
+//! holds a key that opens them.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use tally_core::collection;
+use tally_proto::DocumentId;
+use tally_store::DocFilter;
+
+use super::auth::{Auth, require_organizer};
+use super::types::SealedRecord;
+use super::{blocking, doc_of_kind, known_campaign};
+use crate::AppState;
+use crate::error::ApiError;
+
+pub(crate) async fn sealed(
+    State(state): State<Arc<AppState>>,
+    Auth(device): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<SealedRecord>>, ApiError> {
+    require_organizer(&device, &id)?;
+    blocking(move || {
+        known_campaign(&state, &id)?;
+        let review = match doc_of_kind(&state, &id, "review")? {
+            Some(url) => {
+                let rid: DocumentId = url
+                    .trim_start_matches("automerge:")
+                    .parse()
+                    .map_err(|e| ApiError::Internal(format!("{e}")))?;
+                let slot = state.hub.slot(&rid)?;
+                let g = slot.lock().unwrap_or_else(|p| p.into_inner());
+                tally_core::review::read(&g.doc).map_err(|e| ApiError::Internal(e.to_string()))?
+            }
+            None => Default::default(),
+        };
+        let mut out = Vec::new();
+        for meta in state.hub.store.list_documents(&DocFilter {
+            campaign: Some(id.clone()),
+            kind: Some("collection".into()),
+            owner: None,
+        })? {
+            let did: DocumentId = meta
+                .doc_id
+                .parse()
+                .map_err(|e| ApiError::Internal(format!("{e}")))?;
+            let slot = state.hub.slot(&did)?;
+            let g = slot.lock().unwrap_or_else(|p| p.into_inner());
+            let c = collection::read(&g.doc).map_err(|e| ApiError::Internal(e.to_string()))?;
+            for s in c.signatures.into_values() {
+                out.push(SealedRecord {
+                    counted: tally_core::totals::counts(&s, &review),
+                    id: s.id,
+                    collected_at: s.collected_at,
+                    collected_by: s.collected_by,
+                    event: s.event,
+                    city: s.city,
+                    fsa: s.fsa,
+                    riding: s.riding,
+                    consent_contact: s.consent_contact,
+                    withdrawn: s.withdrawn,
+                    sealed: hex::encode(&s.sealed),
+                });
+            }
+        }
+        out.sort_by(|a, b| (a.collected_at, &a.id).cmp(&(b.collected_at, &b.id)));
+        Ok(Json(out))
+    })
+    .await
+}

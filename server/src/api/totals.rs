@@ -1,0 +1,268 @@
+//! A campaign's totals for organizers: the query's filters checked against the campaign and the
+//! caller's role (organizers' time windows snapped to whole days, suppression always on for
+//! them), answered from the SQL projection, and as a live stream ([`crate::live`], which depends
+//! on this module alone).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use tally_core::campaign::Campaign;
+use tally_store::{Device, Role as StoreRole};
+
+use super::auth::{Auth, require_organizer};
+use super::types::{Filters, TotalsResponse};
+use super::{blocking, known_campaign};
+use crate::AppState;
+use crate::error::ApiError;
+use crate::projection::{self, Filter};
+use crate::suppression::{self, Suppression};
+
+/// What a totals request asks for, checked.
+#[derive(Debug, Clone)]
+pub(crate) struct TotalsRequest {
+    /// The campaign.
+    pub campaign: String,
+    /// Rows to count.
+    pub filter: Filter,
+    /// The filters, as echoed back.
+    pub echo: Filters,
+    /// Whether small cells are hidden.
+    pub suppress: bool,
+}
+
+const TOTALS_PARAMS: &str = "event, from, to, city, fsa, suppress (and token)";
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+/// Checks a totals query (`event`, `from`, `to`, `city`, `fsa`, `suppress`) against the
+/// campaign and the caller's role.
+fn totals_request(
+    device: &Device,
+    campaign: &Campaign,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<TotalsRequest, ApiError> {
+    let Query(pairs) = query.map_err(|e| {
+        ApiError::BadRequest(format!(
+            "{}; the query takes {TOTALS_PARAMS}",
+            e.body_text()
+        ))
+    })?;
+    let bad = |m: String| ApiError::BadRequest(m);
+    let mut seen = std::collections::BTreeSet::new();
+    let mut filter = Filter::default();
+    let mut echo = Filters::default();
+    let mut suppress = None;
+    for (k, v) in pairs {
+        if !seen.insert(k.clone()) {
+            return Err(bad(format!("{k} is given twice: give each filter once")));
+        }
+        let time = |v: &str| {
+            chrono::DateTime::parse_from_rfc3339(v)
+                .map(|t| t.timestamp_millis())
+                .map_err(|e| {
+                    bad(format!(
+                        "{k}={v:?} is not an RFC 3339 time like 2026-07-01T18:00:00-04:00 ({e})"
+                    ))
+                })
+        };
+        match k.as_str() {
+            "token" => {}
+            "event" => {
+                if !campaign.events.contains_key(&v) {
+                    let known: Vec<&str> = campaign.events.keys().map(String::as_str).collect();
+                    return Err(bad(format!(
+                        "event={v:?}: no such event in this campaign; its events are: {}",
+                        if known.is_empty() {
+                            "none yet".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    )));
+                }
+                echo.event = Some(v.clone());
+                filter.event = Some(v);
+            }
+            "from" => {
+                let t = time(&v)?;
+                filter.from = Some(t);
+                echo.from = Some(rfc3339(t));
+            }
+            "to" => {
+                let t = time(&v)?;
+                filter.to = Some(t);
+                echo.to = Some(rfc3339(t));
+            }
+            "city" => {
+                let c = v.trim().to_string();
+                tally_core::fields::check_text(
+                    "city",
+                    &c,
+                    tally_core::fields::MAX_SHORT_TEXT,
+                    true,
+                )
+                .map_err(|r| {
+                    bad(format!(
+                        "city={v:?}: {r}; give a city name, e.g. city=Toronto"
+                    ))
+                })?;
+                echo.city = Some(c.clone());
+                filter.city = Some(c);
+            }
+            "fsa" => {
+                let f = v.trim().to_ascii_uppercase();
+                if !tally_core::fields::is_fsa(&f) {
+                    return Err(bad(format!(
+                        "fsa={v:?} is not a forward sortation area: give the first three characters of a Canadian postal code, e.g. fsa=M5V"
+                    )));
+                }
+                echo.fsa = Some(f.clone());
+                filter.fsa = Some(f);
+            }
+            "suppress" => {
+                suppress = Some(match v.as_str() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => {
+                        return Err(bad(format!(
+                            "suppress={v:?}: give suppress=true or suppress=false"
+                        )));
+                    }
+                })
+            }
+            _ => {
+                return Err(bad(format!(
+                    "unknown query parameter {k:?}: the totals take {TOTALS_PARAMS}"
+                )));
+            }
+        }
+    }
+    if let (Some(from), Some(to)) = (filter.from, filter.to)
+        && from >= to
+    {
+        return Err(bad(
+            "from must be before to (from is inclusive, to exclusive)".into(),
+        ));
+    }
+    let admin = device.role == StoreRole::Admin;
+    if !admin {
+        // A window drawn around one signature's time would single it out by subtraction from
+        // a wider one: organizers' time filters are snapped outward to whole days in the
+        // campaign's time zone (docs/security.md, "Small-cell suppression").
+        let tz = campaign.timezone.as_str();
+        if let Some(from) = filter.from.as_mut() {
+            *from = tally_core::totals::snap_to_day(*from, tz, false);
+            echo.from = Some(rfc3339(*from));
+        }
+        if let Some(to) = filter.to.as_mut() {
+            *to = tally_core::totals::snap_to_day(*to, tz, true);
+            echo.to = Some(rfc3339(*to));
+        }
+    }
+    let suppress = match suppress {
+        Some(false) if !admin => {
+            return Err(ApiError::Forbidden(
+                "small-cell suppression is always on for organizers: only the admin token sees cells of fewer than the threshold; drop suppress=false".into(),
+            ));
+        }
+        Some(s) => s,
+        None => !admin,
+    };
+    Ok(TotalsRequest {
+        campaign: campaign.id.clone(),
+        filter,
+        echo,
+        suppress,
+    })
+}
+
+/// Authorizes and checks a totals request: 403, 404, then 400 (blocking: it may load the
+/// campaign document).
+pub(crate) fn check_totals(
+    state: &AppState,
+    device: &Device,
+    id: &str,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<TotalsRequest, ApiError> {
+    require_organizer(device, id)?;
+    let campaign = known_campaign(state, id)?;
+    totals_request(device, &campaign, query)
+}
+
+/// Computes the answer to a checked totals request (blocking: SQLite).
+pub(crate) fn answer_totals(
+    state: &AppState,
+    req: &TotalsRequest,
+) -> Result<TotalsResponse, ApiError> {
+    let mut t = state.reader.get().read(|conn| {
+        projection::query(conn, &req.campaign, &req.filter).map_err(tally_store::StoreError::from)
+    })?;
+    let suppression = if req.suppress {
+        suppression::apply(&mut t, state.config.suppress_below, !req.filter.is_empty())
+    } else {
+        Suppression {
+            threshold: state.config.suppress_below,
+            ..Suppression::default()
+        }
+    };
+    let head = |v: u64| (!suppression.headline_hidden).then_some(v);
+    Ok(TotalsResponse {
+        campaign: req.campaign.clone(),
+        signatures: head(t.signatures),
+        unique_signers: head(t.unique_signers),
+        struck: head(t.struck),
+        withdrawn: head(t.withdrawn),
+        by_event: t.by_event,
+        by_city: t.by_city,
+        by_fsa: t.by_fsa,
+        by_riding: t.by_riding,
+        by_day: t.by_day,
+        by_canvasser: t.by_canvasser,
+        checkins: t.checkins,
+        paper: t.paper,
+        filters: req.echo.clone(),
+        suppression,
+    })
+}
+
+pub(crate) async fn totals(
+    State(state): State<Arc<AppState>>,
+    Auth(device): Auth,
+    Path(id): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<TotalsResponse>, ApiError> {
+    // Checked and answered in one trip to the blocking pool: under load each trip is a wait.
+    blocking(move || {
+        let req = check_totals(&state, &device, &id, query)?;
+        answer_totals(&state, &req).map(Json)
+    })
+    .await
+}
+
+pub(crate) async fn totals_stream(
+    State(state): State<Arc<AppState>>,
+    Auth(device): Auth,
+    Path(id): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<axum::response::Response, ApiError> {
+    let st = state.clone();
+    let (device, req) = blocking(move || {
+        let req = check_totals(&st, &device, &id, query)?;
+        Ok((device, req))
+    })
+    .await?;
+    Ok(crate::live::stream(state, device, req))
+}
+
+/// [`answer_totals`] on the blocking pool: what a live stream sends each time.
+pub(crate) async fn answer(
+    state: Arc<AppState>,
+    req: TotalsRequest,
+) -> Result<TotalsResponse, ApiError> {
+    blocking(move || answer_totals(&state, &req)).await
+}

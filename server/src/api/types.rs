@@ -1,0 +1,258 @@
+//! The HTTP API's request and response bodies, in one place: the server's handlers take and
+//! answer these, and every client of the API (the `tally` command line in `crate::client`,
+//! `tally-bench`, the end-to-end tests) sends and reads the same types instead of JSON written
+//! by hand. `crate::openapi` describes them; a test holds the two equal field by field.
+//!
+//! The types that are the documents' own (an event, a strike, a sheet, a device) are re-exported
+//! from the crates that define them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+pub use tally_core::campaign::Event;
+pub use tally_core::review::{Sheet, Strike};
+pub use tally_core::totals::{Cell, CheckinCell, PaperTotals};
+pub use tally_store::Device;
+
+pub use crate::suppression::Suppression;
+
+/// `POST /api/v1/enroll`: a one-time invite code for a device token.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct EnrollRequest {
+    /// The invite's one-time code (`XXXX-XXXX-XXXX`).
+    pub code: String,
+    /// The device's name, as organizers see it (default "phone").
+    #[serde(default)]
+    pub name: String,
+}
+
+/// What a device gets for its one-time code.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Enrolled {
+    /// The device id (owner of its collections).
+    pub device_id: String,
+    /// The device's bearer token, shown once.
+    pub token: String,
+    /// canvasser or organizer.
+    pub role: String,
+    /// The campaign id.
+    pub campaign: Option<String>,
+    /// `automerge:` URL of the campaign document.
+    pub campaign_url: Option<String>,
+    /// `automerge:` URL of the totals document.
+    pub totals_url: Option<String>,
+}
+
+/// `POST /api/v1/campaigns`: a new campaign (admin).
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct NewCampaign {
+    /// The campaign's title.
+    pub title: String,
+    /// The petition's text, as signers read it.
+    pub petition: String,
+    /// To whom the petition goes, e.g. "the House of Commons".
+    pub addressee: String,
+    /// How many signatures the campaign aims for (0: no goal).
+    #[serde(default)]
+    pub goal: i64,
+    /// The IANA time zone days are counted in (default America/Toronto).
+    #[serde(default = "default_tz")]
+    pub timezone: String,
+    /// The organizers' age recipients (age1...) signers' details are sealed to.
+    pub recipients: Vec<String>,
+}
+
+fn default_tz() -> String {
+    "America/Toronto".into()
+}
+
+/// A created campaign's documents.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct CreatedCampaign {
+    /// The campaign id (= the campaign document id).
+    pub campaign: String,
+    /// `automerge:` URL of the campaign document.
+    pub campaign_url: String,
+    /// `automerge:` URL of the review document.
+    pub review_url: String,
+    /// `automerge:` URL of the totals document.
+    pub totals_url: String,
+}
+
+/// One campaign of `GET /api/v1/campaigns` (fields in alphabetical order, as they were
+/// always written).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CampaignSummary {
+    /// To whom the petition goes.
+    pub addressee: String,
+    /// The campaign id.
+    pub campaign: String,
+    /// Its events.
+    pub events: Vec<Event>,
+    /// How many signatures it aims for (0: no goal).
+    pub goal: i64,
+    /// Its title.
+    pub title: String,
+}
+
+/// `GET /api/v1/campaigns`: the campaigns the token may see.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CampaignList {
+    /// Every campaign for the admin; an organizer's or canvasser's own.
+    pub campaigns: Vec<CampaignSummary>,
+}
+
+/// `POST /api/v1/campaigns/{id}/events`: a new event (or a change to one, by its id).
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct NewEvent {
+    /// The event id (default: generated).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Its name.
+    pub name: String,
+    /// Its city.
+    pub city: String,
+    /// ms since the epoch, or RFC 3339 text.
+    pub starts_at: serde_json::Value,
+    /// Where.
+    #[serde(default)]
+    pub place: String,
+}
+
+/// `POST /api/v1/invites`: an invite for one device of a campaign.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct InviteRequest {
+    /// The campaign id.
+    pub campaign: String,
+    /// canvasser or organizer.
+    pub role: String,
+}
+
+/// A created invite (fields in alphabetical order, as they were always written).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Invite {
+    /// `automerge:` URL of the campaign document.
+    pub campaign: String,
+    /// The one-time code.
+    pub code: String,
+    /// When the code stops working (ms since the epoch).
+    pub expires_at: i64,
+    /// canvasser or organizer.
+    pub role: String,
+    /// The server's public URL, for the phone.
+    pub server: String,
+}
+
+/// `POST /api/v1/devices/{id}/revoke`: what revocation did.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Revoked {
+    /// Sync connections and live streams closed.
+    pub connections_closed: usize,
+    /// The device id.
+    pub revoked: String,
+}
+
+/// The filters of a totals answer, as understood (times in RFC 3339, UTC; the FSA upper case).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filters {
+    /// Event id.
+    pub event: Option<String>,
+    /// From this time, inclusive.
+    pub from: Option<String>,
+    /// Until this time, exclusive.
+    pub to: Option<String>,
+    /// Signers' city.
+    pub city: Option<String>,
+    /// Signers' FSA.
+    pub fsa: Option<String>,
+}
+
+/// A campaign's totals as the API answers them: `tally_core::totals::Totals` with the headline
+/// numbers `null` when suppression hides them, the filters applied, and what suppression hid.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct TotalsResponse {
+    /// The campaign id.
+    pub campaign: String,
+    /// Signatures counted: neither withdrawn nor struck.
+    pub signatures: Option<u64>,
+    /// Distinct duplicate tokens among the counted signatures.
+    pub unique_signers: Option<u64>,
+    /// Struck signatures (not withdrawn, with a strike that is not revoked).
+    pub struck: Option<u64>,
+    /// Withdrawn signatures.
+    pub withdrawn: Option<u64>,
+    /// By event id.
+    pub by_event: BTreeMap<String, Cell>,
+    /// By signers' city.
+    pub by_city: BTreeMap<String, Cell>,
+    /// By signers' FSA.
+    pub by_fsa: BTreeMap<String, Cell>,
+    /// By riding.
+    pub by_riding: BTreeMap<String, Cell>,
+    /// By day (YYYY-MM-DD in the campaign's time zone).
+    pub by_day: BTreeMap<String, Cell>,
+    /// By canvasser (device id).
+    pub by_canvasser: BTreeMap<String, Cell>,
+    /// Distinct check-ins by event id.
+    pub checkins: BTreeMap<String, CheckinCell>,
+    /// Paper sheets (never filtered).
+    pub paper: PaperTotals,
+    /// The filters applied.
+    pub filters: Filters,
+    /// Small-cell suppression.
+    pub suppression: Suppression,
+}
+
+/// `POST /api/v1/campaigns/{id}/strikes`: strike a signature, or undo a strike.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct NewStrike {
+    /// The signature id.
+    pub signature: String,
+    /// duplicate, invalid, withdrawn_consent or test_entry.
+    pub reason: String,
+    /// `true` undoes an earlier strike.
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+/// `POST /api/v1/campaigns/{id}/sheets`: record a paper sheet or change one.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct NewSheet {
+    /// The sheet's serial.
+    pub serial: String,
+    /// Signatures on it.
+    pub count: i64,
+    /// The riding it was collected in.
+    #[serde(default)]
+    pub riding: Option<String>,
+    /// collected (default), counted or delivered.
+    #[serde(default)]
+    pub status: Option<String>,
+}
+
+/// One signature for export: what the server knows in the clear, and the sealed fields.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct SealedRecord {
+    /// Signature id.
+    pub id: String,
+    /// When.
+    pub collected_at: i64,
+    /// By whom.
+    pub collected_by: String,
+    /// Event.
+    pub event: Option<String>,
+    /// City.
+    pub city: String,
+    /// FSA.
+    pub fsa: String,
+    /// Riding.
+    pub riding: Option<String>,
+    /// Consent to contact.
+    pub consent_contact: bool,
+    /// Counted in the totals (not withdrawn, not struck).
+    pub counted: bool,
+    /// Withdrawn.
+    pub withdrawn: bool,
+    /// The sealed personal fields, hex.
+    pub sealed: String,
+}
