@@ -5,10 +5,15 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tally_core::collection;
+use tally_core::seal::DuplicateKey;
 use tally_proto::DocumentId;
 
+use crate::device::{Device, check_plain_text, now_ms};
 use crate::error::{ClientError, Result};
+use crate::mirror::KEY_ENROLLMENT;
 use crate::payload::EnrollPayload;
+use crate::store::{self, DocRole};
 
 /// How long enrollment waits for the server.
 pub const ENROLL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -145,5 +150,159 @@ pub fn exchange(payload: &EnrollPayload, name: &str) -> Result<EnrollResponse> {
             url,
             detail: t.to_string(),
         }),
+    }
+}
+
+/// What enrollment stored, secrets included (kept in `settings`). Debug hides the secrets.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct Enrollment {
+    pub server: String,
+    pub token: String,
+    pub device_id: String,
+    pub name: String,
+    pub role: String,
+    pub campaign: String,
+    pub campaign_doc: DocumentId,
+    pub totals_doc: DocumentId,
+    pub collection_doc: DocumentId,
+    /// The campaign duplicate key, hex.
+    pub key: String,
+    /// Stable id of this phone's storage, sent in `join` so the server can keep sync states.
+    pub storage_id: String,
+    pub enrolled_at: i64,
+}
+
+impl std::fmt::Debug for Enrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enrollment")
+            .field("server", &self.server)
+            .field("device_id", &self.device_id)
+            .field("campaign", &self.campaign)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Enrollment {
+    pub(crate) fn key(&self) -> Result<DuplicateKey> {
+        DuplicateKey::from_hex(&self.key).map_err(ClientError::Corrupt)
+    }
+
+    pub(crate) fn info(&self) -> EnrollmentInfo {
+        EnrollmentInfo {
+            server: self.server.clone(),
+            device_id: self.device_id.clone(),
+            name: self.name.clone(),
+            role: self.role.clone(),
+            campaign: self.campaign.clone(),
+            campaign_url: self.campaign_doc.to_url(),
+            totals_url: self.totals_doc.to_url(),
+            collection_url: self.collection_doc.to_url(),
+            enrolled_at: self.enrolled_at,
+        }
+    }
+}
+
+/// What the phone is enrolled as (no secrets).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollmentInfo {
+    /// The server's base URL.
+    pub server: String,
+    /// This phone's device id (the owner of its collection).
+    pub device_id: String,
+    /// The name given at enrollment.
+    pub name: String,
+    /// "canvasser" or "organizer".
+    pub role: String,
+    /// The campaign id.
+    pub campaign: String,
+    /// The campaign document.
+    pub campaign_url: String,
+    /// The team totals document.
+    pub totals_url: String,
+    /// This phone's collection document.
+    pub collection_url: String,
+    /// When, ms since the epoch.
+    pub enrolled_at: i64,
+}
+
+impl Device {
+    /// Enrolls this phone: parses the organizer's payload, exchanges its code for a token over
+    /// HTTP, and creates and commits the phone's collection document. The campaign document
+    /// arrives with the first sync. If this fails after the server accepted the code, the code
+    /// is used up: ask the organizer for a new one.
+    pub fn enroll(&self, payload_json: &str, name: &str) -> Result<EnrollmentInfo> {
+        let payload = EnrollPayload::parse(payload_json)?;
+        check_plain_text("name", name, true)?;
+        if let Some(e) = &self.lock()?.enrollment {
+            return Err(ClientError::AlreadyEnrolled {
+                campaign: e.campaign.clone(),
+                device_id: e.device_id.clone(),
+            });
+        }
+        let response = exchange(&payload, name.trim())?;
+        self.complete_enrollment(&payload, &response, name)
+    }
+
+    /// The second half of [`Device::enroll`], for an app that did the HTTP exchange itself (and
+    /// for tests): checks the server's answer against the payload and stores the enrollment and
+    /// a new collection document in one transaction.
+    pub fn complete_enrollment(
+        &self,
+        payload: &EnrollPayload,
+        response: &EnrollResponse,
+        name: &str,
+    ) -> Result<EnrollmentInfo> {
+        check_plain_text("name", name, true)?;
+        let checked = response.check(payload)?;
+        let mut st = self.lock()?;
+        st.refresh()?;
+        if let Some(e) = &st.enrollment {
+            return Err(ClientError::AlreadyEnrolled {
+                campaign: e.campaign.clone(),
+                device_id: e.device_id.clone(),
+            });
+        }
+        let collection =
+            collection::create(&response.campaign, &response.device_id).map_err(|e| {
+                ClientError::Protocol(format!(
+                    "the enrollment answer cannot start a collection: {e}"
+                ))
+            })?;
+        let mut rng = rand::rngs::OsRng;
+        let collection_doc = DocumentId::random(&mut rng);
+        let now = now_ms();
+        let enrollment = Enrollment {
+            server: payload.server.clone(),
+            token: response.token.clone(),
+            device_id: response.device_id.clone(),
+            name: name.trim().to_string(),
+            role: response.role.clone(),
+            campaign: response.campaign.clone(),
+            campaign_doc: checked.campaign_doc,
+            totals_doc: checked.totals_doc,
+            collection_doc,
+            key: payload.key.to_hex(),
+            storage_id: hex::encode(rand::Rng::r#gen::<[u8; 16]>(&mut rng)),
+            enrolled_at: now,
+        };
+        let json = serde_json::to_string(&enrollment).expect("enrollment serializes");
+        st.commit(|tx, _| {
+            store::set_setting(tx, KEY_ENROLLMENT, &json)?;
+            store::insert_doc(
+                tx,
+                &collection_doc,
+                DocRole::Collection,
+                Some(&collection.save()),
+                now,
+            )?;
+            store::insert_doc(tx, &checked.campaign_doc, DocRole::Campaign, None, now)?;
+            store::insert_doc(tx, &checked.totals_doc, DocRole::Totals, None, now)?;
+            Ok(())
+        })?;
+        if let Err(e) = st.reload() {
+            st.restore();
+            return Err(e);
+        }
+        Ok(enrollment.info())
     }
 }

@@ -19,18 +19,20 @@
 //! the campaign's organizers before they touch a document; the plaintext kept for the
 //! canvasser's receipts is dropped once the server acknowledges the record.
 
+mod apply;
 pub mod compact;
 pub mod device;
 pub mod enroll;
 pub mod error;
+mod mirror;
 pub mod net;
 pub mod payload;
 pub mod receipts;
 pub mod store;
 pub mod sync;
 
-pub use device::{Device, EnrollmentInfo, LastSync, MAX_RECORDS, Status, TeamTotals};
-pub use enroll::EnrollResponse;
+pub use device::{Device, LastSync, MAX_RECORDS, Status, TeamTotals};
+pub use enroll::{EnrollResponse, EnrollmentInfo};
 pub use error::{ClientError, PayloadError, Result};
 pub use net::{WatchEvent, WatchHandle};
 pub use payload::EnrollPayload;
