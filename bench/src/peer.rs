@@ -190,7 +190,7 @@ pub async fn sync(
                     Event::Unavailable { doc } => {
                         bail!("the server says document {doc} is unavailable")
                     }
-                    Event::RemoteError { message } => {
+                    Event::RemoteError { message, .. } => {
                         out.errors.push(message.clone());
                         bail!("the server refused: {message}");
                     }

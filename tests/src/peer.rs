@@ -160,7 +160,7 @@ impl Peer {
                 Event::Unavailable { doc } => {
                     self.unavailable.insert(doc);
                 }
-                Event::RemoteError { message } => self.errors.push(message),
+                Event::RemoteError { message, .. } => self.errors.push(message),
                 _ => {}
             }
         }

@@ -129,8 +129,13 @@ pub enum Event {
         add: Option<Vec<StorageId>>,
         remove: Option<Vec<StorageId>>,
     },
-    /// The remote reported an error (e.g. it rejected our change).
-    RemoteError { message: String },
+    /// The remote reported an error (e.g. it rejected our change). tally's server names the
+    /// document of a refused change, and the record at fault when there is one.
+    RemoteError {
+        message: String,
+        document_id: Option<DocumentId>,
+        record: Option<String>,
+    },
     /// The remote said `leave`; the session is closed.
     Left,
 }
@@ -438,9 +443,18 @@ impl Session {
                 }])
             }
             // The JS server answers a refused join with an error and closes.
-            Message::Error { message, .. } => {
+            Message::Error {
+                message,
+                document_id,
+                record,
+                ..
+            } => {
                 self.phase = Phase::Closed;
-                Ok(vec![Event::RemoteError { message }])
+                Ok(vec![Event::RemoteError {
+                    message,
+                    document_id,
+                    record,
+                }])
             }
             other => Err(SessionError::NotAccepted {
                 got: other.type_name(),
@@ -544,7 +558,16 @@ impl Session {
                 self.check_addressing(sender_id, target_id)?;
                 Ok(vec![Event::RemoteSubscriptionChange { add, remove }])
             }
-            Message::Error { message, .. } => Ok(vec![Event::RemoteError { message }]),
+            Message::Error {
+                message,
+                document_id,
+                record,
+                ..
+            } => Ok(vec![Event::RemoteError {
+                message,
+                document_id,
+                record,
+            }]),
             Message::Leave { sender_id } => {
                 if let Some((expected, _)) = &self.remote
                     && *expected != sender_id
@@ -681,6 +704,21 @@ impl Session {
             sender_id: Some(self.me.clone()),
             target_id: self.remote.as_ref().map(|(id, _)| id.clone()),
             message: text.to_owned(),
+            document_id: None,
+            record: None,
+        })
+    }
+
+    /// An `error` frame refusing changes to `doc`: names the document and, when one record is
+    /// at fault, its id, so that the peer can set that record aside (docs/protocol.md,
+    /// "Refusals").
+    pub fn refusal_frame(&self, doc: DocumentId, text: &str, record: Option<&str>) -> Vec<u8> {
+        wire::encode(&Message::Error {
+            sender_id: Some(self.me.clone()),
+            target_id: self.remote.as_ref().map(|(id, _)| id.clone()),
+            message: text.to_owned(),
+            document_id: Some(doc),
+            record: record.map(str::to_owned),
         })
     }
 

@@ -172,7 +172,7 @@ impl Hub {
                     }
                 }
                 Event::Left => out.close = true,
-                Event::RemoteError { message } => self.protocol_errors.push(message),
+                Event::RemoteError { message, .. } => self.protocol_errors.push(message),
                 Event::Joined { .. }
                 | Event::PeerAccepted { .. }
                 | Event::Unavailable { .. }
@@ -458,7 +458,7 @@ impl Repo {
                 Event::Unavailable { doc } => {
                     self.unavailable.insert(doc);
                 }
-                Event::RemoteError { message } => self.errors.push(message),
+                Event::RemoteError { message, .. } => self.errors.push(message),
                 Event::Left => self.session = None,
                 Event::Joined { .. }
                 | Event::Ephemeral { .. }

@@ -151,11 +151,17 @@ pub enum Message {
         add: Option<Vec<StorageId>>,
         remove: Option<Vec<StorageId>>,
     },
-    /// A protocol error; the JS server sends it (with sender and target) before closing.
+    /// A protocol error; the JS server sends it (with sender and target) before closing. tally's
+    /// server also sends it for a refused change, naming the document (`documentId`) and, when
+    /// one record is at fault, that record's id (`tallyRecord`, a tally extension that other
+    /// automerge-repo peers ignore), so that a phone can set that record aside and carry on
+    /// (docs/protocol.md, "Refusals").
     Error {
         sender_id: Option<PeerId>,
         target_id: Option<PeerId>,
         message: String,
+        document_id: Option<DocumentId>,
+        record: Option<String>,
     },
     /// The sender is going away.
     Leave { sender_id: PeerId },
@@ -336,6 +342,11 @@ pub fn decode(frame: &[u8]) -> Result<Message, WireError> {
             sender_id: f.opt_peer("senderId")?,
             target_id: f.opt_peer("targetId")?,
             message: f.text("message")?.to_owned(),
+            document_id: f.opt_doc("documentId")?,
+            record: f
+                .opt_text("tallyRecord")?
+                .map(|r| f.check_id_len("tallyRecord", r).map(str::to_owned))
+                .transpose()?,
         },
         // Only "leave" is left: the match above admitted nothing else.
         _ => Message::Leave {
@@ -520,8 +531,15 @@ pub fn encode(msg: &Message) -> Vec<u8> {
             sender_id,
             target_id,
             message,
+            document_id,
+            record,
         } => {
-            out.map(2 + usize::from(sender_id.is_some()) + usize::from(target_id.is_some()));
+            out.map(
+                2 + usize::from(sender_id.is_some())
+                    + usize::from(target_id.is_some())
+                    + usize::from(document_id.is_some())
+                    + usize::from(record.is_some()),
+            );
             out.text("type").text("error");
             if let Some(s) = sender_id {
                 out.text("senderId").text(s.as_str());
@@ -530,6 +548,12 @@ pub fn encode(msg: &Message) -> Vec<u8> {
                 out.text("targetId").text(t.as_str());
             }
             out.text("message").text(message);
+            if let Some(d) = document_id {
+                out.text("documentId").text(&d.to_string());
+            }
+            if let Some(r) = record {
+                out.text("tallyRecord").text(r);
+            }
         }
         Message::Leave { sender_id } => {
             out.map(2);
@@ -659,6 +683,13 @@ impl Fields {
             // samod accepts the 16 raw bytes too.
             Some(Value::Bytes(b)) => DocumentId::try_from_slice(b).map_err(bad),
             Some(other) => Err(self.wrong(field, "a base58check text string", other)),
+        }
+    }
+
+    fn opt_doc(&self, field: &'static str) -> Result<Option<DocumentId>, WireError> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(_) => self.doc(field).map(Some),
         }
     }
 

@@ -74,6 +74,8 @@ fn seeds() -> Vec<Vec<u8>> {
         sender_id: None,
         target_id: None,
         message: "e".into(),
+        document_id: None,
+        record: None,
     }));
     frames.push(wire::encode(&Message::Leave { sender_id: phone }));
     frames

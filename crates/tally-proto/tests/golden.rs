@@ -417,6 +417,8 @@ fn error_from_node_server_and_from_samod() {
             sender_id: Some(PeerId::new("srv")),
             target_id: Some(PeerId::new("peer")),
             message: "unsupported protocol version".into(),
+            document_id: None,
+            record: None,
         }
     );
     // samod sends only type and message.
@@ -426,9 +428,44 @@ fn error_from_node_server_and_from_samod() {
         Message::Error {
             sender_id: None,
             target_id: None,
-            message: "boom".into()
+            message: "boom".into(),
+            document_id: None,
+            record: None,
         }
     );
+}
+
+/// tally's refusal names the document and the record at fault (`documentId`, `tallyRecord`);
+/// a bad document id there is refused like anywhere else, and peers that send neither still
+/// decode (above).
+#[test]
+fn refusal_names_the_document_and_the_record() {
+    let doc = DocumentId::from_bytes([7; 16]);
+    let frame = js_frame(vec![
+        ("type", s("error")),
+        ("senderId", s("srv")),
+        ("message", s("document: change refused")),
+        ("documentId", s(&doc.to_string())),
+        ("tallyRecord", s("rec123")),
+    ]);
+    let decoded = wire::decode(&frame).unwrap();
+    assert_eq!(
+        decoded,
+        Message::Error {
+            sender_id: Some(PeerId::new("srv")),
+            target_id: None,
+            message: "document: change refused".into(),
+            document_id: Some(doc),
+            record: Some("rec123".into()),
+        }
+    );
+    assert_eq!(wire::decode(&wire::encode(&decoded)).unwrap(), decoded);
+    let bad = js_frame(vec![
+        ("type", s("error")),
+        ("message", s("x")),
+        ("documentId", s("not-a-doc-id")),
+    ]);
+    assert!(wire::decode(&bad).is_err());
 }
 
 #[test]
@@ -695,6 +732,8 @@ fn every_message_type() -> Vec<Message> {
             sender_id: Some(b.clone()),
             target_id: None,
             message: "nope".into(),
+            document_id: None,
+            record: None,
         },
         Message::Leave { sender_id: a },
     ]
@@ -807,7 +846,9 @@ fn arb_message() -> impl Strategy<Value = Message> {
             .prop_map(|(s, t, m)| Message::Error {
                 sender_id: s,
                 target_id: t,
-                message: m
+                message: m,
+                document_id: None,
+                record: None,
             }),
         arb_peer().prop_map(|s| Message::Leave { sender_id: s }),
     ]

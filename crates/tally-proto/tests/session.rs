@@ -145,7 +145,9 @@ fn unsupported_version_is_fatal_and_answered_with_error() {
     assert_eq!(
         events,
         vec![Event::RemoteError {
-            message: "unsupported protocol version".into()
+            message: "unsupported protocol version".into(),
+            document_id: None,
+            record: None,
         }]
     );
     assert!(c.is_closed());
@@ -590,7 +592,9 @@ fn ephemeral_and_gossip_messages_surface_as_events() {
     assert_eq!(
         c.receive(&err, 0).unwrap(),
         vec![Event::RemoteError {
-            message: "change rejected".into()
+            message: "change rejected".into(),
+            document_id: None,
+            record: None,
         }]
     );
     assert!(
