@@ -360,6 +360,7 @@ impl Api {
             &EnrollRequest {
                 code: code.to_string(),
                 name: name.to_string(),
+                replaces: None,
             },
         )
     }

@@ -198,6 +198,7 @@ pub fn local(n: usize) -> Result<Setup> {
             campaign: Some(init.id.clone()),
             campaign_url: Some(campaign_id.to_url()),
             totals_url: Some(totals.to_url()),
+            replaces: None,
         };
         phones.push(Phone::enrolled(&answer)?);
     }

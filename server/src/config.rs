@@ -131,6 +131,11 @@ pub struct Config {
     pub quarantine_entries_total: u64,
     /// Quarantine entries are deleted after this many days (0: kept forever).
     pub quarantine_retention_days: u64,
+    /// Record ids (signatures or check-ins) the server refuses, e.g. to stop a known-bad record
+    /// from a broken client: a change that writes one is refused with an error naming it, and
+    /// the phone sets that record aside and carries on with the others. Environment:
+    /// `TALLY_REFUSE_RECORDS`, ids separated by commas.
+    pub refuse_records: Vec<String>,
 }
 
 impl Default for Config {
@@ -182,6 +187,7 @@ impl Default for Config {
             quarantine_entries_per_device: 1_000,
             quarantine_entries_total: 100_000,
             quarantine_retention_days: 30,
+            refuse_records: Vec::new(),
         }
     }
 }
@@ -324,6 +330,14 @@ impl Config {
                 }
                 "QUARANTINE_ENTRIES_TOTAL" => self.quarantine_entries_total = num(&value)?,
                 "QUARANTINE_RETENTION_DAYS" => self.quarantine_retention_days = num(&value)?,
+                "REFUSE_RECORDS" => {
+                    self.refuse_records = value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|id| !id.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                }
                 "LOG_FORMAT" => {
                     if value != "text" && value != "json" {
                         return Err(bad("expected text or json"));
@@ -492,5 +506,14 @@ mod tests {
         );
         let example: Config = toml::from_str(&Config::example()).unwrap();
         assert_eq!(example, Config::default());
+    }
+
+    #[test]
+    fn refused_records_come_from_the_file_or_the_environment() {
+        let mut cfg: Config = toml::from_str("refuse_records = [\"sig-1\", \"ci-2\"]\n").unwrap();
+        assert_eq!(cfg.refuse_records, ["sig-1", "ci-2"]);
+        cfg.apply_env([("TALLY_REFUSE_RECORDS".to_string(), " a, b ,,".to_string())].into_iter())
+            .unwrap();
+        assert_eq!(cfg.refuse_records, ["a", "b"]);
     }
 }

@@ -48,6 +48,10 @@ impl From<tally_store::StoreError> for ApiError {
         match e {
             E::InviteUnknown | E::InviteExpired | E::InviteUsed => ApiError::Gone(e.to_string()),
             E::NotFound(_) => ApiError::NotFound(e.to_string()),
+            E::ReplaceRefused(tally_store::ReplaceRefusal::UnknownDevice(_)) => {
+                ApiError::BadRequest(e.to_string())
+            }
+            E::ReplaceRefused(_) => ApiError::Forbidden(e.to_string()),
             E::Full(_) | E::ReadOnly(_) => ApiError::Unavailable(e.to_string()),
             other => ApiError::Internal(other.to_string()),
         }

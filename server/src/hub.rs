@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use automerge::{Automerge, ReadDoc};
 use tally_core::campaign::{self, Campaign};
+use tally_core::collection::{CHECKINS, SIGNATURES};
 use tally_core::validate::{Accepted, Rule, Writer, validate};
 use tally_core::{DocHeader, DocKind, Role};
 use tally_proto::DocumentId;
@@ -45,7 +46,7 @@ pub struct Slot {
 pub enum HubError {
     /// The change broke a rule; it was quarantined.
     #[error("change refused: {0}")]
-    Rejected(String),
+    Rejected(Refusal),
     /// The device may not read this document, or it does not exist.
     #[error("document unavailable")]
     Unavailable,
@@ -116,8 +117,10 @@ impl Default for SyncLimits {
     }
 }
 
-/// A refusal on its way to the quarantine: the words for the peer, and the rule broken when
-/// validation refused it (which decides whether the raw bytes may be kept).
+/// A refusal on its way to the quarantine: the words for the peer, the rule broken when
+/// validation refused it (which decides whether the raw bytes may be kept), and the record at
+/// fault when one record is (the peer's error frame names it, so that a phone sets that record
+/// aside and carries on with the others: docs/protocol.md, "Refusals").
 #[derive(Debug, Clone)]
 pub struct Refusal {
     /// Why, in words the peer and an organizer can act on.
@@ -126,6 +129,22 @@ pub struct Refusal {
     pub rule: Option<Rule>,
     /// Whether the raw message may be kept (small ones only, see [`QuarantineQuota`]).
     pub keep_raw: bool,
+    /// The id of the signature or check-in at fault, when one record is.
+    pub record: Option<String>,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// The record a validation path names: `signatures/<id>/...` or `checkins/<id>/...` -> `<id>`.
+pub fn record_of_path(path: &str) -> Option<String> {
+    let mut segs = path.split('/');
+    let container = segs.next()?;
+    let id = segs.next()?;
+    (matches!(container, SIGNATURES | CHECKINS) && !id.is_empty()).then(|| id.to_string())
 }
 
 impl Refusal {
@@ -148,6 +167,7 @@ impl Refusal {
             reason: rejection.to_string(),
             rule: Some(rejection.rule),
             keep_raw,
+            record: record_of_path(&rejection.path),
         }
     }
 
@@ -157,7 +177,14 @@ impl Refusal {
             reason: reason.into(),
             rule: None,
             keep_raw,
+            record: None,
         }
+    }
+
+    /// The same refusal, naming the record at fault.
+    pub fn naming(mut self, record: impl Into<String>) -> Refusal {
+        self.record = Some(record.into());
+        self
     }
 }
 
@@ -191,6 +218,9 @@ pub struct Hub {
     sync_limits: Mutex<Arc<SyncLimits>>,
     /// Changes waiting for dependencies, held by the connections ([`Hub::reserve_pending`]).
     pending: Mutex<PendingBook>,
+    /// Record ids the operator told the server to refuse (`refuse_records`), e.g. to stop a
+    /// known-bad record from a broken client.
+    refused_records: Mutex<Arc<HashSet<String>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -255,7 +285,14 @@ impl Hub {
             totals_suppress_below: AtomicU64::new(5),
             sync_limits: Mutex::new(Arc::new(SyncLimits::default())),
             pending: Mutex::default(),
+            refused_records: Mutex::default(),
         }
+    }
+
+    /// Sets the record ids the server refuses (`refuse_records`): a change that writes any of
+    /// them (a signature or a check-in) is refused, naming the record.
+    pub fn set_refused_records(&self, ids: impl IntoIterator<Item = String>) {
+        *lock(&self.refused_records) = Arc::new(ids.into_iter().collect());
     }
 
     /// Sets what a sync message, a connection and the quarantine may cost.
@@ -500,7 +537,7 @@ impl Hub {
                 true,
             );
             self.refuse(&writer.id, &key, &refusal, raw, change_hashes)?;
-            return Err(HubError::Rejected(refusal.reason));
+            return Err(HubError::Rejected(refusal));
         }
         let before_heads = guard.doc.get_heads();
         let waiting = !after.get_missing_deps(&[]).is_empty();
@@ -527,7 +564,7 @@ impl Hub {
             Err(refusal) => {
                 drop(guard);
                 self.refuse(&writer.id, &key, &refusal, raw, change_hashes)?;
-                return Err(HubError::Rejected(refusal.reason));
+                return Err(HubError::Rejected(refusal));
             }
         };
         let chunk = after.save_after(&before_heads);
@@ -619,11 +656,34 @@ impl Hub {
         }
         let acc = validate(&slot.doc, after, writer, campaign.as_deref())
             .map_err(|r| Refusal::by_rule(&r))?;
+        if header.kind == DocKind::Collection {
+            self.check_refused_records(&acc)?;
+        }
         let campaign = match header.kind {
             DocKind::Campaign => campaign::read(after).ok().map(Arc::new),
             _ => campaign,
         };
         Ok((acc, header, campaign))
+    }
+
+    /// Refuses a change that writes a record the operator listed in `refuse_records`.
+    fn check_refused_records(&self, acc: &Accepted) -> Result<(), Refusal> {
+        let refused = lock(&self.refused_records).clone();
+        if refused.is_empty() {
+            return Ok(());
+        }
+        for (container, id) in &acc.records {
+            if refused.contains(id) {
+                return Err(Refusal::server(
+                    format!(
+                        "{container}/{id}: this server refuses record {id:?} (refuse_records in its configuration); set it aside and sync the others"
+                    ),
+                    false,
+                )
+                .naming(id.clone()));
+            }
+        }
+        Ok(())
     }
 
     fn compact(&self, key: &str, slot: &mut Slot) {
@@ -797,6 +857,20 @@ mod tests {
         ));
         assert_eq!(r.rule, Some(Rule::UnknownField));
         assert!(r.reason.contains("signatures/s1/name"));
+        assert_eq!(r.record.as_deref(), Some("s1"));
+    }
+
+    #[test]
+    fn a_refusal_names_the_record_of_its_path() {
+        assert_eq!(
+            record_of_path("signatures/abc/city").as_deref(),
+            Some("abc")
+        );
+        assert_eq!(record_of_path("checkins/c1").as_deref(), Some("c1"));
+        assert_eq!(record_of_path("signatures"), None);
+        assert_eq!(record_of_path("strikes/abc/reason"), None);
+        assert_eq!(record_of_path("owner"), None);
+        assert_eq!(record_of_path(""), None);
     }
 
     #[test]

@@ -401,6 +401,10 @@ pub async fn serve(
     ));
     hub.set_totals_suppress_below(config.suppress_below);
     hub.set_sync_limits(config.sync_limits());
+    hub.set_refused_records(config.refuse_records.iter().cloned());
+    if !config.refuse_records.is_empty() {
+        tracing::warn!(records = ?config.refuse_records, "refusing the records listed in refuse_records");
+    }
     // A crash between a commit and the next refresh leaves a totals document behind: bring
     // every campaign's up to date (unchanged ones are not rewritten).
     for m in hub.store.list_campaigns()? {

@@ -207,11 +207,15 @@ fn components() -> Value {
                     "campaign": { "type": "string" }, "title": { "type": "string" }, "addressee": { "type": "string" },
                     "goal": { "type": "integer" }, "events": { "type": "array", "items": schema("Event") } } } } } },
             "Enroll": { "type": "object", "required": ["code"], "properties": {
-                "code": { "type": "string", "description": "XXXX-XXXX-XXXX" }, "name": { "type": "string" } } },
+                "code": { "type": "string", "description": "XXXX-XXXX-XXXX" }, "name": { "type": "string" },
+                "replaces": { "type": ["object", "null"], "required": ["device_id", "token"],
+                    "description": "re-enrollment: the device this phone was before, proven by its token (even revoked or expired); it must belong to the invite's campaign. The new device shares its lineage and the old one is revoked",
+                    "properties": { "device_id": { "type": "string" }, "token": { "type": "string" } } } } },
             "Enrolled": { "type": "object", "required": ["device_id", "token", "role"], "properties": {
                 "device_id": { "type": "string" }, "token": { "type": "string", "description": "shown this once" },
                 "role": { "type": "string" }, "campaign": { "type": ["string", "null"] },
-                "campaign_url": { "type": ["string", "null"] }, "totals_url": { "type": ["string", "null"] } } },
+                "campaign_url": { "type": ["string", "null"] }, "totals_url": { "type": ["string", "null"] },
+                "replaces": { "type": ["string", "null"], "description": "the device this one replaces (now revoked)" } } },
             "NewInvite": { "type": "object", "required": ["campaign", "role"], "properties": {
                 "campaign": { "type": "string" }, "role": { "type": "string", "enum": ["canvasser", "organizer"] } } },
             "Invite": { "type": "object", "required": ["code", "expires_at", "server", "campaign", "role"], "properties": {
@@ -221,7 +225,9 @@ fn components() -> Value {
                 "device_id": { "type": "string" }, "name": { "type": "string" },
                 "role": { "type": "string", "enum": ["admin", "organizer", "canvasser"] },
                 "campaign": { "type": ["string", "null"] }, "created_at": { "type": "integer" },
-                "revoked_at": { "type": ["integer", "null"] }, "last_seen": { "type": ["integer", "null"] } } },
+                "revoked_at": { "type": ["integer", "null"] }, "last_seen": { "type": ["integer", "null"] },
+                "replaces": { "type": ["string", "null"], "description": "the device this one replaced at enrollment" },
+                "lineage": { "type": "string", "description": "the first device of this phone's chain of devices (its own id if it replaced none)" } } },
             "Revoked": { "type": "object", "required": ["revoked", "connections_closed"], "properties": {
                 "revoked": { "type": "string" }, "connections_closed": { "type": "integer" } } },
             "Health": { "type": "object", "required": ["status", "documents_loaded", "connections"], "properties": {
@@ -253,7 +259,9 @@ pub fn document() -> Value {
         "/api/v1/enroll": { "post": {
             "summary": "Redeem a one-time invite code for a device token", "security": [],
             "requestBody": body(schema("Enroll")),
-            "responses": { "200": ok(schema("Enrolled")), "400": error("a bad body"),
+            "responses": { "200": ok(schema("Enrolled")),
+                           "400": error("a bad body, or `replaces` names a device this server does not know"),
+                           "403": error("`replaces`: the token is not that device's, or the device belongs to another campaign (the invite stays unused)"),
                            "410": error("the code is unknown, expired or already used") } } },
         "/api/v1/campaigns": {
             "get": { "summary": "Campaigns the token may see",

@@ -4,8 +4,10 @@
 //! the async runtime stays free for the other sockets.
 //!
 //! A sync message that carries changes goes through [`Hub::commit`]: validated on a fork, stored,
-//! then acknowledged by the sync answer. A refused message gets an `error` frame that says why;
-//! the connection stays open for the device's other documents. Documents this device may not
+//! then acknowledged by the sync answer. A refused message gets an `error` frame that says why,
+//! names the document (`documentId`) and, when one record is at fault, that record
+//! (`tallyRecord`), so that a phone sets it aside and carries on (docs/protocol.md,
+//! "Refusals"); the connection stays open for the device's other documents. Documents this device may not
 //! read answer `doc-unavailable`, whether they exist or not.
 
 use std::collections::{HashMap, HashSet};
@@ -136,7 +138,7 @@ impl Conn {
                 Event::SyncReceived { doc, message } => {
                     self.on_sync(doc, message, false, frame, &mut out)
                 }
-                Event::RemoteError { message } => {
+                Event::RemoteError { message, .. } => {
                     tracing::info!(device = %self.device.device_id, %message, "peer reported an error")
                 }
                 Event::Left => out.push(Out::Close("peer left".into())),
@@ -233,10 +235,7 @@ impl Conn {
                 {
                     return self.storage_error(&doc, &e.to_string(), out);
                 }
-                out.push(Out::Send(self.session.error_frame(&format!(
-                    "document {doc}: change refused: {}",
-                    refusal.reason
-                ))));
+                out.push(Out::Send(self.refusal_frame(doc, &refusal)));
                 if readable {
                     self.answer(doc, out);
                 }
@@ -290,21 +289,19 @@ impl Conn {
                             raw,
                             &change_hashes,
                         );
-                        out.push(Out::Send(self.session.error_frame(&format!(
-                            "document {doc}: change refused: {}",
-                            refusal.reason
-                        ))));
+                        out.push(Out::Send(self.refusal_frame(doc, &refusal)));
                     }
                 } else {
                     self.drop_pending(&doc);
                 }
             }
-            Err(HubError::Rejected(reason)) => {
+            Err(HubError::Rejected(refusal)) => {
                 self.drop_pending(&doc);
-                out.push(Out::Send(
-                    self.session
-                        .error_frame(&format!("document {doc}: {reason}")),
-                ));
+                out.push(Out::Send(self.session.refusal_frame(
+                    doc,
+                    &format!("document {doc}: {}", refusal.reason),
+                    refusal.record.as_deref(),
+                )));
                 if !readable {
                     return;
                 }
@@ -350,6 +347,16 @@ impl Conn {
             self.hub
                 .release_pending(doc, &self.device.device_id, p.bytes);
         }
+    }
+
+    /// The `error` frame of a refusal by the connection itself (the message's cost, changes
+    /// waiting too long): names the document, and the record if one is at fault.
+    fn refusal_frame(&self, doc: DocumentId, refusal: &Refusal) -> Vec<u8> {
+        self.session.refusal_frame(
+            doc,
+            &format!("document {doc}: change refused: {}", refusal.reason),
+            refusal.record.as_deref(),
+        )
     }
 
     fn storage_error(&mut self, doc: &DocumentId, error: &str, out: &mut Vec<Out>) {

@@ -125,8 +125,8 @@ pub trait Server {
         }
     }
 
-    /// Invites and enrolls a device; returns (device id, token).
-    fn enroll(&self, campaign: &str, role: &str) -> (String, String) {
+    /// A one-time invite code for a device of `campaign` with `role`.
+    fn invite(&self, campaign: &str, role: &str) -> String {
         let inv: Invite = call(
             &self.base(),
             "POST",
@@ -137,14 +137,20 @@ pub trait Server {
                 role: role.to_string(),
             },
         );
+        inv.code
+    }
+
+    /// Invites and enrolls a device; returns (device id, token).
+    fn enroll(&self, campaign: &str, role: &str) -> (String, String) {
         let e: Enrolled = call(
             &self.base(),
             "POST",
             "/api/v1/enroll",
             None,
             &EnrollRequest {
-                code: inv.code,
+                code: self.invite(campaign, role),
                 name: "test phone".into(),
+                replaces: None,
             },
         );
         (e.device_id, e.token)

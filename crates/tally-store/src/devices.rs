@@ -19,7 +19,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use sha2::{Digest, Sha256};
 
 use crate::Store;
-use crate::error::{Result, StoreError};
+use crate::error::{ReplaceRefusal, Result, StoreError};
 
 /// What a device may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -97,6 +97,14 @@ pub struct Device {
     pub revoked_at: Option<i64>,
     /// When it last authenticated (kept to the minute, see [`LAST_SEEN_RESOLUTION_MS`]).
     pub last_seen: Option<i64>,
+    /// The device this one replaces: the phone held that device's token when it enrolled
+    /// again (after a revocation or an expiry), and its records carry on under this one.
+    #[serde(default)]
+    pub replaces: Option<String>,
+    /// The first device of the phone's chain of devices (its own id if it replaces none): a
+    /// record id may appear in several collections of one lineage, never in two lineages.
+    #[serde(default)]
+    pub lineage: String,
 }
 
 impl Device {
@@ -252,7 +260,8 @@ struct InviteRow {
     used_at: Option<i64>,
 }
 
-const DEVICE_COLUMNS: &str = "device_id, name, role, campaign, created_at, revoked_at, last_seen";
+const DEVICE_COLUMNS: &str =
+    "device_id, name, role, campaign, created_at, revoked_at, last_seen, replaces, lineage";
 
 fn device_from_row(row: &Row<'_>) -> rusqlite::Result<Device> {
     Ok(Device {
@@ -263,18 +272,25 @@ fn device_from_row(row: &Row<'_>) -> rusqlite::Result<Device> {
         created_at: row.get(4)?,
         revoked_at: row.get(5)?,
         last_seen: row.get(6)?,
+        replaces: row.get(7)?,
+        lineage: row.get(8)?,
     })
 }
 
+/// `insert_device` for a device that replaces `replaced` (its id and lineage).
 fn insert_device(
     conn: &Connection,
     name: &str,
     role: Role,
     campaign: Option<&str>,
     now: i64,
+    replaced: Option<(&str, &str)>,
 ) -> Result<(Device, Token)> {
+    let device_id = new_id();
     let device = Device {
-        device_id: new_id(),
+        lineage: replaced.map_or_else(|| device_id.clone(), |(_, l)| l.to_owned()),
+        replaces: replaced.map(|(id, _)| id.to_owned()),
+        device_id,
         name: clean_name(name)?,
         role,
         campaign: campaign.map(str::to_owned),
@@ -284,18 +300,71 @@ fn insert_device(
     };
     let token = new_token();
     conn.execute(
-        "INSERT INTO devices (device_id, name, role, campaign, token_hash, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO devices (device_id, name, role, campaign, token_hash, created_at, replaces, lineage)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
             device.device_id,
             device.name,
             device.role,
             device.campaign,
             token_hash(token.as_str()),
-            device.created_at
+            device.created_at,
+            device.replaces,
+            device.lineage
         ],
     )?;
     Ok((device, token))
+}
+
+/// The proof a re-enrolling phone gives of the device it was before: that device's id and its
+/// token (revoked or expired, it still proves the phone held it). `Debug` hides the token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Replaces<'a> {
+    /// The old device's id.
+    pub device_id: &'a str,
+    /// The old device's token.
+    pub token: &'a str,
+}
+
+impl fmt::Debug for Replaces<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Replaces")
+            .field("device_id", &self.device_id)
+            .field("token", &"tly_<redacted>")
+            .finish()
+    }
+}
+
+/// Checks `proof` against the stored devices for an invite of `campaign`: the old device's id
+/// and lineage, or why not.
+fn check_replaced(
+    conn: &Connection,
+    proof: &Replaces<'_>,
+    campaign: Option<&str>,
+) -> Result<(String, String)> {
+    let row: Option<(Vec<u8>, Option<String>, String)> = conn
+        .query_row(
+            "SELECT token_hash, campaign, lineage FROM devices WHERE device_id = ?1",
+            [proof.device_id],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
+        .optional()?;
+    let Some((hash, old_campaign, lineage)) = row else {
+        return Err(StoreError::ReplaceRefused(ReplaceRefusal::UnknownDevice(
+            proof.device_id.to_owned(),
+        )));
+    };
+    if hash.as_slice() != token_hash(proof.token).as_slice() {
+        return Err(StoreError::ReplaceRefused(ReplaceRefusal::WrongToken(
+            proof.device_id.to_owned(),
+        )));
+    }
+    if old_campaign.as_deref() != campaign {
+        return Err(StoreError::ReplaceRefused(ReplaceRefusal::OtherCampaign(
+            proof.device_id.to_owned(),
+        )));
+    }
+    Ok((proof.device_id.to_owned(), lineage))
 }
 
 fn has_admin(conn: &Connection) -> Result<bool> {
@@ -319,7 +388,7 @@ impl Store {
             if has_admin(tx.conn())? {
                 return Err(StoreError::AdminExists);
             }
-            insert_device(tx.conn(), name, Role::Admin, None, now)
+            insert_device(tx.conn(), name, Role::Admin, None, now, None)
         })
     }
 
@@ -366,6 +435,22 @@ impl Store {
         device_name: &str,
         now: i64,
     ) -> Result<(Device, Token)> {
+        self.redeem_invite_replacing(code, device_name, now, None)
+    }
+
+    /// [`Store::redeem_invite`] for a phone that was enrolled before as another device (its
+    /// token revoked or expired): with `replaces`, the old device must exist, its token must
+    /// match, and it must belong to the invite's campaign, else
+    /// [`StoreError::ReplaceRefused`] and the invite stays unused (checked in the same
+    /// transaction, before redeeming). The new device then replaces the old one and shares its
+    /// lineage, and the old device is revoked (if it was not already).
+    pub fn redeem_invite_replacing(
+        &self,
+        code: &str,
+        device_name: &str,
+        now: i64,
+        replaces: Option<Replaces<'_>>,
+    ) -> Result<(Device, Token)> {
         let name = clean_name(device_name)?;
         let hash = code_hash(&normalize_code(code).ok_or(StoreError::InviteUnknown)?);
         self.write(|tx| {
@@ -393,8 +478,24 @@ impl Store {
             if now >= invite.expires_at {
                 return Err(StoreError::InviteExpired);
             }
-            let (device, token) =
-                insert_device(conn, &name, invite.role, invite.campaign.as_deref(), now)?;
+            let replaced = match &replaces {
+                Some(proof) => Some(check_replaced(conn, proof, invite.campaign.as_deref())?),
+                None => None,
+            };
+            let (device, token) = insert_device(
+                conn,
+                &name,
+                invite.role,
+                invite.campaign.as_deref(),
+                now,
+                replaced.as_ref().map(|(id, l)| (id.as_str(), l.as_str())),
+            )?;
+            if let Some((old, _)) = &replaced {
+                conn.execute(
+                    "UPDATE devices SET revoked_at = ?2 WHERE device_id = ?1 AND revoked_at IS NULL",
+                    params![old, now],
+                )?;
+            }
             conn.execute(
                 "UPDATE invites SET used_at = ?2, device_id = ?3 WHERE invite_id = ?1",
                 params![invite.invite_id, now, device.device_id],

@@ -397,6 +397,19 @@ impl Store {
         })
     }
 
+    /// How many collection documents `owner` has in `campaign`: the length of a phone's chain
+    /// of collections there (bounded by the server's `max_documents_per_device`).
+    pub fn count_collections(&self, owner: &str, campaign: &str) -> Result<u64> {
+        self.with_conn(|conn| {
+            let count: i64 = conn.query_row(
+                "SELECT COUNT(*) FROM documents WHERE owner = ?1 AND campaign = ?2 AND kind = 'collection'",
+                [owner, campaign],
+                |row| row.get(0),
+            )?;
+            Ok(to_u64(count))
+        })
+    }
+
     /// See [`WriteTx::save_sync_state`]; commits on its own.
     pub fn save_sync_state(
         &self,

@@ -104,6 +104,10 @@ pub enum StoreError {
     )]
     InviteUsed,
 
+    /// A re-enrollment's proof of the device it replaces was refused; the invite was not used.
+    #[error("{0}")]
+    ReplaceRefused(ReplaceRefusal),
+
     /// A previous failure left the connection inside a transaction that could not be rolled
     /// back; the store refuses further work rather than risk mixing writes.
     #[error(
@@ -115,6 +119,30 @@ pub enum StoreError {
     /// Any other SQLite error (busy past the timeout, a constraint, a misuse).
     #[error("database error: {0} (if it persists, check the server log and the data volume)")]
     Other(#[source] rusqlite::Error),
+}
+
+/// Why a re-enrollment may not replace the device it names (the invite stays unused).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplaceRefusal {
+    /// No device has this id.
+    #[error(
+        "the device this phone replaces ({0}) is not known to this server: enroll without \
+         `replaces` (as a new phone), or check that the phone is talking to the server it \
+         was enrolled with"
+    )]
+    UnknownDevice(String),
+    /// The token given is not that device's.
+    #[error(
+        "the token given does not belong to device {0}: a phone proves the device it replaces \
+         with that device's own token (revoked or expired tokens still prove it)"
+    )]
+    WrongToken(String),
+    /// The old device belongs to another campaign than the invite.
+    #[error(
+        "device {0} belongs to another campaign than this invite: ask an organizer for an \
+         invite to the campaign the phone was enrolled in, or enroll without `replaces`"
+    )]
+    OtherCampaign(String),
 }
 
 /// The crate's result type.

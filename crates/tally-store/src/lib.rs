@@ -34,9 +34,9 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
-pub use devices::{Device, InviteCode, Role, Token, TokenRefusal};
+pub use devices::{Device, InviteCode, Replaces, Role, Token, TokenRefusal};
 pub use documents::{CAMPAIGN_KIND, ChunkStats, DocFilter, DocMeta, StoredDoc};
-pub use error::{Result, StoreError};
+pub use error::{ReplaceRefusal, Result, StoreError};
 pub use quarantine::{
     NewQuarantine, QuarantineEntry, QuarantineFilter, QuarantineOutcome, QuarantineQuota,
 };

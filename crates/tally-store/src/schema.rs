@@ -202,6 +202,18 @@ const MIGRATIONS: &[&str] = &[
     UPDATE quarantine SET size = length(bytes);
     UPDATE quarantine SET bytes = X'' WHERE length(bytes) > 16384;
     "#,
+    // 5: one phone, many devices and collections (issue 12). A device re-enrolled by the phone
+    // that held an older device's token `replaces` that device and shares its `lineage` (the
+    // first device's id): a phone's records, re-homed with the same ids into a collection of the
+    // new device, stay one phone's records. Existing devices are each their own lineage. The
+    // check-in index serves counting a check-in id once per campaign.
+    r#"
+    ALTER TABLE devices ADD COLUMN replaces TEXT;
+    ALTER TABLE devices ADD COLUMN lineage TEXT NOT NULL DEFAULT '';
+    UPDATE devices SET lineage = device_id;
+    CREATE INDEX devices_by_lineage ON devices (lineage);
+    CREATE INDEX checkins_by_id ON checkins (campaign, ci_id);
+    "#,
 ];
 
 /// The schema version this build writes and reads.

@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use tally_store::{
-    DocFilter, DocMeta, QuarantineFilter, Role, SCHEMA_VERSION, Store, StoreError, TokenRefusal,
+    DocFilter, DocMeta, QuarantineFilter, Replaces, Role, SCHEMA_VERSION, Store, StoreError,
+    TokenRefusal,
 };
 use tempfile::TempDir;
 
@@ -966,6 +967,8 @@ fn schema_4_migrates_a_version_3_quarantine() {
          PRAGMA user_version = 3;",
     )
     .unwrap();
+    conn.execute_batch(UNDO_SCHEMA_5).unwrap();
+    conn.execute_batch("PRAGMA user_version = 3;").unwrap();
     conn.execute(
         "INSERT INTO quarantine (device_id, doc_id, at, reason, bytes) VALUES ('d', 'x', ?1, 'r', ?2), ('d', 'x', ?1, 'r', ?3)",
         rusqlite::params![T0, vec![1u8; 10], vec![2u8; 20_000]],
@@ -977,4 +980,140 @@ fn schema_4_migrates_a_version_3_quarantine() {
     assert_eq!(all.len(), 2);
     assert_eq!((all[0].size, all[0].bytes.len()), (10, 10));
     assert_eq!((all[1].size, all[1].bytes.len()), (20_000, 0));
+}
+
+/// Takes a file of this build back to schema 4 (before devices had lineages).
+const UNDO_SCHEMA_5: &str = "DROP INDEX devices_by_lineage; DROP INDEX checkins_by_id;
+     ALTER TABLE devices DROP COLUMN lineage; ALTER TABLE devices DROP COLUMN replaces;
+     PRAGMA user_version = 4;";
+
+#[test]
+fn schema_5_gives_every_existing_device_its_own_lineage() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let (phone, token) = {
+        let store = Store::open(&path).unwrap();
+        let (_, code) = store
+            .create_invite(Some("c1"), Role::Canvasser, HOUR, T0)
+            .unwrap();
+        store.redeem_invite(code.as_str(), "phone", T0).unwrap()
+    };
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(UNDO_SCHEMA_5).unwrap();
+    drop(conn);
+    let store = Store::open(&path).unwrap();
+    let d = store.device(&phone.device_id).unwrap().unwrap();
+    assert_eq!(
+        (d.lineage.as_str(), d.replaces),
+        (phone.device_id.as_str(), None)
+    );
+    // The migrated device's token still proves it to a re-enrollment.
+    let (_, code) = store
+        .create_invite(Some("c1"), Role::Canvasser, HOUR, T0)
+        .unwrap();
+    let proof = Replaces {
+        device_id: &phone.device_id,
+        token: token.as_str(),
+    };
+    let (new, _) = store
+        .redeem_invite_replacing(code.as_str(), "phone again", T0 + 1, Some(proof))
+        .unwrap();
+    assert_eq!(new.lineage, phone.device_id);
+}
+
+#[test]
+fn a_reenrolled_phone_replaces_the_device_whose_token_it_holds() {
+    let (_dir, _path, store) = temp_store();
+    let invite = |campaign: &str| {
+        store
+            .create_invite(Some(campaign), Role::Canvasser, HOUR, T0)
+            .unwrap()
+            .1
+    };
+    let (old, old_token) = store
+        .redeem_invite(invite("c1").as_str(), "phone", T0)
+        .unwrap();
+    assert_eq!(
+        (old.lineage.as_str(), old.replaces.as_deref()),
+        (old.device_id.as_str(), None)
+    );
+    let (other, other_token) = store
+        .redeem_invite(invite("c2").as_str(), "other", T0)
+        .unwrap();
+
+    // Every wrong proof is refused, and leaves the invite unused.
+    let code = invite("c1");
+    let refusals = [
+        (
+            Replaces {
+                device_id: "nobody",
+                token: old_token.as_str(),
+            },
+            "not known",
+        ),
+        (
+            Replaces {
+                device_id: &old.device_id,
+                token: other_token.as_str(),
+            },
+            "does not belong",
+        ),
+        (
+            Replaces {
+                device_id: &other.device_id,
+                token: other_token.as_str(),
+            },
+            "another campaign",
+        ),
+    ];
+    for (proof, words) in refusals {
+        let err = store
+            .redeem_invite_replacing(code.as_str(), "phone", T0 + 1, Some(proof.clone()))
+            .unwrap_err();
+        assert!(matches!(err, StoreError::ReplaceRefused(_)), "{err}");
+        assert!(err.to_string().contains(words), "{proof:?}: {err}");
+        assert!(
+            !format!("{proof:?}").contains(&old_token.as_str()[4..]),
+            "Debug hides the token"
+        );
+    }
+    assert_eq!(store.list_devices().unwrap().len(), 2, "nobody enrolled");
+
+    // The right proof, with the same (still unused) invite: linked, and the old one revoked.
+    let proof = Replaces {
+        device_id: &old.device_id,
+        token: old_token.as_str(),
+    };
+    let (new, new_token) = store
+        .redeem_invite_replacing(code.as_str(), "phone", T0 + 2, Some(proof))
+        .unwrap();
+    assert_eq!(new.replaces.as_deref(), Some(old.device_id.as_str()));
+    assert_eq!(new.lineage, old.device_id);
+    assert_eq!(
+        store.device(&old.device_id).unwrap().unwrap().revoked_at,
+        Some(T0 + 2)
+    );
+    assert!(matches!(
+        store.check_token(old_token.as_str(), T0 + 3, None).unwrap(),
+        Err(TokenRefusal::Revoked { .. })
+    ));
+    // A chain: the new device replaced in turn keeps the first device's lineage, and a
+    // revoked device's token (the phone's only proof after a revocation) still proves it.
+    let proof = Replaces {
+        device_id: &new.device_id,
+        token: new_token.as_str(),
+    };
+    let (third, _) = store
+        .redeem_invite_replacing(invite("c1").as_str(), "phone", T0 + 3, Some(proof))
+        .unwrap();
+    assert_eq!(third.lineage, old.device_id);
+    assert_eq!(third.replaces.as_deref(), Some(new.device_id.as_str()));
+    let proof = Replaces {
+        device_id: &old.device_id,
+        token: old_token.as_str(),
+    };
+    let (fourth, _) = store
+        .redeem_invite_replacing(invite("c1").as_str(), "phone", T0 + 4, Some(proof))
+        .unwrap();
+    assert_eq!(fourth.lineage, old.device_id);
 }

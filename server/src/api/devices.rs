@@ -38,8 +38,21 @@ pub(crate) async fn enroll(
         } else {
             req.name.trim().chars().take(100).collect()
         };
-        let (device, token) = state.hub.store.redeem_invite(&req.code, &name, now_ms())?;
-        tracing::info!(device = %device.device_id, role = device.role.as_str(), "device enrolled");
+        let proof = req.replaces.as_ref().map(|r| tally_store::Replaces {
+            device_id: &r.device_id,
+            token: &r.token,
+        });
+        let (device, token) =
+            state
+                .hub
+                .store
+                .redeem_invite_replacing(&req.code, &name, now_ms(), proof)?;
+        tracing::info!(device = %device.device_id, role = device.role.as_str(), replaces = ?device.replaces, "device enrolled");
+        if let Some(old) = &device.replaces {
+            // The old device is revoked: its connections close like a revoked device's.
+            let closed = state.disconnect(old);
+            tracing::info!(device = %old, connections = closed, "device replaced and revoked");
+        }
         let (campaign_url, totals_url) = match &device.campaign {
             Some(c) => (
                 Some(format!("automerge:{c}")),
@@ -54,6 +67,7 @@ pub(crate) async fn enroll(
             campaign: device.campaign,
             campaign_url,
             totals_url,
+            replaces: device.replaces,
         }))
     })
     .await

@@ -24,6 +24,30 @@ pub struct EnrollRequest {
     /// The device's name, as organizers see it (default "phone").
     #[serde(default)]
     pub name: String,
+    /// The device this phone was before (re-enrollment after a revocation or an expiry): the
+    /// new device replaces it, shares its lineage (so that the phone's records re-homed with
+    /// the same ids count once), and the old one is revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<ReplacedDevice>,
+}
+
+/// The proof of the device a re-enrolling phone was before: its id and its token (revoked or
+/// expired, the token still proves the phone held it). `Debug` hides the token.
+#[derive(Serialize, Deserialize, Clone)]
+pub struct ReplacedDevice {
+    /// The old device's id.
+    pub device_id: String,
+    /// The old device's token.
+    pub token: String,
+}
+
+impl std::fmt::Debug for ReplacedDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplacedDevice")
+            .field("device_id", &self.device_id)
+            .field("token", &"tly_<redacted>")
+            .finish()
+    }
 }
 
 /// What a device gets for its one-time code.
@@ -41,6 +65,9 @@ pub struct Enrolled {
     pub campaign_url: Option<String>,
     /// `automerge:` URL of the totals document.
     pub totals_url: Option<String>,
+    /// The device this one replaces (the request's `replaces`), now revoked.
+    #[serde(default)]
+    pub replaces: Option<String>,
 }
 
 /// `POST /api/v1/campaigns`: a new campaign (admin).
