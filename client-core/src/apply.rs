@@ -12,7 +12,7 @@ use crate::device::now_ms;
 use crate::error::{ClientError, Result};
 use crate::mirror::State;
 use crate::receipts::AckCounts;
-use crate::store::{self, DocRole};
+use crate::store::{self, DocRole, DocState};
 
 /// The result of applying one message from the server.
 pub(crate) struct Applied {
@@ -21,13 +21,14 @@ pub(crate) struct Applied {
 }
 
 impl State {
-    /// The receipts whose change the server's heads include.
+    /// The receipts of collection `id` whose change the server's heads include.
     pub(crate) fn acked_hashes(
         &self,
+        id: &DocumentId,
         doc: &Automerge,
         server_heads: &[ChangeHash],
     ) -> Result<Vec<String>> {
-        let pending = store::pending_hashes(&self.conn)?;
+        let pending = store::pending_hashes(&self.conn, id)?;
         if pending.is_empty() {
             return Ok(Vec::new());
         }
@@ -54,17 +55,26 @@ impl State {
             .collect())
     }
 
-    /// Marks acknowledged what the stored server heads of the collection already cover (after
-    /// another process added changes, or at the start of a sync).
+    /// Marks acknowledged what the stored server heads of the collections to sync already
+    /// cover (after another process added changes, or at the start of a sync).
     pub fn recheck_acks(&mut self) -> Result<AckCounts> {
-        let idx = self.index(DocRole::Collection)?;
-        self.ensure(idx)?;
-        let hashes = self.acked_hashes(self.docs[idx].doc()?, &self.docs[idx].server_heads)?;
-        if hashes.is_empty() {
-            return Ok(AckCounts::default());
+        let mut total = AckCounts::default();
+        for id in self.collections_to_sync()? {
+            let Some(idx) = self.index_of(&id) else {
+                continue;
+            };
+            self.ensure(idx)?;
+            let local = &self.docs[idx];
+            let hashes = self.acked_hashes(&id, local.doc()?, &local.server_heads)?;
+            if hashes.is_empty() {
+                continue;
+            }
+            let drop_plaintext = self.drop_plaintext;
+            total.add(
+                self.commit(|tx, _| store::acknowledge(tx, &hashes, now_ms(), drop_plaintext))?,
+            );
         }
-        let drop_plaintext = self.drop_plaintext;
-        self.commit(|tx, _| store::acknowledge(tx, &hashes, now_ms(), drop_plaintext))
+        Ok(total)
     }
 
     /// Applies a sync message from the server to one of our documents, then commits, in one
@@ -100,7 +110,7 @@ impl State {
         let chunk = changed.then(|| doc.save_after(&before));
         let sync_state = session.encoded_sync_state(&doc_id);
         let acked_hashes = if role == DocRole::Collection {
-            match self.acked_hashes(self.docs[idx].doc()?, &server_heads) {
+            match self.acked_hashes(&doc_id, self.docs[idx].doc()?, &server_heads) {
                 Ok(hashes) => hashes,
                 Err(e) => {
                     // The message already applied in memory.
@@ -127,7 +137,7 @@ impl State {
         })?;
         if chunk.is_some() {
             self.appended(idx, seen);
-            if role == DocRole::Collection {
+            if role == DocRole::Collection && self.docs[idx].state == DocState::Current {
                 self.records = None;
             }
         }

@@ -223,7 +223,7 @@ mod tests {
         let mut doc = Automerge::new();
         doc.transact::<_, _, automerge::AutomergeError>(|tx| tx.put(ROOT, "created", true))
             .unwrap();
-        store::insert_doc(&conn, id, DocRole::Collection, Some(&doc.save()), 0).unwrap();
+        store::insert_doc(&conn, id, DocRole::Collection, 0, Some(&doc.save()), 0).unwrap();
         let seqs = (0..chunks)
             .map(|i| append(&conn, id, &mut doc, i))
             .collect();

@@ -28,15 +28,11 @@ use tally_proto::DocumentId;
 use crate::compact;
 use crate::enroll::{Enrollment, EnrollmentInfo};
 use crate::error::{ClientError, Result};
-use crate::mirror::{KEY_DROP_PLAINTEXT, State};
+use crate::mirror::{KEY_DROP_PLAINTEXT, KEY_ROLL_OVER_AT, State};
 use crate::receipts::{Counts, Receipt, ReceiptDetails, ReceiptKind, SignatureReceipt};
-use crate::store::{self, DocRole};
+use crate::store::{self, DocRole, DocState};
 
-/// Records (signatures and check-ins) one collection document holds at most. The design brief
-/// measured automerge's memory at about 2.2 KB per record; past this bound a phone should roll
-/// over to a new collection document. This build does not roll over: it refuses new records.
-pub const MAX_RECORDS: usize = 10_000;
-
+pub use crate::chain::DEFAULT_ROLL_OVER_AT;
 pub use crate::compact::COMPACT_AFTER_CHUNKS;
 
 const KEY_LAST_SYNC: &str = "last_sync";
@@ -83,8 +79,15 @@ pub struct Status {
     pub summary: String,
     /// The pending receipts, oldest first.
     pub pending: Vec<Receipt>,
-    /// Records in the collection document (against [`MAX_RECORDS`]).
+    /// What the server refused, set aside with its reason (kept sealed, not counted).
+    #[serde(default)]
+    pub refused: Vec<Receipt>,
+    /// Records in the current collection document (the phone starts the next one at
+    /// `roll_over_at`).
     pub collection_records: usize,
+    /// The phone's chain of collections, oldest first.
+    #[serde(default)]
+    pub collections: Vec<CollectionStatus>,
     /// The campaign's title, once the campaign document has been received.
     pub campaign_title: Option<String>,
     /// When the last complete sync ended.
@@ -95,6 +98,17 @@ pub struct Status {
     pub totals: Option<TeamTotals>,
     /// Things the canvasser should know (e.g. a document that cannot be read).
     pub problems: Vec<String>,
+}
+
+/// One collection of the phone's chain, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectionStatus {
+    /// Its `automerge:` URL.
+    pub url: String,
+    /// Current, closed (rolled over), retired (an earlier enrollment's) or refused.
+    pub state: DocState,
+    /// Its place in the chain, from 0.
+    pub chain: i64,
 }
 
 /// Maps a write refused by the document core to the form field at fault.
@@ -296,7 +310,7 @@ impl Device {
                 check_plain_text(field, v, false)?;
             }
         }
-        st.check_room()?;
+        st.make_room()?;
         let now = now_ms();
         let key = enrollment.key()?;
         let signature = form.prepare(&TakenBy {
@@ -368,7 +382,7 @@ impl Device {
                 ),
             ));
         }
-        st.check_room()?;
+        st.make_room()?;
         let now = now_ms();
         let key = enrollment.key()?;
         let checkin = Checkin {
@@ -419,10 +433,28 @@ impl Device {
         }
         let mut st = self.lock()?;
         st.refresh()?;
-        st.enrollment()?;
-        let idx = st.index(DocRole::Collection)?;
-        st.ensure(idx)?;
-        let doc = st.docs[idx].doc()?;
+        let owner = st.enrollment()?.device_id.clone();
+        let receipts = store::receipts_of(&st.conn, record_id)?;
+        if let Some(r) = receipts.iter().find(|r| r.refused_at.is_some()) {
+            return Err(ClientError::Form(tally_core::collection::FormError {
+                field: "record_id",
+                message: format!(
+                    "record {record_id:?} was refused by the server and set aside ({}); it is not counted, so there is nothing to withdraw",
+                    r.refusal.as_deref().unwrap_or("no reason given")
+                ),
+            }));
+        }
+        // The record is in the collection of its latest receipt: the current one, or an older
+        // one of the chain (rolled over, or an earlier enrollment's).
+        let current = st.index(DocRole::Collection)?;
+        let home = receipts
+            .last()
+            .and_then(|r| r.doc_id.as_deref())
+            .and_then(|d| d.parse::<DocumentId>().ok())
+            .and_then(|d| st.index_of(&d))
+            .unwrap_or(current);
+        st.ensure(home)?;
+        let doc = st.docs[home].doc()?;
         let found_sig = collection::signature(doc, record_id)
             .map_err(|r| ClientError::Corrupt(r.to_string()))?;
         let found_checkin = if found_sig.is_none() {
@@ -438,17 +470,40 @@ impl Device {
         if withdrawn {
             return Err(ClientError::AlreadyWithdrawn(record_id.to_string()));
         }
-        let details = store::receipts_of(&st.conn, record_id)?
-            .into_iter()
-            .find_map(|r| r.details);
+        let details = receipts.into_iter().find_map(|r| r.details);
         let now = now_ms();
-        let receipt = st.commit_local(kind, record_id, now, details, |doc| {
-            if kind == ReceiptKind::SignatureWithdrawal {
-                collection::withdraw_signature(doc, record_id)
-            } else {
-                collection::withdraw_checkin(doc, record_id)
+        let receipt = if home == current {
+            st.commit_local(kind, record_id, now, details, |doc| {
+                if kind == ReceiptKind::SignatureWithdrawal {
+                    collection::withdraw_signature(doc, record_id)
+                } else {
+                    collection::withdraw_checkin(doc, record_id)
+                }
+            })?
+        } else {
+            // An older collection is not written again: the withdrawal is a copy of the record,
+            // marked withdrawn, in the current one (a record id counts once per campaign, and is
+            // withdrawn if any copy is).
+            let campaign = st.campaign()?;
+            if home != current {
+                st.unload_old_collections(&[]);
             }
-        })?;
+            st.commit_local(kind, record_id, now, details, |doc| {
+                match (found_sig, found_checkin) {
+                    (Some(mut sig), _) => {
+                        sig.withdrawn = true;
+                        sig.collected_by = owner.clone();
+                        collection::add_signature(doc, &sig, &campaign)
+                    }
+                    (None, Some(mut ci)) => {
+                        ci.withdrawn = true;
+                        ci.by = owner.clone();
+                        collection::add_checkin(doc, &ci, &campaign)
+                    }
+                    (None, None) => Err(WriteError::NotFound(record_id.to_string())),
+                }
+            })?
+        };
         drop(st);
         self.wrote();
         Ok(receipt)
@@ -486,6 +541,27 @@ impl Device {
     /// Whether acknowledged records lose their display plaintext (on by default).
     pub fn drop_plaintext_on_ack(&self) -> Result<bool> {
         Ok(self.lock()?.drop_plaintext)
+    }
+
+    /// Records the current collection takes before the phone starts the next one
+    /// ([`DEFAULT_ROLL_OVER_AT`] unless set).
+    pub fn roll_over_at(&self) -> Result<usize> {
+        Ok(self.lock()?.roll_over_at)
+    }
+
+    /// Sets [`Device::roll_over_at`] (at least 1). A lower bound keeps less in memory and makes
+    /// more collections; the next write rolls over if the current collection holds as many.
+    pub fn set_roll_over_at(&self, records: usize) -> Result<()> {
+        if records == 0 {
+            return Err(ClientError::form(
+                "roll_over_at",
+                "a collection must take at least 1 record",
+            ));
+        }
+        let mut st = self.lock()?;
+        st.set_setting(KEY_ROLL_OVER_AT, &records.to_string())?;
+        st.roll_over_at = records;
+        Ok(())
     }
 
     /// Sets [`Device::drop_plaintext_on_ack`]. Turning it on does not bring back plaintext
@@ -546,7 +622,8 @@ impl Device {
         Ok(())
     }
 
-    /// A copy of one of the phone's documents (for inspection, export and tests).
+    /// A copy of one of the phone's current documents (for inspection, export and tests); for
+    /// collections, the current one.
     pub fn document(&self, role: DocRole) -> Result<Automerge> {
         let mut st = self.lock()?;
         let idx = st.index(role)?;
@@ -554,12 +631,37 @@ impl Device {
         Ok(st.docs[idx].doc()?.clone())
     }
 
-    /// Loads the collection document now. Reading the status does not need it; signing,
-    /// checking in, withdrawing and syncing load it at their first use (at 10,000 records
-    /// that takes about 0.3 s and most of the phone's memory), so an app can call this in the
-    /// background once the status is on screen.
+    /// Every collection of the phone's chain (copies, oldest first), with its state.
+    pub fn collections(&self) -> Result<Vec<(CollectionStatus, Automerge)>> {
+        let mut st = self.lock()?;
+        st.refresh()?;
+        let mut out = Vec::new();
+        for idx in 0..st.docs.len() {
+            if st.docs[idx].role != DocRole::Collection {
+                continue;
+            }
+            st.ensure(idx)?;
+            let local = &st.docs[idx];
+            out.push((
+                CollectionStatus {
+                    url: local.id.to_url(),
+                    state: local.state,
+                    chain: local.chain,
+                },
+                local.doc()?.clone(),
+            ));
+        }
+        st.unload_old_collections(&[]);
+        out.sort_by_key(|(c, _)| c.chain);
+        Ok(out)
+    }
+
+    /// Loads the current collection document now. Reading the status does not need it;
+    /// signing, checking in, withdrawing and syncing load it at their first use (at 5,000
+    /// records that takes about 0.15 s and most of the phone's memory), so an app can call this
+    /// in the background once the status is on screen.
     pub fn preload(&self) -> Result<()> {
-        self.lock()?.ensure_all()
+        self.lock()?.ensure_current()
     }
 
     /// The heads the server last sent for one of the phone's documents.
@@ -579,6 +681,7 @@ impl Device {
         st.refresh()?;
         let counts = store::counts(&st.conn)?;
         let pending = store::receipts(&st.conn, true)?;
+        let refused = store::refused_receipts(&st.conn)?;
         let mut problems = Vec::new();
         let (campaign_title, totals, collection_records) = if st.enrollment.is_some() {
             let title = match st.campaign() {
@@ -596,7 +699,7 @@ impl Device {
                 problems.push(e.to_string());
                 None
             });
-            (title, totals, st.records_for_status(&counts)?)
+            (title, totals, st.records_for_status()?)
         } else {
             problems.push(ClientError::NotEnrolled.to_string());
             (None, None, 0)
@@ -605,12 +708,25 @@ impl Device {
             store::setting(&st.conn, KEY_LAST_SYNC)?.and_then(|j| serde_json::from_str(&j).ok());
         let last_complete_sync_at =
             store::setting(&st.conn, KEY_LAST_COMPLETE_SYNC)?.and_then(|v| v.parse().ok());
+        let mut collections: Vec<CollectionStatus> = st
+            .docs
+            .iter()
+            .filter(|d| d.role == DocRole::Collection)
+            .map(|d| CollectionStatus {
+                url: d.id.to_url(),
+                state: d.state,
+                chain: d.chain,
+            })
+            .collect();
+        collections.sort_by_key(|c| c.chain);
         Ok(Status {
             enrollment: st.enrollment.as_ref().map(Enrollment::info),
             summary: counts.summary(),
             counts,
             pending,
+            refused,
             collection_records,
+            collections,
             campaign_title,
             last_complete_sync_at,
             last_sync,
@@ -629,6 +745,9 @@ impl Device {
             st.set_setting(KEY_LAST_COMPLETE_SYNC, &last.at.to_string())?;
         }
         for idx in 0..st.docs.len() {
+            if !st.docs[idx].state.is_live() {
+                continue;
+            }
             let (id, role) = (st.docs[idx].id, st.docs[idx].role);
             st.compactor.nudge(id, role);
         }

@@ -33,6 +33,10 @@ pub struct EnrollResponse {
     pub campaign_url: String,
     /// `automerge:` URL of the team totals document.
     pub totals_url: String,
+    /// The device this phone was before, when it enrolled again (the server linked the two, so
+    /// that the records it moves count once).
+    #[serde(default)]
+    pub replaces: Option<String>,
 }
 
 impl std::fmt::Debug for EnrollResponse {
@@ -102,6 +106,16 @@ impl EnrollResponse {
 struct EnrollRequest<'a> {
     code: &'a str,
     name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replaces: Option<Replaces<'a>>,
+}
+
+/// The device a phone was before it enrolls again, and its (revoked or expired) token as the
+/// proof (docs/protocol.md, "Enrolling again").
+#[derive(Serialize)]
+struct Replaces<'a> {
+    device_id: &'a str,
+    token: &'a str,
 }
 
 #[derive(Deserialize)]
@@ -109,8 +123,13 @@ struct ErrorBody {
     error: String,
 }
 
-/// Exchanges the payload's code for a token. Blocking.
-pub fn exchange(payload: &EnrollPayload, name: &str) -> Result<EnrollResponse> {
+/// Exchanges the payload's code for a token. Blocking. `replaces`: the device id and token this
+/// phone had, when it enrolls again.
+pub fn exchange(
+    payload: &EnrollPayload,
+    name: &str,
+    replaces: Option<(&str, &str)>,
+) -> Result<EnrollResponse> {
     let url = payload.enroll_url();
     let agent = ureq::AgentBuilder::new()
         .timeout(ENROLL_TIMEOUT)
@@ -119,6 +138,7 @@ pub fn exchange(payload: &EnrollPayload, name: &str) -> Result<EnrollResponse> {
     let request = EnrollRequest {
         code: &payload.code,
         name,
+        replaces: replaces.map(|(device_id, token)| Replaces { device_id, token }),
     };
     match agent.post(&url).send_json(&request) {
         Ok(response) => {
@@ -230,22 +250,30 @@ impl Device {
     /// HTTP, and creates and commits the phone's collection document. The campaign document
     /// arrives with the first sync. If this fails after the server accepted the code, the code
     /// is used up: ask the organizer for a new one.
+    ///
+    /// A phone already enrolled in the payload's campaign enrolls again (its token was revoked
+    /// or expired): it sends its old device id and token so the server links the new device to
+    /// the old one, and everything not yet acknowledged moves to the new device's collection
+    /// with the same record ids ([`crate::chain`]). A phone enrolled in another campaign is
+    /// refused: use another home directory.
     pub fn enroll(&self, payload_json: &str, name: &str) -> Result<EnrollmentInfo> {
         let payload = EnrollPayload::parse(payload_json)?;
         check_plain_text("name", name, true)?;
-        if let Some(e) = &self.lock()?.enrollment {
-            return Err(ClientError::AlreadyEnrolled {
-                campaign: e.campaign.clone(),
-                device_id: e.device_id.clone(),
-            });
+        let old = self.lock()?.enrollment.clone();
+        if let Some(e) = &old {
+            check_same_campaign(e, &payload)?;
         }
-        let response = exchange(&payload, name.trim())?;
+        let replaces = old
+            .as_ref()
+            .map(|e| (e.device_id.as_str(), e.token.as_str()));
+        let response = exchange(&payload, name.trim(), replaces)?;
         self.complete_enrollment(&payload, &response, name)
     }
 
     /// The second half of [`Device::enroll`], for an app that did the HTTP exchange itself (and
     /// for tests): checks the server's answer against the payload and stores the enrollment and
-    /// a new collection document in one transaction.
+    /// a new collection document in one transaction (for a phone enrolling again: with what
+    /// moves from its old collections).
     pub fn complete_enrollment(
         &self,
         payload: &EnrollPayload,
@@ -256,11 +284,31 @@ impl Device {
         let checked = response.check(payload)?;
         let mut st = self.lock()?;
         st.refresh()?;
-        if let Some(e) = &st.enrollment {
-            return Err(ClientError::AlreadyEnrolled {
-                campaign: e.campaign.clone(),
-                device_id: e.device_id.clone(),
-            });
+        let mut rng = rand::rngs::OsRng;
+        let now = now_ms();
+        if let Some(old) = st.enrollment.clone() {
+            check_same_campaign(&old, payload)?;
+            if response.device_id == old.device_id {
+                return Err(ClientError::Protocol(
+                    "the enrollment answer gives this phone the device id it already has".into(),
+                ));
+            }
+            let enrollment = Enrollment {
+                server: payload.server.clone(),
+                token: response.token.clone(),
+                device_id: response.device_id.clone(),
+                name: name.trim().to_string(),
+                role: response.role.clone(),
+                campaign: response.campaign.clone(),
+                campaign_doc: checked.campaign_doc,
+                totals_doc: checked.totals_doc,
+                collection_doc: old.collection_doc,
+                key: payload.key.to_hex(),
+                storage_id: old.storage_id.clone(),
+                enrolled_at: now,
+            };
+            st.reenroll(enrollment)?;
+            return Ok(st.enrollment()?.info());
         }
         let collection =
             collection::create(&response.campaign, &response.device_id).map_err(|e| {
@@ -268,9 +316,7 @@ impl Device {
                     "the enrollment answer cannot start a collection: {e}"
                 ))
             })?;
-        let mut rng = rand::rngs::OsRng;
         let collection_doc = DocumentId::random(&mut rng);
-        let now = now_ms();
         let enrollment = Enrollment {
             server: payload.server.clone(),
             token: response.token.clone(),
@@ -292,11 +338,12 @@ impl Device {
                 tx,
                 &collection_doc,
                 DocRole::Collection,
+                0,
                 Some(&collection.save()),
                 now,
             )?;
-            store::insert_doc(tx, &checked.campaign_doc, DocRole::Campaign, None, now)?;
-            store::insert_doc(tx, &checked.totals_doc, DocRole::Totals, None, now)?;
+            store::insert_doc(tx, &checked.campaign_doc, DocRole::Campaign, 0, None, now)?;
+            store::insert_doc(tx, &checked.totals_doc, DocRole::Totals, 0, None, now)?;
             Ok(())
         })?;
         if let Err(e) = st.reload() {
@@ -305,4 +352,15 @@ impl Device {
         }
         Ok(enrollment.info())
     }
+}
+
+/// A phone enrolls again only in the campaign it holds records of.
+fn check_same_campaign(old: &Enrollment, payload: &EnrollPayload) -> Result<()> {
+    if old.campaign_doc != payload.campaign {
+        return Err(ClientError::AlreadyEnrolled {
+            campaign: old.campaign.clone(),
+            device_id: old.device_id.clone(),
+        });
+    }
+    Ok(())
 }

@@ -27,9 +27,9 @@ pub enum ClientError {
         "this phone is not enrolled yet: scan the organizer's enrollment code (tally-device enroll --payload '...')"
     )]
     NotEnrolled,
-    /// The phone is enrolled already.
+    /// The phone is enrolled already, in another campaign.
     #[error(
-        "this phone is already enrolled in campaign {campaign} as device {device_id}: use another home directory to enroll again"
+        "this phone is already enrolled in campaign {campaign} as device {device_id}, and this code is for another campaign: use another home directory for it (a code for the same campaign enrolls this phone again and keeps its records)"
     )]
     AlreadyEnrolled {
         /// The campaign it is enrolled in.
@@ -65,11 +65,12 @@ pub enum ClientError {
         /// What failed.
         detail: String,
     },
-    /// The server refused this phone's token.
-    #[error(
-        "the server refused this phone's token (revoked or unknown): ask an organizer for a new enrollment code"
-    )]
-    Unauthorized,
+    /// The server refused this phone's token (revoked, expired or unknown).
+    #[error("{}", unauthorized_message(*.waiting))]
+    Unauthorized {
+        /// Signatures, check-ins and withdrawals on the phone not yet on the server.
+        waiting: u64,
+    },
     /// The server answered something this phone does not understand.
     #[error(
         "the server answered something unexpected: {0}. Check that the server address is a tally server and that the app is up to date"
@@ -83,14 +84,6 @@ pub enum ClientError {
     /// The record was withdrawn already.
     #[error("record id {0:?} is already withdrawn: nothing to do")]
     AlreadyWithdrawn(String),
-    /// The collection document reached its size bound.
-    #[error(
-        "this phone's collection is full ({max} records): sync it, then ask an organizer to enroll this phone again (a new home directory); nothing was written"
-    )]
-    CollectionFull {
-        /// The bound.
-        max: usize,
-    },
     /// The local database failed.
     #[error(
         "the phone's storage failed: {0}. Free some space or restart the app; nothing entered has been lost"
@@ -126,11 +119,10 @@ impl ClientError {
             ClientError::BadCampaign(_) => "bad_campaign",
             ClientError::EnrollRefused { .. } => "enroll_refused",
             ClientError::Network { .. } => "network",
-            ClientError::Unauthorized => "unauthorized",
+            ClientError::Unauthorized { .. } => "unauthorized",
             ClientError::Protocol(_) => "protocol",
             ClientError::NotFound(_) => "not_found",
             ClientError::AlreadyWithdrawn(_) => "already_withdrawn",
-            ClientError::CollectionFull { .. } => "collection_full",
             ClientError::Storage(_) => "storage",
             ClientError::Corrupt(_) => "corrupt",
         }
@@ -141,6 +133,16 @@ impl ClientError {
             field,
             message: message.into(),
         })
+    }
+}
+
+fn unauthorized_message(waiting: u64) -> String {
+    let start = "the server refused this phone's token (revoked, expired or unknown)";
+    let how = "ask an organizer for a new enrollment code and enroll again in this same home (tally-device enroll --payload '...')";
+    match waiting {
+        0 => format!("{start}: {how}"),
+        1 => format!("{start}: 1 record is waiting: {how}; it will be kept and sent"),
+        n => format!("{start}: {n} records are waiting: {how}; they will be kept and sent"),
     }
 }
 

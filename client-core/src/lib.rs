@@ -12,6 +12,9 @@
 //! - Sync: [`Device::sync_once`] and [`Device::spawn_watch`] ([`net`]) drive the sans-IO
 //!   [`SyncEngine`] ([`sync`]) over a WebSocket on a private runtime thread.
 //! - [`EnrollPayload`] ([`payload`]): the organizer's QR code, parsed strictly.
+//! - [`chain`]: the phone's chain of collections: roll-over at a bound, and moving what is not
+//!   yet acknowledged to the next collection after a refusal or a re-enrollment, so that no
+//!   record is ever stranded.
 //! - [`store`]: the SQLite schema; [`compact`]: loading documents from it, and folding their
 //!   chunks into snapshots in the background, off the signing path.
 //!
@@ -20,6 +23,7 @@
 //! canvasser's receipts is dropped once the server acknowledges the record.
 
 mod apply;
+pub mod chain;
 pub mod compact;
 pub mod device;
 pub mod enroll;
@@ -31,12 +35,13 @@ pub mod receipts;
 pub mod store;
 pub mod sync;
 
-pub use device::{Device, LastSync, MAX_RECORDS, Status, TeamTotals};
+pub use chain::DEFAULT_ROLL_OVER_AT;
+pub use device::{CollectionStatus, Device, LastSync, Status, TeamTotals};
 pub use enroll::{EnrollResponse, EnrollmentInfo};
 pub use error::{ClientError, PayloadError, Result};
 pub use net::{WatchEvent, WatchHandle};
 pub use payload::EnrollPayload;
 pub use receipts::{AckCounts, Counts, Receipt, ReceiptDetails, ReceiptKind, SignatureReceipt};
-pub use store::DocRole;
+pub use store::{DocRole, DocState};
 pub use sync::{SyncEngine, SyncReport};
 pub use tally_core::collection::{FormError, SignatureForm};

@@ -20,21 +20,28 @@ use tally_core::doc::WriteError;
 use tally_proto::DocumentId;
 
 use crate::compact::{self, Compactor, NUDGE_EVERY};
-use crate::device::{MAX_RECORDS, TeamTotals, write_error};
+use crate::device::{TeamTotals, write_error};
 use crate::enroll::Enrollment;
 use crate::error::{ClientError, Result};
-use crate::receipts::{Counts, Receipt, ReceiptDetails, ReceiptKind};
-use crate::store::{self, DocRole};
+use crate::receipts::{Receipt, ReceiptDetails, ReceiptKind};
+use crate::store::{self, DocRole, DocState};
 
 pub(crate) const KEY_ENROLLMENT: &str = "enrollment";
 pub(crate) const KEY_DROP_PLAINTEXT: &str = "drop_plaintext_on_ack";
+pub(crate) const KEY_ROLL_OVER_AT: &str = "roll_over_at";
 
 /// One document the phone keeps, in memory.
 pub(crate) struct LocalDoc {
     pub id: DocumentId,
     pub role: DocRole,
-    /// The document, once loaded ([`State::ensure`]): the collection, the big one, waits for
-    /// its first use (the status needs only SQL); the others load with the state.
+    /// Current, or (a collection) closed, retired or refused: see [`crate::chain`].
+    pub state: DocState,
+    /// A collection's place in the phone's chain, from 0.
+    pub chain: i64,
+    /// The document, once loaded ([`State::ensure`]): a collection, the big one, waits for its
+    /// first use (the status needs only SQL), and only the current one stays loaded (an older
+    /// one is loaded to sync what is pending in it, and dropped again once it is all
+    /// acknowledged); the campaign and the totals load with the state.
     pub(crate) doc: Option<Automerge>,
     /// The last chunk (`chunks.seq`) `doc` holds, with every earlier one of this document.
     pub seen_seq: i64,
@@ -73,11 +80,13 @@ pub(crate) struct State {
     pub enrollment: Option<Enrollment>,
     pub docs: Vec<LocalDoc>,
     pub drop_plaintext: bool,
+    /// Records the current collection takes before the phone starts the next one.
+    pub roll_over_at: usize,
     pub(crate) data_version: i64,
     /// The campaign as last read, with the campaign document's heads it was read at.
     pub(crate) campaign: Option<(Vec<ChangeHash>, Campaign)>,
-    /// Records in the collection, once counted (`None` after the collection changed otherwise
-    /// than by a local write).
+    /// Records in the current collection, once counted (`None` after it changed otherwise than
+    /// by a local write).
     pub(crate) records: Option<usize>,
     /// Whether the collection has been used: from then on a reload loads it at once.
     pub(crate) collection_wanted: bool,
@@ -95,6 +104,7 @@ impl State {
             enrollment: None,
             docs: Vec::new(),
             drop_plaintext: true,
+            roll_over_at: crate::chain::DEFAULT_ROLL_OVER_AT,
             data_version: 0,
             campaign: None,
             records: None,
@@ -105,8 +115,8 @@ impl State {
         Ok(st)
     }
 
-    /// The enrollment and the plaintext setting, as stored.
-    pub(crate) fn read_settings(conn: &Connection) -> Result<(Option<Enrollment>, bool)> {
+    /// The enrollment, the plaintext setting and the roll-over bound, as stored.
+    pub(crate) fn read_settings(conn: &Connection) -> Result<(Option<Enrollment>, bool, usize)> {
         let enrollment = store::setting(conn, KEY_ENROLLMENT)?
             .map(|json| {
                 serde_json::from_str::<Enrollment>(&json)
@@ -114,7 +124,11 @@ impl State {
             })
             .transpose()?;
         let drop_plaintext = store::setting(conn, KEY_DROP_PLAINTEXT)?.is_none_or(|v| v != "false");
-        Ok((enrollment, drop_plaintext))
+        let roll_over_at = store::setting(conn, KEY_ROLL_OVER_AT)?
+            .and_then(|v| v.parse().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(crate::chain::DEFAULT_ROLL_OVER_AT);
+        Ok((enrollment, drop_plaintext, roll_over_at))
     }
 
     /// Re-reads settings and documents from the file (one read transaction: one consistent
@@ -122,18 +136,24 @@ impl State {
     pub fn reload(&mut self) -> Result<()> {
         self.data_version = store::data_version(&self.conn)?;
         let tx = self.conn.unchecked_transaction()?;
-        let (enrollment, drop_plaintext) = State::read_settings(&tx)?;
+        let (enrollment, drop_plaintext, roll_over_at) = State::read_settings(&tx)?;
         let mut docs = Vec::new();
         for row in store::doc_rows(&tx)? {
-            let (doc, seen_seq) = if row.role == DocRole::Collection && !self.collection_wanted {
-                (None, 0)
-            } else {
+            let wanted = match row.role {
+                DocRole::Collection => self.collection_wanted && row.state == DocState::Current,
+                DocRole::Campaign | DocRole::Totals => true,
+            };
+            let (doc, seen_seq) = if wanted {
                 let (doc, seen) = compact::load(&tx, &row.id, row.role)?;
                 (Some(doc), seen)
+            } else {
+                (None, 0)
             };
             docs.push(LocalDoc {
                 id: row.id,
                 role: row.role,
+                state: row.state,
+                chain: row.chain,
                 doc,
                 seen_seq,
                 unnudged: 0,
@@ -144,6 +164,7 @@ impl State {
         tx.commit()?;
         self.enrollment = enrollment;
         self.drop_plaintext = drop_plaintext;
+        self.roll_over_at = roll_over_at;
         self.docs = docs;
         self.campaign = None;
         self.records = None;
@@ -170,14 +191,16 @@ impl State {
         let tx = self.conn.unchecked_transaction()?;
         let rows = store::doc_rows(&tx)?;
         let same_docs = rows.len() == self.docs.len()
-            && rows
-                .iter()
-                .all(|r| self.docs.iter().any(|d| d.id == r.id && d.role == r.role));
+            && rows.iter().all(|r| {
+                self.docs
+                    .iter()
+                    .any(|d| d.id == r.id && d.role == r.role && d.state == r.state)
+            });
         if !same_docs {
             drop(tx);
             return self.reload();
         }
-        (self.enrollment, self.drop_plaintext) = State::read_settings(&tx)?;
+        (self.enrollment, self.drop_plaintext, self.roll_over_at) = State::read_settings(&tx)?;
         for row in rows {
             let Some(local) = self.docs.iter_mut().find(|d| d.id == row.id) else {
                 continue;
@@ -201,7 +224,7 @@ impl State {
 
     /// Loads the document at `idx` if it is not yet.
     pub fn ensure(&mut self, idx: usize) -> Result<()> {
-        if self.docs[idx].role == DocRole::Collection {
+        if self.docs[idx].role == DocRole::Collection && self.docs[idx].state == DocState::Current {
             self.collection_wanted = true;
         }
         if self.docs[idx].doc.is_none() {
@@ -217,10 +240,13 @@ impl State {
         Ok(())
     }
 
-    /// Loads every document not loaded yet.
-    pub fn ensure_all(&mut self) -> Result<()> {
+    /// Loads the current documents (the campaign, the totals, the current collection) if they
+    /// are not yet.
+    pub fn ensure_current(&mut self) -> Result<()> {
         for idx in 0..self.docs.len() {
-            self.ensure(idx)?;
+            if self.docs[idx].state == DocState::Current {
+                self.ensure(idx)?;
+            }
         }
         Ok(())
     }
@@ -278,11 +304,17 @@ impl State {
         self.enrollment.as_ref().ok_or(ClientError::NotEnrolled)
     }
 
+    /// The current document of a role (for collections: the one new records go into).
     pub fn index(&self, role: DocRole) -> Result<usize> {
         self.docs
             .iter()
-            .position(|d| d.role == role)
+            .position(|d| d.role == role && d.state == DocState::Current)
             .ok_or(ClientError::NotEnrolled)
+    }
+
+    /// The document with this id, if the phone keeps it.
+    pub fn index_of(&self, id: &DocumentId) -> Option<usize> {
+        self.docs.iter().position(|d| d.id == *id)
     }
 
     pub fn doc(&self, role: DocRole) -> Result<&LocalDoc> {
@@ -334,7 +366,7 @@ impl State {
         }))
     }
 
-    /// Records (signatures and check-ins) in the collection, counted once and then kept.
+    /// Records (signatures and check-ins) in the current collection, counted once and then kept.
     pub(crate) fn collection_records(&mut self) -> Result<usize> {
         if let Some(n) = self.records {
             return Ok(n);
@@ -346,26 +378,16 @@ impl State {
         Ok(n)
     }
 
-    /// Records in the collection, for the status: counted in the document when it is loaded,
-    /// otherwise from the receipt counts, without loading it (only this phone writes its
-    /// collection, and every record went in with its receipt, in one transaction).
-    pub(crate) fn records_for_status(&mut self, counts: &Counts) -> Result<usize> {
+    /// Records in the current collection, for the status: counted in the document when it is
+    /// loaded, otherwise from its receipts, without loading it (only this phone writes its
+    /// collections, and every record went in with its receipt, in one transaction).
+    pub(crate) fn records_for_status(&mut self) -> Result<usize> {
         let idx = self.index(DocRole::Collection)?;
         if self.docs[idx].doc.is_some() {
             return self.collection_records();
         }
-        let n = counts.signatures_pending
-            + counts.signatures_acknowledged
-            + counts.checkins_pending
-            + counts.checkins_acknowledged;
+        let n = store::records_in(&self.conn, &self.docs[idx].id)?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
-    }
-
-    pub(crate) fn check_room(&mut self) -> Result<()> {
-        if self.collection_records()? >= MAX_RECORDS {
-            return Err(ClientError::CollectionFull { max: MAX_RECORDS });
-        }
-        Ok(())
     }
 
     /// Applies one local write to the collection and commits its chunk and its receipt in one
@@ -406,6 +428,9 @@ impl State {
             acknowledged: false,
             acknowledged_at: None,
             details,
+            doc_id: Some(doc_id.to_string()),
+            refused_at: None,
+            refusal: None,
         };
         let seen = local.seen_seq;
         let seen = self.commit(|tx, quiet| {
@@ -422,10 +447,13 @@ impl State {
         Ok(receipt)
     }
 
-    /// Folds every document's chunks into its snapshot now, on this connection. The documents
-    /// in memory already hold everything, so they stay as they are.
+    /// Folds every live document's chunks into its snapshot now, on this connection. The
+    /// documents in memory already hold everything, so they stay as they are.
     pub fn compact_all(&mut self) -> Result<()> {
         for idx in 0..self.docs.len() {
+            if !self.docs[idx].state.is_live() {
+                continue;
+            }
             let (id, role) = (self.docs[idx].id, self.docs[idx].role);
             compact::compact(&mut self.conn, &id, role, 1, false, || None)?;
         }

@@ -166,7 +166,8 @@ async fn connect(device: &Device, deadline: Option<Instant>) -> Result<(Ws, Stri
         Err(WsError::Http(response)) => {
             let status = response.status().as_u16();
             if status == 401 || status == 403 {
-                return Err(ClientError::Unauthorized);
+                let waiting = device.counts().map(|c| c.pending_total()).unwrap_or(0);
+                return Err(ClientError::Unauthorized { waiting });
             }
             let body = response
                 .body()
@@ -336,7 +337,7 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 fn is_final(e: &ClientError) -> bool {
     matches!(
         e,
-        ClientError::Unauthorized | ClientError::NotEnrolled | ClientError::Corrupt(_)
+        ClientError::Unauthorized { .. } | ClientError::NotEnrolled | ClientError::Corrupt(_)
     )
 }
 

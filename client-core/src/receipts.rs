@@ -106,6 +106,17 @@ pub struct Receipt {
     pub acknowledged_at: Option<i64>,
     /// Plaintext for display; `None` once acknowledged (unless the phone keeps it).
     pub details: Option<ReceiptDetails>,
+    /// The collection the change is in (its document id); a record moved along the phone's
+    /// chain of collections names the collection it moved to.
+    #[serde(default)]
+    pub doc_id: Option<String>,
+    /// When the server refused it (or it could not be moved to the next collection): the record
+    /// is set aside, kept sealed on the phone, and not counted.
+    #[serde(default)]
+    pub refused_at: Option<i64>,
+    /// Why, in the server's words.
+    #[serde(default)]
+    pub refusal: Option<String>,
 }
 
 /// What [`crate::Device::sign`] returns once the signature is committed on the phone.
@@ -127,7 +138,7 @@ pub struct SignatureReceipt {
     pub signatures_not_yet_safe: u64,
 }
 
-/// How many records are pending and acknowledged, by kind.
+/// How many records are pending, acknowledged and refused, by kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
     pub signatures_pending: u64,
@@ -136,6 +147,13 @@ pub struct Counts {
     pub checkins_acknowledged: u64,
     pub withdrawals_pending: u64,
     pub withdrawals_acknowledged: u64,
+    /// Set aside: the server refused them (`tally-device status` shows why).
+    #[serde(default)]
+    pub signatures_refused: u64,
+    #[serde(default)]
+    pub checkins_refused: u64,
+    #[serde(default)]
+    pub withdrawals_refused: u64,
 }
 
 fn plural(n: u64, one: &str, many: &str) -> String {
@@ -148,8 +166,39 @@ impl Counts {
         self.signatures_pending + self.checkins_pending + self.withdrawals_pending
     }
 
-    /// The line a canvasser sees, e.g. "12 signatures not yet safe" or "all 40 signatures safe".
+    /// Everything the server refused, set aside on the phone.
+    pub fn refused_total(&self) -> u64 {
+        self.signatures_refused + self.checkins_refused + self.withdrawals_refused
+    }
+
+    /// The line a canvasser sees, e.g. "12 signatures not yet safe" or "all 40 signatures safe",
+    /// with what the server refused after it.
     pub fn summary(&self) -> String {
+        let line = self.pending_summary();
+        if self.refused_total() == 0 {
+            return line;
+        }
+        let mut parts = Vec::new();
+        if self.signatures_refused > 0 {
+            parts.push(plural(self.signatures_refused, "signature", "signatures"));
+        }
+        if self.checkins_refused > 0 {
+            parts.push(plural(self.checkins_refused, "check-in", "check-ins"));
+        }
+        if self.withdrawals_refused > 0 {
+            parts.push(plural(
+                self.withdrawals_refused,
+                "withdrawal",
+                "withdrawals",
+            ));
+        }
+        format!(
+            "{line}; {} refused by the server and set aside (tally-device status shows why; show an organizer)",
+            parts.join(", ")
+        )
+    }
+
+    fn pending_summary(&self) -> String {
         if self.pending_total() == 0 {
             return format!(
                 "all safe on the server ({}, {})",

@@ -1,23 +1,30 @@
 //! The phone's storage: one SQLite file in the device's home directory, in WAL mode with
 //! `synchronous=FULL`, so that a write this module commits survives the phone dying right after.
 //!
-//! Tables (schema version 2, `PRAGMA user_version`):
+//! Tables (schema version 3, `PRAGMA user_version`):
 //! - `settings(key, value)`: the enrollment (JSON, with the token and the duplicate key), the
-//!   plaintext-dropping setting, the last sync;
-//! - `documents(doc_id, role, server_heads, sync_state, updated_at)`: one row per document this
-//!   phone keeps (its collection, the campaign, the team totals), the heads the server last sent,
-//!   and the persisted sync state with it;
+//!   plaintext-dropping setting, the roll-over bound, the last sync;
+//! - `documents(doc_id, role, state, chain, refusal, server_heads, sync_state, updated_at)`: one
+//!   row per document this phone keeps (its chain of collections, the campaign, the team
+//!   totals), the heads the server last sent, and the persisted sync state with it. Exactly one
+//!   row per role is `current`; a collection is `closed` once the phone rolled over to the next
+//!   one (synced until everything in it is acknowledged), `retired` when it belonged to the device
+//!   this phone was before a re-enrollment, `refused` when the server refused a change in it
+//!   (`refusal` says why). `chain` numbers a phone's collections from 0;
 //! - `snapshots(doc_id, data, upto_seq)`: a document's compacted automerge save, and the last
 //!   chunk it folds in. Kept apart from `documents` so that writing a row there never rewrites
 //!   a snapshot of megabytes;
 //! - `chunks(seq, doc_id, data, added_at)`: incremental automerge saves appended per commit,
 //!   folded into the snapshot by compaction;
-//! - `receipts(change_hash, record_id, kind, collected_at, acknowledged_at, details)`: one row per
-//!   local change the canvasser made (a signature, a check-in, a withdrawal), pending until the
-//!   server's heads include it; `details` is the plaintext kept for display until then;
-//! - `receipt_counts(kind, acknowledged, n)`: the receipts counted by kind and state, kept by
-//!   triggers in the transaction that changes `receipts`, so counting costs the same at 10 and
-//!   at 10,000 receipts.
+//! - `receipts(change_hash, record_id, kind, collected_at, acknowledged_at, details, doc_id,
+//!   refused_at, refusal)`: one row per local change the canvasser made (a signature, a check-in,
+//!   a withdrawal), pending until the server's heads include it; `details` is the plaintext kept
+//!   for display until then; `doc_id` is the collection the change is in (a record moved to the
+//!   next collection gets the new change's hash and document); a record the server refused is
+//!   set aside with `refused_at` and the server's reason, never deleted;
+//! - `receipt_counts(kind, acknowledged, n)`: the receipts counted by kind and state (0 pending,
+//!   1 acknowledged, 2 refused), kept by triggers in the transaction that changes `receipts`, so
+//!   counting costs the same at 10 and at 10,000 receipts.
 //!
 //! `secure_delete` is on, so dropped plaintext is overwritten in the file, not just unlinked.
 //! This module is plain SQL over a connection; it knows nothing of automerge beyond change
@@ -36,10 +43,16 @@ use crate::receipts::{AckCounts, Counts, Receipt, ReceiptDetails, ReceiptKind};
 /// The database file inside the home directory.
 pub const DB_FILE: &str = "tally-device.sqlite3";
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
-/// Kept current by triggers; shared by a new file and the migration from version 1.
-const RECEIPT_COUNTS: &str = "
+/// A receipt's state as `receipt_counts` counts it: 0 pending, 1 acknowledged, 2 refused.
+const RECEIPT_STATE_NEW: &str = "CASE WHEN new.acknowledged_at IS NOT NULL THEN 1 WHEN new.refused_at IS NOT NULL THEN 2 ELSE 0 END";
+const RECEIPT_STATE_OLD: &str = "CASE WHEN old.acknowledged_at IS NOT NULL THEN 1 WHEN old.refused_at IS NOT NULL THEN 2 ELSE 0 END";
+
+/// Kept current by triggers; shared by a new file and the migrations.
+fn receipt_counts() -> String {
+    format!(
+        "
 CREATE TABLE receipt_counts (
     kind TEXT NOT NULL,
     acknowledged INTEGER NOT NULL,
@@ -50,37 +63,49 @@ INSERT INTO receipt_counts (kind, acknowledged, n)
     SELECT k.kind, a.acknowledged, 0
     FROM (SELECT 'signature' AS kind UNION ALL SELECT 'checkin'
           UNION ALL SELECT 'signature_withdrawal' UNION ALL SELECT 'checkin_withdrawal') AS k,
-         (SELECT 0 AS acknowledged UNION ALL SELECT 1) AS a;
+         (SELECT 0 AS acknowledged UNION ALL SELECT 1 UNION ALL SELECT 2) AS a;
 CREATE TRIGGER receipts_counted_insert AFTER INSERT ON receipts BEGIN
-    UPDATE receipt_counts SET n = n + 1
-    WHERE kind = new.kind AND acknowledged = (new.acknowledged_at IS NOT NULL);
+    UPDATE receipt_counts SET n = n + 1 WHERE kind = new.kind AND acknowledged = {new};
 END;
 CREATE TRIGGER receipts_counted_delete AFTER DELETE ON receipts BEGIN
-    UPDATE receipt_counts SET n = n - 1
-    WHERE kind = old.kind AND acknowledged = (old.acknowledged_at IS NOT NULL);
+    UPDATE receipt_counts SET n = n - 1 WHERE kind = old.kind AND acknowledged = {old};
 END;
-CREATE TRIGGER receipts_counted_update AFTER UPDATE OF kind, acknowledged_at ON receipts
-WHEN old.kind IS NOT new.kind
-    OR (old.acknowledged_at IS NULL) IS NOT (new.acknowledged_at IS NULL)
+CREATE TRIGGER receipts_counted_update AFTER UPDATE OF kind, acknowledged_at, refused_at ON receipts
+WHEN old.kind IS NOT new.kind OR {old} IS NOT {new}
 BEGIN
-    UPDATE receipt_counts SET n = n - 1
-    WHERE kind = old.kind AND acknowledged = (old.acknowledged_at IS NOT NULL);
-    UPDATE receipt_counts SET n = n + 1
-    WHERE kind = new.kind AND acknowledged = (new.acknowledged_at IS NOT NULL);
+    UPDATE receipt_counts SET n = n - 1 WHERE kind = old.kind AND acknowledged = {old};
+    UPDATE receipt_counts SET n = n + 1 WHERE kind = new.kind AND acknowledged = {new};
 END;
+UPDATE receipt_counts SET n = (SELECT count(*) FROM receipts r
+    WHERE r.kind = receipt_counts.kind
+      AND (CASE WHEN r.acknowledged_at IS NOT NULL THEN 1 WHEN r.refused_at IS NOT NULL THEN 2 ELSE 0 END)
+          = receipt_counts.acknowledged);
+",
+        new = RECEIPT_STATE_NEW,
+        old = RECEIPT_STATE_OLD
+    )
+}
+
+/// The `documents` table of schema 3: several collections (a chain), one current document per
+/// role.
+const DOCUMENTS_3: &str = "
+CREATE TABLE documents (
+    doc_id TEXT PRIMARY KEY,
+    role TEXT NOT NULL CHECK (role IN ('collection', 'campaign', 'totals')),
+    state TEXT NOT NULL DEFAULT 'current' CHECK (state IN ('current', 'closed', 'retired', 'refused')),
+    chain INTEGER NOT NULL DEFAULT 0,
+    refusal TEXT,
+    server_heads TEXT NOT NULL DEFAULT '[]',
+    sync_state BLOB,
+    updated_at INTEGER NOT NULL
+) STRICT;
+CREATE UNIQUE INDEX documents_one_current ON documents (role) WHERE state = 'current';
 ";
 
 const SCHEMA: &str = "
 CREATE TABLE settings (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
-) STRICT;
-CREATE TABLE documents (
-    doc_id TEXT PRIMARY KEY,
-    role TEXT NOT NULL UNIQUE CHECK (role IN ('collection', 'campaign', 'totals')),
-    server_heads TEXT NOT NULL DEFAULT '[]',
-    sync_state BLOB,
-    updated_at INTEGER NOT NULL
 ) STRICT;
 CREATE TABLE snapshots (
     doc_id TEXT PRIMARY KEY REFERENCES documents (doc_id),
@@ -100,10 +125,14 @@ CREATE TABLE receipts (
     kind TEXT NOT NULL CHECK (kind IN ('signature', 'checkin', 'signature_withdrawal', 'checkin_withdrawal')),
     collected_at INTEGER NOT NULL,
     acknowledged_at INTEGER,
-    details TEXT
+    details TEXT,
+    doc_id TEXT,
+    refused_at INTEGER,
+    refusal TEXT
 ) STRICT;
 CREATE INDEX receipts_by_record ON receipts (record_id);
 CREATE INDEX receipts_pending ON receipts (collected_at) WHERE acknowledged_at IS NULL;
+CREATE INDEX receipts_by_doc ON receipts (doc_id) WHERE acknowledged_at IS NULL AND refused_at IS NULL;
 ";
 
 /// From version 1: snapshots move out of `documents` (a chunk's commit used to rewrite the
@@ -119,31 +148,78 @@ INSERT INTO snapshots (doc_id, data, upto_seq)
 ALTER TABLE documents DROP COLUMN snapshot;
 ";
 
-/// Creates this build's schema on a new file, or migrates an older one, in one transaction.
-/// Another process may do the same at the same time: whoever comes second finds it done.
+/// From version 2: a chain of collections. `documents` is rebuilt without its one-row-per-role
+/// constraint (SQLite cannot drop a constraint; foreign keys are off meanwhile, see
+/// [`migrate`]); receipts learn their collection and whether the server refused them.
+const MIGRATE_2_TO_3: &str = "
+CREATE TABLE documents_3 (
+    doc_id TEXT PRIMARY KEY,
+    role TEXT NOT NULL CHECK (role IN ('collection', 'campaign', 'totals')),
+    state TEXT NOT NULL DEFAULT 'current' CHECK (state IN ('current', 'closed', 'retired', 'refused')),
+    chain INTEGER NOT NULL DEFAULT 0,
+    refusal TEXT,
+    server_heads TEXT NOT NULL DEFAULT '[]',
+    sync_state BLOB,
+    updated_at INTEGER NOT NULL
+) STRICT;
+INSERT INTO documents_3 (doc_id, role, server_heads, sync_state, updated_at)
+    SELECT doc_id, role, server_heads, sync_state, updated_at FROM documents;
+DROP TABLE documents;
+ALTER TABLE documents_3 RENAME TO documents;
+CREATE UNIQUE INDEX documents_one_current ON documents (role) WHERE state = 'current';
+ALTER TABLE receipts ADD COLUMN doc_id TEXT;
+ALTER TABLE receipts ADD COLUMN refused_at INTEGER;
+ALTER TABLE receipts ADD COLUMN refusal TEXT;
+UPDATE receipts SET doc_id = (SELECT doc_id FROM documents WHERE role = 'collection');
+CREATE INDEX receipts_by_doc ON receipts (doc_id) WHERE acknowledged_at IS NULL AND refused_at IS NULL;
+DROP TRIGGER IF EXISTS receipts_counted_insert;
+DROP TRIGGER IF EXISTS receipts_counted_delete;
+DROP TRIGGER IF EXISTS receipts_counted_update;
+DROP TABLE IF EXISTS receipt_counts;
+";
+
+/// Creates this build's schema on a new file, or migrates an older one step by step, in one
+/// transaction. Another process may do the same at the same time: whoever comes second finds it
+/// done. Foreign keys are off during the migration (a table they name is rebuilt) and checked
+/// before it commits.
 fn migrate(conn: &Connection) -> Result<()> {
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let run = || -> rusqlite::Result<()> {
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        let steps = match version {
-            0 => format!("{SCHEMA} {RECEIPT_COUNTS}"),
-            1 => format!(
-                "{MIGRATE_1_TO_2} {RECEIPT_COUNTS}
-                 UPDATE receipt_counts SET n = (SELECT count(*) FROM receipts r
-                     WHERE r.kind = receipt_counts.kind
-                       AND (r.acknowledged_at IS NOT NULL) = receipt_counts.acknowledged);"
-            ),
-            _ => String::new(),
-        };
-        if !steps.is_empty() {
-            conn.execute_batch(&format!("{steps} PRAGMA user_version = {SCHEMA_VERSION};"))?;
+        let mut version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version >= SCHEMA_VERSION {
+            return conn.execute_batch("COMMIT");
         }
-        conn.execute_batch("COMMIT")
+        if version == 0 {
+            conn.execute_batch(&format!("{DOCUMENTS_3} {SCHEMA} {}", receipt_counts()))?;
+            version = SCHEMA_VERSION;
+        }
+        if version == 1 {
+            conn.execute_batch(MIGRATE_1_TO_2)?;
+            version = 2;
+        }
+        if version == 2 {
+            conn.execute_batch(&format!("{MIGRATE_2_TO_3} {}", receipt_counts()))?;
+        }
+        let broken: Option<String> = conn
+            .query_row("PRAGMA foreign_key_check", [], |r| r.get(0))
+            .optional()?;
+        if let Some(table) = broken {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT),
+                Some(format!(
+                    "the migration left a dangling reference in {table}"
+                )),
+            ));
+        }
+        conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}; COMMIT"))
     };
-    run().map_err(|e| {
+    let done = run().map_err(|e| {
         let _ = conn.execute_batch("ROLLBACK");
         ClientError::from(e)
-    })
+    });
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    done
 }
 
 /// Creates the phone's home folder if missing, readable by its owner only (0700), and makes its
@@ -292,10 +368,55 @@ impl std::fmt::Display for DocRole {
     }
 }
 
+/// Where a document stands in the phone's life (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DocState {
+    /// The one document of its role in use: the collection new records go into.
+    Current,
+    /// A collection the phone rolled over from: synced until all of it is acknowledged.
+    Closed,
+    /// A collection of the device this phone was before it enrolled again: never synced again;
+    /// what was pending in it moved to the new device's collection.
+    Retired,
+    /// A collection in which the server refused a change: never synced again; what was pending
+    /// in it moved to the current collection, the refused record set aside.
+    Refused,
+}
+
+impl DocState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DocState::Current => "current",
+            DocState::Closed => "closed",
+            DocState::Retired => "retired",
+            DocState::Refused => "refused",
+        }
+    }
+
+    fn parse(s: &str) -> Option<DocState> {
+        Some(match s {
+            "current" => DocState::Current,
+            "closed" => DocState::Closed,
+            "retired" => DocState::Retired,
+            "refused" => DocState::Refused,
+            _ => return None,
+        })
+    }
+
+    /// Whether the phone still syncs a document in this state.
+    pub fn is_live(self) -> bool {
+        matches!(self, DocState::Current | DocState::Closed)
+    }
+}
+
 /// What `documents` holds about one document, besides its bytes.
 pub struct DocRow {
     pub id: DocumentId,
     pub role: DocRole,
+    pub state: DocState,
+    /// A collection's place in the phone's chain, from 0.
+    pub chain: i64,
     pub server_heads: Vec<ChangeHash>,
     pub sync_state: Option<Vec<u8>>,
 }
@@ -327,24 +448,32 @@ fn parse_heads(json: &str) -> Result<Vec<ChangeHash>> {
 }
 
 pub fn doc_rows(conn: &Connection) -> Result<Vec<DocRow>> {
-    let mut stmt = conn.prepare("SELECT doc_id, role, server_heads, sync_state FROM documents")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT doc_id, role, state, chain, server_heads, sync_state FROM documents
+         ORDER BY role, chain",
+    )?;
     let rows = stmt.query_map([], |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, String>(1)?,
             r.get::<_, String>(2)?,
-            r.get::<_, Option<Vec<u8>>>(3)?,
+            r.get::<_, i64>(3)?,
+            r.get::<_, String>(4)?,
+            r.get::<_, Option<Vec<u8>>>(5)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (id, role, heads, sync_state) = row?;
+        let (id, role, state, chain, heads, sync_state) = row?;
         out.push(DocRow {
             id: id
                 .parse()
                 .map_err(|e| ClientError::Corrupt(format!("stored document id {id:?}: {e}")))?,
             role: DocRole::parse(&role)
                 .ok_or_else(|| ClientError::Corrupt(format!("stored document role {role:?}")))?,
+            state: DocState::parse(&state)
+                .ok_or_else(|| ClientError::Corrupt(format!("stored document state {state:?}")))?,
+            chain,
             server_heads: parse_heads(&heads)?,
             sync_state,
         });
@@ -431,21 +560,88 @@ pub fn chunk_stats(conn: &Connection, id: &DocumentId) -> Result<ChunkStats> {
     })
 }
 
+/// Adds a document, current in its role (`chain`: a collection's place in the phone's chain).
 pub fn insert_doc(
     conn: &Connection,
     id: &DocumentId,
     role: DocRole,
+    chain: i64,
     snapshot: Option<&[u8]>,
     now: i64,
 ) -> Result<()> {
     conn.execute(
-        "INSERT INTO documents (doc_id, role, updated_at) VALUES (?1, ?2, ?3)",
-        params![id.to_string(), role.as_str(), now],
+        "INSERT INTO documents (doc_id, role, chain, updated_at) VALUES (?1, ?2, ?3, ?4)",
+        params![id.to_string(), role.as_str(), chain, now],
     )?;
     if let Some(snapshot) = snapshot {
         replace_snapshot(conn, id, snapshot, 0)?;
     }
     Ok(())
+}
+
+/// Moves a document out of `current` (or between the other states), with the reason when the
+/// server refused it.
+pub fn set_doc_state(
+    conn: &Connection,
+    id: &DocumentId,
+    state: DocState,
+    refusal: Option<&str>,
+    now: i64,
+) -> Result<()> {
+    conn.execute(
+        "UPDATE documents SET state = ?2, refusal = coalesce(?3, refusal), updated_at = ?4
+         WHERE doc_id = ?1",
+        params![id.to_string(), state.as_str(), refusal, now],
+    )?;
+    Ok(())
+}
+
+/// Why the server refused a document, if it did.
+pub fn doc_refusal(conn: &Connection, id: &DocumentId) -> Result<Option<String>> {
+    Ok(conn
+        .query_row(
+            "SELECT refusal FROM documents WHERE doc_id = ?1",
+            [id.to_string()],
+            |r| r.get(0),
+        )
+        .optional()?
+        .flatten())
+}
+
+/// Collections holding receipts neither acknowledged nor refused.
+pub fn docs_with_pending(conn: &Connection) -> Result<Vec<DocumentId>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT DISTINCT doc_id FROM receipts
+         WHERE acknowledged_at IS NULL AND refused_at IS NULL AND doc_id IS NOT NULL",
+    )?;
+    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    let mut out = Vec::new();
+    for id in rows {
+        let id = id?;
+        out.push(
+            id.parse()
+                .map_err(|e| ClientError::Corrupt(format!("stored document id {id:?}: {e}")))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Records (signatures and check-ins) whose creation is in collection `doc`, by their receipts.
+pub fn records_in(conn: &Connection, doc: &DocumentId) -> Result<i64> {
+    Ok(conn.query_row(
+        "SELECT count(*) FROM receipts WHERE doc_id = ?1 AND kind IN ('signature', 'checkin')",
+        [doc.to_string()],
+        |r| r.get(0),
+    )?)
+}
+
+/// Whether the server acknowledged anything in collection `doc`.
+pub fn any_acknowledged_in(conn: &Connection, doc: &DocumentId) -> Result<bool> {
+    Ok(conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM receipts WHERE doc_id = ?1 AND acknowledged_at IS NOT NULL)",
+        [doc.to_string()],
+        |r| r.get(0),
+    )?)
 }
 
 /// Appends a chunk to a document; returns its number (`chunks.seq`).
@@ -496,19 +692,68 @@ pub fn insert_receipt(conn: &Connection, r: &Receipt) -> Result<()> {
         .as_ref()
         .map(|d| serde_json::to_string(d).expect("receipt details serialize"));
     conn.prepare_cached(
-        "INSERT INTO receipts (change_hash, record_id, kind, collected_at, acknowledged_at, details)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO receipts (change_hash, record_id, kind, collected_at, acknowledged_at, details, doc_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
-    .execute(params![r.change_hash, r.record_id, r.kind.as_str(), r.collected_at, r.acknowledged_at, details])?;
+    .execute(params![r.change_hash, r.record_id, r.kind.as_str(), r.collected_at, r.acknowledged_at, details, r.doc_id])?;
     Ok(())
 }
 
-/// Change hashes of the receipts not acknowledged yet.
-pub fn pending_hashes(conn: &Connection) -> Result<Vec<String>> {
-    let mut stmt =
-        conn.prepare("SELECT change_hash FROM receipts WHERE acknowledged_at IS NULL")?;
-    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+/// Change hashes of the receipts not acknowledged yet (nor refused) in collection `doc`.
+pub fn pending_hashes(conn: &Connection, doc: &DocumentId) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT change_hash FROM receipts
+         WHERE doc_id = ?1 AND acknowledged_at IS NULL AND refused_at IS NULL",
+    )?;
+    let rows = stmt.query_map([doc.to_string()], |r| r.get::<_, String>(0))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The receipts of collection `doc` neither acknowledged nor refused, in the order they were
+/// made.
+pub fn pending_in(conn: &Connection, doc: &DocumentId) -> Result<Vec<Receipt>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {RECEIPT_COLUMNS} FROM receipts
+         WHERE doc_id = ?1 AND acknowledged_at IS NULL AND refused_at IS NULL
+         ORDER BY collected_at, rowid"
+    ))?;
+    let rows = stmt.query_map([doc.to_string()], receipt_from_row)?;
+    rows.map(|r| to_receipt(r?)).collect()
+}
+
+/// A receipt's change was written again, as `new_hash`, into collection `doc` (its record moved
+/// along the chain).
+pub fn move_receipt(
+    conn: &Connection,
+    old_hash: &str,
+    new_hash: &str,
+    doc: &DocumentId,
+) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE receipts SET change_hash = ?2, doc_id = ?3 WHERE change_hash = ?1",
+    )?
+    .execute(params![old_hash, new_hash, doc.to_string()])?;
+    Ok(())
+}
+
+/// Sets a receipt aside: the server refused it (or it could not be moved), for `reason`.
+pub fn refuse_receipt(conn: &Connection, hash: &str, reason: &str, now: i64) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE receipts SET refused_at = ?2, refusal = ?3
+         WHERE change_hash = ?1 AND acknowledged_at IS NULL AND refused_at IS NULL",
+    )?
+    .execute(params![hash, now, reason])?;
+    Ok(())
+}
+
+/// The receipts set aside because the server refused them, oldest first.
+pub fn refused_receipts(conn: &Connection) -> Result<Vec<Receipt>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {RECEIPT_COLUMNS} FROM receipts WHERE refused_at IS NOT NULL
+         ORDER BY collected_at, rowid"
+    ))?;
+    let rows = stmt.query_map([], receipt_from_row)?;
+    rows.map(|r| to_receipt(r?)).collect()
 }
 
 /// Marks receipts acknowledged at `now`, dropping their plaintext when `drop_details`.
@@ -522,7 +767,7 @@ pub fn acknowledge(
     let mut stmt = conn.prepare(
         "UPDATE receipts SET acknowledged_at = ?2,
              details = CASE WHEN ?3 THEN NULL ELSE details END
-         WHERE change_hash = ?1 AND acknowledged_at IS NULL
+         WHERE change_hash = ?1 AND acknowledged_at IS NULL AND refused_at IS NULL
          RETURNING kind",
     )?;
     for h in hashes {
@@ -541,22 +786,45 @@ pub fn acknowledge(
     Ok(counts)
 }
 
-/// A receipts row: change hash, record id, kind, collected at, acknowledged at, details.
-type ReceiptRow = (String, String, String, i64, Option<i64>, Option<String>);
+/// A receipts row, selected as [`RECEIPT_COLUMNS`].
+struct ReceiptRow {
+    change_hash: String,
+    record_id: String,
+    kind: String,
+    collected_at: i64,
+    acknowledged_at: Option<i64>,
+    details: Option<String>,
+    doc_id: Option<String>,
+    refused_at: Option<i64>,
+    refusal: Option<String>,
+}
 
 fn receipt_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReceiptRow> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-    ))
+    Ok(ReceiptRow {
+        change_hash: r.get(0)?,
+        record_id: r.get(1)?,
+        kind: r.get(2)?,
+        collected_at: r.get(3)?,
+        acknowledged_at: r.get(4)?,
+        details: r.get(5)?,
+        doc_id: r.get(6)?,
+        refused_at: r.get(7)?,
+        refusal: r.get(8)?,
+    })
 }
 
 fn to_receipt(row: ReceiptRow) -> Result<Receipt> {
-    let (change_hash, record_id, kind, collected_at, acknowledged_at, details) = row;
+    let ReceiptRow {
+        change_hash,
+        record_id,
+        kind,
+        collected_at,
+        acknowledged_at,
+        details,
+        doc_id,
+        refused_at,
+        refusal,
+    } = row;
     let kind = ReceiptKind::parse(&kind)
         .ok_or_else(|| ClientError::Corrupt(format!("receipt kind {kind:?}")))?;
     let details: Option<ReceiptDetails> = details
@@ -571,17 +839,19 @@ fn to_receipt(row: ReceiptRow) -> Result<Receipt> {
         acknowledged: acknowledged_at.is_some(),
         acknowledged_at,
         details,
+        doc_id,
+        refused_at,
+        refusal,
     })
 }
 
-const RECEIPT_COLUMNS: &str =
-    "change_hash, record_id, kind, collected_at, acknowledged_at, details";
+const RECEIPT_COLUMNS: &str = "change_hash, record_id, kind, collected_at, acknowledged_at, details, doc_id, refused_at, refusal";
 
 /// Receipts, oldest first: only pending ones, or all.
 pub fn receipts(conn: &Connection, pending_only: bool) -> Result<Vec<Receipt>> {
     let sql = if pending_only {
         format!(
-            "SELECT {RECEIPT_COLUMNS} FROM receipts WHERE acknowledged_at IS NULL ORDER BY collected_at, rowid"
+            "SELECT {RECEIPT_COLUMNS} FROM receipts WHERE acknowledged_at IS NULL AND refused_at IS NULL ORDER BY collected_at, rowid"
         )
     } else {
         format!("SELECT {RECEIPT_COLUMNS} FROM receipts ORDER BY collected_at, rowid")
@@ -607,18 +877,21 @@ pub fn counts(conn: &Connection) -> Result<Counts> {
     for row in stmt.query_map([], |r| {
         Ok((
             r.get::<_, String>(0)?,
-            r.get::<_, bool>(1)?,
+            r.get::<_, i64>(1)?,
             r.get::<_, i64>(2)?,
         ))
     })? {
         let (kind, acked, n) = row?;
         let slot = match (ReceiptKind::parse(&kind), acked) {
-            (Some(ReceiptKind::Signature), false) => &mut c.signatures_pending,
-            (Some(ReceiptKind::Signature), true) => &mut c.signatures_acknowledged,
-            (Some(ReceiptKind::Checkin), false) => &mut c.checkins_pending,
-            (Some(ReceiptKind::Checkin), true) => &mut c.checkins_acknowledged,
-            (Some(_), false) => &mut c.withdrawals_pending,
-            (Some(_), true) => &mut c.withdrawals_acknowledged,
+            (Some(ReceiptKind::Signature), 0) => &mut c.signatures_pending,
+            (Some(ReceiptKind::Signature), 1) => &mut c.signatures_acknowledged,
+            (Some(ReceiptKind::Checkin), 0) => &mut c.checkins_pending,
+            (Some(ReceiptKind::Checkin), 1) => &mut c.checkins_acknowledged,
+            (Some(_), 0) => &mut c.withdrawals_pending,
+            (Some(_), 1) => &mut c.withdrawals_acknowledged,
+            (Some(ReceiptKind::Signature), _) => &mut c.signatures_refused,
+            (Some(ReceiptKind::Checkin), _) => &mut c.checkins_refused,
+            (Some(_), _) => &mut c.withdrawals_refused,
             (None, _) => continue,
         };
         *slot += u64::try_from(n).unwrap_or(0);

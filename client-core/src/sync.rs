@@ -40,8 +40,20 @@ pub struct SyncReport {
     pub totals_updated: bool,
     /// Documents the server would not send this phone (`doc-unavailable`).
     pub unavailable: Vec<DocRole>,
-    /// `error` messages from the server (e.g. a refused change: nothing of it was merged).
+    /// `error` messages from the server the phone could not act on (nothing of the refused
+    /// changes was merged).
     pub server_errors: Vec<String>,
+    /// Refusals of a change in one of the phone's collections, each followed by a move along
+    /// the chain ([`crate::chain`]): the record the server named set aside, the others written
+    /// again into the current collection, with the same ids, and synced on.
+    #[serde(default)]
+    pub refusals: Vec<String>,
+    /// Records (receipts) set aside during this sync because the server refused them.
+    #[serde(default)]
+    pub set_aside: u64,
+    /// Records (receipts) moved to the current collection during this sync.
+    #[serde(default)]
+    pub moved: u64,
     /// Frames from the server this phone could not use (ignored), and other oddities.
     pub warnings: Vec<String>,
     /// Why the sync stopped before settling (a timeout, a dropped connection), if it did.
@@ -76,6 +88,15 @@ impl SyncReport {
         for e in &self.server_errors {
             parts.push(format!("server refused: {e}"));
         }
+        for e in &self.refusals {
+            parts.push(format!("server refused: {e}"));
+        }
+        if self.set_aside > 0 || self.moved > 0 {
+            parts.push(format!(
+                "{} set aside (tally-device status shows why), {} moved to a new collection and sent again",
+                self.set_aside, self.moved
+            ));
+        }
         if let Some(p) = &self.problem {
             parts.push(p.clone());
         }
@@ -84,12 +105,21 @@ impl SyncReport {
     }
 }
 
+/// Refusals one connection recovers from at most; later ones end the sync as errors.
+pub const MAX_RECOVERIES_PER_CONNECTION: usize = 16;
+
 /// One connection's sync, sans-IO. See the module docs.
 pub struct SyncEngine {
     device: Device,
     session: Session,
-    /// The phone's documents on this connection.
+    /// The phone's documents on this connection: the campaign, the totals, and the collections
+    /// to push ([`crate::chain`]); it changes when the chain does.
     docs: Vec<(DocumentId, DocRole)>,
+    /// Collections of this phone that left the chain's live part during this connection (the
+    /// server refused them): what the server still says of them is ignored.
+    dead: BTreeSet<DocumentId>,
+    /// Refusals this connection recovered from.
+    recoveries: usize,
     /// Documents the server sent a sync message for on this connection.
     heard: BTreeSet<DocumentId>,
     /// Documents the server said it will not send.
@@ -113,7 +143,12 @@ impl SyncEngine {
         let mut st = device.lock()?;
         st.refresh()?;
         let enrollment = st.enrollment()?.clone();
-        st.ensure_all()?;
+        let docs = docs_to_sync(&st)?;
+        for (id, _) in &docs {
+            if let Some(idx) = st.index_of(id) {
+                st.ensure(idx)?;
+            }
+        }
         // Acknowledgements the stored heads already cover (e.g. changes another process made).
         st.recheck_acks()?;
         let suffix: [u8; 4] = rand::random();
@@ -123,20 +158,21 @@ impl SyncEngine {
             is_ephemeral: false,
         };
         let (mut session, join) = Session::client(peer, metadata);
-        let mut docs = Vec::new();
         for local in &st.docs {
             if let Some(bytes) = &local.sync_state
+                && docs.iter().any(|(id, _)| *id == local.id)
                 && let Ok(state) = SyncState::decode(bytes)
             {
                 session.load_sync_state(local.id, state);
             }
-            docs.push((local.id, local.role));
         }
         drop(st);
         let engine = SyncEngine {
             device: device.clone(),
             session,
             docs,
+            dead: BTreeSet::new(),
+            recoveries: 0,
             heard: BTreeSet::new(),
             unavailable: BTreeSet::new(),
             report: SyncReport {
@@ -145,6 +181,51 @@ impl SyncEngine {
             },
         };
         Ok((engine, join))
+    }
+
+    /// Reads the documents to sync again after the chain changed; returns the new ones.
+    fn refresh_docs(&mut self) -> Result<Vec<DocumentId>> {
+        let st = self.device.lock()?;
+        let docs = docs_to_sync(&st)?;
+        drop(st);
+        for (id, _) in &self.docs {
+            if !docs.iter().any(|(d, _)| d == id) {
+                self.dead.insert(*id);
+            }
+        }
+        let new = docs
+            .iter()
+            .filter(|(id, _)| !self.docs.iter().any(|(d, _)| d == id))
+            .map(|(id, _)| *id)
+            .collect();
+        self.docs = docs;
+        Ok(new)
+    }
+
+    /// The server refused a change in `doc`: move along the chain ([`crate::chain`]) and push
+    /// the collection that took the moved records. `false` when the refusal is not one the
+    /// phone can act on (not a live collection of this phone, or past
+    /// [`MAX_RECOVERIES_PER_CONNECTION`]: a server refusing everything ends the sync instead of
+    /// growing the chain).
+    fn recover(
+        &mut self,
+        doc: DocumentId,
+        record: Option<&str>,
+        message: &str,
+        out: &mut Vec<Vec<u8>>,
+    ) -> Result<bool> {
+        let done = self.device.lock()?.recover_refusal(&doc, record, message)?;
+        let Some(done) = done else {
+            return Ok(false);
+        };
+        self.report.refusals.push(message.to_string());
+        self.report.set_aside += done.set_aside as u64;
+        self.report.moved += done.moved as u64;
+        self.dead.insert(doc);
+        self.refresh_docs()?;
+        self.device.wrote();
+        out.extend(self.frames_for_all()?);
+        Ok(true)
     }
 
     fn role_of(&self, doc: &DocumentId) -> Option<DocRole> {
@@ -170,6 +251,9 @@ impl SyncEngine {
                 Event::Send(frame) => out.push(frame),
                 Event::PeerAccepted { .. } => out.extend(self.frames_for_all()?),
                 Event::SyncReceived { doc, message } | Event::DocRequested { doc, message } => {
+                    if self.dead.contains(&doc) {
+                        continue;
+                    }
                     let Some(role) = self.role_of(&doc) else {
                         // Not one of ours: say so rather than keep it.
                         out.extend(self.session.unavailable_frame(doc));
@@ -204,7 +288,22 @@ impl SyncEngine {
                     }
                     None => {}
                 },
-                Event::RemoteError { message } => self.report.server_errors.push(message),
+                Event::RemoteError {
+                    message,
+                    document_id: Some(doc),
+                    record,
+                } if self.dead.contains(&doc)
+                    || self.role_of(&doc) == Some(DocRole::Collection) =>
+                {
+                    if self.dead.contains(&doc) {
+                        // A later answer about a collection already left behind.
+                        continue;
+                    }
+                    if !self.recover(doc, record.as_deref(), &message, &mut out)? {
+                        self.report.server_errors.push(message);
+                    }
+                }
+                Event::RemoteError { message, .. } => self.report.server_errors.push(message),
                 Event::Left => {}
                 Event::Joined { .. }
                 | Event::Ephemeral { .. }
@@ -216,11 +315,13 @@ impl SyncEngine {
     }
 
     fn frame_for(&mut self, doc: DocumentId) -> Result<Option<Vec<u8>>> {
-        let st = self.device.lock()?;
-        let Some(local) = st.docs.iter().find(|d| d.id == doc) else {
+        let mut st = self.device.lock()?;
+        let Some(idx) = st.index_of(&doc) else {
             return Ok(None);
         };
-        Ok(self.session.sync_frame(doc, local.doc()?))
+        // An older collection is loaded only while it is synced.
+        st.ensure(idx)?;
+        Ok(self.session.sync_frame(doc, st.docs[idx].doc()?))
     }
 
     fn frames_for_all(&mut self) -> Result<Vec<Vec<u8>>> {
@@ -275,7 +376,12 @@ impl SyncEngine {
             let Some(local) = st.docs.iter().find(|d| d.id == *id) else {
                 continue;
             };
-            if !same_heads(local.doc()?, &local.server_heads) {
+            let Some(doc) = &local.doc else {
+                // Not loaded: nothing was written to it since it was last pushed and
+                // everything in it acknowledged.
+                continue;
+            };
+            if !same_heads(doc, &local.server_heads) {
                 return Ok(false);
             }
         }
@@ -308,15 +414,39 @@ impl SyncEngine {
         self.device.record_sync(&crate::device::LastSync {
             at: report.finished_at,
             complete: report.complete,
-            server_errors: report.server_errors.clone(),
+            server_errors: report
+                .server_errors
+                .iter()
+                .chain(&report.refusals)
+                .cloned()
+                .collect(),
             problem: report.problem.clone(),
         })?;
+        // Collections rolled over from and now all acknowledged leave the connection, and
+        // memory.
+        if report.problem.is_none() {
+            self.refresh_docs()?;
+            let keep: Vec<DocumentId> = self.docs.iter().map(|(id, _)| *id).collect();
+            self.device.lock()?.unload_old_collections(&keep);
+        }
         self.report = SyncReport {
             started_at: now_ms(),
             ..SyncReport::default()
         };
         Ok(report)
     }
+}
+
+/// The documents a connection syncs: the campaign, the totals, and the collections to push.
+fn docs_to_sync(st: &crate::mirror::State) -> Result<Vec<(DocumentId, DocRole)>> {
+    let mut docs = Vec::new();
+    for role in [DocRole::Campaign, DocRole::Totals] {
+        docs.push((st.docs[st.index(role)?].id, role));
+    }
+    for id in st.collections_to_sync()? {
+        docs.push((id, DocRole::Collection));
+    }
+    Ok(docs)
 }
 
 fn same_heads(doc: &Automerge, server_heads: &[automerge::ChangeHash]) -> bool {

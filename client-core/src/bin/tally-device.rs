@@ -65,7 +65,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Enroll this phone with the organizer's code, then fetch the campaign.
+    /// Enroll this phone with the organizer's code, then fetch the campaign. A phone already
+    /// enrolled in the code's campaign (its token revoked or expired) enrolls again and keeps
+    /// every record not yet on the server.
     Enroll {
         /// The JSON the organizer's `tally invite` printed; `-` reads it from stdin, `@FILE`
         /// from a file.
@@ -122,6 +124,12 @@ enum Command {
     },
     /// What is not yet safe on the server, the last sync, the team totals.
     Status,
+    /// Show or change the phone's settings.
+    Config {
+        /// Records a collection takes before the phone starts the next one (default 5,000).
+        #[arg(long)]
+        roll_over_at: Option<usize>,
+    },
     /// Sync with the server once, or keep syncing with --watch.
     Sync {
         /// Keep a connection open, push each new record at once, reconnect with backoff.
@@ -261,6 +269,31 @@ fn print_status(s: &Status) {
             outln!("{}", receipt_line(r));
         }
     }
+    if !s.refused.is_empty() {
+        outln!(
+            "Refused by the server, set aside (kept on this phone, not counted; show an organizer):"
+        );
+        for r in &s.refused {
+            outln!(
+                "{}\n      why: {}",
+                receipt_line(r),
+                r.refusal.as_deref().unwrap_or("no reason given")
+            );
+        }
+    }
+    if s.collections.len() > 1 {
+        let mut by_state = std::collections::BTreeMap::<&str, usize>::new();
+        for c in &s.collections {
+            *by_state.entry(c.state.as_str()).or_default() += 1;
+        }
+        let states: Vec<String> = by_state.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        outln!(
+            "Collections: {} ({}); the current one holds {} records.",
+            s.collections.len(),
+            states.join(", "),
+            s.collection_records
+        );
+    }
     for p in &s.problems {
         if s.enrollment.is_some() {
             outln!("Note: {p}");
@@ -324,7 +357,18 @@ fn run(cli: &Cli) -> Result<ExitCode, Failure> {
     match &cli.command {
         Command::Enroll { payload, name } => {
             let payload = read_payload(payload)?;
+            let before = device.enrollment()?;
             let info = device.enroll(&payload, name)?;
+            if let Some(old) = &before
+                && !cli.json
+            {
+                let waiting = device.counts()?.pending_total();
+                outln!(
+                    "Enrolled again: device {} replaces {}; {waiting} records not yet on the server move to the new device's collection and are sent now.",
+                    info.device_id,
+                    old.device_id
+                );
+            }
             let sync = device.sync_once(Duration::from_secs(20));
             let title = device.campaign().ok().map(|c| c.title);
             let (sync_json, sync_text) = match &sync {
@@ -427,6 +471,18 @@ fn run(cli: &Cli) -> Result<ExitCode, Failure> {
             } else {
                 print_status(&s);
             }
+        }
+        Command::Config { roll_over_at } => {
+            if let Some(n) = roll_over_at {
+                device.set_roll_over_at(*n)?;
+            }
+            let n = device.roll_over_at()?;
+            out(
+                json!({"ok": true, "roll_over_at": n}),
+                format!(
+                    "roll_over_at = {n} (records a collection takes before the next one starts)"
+                ),
+            );
         }
         Command::Sync { watch: true, .. } => watch(&device, cli.json)?,
         Command::Sync { timeout, .. } => {

@@ -10,6 +10,7 @@ use automerge::Automerge;
 use automerge::sync::SyncDoc as _;
 use rand::SeedableRng as _;
 use tally_client::{Device, DocRole, EnrollPayload, EnrollResponse, SignatureForm, SyncEngine};
+use tally_core::collection;
 use tally_core::fixtures::{CAMPAIGN, World};
 use tally_core::totals::Totals;
 use tally_proto::{DocumentId, Event, PeerId, PeerMetadata, Session};
@@ -40,6 +41,7 @@ pub fn response(device_id: &str) -> EnrollResponse {
         campaign: CAMPAIGN.into(),
         campaign_url: campaign_doc_id().to_url(),
         totals_url: totals_doc_id().to_url(),
+        replaces: None,
     }
 }
 
@@ -134,6 +136,11 @@ pub struct TestServer {
     pub frozen: BTreeSet<DocumentId>,
     /// These documents are answered with `doc-unavailable`.
     pub hidden: BTreeSet<DocumentId>,
+    /// A change that writes one of these signature ids is refused, naming the document and the
+    /// record (as tally's server refuses a record breaking one of its rules).
+    pub refused_records: BTreeSet<String>,
+    /// Changes to a collection created after this many are refused naming no record.
+    pub refuse_unnamed_after: Option<usize>,
     /// Frames received, for inspection.
     pub received: usize,
 }
@@ -145,6 +152,8 @@ impl TestServer {
             docs: BTreeMap::new(),
             frozen: BTreeSet::new(),
             hidden: BTreeSet::new(),
+            refused_records: BTreeSet::new(),
+            refuse_unnamed_after: None,
             received: 0,
         }
     }
@@ -186,6 +195,40 @@ impl TestServer {
                         out.push(self.session.error_frame(&format!(
                             "change to {doc} rejected: signatures/x/fsa: test refusal"
                         )));
+                        continue;
+                    }
+                    if after.get_heads() != before.get_heads()
+                        && let Some(id) = self
+                            .refused_records
+                            .iter()
+                            .find(|id| collection::signature(&after, id).ok().flatten().is_some())
+                    {
+                        out.push(self.session.refusal_frame(
+                            doc,
+                            &format!(
+                                "document {doc}: change refused: signatures/{id}: a test rule"
+                            ),
+                            Some(id),
+                        ));
+                        continue;
+                    }
+                    let collections = self
+                        .docs
+                        .values()
+                        .filter(|d| {
+                            tally_core::DocHeader::read(d)
+                                .is_ok_and(|h| h.kind == tally_core::DocKind::Collection)
+                        })
+                        .count();
+                    if after.get_heads() != before.get_heads()
+                        && before.get_heads().is_empty()
+                        && self.refuse_unnamed_after.is_some_and(|n| collections >= n)
+                    {
+                        out.push(self.session.refusal_frame(
+                            doc,
+                            &format!("document {doc}: change refused: limit: a test limit"),
+                            None,
+                        ));
                         continue;
                     }
                     self.session.set_sync_state(doc, state);
