@@ -214,6 +214,10 @@ impl SyncEngine {
         message: &str,
         out: &mut Vec<Vec<u8>>,
     ) -> Result<bool> {
+        if self.recoveries >= MAX_RECOVERIES_PER_CONNECTION {
+            return Ok(false);
+        }
+        self.recoveries += 1;
         let done = self.device.lock()?.recover_refusal(&doc, record, message)?;
         let Some(done) = done else {
             return Ok(false);
