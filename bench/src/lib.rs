@@ -74,7 +74,9 @@ pub struct RunArgs {
     /// Signatures in the large store of the at-rest phase.
     #[arg(long, default_value_t = 1_000_000)]
     pub at_rest_signatures: usize,
-    /// Signatures per phone when building the large store (a phone holds at most 10,000).
+    /// Signatures per phone when building the large store: each phone's in one collection
+    /// document built directly (at most 10,000; a real phone rolls over to the next collection
+    /// at its `roll_over_at`).
     #[arg(long, default_value_t = 10_000)]
     pub at_rest_per_phone: usize,
     /// Phones pushing at once while building the large store.
@@ -87,9 +89,13 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1000)]
     pub at_rest_max_queries: usize,
     /// Signatures the phone phase takes with `Device::sign` (its memory is measured holding
-    /// them; at most 10,000).
+    /// them, its current collection loaded).
     #[arg(long, default_value_t = 10_000)]
     pub phone_signatures: usize,
+    /// The phone's roll-over bound in the phone phase (records per collection; default: the
+    /// library's, `tally_client::DEFAULT_ROLL_OVER_AT`).
+    #[arg(long)]
+    pub phone_roll_over_at: Option<usize>,
     /// Seed of the signer plan.
     #[arg(long, default_value_t = 6)]
     pub seed: u64,
@@ -231,6 +237,7 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<Report> {
                 key: &key,
                 event: &event,
                 signatures: args.phone_signatures,
+                roll_over_at: args.phone_roll_over_at,
                 exe: &exe,
                 dir: &work,
             };
@@ -277,7 +284,7 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<Report> {
         let mut server = args.server(bin.as_ref(), work.join("rest-data"))?;
         let a = rest::RestArgs {
             signatures: args.at_rest_signatures,
-            per_phone: args.at_rest_per_phone.clamp(1, tally_client::MAX_RECORDS),
+            per_phone: args.at_rest_per_phone.clamp(1, rest::MAX_PER_COLLECTION),
             dup_pct: args.duplicates_pct,
             seed: args.seed + 1,
             query_time: Duration::from_secs(args.at_rest_seconds),

@@ -3,6 +3,10 @@
 //! so that only a few large documents are in memory at once. Then the server is restarted and
 //! timed to its first correct totals answer, and the totals are queried at rest.
 
+/// Signatures in one phone's collection document of the large store at most (built directly,
+/// not through the phone's library, which would roll over earlier).
+pub const MAX_PER_COLLECTION: usize = 10_000;
+
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
