@@ -227,6 +227,45 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A new collection's `continues` (the collection before it in its phone's chain) must name,
+/// when the server has that document, a collection of the same campaign whose owner is of the
+/// same lineage (the same phone, re-enrolled or not); a document the server never received is
+/// accepted (it may never have reached the server).
+fn check_continues(
+    conn: &tally_store::rusqlite::Connection,
+    header: &DocHeader,
+) -> Result<(), HubError> {
+    use tally_store::rusqlite::OptionalExtension;
+    let Some(previous) = &header.continues else {
+        return Ok(());
+    };
+    let found: Option<(String, String, Option<String>)> = conn
+        .prepare_cached("SELECT kind, campaign, owner FROM documents WHERE doc_id = ?1")
+        .and_then(|mut st| {
+            st.query_row([previous], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()
+        })
+        .map_err(StoreError::from)?;
+    let Some((kind, campaign, owner)) = found else {
+        return Ok(());
+    };
+    let lineage = |device: &str| projection::lineage_of(conn, device).map_err(StoreError::from);
+    let mine = lineage(header.owner.as_deref().unwrap_or_default())?;
+    let same_phone = match &owner {
+        Some(o) => lineage(o)? == mine,
+        None => false,
+    };
+    if kind != "collection" || campaign != header.campaign || !same_phone {
+        return Err(HubError::Rejected(Refusal::server(
+            format!(
+                "continues: {previous} is not a collection of this phone in this campaign; a collection continues only its own phone's previous collection (or one the server never received)"
+            ),
+            false,
+        )));
+    }
+    Ok(())
+}
+
 /// The writer identity of a device.
 pub fn writer_of(device: &Device) -> Writer {
     let role = match device.role {
@@ -582,14 +621,37 @@ impl Hub {
             .as_ref()
             .map(|c| c.timezone.clone())
             .unwrap_or_else(|| "UTC".into());
-        self.store.write_with_error::<_, HubError>(|tx| {
-            if guard.meta.is_none() {
+        let created = guard.meta.is_none();
+        let written = self.store.write_with_error::<_, HubError>(|tx| {
+            // Judged inside the write transaction, so that two writers cannot both pass: a
+            // chain's link, and (in `changes.write`) record ids another phone holds.
+            if created && header.kind == DocKind::Collection {
+                check_continues(tx.conn(), &header)?;
+            }
+            if created {
                 tx.put_meta(&meta)?;
             }
             tx.append_chunk(&key, &chunk, now)?;
             changes.write(tx.conn(), &key, &header, &tz)?;
             Ok(())
-        })?;
+        });
+        if let Err(e) = written {
+            let refusal = match e {
+                HubError::Rejected(r) => r,
+                HubError::Projection(projection::ProjectionError::Claimed { container, id }) => {
+                    let reason = projection::ProjectionError::Claimed {
+                        container,
+                        id: id.clone(),
+                    }
+                    .to_string();
+                    Refusal::server(reason, false).naming(id)
+                }
+                other => return Err(other),
+            };
+            drop(guard);
+            self.refuse(&writer.id, &key, &refusal, raw, change_hashes)?;
+            return Err(HubError::Rejected(refusal));
+        }
         // Durable: from here on the change may be acknowledged.
         guard.doc = after;
         if guard.meta.is_none() {

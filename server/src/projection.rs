@@ -19,7 +19,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use automerge::Automerge;
 use tally_core::collection::{self, CHECKINS, Checkin, SIGNATURES, Signature};
 use tally_core::review::{self, SHEETS, STRIKES, Sheet, Strike};
-use tally_core::totals::{Cell, CellAcc, CheckinCell, PaperCell, Totals, cells, day_of};
+use tally_core::totals::{
+    Cell, CellAcc, CheckinCell, CheckinKey, PaperCell, SignatureKey, Totals, cells, day_of,
+    least_copy,
+};
 use tally_core::validate::Accepted;
 use tally_core::{DocHeader, DocKind};
 use tally_store::rusqlite::{self, Connection, OptionalExtension, params};
@@ -40,6 +43,17 @@ pub enum ProjectionError {
         "the totals aggregates are out of step with the rows ({0}); stop the server and run `tally reindex`"
     )]
     Drift(String),
+    /// A collection's new record has an id that a collection of another phone (another
+    /// lineage of devices) in the campaign already holds: refused, nothing stored.
+    #[error(
+        "{container}/{id}: record {id:?} already belongs to another phone's collection in this campaign; a record id is one phone's (a phone re-writes its own records into its next collection, never another's): nothing of this change was stored"
+    )]
+    Claimed {
+        /// signatures or checkins.
+        container: &'static str,
+        /// The record id.
+        id: String,
+    },
     /// SQLite refused.
     #[error(transparent)]
     Sql(#[from] rusqlite::Error),
@@ -91,6 +105,30 @@ struct SigRow {
 }
 
 impl SigRow {
+    /// The order in which copies of one signature are ranked (the reference's, see
+    /// `tally_core::totals::SignatureKey`; `rebuild_aggregates` orders by the same columns).
+    fn key(&self) -> SignatureKey<'_> {
+        SignatureKey {
+            collected_at: self.collected_at,
+            collected_by: &self.collected_by,
+            event: self.event.as_deref(),
+            city: &self.city,
+            fsa: &self.fsa,
+            riding: self.riding.as_deref(),
+            consent_contact: self.consent,
+            dup: &self.dup,
+        }
+    }
+
+    /// The record the copies of one signature make (docs/documents.md, "Counting once"): the
+    /// least copy, withdrawn if any copy is; `None` for no copies.
+    fn merged<'a>(copies: impl IntoIterator<Item = &'a SigRow>) -> Option<SigRow> {
+        least_copy(copies, SigRow::key, |r| r.withdrawn).map(|(r, withdrawn)| SigRow {
+            withdrawn,
+            ..r.clone()
+        })
+    }
+
     fn of(s: &Signature, timezone: &str) -> SigRow {
         SigRow {
             event: s.event.clone(),
@@ -107,13 +145,47 @@ impl SigRow {
     }
 }
 
-/// A check-in row's fields that totals use.
+/// A check-in row's fields that totals use, and those that rank its copies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct CheckinRow {
     event: String,
     attendee: String,
+    at: i64,
+    by: String,
     walk_in: bool,
     withdrawn: bool,
+}
+
+impl CheckinRow {
+    fn of(c: &Checkin) -> CheckinRow {
+        CheckinRow {
+            event: c.event.clone(),
+            attendee: c.attendee.clone(),
+            at: c.at,
+            by: c.by.clone(),
+            walk_in: c.walk_in,
+            withdrawn: c.withdrawn,
+        }
+    }
+
+    /// As [`SigRow::key`], for check-ins (`tally_core::totals::CheckinKey`).
+    fn key(&self) -> CheckinKey<'_> {
+        CheckinKey {
+            at: self.at,
+            by: &self.by,
+            event: &self.event,
+            attendee: &self.attendee,
+            walk_in: self.walk_in,
+        }
+    }
+
+    /// As [`SigRow::merged`].
+    fn merged<'a>(copies: impl IntoIterator<Item = &'a CheckinRow>) -> Option<CheckinRow> {
+        least_copy(copies, CheckinRow::key, |r| r.withdrawn).map(|(r, withdrawn)| CheckinRow {
+            withdrawn,
+            ..r.clone()
+        })
+    }
 }
 
 /// One unit a record adds to the aggregates: (dim, key, token).
@@ -230,7 +302,9 @@ impl Changes {
     }
 
     /// Updates the rows (and aggregates) of the records. `timezone` is the campaign's, for the
-    /// day column.
+    /// day column. A collection's new record whose id another lineage's collection of the
+    /// campaign already holds is refused ([`ProjectionError::Claimed`]), and the caller rolls
+    /// the transaction back: a record id is one phone's.
     pub fn write(
         &self,
         conn: &Connection,
@@ -239,6 +313,11 @@ impl Changes {
         timezone: &str,
     ) -> Result<(), ProjectionError> {
         let mut batch = Batch::new(&header.campaign);
+        if header.kind == DocKind::Collection
+            && let Some(owner) = &header.owner
+        {
+            batch.lineage = Some(lineage_of(conn, owner)?);
+        }
         for s in &self.signatures {
             batch.signature(conn, doc_id, s, timezone)?;
         }
@@ -275,24 +354,49 @@ fn is_struck(conn: &Connection, campaign: &str, sig_id: &str) -> rusqlite::Resul
     .query_row(params![campaign, sig_id], |r| r.get(0))
 }
 
-/// Writes a signature's row; returns the row it replaced.
+/// The lineage of a device: the first device of its phone's chain of devices, its own id if it
+/// is unknown or has none.
+pub fn lineage_of(conn: &Connection, device_id: &str) -> rusqlite::Result<String> {
+    conn.prepare_cached(
+        "SELECT COALESCE((SELECT NULLIF(lineage, '') FROM devices WHERE device_id = ?1), ?1)",
+    )?
+    .query_row([device_id], |r| r.get(0))
+}
+
+/// The lineage of a document's owner (see [`lineage_of`]); `None` for a document without one.
+fn lineage_of_doc(conn: &Connection, doc_id: &str) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached(
+        "SELECT COALESCE(NULLIF(v.lineage, ''), d.owner) FROM documents d
+         LEFT JOIN devices v ON v.device_id = d.owner WHERE d.doc_id = ?1",
+    )?
+    .query_row([doc_id], |r| r.get(0))
+    .optional()
+    .map(Option::flatten)
+}
+
+/// Every row of one signature id in a campaign (its copies in a phone's collections), with
+/// their documents.
+fn sig_copies(
+    conn: &Connection,
+    campaign: &str,
+    sig_id: &str,
+) -> rusqlite::Result<Vec<(String, SigRow)>> {
+    conn.prepare_cached(
+        "SELECT event, collected_at, day, collected_by, city, fsa, riding, consent, dup, withdrawn, doc_id
+         FROM signatures WHERE campaign = ?1 AND sig_id = ?2",
+    )?
+    .query_map(params![campaign, sig_id], |r| Ok((r.get(10)?, sig_row(r)?)))?
+    .collect()
+}
+
+/// Writes a signature's row.
 fn upsert_signature_row(
     conn: &Connection,
     doc_id: &str,
     campaign: &str,
     sig_id: &str,
     row: &SigRow,
-) -> rusqlite::Result<Option<SigRow>> {
-    let old = conn
-        .prepare_cached(
-            "SELECT event, collected_at, day, collected_by, city, fsa, riding, consent, dup, withdrawn
-             FROM signatures WHERE doc_id = ?1 AND sig_id = ?2",
-        )?
-        .query_row(params![doc_id, sig_id], sig_row)
-        .optional()?;
-    if old.as_ref() == Some(row) {
-        return Ok(old);
-    }
+) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT INTO signatures (doc_id, sig_id, campaign, event, collected_at, day, collected_by, city, fsa, riding, consent, dup, withdrawn)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
@@ -314,7 +418,7 @@ fn upsert_signature_row(
         row.dup,
         row.withdrawn
     ])?;
-    Ok(old)
+    Ok(())
 }
 
 /// A `signatures` row, selected as `event, collected_at, day, collected_by, city, fsa, riding,
@@ -334,12 +438,29 @@ fn sig_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SigRow> {
     })
 }
 
-fn read_sig_rows(conn: &Connection, campaign: &str, sig_id: &str) -> rusqlite::Result<Vec<SigRow>> {
+/// Every row of one check-in id in a campaign, with their documents.
+fn checkin_copies(
+    conn: &Connection,
+    campaign: &str,
+    ci_id: &str,
+) -> rusqlite::Result<Vec<(String, CheckinRow)>> {
     conn.prepare_cached(
-        "SELECT event, collected_at, day, collected_by, city, fsa, riding, consent, dup, withdrawn
-         FROM signatures WHERE campaign = ?1 AND sig_id = ?2 AND withdrawn = 0",
+        "SELECT event, attendee, at, by_id, walk_in, withdrawn, doc_id
+         FROM checkins WHERE campaign = ?1 AND ci_id = ?2",
     )?
-    .query_map(params![campaign, sig_id], sig_row)?
+    .query_map(params![campaign, ci_id], |r| {
+        Ok((
+            r.get(6)?,
+            CheckinRow {
+                event: r.get(0)?,
+                attendee: r.get(1)?,
+                at: r.get(2)?,
+                by: r.get(3)?,
+                walk_in: r.get(4)?,
+                withdrawn: r.get(5)?,
+            },
+        ))
+    })?
     .collect()
 }
 
@@ -348,27 +469,14 @@ fn upsert_checkin_row(
     doc_id: &str,
     campaign: &str,
     c: &Checkin,
-) -> rusqlite::Result<Option<CheckinRow>> {
-    let old = conn
-        .prepare_cached(
-            "SELECT event, attendee, walk_in, withdrawn FROM checkins WHERE doc_id = ?1 AND ci_id = ?2",
-        )?
-        .query_row(params![doc_id, c.id], |r| {
-            Ok(CheckinRow {
-                event: r.get(0)?,
-                attendee: r.get(1)?,
-                walk_in: r.get(2)?,
-                withdrawn: r.get(3)?,
-            })
-        })
-        .optional()?;
+) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT INTO checkins (doc_id, ci_id, campaign, event, attendee, at, by_id, walk_in, withdrawn)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
          ON CONFLICT (doc_id, ci_id) DO UPDATE SET attendee = excluded.attendee, walk_in = excluded.walk_in, withdrawn = excluded.withdrawn",
     )?
     .execute(params![doc_id, c.id, campaign, c.event, c.attendee, c.at, c.by, c.walk_in, c.withdrawn])?;
-    Ok(old)
+    Ok(())
 }
 
 fn upsert_strike_row(conn: &Connection, campaign: &str, s: &Strike) -> rusqlite::Result<()> {
@@ -395,6 +503,9 @@ fn upsert_sheet_row(conn: &Connection, campaign: &str, s: &Sheet) -> rusqlite::R
 /// batch per accepted change ([`apply`]); the latency example makes one per synthetic sync.
 pub struct Batch {
     campaign: String,
+    /// The lineage of the collection's owner, when a collection's records are written: a new
+    /// record whose id another lineage holds is refused ([`ProjectionError::Claimed`]).
+    lineage: Option<String>,
     /// Net change of each cell's record count.
     cells: HashMap<(&'static str, String), i64>,
     /// Net change of each token's record count in a cell.
@@ -406,6 +517,7 @@ impl Batch {
     pub fn new(campaign: &str) -> Batch {
         Batch {
             campaign: campaign.to_string(),
+            lineage: None,
             cells: HashMap::new(),
             members: HashMap::new(),
         }
@@ -421,7 +533,9 @@ impl Batch {
     }
 
     /// Projects one signature of collection `doc_id`: writes its row now, its aggregates at
-    /// [`Batch::flush`].
+    /// [`Batch::flush`]. The aggregates count the record its copies make (docs/documents.md,
+    /// "Counting once"): what that record adds before the row is written is taken away, what it
+    /// adds after is added.
     pub fn signature(
         &mut self,
         conn: &Connection,
@@ -430,47 +544,105 @@ impl Batch {
         timezone: &str,
     ) -> Result<(), ProjectionError> {
         let row = SigRow::of(s, timezone);
-        let old = upsert_signature_row(conn, doc_id, &self.campaign, &s.id, &row)?;
-        if old.as_ref() == Some(&row) {
+        let mut copies = sig_copies(conn, &self.campaign, &s.id)?;
+        let mine = copies.iter().position(|(d, _)| d == doc_id);
+        if let Some(i) = mine
+            && copies[i].1 == row
+        {
+            return Ok(());
+        }
+        if mine.is_none() {
+            self.check_claim(conn, SIGNATURES, &s.id, copies.iter().map(|(d, _)| d))?;
+        }
+        let before = SigRow::merged(copies.iter().map(|(_, r)| r));
+        upsert_signature_row(conn, doc_id, &self.campaign, &s.id, &row)?;
+        match mine {
+            Some(i) => copies[i].1 = row,
+            None => copies.push((doc_id.to_string(), row)),
+        }
+        let after = SigRow::merged(copies.iter().map(|(_, r)| r));
+        if before == after {
             return Ok(());
         }
         let struck = is_struck(conn, &self.campaign, &s.id)?;
-        if let Some(o) = old {
-            self.add(sig_contributions(&o, struck), -1);
+        if let Some(b) = before {
+            self.add(sig_contributions(&b, struck), -1);
         }
-        self.add(sig_contributions(&row, struck), 1);
+        if let Some(a) = after {
+            self.add(sig_contributions(&a, struck), 1);
+        }
         Ok(())
     }
 
-    /// Projects one check-in of collection `doc_id`.
+    /// Refuses a record new to a collection whose id a collection of another lineage holds
+    /// (`docs`: the documents holding its other copies).
+    fn check_claim<'a>(
+        &self,
+        conn: &Connection,
+        container: &'static str,
+        id: &str,
+        docs: impl Iterator<Item = &'a String>,
+    ) -> Result<(), ProjectionError> {
+        let Some(mine) = &self.lineage else {
+            return Ok(());
+        };
+        for doc in docs {
+            if lineage_of_doc(conn, doc)?.as_ref() != Some(mine) {
+                return Err(ProjectionError::Claimed {
+                    container,
+                    id: id.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Projects one check-in of collection `doc_id`, counted once per id like signatures.
     pub fn checkin(
         &mut self,
         conn: &Connection,
         doc_id: &str,
         c: &Checkin,
     ) -> Result<(), ProjectionError> {
-        let old = upsert_checkin_row(conn, doc_id, &self.campaign, c)?;
-        let row = CheckinRow {
-            event: c.event.clone(),
-            attendee: c.attendee.clone(),
-            walk_in: c.walk_in,
-            withdrawn: c.withdrawn,
-        };
-        if let Some(o) = old {
-            self.add(checkin_contributions(&o), -1);
+        let row = CheckinRow::of(c);
+        let mut copies = checkin_copies(conn, &self.campaign, &c.id)?;
+        let mine = copies.iter().position(|(d, _)| d == doc_id);
+        if let Some(i) = mine
+            && copies[i].1 == row
+        {
+            return Ok(());
         }
-        self.add(checkin_contributions(&row), 1);
+        if mine.is_none() {
+            self.check_claim(conn, CHECKINS, &c.id, copies.iter().map(|(d, _)| d))?;
+        }
+        let before = CheckinRow::merged(copies.iter().map(|(_, r)| r));
+        upsert_checkin_row(conn, doc_id, &self.campaign, c)?;
+        match mine {
+            Some(i) => copies[i].1 = row,
+            None => copies.push((doc_id.to_string(), row)),
+        }
+        let after = CheckinRow::merged(copies.iter().map(|(_, r)| r));
+        if before == after {
+            return Ok(());
+        }
+        if let Some(b) = before {
+            self.add(checkin_contributions(&b), -1);
+        }
+        if let Some(a) = after {
+            self.add(checkin_contributions(&a), 1);
+        }
         Ok(())
     }
 
-    /// Projects a strike (or its revocation): every signature of the campaign with that id
-    /// moves between counted and struck.
+    /// Projects a strike (or its revocation): the record its signature's copies make moves
+    /// between counted and struck.
     pub fn strike(&mut self, conn: &Connection, s: &Strike) -> Result<(), ProjectionError> {
         let was = is_struck(conn, &self.campaign, &s.signature)?;
         upsert_strike_row(conn, &self.campaign, s)?;
         let now = !s.revoked;
         if was != now {
-            for row in read_sig_rows(conn, &self.campaign, &s.signature)? {
+            let copies = sig_copies(conn, &self.campaign, &s.signature)?;
+            if let Some(row) = SigRow::merged(copies.iter().map(|(_, r)| r)) {
                 self.add(sig_contributions(&row, was), -1);
                 self.add(sig_contributions(&row, now), 1);
             }
@@ -652,7 +824,7 @@ pub fn query(conn: &Connection, campaign: &str, filter: &Filter) -> rusqlite::Re
 /// against.
 pub fn scan(conn: &Connection, campaign: &str, filter: &Filter) -> rusqlite::Result<Totals> {
     let mut where_sig = String::from("s.campaign = ?1");
-    let mut where_ci = String::from("campaign = ?1 AND withdrawn = 0");
+    let mut where_ci = String::from("campaign = ?1");
     let mut sig_args: Vec<rusqlite::types::Value> = vec![campaign.to_string().into()];
     let mut ci_args: Vec<rusqlite::types::Value> = vec![campaign.to_string().into()];
     if let Some(e) = &filter.event {
@@ -690,34 +862,52 @@ pub fn scan(conn: &Connection, campaign: &str, filter: &Filter) -> rusqlite::Res
         .prepare_cached("SELECT sig_id FROM strikes WHERE campaign = ?1 AND revoked = 0")?
         .query_map([campaign], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
+    // Each record once (docs/documents.md, "Counting once"): every copy of the ids that have
+    // a copy matching the filter, merged, and the filter applied to the merged record.
     let sql = format!(
-        "SELECT s.event, s.day, s.collected_by, s.city, s.fsa, s.riding, s.dup, s.withdrawn, s.sig_id
-         FROM signatures s WHERE {where_sig}"
+        "SELECT o.event, o.collected_at, o.day, o.collected_by, o.city, o.fsa, o.riding, o.consent, o.dup, o.withdrawn, o.sig_id
+         FROM signatures o WHERE o.campaign = ?1 AND o.sig_id IN (SELECT s.sig_id FROM signatures s WHERE {where_sig})"
     );
+    let mut copies: HashMap<String, Vec<SigRow>> = HashMap::new();
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(sig_args))?;
     while let Some(r) = rows.next()? {
-        if r.get::<_, bool>(7)? {
+        copies.entry(r.get(10)?).or_default().push(sig_row(r)?);
+    }
+    let matches = |row: &SigRow| {
+        filter
+            .event
+            .as_ref()
+            .is_none_or(|e| row.event.as_ref() == Some(e))
+            && filter.from.is_none_or(|f| row.collected_at >= f)
+            && filter.to.is_none_or(|to| row.collected_at < to)
+            && filter.city.as_ref().is_none_or(|c| row.city == *c)
+            && filter.fsa.as_ref().is_none_or(|f| row.fsa == *f)
+    };
+    for (id, rows) in &copies {
+        let Some(row) = SigRow::merged(rows).filter(|r| matches(r)) else {
+            continue;
+        };
+        if row.withdrawn {
             t.withdrawn += 1;
             continue;
         }
-        if struck.contains(r.get_ref(8)?.as_str()?) {
+        if struck.contains(id) {
             t.struck += 1;
             continue;
         }
-        let dup: String = r.get(6)?;
-        all.add(&dup);
-        let keys: [Option<String>; 6] = [
-            r.get(0)?,
-            Some(r.get(3)?),
-            Some(r.get(4)?),
-            r.get(5)?,
-            Some(r.get(1)?),
-            Some(r.get(2)?),
+        all.add(&row.dup);
+        let keys: [Option<&String>; 6] = [
+            row.event.as_ref(),
+            Some(&row.city),
+            Some(&row.fsa),
+            row.riding.as_ref(),
+            Some(&row.day),
+            Some(&row.collected_by),
         ];
         for (dim, key) in dims.iter_mut().zip(keys) {
             if let Some(k) = key {
-                dim.entry(k).or_default().add(&dup);
+                dim.entry(k.clone()).or_default().add(&row.dup);
             }
         }
     }
@@ -751,16 +941,36 @@ pub fn scan(conn: &Connection, campaign: &str, filter: &Filter) -> rusqlite::Res
         return Ok(t);
     }
     let mut sets: HashMap<String, [HashSet<String>; 3]> = HashMap::new();
-    let sql = format!("SELECT event, attendee, walk_in FROM checkins WHERE {where_ci}");
+    let sql = format!(
+        "SELECT o.event, o.attendee, o.at, o.by_id, o.walk_in, o.withdrawn, o.ci_id FROM checkins o
+         WHERE o.campaign = ?1 AND o.ci_id IN (SELECT ci_id FROM checkins WHERE {where_ci})"
+    );
+    let mut copies: HashMap<String, Vec<CheckinRow>> = HashMap::new();
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(ci_args))?;
     while let Some(r) = rows.next()? {
-        let event: String = r.get(0)?;
-        let attendee: String = r.get(1)?;
-        let walk_in: bool = r.get(2)?;
-        let s = sets.entry(event).or_default();
-        s[0].insert(attendee.clone());
-        s[if walk_in { 2 } else { 1 }].insert(attendee);
+        copies.entry(r.get(6)?).or_default().push(CheckinRow {
+            event: r.get(0)?,
+            attendee: r.get(1)?,
+            at: r.get(2)?,
+            by: r.get(3)?,
+            walk_in: r.get(4)?,
+            withdrawn: r.get(5)?,
+        });
+    }
+    for rows in copies.values() {
+        let Some(ci) = CheckinRow::merged(rows) else {
+            continue;
+        };
+        let matches = !ci.withdrawn
+            && filter.event.as_ref().is_none_or(|e| ci.event == *e)
+            && filter.from.is_none_or(|f| ci.at >= f)
+            && filter.to.is_none_or(|to| ci.at < to);
+        if matches {
+            let s = sets.entry(ci.event.clone()).or_default();
+            s[0].insert(ci.attendee.clone());
+            s[if ci.walk_in { 2 } else { 1 }].insert(ci.attendee);
+        }
     }
     t.checkins = sets
         .into_iter()
@@ -784,10 +994,30 @@ pub fn scan(conn: &Connection, campaign: &str, filter: &Filter) -> rusqlite::Res
 
 /// Counted signatures and live check-ins as (campaign, dim, key, token), and struck and
 /// withdrawn signatures (no token): the aggregates' definition in one SQL expression, the
-/// independent counterpart of `sig_contributions` and `checkin_contributions`.
-const SOURCE: &str = "WITH counted AS (
-    SELECT s.* FROM signatures s WHERE s.withdrawn = 0 AND NOT EXISTS
-        (SELECT 1 FROM strikes k WHERE k.campaign = s.campaign AND k.sig_id = s.sig_id AND k.revoked = 0)
+/// independent counterpart of `sig_contributions` and `checkin_contributions`. Each record
+/// counts once (docs/documents.md, "Counting once"): its copies are ranked by the columns of
+/// `tally_core::totals::SignatureKey` (`CheckinKey`), in their order (NULL first, texts by
+/// their bytes, as Rust orders `Option` and `str`), the first speaks for the record, which is
+/// withdrawn if any copy is.
+const SOURCE: &str = "WITH merged AS (
+    SELECT * FROM (
+        SELECT campaign, sig_id, event, day, collected_by, city, fsa, riding, dup,
+            ROW_NUMBER() OVER (PARTITION BY campaign, sig_id
+                ORDER BY collected_at, collected_by, event, city, fsa, riding, consent, dup) AS rank,
+            MAX(withdrawn) OVER (PARTITION BY campaign, sig_id) AS any_withdrawn
+        FROM signatures)
+    WHERE rank = 1
+), counted AS (
+    SELECT m.* FROM merged m WHERE m.any_withdrawn = 0 AND NOT EXISTS
+        (SELECT 1 FROM strikes k WHERE k.campaign = m.campaign AND k.sig_id = m.sig_id AND k.revoked = 0)
+), live_checkins AS (
+    SELECT * FROM (
+        SELECT campaign, event, attendee, walk_in,
+            ROW_NUMBER() OVER (PARTITION BY campaign, ci_id
+                ORDER BY at, by_id, event, attendee, walk_in) AS rank,
+            MAX(withdrawn) OVER (PARTITION BY campaign, ci_id) AS any_withdrawn
+        FROM checkins)
+    WHERE rank = 1 AND any_withdrawn = 0
 ), src (campaign, dim, key, token) AS (
     SELECT campaign, 'all', '', dup FROM counted
     UNION ALL SELECT campaign, 'event', event, dup FROM counted WHERE event IS NOT NULL
@@ -796,12 +1026,12 @@ const SOURCE: &str = "WITH counted AS (
     UNION ALL SELECT campaign, 'riding', riding, dup FROM counted WHERE riding IS NOT NULL
     UNION ALL SELECT campaign, 'day', day, dup FROM counted
     UNION ALL SELECT campaign, 'canvasser', collected_by, dup FROM counted
-    UNION ALL SELECT campaign, 'checkin', event, attendee FROM checkins WHERE withdrawn = 0
-    UNION ALL SELECT campaign, 'checkin_pre', event, attendee FROM checkins WHERE withdrawn = 0 AND walk_in = 0
-    UNION ALL SELECT campaign, 'checkin_walk', event, attendee FROM checkins WHERE withdrawn = 0 AND walk_in = 1
-    UNION ALL SELECT campaign, 'withdrawn', '', NULL FROM signatures WHERE withdrawn = 1
-    UNION ALL SELECT s.campaign, 'struck', '', NULL FROM signatures s WHERE s.withdrawn = 0 AND EXISTS
-        (SELECT 1 FROM strikes k WHERE k.campaign = s.campaign AND k.sig_id = s.sig_id AND k.revoked = 0)
+    UNION ALL SELECT campaign, 'checkin', event, attendee FROM live_checkins
+    UNION ALL SELECT campaign, 'checkin_pre', event, attendee FROM live_checkins WHERE walk_in = 0
+    UNION ALL SELECT campaign, 'checkin_walk', event, attendee FROM live_checkins WHERE walk_in = 1
+    UNION ALL SELECT campaign, 'withdrawn', '', NULL FROM merged WHERE any_withdrawn = 1
+    UNION ALL SELECT m.campaign, 'struck', '', NULL FROM merged m WHERE m.any_withdrawn = 0 AND EXISTS
+        (SELECT 1 FROM strikes k WHERE k.campaign = m.campaign AND k.sig_id = m.sig_id AND k.revoked = 0)
 )";
 
 /// Recomputes every aggregate table from the projection rows, in one SQL pass; clears the
@@ -1070,5 +1300,271 @@ mod tests {
             .read(|c| Ok(scan(c, &camp, &Filter::default())?))
             .unwrap();
         assert_eq!(t, scanned);
+    }
+}
+
+#[cfg(test)]
+mod counting_once {
+    use std::collections::BTreeMap;
+
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use tally_core::collection::Collection;
+    use tally_core::fixtures::{NOW, World};
+    use tally_core::review::{Review, StrikeReason};
+    use tally_core::totals::{records, totals_of};
+
+    use super::*;
+
+    const TZ: &str = "America/Toronto";
+    const HOUR: i64 = 3_600_000;
+    const DOCS: [(&str, &str); 3] = [("docA", "dev1"), ("docB", "dev1"), ("docC", "dev2")];
+    const PEOPLE: [(&str, &str); 3] = [
+        ("Amara Okafor", "M5V 2T6"),
+        ("Li Wei", "L8P 4R5"),
+        ("José Ramírez", "H2X 1Y4"),
+    ];
+    const CITIES: [&str; 3] = ["Toronto", "Hamilton", "Montréal"];
+
+    /// What the rows should count: the reference over the same records, and the reference of
+    /// the records (each once) that match `filter`.
+    fn reference(
+        world: &World,
+        docs: &BTreeMap<&str, Collection>,
+        review: &Review,
+        filter: &Filter,
+    ) -> Totals {
+        let cols: Vec<Collection> = docs.values().cloned().collect();
+        let mut r = records(&world.campaign.id, &cols);
+        r.signatures.retain(|_, s| {
+            filter
+                .event
+                .as_ref()
+                .is_none_or(|e| s.event.as_ref() == Some(e))
+                && filter.from.is_none_or(|f| s.collected_at >= f)
+                && filter.to.is_none_or(|t| s.collected_at < t)
+                && filter.city.as_ref().is_none_or(|c| s.city == *c)
+                && filter.fsa.as_ref().is_none_or(|f| s.fsa == *f)
+        });
+        r.checkins.retain(|_, c| {
+            filter.event.as_ref().is_none_or(|e| c.event == *e)
+                && filter.from.is_none_or(|f| c.at >= f)
+                && filter.to.is_none_or(|t| c.at < t)
+        });
+        let mut t = totals_of(&world.campaign, &r, review);
+        if filter.city.is_some() || filter.fsa.is_some() {
+            // City and FSA do not narrow check-ins (see `Filter`).
+            let all = totals_of(&world.campaign, &records(&world.campaign.id, &cols), review);
+            if filter.event.is_none() && filter.from.is_none() && filter.to.is_none() {
+                t.checkins = all.checkins;
+            }
+        }
+        t
+    }
+
+    /// Random writes of copies of a few record ids into three collections (two of one device),
+    /// with corrections, one-way withdrawals and strikes, projected batch by batch: after every
+    /// batch the aggregates, the scan (whole and filtered) and, at the end, a rebuild from the
+    /// rows equal the reference, which counts each id once.
+    #[test]
+    fn copies_count_once_in_the_aggregates_the_scan_and_a_rebuild() {
+        let world = World::new();
+        let camp = world.campaign.id.clone();
+        for seed in 0..60u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let store = Store::open_in_memory().unwrap();
+            let mut docs: BTreeMap<&str, Collection> = DOCS
+                .iter()
+                .map(|(d, owner)| {
+                    (
+                        *d,
+                        Collection {
+                            campaign: camp.clone(),
+                            owner: owner.to_string(),
+                            signatures: BTreeMap::new(),
+                            checkins: BTreeMap::new(),
+                        },
+                    )
+                })
+                .collect();
+            let mut review = Review::default();
+            for _ in 0..8 {
+                store
+                    .write_with_error::<_, ProjectionError>(|tx| {
+                        let c = tx.conn();
+                        let mut b = Batch::new(&camp);
+                        for _ in 0..rng.gen_range(1..6) {
+                            let (d, owner) = DOCS[rng.gen_range(0..DOCS.len())];
+                            let n = rng.gen_range(0..4usize);
+                            let col = docs.get_mut(d).unwrap();
+                            match rng.gen_range(0..10) {
+                                0..6 => {
+                                    let id = format!("s{n}");
+                                    let (name, postal) = PEOPLE[rng.gen_range(0..PEOPLE.len())];
+                                    let mut s = world.signature(
+                                        owner,
+                                        &id,
+                                        name,
+                                        postal,
+                                        CITIES[rng.gen_range(0..3)],
+                                    );
+                                    // Set at creation, never changed: the same per copy.
+                                    s.collected_at = NOW + ((d.len() + n) as i64 % 3) * 5 * HOUR;
+                                    s.event = rng
+                                        .gen_bool(0.5)
+                                        .then(|| tally_core::fixtures::EVENT.to_string());
+                                    s.riding = rng.gen_bool(0.5).then(|| "Spadina".to_string());
+                                    let was = col.signatures.get(&id).is_some_and(|o| o.withdrawn);
+                                    s.withdrawn = was || rng.gen_bool(0.2);
+                                    b.signature(c, d, &s, TZ)?;
+                                    col.signatures.insert(id, s);
+                                }
+                                6..9 => {
+                                    let id = format!("c{n}");
+                                    let mut ci = world.checkin(
+                                        owner,
+                                        &id,
+                                        PEOPLE[rng.gen_range(0..PEOPLE.len())].0,
+                                        rng.gen_bool(0.5),
+                                    );
+                                    ci.at = NOW + ((d.len() + n) as i64 % 2) * 30 * HOUR;
+                                    let was = col.checkins.get(&id).is_some_and(|o| o.withdrawn);
+                                    ci.withdrawn = was || rng.gen_bool(0.2);
+                                    b.checkin(c, d, &ci)?;
+                                    col.checkins.insert(id, ci);
+                                }
+                                _ => {
+                                    let strike = Strike {
+                                        signature: format!("s{n}"),
+                                        reason: StrikeReason::Duplicate,
+                                        by: "org1".into(),
+                                        at: NOW,
+                                        revoked: rng.gen_bool(0.3),
+                                    };
+                                    b.strike(c, &strike)?;
+                                    review.strikes.insert(strike.signature.clone(), strike);
+                                }
+                            }
+                        }
+                        b.flush(c)
+                    })
+                    .unwrap();
+                let filters = [
+                    Filter::default(),
+                    Filter {
+                        city: Some("Hamilton".into()),
+                        ..Filter::default()
+                    },
+                    Filter {
+                        event: Some(tally_core::fixtures::EVENT.into()),
+                        ..Filter::default()
+                    },
+                    Filter {
+                        from: Some(NOW + HOUR),
+                        to: Some(NOW + 40 * HOUR),
+                        ..Filter::default()
+                    },
+                ];
+                let t = store.read(|c| Ok(totals(c, &camp)?)).unwrap();
+                assert_eq!(
+                    t,
+                    reference(&world, &docs, &review, &Filter::default()),
+                    "seed {seed}: aggregates"
+                );
+                for f in &filters {
+                    let scanned = store.read(|c| Ok(scan(c, &camp, f)?)).unwrap();
+                    assert_eq!(
+                        scanned,
+                        reference(&world, &docs, &review, f),
+                        "seed {seed}: scan {f:?}"
+                    );
+                }
+            }
+            let incremental = store.read(|c| Ok(dump(c)?)).unwrap();
+            store
+                .write(|tx| Ok(rebuild_aggregates(tx.conn())?))
+                .unwrap();
+            let rebuilt = store.read(|c| Ok(dump(c)?)).unwrap();
+            assert_eq!(incremental, rebuilt, "seed {seed}: rebuild");
+        }
+    }
+
+    /// A record new to a collection whose id a collection of another lineage holds is refused;
+    /// the same lineage (a re-enrolled phone's new device) may hold copies.
+    #[test]
+    fn a_record_id_belongs_to_one_lineage() {
+        let world = World::new();
+        let camp = world.campaign.id.clone();
+        let store = Store::open_in_memory().unwrap();
+        store
+            .write(|tx| {
+                let c = tx.conn();
+                c.execute_batch(
+                    "INSERT INTO devices (device_id, name, role, campaign, token_hash, created_at, lineage)
+                       VALUES ('old', 'p', 'canvasser', 'x', X'01', 0, 'old'),
+                              ('new', 'p', 'canvasser', 'x', X'02', 0, 'old'),
+                              ('other', 'p', 'canvasser', 'x', X'03', 0, 'other');
+                     INSERT INTO documents (doc_id, kind, campaign, owner, created_at)
+                       VALUES ('docOld', 'collection', 'x', 'old', 0), ('docNew', 'collection', 'x', 'new', 0),
+                              ('docOther', 'collection', 'x', 'other', 0);",
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        let write = |doc: &str, owner: &str, id: &str| {
+            store.write_with_error::<_, ProjectionError>(|tx| {
+                let c = tx.conn();
+                let mut b = Batch::new(&camp);
+                b.lineage = Some(lineage_of(c, owner)?);
+                b.signature(
+                    c,
+                    doc,
+                    &world.signature(owner, id, "Li Wei", "L8P 4R5", "Hamilton"),
+                    TZ,
+                )?;
+                b.checkin(
+                    c,
+                    doc,
+                    &world.checkin(owner, &format!("c-{id}"), "Li Wei", false),
+                )?;
+                b.flush(c)
+            })
+        };
+        write("docOld", "old", "r1").unwrap();
+        write("docNew", "new", "r1").unwrap();
+        write("docNew", "new", "r1").unwrap();
+        let err = write("docOther", "other", "r1").unwrap_err();
+        assert!(
+            matches!(&err, ProjectionError::Claimed { container: "signatures", id } if id == "r1"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("another phone"), "{err}");
+        // A check-in id alone.
+        let err = store
+            .write_with_error::<_, ProjectionError>(|tx| {
+                let c = tx.conn();
+                let mut b = Batch::new(&camp);
+                b.lineage = Some(lineage_of(c, "other")?);
+                b.checkin(
+                    c,
+                    "docOther",
+                    &world.checkin("other", "c-r1", "Li Wei", true),
+                )?;
+                b.flush(c)
+            })
+            .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                ProjectionError::Claimed {
+                    container: "checkins",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let t = store.read(|c| Ok(totals(c, &camp)?)).unwrap();
+        assert_eq!(t.signatures, 1);
+        assert_eq!(t.checkins["rally1"].unique, 1);
     }
 }

@@ -1,6 +1,7 @@
 //! Export: a campaign's signatures with their sealed personal fields, for an organizer to open
 //! on their own machine (`tally export`, or the dashboard in their browser). The server never
-//! holds a key that opens them.
+//! holds a key that opens them. Each record is listed once, as the totals count it: its copies
+//! in a phone's chain of collections merged (docs/documents.md, "Counting once").
 
 use std::sync::Arc;
 
@@ -36,7 +37,7 @@ pub(crate) async fn sealed(
             }
             None => Default::default(),
         };
-        let mut out = Vec::new();
+        let mut collections = Vec::new();
         for meta in state.hub.store.list_documents(&DocFilter {
             campaign: Some(id.clone()),
             kind: Some("collection".into()),
@@ -48,22 +49,27 @@ pub(crate) async fn sealed(
                 .map_err(|e| ApiError::Internal(format!("{e}")))?;
             let slot = state.hub.slot(&did)?;
             let g = slot.lock().unwrap_or_else(|p| p.into_inner());
-            let c = collection::read(&g.doc).map_err(|e| ApiError::Internal(e.to_string()))?;
-            for s in c.signatures.into_values() {
-                out.push(SealedRecord {
-                    counted: tally_core::totals::counts(&s, &review),
-                    id: s.id,
-                    collected_at: s.collected_at,
-                    collected_by: s.collected_by,
-                    event: s.event,
-                    city: s.city,
-                    fsa: s.fsa,
-                    riding: s.riding,
-                    consent_contact: s.consent_contact,
-                    withdrawn: s.withdrawn,
-                    sealed: hex::encode(&s.sealed),
-                });
-            }
+            collections
+                .push(collection::read(&g.doc).map_err(|e| ApiError::Internal(e.to_string()))?);
+        }
+        let mut out = Vec::new();
+        for s in tally_core::totals::records(&id, &collections)
+            .signatures
+            .into_values()
+        {
+            out.push(SealedRecord {
+                counted: tally_core::totals::counts(&s, &review),
+                id: s.id,
+                collected_at: s.collected_at,
+                collected_by: s.collected_by,
+                event: s.event,
+                city: s.city,
+                fsa: s.fsa,
+                riding: s.riding,
+                consent_contact: s.consent_contact,
+                withdrawn: s.withdrawn,
+                sealed: hex::encode(&s.sealed),
+            });
         }
         out.sort_by(|a, b| (a.collected_at, &a.id).cmp(&(b.collected_at, &b.id)));
         Ok(Json(out))
