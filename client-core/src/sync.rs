@@ -350,6 +350,9 @@ impl SyncEngine {
             let mut st = self.device.lock()?;
             st.refresh()?;
         }
+        // A write may have started the next collection of the chain (here, or in another
+        // process on the same phone).
+        self.refresh_docs()?;
         self.frames_for_all()
     }
 

@@ -266,6 +266,91 @@ async fn js_pushes_a_collection_and_the_server_counts_it() {
     server.stop().await;
 }
 
+/// A JS client following the chain rules of docs/documents.md ("A chain of collections"): its
+/// second collection names the first in `continues` and carries again, with the same id, a
+/// record whose acknowledgement it never heard, beside a new one, and that record's withdrawal
+/// rides in a third. Each record id counts once; the withdrawn one does not count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_follows_the_chain_rules_and_each_record_counts_once() {
+    let server = TestServer::start().await;
+    let c = server.campaign();
+    let (alice, token) = server.enroll(&c.id, "canvasser");
+    let ws = ws_with_token(&server, &token);
+
+    let first = collection_doc(
+        &c,
+        &alice,
+        &[
+            ("s1", "Amara Okafor", "M5V 2T6", "Toronto"),
+            ("s2", "Li Wei", "V5K 0A1", "Vancouver"),
+        ],
+    );
+    let out = js(&ws, &["push-collection", &BASE64.encode(first.save())]).await;
+    let first_url = out.ok().to_string();
+
+    // The next collection of the chain: s2 again (same id, same fields), and s3.
+    let mut second = collection::create_continuing(&c.id, &alice, doc_id_of(&first_url)).unwrap();
+    for (id, name, postal, city) in [
+        ("s2", "Li Wei", "V5K 0A1", "Vancouver"),
+        ("s3", "Sam Tesfaye", "H2X 1Y4", "Montréal"),
+    ] {
+        let sig = c.world.signature(&alice, id, name, postal, city);
+        collection::add_signature(&mut second, &sig, &c.world.campaign).unwrap();
+    }
+    let out = js(&ws, &["push-collection", &BASE64.encode(second.save())]).await;
+    let second_url = out.ok().to_string();
+    let header =
+        tally_core::DocHeader::read(&stored(&server, doc_id_of(&second_url)).unwrap()).unwrap();
+    assert_eq!(header.continues.as_deref(), Some(doc_id_of(&first_url)));
+    let t = server.totals(&c.id);
+    assert_eq!(
+        (signatures(&t), t["unique_signers"].as_u64()),
+        (Some(3), Some(3)),
+        "s2 counts once: {t}"
+    );
+
+    // A third collection withdraws s1 by a withdrawn copy (a record is withdrawn if any copy
+    // is).
+    let mut third = collection::create_continuing(&c.id, &alice, doc_id_of(&second_url)).unwrap();
+    let mut s1 = c
+        .world
+        .signature(&alice, "s1", "Amara Okafor", "M5V 2T6", "Toronto");
+    s1.withdrawn = true;
+    collection::add_signature(&mut third, &s1, &c.world.campaign).unwrap();
+    js(&ws, &["push-collection", &BASE64.encode(third.save())])
+        .await
+        .ok();
+    let t = server.totals(&c.id);
+    assert_eq!(
+        (signatures(&t), t["withdrawn"].as_u64()),
+        (Some(2), Some(1)),
+        "{t}"
+    );
+
+    // Another canvasser cannot reuse those ids, not even to withdraw them.
+    let (bob, bob_token) = server.enroll(&c.id, "canvasser");
+    let mut theirs = collection::create(&c.id, &bob).unwrap();
+    let mut stolen = c
+        .world
+        .signature(&bob, "s3", "Sam Tesfaye", "H2X 1Y4", "Montréal");
+    stolen.withdrawn = true;
+    collection::add_signature(&mut theirs, &stolen, &c.world.campaign).unwrap();
+    let out = js(
+        &ws_with_token(&server, &bob_token),
+        &["push-collection", &BASE64.encode(theirs.save())],
+    )
+    .await;
+    assert_eq!(out.status, Some(2), "expected a refusal: {out:#?}");
+    let t = server.totals(&c.id);
+    assert_eq!(
+        (signatures(&t), t["withdrawn"].as_u64()),
+        (Some(2), Some(1)),
+        "{t}"
+    );
+
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn js_bad_change_is_refused_and_nothing_of_it_is_stored() {
     let server = TestServer::start().await;
