@@ -1,7 +1,8 @@
 //! The organizers' side over real sockets on 127.0.0.1 and a real SQLite file: totals from the
 //! SQL projection held equal to the document core's reference `totals` over random histories
-//! (phones signing, checking in, withdrawing, correcting and syncing; organizers striking,
-//! revoking strikes and recording paper sheets through the API); `tally reindex` reproducing the
+//! (phones signing, checking in, withdrawing, correcting and syncing, rolling over to the next
+//! collection of their chain and re-writing records there with the same ids; organizers
+//! striking, revoking strikes and recording paper sheets through the API); `tally reindex` reproducing the
 //! incremental tables row for row; every organizer endpoint's refusals (401, 403, 404, 400) with
 //! a message; small-cell suppression; the live totals stream; the OpenAPI document matching the
 //! router; and no signer's name or email anywhere in the database files.
@@ -87,8 +88,11 @@ fn stored_doc(db: &Path, campaign: &str, kind: &str) -> Option<Automerge> {
     Some(doc)
 }
 
-/// One canvasser's phone: its collection as written locally and as last acknowledged.
+/// One canvasser's phone: its current collection as written locally and as last acknowledged,
+/// and the collections before it in its chain.
 struct Phone {
+    /// Earlier collections of the chain: (as written locally, as the server has it).
+    earlier: Vec<(Automerge, Option<Automerge>)>,
     device: String,
     token: String,
     peer: Peer,
@@ -134,6 +138,7 @@ impl<'a> Scenario<'a> {
             .await
             .expect("connect");
         self.phones.push(Phone {
+            earlier: Vec::new(),
             doc: collection::create(&self.c.id, &device).expect("collection"),
             device,
             token,
@@ -282,12 +287,80 @@ impl<'a> Scenario<'a> {
     /// Ids of signatures the server has.
     fn synced_ids(&self) -> Vec<String> {
         let mut ids: BTreeSet<String> = BTreeSet::new();
-        for p in &self.phones {
-            if let Some(d) = &p.synced {
-                ids.extend(collection::read(d).expect("read").signatures.into_keys());
-            }
+        for c in self.collections() {
+            ids.extend(c.signatures.into_keys());
         }
         ids.into_iter().collect()
+    }
+
+    /// The phone starts the next collection of its chain (after a roll-over or a refusal): it
+    /// re-writes there, with the same ids, every record the server has not acknowledged as it
+    /// stands and, with `again`, the acknowledged ones too (an acknowledgement the phone never
+    /// heard).
+    fn roll(&mut self, phone: usize, again: bool) {
+        let campaign = self.c.world.campaign.clone();
+        let p = &mut self.phones[phone];
+        let mut next = collection::create_continuing(&self.c.id, &p.device, &p.col.to_string())
+            .expect("next collection");
+        let local = collection::read(&p.doc).expect("read");
+        let acked = p
+            .synced
+            .as_ref()
+            .map(|d| collection::read(d).expect("read"));
+        let (mut sigs, mut cis) = (Vec::new(), Vec::new());
+        for (id, sig) in &local.signatures {
+            let known = acked.as_ref().and_then(|a| a.signatures.get(id)) == Some(sig);
+            if again || !known {
+                collection::add_signature(&mut next, sig, &campaign).expect("re-write");
+                sigs.push(id.clone());
+            }
+        }
+        for (id, ci) in &local.checkins {
+            let known = acked.as_ref().and_then(|a| a.checkins.get(id)) == Some(ci);
+            if again || !known {
+                collection::add_checkin(&mut next, ci, &campaign).expect("re-write");
+                cis.push(id.clone());
+            }
+        }
+        let prev = std::mem::replace(&mut p.doc, next);
+        p.earlier.push((prev, p.synced.take()));
+        p.col = new_id();
+        p.signatures = sigs;
+        p.checkins = cis;
+    }
+
+    /// Signature ids of the phone's earlier collections that its current one lacks.
+    fn earlier_ids(&self, phone: usize) -> Vec<String> {
+        let p = &self.phones[phone];
+        let here = collection::read(&p.doc).expect("read");
+        let mut ids = BTreeSet::new();
+        for (d, _) in &p.earlier {
+            ids.extend(collection::read(d).expect("read").signatures.into_keys());
+        }
+        ids.retain(|id| !here.signatures.contains_key(id));
+        ids.into_iter().collect()
+    }
+
+    /// The phone re-writes a record of an earlier collection into its current one, same id (as
+    /// it does for a record it never heard acknowledged); with `city`, a client that changed
+    /// the city on the way.
+    fn rewrite(&mut self, phone: usize, pick: usize, city: Option<usize>) {
+        let ids = self.earlier_ids(phone);
+        let Some(id) = ids.get(pick % ids.len().max(1)).cloned() else {
+            return;
+        };
+        let p = &mut self.phones[phone];
+        let mut sig = p
+            .earlier
+            .iter()
+            .rev()
+            .find_map(|(d, _)| collection::signature(d, &id).expect("read"))
+            .expect("an earlier copy");
+        if let Some(c) = city {
+            sig.city = CITIES[c % CITIES.len()].into();
+        }
+        collection::add_signature(&mut p.doc, &sig, &self.c.world.campaign).expect("re-write");
+        p.signatures.push(id);
     }
 
     fn post(&self, path: &str, body: Value) -> (u16, Value) {
@@ -331,11 +404,17 @@ impl<'a> Scenario<'a> {
         assert_eq!(s, 200, "sheet: {v}");
     }
 
-    /// The collections as the server has them.
+    /// The collections as the server has them, every phone's whole chain.
     fn collections(&self) -> Vec<Collection> {
         self.phones
             .iter()
-            .filter_map(|p| p.synced.as_ref())
+            .flat_map(|p| {
+                p.earlier
+                    .iter()
+                    .map(|(_, s)| s.as_ref())
+                    .chain([p.synced.as_ref()])
+            })
+            .flatten()
             .map(|d| collection::read(d).expect("read collection"))
             .collect()
     }
@@ -410,32 +489,37 @@ impl Filt {
         (NOW - HOUR + a * DAY, NOW + HOUR + b * DAY)
     }
 
-    /// The reference's input: the collections narrowed like the API narrows its rows.
-    fn apply(&self, cols: &[Collection]) -> Vec<Collection> {
-        let mut out = cols.to_vec();
-        for c in &mut out {
-            match self {
-                Filt::None => {}
-                Filt::City(i) => c
-                    .signatures
-                    .retain(|_, s| s.city == CITIES[i % CITIES.len()]),
-                Filt::Event => {
-                    c.signatures
-                        .retain(|_, s| s.event.as_deref() == Some(EVENT));
-                    c.checkins.retain(|_, ci| ci.event == EVENT);
-                }
-                Filt::Fsa(i) => c
-                    .signatures
-                    .retain(|_, s| s.fsa == PEOPLE[i % PEOPLE.len()].1[..3]),
-                Filt::Range(a, b) => {
-                    let (from, to) = self.range(*a, *b);
-                    c.signatures
-                        .retain(|_, s| (from..to).contains(&s.collected_at));
-                    c.checkins.retain(|_, ci| (from..to).contains(&ci.at));
-                }
+    /// The reference's input: the campaign's records, each once (merged across a phone's
+    /// collections), narrowed like the API narrows them.
+    fn apply(&self, campaign: &str, cols: &[Collection]) -> Vec<Collection> {
+        let r = tally_core::totals::records(campaign, cols);
+        let mut c = Collection {
+            campaign: campaign.to_string(),
+            owner: String::new(),
+            signatures: r.signatures,
+            checkins: r.checkins,
+        };
+        match self {
+            Filt::None => {}
+            Filt::City(i) => c
+                .signatures
+                .retain(|_, s| s.city == CITIES[i % CITIES.len()]),
+            Filt::Event => {
+                c.signatures
+                    .retain(|_, s| s.event.as_deref() == Some(EVENT));
+                c.checkins.retain(|_, ci| ci.event == EVENT);
+            }
+            Filt::Fsa(i) => c
+                .signatures
+                .retain(|_, s| s.fsa == PEOPLE[i % PEOPLE.len()].1[..3]),
+            Filt::Range(a, b) => {
+                let (from, to) = self.range(*a, *b);
+                c.signatures
+                    .retain(|_, s| (from..to).contains(&s.collected_at));
+                c.checkins.retain(|_, ci| (from..to).contains(&ci.at));
             }
         }
-        out
+        vec![c]
     }
 }
 
@@ -472,12 +556,25 @@ enum Op {
         city: u8,
         riding: u8,
     },
-    /// A phone signs with the id of a struck signature of another phone: the strike is in the
-    /// projection before the row is.
+    /// A phone signs, in its current collection, with the id of a struck signature of one of
+    /// its earlier collections (another person this time): the strike is in the projection
+    /// before the new row is.
     ReuseStruckId {
         phone: u8,
         pick: u8,
         person: u8,
+    },
+    /// The phone starts the next collection of its chain, re-writing its unacknowledged
+    /// records there (with `again`, the acknowledged ones too).
+    Roll {
+        phone: u8,
+        again: bool,
+    },
+    /// The phone re-writes a record of an earlier collection into its current one.
+    Rewrite {
+        phone: u8,
+        pick: u8,
+        city: Option<u8>,
     },
     Sync {
         phone: u8,
@@ -507,6 +604,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>())
             .prop_map(|(phone, pick, person, city, riding)| Op::Correct { phone, pick, person, city, riding }),
         1 => (any::<u8>(), any::<u8>(), any::<u8>()).prop_map(|(phone, pick, person)| Op::ReuseStruckId { phone, pick, person }),
+        2 => (any::<u8>(), any::<bool>()).prop_map(|(phone, again)| Op::Roll { phone, again }),
+        3 => (any::<u8>(), any::<u8>(), proptest::option::of(any::<u8>())).prop_map(|(phone, pick, city)| Op::Rewrite { phone, pick, city }),
         4 => any::<u8>().prop_map(|phone| Op::Sync { phone }),
         2 => (any::<u8>(), any::<u8>()).prop_map(|(pick, reason)| Op::Strike { pick, reason }),
         1 => any::<u8>().prop_map(|pick| Op::Unstrike { pick }),
@@ -580,10 +679,11 @@ async fn run_op(s: &mut Scenario<'_>, op: &Op) {
             person,
         } => {
             let phone = phone as usize % n;
+            let earlier = s.earlier_ids(phone);
             let struck: Vec<String> = s
                 .struck
                 .iter()
-                .filter(|id| !s.phones[phone].signatures.contains(id))
+                .filter(|id| earlier.contains(id))
                 .cloned()
                 .collect();
             if let Some(id) = struck.get(pick as usize % struck.len().max(1)).cloned() {
@@ -597,6 +697,10 @@ async fn run_op(s: &mut Scenario<'_>, op: &Op) {
                     Some(id),
                 );
             }
+        }
+        Op::Roll { phone, again } => s.roll(phone as usize % n, again),
+        Op::Rewrite { phone, pick, city } => {
+            s.rewrite(phone as usize % n, pick as usize, city.map(usize::from))
         }
         Op::Sync { phone } => s.sync(phone as usize % n).await,
         Op::Strike { pick, reason } => s.strike(pick as usize, reason as usize, false),
@@ -697,8 +801,11 @@ fn api_totals_equal_the_reference_over_random_histories() {
                 let cols = s.collections();
                 let reference = tally_core::totals::totals(&s.c.world.campaign, &cols, &review);
                 same_totals(&s.api_totals(""), &reference, "at the end")?;
-                let filtered =
-                    tally_core::totals::totals(&s.c.world.campaign, &filter.apply(&cols), &review);
+                let filtered = tally_core::totals::totals(
+                    &s.c.world.campaign,
+                    &filter.apply(&s.c.id, &cols),
+                    &review,
+                );
                 same_totals(
                     &s.api_totals(&filter.query()),
                     &filtered,
@@ -710,6 +817,81 @@ fn api_totals_equal_the_reference_over_random_histories() {
         .unwrap_or_else(|e| panic!("{e}"));
     eprintln!("40 random histories checked in {:?}", t0.elapsed());
     rt.block_on(server.stop());
+}
+
+/// A phone's chain: records re-written with the same ids into its next collections (one with
+/// another city, one acknowledged already, one withdrawn in one copy only) count once, in the
+/// totals, the filtered totals and the export, whichever copy arrived first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_of_collections_counts_each_record_once() {
+    let server = TestServer::start().await;
+    let mut s = Scenario::new(&server, 1).await;
+    let a = s.sign(0, 0, 0, true, 1, Scenario::at(0, false), None); // Toronto
+    let b = s.sign(0, 1, 0, false, 0, Scenario::at(1, false), None);
+    let c = s.sign(0, 2, 1, false, 0, Scenario::at(1, false), None);
+    s.sync(0).await;
+    // The next collection re-writes all three (acknowledgements the phone never heard), `a`
+    // in Montréal, which sorts before Toronto: that copy speaks for it once both are there.
+    s.roll(0, true);
+    let p = &mut s.phones[0];
+    let mut moved = collection::signature(&p.doc, &a).unwrap().unwrap();
+    moved.city = CITIES[1].into();
+    collection::correct_signature(&mut p.doc, &moved, &s.c.world.campaign).unwrap();
+    collection::withdraw_signature(&mut p.doc, &c).unwrap();
+    s.sync(0).await;
+    // A third collection, with `b` again and a new one.
+    s.roll(0, false);
+    s.rewrite(0, 0, None);
+    s.sign(0, 3, 2, true, 2, Scenario::at(2, false), None);
+    s.sync(0).await;
+    let cols = s.collections();
+    assert_eq!(cols.len(), 3);
+    let review = s.review();
+    let reference = tally_core::totals::totals(&s.c.world.campaign, &cols, &review);
+    assert_eq!((reference.signatures, reference.withdrawn), (3, 1));
+    // `b` alone in Toronto: `a` counts in Montréal, `c` is withdrawn.
+    assert_eq!(reference.by_city["Toronto"].signatures, 1, "{reference:?}");
+    assert_eq!(reference.by_city["Montréal"].signatures, 1, "{reference:?}");
+    assert_eq!(s.api_totals(""), reference);
+    for filter in [Filt::City(0), Filt::City(1), Filt::Event, Filt::Range(0, 1)] {
+        let expected =
+            tally_core::totals::totals(&s.c.world.campaign, &filter.apply(&s.c.id, &cols), &review);
+        assert_eq!(s.api_totals(&filter.query()), expected, "{filter:?}");
+    }
+    let (_, sealed) = http(
+        &server.base(),
+        "GET",
+        &format!("/api/v1/campaigns/{}/sealed", s.c.id),
+        Some(&server.admin()),
+        None,
+    );
+    let listed: Vec<(&str, &str, bool)> = sealed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap(),
+                r["city"].as_str().unwrap(),
+                r["withdrawn"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(listed.len(), 4, "{listed:?}");
+    assert!(
+        listed.contains(&(a.as_str(), CITIES[1], false)),
+        "{listed:?}"
+    );
+    assert!(
+        listed.contains(&(b.as_str(), CITIES[0], false)),
+        "{listed:?}"
+    );
+    assert!(
+        listed.contains(&(c.as_str(), CITIES[1], true)),
+        "{listed:?}"
+    );
+    drop(s);
+    server.stop().await;
 }
 
 /// A history with every kind of change, including a strike that reaches the projection before
@@ -730,8 +912,12 @@ async fn rich_history(s: &mut Scenario<'_>) {
         0,
         false,
     );
-    // The same id on a third phone, synced after the strike.
-    s.sign(2, 5, 1, false, 0, Scenario::at(3, false), Some(a.clone()));
+    // The same id in the next collection of its phone's chain (another person this time),
+    // synced after the strike; and a record re-written there, with another city.
+    s.roll(0, false);
+    s.sign(0, 5, 1, false, 0, Scenario::at(3, false), Some(a.clone()));
+    s.rewrite(0, 0, Some(2));
+    s.sync(0).await;
     s.sync(2).await;
     s.withdraw(1, 0);
     s.withdraw_checkin(1, 1);
