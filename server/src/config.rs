@@ -30,7 +30,9 @@ pub struct Config {
     pub max_database_kib: u64,
     /// Largest WebSocket frame accepted, in bytes.
     pub max_frame_bytes: usize,
-    /// Most collection documents one device may create.
+    /// Most collection documents one device may create in a campaign: the length of a phone's
+    /// chain of collections (it starts the next one at a roll-over bound, after a refusal, and
+    /// after a re-enrollment).
     pub max_documents_per_device: u64,
     /// Most simultaneous sync connections.
     pub max_connections: usize,

@@ -78,7 +78,8 @@ pub struct HubConfig {
     pub idle_unload: Duration,
     /// Compact after this many chunks.
     pub compact_after_chunks: u64,
-    /// Most collection documents per device.
+    /// Most collection documents one device creates in a campaign: the length of a phone's
+    /// chain of collections.
     pub max_documents_per_device: u64,
     /// Most documents held in memory; past it the least recently used ones not in use are
     /// unloaded at once, whatever their idle time (0: no cap, only the idle time).
@@ -702,15 +703,17 @@ impl Hub {
             }
         };
         if slot.meta.is_none() && header.kind == DocKind::Collection {
+            // A phone writes a chain of collections per campaign (roll-overs, refusals): the
+            // limit is on that chain's length.
             let owned = self
                 .store
-                .count_documents_by_owner(&writer.id)
+                .count_collections(&writer.id, &header.campaign)
                 .map_err(|e| Refusal::server(e.to_string(), false))?;
-            if owned >= self.cfg.max_documents_per_device {
+            let max = self.cfg.max_documents_per_device;
+            if owned >= max {
                 return Err(Refusal::server(
                     format!(
-                        "limit: this device already has {owned} collection documents, the most one device may create ({}); ask an organizer to raise max_documents_per_device",
-                        self.cfg.max_documents_per_device
+                        "limit: this phone's chain of collections has reached {owned} collections in this campaign, the most one device may create (max_documents_per_device = {max}); ask an organizer to raise max_documents_per_device"
                     ),
                     false,
                 ));

@@ -576,3 +576,43 @@ async fn another_phones_record_ids_are_refused() {
     assert_eq!(counted(&server, &c), (7, 0));
     server.stop().await;
 }
+
+/// `max_documents_per_device` bounds a phone's chain of collections in a campaign, and its
+/// refusal says so and what to do; the collections already there still sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chain_of_collections_has_a_length_limit() {
+    let server = TestServer::start_with(|cfg: &mut Config| cfg.max_documents_per_device = 2).await;
+    let c = server.campaign();
+    let (device, token) = server.enroll(&c.id, "canvasser");
+    let mut phone = Phone::connect(&server, &token).await;
+    let first = new_id();
+    assert!(
+        phone
+            .push(first, &collection_of(&c, &device, None, &["l1"]))
+            .await
+            .is_empty()
+    );
+    let second = new_id();
+    let mut doc = collection_of(&c, &device, Some(&first), &["l2"]);
+    assert!(phone.push(second, &doc).await.is_empty());
+    let third = new_id();
+    let heard = phone
+        .push(third, &collection_of(&c, &device, Some(&second), &["l3"]))
+        .await;
+    assert_eq!(heard.len(), 1, "{heard:?}");
+    assert_eq!(
+        (heard[0].document, heard[0].record.as_deref()),
+        (Some(third), None)
+    );
+    assert!(
+        heard[0]
+            .message
+            .contains("chain of collections has reached 2")
+            && heard[0].message.contains("raise max_documents_per_device"),
+        "{heard:?}"
+    );
+    collection::add_signature(&mut doc, &sig(&c, &device, "l3", 3), &c.world.campaign).unwrap();
+    assert!(phone.push(second, &doc).await.is_empty());
+    assert_eq!(counted(&server, &c), (3, 0));
+    server.stop().await;
+}

@@ -380,6 +380,9 @@ fn document_meta_listing_and_conflicts() {
     assert_eq!(campaigns, ["camp1", "camp2"]);
     assert_eq!(store.count_documents_by_owner("devA").unwrap(), 2);
     assert_eq!(store.count_documents_by_owner("nobody").unwrap(), 0);
+    assert_eq!(store.count_collections("devA", "camp1").unwrap(), 2);
+    assert_eq!(store.count_collections("devA", "camp2").unwrap(), 0);
+    assert_eq!(store.count_collections("devB", "camp2").unwrap(), 1);
     assert_eq!(
         store.doc_meta("col3").unwrap(),
         Some(meta("col3", "collection", "camp2", Some("devB")))
