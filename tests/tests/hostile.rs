@@ -188,23 +188,31 @@ async fn send(ws: &mut Ws, frame: Vec<u8>) {
 }
 
 /// A collection of `owner`'s with one valid signature `s1`.
+/// A collection of `owner` with one good signature, under a new id each time: a record id
+/// counts once per campaign (and belongs to one phone), so each good collection adds one.
 fn collection_with_one(c: &Campaign, owner: &str) -> Automerge {
     let mut doc = collection::create(&c.id, owner).unwrap();
+    let id = format!("s1-{:016x}", rand::random::<u64>());
     let sig = c
         .world
-        .signature(owner, "s1", "Amara Okafor", "M5V 2T6", "Toronto");
+        .signature(owner, &id, "Amara Okafor", "M5V 2T6", "Toronto");
     collection::add_signature(&mut doc, &sig, &c.world.campaign).unwrap();
     doc
 }
 
-/// Sets one field of record `s1` in `doc`'s `signatures` to `value` (None deletes the record).
+/// Sets one field of the good signature of [`collection_with_one`] in `doc`'s `signatures` to
+/// `value` (None deletes the record).
 fn edit_s1(doc: &mut Automerge, field: &str, value: Option<ScalarValue>) {
     let mut tx = doc.transaction();
     let (_, sigs) = tx.get(ROOT, collection::SIGNATURES).unwrap().unwrap();
+    let s1 = tx
+        .keys(&sigs)
+        .find(|k| k.starts_with("s1-"))
+        .expect("the good signature");
     match value {
-        None => tx.delete(&sigs, "s1").unwrap(),
+        None => tx.delete(&sigs, s1.as_str()).unwrap(),
         Some(v) => {
-            let (_, rec) = tx.get(&sigs, "s1").unwrap().unwrap();
+            let (_, rec) = tx.get(&sigs, s1.as_str()).unwrap().unwrap();
             tx.put(&rec, field, v).unwrap();
         }
     }
