@@ -232,10 +232,10 @@ impl State {
         } else {
             target.save_after(&before)
         };
-        let enrollment_json = match &plan.enrollment {
-            Some(e) => Some(serde_json::to_string(e).expect("enrollment serializes")),
-            None => None,
-        };
+        let enrollment_json = plan
+            .enrollment
+            .as_ref()
+            .map(|e| serde_json::to_string(e).expect("enrollment serializes"));
         let current_enrollment = self.enrollment()?.clone();
         self.commit(|tx, _| {
             for (id, state) in &plan.leave {

@@ -53,7 +53,7 @@ pub enum WatchEvent {
     /// Connected to the server.
     Connected,
     /// A round of sync settled (or stopped on the server's errors).
-    Synced(SyncReport),
+    Synced(Box<SyncReport>),
     /// The connection failed or dropped; the loop retries after the delay (or sooner, when the
     /// canvasser enters something).
     Disconnected {
@@ -220,7 +220,7 @@ async fn stopped(stop: &mut Option<&mut watch::Receiver<bool>>) {
 
 enum End {
     /// `sync_once` finished (settled and quiet, or timed out).
-    Done(SyncReport),
+    Done(Box<SyncReport>),
     /// The watch loop was told to stop.
     Stopped,
 }
@@ -312,7 +312,7 @@ async fn converse(
                 let report = engine.finish_round(None)?;
                 if deadline.is_some() {
                     let _ = ws.close(None).await;
-                    return Ok(End::Done(report));
+                    return Ok(End::Done(Box::new(report)));
                 }
                 on_round(report);
                 dirty = false;
@@ -320,7 +320,7 @@ async fn converse(
             () = sleep_until_opt(deadline) => {
                 let report = engine.finish_round(Some("timed out before the server acknowledged everything: try again with more time or better signal".into()))?;
                 let _ = ws.close(None).await;
-                return Ok(End::Done(report));
+                return Ok(End::Done(Box::new(report)));
             }
         }
     }
@@ -377,7 +377,7 @@ async fn sync_once(device: &Device, timeout: Duration) -> Result<SyncReport> {
     )
     .await
     {
-        Ok(End::Done(report)) => Ok(report),
+        Ok(End::Done(report)) => Ok(*report),
         Ok(End::Stopped) => engine.finish_round(Some("stopped".into())),
         Err(e) if is_connection_error(&e) => engine.finish_round(Some(e.to_string())),
         Err(e) => Err(e),
@@ -427,7 +427,7 @@ async fn watch_loop(
                     join,
                     None,
                     Some(&mut stop),
-                    &mut |report| on_event(WatchEvent::Synced(report)),
+                    &mut |report| on_event(WatchEvent::Synced(Box::new(report))),
                 )
                 .await;
                 if engine.is_established() {

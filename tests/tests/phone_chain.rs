@@ -51,7 +51,12 @@ fn form(i: usize) -> SignatureForm {
     SignatureForm {
         name: format!("Signer {i}"),
         postal_code: "M5V 2T6".into(),
-        city: if i % 3 == 0 { "Montréal" } else { "Toronto" }.into(),
+        city: if i.is_multiple_of(3) {
+            "Montréal"
+        } else {
+            "Toronto"
+        }
+        .into(),
         ..SignatureForm::default()
     }
 }
