@@ -35,6 +35,10 @@ use crate::store::{self, DocRole, DocState};
 pub use crate::chain::DEFAULT_ROLL_OVER_AT;
 pub use crate::compact::COMPACT_AFTER_CHUNKS;
 
+/// Pending receipts [`Device::status`] lists at most: a phone offline for days may hold tens of
+/// thousands, and a screen (or the status's memory) has no room for them all.
+pub const STATUS_PENDING_SHOWN: i64 = 200;
+
 const KEY_LAST_SYNC: &str = "last_sync";
 const KEY_LAST_COMPLETE_SYNC: &str = "last_complete_sync_at";
 
@@ -77,7 +81,8 @@ pub struct Status {
     pub counts: Counts,
     /// The canvasser's line, e.g. "12 signatures not yet safe: sync when you have signal".
     pub summary: String,
-    /// The pending receipts, oldest first.
+    /// The oldest pending receipts, at most [`STATUS_PENDING_SHOWN`] of them (`counts` has them
+    /// all; [`Device::pending`] lists every one).
     pub pending: Vec<Receipt>,
     /// What the server refused, set aside with its reason (kept sealed, not counted).
     #[serde(default)]
@@ -680,7 +685,7 @@ impl Device {
         let mut st = self.lock()?;
         st.refresh()?;
         let counts = store::counts(&st.conn)?;
-        let pending = store::receipts(&st.conn, true)?;
+        let pending = store::receipts_up_to(&st.conn, true, STATUS_PENDING_SHOWN)?;
         let refused = store::refused_receipts(&st.conn)?;
         let mut problems = Vec::new();
         let (campaign_title, totals, collection_records) = if st.enrollment.is_some() {

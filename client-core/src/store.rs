@@ -849,15 +849,20 @@ const RECEIPT_COLUMNS: &str = "change_hash, record_id, kind, collected_at, ackno
 
 /// Receipts, oldest first: only pending ones, or all.
 pub fn receipts(conn: &Connection, pending_only: bool) -> Result<Vec<Receipt>> {
+    receipts_up_to(conn, pending_only, i64::MAX)
+}
+
+/// The oldest `limit` receipts: only pending ones, or all.
+pub fn receipts_up_to(conn: &Connection, pending_only: bool, limit: i64) -> Result<Vec<Receipt>> {
     let sql = if pending_only {
         format!(
-            "SELECT {RECEIPT_COLUMNS} FROM receipts WHERE acknowledged_at IS NULL AND refused_at IS NULL ORDER BY collected_at, rowid"
+            "SELECT {RECEIPT_COLUMNS} FROM receipts WHERE acknowledged_at IS NULL AND refused_at IS NULL ORDER BY collected_at, rowid LIMIT ?1"
         )
     } else {
-        format!("SELECT {RECEIPT_COLUMNS} FROM receipts ORDER BY collected_at, rowid")
+        format!("SELECT {RECEIPT_COLUMNS} FROM receipts ORDER BY collected_at, rowid LIMIT ?1")
     };
     let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map([], receipt_from_row)?;
+    let rows = stmt.query_map([limit], receipt_from_row)?;
     rows.map(|r| to_receipt(r?)).collect()
 }
 

@@ -268,6 +268,13 @@ fn print_status(s: &Status) {
         for r in &s.pending {
             outln!("{}", receipt_line(r));
         }
+        let more = s
+            .counts
+            .pending_total()
+            .saturating_sub(s.pending.len() as u64);
+        if more > 0 {
+            outln!("  ... and {more} more (the oldest are listed)");
+        }
     }
     if !s.refused.is_empty() {
         outln!(
