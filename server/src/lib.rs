@@ -196,6 +196,7 @@ route_table! {
     get "/api/v1/campaigns/{id}/sealed" => api::export::sealed,
     post "/api/v1/campaigns/{id}/strikes" => api::review::strike,
     post "/api/v1/campaigns/{id}/sheets" => api::review::sheet,
+    get "/api/v1/campaigns/{id}/review" => api::review::review,
     post "/api/v1/invites" => api::devices::invite,
     get "/api/v1/devices" => api::devices::list_devices,
     post "/api/v1/devices/{id}/revoke" => api::devices::revoke,

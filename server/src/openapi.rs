@@ -157,7 +157,7 @@ fn components() -> Value {
                     "filters": schema("Filters"),
                     "suppression": schema("Suppression") } },
             "SealedRecord": { "type": "object",
-                "required": ["id", "collected_at", "collected_by", "event", "city", "fsa", "riding", "consent_contact", "counted", "withdrawn", "sealed"],
+                "required": ["id", "collected_at", "collected_by", "event", "city", "fsa", "riding", "consent_contact", "counted", "withdrawn", "sealed", "duplicate_group"],
                 "properties": {
                     "id": { "type": "string" },
                     "collected_at": { "type": "integer", "description": "ms since the epoch" },
@@ -169,7 +169,11 @@ fn components() -> Value {
                     "consent_contact": { "type": "boolean" },
                     "counted": { "type": "boolean" },
                     "withdrawn": { "type": "boolean" },
-                    "sealed": { "type": "string", "description": "the age file of the personal fields, hex; opened only on an organizer's machine" } } },
+                    "sealed": { "type": "string", "description": "the age file of the personal fields, hex; opened only on an organizer's machine" },
+                    "duplicate_group": { "type": "string", "description": "equal for the campaign's signatures with the same duplicate token (the same signer), not the token: 16 hex digits of SHA-256 over a fixed label, the campaign id and the token" } } },
+            "Review": { "type": "object", "required": ["strikes", "sheets"], "properties": {
+                "strikes": { "type": "array", "items": schema("Strike"), "description": "every strike, revoked ones included" },
+                "sheets": { "type": "array", "items": schema("Sheet") } } },
             "NewStrike": { "type": "object", "required": ["signature", "reason"], "properties": {
                 "signature": { "type": "string", "description": "the struck signature's id" },
                 "reason": { "type": "string", "enum": ["duplicate", "invalid", "withdrawn_consent", "test_entry"] },
@@ -205,7 +209,8 @@ fn components() -> Value {
             "Campaigns": { "type": "object", "required": ["campaigns"], "properties": {
                 "campaigns": { "type": "array", "items": { "type": "object", "properties": {
                     "campaign": { "type": "string" }, "title": { "type": "string" }, "addressee": { "type": "string" },
-                    "goal": { "type": "integer" }, "events": { "type": "array", "items": schema("Event") } } } } } },
+                    "goal": { "type": "integer" }, "events": { "type": "array", "items": schema("Event") },
+                    "timezone": { "type": "string", "description": "the IANA time zone its days are counted in" } } } } } },
             "Enroll": { "type": "object", "required": ["code"], "properties": {
                 "code": { "type": "string", "description": "XXXX-XXXX-XXXX" }, "name": { "type": "string" },
                 "replaces": { "type": ["object", "null"], "required": ["device_id", "token"],
@@ -301,6 +306,10 @@ pub fn document() -> Value {
             "parameters": [id_param("the campaign id")],
             "requestBody": body(schema("Sheet")),
             "responses": responses(ok(schema("Sheet")), &[bad, campaign_404]) } },
+        "/api/v1/campaigns/{id}/review": { "get": {
+            "summary": "The campaign's strikes and paper sheets (admin or organizer of the campaign)",
+            "parameters": [id_param("the campaign id")],
+            "responses": responses(ok(schema("Review")), &[campaign_404]) } },
         "/api/v1/invites": { "post": {
             "summary": "Create a one-time invite code (admin or organizer of the campaign)",
             "requestBody": body(schema("NewInvite")),
@@ -311,7 +320,7 @@ pub fn document() -> Value {
         "/api/v1/devices/{id}/revoke": { "post": {
             "summary": "Revoke a device and close its connections and streams (admin)",
             "parameters": [id_param("the device id")],
-            "responses": responses(ok(schema("Revoked")), &[("404", "no such device")]) } }
+            "responses": responses(ok(schema("Revoked")), &[("404", "no such device"), ("409", "the device was already revoked (the message says when)")]) } }
     });
     json!({
         "openapi": "3.1.0",

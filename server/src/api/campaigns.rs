@@ -98,6 +98,7 @@ pub(crate) async fn list_campaigns(
                     addressee: c.addressee.clone(),
                     goal: c.goal,
                     events: c.events.values().cloned().collect(),
+                    timezone: c.timezone.clone(),
                 });
             }
         }

@@ -129,12 +129,27 @@ pub(crate) async fn revoke(
     require_admin(&device)?;
     let st = state.clone();
     let id2 = id.clone();
-    let found = blocking(move || Ok(st.hub.store.revoke_device(&id2, now_ms())?)).await?;
-    if !found {
-        return Err(ApiError::NotFound(format!(
-            "no device {id}; list devices with `tally token list`"
-        )));
-    }
+    blocking(move || match st.hub.store.revoke_device(&id2, now_ms()) {
+        Ok(true) => Ok(()),
+        Err(tally_store::StoreError::NotFound(_)) => Err(ApiError::NotFound(format!(
+            "no device {id2:?} on this server: the device ids are in `tally token list` (GET /api/v1/devices)"
+        ))),
+        // Known, and revoked before: say when, rather than that there is no such device.
+        Ok(false) => {
+            let d = st.hub.store.device(&id2)?;
+            let name = d.as_ref().map(|d| d.name.clone()).unwrap_or_default();
+            let when = d
+                .and_then(|d| d.revoked_at)
+                .and_then(chrono::DateTime::from_timestamp_millis)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_else(|| "an unknown time".into());
+            Err(ApiError::Conflict(format!(
+                "device {id2} ({name:?}) was already revoked at {when}: nothing changed; a phone enrolls again with a new invite"
+            )))
+        }
+        Err(e) => Err(e.into()),
+    })
+    .await?;
     let closed = state.disconnect(&id);
     tracing::info!(device = %id, connections = closed, "device revoked");
     Ok(Json(Revoked {

@@ -1,7 +1,8 @@
 //! Export: a campaign's signatures with their sealed personal fields, for an organizer to open
 //! on their own machine (`tally export`, or the dashboard in their browser). The server never
 //! holds a key that opens them. Each record is listed once, as the totals count it: its copies
-//! in a phone's chain of collections merged (docs/documents.md, "Counting once").
+//! in a phone's chain of collections merged (docs/documents.md, "Counting once"), with its
+//! duplicate group ([`duplicate_group`]) so that a delivery export can list each signer once.
 
 use std::sync::Arc;
 
@@ -16,6 +17,24 @@ use super::types::SealedRecord;
 use super::{blocking, doc_of_kind, known_campaign};
 use crate::AppState;
 use crate::error::ApiError;
+
+/// The label hashed into every duplicate group, so that a group is no other hash of the token.
+const GROUP_LABEL: &[u8] = b"tally duplicate group v1";
+
+/// A signature's duplicate group in the export: 16 hex digits of SHA-256 over a fixed label,
+/// the campaign id and the duplicate token. Equal tokens of a campaign give equal groups; the
+/// token itself (an HMAC the phones compute under the campaign's key) is not handed out, and
+/// the same signer's groups differ across campaigns. 64 bits: two signers of a campaign of a
+/// million share a group with odds of about one in 36 million.
+pub fn duplicate_group(campaign: &str, token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [GROUP_LABEL, campaign.as_bytes(), token.as_bytes()] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    hex::encode(&h.finalize()[..8])
+}
 
 pub(crate) async fn sealed(
     State(state): State<Arc<AppState>>,
@@ -69,6 +88,7 @@ pub(crate) async fn sealed(
                 consent_contact: s.consent_contact,
                 withdrawn: s.withdrawn,
                 sealed: hex::encode(&s.sealed),
+                duplicate_group: duplicate_group(&id, &s.dup),
             });
         }
         out.sort_by(|a, b| (a.collected_at, &a.id).cmp(&(b.collected_at, &b.id)));

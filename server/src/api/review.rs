@@ -1,5 +1,6 @@
 //! Review: strikes of signatures (and their undoing) and the paper-sheet ledger, written to the
-//! campaign's review document as the organizer, through the validated write path.
+//! campaign's review document as the organizer, through the validated write path, and read back
+//! whole (`GET .../review`) for `tally sheet list` and `tally unstrike`.
 
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use tally_core::review::{self, Sheet, SheetStatus, Strike, StrikeReason};
 use tally_proto::DocumentId;
 
 use super::auth::{Auth, require_organizer};
-use super::types::{NewSheet, NewStrike};
+use super::types::{NewSheet, NewStrike, ReviewList};
 use super::{blocking, body, doc_of_kind, known_campaign};
 use crate::AppState;
 use crate::error::ApiError;
@@ -20,7 +21,7 @@ use crate::hub::{now_ms, writer_of};
 pub(crate) fn review_doc(state: &AppState, campaign: &str) -> Result<DocumentId, ApiError> {
     let url = doc_of_kind(state, campaign, "review")?.ok_or_else(|| {
         ApiError::NotFound(format!(
-            "campaign {campaign} has no review document; it is made with the campaign (POST /api/v1/campaigns)"
+            "campaign {campaign} has no review document; it is made with the campaign (`tally campaign create`)"
         ))
     })?;
     url.trim_start_matches("automerge:")
@@ -68,7 +69,7 @@ pub(crate) async fn strike(
         })?;
         if !known {
             return Err(ApiError::NotFound(format!(
-                "no signature {:?} in campaign {id} on this server (yet): signature ids are in GET /api/v1/campaigns/{id}/sealed and in the export",
+                "no signature {:?} in campaign {id} on this server (yet): signature ids are the id column of the export (`tally export --all`; GET /api/v1/campaigns/{id}/sealed)",
                 strike.signature
             )));
         }
@@ -123,6 +124,28 @@ pub(crate) async fn sheet(
                 review::put_sheet(after, &s).map_err(|e| e.to_string())
             })?;
         Ok(Json(sheet))
+    })
+    .await
+}
+
+/// The campaign's strikes (revoked ones included) and paper sheets, as the review document
+/// holds them now.
+pub(crate) async fn review(
+    State(state): State<Arc<AppState>>,
+    Auth(device): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<ReviewList>, ApiError> {
+    require_organizer(&device, &id)?;
+    blocking(move || {
+        known_campaign(&state, &id)?;
+        let doc = review_doc(&state, &id)?;
+        let slot = state.hub.slot(&doc)?;
+        let g = slot.lock().unwrap_or_else(|p| p.into_inner());
+        let r = review::read(&g.doc).map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(Json(ReviewList {
+            strikes: r.strikes.into_values().collect(),
+            sheets: r.sheets.into_values().collect(),
+        }))
     })
     .await
 }

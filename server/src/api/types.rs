@@ -120,6 +120,9 @@ pub struct CampaignSummary {
     pub goal: i64,
     /// Its title.
     pub title: String,
+    /// The IANA time zone its days are counted in (`by_day`, organizers' time windows).
+    #[serde(default = "default_tz")]
+    pub timezone: String,
 }
 
 /// `GET /api/v1/campaigns`: the campaigns the token may see.
@@ -282,4 +285,18 @@ pub struct SealedRecord {
     pub withdrawn: bool,
     /// The sealed personal fields, hex.
     pub sealed: String,
+    /// The signature's duplicate group: the same for every signature of the campaign with the
+    /// same duplicate token (so the same signer), different across campaigns, and not the token
+    /// itself (16 hex digits of SHA-256 over a fixed label, the campaign id and the token).
+    #[serde(default)]
+    pub duplicate_group: String,
+}
+
+/// `GET /api/v1/campaigns/{id}/review`: the campaign's review document as it stands.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReviewList {
+    /// Every strike, revoked ones included, by signature id.
+    pub strikes: Vec<Strike>,
+    /// Every paper sheet, by serial.
+    pub sheets: Vec<Sheet>,
 }
