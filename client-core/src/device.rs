@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tally_core::campaign::Campaign;
 use tally_core::collection::{self, Checkin, SignatureForm, TakenBy};
 use tally_core::doc::WriteError;
-use tally_core::fields::{MAX_ID, MAX_SHORT_TEXT, normalize_postal_code};
+use tally_core::fields::MAX_ID;
 use tally_core::totals::Totals;
 use tally_proto::DocumentId;
 
@@ -148,53 +148,6 @@ pub(crate) fn write_error(e: WriteError) -> ClientError {
     }
 }
 
-pub(crate) fn check_plain_text(field: &'static str, value: &str, required: bool) -> Result<()> {
-    let v = value.trim();
-    if required && v.is_empty() {
-        return Err(ClientError::form(field, "this field is required"));
-    }
-    if v.len() > MAX_SHORT_TEXT {
-        return Err(ClientError::form(
-            field,
-            format!(
-                "at most {MAX_SHORT_TEXT} bytes, got {}: shorten it",
-                v.len()
-            ),
-        ));
-    }
-    if v.chars().any(char::is_control) {
-        return Err(ClientError::form(
-            field,
-            "must not contain control characters (line breaks, tabs)",
-        ));
-    }
-    Ok(())
-}
-
-/// The longest postal code the form takes before normalizing ("M5V 2T6" with stray spaces or a
-/// dash); longer input is refused without echoing it back.
-const MAX_POSTAL_CODE_INPUT: usize = 16;
-
-fn check_postal_code(value: &str) -> Result<()> {
-    let v = value.trim();
-    if v.is_empty() {
-        return Err(ClientError::form(
-            "postal_code",
-            "this field is required: a Canadian postal code like \"M5V 2T6\"",
-        ));
-    }
-    if v.len() > MAX_POSTAL_CODE_INPUT {
-        return Err(ClientError::form(
-            "postal_code",
-            format!(
-                "a Canadian postal code is 6 letters and digits like \"M5V 2T6\", got {} bytes",
-                v.len()
-            ),
-        ));
-    }
-    Ok(())
-}
-
 /// The phone: its store and documents. See the module docs.
 #[derive(Clone)]
 pub struct Device {
@@ -301,43 +254,27 @@ impl Device {
         st.refresh()?;
         let enrollment = st.enrollment()?.clone();
         let campaign = st.campaign()?;
-        check_plain_text("name", &form.name, true)?;
-        check_postal_code(&form.postal_code)?;
-        check_plain_text("city", &form.city, true)?;
-        for (field, value) in [
-            ("email", &form.email),
-            ("phone", &form.phone),
-            ("street", &form.street),
-            ("riding", &form.riding),
-            ("event", &form.event),
-        ] {
-            if let Some(v) = value {
-                check_plain_text(field, v, false)?;
-            }
-        }
+        // The form's rules (tally_core::form) before anything else: a refused form writes
+        // nothing, not even the next collection of the chain.
+        let checked = form.check(&campaign)?;
         st.make_room()?;
         let now = now_ms();
         let key = enrollment.key()?;
-        let signature = form.prepare(&TakenBy {
+        let signature = checked.seal(&TakenBy {
             campaign: &campaign,
             key: &key,
             canvasser: &enrollment.device_id,
             now,
             id: collection::random_id(),
         })?;
-        let clean = |v: &Option<String>| {
-            v.as_ref()
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-        };
         let details = ReceiptDetails {
-            name: form.name.trim().to_string(),
-            postal_code: normalize_postal_code(&form.postal_code).ok(),
-            city: Some(form.city.trim().to_string()),
-            email: clean(&form.email),
-            phone: clean(&form.phone),
-            street: clean(&form.street),
-            riding: clean(&form.riding),
+            name: checked.name.clone(),
+            postal_code: Some(checked.postal_code.clone()),
+            city: Some(checked.city.clone()),
+            email: checked.email.clone(),
+            phone: checked.phone.clone(),
+            street: checked.street.clone(),
+            riding: checked.riding.clone(),
             event: signature.event.clone(),
             walk_in: None,
         };
@@ -370,38 +307,22 @@ impl Device {
         st.refresh()?;
         let enrollment = st.enrollment()?.clone();
         let campaign = st.campaign()?;
-        check_plain_text("name", name, true)?;
-        check_plain_text("event", event, true)?;
-        let event = event.trim();
-        if !campaign.events.contains_key(event) {
-            let known: Vec<&str> = campaign.events.keys().map(String::as_str).collect();
-            return Err(ClientError::form(
-                "event",
-                format!(
-                    "no event {event:?} in this campaign; known events: {}",
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
-                    }
-                ),
-            ));
-        }
+        let (event, name) = tally_core::form::check_checkin(event, name, &campaign)?;
         st.make_room()?;
         let now = now_ms();
         let key = enrollment.key()?;
         let checkin = Checkin {
             id: collection::random_id(),
-            event: event.to_string(),
-            attendee: key.attendee_token(name),
+            event: event.clone(),
+            attendee: key.attendee_token(&name),
             at: now,
             by: enrollment.device_id.clone(),
             walk_in,
             withdrawn: false,
         };
         let details = ReceiptDetails {
-            name: name.trim().to_string(),
-            event: Some(event.to_string()),
+            name,
+            event: Some(event.clone()),
             walk_in: Some(walk_in),
             ..ReceiptDetails::default()
         };

@@ -9,7 +9,7 @@ use tally_core::collection;
 use tally_core::seal::DuplicateKey;
 use tally_proto::DocumentId;
 
-use crate::device::{Device, check_plain_text, now_ms};
+use crate::device::{Device, now_ms};
 use crate::error::{ClientError, Result};
 use crate::mirror::KEY_ENROLLMENT;
 use crate::payload::EnrollPayload;
@@ -258,7 +258,7 @@ impl Device {
     /// refused: use another home directory.
     pub fn enroll(&self, payload_json: &str, name: &str) -> Result<EnrollmentInfo> {
         let payload = EnrollPayload::parse(payload_json)?;
-        check_plain_text("name", name, true)?;
+        tally_core::form::device_name(name)?;
         let old = self.lock()?.enrollment.clone();
         if let Some(e) = &old {
             check_same_campaign(e, &payload)?;
@@ -280,7 +280,7 @@ impl Device {
         response: &EnrollResponse,
         name: &str,
     ) -> Result<EnrollmentInfo> {
-        check_plain_text("name", name, true)?;
+        tally_core::form::device_name(name)?;
         let checked = response.check(payload)?;
         let mut st = self.lock()?;
         st.refresh()?;

@@ -11,10 +11,8 @@ use automerge::{Automerge, ObjId, ReadDoc, ScalarValue};
 
 use crate::campaign::Campaign;
 use crate::doc::{self, DocHeader, DocKind, Fields, WriteError};
-use crate::fields::{
-    MAX_SEALED, MAX_SHORT_TEXT, check_fsa, check_id, check_text, check_time, fsa_of,
-    normalize_postal_code,
-};
+use crate::fields::{MAX_SEALED, check_clear_text, check_fsa, check_id, check_time, fsa_of};
+pub use crate::form::CheckedForm;
 use crate::seal::{self, DuplicateKey, PersonalFields, is_token};
 use crate::validate::{Rejection, Rule};
 
@@ -183,10 +181,10 @@ impl Signature {
                 ),
             ));
         }
-        check_text(&f("city"), &self.city, MAX_SHORT_TEXT, true)?;
+        check_clear_text(&f("city"), &self.city, true)?;
         check_fsa(&f("fsa"), &self.fsa)?;
         if let Some(r) = &self.riding {
-            check_text(&f("riding"), r, MAX_SHORT_TEXT, true)?;
+            check_clear_text(&f("riding"), r, true)?;
         }
         if !is_token(&self.dup) {
             return Err(Rejection::new(
@@ -338,97 +336,39 @@ pub struct TakenBy<'a> {
 }
 
 impl SignatureForm {
-    /// Checks the form and builds the signature record: seals the personal fields and computes
-    /// the duplicate token. Nothing is written anywhere.
+    /// Checks the form ([`SignatureForm::check`], the form's rules in [`crate::form`]) and
+    /// builds the signature record: seals the personal fields and computes the duplicate token.
+    /// Nothing is written anywhere.
     pub fn prepare(&self, by: &TakenBy<'_>) -> Result<Signature, FormError> {
-        let name = self.name.trim();
-        if name.is_empty() {
-            return Err(form_err("name", "the signer's name is required"));
-        }
-        if name.len() > MAX_SHORT_TEXT {
-            return Err(form_err("name", format!("at most {MAX_SHORT_TEXT} bytes")));
-        }
-        let postal =
-            normalize_postal_code(&self.postal_code).map_err(|m| form_err("postal_code", m))?;
-        let city = self.city.trim();
-        if city.is_empty() {
-            return Err(form_err("city", "the signer's city is required"));
-        }
-        if city.len() > MAX_SHORT_TEXT {
-            return Err(form_err("city", format!("at most {MAX_SHORT_TEXT} bytes")));
-        }
-        let clean = |v: &Option<String>| {
-            v.as_ref()
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-        };
-        let email = clean(&self.email);
-        if let Some(e) = &email {
-            let ok = e.len() <= MAX_SHORT_TEXT
-                && e.split_once('@')
-                    .is_some_and(|(a, b)| !a.is_empty() && b.contains('.'));
-            if !ok {
-                return Err(form_err(
-                    "email",
-                    format!("{e:?} is not an email address (name@example.org), or leave it empty"),
-                ));
-            }
-        }
-        let phone = clean(&self.phone);
-        if let Some(p) = &phone {
-            let digits = p.chars().filter(char::is_ascii_digit).count();
-            if !(7..=15).contains(&digits) || p.len() > 40 {
-                return Err(form_err(
-                    "phone",
-                    format!("{p:?} is not a phone number (7 to 15 digits), or leave it empty"),
-                ));
-            }
-        }
-        let street = clean(&self.street);
-        if street.as_ref().is_some_and(|s| s.len() > MAX_SHORT_TEXT) {
-            return Err(form_err(
-                "street",
-                format!("at most {MAX_SHORT_TEXT} bytes"),
-            ));
-        }
-        let event = clean(&self.event);
-        if let Some(e) = &event
-            && !by.campaign.events.contains_key(e)
-        {
-            let known: Vec<_> = by.campaign.events.keys().cloned().collect();
-            return Err(form_err(
-                "event",
-                format!(
-                    "no event {e:?} in this campaign; known events: {}",
-                    if known.is_empty() {
-                        "none".into()
-                    } else {
-                        known.join(", ")
-                    }
-                ),
-            ));
-        }
-        let riding = clean(&self.riding);
+        self.check(by.campaign)?.seal(by)
+    }
+}
+
+impl CheckedForm {
+    /// Builds the signature record of a checked form: seals the personal fields to the
+    /// campaign's recipients and computes the duplicate token; the record is checked with the
+    /// rules the server runs.
+    pub fn seal(&self, by: &TakenBy<'_>) -> Result<Signature, FormError> {
         let fields = PersonalFields {
-            name: name.to_string(),
-            email,
-            phone,
-            street,
-            postal_code: postal.clone(),
+            name: self.name.clone(),
+            email: self.email.clone(),
+            phone: self.phone.clone(),
+            street: self.street.clone(),
+            postal_code: self.postal_code.clone(),
         };
         let sealed = seal::seal(&by.campaign.recipients, &fields)
             .map_err(|e| form_err("recipients", e.to_string()))?;
         let sig = Signature {
             id: by.id.clone(),
             campaign: by.campaign.id.clone(),
-            event,
+            event: self.event.clone(),
             collected_at: by.now,
             collected_by: by.canvasser.to_string(),
-            city: city.to_string(),
-            fsa: fsa_of(&postal),
-            riding,
+            city: self.city.clone(),
+            fsa: fsa_of(&self.postal_code),
+            riding: self.riding.clone(),
             consent_contact: self.consent_contact,
-            dup: by.key.duplicate_token(name, &postal),
+            dup: by.key.duplicate_token(&self.name, &self.postal_code),
             sealed,
             withdrawn: false,
         };

@@ -66,6 +66,22 @@ pub fn check_text(path: &str, value: &str, max: usize, required: bool) -> Result
     Ok(())
 }
 
+/// A short text kept in the clear or typed on a form (a city, a riding, a name): at most
+/// [`MAX_SHORT_TEXT`] bytes and no control character at all, not even a line break or a tab
+/// (they would split a CSV row or a log line). `required` ones must not be blank. The form's
+/// rules ([`crate::form`]) and the server's judgement of a record's clear fields both use it.
+pub fn check_clear_text(path: &str, value: &str, required: bool) -> Result<(), Rejection> {
+    check_text(path, value, MAX_SHORT_TEXT, required)?;
+    if value.chars().any(char::is_control) {
+        return Err(Rejection::new(
+            path,
+            Rule::Malformed,
+            "must not contain control characters (line breaks, tabs)",
+        ));
+    }
+    Ok(())
+}
+
 /// A time in ms since the epoch between 2020 and 2100.
 pub fn check_time(path: &str, ms: i64) -> Result<(), Rejection> {
     if !(MIN_TIME_MS..MAX_TIME_MS).contains(&ms) {

@@ -16,6 +16,7 @@ pub mod campaign;
 pub mod collection;
 pub mod doc;
 pub mod fields;
+pub mod form;
 #[cfg(any(test, feature = "testkit"))]
 pub mod fixtures;
 pub mod review;
