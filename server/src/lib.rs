@@ -9,7 +9,8 @@
 //! [`error`] (HTTP errors), [`workers`] (the sync connections' threads, below the API's priority),
 //! [`net`] (the accept loop: HTTP timeouts, caps on unfinished connections), [`guard`] (abuse
 //! limits per address and per device),
-//! [`client`] (the organizers' command line, which calls the API).
+//! [`client`] (the organizers' command line, which calls the API), [`web`] (the embedded web
+//! dashboard at `/`).
 
 pub mod api;
 pub mod client;
@@ -24,6 +25,7 @@ pub mod projection;
 pub mod suppression;
 pub mod sync;
 pub mod tls;
+pub mod web;
 pub mod workers;
 
 use std::collections::HashMap;
@@ -205,7 +207,7 @@ route_table! {
 /// Builds the router.
 pub fn router(state: Arc<AppState>) -> Router {
     routes()
-        .fallback(no_route)
+        .fallback(web::fallback)
         .method_not_allowed_fallback(wrong_method)
         .with_state(state)
 }
