@@ -130,17 +130,37 @@ pub fn normalize_postal_code(input: &str) -> Result<String, String> {
         .collect();
     let b = code.as_bytes();
     let ok = b.len() == 6
-        && is_fsa(&code[..3.min(code.len())])
+        && code.get(..3).is_some_and(is_fsa)
         && b[3].is_ascii_digit()
         && LATER_LETTERS.contains(&b[4])
         && b[5].is_ascii_digit();
     if ok {
-        Ok(code)
-    } else {
-        Err(format!(
-            "{input:?} is not a Canadian postal code: expected letter-digit-letter digit-letter-digit, like \"M5V 2T6\""
-        ))
+        return Ok(code);
     }
+    let shape = b.len() == 6
+        && [0, 2, 4].iter().all(|&i| b[i].is_ascii_uppercase())
+        && [1, 3, 5].iter().all(|&i| b[i].is_ascii_digit());
+    if shape {
+        // The right shape with a letter Canada Post does not use there: say which and why.
+        if !FIRST_LETTERS.contains(&b[0]) {
+            return Err(format!(
+                "{input:?} is not a Canadian postal code: it starts with {}, and no postal code \
+                 starts with D, F, I, O, Q, U, W or Z (Canada Post does not use them as the first \
+                 letter); check the first letter",
+                b[0] as char
+            ));
+        }
+        if let Some(&l) = [b[2], b[4]].iter().find(|l| !LATER_LETTERS.contains(l)) {
+            return Err(format!(
+                "{input:?} is not a Canadian postal code: it has the letter {}, and Canada Post \
+                 never uses D, F, I, O, Q or U in a postal code (O is often a mistyped 0)",
+                l as char
+            ));
+        }
+    }
+    Err(format!(
+        "{input:?} is not a Canadian postal code: expected letter-digit-letter digit-letter-digit, like \"M5V 2T6\""
+    ))
 }
 
 /// The FSA of a normalized postal code.
@@ -157,11 +177,25 @@ mod tests {
         assert_eq!(normalize_postal_code(" m5v 2t6 ").unwrap(), "M5V2T6");
         assert_eq!(normalize_postal_code("K1A-0B1").unwrap(), "K1A0B1");
         for bad in [
-            "", "12345", "M5V", "D5V2T6", "M5V2T", "M5V2T66", "MMV2T6", "M5V2O6",
+            "", "12345", "M5V", "D5V2T6", "M5V2T", "M5V2T66", "MMV2T6", "M5V2O6", "ÉÉÉ",
         ] {
             assert!(normalize_postal_code(bad).is_err(), "{bad} accepted");
         }
         assert_eq!(fsa_of("M5V2T6"), "M5V");
+    }
+
+    #[test]
+    fn a_refused_postal_code_names_the_rule() {
+        for (code, letter) in [("Z5V 2T6", "Z"), ("D1A 1A1", "D"), ("w1a1a1", "W")] {
+            let e = normalize_postal_code(code).unwrap_err();
+            assert!(e.contains(&format!("it starts with {letter}")), "{e}");
+            assert!(e.contains("D, F, I, O, Q, U, W or Z"), "{e}");
+        }
+        let e = normalize_postal_code("M5V 2O6").unwrap_err();
+        assert!(e.contains("the letter O"), "{e}");
+        assert!(e.contains("never uses D, F, I, O, Q or U"), "{e}");
+        let e = normalize_postal_code("M5V 2T").unwrap_err();
+        assert!(e.contains("letter-digit-letter digit-letter-digit"), "{e}");
     }
 
     #[test]
