@@ -557,31 +557,6 @@ impl Device {
         Ok(st.docs[idx].doc()?.clone())
     }
 
-    /// Every collection of the phone's chain (copies, oldest first), with its state.
-    pub fn collections(&self) -> Result<Vec<(CollectionStatus, Automerge)>> {
-        let mut st = self.lock()?;
-        st.refresh()?;
-        let mut out = Vec::new();
-        for idx in 0..st.docs.len() {
-            if st.docs[idx].role != DocRole::Collection {
-                continue;
-            }
-            st.ensure(idx)?;
-            let local = &st.docs[idx];
-            out.push((
-                CollectionStatus {
-                    url: local.id.to_url(),
-                    state: local.state,
-                    chain: local.chain,
-                },
-                local.doc()?.clone(),
-            ));
-        }
-        st.unload_old_collections(&[]);
-        out.sort_by_key(|(c, _)| c.chain);
-        Ok(out)
-    }
-
     /// Loads the current collection document now. Reading the status does not need it;
     /// signing, checking in, withdrawing and syncing load it at their first use (at 5,000
     /// records that takes about 0.15 s and most of the phone's memory), so an app can call this

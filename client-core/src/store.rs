@@ -596,18 +596,6 @@ pub fn set_doc_state(
     Ok(())
 }
 
-/// Why the server refused a document, if it did.
-pub fn doc_refusal(conn: &Connection, id: &DocumentId) -> Result<Option<String>> {
-    Ok(conn
-        .query_row(
-            "SELECT refusal FROM documents WHERE doc_id = ?1",
-            [id.to_string()],
-            |r| r.get(0),
-        )
-        .optional()?
-        .flatten())
-}
-
 /// Collections holding receipts neither acknowledged nor refused.
 pub fn docs_with_pending(conn: &Connection) -> Result<Vec<DocumentId>> {
     let mut stmt = conn.prepare_cached(
