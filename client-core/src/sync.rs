@@ -1,7 +1,8 @@
 //! The phone's side of one sync connection, sans-IO: [`SyncEngine`] takes the frames the server
 //! sent and returns the frames to send back, applying the server's changes to the phone's
 //! documents and committing them (with the server's heads, the sync state and the receipts
-//! they acknowledge) through [`Device`]. No sockets and no clock here: [`crate::net`] drives it
+//! they acknowledge) through [`Device`]. No sockets here, and the protocol's time comes in with each
+//! frame (the clock is read only to stamp reports and commits): [`crate::net`] drives it
 //! over a WebSocket, tests drive it against an in-process server, and an app may drive it over
 //! its platform's own WebSocket.
 //!

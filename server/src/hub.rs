@@ -533,8 +533,8 @@ impl Hub {
     }
 
     /// Applies `edit` to a fork of the document as `writer`, validates, stores and publishes.
-    /// `origin` (a connection id) is not notified. `raw` is what to quarantine on rejection.
-    /// `device_id` names the writer in the quarantine.
+    /// `origin` (a connection id) is not notified. `raw` is what to quarantine on rejection;
+    /// the quarantine names the writer by its id.
     pub fn commit(
         &self,
         id: &DocumentId,
