@@ -35,12 +35,33 @@ use crate::store::{self, DocRole, DocState};
 pub use crate::chain::DEFAULT_ROLL_OVER_AT;
 pub use crate::compact::COMPACT_AFTER_CHUNKS;
 
+/// The cities this phone's signatures used ([`KEY_CITIES_USED`]).
+fn cities_used(conn: &rusqlite::Connection) -> Result<Vec<String>> {
+    Ok(store::setting(conn, KEY_CITIES_USED)?
+        .and_then(|json| serde_json::from_str(&json).ok())
+        .unwrap_or_default())
+}
+
+/// Adds `city` to the cities this phone used, unless one of them is the same city.
+fn remember_city(conn: &rusqlite::Connection, city: &str) -> Result<()> {
+    let mut used = cities_used(conn)?;
+    if used.iter().any(|u| tally_core::city::same_city(u, city)) {
+        return Ok(());
+    }
+    used.push(tally_core::city::city_spelling(city));
+    let json = serde_json::to_string(&used).map_err(|e| ClientError::Corrupt(e.to_string()))?;
+    store::set_setting(conn, KEY_CITIES_USED, &json)
+}
+
 /// Pending receipts [`Device::status`] lists at most: a phone offline for days may hold tens of
 /// thousands, and a screen (or the status's memory) has no room for them all.
 pub const STATUS_PENDING_SHOWN: i64 = 200;
 
 const KEY_LAST_SYNC: &str = "last_sync";
 const KEY_LAST_COMPLETE_SYNC: &str = "last_complete_sync_at";
+/// The cities this phone's signatures used, each city once (its first spelling), as JSON: what
+/// [`Device::known_cities`] offers beside the campaign's event cities.
+const KEY_CITIES_USED: &str = "cities_used";
 
 /// Milliseconds since the Unix epoch, from the system clock.
 pub(crate) fn now_ms() -> i64 {
@@ -286,6 +307,9 @@ impl Device {
             |doc| collection::add_signature(doc, &signature, &campaign),
         )?;
         let counts = store::counts(&st.conn)?;
+        // Only a city new to this phone writes (rarely): the signature is already committed,
+        // and a failure here loses an offer, never a signature.
+        let _ = remember_city(&st.conn, &signature.city);
         drop(st);
         self.wrote();
         Ok(SignatureReceipt {
@@ -297,6 +321,34 @@ impl Device {
             event: signature.event,
             signatures_not_yet_safe: counts.signatures_pending,
         })
+    }
+
+    /// The cities this phone can offer the canvasser: the campaign's event cities (once its
+    /// document has arrived), then the cities this phone's signatures used, each city once
+    /// (`tally_core::city::city_key`: case, spacing and accents folded) under the first
+    /// spelling met.
+    pub fn known_cities(&self) -> Result<Vec<String>> {
+        let mut st = self.lock()?;
+        st.refresh()?;
+        let events: Vec<String> = match st.campaign() {
+            Ok(c) => c.events.into_values().map(|e| e.city).collect(),
+            Err(_) => Vec::new(),
+        };
+        let used = cities_used(&st.conn)?;
+        Ok(tally_core::city::distinct(
+            events.iter().chain(&used).map(String::as_str),
+        ))
+    }
+
+    /// The known spelling of `city` when it is a known city ([`Device::known_cities`]) typed
+    /// otherwise (`toronto` for `Toronto`): what a canvasser should be told before signing.
+    /// The totals count both as one city, so this is a warning, never a refusal.
+    pub fn known_spelling(&self, city: &str) -> Result<Option<String>> {
+        let typed = tally_core::city::city_spelling(city);
+        Ok(self
+            .known_cities()?
+            .into_iter()
+            .find(|k| tally_core::city::same_city(k, &typed) && *k != typed))
     }
 
     /// Checks someone in to an event (a walk-in, or pre-registered). Only an attendee token (an

@@ -17,6 +17,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use automerge::Automerge;
+use tally_core::city::{Spellings, city_key, labelled};
 use tally_core::collection::{self, CHECKINS, Checkin, SIGNATURES, Signature};
 use tally_core::review::{self, SHEETS, STRIKES, Sheet, Strike};
 use tally_core::totals::{
@@ -73,7 +74,8 @@ pub struct Filter {
     pub from: Option<i64>,
     /// Latest time, ms since the epoch, exclusive.
     pub to: Option<i64>,
-    /// The signer's city, exactly as stored.
+    /// The signer's city: matches every spelling of it (the same
+    /// `tally_core::city::city_key`: case, spacing and accents folded).
     pub city: Option<String>,
     /// The signer's FSA, upper case.
     pub fsa: Option<String>,
@@ -202,7 +204,9 @@ fn sig_contributions(row: &SigRow, struck: bool) -> Vec<Contribution> {
     let t = || Some(row.dup.clone());
     let mut out = vec![
         ("all", String::new(), t()),
-        ("city", row.city.clone(), t()),
+        ("city", city_key(&row.city), t()),
+        // How many counted signatures spell the city this way: what chooses its label.
+        ("city_spelling", row.city.clone(), None),
         ("fsa", row.fsa.clone(), t()),
         ("day", row.day.clone(), t()),
         ("canvasser", row.collected_by.clone(), t()),
@@ -398,10 +402,10 @@ fn upsert_signature_row(
     row: &SigRow,
 ) -> rusqlite::Result<()> {
     conn.prepare_cached(
-        "INSERT INTO signatures (doc_id, sig_id, campaign, event, collected_at, day, collected_by, city, fsa, riding, consent, dup, withdrawn)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+        "INSERT INTO signatures (doc_id, sig_id, campaign, event, collected_at, day, collected_by, city, fsa, riding, consent, dup, withdrawn, city_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
          ON CONFLICT (doc_id, sig_id) DO UPDATE SET event = excluded.event, day = excluded.day, city = excluded.city,
-           fsa = excluded.fsa, riding = excluded.riding, consent = excluded.consent, dup = excluded.dup, withdrawn = excluded.withdrawn",
+           city_key = excluded.city_key, fsa = excluded.fsa, riding = excluded.riding, consent = excluded.consent, dup = excluded.dup, withdrawn = excluded.withdrawn",
     )?
     .execute(params![
         doc_id,
@@ -416,7 +420,8 @@ fn upsert_signature_row(
         row.riding,
         row.consent,
         row.dup,
-        row.withdrawn
+        row.withdrawn,
+        city_key(&row.city)
     ])?;
     Ok(())
 }
@@ -777,6 +782,7 @@ fn paper(conn: &Connection, campaign: &str, t: &mut Totals) -> rusqlite::Result<
 /// A campaign's totals, read from the aggregate cells.
 pub fn totals(conn: &Connection, campaign: &str) -> rusqlite::Result<Totals> {
     let mut t = Totals::default();
+    let mut spellings: BTreeMap<String, Spellings> = BTreeMap::new();
     let mut stmt =
         conn.prepare_cached("SELECT dim, key, n, uniq FROM agg_cells WHERE campaign = ?1")?;
     let mut rows = stmt.query([campaign])?;
@@ -795,6 +801,7 @@ pub fn totals(conn: &Connection, campaign: &str) -> rusqlite::Result<Totals> {
             "withdrawn" => t.withdrawn = n,
             "event" => _ = t.by_event.insert(key, cell),
             "city" => _ = t.by_city.insert(key, cell),
+            "city_spelling" => spellings.entry(city_key(&key)).or_default().add(&key, n),
             "fsa" => _ = t.by_fsa.insert(key, cell),
             "riding" => _ = t.by_riding.insert(key, cell),
             "day" => _ = t.by_day.insert(key, cell),
@@ -805,6 +812,7 @@ pub fn totals(conn: &Connection, campaign: &str) -> rusqlite::Result<Totals> {
             _ => {}
         }
     }
+    t.by_city = labelled(std::mem::take(&mut t.by_city), &spellings);
     paper(conn, campaign, &mut t)?;
     Ok(t)
 }
@@ -845,9 +853,10 @@ pub fn scan(conn: &Connection, campaign: &str, filter: &Filter) -> rusqlite::Res
         ci_args.push(to.into());
         where_ci.push_str(&format!(" AND at < ?{}", ci_args.len()));
     }
-    if let Some(c) = &filter.city {
+    let city_filter = filter.city.as_deref().map(city_key);
+    if let Some(c) = &city_filter {
         sig_args.push(c.clone().into());
-        where_sig.push_str(&format!(" AND s.city = ?{}", sig_args.len()));
+        where_sig.push_str(&format!(" AND s.city_key = ?{}", sig_args.len()));
     }
     if let Some(f) = &filter.fsa {
         sig_args.push(f.clone().into());
@@ -881,9 +890,12 @@ pub fn scan(conn: &Connection, campaign: &str, filter: &Filter) -> rusqlite::Res
             .is_none_or(|e| row.event.as_ref() == Some(e))
             && filter.from.is_none_or(|f| row.collected_at >= f)
             && filter.to.is_none_or(|to| row.collected_at < to)
-            && filter.city.as_ref().is_none_or(|c| row.city == *c)
+            && city_filter
+                .as_ref()
+                .is_none_or(|c| city_key(&row.city) == *c)
             && filter.fsa.as_ref().is_none_or(|f| row.fsa == *f)
     };
+    let mut spellings: BTreeMap<String, Spellings> = BTreeMap::new();
     for (id, rows) in &copies {
         let Some(row) = SigRow::merged(rows).filter(|r| matches(r)) else {
             continue;
@@ -897,9 +909,11 @@ pub fn scan(conn: &Connection, campaign: &str, filter: &Filter) -> rusqlite::Res
             continue;
         }
         all.add(&row.dup);
+        let city = city_key(&row.city);
+        spellings.entry(city.clone()).or_default().add(&row.city, 1);
         let keys: [Option<&String>; 6] = [
             row.event.as_ref(),
-            Some(&row.city),
+            Some(&city),
             Some(&row.fsa),
             row.riding.as_ref(),
             Some(&row.day),
@@ -915,7 +929,7 @@ pub fn scan(conn: &Connection, campaign: &str, filter: &Filter) -> rusqlite::Res
     (t.signatures, t.unique_signers) = (all.signatures, all.unique);
     let [ev, city, fsa, riding, day, canvasser] = dims;
     t.by_event = cells(ev);
-    t.by_city = cells(city);
+    t.by_city = labelled(cells(city), &spellings);
     t.by_fsa = cells(fsa);
     t.by_riding = cells(riding);
     t.by_day = cells(day);
@@ -1001,7 +1015,7 @@ pub fn scan(conn: &Connection, campaign: &str, filter: &Filter) -> rusqlite::Res
 /// withdrawn if any copy is.
 const SOURCE: &str = "WITH merged AS (
     SELECT * FROM (
-        SELECT campaign, sig_id, event, day, collected_by, city, fsa, riding, dup,
+        SELECT campaign, sig_id, event, day, collected_by, city, city_key, fsa, riding, dup,
             ROW_NUMBER() OVER (PARTITION BY campaign, sig_id
                 ORDER BY collected_at, collected_by, event, city, fsa, riding, consent, dup) AS rank,
             MAX(withdrawn) OVER (PARTITION BY campaign, sig_id) AS any_withdrawn
@@ -1021,7 +1035,8 @@ const SOURCE: &str = "WITH merged AS (
 ), src (campaign, dim, key, token) AS (
     SELECT campaign, 'all', '', dup FROM counted
     UNION ALL SELECT campaign, 'event', event, dup FROM counted WHERE event IS NOT NULL
-    UNION ALL SELECT campaign, 'city', city, dup FROM counted
+    UNION ALL SELECT campaign, 'city', city_key, dup FROM counted
+    UNION ALL SELECT campaign, 'city_spelling', city, NULL FROM counted
     UNION ALL SELECT campaign, 'fsa', fsa, dup FROM counted
     UNION ALL SELECT campaign, 'riding', riding, dup FROM counted WHERE riding IS NOT NULL
     UNION ALL SELECT campaign, 'day', day, dup FROM counted
@@ -1035,8 +1050,17 @@ const SOURCE: &str = "WITH merged AS (
 )";
 
 /// Recomputes every aggregate table from the projection rows, in one SQL pass; clears the
-/// "stale" mark a schema upgrade leaves.
+/// "stale" mark a schema upgrade leaves. Rows without a `city_key` (written before schema 6)
+/// get theirs first: the folding is Unicode's, which SQLite does not have.
 pub fn rebuild_aggregates(conn: &Connection) -> rusqlite::Result<()> {
+    let missing: Vec<(i64, String)> = conn
+        .prepare("SELECT rowid, city FROM signatures WHERE city_key IS NULL")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (rowid, city) in missing {
+        conn.prepare_cached("UPDATE signatures SET city_key = ?2 WHERE rowid = ?1")?
+            .execute(params![rowid, city_key(&city)])?;
+    }
     conn.execute_batch(
         "DELETE FROM agg_members; DELETE FROM agg_cells; DELETE FROM agg_tokens;
          DELETE FROM projection_state WHERE name = 'aggregates';",
@@ -1166,7 +1190,7 @@ pub fn dump(conn: &Connection) -> rusqlite::Result<BTreeMap<&'static str, Vec<St
     let queries: [(&'static str, &str); 6] = [
         (
             "signatures",
-            "SELECT doc_id, sig_id, campaign, event, collected_at, day, collected_by, city, fsa, riding, consent, dup, withdrawn FROM signatures",
+            "SELECT doc_id, sig_id, campaign, event, collected_at, day, collected_by, city, city_key, fsa, riding, consent, dup, withdrawn FROM signatures",
         ),
         (
             "checkins",
@@ -1304,6 +1328,80 @@ mod tests {
 }
 
 #[cfg(test)]
+mod cities {
+    use tally_core::fixtures::World;
+
+    use super::*;
+
+    const TZ: &str = "America/Toronto";
+
+    /// Issue 13's spellings are one cell in the aggregates, the scan (a city filter in any
+    /// spelling matches them all) and a rebuild; rows from before schema 6 (no `city_key`) get
+    /// theirs when the aggregates are rebuilt.
+    #[test]
+    fn spellings_of_a_city_are_one_cell_everywhere() {
+        let world = World::new();
+        let camp = world.campaign.id.clone();
+        let store = Store::open_in_memory().unwrap();
+        let typed = [
+            "toronto",
+            "TORONTO",
+            " Toronto ",
+            "Toronto",
+            "Toronto",
+            "Montreal",
+            "Montréal",
+        ];
+        store
+            .write_with_error::<_, ProjectionError>(|tx| {
+                let c = tx.conn();
+                let mut b = Batch::new(&camp);
+                for (i, city) in typed.iter().enumerate() {
+                    let mut s =
+                        world.signature("dev1", &format!("s{i}"), &format!("P{i}"), "M5V 2T6", "x");
+                    s.city = city.to_string();
+                    b.signature(c, "docA", &s, TZ)?;
+                }
+                b.flush(c)
+            })
+            .unwrap();
+        let (t, dumped) = store.read(|c| Ok((totals(c, &camp)?, dump(c)?))).unwrap();
+        let cities: Vec<(&str, u64)> = t
+            .by_city
+            .iter()
+            .map(|(k, c)| (k.as_str(), c.signatures))
+            .collect();
+        assert_eq!(cities, [("Montreal", 2), ("Toronto", 5)]);
+        assert_eq!(
+            t,
+            store
+                .read(|c| Ok(scan(c, &camp, &Filter::default())?))
+                .unwrap()
+        );
+        let only = |city: &str| Filter {
+            city: Some(city.into()),
+            ..Filter::default()
+        };
+        let t = store
+            .read(|c| Ok(scan(c, &camp, &only(" MONTRÉAL"))?))
+            .unwrap();
+        assert_eq!(t.signatures, 2);
+        assert_eq!(t.by_city.keys().collect::<Vec<_>>(), ["Montreal"]);
+        // A file from before schema 6: keys unset, aggregates stale.
+        store
+            .write(|tx| {
+                tx.conn().execute_batch(
+                    "UPDATE signatures SET city_key = NULL; DELETE FROM agg_cells;
+                     DELETE FROM agg_members;",
+                )?;
+                Ok(rebuild_aggregates(tx.conn())?)
+            })
+            .unwrap();
+        assert_eq!(store.read(|c| Ok(dump(c)?)).unwrap(), dumped);
+    }
+}
+
+#[cfg(test)]
 mod counting_once {
     use std::collections::BTreeMap;
 
@@ -1324,7 +1422,15 @@ mod counting_once {
         ("Li Wei", "L8P 4R5"),
         ("José Ramírez", "H2X 1Y4"),
     ];
-    const CITIES: [&str; 3] = ["Toronto", "Hamilton", "Montréal"];
+    /// Three cities, two of them spelled several ways (one cell each, issue 13).
+    const CITIES: [&str; 6] = [
+        "Toronto",
+        "Hamilton",
+        "Montréal",
+        "TORONTO",
+        " toronto ",
+        "Montreal",
+    ];
 
     /// What the rows should count: the reference over the same records, and the reference of
     /// the records (each once) that match `filter`.
@@ -1343,7 +1449,10 @@ mod counting_once {
                 .is_none_or(|e| s.event.as_ref() == Some(e))
                 && filter.from.is_none_or(|f| s.collected_at >= f)
                 && filter.to.is_none_or(|t| s.collected_at < t)
-                && filter.city.as_ref().is_none_or(|c| s.city == *c)
+                && filter
+                    .city
+                    .as_ref()
+                    .is_none_or(|c| tally_core::city::same_city(&s.city, c))
                 && filter.fsa.as_ref().is_none_or(|f| s.fsa == *f)
         });
         r.checkins.retain(|_, c| {
@@ -1401,13 +1510,10 @@ mod counting_once {
                                 0..6 => {
                                     let id = format!("s{n}");
                                     let (name, postal) = PEOPLE[rng.gen_range(0..PEOPLE.len())];
-                                    let mut s = world.signature(
-                                        owner,
-                                        &id,
-                                        name,
-                                        postal,
-                                        CITIES[rng.gen_range(0..3)],
-                                    );
+                                    let mut s =
+                                        world.signature(owner, &id, name, postal, "Toronto");
+                                    // As typed: the fixture's form trims, a web client may not.
+                                    s.city = CITIES[rng.gen_range(0..CITIES.len())].into();
                                     // Set at creation, never changed: the same per copy.
                                     s.collected_at = NOW + ((d.len() + n) as i64 % 3) * 5 * HOUR;
                                     s.event = rng
@@ -1453,6 +1559,10 @@ mod counting_once {
                     Filter::default(),
                     Filter {
                         city: Some("Hamilton".into()),
+                        ..Filter::default()
+                    },
+                    Filter {
+                        city: Some("MONTRÉAL ".into()),
                         ..Filter::default()
                     },
                     Filter {

@@ -124,6 +124,9 @@ enum Command {
     },
     /// What is not yet safe on the server, the last sync, the team totals.
     Status,
+    /// The cities to offer a signer: the campaign's event cities, then those this phone used,
+    /// each city once whatever its spellings.
+    Cities,
     /// Show or change the phone's settings.
     Config {
         /// Records a collection takes before the phone starts the next one (default 5,000).
@@ -428,10 +431,23 @@ fn run(cli: &Cli) -> Result<ExitCode, Failure> {
                 event: event.clone(),
                 riding: riding.clone(),
             };
+            // Asked before signing: the signature's own city becomes a known one.
+            let known = device.known_spelling(city)?;
+            let warning = known.map(|k| {
+                format!(
+                    "{:?} is spelled {k:?} elsewhere in this campaign (the totals count both as one city; type {k:?} to keep one spelling)",
+                    city.trim()
+                )
+            });
             let r = device.sign(&form)?;
             let summary = device.counts()?.summary();
+            if let Some(w) = &warning
+                && !cli.json
+            {
+                eprintln!("warning: {w}");
+            }
             out(
-                json!({"ok": true, "signature": r, "summary": summary}),
+                json!({"ok": true, "signature": r, "summary": summary, "warning": warning}),
                 format!(
                     "Saved signature {} ({}, {}). {summary}.",
                     r.record_id, r.city, r.fsa
@@ -478,6 +494,15 @@ fn run(cli: &Cli) -> Result<ExitCode, Failure> {
             } else {
                 print_status(&s);
             }
+        }
+        Command::Cities => {
+            let cities = device.known_cities()?;
+            let text = if cities.is_empty() {
+                "No known cities yet: the campaign's events name none and this phone has not signed anyone.".to_string()
+            } else {
+                cities.join("\n")
+            };
+            out(json!({"ok": true, "cities": cities}), text);
         }
         Command::Config { roll_over_at } => {
             if let Some(n) = roll_over_at {

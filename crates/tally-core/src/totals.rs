@@ -4,6 +4,9 @@
 //! event; paper sheets beside the digital count. The server answers from a SQL projection; tests
 //! hold that projection equal to this function.
 //!
+//! A city is counted under its [`city_key`] and shown with its most common spelling
+//! ([`crate::city`]): `toronto`, `TORONTO` and ` Toronto ` are one cell, `Toronto`.
+//!
 //! A record counts once per campaign, whichever of a phone's collections hold copies of it (a
 //! phone re-writes a record, with the same id, into the next collection of its chain after a
 //! refusal or a re-enrollment): [`records`] merges the copies of each id into one effective
@@ -17,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::TimeZone;
 
 use crate::campaign::Campaign;
+use crate::city::{Spellings, city_key, labelled};
 use crate::collection::{Checkin, Collection, Signature};
 use crate::review::Review;
 
@@ -74,7 +78,8 @@ pub struct Totals {
     pub withdrawn: u64,
     /// By event id.
     pub by_event: BTreeMap<String, Cell>,
-    /// By city.
+    /// By city: one cell per [`city_key`] (case, spacing and accents folded), keyed by the
+    /// group's most common spelling ([`Spellings::label`]).
     pub by_city: BTreeMap<String, Cell>,
     /// By FSA.
     pub by_fsa: BTreeMap<String, Cell>,
@@ -308,6 +313,7 @@ pub fn totals_of(campaign: &Campaign, records: &Records, review: &Review) -> Tot
     let mut t = Totals::default();
     let mut all = CellAcc::default();
     let mut dims: [BTreeMap<String, CellAcc>; 6] = Default::default();
+    let mut spellings: BTreeMap<String, Spellings> = BTreeMap::new();
     let mut checkins: BTreeMap<String, [BTreeSet<&str>; 3]> = BTreeMap::new();
     for sig in records.signatures.values() {
         if sig.withdrawn {
@@ -319,9 +325,11 @@ pub fn totals_of(campaign: &Campaign, records: &Records, review: &Review) -> Tot
             continue;
         }
         all.add(&sig.dup);
+        let city = city_key(&sig.city);
+        spellings.entry(city.clone()).or_default().add(&sig.city, 1);
         let keys = [
             sig.event.clone(),
-            Some(sig.city.clone()),
+            Some(city),
             Some(sig.fsa.clone()),
             sig.riding.clone(),
             Some(day_of(sig.collected_at, &campaign.timezone)),
@@ -342,7 +350,7 @@ pub fn totals_of(campaign: &Campaign, records: &Records, review: &Review) -> Tot
     (t.signatures, t.unique_signers) = (all.signatures, all.unique);
     let [ev, city, fsa, riding, day, canvasser] = dims;
     t.by_event = cells(ev);
-    t.by_city = cells(city);
+    t.by_city = labelled(cells(city), &spellings);
     t.by_fsa = cells(fsa);
     t.by_riding = cells(riding);
     t.by_day = cells(day);

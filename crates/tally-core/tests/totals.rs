@@ -178,3 +178,66 @@ fn time_filters_snap_outward_to_whole_local_days() {
         ms("2026-07-01T00:00:00Z")
     );
 }
+
+/// Issue 13: `--city toronto`, `TORONTO`, `" Toronto "`, `Montreal` and `Montréal` were five
+/// cells. A city is one cell under its folded key, shown with its most common spelling; the
+/// documents keep what was typed; a record's copies are merged before its city is read.
+#[test]
+fn spellings_of_one_city_are_one_cell_shown_by_the_most_common() {
+    let w = World::new();
+    let mut alice = collection::create(CAMPAIGN, "alice").unwrap();
+    let mut bob = collection::create(CAMPAIGN, "bob").unwrap();
+    let typed = [
+        ("toronto", 1),
+        ("TORONTO", 1),
+        (" Toronto ", 1),
+        ("Toronto", 4),
+        ("Montreal", 1),
+        ("Montréal", 1),
+    ];
+    let mut n = 0;
+    for (city, times) in typed {
+        for _ in 0..times {
+            n += 1;
+            let mut s = w.signature("alice", &format!("a{n}"), &format!("P{n}"), "M5V 2T6", city);
+            // As a client that does not trim (a web app, a third party) writes it.
+            s.city = city.into();
+            collection::add_signature(&mut alice, &s, &w.campaign).unwrap();
+        }
+    }
+    // One record in two collections (a phone's chain), the least copy typed `MONTRÉAL`: the
+    // merged record counts once, under Montréal's key, with the least copy's spelling.
+    let mut a = w.signature("bob", "b1", "Q", "H2X 1Y4", "MONTRÉAL");
+    let mut b = a.clone();
+    b.city = "montreal".into();
+    b.collected_at = a.collected_at + 1;
+    a.collected_by = "bob".into();
+    collection::add_signature(&mut bob, &a, &w.campaign).unwrap();
+    let mut bob2 = collection::create(CAMPAIGN, "bob").unwrap();
+    collection::add_signature(&mut bob2, &b, &w.campaign).unwrap();
+    let cols = [alice, bob, bob2].map(|d| collection::read(&d).unwrap());
+    let t = totals(&w.campaign, &cols, &review::Review::default());
+    assert_eq!(t.signatures, 10);
+    assert_eq!(
+        t.by_city,
+        [
+            ("Toronto".to_string(), cell(7, 7)),
+            // Montreal, Montréal, MONTRÉAL once each: a tie, the least in byte order.
+            ("MONTRÉAL".to_string(), cell(3, 3)),
+        ]
+        .into(),
+        "{:?}",
+        t.by_city
+    );
+    // The documents keep what the canvasser typed.
+    let typed: Vec<&str> = cols[0]
+        .signatures
+        .values()
+        .map(|s| s.city.as_str())
+        .collect();
+    assert!(
+        typed.contains(&" Toronto ") && typed.contains(&"TORONTO"),
+        "{typed:?}"
+    );
+    let _: &[Collection] = &cols;
+}

@@ -214,6 +214,21 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX devices_by_lineage ON devices (lineage);
     CREATE INDEX checkins_by_id ON checkins (campaign, ci_id);
     "#,
+    // 6: a city is counted under its folded key (issue 13: `toronto`, `TORONTO` and `Toronto`
+    // were three cells). `signatures.city_key` is `tally_core::city::city_key(city)` (case,
+    // spacing and accents folded), written by the server with each row; `city` keeps the text
+    // as typed. The 'city' aggregate cells are keyed by it, and new 'city_spelling' cells count
+    // the counted signatures of each typed spelling (no tokens), which choose a city's label.
+    // SQLite cannot fold Unicode, so rows written before are left NULL and the aggregates
+    // marked stale: the server fills the keys and rebuilds the aggregates when it opens the
+    // file. The city filter uses the new index.
+    r#"
+    ALTER TABLE signatures ADD COLUMN city_key TEXT;
+    DROP INDEX signatures_by_city;
+    CREATE INDEX signatures_by_city_key ON signatures (campaign, city_key);
+    INSERT OR REPLACE INTO projection_state (name, value)
+        SELECT 'aggregates', 'stale' WHERE EXISTS (SELECT 1 FROM signatures);
+    "#,
 ];
 
 /// The schema version this build writes and reads.

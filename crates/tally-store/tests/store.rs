@@ -985,8 +985,17 @@ fn schema_4_migrates_a_version_3_quarantine() {
     assert_eq!((all[1].size, all[1].bytes.len()), (20_000, 0));
 }
 
+/// Takes a file of this build back to schema 5 (before signatures had a folded city key).
+const UNDO_SCHEMA_6: &str = "DROP INDEX signatures_by_city_key;
+     ALTER TABLE signatures DROP COLUMN city_key;
+     CREATE INDEX signatures_by_city ON signatures (campaign, city);
+     PRAGMA user_version = 5;";
+
 /// Takes a file of this build back to schema 4 (before devices had lineages).
-const UNDO_SCHEMA_5: &str = "DROP INDEX devices_by_lineage; DROP INDEX checkins_by_id;
+const UNDO_SCHEMA_5: &str = "DROP INDEX signatures_by_city_key;
+     ALTER TABLE signatures DROP COLUMN city_key;
+     CREATE INDEX signatures_by_city ON signatures (campaign, city);
+     DROP INDEX devices_by_lineage; DROP INDEX checkins_by_id;
      ALTER TABLE devices DROP COLUMN lineage; ALTER TABLE devices DROP COLUMN replaces;
      PRAGMA user_version = 4;";
 
@@ -1022,6 +1031,35 @@ fn schema_5_gives_every_existing_device_its_own_lineage() {
         .redeem_invite_replacing(code.as_str(), "phone again", T0 + 1, Some(proof))
         .unwrap();
     assert_eq!(new.lineage, phone.device_id);
+}
+
+#[test]
+fn schema_6_leaves_existing_rows_for_the_server_to_fold() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    drop(Store::open(&path).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(UNDO_SCHEMA_6).unwrap();
+    conn.execute_batch(
+        "INSERT INTO signatures (doc_id, sig_id, campaign, collected_at, day, collected_by, city, fsa, consent, dup, withdrawn)
+         VALUES ('d', 's1', 'c1', 0, '1970-01-01', 'p', 'TORONTO', 'M5V', 0, 't', 0);",
+    )
+    .unwrap();
+    drop(conn);
+    drop(Store::open(&path).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let key: Option<String> = conn
+        .query_row("SELECT city_key FROM signatures", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(key, None, "SQLite cannot fold: the server fills it");
+    let stale: String = conn
+        .query_row(
+            "SELECT value FROM projection_state WHERE name = 'aggregates'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(stale, "stale");
 }
 
 #[test]
