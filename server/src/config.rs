@@ -138,6 +138,10 @@ pub struct Config {
     /// the phone sets that record aside and carries on with the others. Environment:
     /// `TALLY_REFUSE_RECORDS`, ids separated by commas.
     pub refuse_records: Vec<String>,
+    /// Where `/metrics` (Prometheus' text exposition) listens, e.g. `127.0.0.1:9300`; off when
+    /// unset. Its own address, not the main port: a scraper needs no token, and the address can
+    /// be kept to the monitoring network (docs/operations.md, "Metrics").
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for Config {
@@ -190,6 +194,7 @@ impl Default for Config {
             quarantine_entries_total: 100_000,
             quarantine_retention_days: 30,
             refuse_records: Vec::new(),
+            metrics_listen: None,
         }
     }
 }
@@ -263,6 +268,7 @@ impl Config {
                 }
                 "DATA" => self.data = PathBuf::from(&value),
                 "PUBLIC_URL" => self.public_url = Some(value.clone()),
+                "METRICS_LISTEN" => self.metrics_listen = Some(value.clone()),
                 "TLS_CERT" => self.tls_cert = Some(PathBuf::from(&value)),
                 "TLS_KEY" => self.tls_key = Some(PathBuf::from(&value)),
                 "MAX_DATABASE_KIB" => self.max_database_kib = num(&value)?,
@@ -464,7 +470,8 @@ impl Config {
         format!(
             "# tally server configuration. Every key is optional; shown are the defaults.\n\
              # Each can also be set as an environment variable: TALLY_<KEY IN UPPER CASE>.\n\
-             # public_url = \"https://tally.example.org\"\n{body}"
+             # public_url = \"https://tally.example.org\"\n\
+             # metrics_listen = \"127.0.0.1:9300\"\n{body}"
         )
     }
 }

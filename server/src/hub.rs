@@ -182,6 +182,25 @@ impl Refusal {
         }
     }
 
+    /// The fixed word a metric counts this refusal under: the validation rule's name, or, for
+    /// the server's own refusals, the reason's first word (`limit`, `campaign`, `change`), never
+    /// anything a client wrote.
+    pub fn metric_reason(&self) -> String {
+        if let Some(rule) = self.rule {
+            return format!("{rule:?}");
+        }
+        let word: String = self
+            .reason
+            .chars()
+            .take_while(|c| c.is_ascii_alphabetic() || *c == '_')
+            .take(24)
+            .collect();
+        match word.as_str() {
+            "limit" | "campaign" | "change" | "refused" | "record" => word,
+            _ => "other".to_string(),
+        }
+    }
+
     /// The same refusal, naming the record at fault.
     pub fn naming(mut self, record: impl Into<String>) -> Refusal {
         self.record = Some(record.into());
@@ -222,6 +241,9 @@ pub struct Hub {
     /// Record ids the operator told the server to refuse (`refuse_records`), e.g. to stop a
     /// known-bad record from a broken client.
     refused_records: Mutex<Arc<HashSet<String>>>,
+    /// The server's metrics (`/metrics`): the hub counts refusals and times its commits; the
+    /// sync connections and the API count the rest through [`Hub::metrics`].
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -326,7 +348,13 @@ impl Hub {
             sync_limits: Mutex::new(Arc::new(SyncLimits::default())),
             pending: Mutex::default(),
             refused_records: Mutex::default(),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         }
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 
     /// Sets the record ids the server refuses (`refuse_records`): a change that writes any of
@@ -370,6 +398,7 @@ impl Hub {
             &limits.quarantine,
         )?;
         tracing::warn!(doc = %doc, device = %device_id, reason = %refusal.reason, size = raw.len(), ?outcome, "change refused and quarantined");
+        self.metrics.refused(&refusal.metric_reason());
         Ok(())
     }
 
@@ -623,6 +652,7 @@ impl Hub {
             .map(|c| c.timezone.clone())
             .unwrap_or_else(|| "UTC".into());
         let created = guard.meta.is_none();
+        let started = Instant::now();
         let written = self.store.write_with_error::<_, HubError>(|tx| {
             // Judged inside the write transaction, so that two writers cannot both pass: a
             // chain's link, and (in `changes.write`) record ids another phone holds.
@@ -636,6 +666,9 @@ impl Hub {
             changes.write(tx.conn(), &key, &header, &tz)?;
             Ok(())
         });
+        if written.is_ok() {
+            self.metrics.commit(started.elapsed());
+        }
         if let Err(e) = written {
             let refusal = match e {
                 HubError::Rejected(r) => r,

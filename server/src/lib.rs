@@ -19,6 +19,7 @@ pub mod error;
 pub mod guard;
 pub mod hub;
 pub mod live;
+pub mod metrics;
 pub mod net;
 pub mod openapi;
 pub mod projection;
@@ -472,6 +473,26 @@ pub async fn serve(
         shutdown.await;
         t.cancel();
     });
+    if let Some(addr) = state.config.metrics_listen.clone() {
+        let metrics = TcpListener::bind(&addr).await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen for /metrics on {addr} (metrics_listen): {e}; choose a free address or leave metrics_listen unset"
+            )
+        })?;
+        tracing::info!(listen = %metrics.local_addr()?, "metrics served at /metrics");
+        let app = Router::new()
+            .route("/metrics", axum::routing::get(metrics_page))
+            .with_state(state.clone());
+        let stop = token.clone();
+        state.tasks.spawn(async move {
+            let served = axum::serve(metrics, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the metrics listener stopped");
+            }
+        });
+    }
     let local = listener.local_addr()?;
     let secs = |n: u64| (n > 0).then(|| Duration::from_secs(n));
     let timeouts = net::Timeouts {
@@ -495,6 +516,31 @@ pub async fn serve(
     tokio::task::spawn_blocking(move || h.refresh_totals()).await??;
     tracing::info!("tally stopped; everything acknowledged is on disk");
     Ok(())
+}
+
+/// `GET /metrics` on `metrics_listen`: the exposition, with the gauges read now.
+async fn metrics_page(State(state): State<Arc<AppState>>) -> Result<impl IntoResponse, ApiError> {
+    let st = state.clone();
+    let snapshot = tokio::task::spawn_blocking(move || -> Result<metrics::Snapshot, ApiError> {
+        let path = st.hub.store.path().to_path_buf();
+        let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        let mut wal = path.clone().into_os_string();
+        wal.push("-wal");
+        Ok(metrics::Snapshot {
+            loaded_documents: st.hub.loaded() as u64,
+            quarantine_entries: st.hub.store.quarantine_len()?,
+            database_bytes: size(&path) + size(Path::new(&wal)),
+        })
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.hub.metrics().encode(snapshot),
+    ))
 }
 
 async fn background(state: Arc<AppState>, stop: CancellationToken, idle: Duration) {

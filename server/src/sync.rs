@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Direction;
 use crate::hub::{Hub, HubError, Refusal, can_read, now_ms, writer_of};
 use crate::workers::Workers;
 
@@ -254,6 +255,7 @@ impl Conn {
             .map(|p| p.chunks.concat())
             .unwrap_or_default();
         let mut state = self.session.sync_state(&doc).cloned().unwrap_or_default();
+        let arrived = std::time::Instant::now();
         let result = self.hub.commit_sync(
             &doc,
             &self.writer,
@@ -271,6 +273,7 @@ impl Conn {
                     .map_err(|e| e.to_string())
             },
         );
+        let accepted = matches!(&result, Ok(c) if !c.waiting && c.accepted.header.is_some());
         match result {
             Ok(committed) => {
                 self.session.set_sync_state(doc, state);
@@ -316,6 +319,9 @@ impl Conn {
             self.hub.follow(doc, self.id, self.notify.clone());
         }
         self.answer(doc, out);
+        if accepted {
+            self.hub.metrics().accepted(arrived.elapsed());
+        }
     }
 
     /// Keeps `chunks` (whose changes wait for dependencies) for `doc`, within the hub's
@@ -522,6 +528,8 @@ pub async fn run(
     workers: Arc<Workers>,
 ) {
     let device_id = conn.device().device_id.clone();
+    let metrics = conn.hub.metrics().clone();
+    let _open = metrics.connection();
     let (mut sink, mut stream) = socket.split();
     let mut conn = Some(conn);
     let send_timeout = opts.send_timeout;
@@ -557,7 +565,10 @@ pub async fn run(
                     Some(Ok(WsMessage::Binary(bytes))) if bytes.len() > opts.max_frame_bytes => {
                         break (Some(close_code::TOO_BIG), too_big(bytes.len(), opts.max_frame_bytes));
                     }
-                    Some(Ok(WsMessage::Binary(bytes))) => blocking(&mut conn, &workers, move |c| c.on_frame(&bytes)).await.into_iter().map(Step::from).collect(),
+                    Some(Ok(WsMessage::Binary(bytes))) => {
+                        metrics.frame(Direction::In);
+                        blocking(&mut conn, &workers, move |c| c.on_frame(&bytes)).await.into_iter().map(Step::from).collect()
+                    }
                     Some(Ok(WsMessage::Text(_))) => {
                         let frame = conn.as_ref().map(|c| c.session.error_frame("text frames are not part of the protocol: send CBOR messages as binary frames")).unwrap_or_default();
                         vec![Step::Frame(frame)]
@@ -588,7 +599,10 @@ pub async fn run(
         let mut close = None;
         for out in outs {
             let msg = match out {
-                Step::Frame(bytes) => WsMessage::Binary(bytes.into()),
+                Step::Frame(bytes) => {
+                    metrics.frame(Direction::Out);
+                    WsMessage::Binary(bytes.into())
+                }
                 Step::Ping => WsMessage::Ping(Default::default()),
                 Step::Close(why) => {
                     close = Some((Some(close_code::POLICY), why));

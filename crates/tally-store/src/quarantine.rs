@@ -319,4 +319,12 @@ impl Store {
     pub fn list_quarantine(&self, filter: &QuarantineFilter) -> Result<Vec<QuarantineEntry>> {
         self.with_conn(|conn| list_quarantine(conn, filter))
     }
+
+    /// How many entries the quarantine holds (for the server's metrics).
+    pub fn quarantine_len(&self) -> Result<u64> {
+        self.with_conn(|conn| {
+            let n: i64 = conn.query_row("SELECT count(*) FROM quarantine", [], |r| r.get(0))?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+    }
 }

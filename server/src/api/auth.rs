@@ -1,6 +1,7 @@
 //! Who is asking: the bearer token of a request (checked on a reader connection, with the
 //! per-address limit on wrong tokens), the roles an action needs, and the client's address.
 
+use crate::metrics::AuthFailure;
 use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
@@ -73,6 +74,7 @@ impl FromRequestParts<Arc<AppState>> for Auth {
                 Ok(Auth(device))
             }
             Err(TokenRefusal::Unknown) => {
+                state.hub.metrics().auth_failure(AuthFailure::Unknown);
                 if let Some(ip) = addr {
                     let failures = lock_guard(state).auth_failed(ip, now.max(0) as u64);
                     tracing::warn!(address = %ip, failures, "wrong token (unknown)");
@@ -82,6 +84,7 @@ impl FromRequestParts<Arc<AppState>> for Auth {
                 ))
             }
             Err(TokenRefusal::Revoked { at }) => {
+                state.hub.metrics().auth_failure(AuthFailure::Revoked);
                 tracing::warn!(address = ?addr, "token of a revoked device refused");
                 Err(ApiError::Unauthorized(format!(
                     "this device was revoked on {}: ask an organizer for a new invite and enroll again",
@@ -89,6 +92,7 @@ impl FromRequestParts<Arc<AppState>> for Auth {
                 )))
             }
             Err(TokenRefusal::Expired { last_active }) => {
+                state.hub.metrics().auth_failure(AuthFailure::Expired);
                 tracing::warn!(address = ?addr, "expired token refused");
                 Err(ApiError::Unauthorized(format!(
                     "this device's token expired: it was not used since {} (tokens expire after {} days unused); ask an organizer for a new invite and enroll again, the phone keeps what it holds",

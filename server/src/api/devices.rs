@@ -1,6 +1,7 @@
 //! Devices: enrollment (a one-time invite code for a device token), invites, the list of
 //! devices and their revocation (which also closes the device's connections).
 
+use crate::metrics::Outcome;
 use std::sync::Arc;
 
 use axum::Json;
@@ -18,6 +19,21 @@ use crate::hub::now_ms;
 pub(crate) async fn enroll(
     State(state): State<Arc<AppState>>,
     ClientAddr(addr): ClientAddr,
+    req: Result<Json<EnrollRequest>, JsonRejection>,
+) -> Result<Json<Enrolled>, ApiError> {
+    let metrics = state.hub.metrics().clone();
+    let answer = enroll_inner(state, addr, req).await;
+    metrics.enrollment(if answer.is_ok() {
+        Outcome::Ok
+    } else {
+        Outcome::Refused
+    });
+    answer
+}
+
+async fn enroll_inner(
+    state: Arc<AppState>,
+    addr: Option<std::net::IpAddr>,
     req: Result<Json<EnrollRequest>, JsonRejection>,
 ) -> Result<Json<Enrolled>, ApiError> {
     // Every attempt counts, whatever its body: a flood of them is refused before any lookup.

@@ -237,11 +237,15 @@ pub(crate) async fn totals(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<TotalsResponse>, ApiError> {
     // Checked and answered in one trip to the blocking pool: under load each trip is a wait.
-    blocking(move || {
+    let started = std::time::Instant::now();
+    let metrics = state.hub.metrics().clone();
+    let answer = blocking(move || {
         let req = check_totals(&state, &device, &id, query)?;
         answer_totals(&state, &req).map(Json)
     })
-    .await
+    .await;
+    metrics.totals(started.elapsed());
+    answer
 }
 
 pub(crate) async fn totals_stream(
