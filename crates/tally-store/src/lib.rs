@@ -21,6 +21,7 @@
 //! [`documents`] (documents, chunks, compaction, sync states), [`devices`] (devices, tokens,
 //! invites), [`quarantine`] (rejected messages), [`readers`] (a pool of read connections).
 
+pub mod audit;
 pub mod devices;
 pub mod documents;
 pub mod error;
@@ -34,6 +35,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
+pub use audit::{AuditBroken, AuditEntry, AuditFilter, NewAudit};
 pub use devices::{Device, InviteCode, Replaces, Role, Token, TokenRefusal};
 pub use documents::{CAMPAIGN_KIND, ChunkStats, DocFilter, DocMeta, StoredDoc};
 pub use error::{ReplaceRefusal, Result, StoreError};

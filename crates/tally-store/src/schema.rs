@@ -229,6 +229,23 @@ const MIGRATIONS: &[&str] = &[
     INSERT OR REPLACE INTO projection_state (name, value)
         SELECT 'aggregates', 'stale' WHERE EXISTS (SELECT 1 FROM signatures);
     "#,
+    // 7: the audit log (issue 15): every organizer and admin action, each entry chained to the
+    // one before by its hash (`audit::entry_hash`). Actors by device id and name, never a token.
+    r#"
+    CREATE TABLE audit (
+        seq        INTEGER PRIMARY KEY,
+        at         INTEGER NOT NULL,
+        actor_id   TEXT NOT NULL,
+        actor_name TEXT NOT NULL,
+        action     TEXT NOT NULL,
+        campaign   TEXT,
+        target     TEXT NOT NULL,
+        result     TEXT NOT NULL,
+        prev_hash  TEXT NOT NULL,
+        hash       TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX audit_by_campaign ON audit (campaign, seq);
+    "#,
 ];
 
 /// The schema version this build writes and reads.
