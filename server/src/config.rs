@@ -464,6 +464,20 @@ impl Config {
             .unwrap_or_else(|| format!("{scheme}://{}", self.listen))
     }
 
+    /// The settings that differ from the defaults, as `key=value` (for the audit log's
+    /// `server.start` entry; the configuration holds no secret, only paths and numbers).
+    pub fn changed_settings(&self) -> Vec<String> {
+        let as_table = |c: &Config| match toml::Value::try_from(c) {
+            Ok(toml::Value::Table(t)) => t,
+            _ => toml::map::Map::new(),
+        };
+        let (now, default) = (as_table(self), as_table(&Config::default()));
+        now.iter()
+            .filter(|(k, v)| default.get(*k) != Some(*v))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect()
+    }
+
     /// A commented example configuration file.
     pub fn example() -> String {
         let body = toml::to_string_pretty(&Config::default()).expect("config serializes");

@@ -203,11 +203,18 @@ route_table! {
     post "/api/v1/invites" => api::devices::invite,
     get "/api/v1/devices" => api::devices::list_devices,
     post "/api/v1/devices/{id}/revoke" => api::devices::revoke,
+    get "/api/v1/audit" => api::audit::list,
+    get "/api/v1/audit/verify" => api::audit::verify,
 }
 
 /// Builds the router.
 pub fn router(state: Arc<AppState>) -> Router {
     routes()
+        // Every organizer and admin action leaves one entry in the audit log.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            api::audit::record,
+        ))
         .fallback(web::fallback)
         .method_not_allowed_fallback(wrong_method)
         .with_state(state)
@@ -403,6 +410,20 @@ pub async fn serve(
             max_loaded_documents: config.max_loaded_documents,
         },
     ));
+    // The start, with the settings that differ from the defaults, opens the audit log's record
+    // of this run (issue 15). A full or read-only disk does not stop the start (the server then
+    // refuses writes and says why): the entry is then missing, and the log says so.
+    if let Err(e) = hub.store.audit(&tally_store::NewAudit {
+        at: now_ms(),
+        actor_id: "server",
+        actor_name: "tally serve",
+        action: "server.start",
+        campaign: None,
+        target: &config.changed_settings().join(","),
+        result: "ok",
+    }) {
+        tracing::warn!(error = %e, "the audit log's server.start entry was not written");
+    }
     hub.set_totals_suppress_below(config.suppress_below);
     hub.set_sync_limits(config.sync_limits());
     hub.set_refused_records(config.refuse_records.iter().cloned());

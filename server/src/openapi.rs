@@ -226,6 +226,13 @@ fn components() -> Value {
             "Invite": { "type": "object", "required": ["code", "expires_at", "server", "campaign", "role"], "properties": {
                 "code": { "type": "string" }, "expires_at": { "type": "integer" }, "server": { "type": "string" },
                 "campaign": { "type": "string" }, "role": { "type": "string" } } },
+            "AuditEntry": { "type": "object", "required": ["seq", "at", "actor_id", "actor_name", "action", "target", "result", "prev_hash", "hash"], "properties": {
+                "seq": { "type": "integer" }, "at": { "type": "integer" },
+                "actor_id": { "type": "string", "description": "a device id, never a token" }, "actor_name": { "type": "string" },
+                "action": { "type": "string", "enum": ["campaign.create", "event.add", "invite.create", "device.enroll", "device.revoke", "review.strike", "review.unstrike", "review.sheet", "export.sealed", "server.start"] },
+                "campaign": { "type": ["string", "null"] }, "target": { "type": "string" },
+                "result": { "type": "string", "description": "ok, or refused: STATUS message" },
+                "prev_hash": { "type": "string" }, "hash": { "type": "string" } } },
             "Device": { "type": "object", "required": ["device_id", "name", "role", "created_at"], "properties": {
                 "device_id": { "type": "string" }, "name": { "type": "string" },
                 "role": { "type": "string", "enum": ["admin", "organizer", "canvasser"] },
@@ -314,6 +321,21 @@ pub fn document() -> Value {
             "summary": "Create a one-time invite code (admin or organizer of the campaign)",
             "requestBody": body(schema("NewInvite")),
             "responses": responses(ok(schema("Invite")), &[bad, campaign_404]) } },
+        "/api/v1/audit": { "get": {
+            "summary": "The audit log: every organizer and admin action, oldest first, each chained to the one before by its hash (admin: all; an organizer: their campaign's)",
+            "parameters": [
+                query("from", "entries at or after this time (ms since the epoch)", json!({ "type": "integer" })),
+                query("to", "entries before this time (ms since the epoch)", json!({ "type": "integer" })),
+                query("actor", "one device's actions", json!({ "type": "string" })),
+                query("action", "one action, e.g. device.revoke", json!({ "type": "string" })),
+                query("campaign", "one campaign's (an organizer's own only)", json!({ "type": "string" })),
+                query("limit", "the newest N (default 1000)", json!({ "type": "integer", "minimum": 1, "maximum": 10000 }))],
+            "responses": responses(ok(json!({ "type": "array", "items": schema("AuditEntry") })), &codes(&[&AUTH, ROLE, &[400]]), &[(403, "canvassers cannot read the audit; an organizer reads their own campaign's")]) } },
+        "/api/v1/audit/verify": { "get": {
+            "summary": "Checks the audit log's chain of hashes; names the first entry that was changed, moved or removed (admin)",
+            "responses": responses(ok(json!({ "type": "object", "required": ["ok"], "properties": {
+                "ok": { "type": "boolean" }, "entries": { "type": "integer" },
+                "broken_at": { "type": "integer" }, "why": { "type": "string" } } })), &codes(&[&AUTH, ROLE]), &[(403, "only the admin token verifies the audit")]) } },
         "/api/v1/devices": { "get": {
             "summary": "Enrolled devices (admin)",
             "responses": responses(ok(json!({ "type": "array", "items": schema("Device") })), &[]) } },

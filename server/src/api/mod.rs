@@ -14,6 +14,7 @@
 //! one order: the token (401), its role and campaign (403), the campaign (404), then the query
 //! or body (400), so a caller learns the first thing to fix.
 
+pub mod audit;
 pub mod auth;
 pub mod campaigns;
 pub mod devices;
