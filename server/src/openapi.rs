@@ -131,12 +131,14 @@ fn components() -> Value {
                 "to": { "type": ["string", "null"], "format": "date-time" },
                 "city": { "type": ["string", "null"] },
                 "fsa": { "type": ["string", "null"] } } },
-            "Suppression": { "type": "object", "required": ["applied", "threshold", "hidden_cells", "hidden", "headline_hidden"], "properties": {
+            "Suppression": { "type": "object", "required": ["applied", "threshold", "hidden_cells", "hidden", "other", "withheld", "headline_hidden"], "properties": {
                 "applied": { "type": "boolean" },
                 "threshold": { "type": "integer", "minimum": 0, "description": "cells counting fewer distinct people are hidden (server config suppress_below)" },
                 "hidden_cells": { "type": "integer", "minimum": 0 },
                 "hidden": { "type": "object", "description": "hidden cells per breakdown", "additionalProperties": { "type": "integer" } },
-                "headline_hidden": { "type": "boolean", "description": "a filtered query matched too few people: the headline numbers are null" },
+                "other": { "type": "object", "description": "per breakdown with hidden cells: their signatures together (two or more cells, never one cell's number)", "additionalProperties": { "type": "integer", "minimum": 0 } },
+                "withheld": { "type": "array", "items": { "type": "string" }, "uniqueItems": true, "description": "breakdowns whose every cell is hidden and whose number of hidden cells is not said (too few people)" },
+                "headline_hidden": { "type": "boolean", "description": "a filtered query matched too few people (none included), or names a cell the answer without that filter hides: the headline numbers are null" },
                 "note": { "type": ["string", "null"] } } },
             "Totals": { "type": "object",
                 "required": ["campaign", "signatures", "unique_signers", "struck", "withdrawn", "by_event", "by_city", "by_fsa", "by_riding", "by_day", "by_canvasser", "checkins", "paper", "filters", "suppression"],

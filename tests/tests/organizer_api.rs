@@ -1271,6 +1271,8 @@ async fn small_cells_are_hidden_from_organizers_and_shown_to_the_admin() {
     assert_eq!(org["suppression"]["applied"], true);
     assert_eq!(org["suppression"]["threshold"], 5);
     assert_eq!(org["suppression"]["hidden"]["by_city"], 2, "{org}");
+    // The hidden cells together, which the headline minus the shown cells gives anyway.
+    assert_eq!(org["suppression"]["other"]["by_city"], 8, "{org}");
     assert!(
         org["suppression"]["note"]
             .as_str()
@@ -1283,6 +1285,19 @@ async fn small_cells_are_hidden_from_organizers_and_shown_to_the_admin() {
     assert_eq!(small["suppression"]["headline_hidden"], true);
     let small_admin = get(&server.admin(), "?city=Smallville");
     assert_eq!(small_admin["signatures"], 3);
+    // Nor can a filter drill into the complement: `?city=Montréal` answered 5, and
+    // Smallville was 14 - 6 - 5 again. Any spelling of it is withheld; a shown city is not.
+    for q in ["?city=Montr%C3%A9al", "?city=MONTREAL"] {
+        let drilled = get(&s.organizer, q);
+        assert!(drilled["signatures"].is_null(), "{q}: {drilled}");
+        assert_eq!(drilled["suppression"]["headline_hidden"], true, "{q}");
+        assert_eq!(drilled["by_fsa"], json!({}), "{q}: {drilled}");
+    }
+    let shown = get(&s.organizer, "?city=toronto");
+    assert_eq!(shown["signatures"], 6, "{shown}");
+    // A city where nobody signed looks like a small one: a filter cannot probe for signers.
+    let nobody = get(&s.organizer, "?city=Vancouver");
+    assert!(nobody["signatures"].is_null(), "{nobody}");
     // A window drawn around one signature's minute is widened to whole days for organizers
     // (in the campaign's time zone), so it cannot single that signature out by subtraction;
     // the answer says which window it counted. The admin's window is as asked.

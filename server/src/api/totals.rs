@@ -199,17 +199,23 @@ pub(crate) fn answer_totals(
     state: &AppState,
     req: &TotalsRequest,
 ) -> Result<TotalsResponse, ApiError> {
-    let mut t = state.reader.get().read(|conn| {
-        projection::query(conn, &req.campaign, &req.filter).map_err(tally_store::StoreError::from)
-    })?;
-    let suppression = if req.suppress {
-        suppression::apply(&mut t, state.config.suppress_below, !req.filter.is_empty())
-    } else {
-        Suppression {
-            threshold: state.config.suppress_below,
-            ..Suppression::default()
+    let threshold = state.config.suppress_below;
+    let (t, suppression) = state.reader.get().read(|conn| {
+        if req.suppress {
+            // With the answers without each filter, so that a filter cannot drill into a
+            // hidden cell.
+            suppression::answer(conn, &req.campaign, &req.filter, threshold)
+        } else {
+            projection::query(conn, &req.campaign, &req.filter).map(|t| {
+                let s = Suppression {
+                    threshold,
+                    ..Suppression::default()
+                };
+                (t, s)
+            })
         }
-    };
+        .map_err(tally_store::StoreError::from)
+    })?;
     let head = |v: u64| (!suppression.headline_hidden).then_some(v);
     Ok(TotalsResponse {
         campaign: req.campaign.clone(),
