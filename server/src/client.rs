@@ -1,7 +1,10 @@
 //! The organizers' side of the `tally` command: it calls the server's HTTP API with a token
 //! (`--token`, `TALLY_TOKEN`, or the admin token file in the data folder) and keeps campaign
 //! duplicate keys in a local keys folder, never on the server. `export` opens the sealed fields
-//! locally with an organizer's age identity.
+//! locally with an organizer's age identity, one row per unique signer unless asked for every
+//! signature. [`render`] draws what the commands print for people.
+
+pub mod render;
 
 use std::path::{Path, PathBuf};
 
@@ -10,7 +13,10 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tally_core::seal::{self, DuplicateKey};
 
-use crate::api::types::{CreatedCampaign, Invite, InviteRequest, NewCampaign, SealedRecord};
+use crate::api::types::{
+    CampaignList, CampaignSummary, CreatedCampaign, Invite, InviteRequest, NewCampaign,
+    SealedRecord,
+};
 
 /// How to reach the server.
 pub struct Api {
@@ -22,15 +28,79 @@ pub struct Api {
     pub token: String,
 }
 
-/// Reads the token: explicit, else the admin token file in `data`.
-pub fn load_token(token: Option<String>, data: &Path) -> anyhow::Result<String> {
+/// A refusal from the server: its status and message, and which server it was. Displayed as
+/// the one line the commands print; the commands look at `status` to say more (a 404 for a
+/// campaign the server does not have).
+#[derive(Debug)]
+pub struct Refused {
+    /// The HTTP status.
+    pub status: u16,
+    /// The server's message (`{"error": "..."}`).
+    pub message: String,
+    /// The server asked.
+    pub server: String,
+    /// Where its address came from.
+    pub origin: String,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hint = if self.status == 401 {
+            "; is this the server whose token this is? pass --server or --token"
+        } else {
+            ""
+        };
+        write!(
+            f,
+            "the server at {} ({}) refused ({}): {}{hint}",
+            self.server, self.origin, self.status, self.message
+        )
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// The HTTP status of a refusal by the server, if `e` is one.
+pub fn refused_status(e: &anyhow::Error) -> Option<u16> {
+    e.downcast_ref::<Refused>().map(|r| r.status)
+}
+
+/// A campaign id as the commands take it: the id itself, or the campaign document's
+/// `automerge:` URL (what `tally-device status` and invites print), surrounding space ignored.
+pub fn campaign_id(given: &str) -> String {
+    let s = given.trim();
+    s.strip_prefix("automerge:").unwrap_or(s).trim().to_string()
+}
+
+/// Reads the token: `token` (`--token`), else the file `token_file` (`--token-file`), else
+/// `env` (`TALLY_TOKEN`), else the admin token file in `data`.
+pub fn load_token(
+    token: Option<String>,
+    token_file: Option<&Path>,
+    env: Option<String>,
+    data: &Path,
+) -> anyhow::Result<String> {
     if let Some(t) = token {
+        return Ok(t);
+    }
+    if let Some(file) = token_file {
+        let t = std::fs::read_to_string(file)
+            .map_err(|e| anyhow::anyhow!("cannot read the token file {}: {e}", file.display()))?;
+        let t = t.trim().to_string();
+        anyhow::ensure!(
+            !t.is_empty(),
+            "the token file {} is empty: put the device token (tly_...) in it",
+            file.display()
+        );
+        return Ok(t);
+    }
+    if let Some(t) = env {
         return Ok(t);
     }
     let path = data.join(crate::ADMIN_TOKEN_FILE);
     std::fs::read_to_string(&path)
         .map(|t| t.trim().to_string())
-        .map_err(|e| anyhow::anyhow!("no token: pass --token, set TALLY_TOKEN, or run where {} exists ({e}); `tally serve` writes it on first start", path.display()))
+        .map_err(|e| anyhow::anyhow!("no token: set TALLY_TOKEN, pass --token-file (or --token), or run where {} exists ({e}); `tally serve` writes it on first start", path.display()))
 }
 
 impl Api {
@@ -38,11 +108,15 @@ impl Api {
         &self,
         method: &str,
         path: &str,
+        query: &[(&str, String)],
         body: Option<&impl Serialize>,
     ) -> anyhow::Result<R> {
         let url = format!("{}{}", self.server.trim_end_matches('/'), path);
-        let req =
+        let mut req =
             ureq::request(method, &url).set("Authorization", &format!("Bearer {}", self.token));
+        for (k, v) in query {
+            req = req.query(k, v);
+        }
         let res = match body {
             Some(b) => req.send_json(b),
             None => req.call(),
@@ -51,21 +125,17 @@ impl Api {
             Ok(r) => Ok(r.into_json()?),
             Err(ureq::Error::Status(code, r)) => {
                 let body: Value = r.into_json().unwrap_or(Value::Null);
-                let msg = body
+                let message = body
                     .get("error")
                     .and_then(Value::as_str)
                     .unwrap_or("no details")
                     .to_string();
-                let hint = if code == 401 {
-                    "; is this the server whose token this is? pass --server or --token"
-                } else {
-                    ""
-                };
-                Err(anyhow::anyhow!(
-                    "the server at {} ({}) refused ({code}): {msg}{hint}",
-                    self.server,
-                    self.origin
-                ))
+                Err(anyhow::Error::new(Refused {
+                    status: code,
+                    message,
+                    server: self.server.clone(),
+                    origin: self.origin.clone(),
+                }))
             }
             Err(e) => Err(anyhow::anyhow!(
                 "cannot reach the server at {} ({}): {e}; is `tally serve` running there?",
@@ -81,12 +151,72 @@ impl Api {
         path: &str,
         body: &impl Serialize,
     ) -> anyhow::Result<R> {
-        self.call("POST", path, Some(body))
+        self.call("POST", path, &[], Some(body))
     }
 
     /// GETs `path` and reads the answer as `R`.
     pub fn get<R: DeserializeOwned>(&self, path: &str) -> anyhow::Result<R> {
-        self.call("GET", path, None::<&()>)
+        self.call("GET", path, &[], None::<&()>)
+    }
+
+    /// GETs `path` with `query` parameters (encoded here) and reads the answer as `R`.
+    pub fn get_query<R: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> anyhow::Result<R> {
+        self.call("GET", path, query, None::<&()>)
+    }
+
+    /// The campaigns this token may see.
+    pub fn campaigns(&self) -> anyhow::Result<Vec<CampaignSummary>> {
+        Ok(self.get::<CampaignList>("/api/v1/campaigns")?.campaigns)
+    }
+
+    /// The error for a campaign this server does not have (for this token), which sees `known`
+    /// campaigns: it points to `tally campaign list`, not to the API.
+    pub fn no_campaign(&self, campaign: &str, known: usize) -> anyhow::Error {
+        let known = match known {
+            0 => "this token sees no campaign yet (`tally campaign create` makes one)".to_string(),
+            1 => "`tally campaign list` shows the one this token may see".to_string(),
+            n => format!("`tally campaign list` shows the {n} this token may see"),
+        };
+        anyhow::anyhow!(
+            "no campaign {campaign:?} on the server at {} ({}): {known}",
+            self.server,
+            self.origin
+        )
+    }
+
+    /// Fails with [`Api::no_campaign`] unless this token sees `campaign`.
+    pub fn require_campaign(&self, campaign: &str) -> anyhow::Result<CampaignSummary> {
+        let list = self.campaigns()?;
+        let known = list.len();
+        list.into_iter()
+            .find(|c| c.campaign == campaign)
+            .ok_or_else(|| self.no_campaign(campaign, known))
+    }
+
+    /// Runs `f`, a call about `campaign`; when the server answers 404 and has no such campaign
+    /// for this token, says so and points to `tally campaign list` instead of the API.
+    pub fn about_campaign<T>(
+        &self,
+        campaign: &str,
+        f: impl FnOnce() -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let e = match f() {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        if refused_status(&e) != Some(404) {
+            return Err(e);
+        }
+        match self.campaigns() {
+            Ok(list) if !list.iter().any(|c| c.campaign == campaign) => {
+                Err(self.no_campaign(campaign, list.len()))
+            }
+            _ => Err(e),
+        }
     }
 }
 
@@ -143,17 +273,38 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-/// Downloads the sealed records, opens them with `identity` and writes a CSV; returns the
-/// number of rows written and how many could not be opened. Fails, writing nothing, when there
-/// were records and none opens (the wrong identity), and when `out` exists unless `force`.
+/// The export's columns, in order (`duplicate_group` last, so that readers of the older
+/// columns by position still read them).
+pub const EXPORT_COLUMNS: &str = "id,collected_at,collected_by,event,city,fsa,riding,consent_contact,counted,withdrawn,name,email,phone,street,postal_code,duplicate_group";
+
+/// What [`export`] wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Exported {
+    /// Rows written.
+    pub rows: usize,
+    /// Signatures opened and considered: the counted ones, or every one with `--all`.
+    pub signatures: usize,
+    /// Signatures folded into an earlier one of the same signer (0 with `--all`).
+    pub folded: usize,
+    /// Rows whose duplicate group an earlier row has (with `--all`: the duplicates left in).
+    pub repeated: usize,
+    /// Signatures that could not be opened with the identity.
+    pub unopened: usize,
+}
+
+/// Downloads the sealed records, opens them with `identity` and writes a CSV. By default one
+/// row per unique signer, for delivery: the counted signatures grouped by duplicate group, each
+/// group written as its earliest signature. With `every`, one row per signature, withdrawn and
+/// struck ones included. Every row carries its `duplicate_group`. Fails, writing nothing, when
+/// there were records and none opens (the wrong identity), and when `out` exists unless `force`.
 pub fn export(
     api: &Api,
     campaign: &str,
     identity: &Path,
     out: &Path,
-    only_counted: bool,
+    every: bool,
     force: bool,
-) -> anyhow::Result<(usize, usize)> {
+) -> anyhow::Result<Exported> {
     anyhow::ensure!(
         force || !out.exists(),
         "{} exists already: pass --force to overwrite it, or choose another --out",
@@ -163,18 +314,51 @@ pub fn export(
         .map_err(|e| anyhow::anyhow!("cannot read identity file {}: {e}", identity.display()))?;
     let id = seal::parse_identity(&text)?;
     let records: Vec<SealedRecord> = api.get(&format!("/api/v1/campaigns/{campaign}/sealed"))?;
-    let mut csv = String::from(
-        "id,collected_at,collected_by,event,city,fsa,riding,consent_contact,counted,withdrawn,name,email,phone,street,postal_code\n",
-    );
-    let (mut rows, mut failed) = (0, 0);
-    for r in records.iter().filter(|r| !only_counted || r.counted) {
+    let mut opened = Vec::new();
+    let mut failed = 0;
+    for r in records.iter().filter(|r| every || r.counted) {
         let fields = hex::decode(&r.sealed)
             .map_err(anyhow::Error::from)
             .and_then(|b| seal::open(&id, &b).map_err(anyhow::Error::from));
-        let Ok(p) = fields else {
-            failed += 1;
-            continue;
-        };
+        match fields {
+            Ok(p) => opened.push((r, p)),
+            Err(_) => failed += 1,
+        }
+    }
+    anyhow::ensure!(
+        !opened.is_empty() || failed == 0,
+        "none of the {failed} signatures could be opened with the identity in {} (recipient {}): \
+         the campaign is not sealed to it; use the identity of one of the campaign's organizers. \
+         nothing written to {}",
+        identity.display(),
+        id.to_public(),
+        out.display()
+    );
+    // A record from a server that gives no group is a group of its own.
+    let group = |r: &SealedRecord| -> String {
+        if r.duplicate_group.is_empty() {
+            format!("record:{}", r.id)
+        } else {
+            r.duplicate_group.clone()
+        }
+    };
+    opened.sort_by(|(a, _), (b, _)| (a.collected_at, &a.id).cmp(&(b.collected_at, &b.id)));
+    let signatures = opened.len();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut rows = Vec::new();
+    let mut repeated = 0;
+    for (r, p) in opened {
+        let first = seen.insert(group(r));
+        if !first {
+            if !every {
+                continue;
+            }
+            repeated += 1;
+        }
+        rows.push((r, p));
+    }
+    let mut csv = format!("{EXPORT_COLUMNS}\n");
+    for (r, p) in &rows {
         let when = chrono::DateTime::from_timestamp_millis(r.collected_at)
             .map(|t| t.to_rfc3339())
             .unwrap_or_default();
@@ -189,11 +373,12 @@ pub fn export(
             r.consent_contact.to_string(),
             r.counted.to_string(),
             r.withdrawn.to_string(),
-            p.name,
-            p.email.unwrap_or_default(),
-            p.phone.unwrap_or_default(),
-            p.street.unwrap_or_default(),
-            p.postal_code,
+            p.name.clone(),
+            p.email.clone().unwrap_or_default(),
+            p.phone.clone().unwrap_or_default(),
+            p.street.clone().unwrap_or_default(),
+            p.postal_code.clone(),
+            r.duplicate_group.clone(),
         ];
         csv.push_str(
             &cols
@@ -203,19 +388,15 @@ pub fn export(
                 .join(","),
         );
         csv.push('\n');
-        rows += 1;
     }
-    anyhow::ensure!(
-        rows > 0 || failed == 0,
-        "none of the {failed} signatures could be opened with the identity in {} (recipient {}): \
-         the campaign is not sealed to it; use the identity of one of the campaign's organizers. \
-         nothing written to {}",
-        identity.display(),
-        id.to_public(),
-        out.display()
-    );
     write_export(out, &csv, force)?;
-    Ok((rows, failed))
+    Ok(Exported {
+        rows: rows.len(),
+        signatures,
+        folded: signatures - rows.len(),
+        repeated,
+        unopened: failed,
+    })
 }
 
 /// Writes the CSV readable only by its owner (mode 0600 on Unix); never over an existing file

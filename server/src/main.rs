@@ -1,15 +1,17 @@
 //! `tally`: the sync server (`tally serve`) and the organizers' commands, which call a running
 //! server's HTTP API.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use tally_server::api::types::{
-    CampaignList, Device, Event, NewCampaign, NewEvent, Revoked, TotalsResponse,
+    CampaignList, Device, Event, NewCampaign, NewEvent, NewSheet, NewStrike, ReviewList, Revoked,
+    Sheet, Strike, TotalsResponse,
 };
-use tally_server::client::{self, Api};
+use tally_server::client::{self, Api, render};
 use tally_server::config::Config;
 
 /// Writes to standard output. A reader that went away (`tally ... | head`) ends the program
@@ -48,35 +50,80 @@ macro_rules! outln {
 #[command(
     name = "tally",
     version,
-    about = "Offline-first petition and check-in sync server"
+    about = "Offline-first petition and check-in sync server, and the organizers' commands"
 )]
 struct Cli {
+    #[command(flatten)]
+    shared: Shared,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
+/// The options every organizer command shares, given before or after the subcommand
+/// (`tally --json totals ...` or `tally totals ... --json`): how to reach the server and with
+/// which token, where the campaign keys are, and JSON output. Shown under their own heading.
 #[derive(clap::Args, Clone)]
-struct Remote {
+#[command(next_help_heading = "Shared options")]
+struct Shared {
     /// The server's URL (default: the `public_url`, else the `listen` address, of the server's
     /// configuration: --config, DATA/tally.toml, TALLY_* variables; as `tally serve` reads it).
-    #[arg(long, env = "TALLY_SERVER", global = true)]
+    #[arg(long, env = "TALLY_SERVER", global = true, value_name = "URL")]
     server: Option<String>,
     /// The server's configuration file, to find the server when --server is not given
     /// (default DATA/tally.toml if present).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// API token (default: the admin token in DATA/admin.token).
-    #[arg(long, env = "TALLY_TOKEN", global = true, hide_env_values = true)]
+    /// API token. Prefer TALLY_TOKEN or --token-file: a token on the command line is visible to
+    /// other users of the machine (`ps`). Default: --token-file, else TALLY_TOKEN, else the
+    /// admin token in DATA/admin.token.
+    #[arg(long, global = true, value_name = "TOKEN")]
     token: Option<String>,
-    /// The server's data folder, to find the admin token.
-    #[arg(long, env = "TALLY_DATA", default_value = "tally-data", global = true)]
-    data: PathBuf,
+    /// Read the API token from this file (e.g. an organizer's token, mode 0600); it wins over
+    /// TALLY_TOKEN.
+    #[arg(long, global = true, value_name = "FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// The server's data folder, to find the admin token and DATA/tally.toml
+    /// [env: TALLY_DATA] [default: tally-data].
+    #[arg(long, global = true, value_name = "DIR")]
+    data: Option<PathBuf>,
     /// Folder of campaign duplicate keys (never sent to the server).
-    #[arg(long, env = "TALLY_KEYS", default_value = "tally-keys", global = true)]
+    #[arg(
+        long,
+        env = "TALLY_KEYS",
+        default_value = "tally-keys",
+        global = true,
+        value_name = "DIR"
+    )]
     keys: PathBuf,
-    /// Print JSON.
+    /// Print JSON (the API's answer) instead of text for people.
     #[arg(long, global = true)]
     json: bool,
+}
+
+impl Shared {
+    /// The data folder: --data, else TALLY_DATA, else `tally-data`. (Not a clap default, so
+    /// that `serve` and `reindex`, which have a --data of their own, are not given one.)
+    fn data(&self) -> PathBuf {
+        self.data
+            .clone()
+            .or_else(|| std::env::var_os("TALLY_DATA").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("tally-data"))
+    }
+}
+
+/// A campaign option: its id, or its `automerge:` URL.
+#[derive(clap::Args, Clone)]
+struct CampaignArg {
+    /// The campaign: its id or its `automerge:` URL (`tally campaign list` shows the ids;
+    /// `tally-device status` and invites show the URL).
+    #[arg(long = "campaign", value_name = "CAMPAIGN")]
+    given: String,
+}
+
+impl CampaignArg {
+    fn id(&self) -> String {
+        client::campaign_id(&self.given)
+    }
 }
 
 #[derive(Subcommand)]
@@ -84,93 +131,138 @@ enum Cmd {
     /// Run the sync server.
     Serve {
         /// Address to listen on (default 127.0.0.1:7300).
-        #[arg(long)]
+        #[arg(long, value_name = "HOST:PORT")]
         listen: Option<std::net::SocketAddr>,
         /// Data folder (default ./tally-data).
-        #[arg(long)]
+        #[arg(long, value_name = "DIR")]
         data: Option<PathBuf>,
         /// Configuration file (default DATA/tally.toml if present).
-        #[arg(long)]
+        #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
         /// Serve HTTPS and WSS with this PEM certificate chain (needs --tls-key).
-        #[arg(long, requires = "tls_key")]
+        #[arg(long, requires = "tls_key", value_name = "FILE")]
         tls_cert: Option<PathBuf>,
         /// The PEM private key of --tls-cert.
-        #[arg(long, requires = "tls_cert")]
+        #[arg(long, requires = "tls_cert", value_name = "FILE")]
         tls_key: Option<PathBuf>,
     },
-    /// Print an example configuration file.
-    Config,
+    /// Print the configuration `tally serve` would use here (defaults, then --config or
+    /// DATA/tally.toml, then TALLY_* variables; each set key says where it came from), then an
+    /// example file with every key and its default.
+    Config {
+        /// Print only the example file.
+        #[arg(long)]
+        example: bool,
+    },
     /// Rebuild the totals tables (rows and aggregates) from the stored documents. Works offline
     /// on the data folder: stop the server first (its writes would wait for the rebuild).
     Reindex {
         /// Data folder (default ./tally-data).
-        #[arg(long, env = "TALLY_DATA", default_value = "tally-data")]
+        #[arg(
+            long,
+            env = "TALLY_DATA",
+            default_value = "tally-data",
+            value_name = "DIR"
+        )]
         data: PathBuf,
     },
     /// Make an organizer's age identity (the secret that opens signers' details) and print its
     /// recipient (the public half that campaigns seal to).
     Keygen {
         /// Where to write the identity (mode 0600); it must not exist yet.
-        #[arg(long)]
+        #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
-    /// Campaigns.
+    /// Campaigns: create, list.
     Campaign {
         #[command(subcommand)]
         cmd: CampaignCmd,
-        #[command(flatten)]
-        remote: Remote,
     },
     /// Events of a campaign.
     Event {
         #[command(subcommand)]
         cmd: EventCmd,
-        #[command(flatten)]
-        remote: Remote,
     },
     /// Invite a phone: prints a one-time code and the QR payload.
     Invite {
-        #[arg(long)]
-        campaign: String,
-        /// canvasser or organizer.
-        #[arg(long, default_value = "canvasser")]
-        role: String,
         #[command(flatten)]
-        remote: Remote,
+        campaign: CampaignArg,
+        /// The phone's role: canvasser (collects signatures) or organizer (reads totals,
+        /// exports, reviews).
+        #[arg(long, default_value = "canvasser", value_parser = ["canvasser", "organizer"])]
+        role: String,
     },
-    /// Device tokens.
+    /// Device tokens: list, revoke.
     Token {
         #[command(subcommand)]
         cmd: TokenCmd,
-        #[command(flatten)]
-        remote: Remote,
     },
-    /// A campaign's totals.
+    /// A campaign's totals: the headline numbers and their breakdowns by event, city, FSA,
+    /// riding, day and canvasser, optionally filtered.
     Totals {
-        #[arg(long)]
-        campaign: String,
         #[command(flatten)]
-        remote: Remote,
+        campaign: CampaignArg,
+        /// Only this event's signatures and check-ins (an event id: `tally campaign list`).
+        #[arg(long, value_name = "EVENT_ID")]
+        event: Option<String>,
+        /// Only signers of this city.
+        #[arg(long)]
+        city: Option<String>,
+        /// Only signers of this postal area (the first three characters of a postal code, e.g.
+        /// M5V).
+        #[arg(long)]
+        fsa: Option<String>,
+        /// From this day (YYYY-MM-DD, in the campaign's time zone) or time (RFC 3339, e.g.
+        /// 2026-07-01T18:00:00-04:00), included.
+        #[arg(long, value_name = "DATE|TIME")]
+        from: Option<String>,
+        /// Until this day (YYYY-MM-DD: that day included) or time (RFC 3339: not included).
+        #[arg(long, value_name = "DATE|TIME")]
+        to: Option<String>,
     },
-    /// Export signers to CSV, opening sealed fields locally with an organizer's age identity.
+    /// Export signers to CSV, opening sealed fields locally with an organizer's age identity:
+    /// one row per unique signer (for delivery), or every signature with --all.
     Export {
-        #[arg(long)]
-        campaign: String,
-        /// age identity file (AGE-SECRET-KEY-1...).
-        #[arg(long)]
+        #[command(flatten)]
+        campaign: CampaignArg,
+        /// The organizer's age identity file (AGE-SECRET-KEY-1..., from `tally keygen`).
+        #[arg(long, value_name = "FILE")]
         identity: PathBuf,
         /// CSV file to write (mode 0600).
-        #[arg(long)]
+        #[arg(long, value_name = "FILE")]
         out: PathBuf,
-        /// Include withdrawn and struck signatures.
+        /// One row per signature instead of per unique signer: duplicates, withdrawn and struck
+        /// signatures included (the duplicate_group column shows which rows are one signer).
         #[arg(long)]
         all: bool,
         /// Overwrite --out if it exists.
         #[arg(long)]
         force: bool,
+    },
+    /// Strike a signature: it stops counting (a duplicate, an invalid entry, withdrawn consent,
+    /// a test entry). Undo with `tally unstrike`.
+    Strike {
         #[command(flatten)]
-        remote: Remote,
+        campaign: CampaignArg,
+        /// The signature's id (the id column of `tally export --all`).
+        #[arg(long, value_name = "ID")]
+        record: String,
+        /// Why it must not count.
+        #[arg(long, value_parser = ["duplicate", "invalid", "withdrawn_consent", "test_entry"])]
+        reason: String,
+    },
+    /// Undo a strike: the signature counts again.
+    Unstrike {
+        #[command(flatten)]
+        campaign: CampaignArg,
+        /// The struck signature's id.
+        #[arg(long, value_name = "ID")]
+        record: String,
+    },
+    /// Paper petition sheets: add, list, set.
+    Sheet {
+        #[command(subcommand)]
+        cmd: SheetCmd,
     },
 }
 
@@ -178,40 +270,49 @@ enum Cmd {
 enum CampaignCmd {
     /// Create a campaign (and its duplicate key, kept in --keys).
     Create {
+        /// The campaign's title, as phones and organizers see it.
         #[arg(long)]
         title: String,
+        /// The petition's text, as signers read it.
         #[arg(long)]
         petition: String,
+        /// To whom the petition goes, e.g. "the House of Commons".
         #[arg(long)]
         addressee: String,
+        /// How many signatures the campaign aims for (0: no goal).
         #[arg(long, default_value_t = 0)]
         goal: i64,
-        #[arg(long, default_value = "America/Toronto")]
+        /// The IANA time zone the campaign's days are counted in (totals by day).
+        #[arg(long, default_value = "America/Toronto", value_name = "ZONE")]
         timezone: String,
-        /// An organizer's age recipient (age1...); repeat for several.
-        #[arg(long = "recipient", required = true)]
+        /// An organizer's age recipient (age1..., from `tally keygen`): signers' details are
+        /// sealed to it. Repeat for several organizers.
+        #[arg(long = "recipient", required = true, value_name = "AGE_RECIPIENT")]
         recipients: Vec<String>,
     },
-    /// List campaigns.
+    /// List campaigns (all for the admin, the token's own otherwise), with their events.
     List,
 }
 
 #[derive(Subcommand)]
 enum EventCmd {
-    /// Add an event.
+    /// Add an event (or correct one, given its --id).
     Add {
-        #[arg(long)]
-        campaign: String,
+        #[command(flatten)]
+        campaign: CampaignArg,
+        /// The event's name, e.g. "Rally at Queen's Park".
         #[arg(long)]
         name: String,
+        /// The city it takes place in.
         #[arg(long)]
         city: String,
-        /// RFC 3339 time, e.g. 2026-07-01T18:00:00-04:00.
-        #[arg(long)]
+        /// When it starts: an RFC 3339 time, e.g. 2026-07-01T18:00:00-04:00.
+        #[arg(long, value_name = "TIME")]
         starts_at: String,
+        /// Where, e.g. an address or a landmark.
         #[arg(long, default_value = "")]
         place: String,
-        /// Event id (default: generated).
+        /// The event's id, to correct an existing event (default: generated).
         #[arg(long)]
         id: Option<String>,
     },
@@ -220,12 +321,61 @@ enum EventCmd {
 #[derive(Subcommand)]
 enum TokenCmd {
     /// Revoke a device: its token stops working and its connections close.
-    Revoke { device: String },
-    /// List devices.
+    Revoke {
+        /// The device's id (the DEVICE column of `tally token list`).
+        device: String,
+    },
+    /// List devices: their names, roles, campaigns, and when they enrolled, were last seen,
+    /// were revoked.
     List,
 }
 
-fn api(r: &Remote) -> anyhow::Result<Api> {
+#[derive(Subcommand)]
+enum SheetCmd {
+    /// Record a paper petition sheet.
+    Add {
+        #[command(flatten)]
+        campaign: CampaignArg,
+        /// The serial number written on the sheet.
+        #[arg(long)]
+        serial: String,
+        /// How many signatures it holds.
+        #[arg(long)]
+        count: i64,
+        /// The riding it was collected in.
+        #[arg(long)]
+        riding: Option<String>,
+        /// Where it is: collected, counted or delivered.
+        #[arg(long, default_value = "collected", value_parser = SHEET_STATUSES)]
+        status: String,
+    },
+    /// List the campaign's paper sheets.
+    List {
+        #[command(flatten)]
+        campaign: CampaignArg,
+    },
+    /// Change a sheet's count, riding or status.
+    Set {
+        #[command(flatten)]
+        campaign: CampaignArg,
+        /// The sheet's serial.
+        #[arg(long)]
+        serial: String,
+        /// Its new signature count.
+        #[arg(long)]
+        count: Option<i64>,
+        /// Its riding ("" clears it).
+        #[arg(long)]
+        riding: Option<String>,
+        /// Where it is now: collected, counted or delivered.
+        #[arg(long, value_parser = SHEET_STATUSES)]
+        status: Option<String>,
+    },
+}
+
+const SHEET_STATUSES: [&str; 3] = ["collected", "counted", "delivered"];
+
+fn api(r: &Shared) -> anyhow::Result<Api> {
     let (server, origin) = match &r.server {
         Some(url) => (url.clone(), "given by --server or TALLY_SERVER".to_string()),
         None => server_from_config(r)?,
@@ -233,16 +383,22 @@ fn api(r: &Remote) -> anyhow::Result<Api> {
     Ok(Api {
         server,
         origin,
-        token: client::load_token(r.token.clone(), &r.data)?,
+        token: client::load_token(
+            r.token.clone(),
+            r.token_file.as_deref(),
+            std::env::var("TALLY_TOKEN").ok().filter(|t| !t.is_empty()),
+            &r.data(),
+        )?,
     })
 }
 
 /// The server `tally serve` would be with the same configuration (`--config`, else
 /// `DATA/tally.toml` if present, then the `TALLY_*` variables): its `public_url` if set, else its
 /// `listen` address (a wildcard one asked on loopback). Returns the URL and where it came from.
-fn server_from_config(r: &Remote) -> anyhow::Result<(String, String)> {
-    let cfg = Config::load(r.config.as_deref(), Some(&r.data))?;
-    let default_file = r.data.join("tally.toml");
+fn server_from_config(r: &Shared) -> anyhow::Result<(String, String)> {
+    let data = r.data();
+    let cfg = Config::load(r.config.as_deref(), Some(&data))?;
+    let default_file = data.join("tally.toml");
     let file = r
         .config
         .clone()
@@ -255,7 +411,7 @@ fn server_from_config(r: &Remote) -> anyhow::Result<(String, String)> {
                 Some(f) => format!("{key} in {}", f.display()),
                 None => format!(
                     "the default {key} address; no {}",
-                    r.data.join("tally.toml").display()
+                    data.join("tally.toml").display()
                 ),
             }
         }
@@ -428,8 +584,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Cmd::Config => {
-            out!("{}", Config::example());
+        Cmd::Config { example } => {
+            if example {
+                out!("{}", Config::example());
+            } else {
+                out!("{}", effective_config(&cli.shared)?);
+            }
             Ok(())
         }
         Cmd::Reindex { data } => {
@@ -458,47 +618,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Cmd::Campaign { cmd, remote } => {
-            let a = api(&remote)?;
-            match cmd {
-                CampaignCmd::Create {
-                    title,
-                    petition,
-                    addressee,
-                    goal,
-                    timezone,
-                    recipients,
-                } => {
-                    let c = client::campaign_create(
-                        &a,
-                        &remote.keys,
-                        &NewCampaign {
-                            title,
-                            petition,
-                            addressee,
-                            goal,
-                            timezone,
-                            recipients,
-                        },
-                    )?;
-                    let v = serde_json::to_value(&c)?;
-                    print(remote.json, &v, || {
-                        format!(
-                            "campaign {}\n  duplicate key kept in {}",
-                            c.campaign,
-                            client::key_path(&remote.keys, &c.campaign).display()
-                        )
-                    });
-                }
-                CampaignCmd::List => {
-                    let v = serde_json::to_value(a.get::<CampaignList>("/api/v1/campaigns")?)?;
-                    print(remote.json, &v, || {
-                        serde_json::to_string_pretty(&v).unwrap_or_default()
-                    });
-                }
-            }
-            Ok(())
-        }
+        Cmd::Campaign { cmd } => campaign_cmd(&cli.shared, cmd),
         Cmd::Event {
             cmd:
                 EventCmd::Add {
@@ -509,29 +629,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     place,
                     id,
                 },
-            remote,
         } => {
-            let event: Event = api(&remote)?.post(
-                &format!("/api/v1/campaigns/{campaign}/events"),
-                &NewEvent {
-                    id,
-                    name,
-                    city,
-                    starts_at: starts_at.into(),
-                    place,
-                },
-            )?;
+            let shared = &cli.shared;
+            let a = api(shared)?;
+            let c = campaign.id();
+            let event: Event = a.about_campaign(&c, || {
+                a.post(
+                    &format!("/api/v1/campaigns/{c}/events"),
+                    &NewEvent {
+                        id,
+                        name,
+                        city,
+                        starts_at: starts_at.into(),
+                        place,
+                    },
+                )
+            })?;
             let v = serde_json::to_value(&event)?;
-            print(remote.json, &v, || format!("event {}", event.id));
+            print(shared.json, &v, || format!("event {}", event.id));
             Ok(())
         }
-        Cmd::Invite {
-            campaign,
-            role,
-            remote,
-        } => {
-            let v = client::invite(&api(&remote)?, &remote.keys, &campaign, &role)?;
-            print(remote.json, &v, || {
+        Cmd::Invite { campaign, role } => {
+            let shared = &cli.shared;
+            let a = api(shared)?;
+            let c = campaign.id();
+            if !client::key_path(&shared.keys, &c).exists() {
+                // No invite without the campaign's key; but a wrong id is the likelier mistake.
+                a.require_campaign(&c)?;
+            }
+            let v = a.about_campaign(&c, || client::invite(&a, &shared.keys, &c, &role))?;
+            print(shared.json, &v, || {
                 format!(
                     "one-time code: {}\nQR payload:\n{}",
                     v["code"].as_str().unwrap_or("?"),
@@ -540,34 +667,50 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             });
             Ok(())
         }
-        Cmd::Token { cmd, remote } => {
-            let a = api(&remote)?;
-            let v = match cmd {
-                TokenCmd::Revoke { device } => serde_json::to_value(
-                    a.post::<Revoked>(&format!("/api/v1/devices/{device}/revoke"), &json!({}))?,
-                )?,
-                TokenCmd::List => serde_json::to_value(a.get::<Vec<Device>>("/api/v1/devices")?)?,
-            };
-            print(remote.json, &v, || {
-                serde_json::to_string_pretty(&v).unwrap_or_default()
-            });
-            Ok(())
-        }
-        Cmd::Totals { campaign, remote } => {
+        Cmd::Token { cmd } => token_cmd(&cli.shared, cmd),
+        Cmd::Totals {
+            campaign,
+            event,
+            city,
+            fsa,
+            from,
+            to,
+        } => {
+            let shared = &cli.shared;
+            let a = api(shared)?;
+            let c = campaign.id();
+            let summary = a.require_campaign(&c)?;
+            let mut query: Vec<(&str, String)> = Vec::new();
+            for (k, v) in [("event", event), ("city", city), ("fsa", fsa)] {
+                if let Some(v) = v {
+                    query.push((k, v));
+                }
+            }
+            if let Some(f) = from {
+                query.push(("from", when_arg("--from", &f, &summary.timezone, false)?));
+            }
+            if let Some(t) = to {
+                query.push(("to", when_arg("--to", &t, &summary.timezone, true)?));
+            }
             let t: TotalsResponse =
-                api(&remote)?.get(&format!("/api/v1/campaigns/{campaign}/totals"))?;
-            let v = serde_json::to_value(&t)?;
-            print(remote.json, &v, || {
-                format!(
-                    "{} signatures counted, {} unique signers ({} struck, {} withdrawn); paper: {} sheets, {} signatures",
-                    v["signatures"],
-                    v["unique_signers"],
-                    v["struck"],
-                    v["withdrawn"],
-                    v["paper"]["sheets"],
-                    v["paper"]["signatures"]
-                )
-            });
+                a.get_query(&format!("/api/v1/campaigns/{c}/totals"), &query)?;
+            if shared.json {
+                outln!("{}", serde_json::to_value(&t)?);
+                return Ok(());
+            }
+            let mut names = render::Names::default();
+            for e in &summary.events {
+                names.events.insert(e.id.clone(), e.name.clone());
+            }
+            if !t.by_canvasser.is_empty() {
+                // Only the admin may list devices: an organizer's token shows device ids.
+                if let Ok(devices) = a.get::<Vec<Device>>("/api/v1/devices") {
+                    for d in devices {
+                        names.devices.insert(d.device_id, d.name);
+                    }
+                }
+            }
+            out!("{}", render::totals(&t, Some(&summary.title), &names));
             Ok(())
         }
         Cmd::Export {
@@ -576,31 +719,437 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             out,
             all,
             force,
-            remote,
         } => {
-            let (rows, failed) =
-                client::export(&api(&remote)?, &campaign, &identity, &out, !all, force)?;
-            if failed > 0 {
+            let shared = &cli.shared;
+            let a = api(shared)?;
+            let c = campaign.id();
+            let e = a.about_campaign(&c, || client::export(&a, &c, &identity, &out, all, force))?;
+            if e.unopened > 0 {
                 use std::io::Write as _;
                 let _ = writeln!(
                     std::io::stderr(),
-                    "warning: {failed} of {} signatures could not be opened with the identity in {} \
+                    "warning: {} of {} signatures could not be opened with the identity in {} \
                      and are NOT in {}: they are sealed to other organizers; export them with one \
                      of those organizers' identities",
-                    rows + failed,
+                    e.unopened,
+                    e.signatures + e.unopened,
                     identity.display(),
                     out.display()
                 );
             }
-            let v = json!({ "rows": rows, "unopened": failed, "out": out });
-            print(remote.json, &v, || {
+            let v = json!({
+                "rows": e.rows, "signatures": e.signatures, "folded": e.folded,
+                "repeated": e.repeated, "unopened": e.unopened, "all": all, "out": out,
+            });
+            print(shared.json, &v, || {
+                let folded = match e.folded {
+                    1 => "1 duplicate folded".to_string(),
+                    n => format!("{n} duplicates folded"),
+                };
+                if all {
+                    format!(
+                        "wrote {} signatures to {}: every signature, withdrawn and struck included, \
+                         0 duplicates folded ({} with the duplicate_group of an earlier row); \
+                         {} could not be opened with this identity",
+                        e.rows,
+                        out.display(),
+                        e.repeated,
+                        e.unopened
+                    )
+                } else {
+                    format!(
+                        "wrote {} signers to {}, one row each: {} counted signatures, {folded} \
+                         (withdrawn and struck signatures left out; --all writes every signature); \
+                         {} could not be opened with this identity",
+                        e.rows,
+                        out.display(),
+                        e.signatures,
+                        e.unopened
+                    )
+                }
+            });
+            Ok(())
+        }
+        Cmd::Strike {
+            campaign,
+            record,
+            reason,
+        } => {
+            let shared = &cli.shared;
+            let a = api(shared)?;
+            let c = campaign.id();
+            let review = review_of(&a, &c)?;
+            let before = render::strike_of(&review, &record)
+                .filter(|s| !s.revoked)
+                .cloned();
+            let s: Strike = a.post(
+                &format!("/api/v1/campaigns/{c}/strikes"),
+                &NewStrike {
+                    signature: record.clone(),
+                    reason: reason.clone(),
+                    revoked: false,
+                },
+            )?;
+            let v = serde_json::to_value(&s)?;
+            print(shared.json, &v, || {
+                let mut line = format!(
+                    "struck signature {record} ({reason}): it no longer counts; \
+                     `tally unstrike --campaign {c} --record {record}` undoes it"
+                );
+                if let Some(b) = before {
+                    line.push_str(&format!(
+                        "\n(it was struck already, as {} at {}; the reason is now {reason})",
+                        b.reason.as_str(),
+                        render::local_time(b.at)
+                    ));
+                }
+                line
+            });
+            Ok(())
+        }
+        Cmd::Unstrike { campaign, record } => {
+            let shared = &cli.shared;
+            let a = api(shared)?;
+            let c = campaign.id();
+            let review = review_of(&a, &c)?;
+            let Some(was) = render::strike_of(&review, &record).cloned() else {
+                anyhow::bail!(
+                    "signature {record:?} is not struck in campaign {c}: nothing to undo"
+                );
+            };
+            anyhow::ensure!(
+                !was.revoked,
+                "the strike of signature {record} was already undone at {}: it counts",
+                render::local_time(was.at)
+            );
+            let s: Strike = a.post(
+                &format!("/api/v1/campaigns/{c}/strikes"),
+                &NewStrike {
+                    signature: record.clone(),
+                    reason: was.reason.as_str().into(),
+                    revoked: true,
+                },
+            )?;
+            let v = serde_json::to_value(&s)?;
+            print(shared.json, &v, || {
                 format!(
-                    "wrote {rows} signers to {} ({failed} could not be opened with this identity)",
-                    out.display()
+                    "unstruck signature {record}: it counts again (it was struck as {} at {})",
+                    was.reason.as_str(),
+                    render::local_time(was.at)
                 )
             });
             Ok(())
         }
+        Cmd::Sheet { cmd } => sheet_cmd(&cli.shared, cmd),
+    }
+}
+
+/// The campaign's strikes and sheets.
+fn review_of(a: &Api, campaign: &str) -> anyhow::Result<ReviewList> {
+    a.about_campaign(campaign, || {
+        a.get(&format!("/api/v1/campaigns/{campaign}/review"))
+    })
+}
+
+/// A `--from` / `--to` value for the totals query: an RFC 3339 time as given, or a day
+/// (`YYYY-MM-DD`) in the campaign's time zone: its start, or with `end` the start of the next
+/// day (so that `--to` a day includes it).
+fn when_arg(flag: &str, v: &str, tz: &str, end: bool) -> anyhow::Result<String> {
+    use chrono::TimeZone as _;
+    if chrono::DateTime::parse_from_rfc3339(v).is_ok() {
+        return Ok(v.to_string());
+    }
+    let day = chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d").map_err(|_| {
+        anyhow::anyhow!(
+            "{flag} {v:?}: give a day, 2026-07-01 (in the campaign's time zone, {tz}), or an \
+             RFC 3339 time, 2026-07-01T18:00:00-04:00"
+        )
+    })?;
+    let day = if end {
+        day.succ_opt()
+            .ok_or_else(|| anyhow::anyhow!("{flag} {v:?}: no day after it"))?
+    } else {
+        day
+    };
+    let zone: chrono_tz::Tz = tz.parse().unwrap_or(chrono_tz::UTC);
+    let start = day
+        .and_hms_opt(0, 0, 0)
+        .and_then(|n| zone.from_local_datetime(&n).earliest())
+        .ok_or_else(|| anyhow::anyhow!("{flag} {v:?}: that day has no midnight in {tz}"))?;
+    Ok(start.to_rfc3339())
+}
+
+fn campaign_cmd(shared: &Shared, cmd: CampaignCmd) -> anyhow::Result<()> {
+    let a = api(shared)?;
+    match cmd {
+        CampaignCmd::Create {
+            title,
+            petition,
+            addressee,
+            goal,
+            timezone,
+            recipients,
+        } => {
+            let c = client::campaign_create(
+                &a,
+                &shared.keys,
+                &NewCampaign {
+                    title,
+                    petition,
+                    addressee,
+                    goal,
+                    timezone,
+                    recipients,
+                },
+            )?;
+            let v = serde_json::to_value(&c)?;
+            print(shared.json, &v, || {
+                format!(
+                    "campaign {}\n  duplicate key kept in {}",
+                    c.campaign,
+                    client::key_path(&shared.keys, &c.campaign).display()
+                )
+            });
+        }
+        CampaignCmd::List => {
+            let list: CampaignList = a.get("/api/v1/campaigns")?;
+            if shared.json {
+                outln!("{}", serde_json::to_value(&list)?);
+            } else {
+                out!("{}", render::campaigns(&list.campaigns));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn token_cmd(shared: &Shared, cmd: TokenCmd) -> anyhow::Result<()> {
+    let a = api(shared)?;
+    let titles = |a: &Api| -> BTreeMap<String, String> {
+        a.campaigns()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| (c.campaign, c.title))
+            .collect()
+    };
+    match cmd {
+        TokenCmd::Revoke { device } => {
+            let r: Revoked = a.post(&format!("/api/v1/devices/{device}/revoke"), &json!({}))?;
+            if shared.json {
+                outln!("{}", serde_json::to_value(&r)?);
+                return Ok(());
+            }
+            let devices: Vec<Device> = a.get("/api/v1/devices").unwrap_or_default();
+            let row: Vec<Device> = devices
+                .into_iter()
+                .filter(|d| d.device_id == r.revoked)
+                .collect();
+            outln!(
+                "revoked device {}: its token no longer works; {} connections closed",
+                r.revoked,
+                r.connections_closed
+            );
+            if !row.is_empty() {
+                out!("\n{}", render::devices(&row, &titles(&a)));
+            }
+        }
+        TokenCmd::List => {
+            let devices: Vec<Device> = a.get("/api/v1/devices")?;
+            if shared.json {
+                outln!("{}", serde_json::to_value(&devices)?);
+            } else {
+                out!("{}", render::devices(&devices, &titles(&a)));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn sheet_cmd(shared: &Shared, cmd: SheetCmd) -> anyhow::Result<()> {
+    let a = api(shared)?;
+    let post = |c: &str, sheet: NewSheet| -> anyhow::Result<Sheet> {
+        a.post(&format!("/api/v1/campaigns/{c}/sheets"), &sheet)
+    };
+    let describe = |s: &Sheet| {
+        format!(
+            "{} signatures, riding {}, {}",
+            s.count,
+            s.riding.as_deref().unwrap_or("-"),
+            s.status.as_str()
+        )
+    };
+    match cmd {
+        SheetCmd::Add {
+            campaign,
+            serial,
+            count,
+            riding,
+            status,
+        } => {
+            let c = campaign.id();
+            let review = review_of(&a, &c)?;
+            if let Some(s) = review.sheets.iter().find(|s| s.serial == serial) {
+                anyhow::bail!(
+                    "sheet {serial:?} exists already ({}): change it with `tally sheet set \
+                     --campaign {c} --serial {serial} ...`",
+                    describe(s)
+                );
+            }
+            let s = post(
+                &c,
+                NewSheet {
+                    serial,
+                    count,
+                    riding,
+                    status: Some(status),
+                },
+            )?;
+            let v = serde_json::to_value(&s)?;
+            print(shared.json, &v, || {
+                format!("recorded sheet {}: {}", s.serial, describe(&s))
+            });
+        }
+        SheetCmd::List { campaign } => {
+            let c = campaign.id();
+            let review = review_of(&a, &c)?;
+            if shared.json {
+                outln!("{}", serde_json::to_value(&review.sheets)?);
+            } else {
+                out!("{}", render::sheets(&review.sheets));
+            }
+        }
+        SheetCmd::Set {
+            campaign,
+            serial,
+            count,
+            riding,
+            status,
+        } => {
+            let c = campaign.id();
+            anyhow::ensure!(
+                count.is_some() || riding.is_some() || status.is_some(),
+                "nothing to change: give --count, --riding or --status"
+            );
+            let review = review_of(&a, &c)?;
+            let Some(was) = review.sheets.iter().find(|s| s.serial == serial).cloned() else {
+                anyhow::bail!(
+                    "no sheet {serial:?} in campaign {c}: `tally sheet list --campaign {c}` shows \
+                     its sheets; `tally sheet add` records a new one"
+                );
+            };
+            let s = post(
+                &c,
+                NewSheet {
+                    serial,
+                    count: count.unwrap_or(was.count),
+                    riding: riding.or(was.riding.clone()),
+                    status: Some(status.unwrap_or_else(|| was.status.as_str().into())),
+                },
+            )?;
+            let v = serde_json::to_value(&s)?;
+            print(shared.json, &v, || {
+                format!(
+                    "sheet {}: {} (was {})",
+                    s.serial,
+                    describe(&s),
+                    describe(&was)
+                )
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What `tally config` prints: the configuration `tally serve` would use with the same
+/// `--config` and `--data` here (defaults, then the file, then `TALLY_*` variables, then the
+/// `--data` flag), each key a layer set saying which, as a TOML file; then the example file,
+/// commented out. Nothing in the configuration is a secret but a URL's password, redacted.
+fn effective_config(shared: &Shared) -> anyhow::Result<String> {
+    let data_flag = shared.data.as_deref();
+    let mut cfg = Config::load(shared.config.as_deref(), data_flag)?;
+    if let Some(d) = data_flag {
+        cfg.data = d.to_path_buf();
+    }
+    let default_file = data_flag
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| Config::default().data)
+        .join("tally.toml");
+    let file = shared
+        .config
+        .clone()
+        .or_else(|| default_file.exists().then_some(default_file.clone()));
+    let in_file: toml::Table = match &file {
+        Some(f) => std::fs::read_to_string(f)
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_default(),
+        None => toml::Table::new(),
+    };
+    if let Some(url) = &cfg.public_url {
+        cfg.public_url = Some(redact_url(url));
+    }
+    let source = |key: &str| -> Option<String> {
+        if key == "data" && data_flag.is_some() {
+            return Some("--data".into());
+        }
+        let var = format!("TALLY_{}", key.to_ascii_uppercase());
+        if std::env::var_os(&var).is_some() {
+            return Some(var);
+        }
+        if in_file.contains_key(key) {
+            return file.as_ref().map(|f| f.display().to_string());
+        }
+        None
+    };
+    let body = toml::to_string_pretty(&cfg)?;
+    let mut out = format!(
+        "# The configuration `tally serve` would use here: the defaults, then {},\n\
+         # then the TALLY_* environment variables. A key set by the file or a variable says which.\n\
+         # (It holds no secret: the admin token is kept in {} and is not shown.)\n",
+        match &file {
+            Some(f) => f.display().to_string(),
+            None => format!("no file (none given, no {})", default_file.display()),
+        },
+        cfg.data.join(tally_server::ADMIN_TOKEN_FILE).display()
+    );
+    for line in body.lines() {
+        let key = line.split_once(" = ").map(|(k, _)| k.trim());
+        match key.and_then(&source) {
+            Some(from) => out.push_str(&format!("{line}  # {from}\n")),
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    if cfg.public_url.is_none() {
+        out.push_str(&format!(
+            "# public_url is not set: phones are given {}\n",
+            cfg.public_url()
+        ));
+    }
+    if cfg.tls_cert.is_none() && cfg.tls_key.is_none() {
+        out.push_str("# tls_cert, tls_key are not set: plain HTTP\n");
+    }
+    out.push_str(
+        "\n# An example file with every key and its default (`tally config --example` prints it \
+         alone):\n#\n",
+    );
+    for line in Config::example().lines() {
+        out.push_str(&format!("# {line}\n"));
+    }
+    Ok(out)
+}
+
+/// `scheme://user:password@host/...` with the user and password replaced.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let host_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..host_end].rfind('@') {
+        Some(at) => format!("{scheme}://<redacted>@{}", &rest[at + 1..]),
+        None => url.to_string(),
     }
 }
 

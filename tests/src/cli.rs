@@ -115,6 +115,26 @@ impl Organizer {
         Run::from_output(describe("tally", args), out)
     }
 
+    /// Runs `tally ARGS` with `env` added to (or, for an empty value, removed from) the
+    /// organizer's environment, and waits.
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut cmd = command("tally");
+        cmd.args(args)
+            .current_dir(&self.dir)
+            .env("TALLY_SERVER", &self.server)
+            .env("TALLY_DATA", &self.data)
+            .env("TALLY_KEYS", self.dir.join("tally-keys"));
+        for (k, v) in env {
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
+        }
+        let out = cmd.output().expect("run tally");
+        Run::from_output(describe("tally", args), out)
+    }
+
     /// `tally keygen --out FILE`: returns the recipient (age1...).
     pub fn keygen(&self, file: &str) -> String {
         let r = self.run(&["keygen", "--out", file]).ok();

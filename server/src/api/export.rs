@@ -96,3 +96,22 @@ pub(crate) async fn sealed(
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::duplicate_group;
+
+    #[test]
+    fn a_duplicate_group_is_per_signer_and_campaign_and_not_the_token() {
+        let token = "ab".repeat(32);
+        let g = duplicate_group("campaignA", &token);
+        assert_eq!(g.len(), 16);
+        assert!(g.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(g, duplicate_group("campaignA", &token), "stable");
+        assert_ne!(g, duplicate_group("campaignB", &token), "per campaign");
+        assert_ne!(g, duplicate_group("campaignA", &"cd".repeat(32)));
+        assert!(!token.contains(&g));
+        // The parts are length-prefixed: moving a character from one to the other changes it.
+        assert_ne!(duplicate_group("ab", "c"), duplicate_group("a", "bc"));
+    }
+}
