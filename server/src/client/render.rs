@@ -215,24 +215,43 @@ pub struct Names {
     pub devices: BTreeMap<String, String>,
 }
 
-/// One breakdown as a table (`title` is its first column), or a line saying it is empty.
+/// One breakdown (`key` as the API names it, `by_city`) as a table whose first column is
+/// `title`; small cells hidden by suppression as one line of their signatures together; a line
+/// saying it is empty or withheld.
 fn breakdown(
+    t: &TotalsResponse,
+    key: &str,
     title: &str,
     cells: &BTreeMap<String, Cell>,
     label: impl Fn(&str) -> String,
 ) -> String {
-    if cells.is_empty() {
+    let s = &t.suppression;
+    if s.withheld.contains(key) {
+        return format!(
+            "{title}: withheld (too few people signed to show any cell without singling one out)\n"
+        );
+    }
+    let hidden = s.hidden.get(key).copied().unwrap_or(0);
+    if cells.is_empty() && hidden == 0 {
         return format!("{title}: none\n");
     }
-    let mut t = Table::new(&[title, "SIGNATURES", "UNIQUE"]).right(&[1, 2]);
+    let mut table = Table::new(&[title, "SIGNATURES", "UNIQUE"]).right(&[1, 2]);
     for (k, c) in cells {
-        t.row(vec![
+        table.row(vec![
             label(k),
             c.signatures.to_string(),
             c.unique.to_string(),
         ]);
     }
-    t.render()
+    if hidden > 0 {
+        let together = s.other.get(key).map(u64::to_string);
+        table.row(vec![
+            format!("({hidden} small cells, hidden)"),
+            together.unwrap_or_else(|| "-".into()),
+            "-".into(),
+        ]);
+    }
+    table.render()
 }
 
 /// A campaign's totals for people: the headline sentence, then the headline numbers and each
@@ -293,12 +312,14 @@ pub fn totals(t: &TotalsResponse, title: Option<&str>, names: &Names) -> String 
     // The header row of this table is empty: skip it.
     out.push_str(head.render().split_once('\n').map_or("", |(_, rest)| rest));
     let sections = [
-        breakdown("BY EVENT", &t.by_event, |k| event_label(k, names)),
-        breakdown("BY CITY", &t.by_city, str::to_string),
-        breakdown("BY FSA", &t.by_fsa, str::to_string),
-        breakdown("BY RIDING", &t.by_riding, str::to_string),
-        breakdown("BY DAY", &t.by_day, str::to_string),
-        breakdown("BY CANVASSER", &t.by_canvasser, |k| {
+        breakdown(t, "by_event", "BY EVENT", &t.by_event, |k| {
+            event_label(k, names)
+        }),
+        breakdown(t, "by_city", "BY CITY", &t.by_city, str::to_string),
+        breakdown(t, "by_fsa", "BY FSA", &t.by_fsa, str::to_string),
+        breakdown(t, "by_riding", "BY RIDING", &t.by_riding, str::to_string),
+        breakdown(t, "by_day", "BY DAY", &t.by_day, str::to_string),
+        breakdown(t, "by_canvasser", "BY CANVASSER", &t.by_canvasser, |k| {
             canvasser_label(k, names)
         }),
     ];
@@ -364,6 +385,32 @@ fn canvasser_label(id: &str, names: &Names) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hidden_and_withheld_breakdowns_are_said() {
+        let t: TotalsResponse = serde_json::from_value(serde_json::json!({
+            "campaign": "c", "signatures": 9, "unique_signers": 9, "struck": 0, "withdrawn": 0,
+            "by_event": {}, "by_city": {}, "by_fsa": {"M5V": {"signatures": 7, "unique": 7}},
+            "by_riding": {}, "by_day": {}, "by_canvasser": {"d1": {"signatures": 9, "unique": 9}},
+            "checkins": {}, "paper": {"sheets": 0, "signatures": 0, "by_status": {}},
+            "filters": {"event": null, "from": null, "to": null, "city": null, "fsa": null},
+            "suppression": {"applied": true, "threshold": 5, "hidden_cells": 2,
+                "hidden": {"by_fsa": 2}, "other": {"by_fsa": 2}, "withheld": ["by_city"],
+                "headline_hidden": false, "note": "cells were hidden"}
+        }))
+        .unwrap();
+        let mut names = Names::default();
+        names.devices.insert("d1".into(), "Amina's phone".into());
+        let text = totals(&t, Some("Status for All"), &names);
+        assert!(text.contains("BY CITY: withheld"), "{text}");
+        assert!(
+            text.contains("(2 small cells, hidden)           2       -"),
+            "{text}"
+        );
+        assert!(text.contains("Amina's phone           9       9"), "{text}");
+        assert!(text.contains("BY RIDING: none"), "{text}");
+        assert!(text.ends_with("cells were hidden\n"), "{text}");
+    }
 
     #[test]
     fn tables_align_and_trim() {
