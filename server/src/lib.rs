@@ -253,7 +253,14 @@ async fn sync_upgrade(State(state): State<Arc<AppState>>, req: axum::extract::Re
     };
     let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
         Ok(ws) => ws,
-        Err(e) => return e.into_response(),
+        // Not an upgrade: said as every API error is, `{"error": ...}` (the OpenAPI document's 400).
+        Err(e) => {
+            let error = format!(
+                "{}: /sync takes a WebSocket upgrade (docs/protocol.md)",
+                e.body_text()
+            );
+            return (e.status(), Json(serde_json::json!({ "error": error }))).into_response();
+        }
     };
     let Ok(permit) = state.slots.clone().try_acquire_owned() else {
         return ApiError::Unavailable(format!(

@@ -2,7 +2,10 @@
 //! It lists every route of [`crate::ROUTES`] and no other (a test holds the two equal and checks
 //! the router serves exactly those methods), with the schemas of the answers the handlers build.
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
+use tally_core::fields::{
+    MAX_ID, MAX_LONG_TEXT, MAX_RECIPIENTS, MAX_SHORT_TEXT, MAX_TIME_MS, MIN_TIME_MS,
+};
 
 fn error(description: &str) -> Value {
     json!({
@@ -30,36 +33,102 @@ fn id_param(what: &str) -> Value {
     json!({ "name": "id", "in": "path", "required": true, "description": what, "schema": { "type": "string" } })
 }
 
-fn query(name: &str, description: &str, format: Option<&str>) -> Value {
-    let mut s = json!({ "type": "string" });
-    if let Some(f) = format {
-        s["format"] = json!(f);
-    }
-    json!({ "name": name, "in": "query", "required": false, "description": description, "schema": s })
+fn query(name: &str, description: &str, schema: Value) -> Value {
+    json!({ "name": name, "in": "query", "required": false, "description": description, "schema": schema })
 }
 
-/// The standard failures of an authenticated call, plus `extra`.
-fn failures(extra: &[(&str, &str)]) -> serde_json::Map<String, Value> {
-    let mut m = serde_json::Map::new();
-    m.insert(
-        "401".into(),
-        error("no token, or an unknown or revoked one"),
-    );
-    m.insert("403".into(), error("a token of the wrong role or campaign"));
-    for (code, what) in extra {
-        m.insert((*code).into(), error(what));
+// What `tally_core::fields::check_text` accepts, as JSON Schema patterns (ECMA-262, read the same
+// by Python's `re`): no control character but tab and newline; a required text also holds a
+// character that is not white space (`str::trim` removes Unicode White_Space, listed here).
+const TEXT_CHAR: &str = r"[^\x00-\x08\x0B-\x1F\x7F-\x9F]";
+const NON_BLANK_CHAR: &str =
+    r"[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]";
+
+/// A text field as `check_text(max, required)` checks it. JSON Schema counts characters; the
+/// server counts UTF-8 bytes, so `maxLength` is exact for ASCII and the description says so.
+fn text(max_bytes: usize, required: bool, description: &str) -> Value {
+    let pattern = if required {
+        format!("^{TEXT_CHAR}*{NON_BLANK_CHAR}{TEXT_CHAR}*$")
+    } else {
+        format!("^{TEXT_CHAR}*$")
+    };
+    let mut d = description.to_string();
+    if !d.is_empty() {
+        d.push_str("; ");
     }
-    m.insert(
-        "500".into(),
-        error("storage or another internal failure (logged)"),
-    );
-    m
+    d.push_str(&format!(
+        "at most {max_bytes} bytes of UTF-8, {}no control characters but tab and newline",
+        if required { "not blank, " } else { "" }
+    ));
+    json!({ "type": "string", "minLength": u8::from(required), "maxLength": max_bytes, "pattern": pattern, "description": d })
 }
 
-fn responses(success: Value, extra: &[(&str, &str)]) -> Value {
-    let mut m = failures(extra);
+/// An identifier as `tally_core::fields::check_id` checks it.
+fn id(description: &str) -> Value {
+    json!({ "type": "string", "pattern": format!("^[A-Za-z0-9_-]{{1,{MAX_ID}}}$"), "minLength": 1, "maxLength": MAX_ID,
+            "description": format!("{description} (1 to {MAX_ID} ASCII letters, digits, '-' and '_')") })
+}
+
+/// A time as ms since the epoch, as `tally_core::fields::check_time` accepts it.
+fn time_ms(description: &str) -> Value {
+    json!({ "type": "integer", "minimum": MIN_TIME_MS, "exclusiveMaximum": MAX_TIME_MS,
+            "description": format!("{description}: ms since the epoch, from 2020-01-01 (inclusive) to 2100-01-01 (exclusive), UTC") })
+}
+
+/// An RFC 3339 time the server reads with `chrono::DateTime::parse_from_rfc3339`.
+fn rfc3339(description: &str) -> Value {
+    json!({ "type": "string", "format": "date-time",
+            "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$",
+            "description": format!("{description}: RFC 3339, e.g. 2026-07-01T18:00:00-04:00") })
+}
+
+/// The statuses of an operation: `200` with `success`, then each of `codes` with what it means
+/// there (from [`why`], or the operation's own words in `own`).
+fn responses(success: Value, codes: &[u16], own: &[(u16, &str)]) -> Value {
+    let mut m = Map::new();
     m.insert("200".into(), success);
+    for code in codes {
+        let what = own
+            .iter()
+            .find(|(c, _)| c == code)
+            .map(|(_, w)| w.to_string())
+            .unwrap_or_else(|| why(*code).to_string());
+        m.insert(code.to_string(), error(&what));
+    }
     Value::Object(m)
+}
+
+/// What a status means wherever an operation does not say more.
+fn why(code: u16) -> &'static str {
+    match code {
+        400 => {
+            "a bad query or body (not JSON, a missing or malformed field, a value the documents refuse): the message names it and says what to send"
+        }
+        401 => {
+            "no token, or an unknown, revoked or expired one (expired: unused for `token_idle_expiry_secs`)"
+        }
+        403 => "a token of the wrong role or campaign",
+        404 => "no such campaign",
+        409 => "the change conflicts with the current state",
+        410 => "gone",
+        413 => "the body is larger than the API accepts (2 MB)",
+        429 => {
+            "this address sent too many wrong tokens (`max_auth_failures` in `auth_window_secs`), or another per-address or per-device limit; retry later"
+        }
+        500 => "storage or another internal failure (logged)",
+        503 => "the disk is full or the database read-only",
+        _ => "",
+    }
+}
+
+/// Statuses of every authenticated call.
+const AUTH: [u16; 3] = [401, 429, 500];
+
+fn codes(groups: &[&[u16]]) -> Vec<u16> {
+    let mut v: Vec<u16> = groups.iter().flat_map(|g| g.iter().copied()).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 fn totals_filters() -> Vec<Value> {
@@ -67,33 +136,85 @@ fn totals_filters() -> Vec<Value> {
         id_param("the campaign id"),
         query(
             "event",
-            "only this event's signatures and check-ins (an event id of the campaign)",
-            None,
+            "only this event's signatures and check-ins: an event id of the campaign (another is a 400 that lists them)",
+            json!({ "type": "string" }),
         ),
         query(
             "from",
-            "only signatures collected (and check-ins made) at or after this RFC 3339 time",
-            Some("date-time"),
+            "only signatures collected (and check-ins made) at or after this time; before `to` (else 400); an organizer's is moved back to the start of its day in the campaign's time zone",
+            rfc3339("a time"),
         ),
         query(
             "to",
-            "only signatures collected (and check-ins made) before this RFC 3339 time",
-            Some("date-time"),
+            "only signatures collected (and check-ins made) before this time; after `from` (else 400); an organizer's is moved on to the end of its day",
+            rfc3339("a time"),
         ),
         query(
             "city",
-            "only signatures of signers in this city (check-ins are not filtered by city)",
-            None,
+            "only signatures of signers in this city (check-ins are not filtered by city); trimmed",
+            text(MAX_SHORT_TEXT, true, "a city name"),
         ),
         query(
             "fsa",
-            "only signatures of signers in this FSA, e.g. M5V (check-ins are not filtered by FSA)",
-            None,
+            "only signatures of signers in this FSA, e.g. M5V (check-ins are not filtered by FSA); either case",
+            json!({ "type": "string", "pattern": "^[ABCEGHJ-NPRSTVXYabceghj-nprstvxy][0-9][ABCEGHJ-NPRSTV-Zabceghj-nprstv-z]$",
+                    "description": "a forward sortation area: the first three characters of a Canadian postal code" }),
         ),
-        json!({ "name": "suppress", "in": "query", "required": false,
-                "description": "small-cell suppression: on by default for every token but the admin's; the admin may ask for it with true; an organizer's false is refused (403)",
-                "schema": { "type": "boolean" } }),
+        query(
+            "suppress",
+            "small-cell suppression: on by default for every token but the admin's; the admin may ask for it with true; an organizer's false is refused (403)",
+            json!({ "type": "boolean" }),
+        ),
     ]
+}
+
+/// The request bodies, each field with the checks the server applies to it. Unknown fields are
+/// ignored (no body refuses them), so no schema closes `additionalProperties`.
+fn request_schemas() -> Value {
+    let timezones: Vec<&str> = chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name()).collect();
+    let reasons = ["duplicate", "invalid", "withdrawn_consent", "test_entry"];
+    json!({
+        "NewCampaign": { "type": "object", "required": ["title", "petition", "addressee", "recipients"], "properties": {
+            "title": text(MAX_SHORT_TEXT, true, "the campaign's title"),
+            "petition": text(MAX_LONG_TEXT, true, "the petition's text, as signers read it"),
+            "addressee": text(MAX_SHORT_TEXT, true, "to whom the petition goes, e.g. the House of Commons"),
+            "goal": { "type": "integer", "minimum": 0, "maximum": 100_000_000, "default": 0, "description": "signatures aimed for (0: no goal)" },
+            "timezone": { "type": "string", "enum": timezones, "default": "America/Toronto", "description": "the IANA time zone days are counted in" },
+            "recipients": { "type": "array", "minItems": 1, "maxItems": MAX_RECIPIENTS,
+                "description": "the organizers' age X25519 recipients the signers' details are sealed to",
+                "items": { "type": "string", "pattern": "^age1[02-9ac-hj-np-z]{58}$",
+                           "description": "an age X25519 recipient: age1 and 58 bech32 characters, with a valid checksum (as `age-keygen` prints it)" } } } },
+        "NewEvent": { "type": "object", "required": ["name", "city", "starts_at"], "properties": {
+            "id": { "oneOf": [ id("the event id; an existing id corrects that event"), { "type": "null" } ],
+                    "description": "default (absent or null): 12 random hex digits" },
+            "name": text(MAX_SHORT_TEXT, true, "the event's name"),
+            "city": text(MAX_SHORT_TEXT, true, "its city"),
+            "starts_at": { "oneOf": [
+                time_ms("when it starts"),
+                { "type": "string", "format": "date-time",
+                  "pattern": r"^(202[1-9]|20[3-9][0-9])-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$",
+                  "description": "when it starts, RFC 3339, e.g. 2026-07-01T18:00:00-04:00: the server takes 2020-01-01 to 2100-01-01 UTC; this pattern, years 2021 to 2099 whatever the offset" } ] },
+            "place": text(MAX_SHORT_TEXT, false, "where (default empty)") } },
+        "NewStrike": { "type": "object", "required": ["signature", "reason"], "properties": {
+            "signature": id("the struck signature's id (the server must have it: else 404)"),
+            "reason": { "type": "string", "enum": reasons },
+            "revoked": { "type": "boolean", "default": false, "description": "true revokes the strike: the signature counts again" } } },
+        "NewSheet": { "type": "object", "required": ["serial", "count"], "properties": {
+            "serial": id("the sheet's serial; an existing serial updates that sheet"),
+            "count": { "type": "integer", "minimum": 0, "maximum": 10000, "description": "signatures on it" },
+            "riding": { "type": ["string", "null"], "maxLength": MAX_SHORT_TEXT, "pattern": format!("^{TEXT_CHAR}*$"),
+                        "description": format!("the riding it was collected in (blank or null: none); at most {MAX_SHORT_TEXT} bytes of UTF-8, no control characters but tab and newline") },
+            "status": { "enum": ["collected", "counted", "delivered", null], "default": "collected", "description": "null: collected" } } },
+        "Enroll": { "type": "object", "required": ["code"], "properties": {
+            "code": { "type": "string", "description": "the invite's one-time code, XXXX-XXXX-XXXX (an unknown, used or expired one is a 410)" },
+            "name": { "type": "string", "description": "the device's name as organizers see it: trimmed, cut to 100 characters; blank: \"phone\"" },
+            "replaces": { "type": ["object", "null"], "required": ["device_id", "token"],
+                "description": "re-enrollment: the device this phone was before, proven by its token (even revoked or expired); it must belong to the invite's campaign. The new device shares its lineage and the old one is revoked",
+                "properties": { "device_id": { "type": "string" }, "token": { "type": "string" } } } } },
+        "NewInvite": { "type": "object", "required": ["campaign", "role"], "properties": {
+            "campaign": { "type": "string", "description": "the campaign id (unknown: 404)" },
+            "role": { "type": "string", "enum": ["canvasser", "organizer"] } } }
+    })
 }
 
 fn cell_map(what: &str) -> Value {
@@ -101,6 +222,15 @@ fn cell_map(what: &str) -> Value {
 }
 
 fn components() -> Value {
+    let mut c = response_schemas();
+    let requests = request_schemas();
+    for (k, v) in requests.as_object().expect("an object") {
+        c["schemas"][k] = v.clone();
+    }
+    c
+}
+
+fn response_schemas() -> Value {
     let nullable_count =
         |d: &str| json!({ "type": ["integer", "null"], "minimum": 0, "description": d });
     json!({
@@ -176,10 +306,6 @@ fn components() -> Value {
             "Review": { "type": "object", "required": ["strikes", "sheets"], "properties": {
                 "strikes": { "type": "array", "items": schema("Strike"), "description": "every strike, revoked ones included" },
                 "sheets": { "type": "array", "items": schema("Sheet") } } },
-            "NewStrike": { "type": "object", "required": ["signature", "reason"], "properties": {
-                "signature": { "type": "string", "description": "the struck signature's id" },
-                "reason": { "type": "string", "enum": ["duplicate", "invalid", "withdrawn_consent", "test_entry"] },
-                "revoked": { "type": "boolean", "default": false, "description": "true revokes the strike: the signature counts again" } } },
             "Strike": { "type": "object", "required": ["signature", "reason", "by", "at", "revoked"], "properties": {
                 "signature": { "type": "string" },
                 "reason": { "type": "string", "enum": ["duplicate", "invalid", "withdrawn_consent", "test_entry"] },
@@ -191,20 +317,9 @@ fn components() -> Value {
                 "count": { "type": "integer", "minimum": 0, "maximum": 10000 },
                 "riding": { "type": ["string", "null"] },
                 "status": { "type": "string", "enum": ["collected", "counted", "delivered"], "default": "collected" } } },
-            "NewEvent": { "type": "object", "required": ["name", "city", "starts_at"], "properties": {
-                "id": { "type": ["string", "null"], "description": "default: 12 random hex digits; an existing id corrects that event" },
-                "name": { "type": "string" },
-                "city": { "type": "string" },
-                "starts_at": { "oneOf": [ { "type": "integer", "description": "ms since the epoch" }, { "type": "string", "format": "date-time" } ] },
-                "place": { "type": "string", "default": "" } } },
             "Event": { "type": "object", "required": ["id", "name", "city", "starts_at", "place"], "properties": {
                 "id": { "type": "string" }, "name": { "type": "string" }, "city": { "type": "string" },
                 "starts_at": { "type": "integer" }, "place": { "type": "string" } } },
-            "NewCampaign": { "type": "object", "required": ["title", "petition", "addressee", "recipients"], "properties": {
-                "title": { "type": "string" }, "petition": { "type": "string" }, "addressee": { "type": "string" },
-                "goal": { "type": "integer", "default": 0 },
-                "timezone": { "type": "string", "default": "America/Toronto" },
-                "recipients": { "type": "array", "items": { "type": "string", "description": "age1..." } } } },
             "CreatedCampaign": { "type": "object", "required": ["campaign", "campaign_url", "review_url", "totals_url"], "properties": {
                 "campaign": { "type": "string" }, "campaign_url": { "type": "string" },
                 "review_url": { "type": "string" }, "totals_url": { "type": "string" } } },
@@ -213,28 +328,14 @@ fn components() -> Value {
                     "campaign": { "type": "string" }, "title": { "type": "string" }, "addressee": { "type": "string" },
                     "goal": { "type": "integer" }, "events": { "type": "array", "items": schema("Event") },
                     "timezone": { "type": "string", "description": "the IANA time zone its days are counted in" } } } } } },
-            "Enroll": { "type": "object", "required": ["code"], "properties": {
-                "code": { "type": "string", "description": "XXXX-XXXX-XXXX" }, "name": { "type": "string" },
-                "replaces": { "type": ["object", "null"], "required": ["device_id", "token"],
-                    "description": "re-enrollment: the device this phone was before, proven by its token (even revoked or expired); it must belong to the invite's campaign. The new device shares its lineage and the old one is revoked",
-                    "properties": { "device_id": { "type": "string" }, "token": { "type": "string" } } } } },
             "Enrolled": { "type": "object", "required": ["device_id", "token", "role"], "properties": {
                 "device_id": { "type": "string" }, "token": { "type": "string", "description": "shown this once" },
                 "role": { "type": "string" }, "campaign": { "type": ["string", "null"] },
                 "campaign_url": { "type": ["string", "null"] }, "totals_url": { "type": ["string", "null"] },
                 "replaces": { "type": ["string", "null"], "description": "the device this one replaces (now revoked)" } } },
-            "NewInvite": { "type": "object", "required": ["campaign", "role"], "properties": {
-                "campaign": { "type": "string" }, "role": { "type": "string", "enum": ["canvasser", "organizer"] } } },
             "Invite": { "type": "object", "required": ["code", "expires_at", "server", "campaign", "role"], "properties": {
                 "code": { "type": "string" }, "expires_at": { "type": "integer" }, "server": { "type": "string" },
                 "campaign": { "type": "string" }, "role": { "type": "string" } } },
-            "AuditEntry": { "type": "object", "required": ["seq", "at", "actor_id", "actor_name", "action", "target", "result", "prev_hash", "hash"], "properties": {
-                "seq": { "type": "integer" }, "at": { "type": "integer" },
-                "actor_id": { "type": "string", "description": "a device id, never a token" }, "actor_name": { "type": "string" },
-                "action": { "type": "string", "enum": ["campaign.create", "event.add", "invite.create", "device.enroll", "device.revoke", "review.strike", "review.unstrike", "review.sheet", "export.sealed", "server.start"] },
-                "campaign": { "type": ["string", "null"] }, "target": { "type": "string" },
-                "result": { "type": "string", "description": "ok, or refused: STATUS message" },
-                "prev_hash": { "type": "string" }, "hash": { "type": "string" } } },
             "Device": { "type": "object", "required": ["device_id", "name", "role", "created_at"], "properties": {
                 "device_id": { "type": "string" }, "name": { "type": "string" },
                 "role": { "type": "string", "enum": ["admin", "organizer", "canvasser"] },
@@ -242,6 +343,13 @@ fn components() -> Value {
                 "revoked_at": { "type": ["integer", "null"] }, "last_seen": { "type": ["integer", "null"] },
                 "replaces": { "type": ["string", "null"], "description": "the device this one replaced at enrollment" },
                 "lineage": { "type": "string", "description": "the first device of this phone's chain of devices (its own id if it replaced none)" } } },
+            "AuditEntry": { "type": "object", "required": ["seq", "at", "actor_id", "actor_name", "action", "target", "result", "prev_hash", "hash"], "properties": {
+                "seq": { "type": "integer" }, "at": { "type": "integer" },
+                "actor_id": { "type": "string", "description": "a device id, never a token" }, "actor_name": { "type": "string" },
+                "action": { "type": "string", "enum": ["campaign.create", "event.add", "invite.create", "device.enroll", "device.revoke", "review.strike", "review.unstrike", "review.sheet", "export.sealed", "server.start"] },
+                "campaign": { "type": ["string", "null"] }, "target": { "type": "string" },
+                "result": { "type": "string", "description": "ok, or refused: STATUS message" },
+                "prev_hash": { "type": "string" }, "hash": { "type": "string" } } },
             "Revoked": { "type": "object", "required": ["revoked", "connections_closed"], "properties": {
                 "revoked": { "type": "string" }, "connections_closed": { "type": "integer" } } },
             "Health": { "type": "object", "required": ["status", "documents_loaded", "connections"], "properties": {
@@ -250,79 +358,134 @@ fn components() -> Value {
     })
 }
 
+/// The upgrade headers `GET /sync` needs (axum's `WebSocketUpgrade` checks them: else 400).
+fn upgrade_headers() -> Value {
+    let header = |name: &str, schema: Value, what: &str| json!({ "name": name, "in": "header", "required": true, "description": what, "schema": schema });
+    json!([
+        header(
+            "Connection",
+            json!({ "type": "string", "enum": ["Upgrade", "upgrade", "keep-alive, Upgrade"] }),
+            "must list upgrade"
+        ),
+        header(
+            "Upgrade",
+            json!({ "type": "string", "enum": ["websocket"] }),
+            "websocket"
+        ),
+        header(
+            "Sec-WebSocket-Version",
+            json!({ "type": "string", "enum": ["13"] }),
+            "13"
+        ),
+        header(
+            "Sec-WebSocket-Key",
+            json!({ "type": "string" }),
+            "the client's nonce (RFC 6455: 16 random bytes in base64); the server does not check its form"
+        )
+    ])
+}
+
 /// The whole document.
 pub fn document() -> Value {
-    let campaign_404 = ("404", "no such campaign");
-    let bad = (
-        "400",
-        "a bad query or body: the message names it and says what to send",
-    );
+    // Statuses by what an operation does, beside AUTH (401, 429, 500) of every authenticated
+    // call: 403 for a role check, 404 for a campaign in the path, 400 and 413 for a JSON body,
+    // 503 for a write (disk full, database read-only).
+    const ROLE: &[u16] = &[403];
+    const CAMPAIGN: &[u16] = &[404];
+    const BODY: &[u16] = &[400, 413];
+    const WRITE: &[u16] = &[503];
+    let campaign_body_write = codes(&[&AUTH, ROLE, CAMPAIGN, BODY, WRITE]);
     let paths = json!({
         "/healthz": { "get": {
             "summary": "Liveness and load", "security": [],
             "responses": { "200": ok(schema("Health")) } } },
         "/sync": { "get": {
             "summary": "automerge-repo WebSocket sync (upgrade)",
-            "description": "Upgrades to a WebSocket speaking automerge-repo's protocol; see docs/protocol.md.",
-            "responses": { "101": { "description": "switching protocols" },
-                           "401": error("no token, or an unknown, revoked or expired one (expired: unused for `token_idle_expiry_secs`)"),
-                           "503": error("the connection limit is reached") } } },
+            "description": "Upgrades to a WebSocket speaking automerge-repo's protocol; see docs/protocol.md. Any device's token. A plain GET without the upgrade headers is a 400.",
+            "parameters": upgrade_headers(),
+            "responses": { "101": { "description": "switching protocols: the WebSocket is open" },
+                           "400": error("not a WebSocket upgrade: a missing or wrong Connection, Upgrade or Sec-WebSocket-Version header, or no Sec-WebSocket-Key"),
+                           "401": error(why(401)),
+                           "426": error("the connection cannot be upgraded (HTTP/2 without extended CONNECT)"),
+                           "429": error(why(429)),
+                           "500": error(why(500)),
+                           "503": error("the server is at its limit of connections (`max_connections`)") } } },
         "/api/v1/openapi.json": { "get": {
             "summary": "This document", "security": [],
             "responses": { "200": ok(json!({ "type": "object" })) } } },
         "/api/v1/enroll": { "post": {
             "summary": "Redeem a one-time invite code for a device token", "security": [],
             "requestBody": body(schema("Enroll")),
-            "responses": { "200": ok(schema("Enrolled")),
-                           "400": error("a bad body, or `replaces` names a device this server does not know"),
-                           "403": error("`replaces`: the token is not that device's, or the device belongs to another campaign (the invite stays unused)"),
-                           "410": error("the code is unknown, expired or already used") } } },
+            "responses": responses(ok(schema("Enrolled")), &codes(&[BODY, &[403, 410, 429, 500], WRITE]), &[
+                (400, "a bad body, or `replaces` names a device this server does not know"),
+                (403, "`replaces`: the token is not that device's, or the device belongs to another campaign (the invite stays unused)"),
+                (410, "the code is unknown, expired or already used: ask an organizer for a new invite"),
+                (429, "this address tried too many enrollments (`max_enrollments_per_address` in `enroll_window_secs`); retry later"),
+            ]) } },
         "/api/v1/campaigns": {
-            "get": { "summary": "Campaigns the token may see",
-                     "responses": responses(ok(schema("Campaigns")), &[]) },
+            "get": { "summary": "Campaigns the token may see (every one for the admin, its own for another device)",
+                     "responses": responses(ok(schema("Campaigns")), &AUTH, &[]) },
             "post": { "summary": "Create a campaign (admin)",
                       "requestBody": body(schema("NewCampaign")),
-                      "responses": responses(ok(schema("CreatedCampaign")), &[bad]) } },
+                      "responses": responses(ok(schema("CreatedCampaign")), &codes(&[&AUTH, ROLE, BODY, WRITE]), &[
+                          (403, "only the admin token creates campaigns"),
+                          (400, "a bad body, or a field the campaign document refuses (`refused: <field>: <reason>`)"),
+                      ]) } },
         "/api/v1/campaigns/{id}/events": { "post": {
             "summary": "Add or correct an event (admin or organizer of the campaign)",
             "parameters": [id_param("the campaign id")],
             "requestBody": body(schema("NewEvent")),
-            "responses": responses(ok(schema("Event")), &[bad, campaign_404]) } },
+            "responses": responses(ok(schema("Event")), &campaign_body_write, &[]) } },
         "/api/v1/campaigns/{id}/totals": { "get": {
             "summary": "A campaign's totals (admin or organizer of the campaign)",
-            "description": "Signatures counted, unique signers, struck, withdrawn, paper sheets; each broken down by event, city, FSA, riding, day and canvasser; distinct check-ins per event. Small cells are hidden for every token but the admin's.",
+            "description": "Signatures counted, unique signers, struck, withdrawn, paper sheets; each broken down by event, city, FSA, riding, day and canvasser; distinct check-ins per event. Small cells are hidden for every token but the admin's. Each filter at most once; a query parameter not listed here (but `token`) is a 400.",
             "parameters": totals_filters(),
-            "responses": responses(ok(schema("Totals")), &[bad, campaign_404]) } },
+            "responses": responses(ok(schema("Totals")), &codes(&[&AUTH, ROLE, CAMPAIGN, &[400]]), &[
+                (400, "a bad filter: an event not of the campaign, a time not RFC 3339, from not before to, a blank city, not an FSA, a parameter given twice or unknown"),
+                (403, "a token of the wrong role or campaign, or an organizer's suppress=false"),
+            ]) } },
         "/api/v1/campaigns/{id}/totals/stream": { "get": {
             "summary": "The totals, live (Server-Sent Events)",
             "description": "Sends an event `totals` (data: the Totals JSON) at once and whenever the totals change as devices sync, at most a few a second; `error` if they can no longer be computed. Takes the same filters as /totals; the token may come as ?token= for EventSource.",
             "parameters": totals_filters(),
-            "responses": responses(json!({ "description": "an event stream of Totals",
-                "content": { "text/event-stream": { "schema": schema("Totals") } } }), &[bad, campaign_404]) } },
+            "responses": responses(json!({ "description": "an event stream: `totals` events, and an `error` event before the stream ends when the totals cannot be computed",
+                "content": { "text/event-stream": { "schema": { "oneOf": [
+                    { "type": "object", "required": ["event", "data"], "properties": {
+                        "event": { "const": "totals" },
+                        "data": { "type": "string", "contentMediaType": "application/json", "contentSchema": schema("Totals") } } },
+                    { "type": "object", "required": ["event", "data"], "properties": {
+                        "event": { "const": "error" },
+                        "data": { "type": "string", "contentMediaType": "application/json", "contentSchema": schema("Error") } } } ] } } } }),
+                &codes(&[&AUTH, ROLE, CAMPAIGN, &[400, 503]]), &[
+                (400, "a bad filter, as for /totals"),
+                (403, "a token of the wrong role or campaign, or an organizer's suppress=false"),
+                (429, "too many wrong tokens from this address, or this device has its most live streams open (`max_streams_per_device`)"),
+                (503, "the server has its most live streams open (`max_streams`)"),
+            ]) } },
         "/api/v1/campaigns/{id}/sealed": { "get": {
             "summary": "Signatures for export, personal fields sealed (admin or organizer of the campaign)",
             "parameters": [id_param("the campaign id")],
-            "responses": responses(ok(json!({ "type": "array", "items": schema("SealedRecord") })), &[campaign_404]) } },
+            "responses": responses(ok(json!({ "type": "array", "items": schema("SealedRecord") })), &codes(&[&AUTH, ROLE, CAMPAIGN]), &[]) } },
         "/api/v1/campaigns/{id}/strikes": { "post": {
             "summary": "Strike a signature, or revoke a strike (admin or organizer of the campaign)",
             "description": "Written to the campaign's review document through the validated write path; the totals count it at once.",
             "parameters": [id_param("the campaign id")],
             "requestBody": body(schema("NewStrike")),
-            "responses": responses(ok(schema("Strike")), &[bad, ("404", "no such campaign, or no such signature in it")]) } },
+            "responses": responses(ok(schema("Strike")), &campaign_body_write, &[(404, "no such campaign, or no such signature in it")]) } },
         "/api/v1/campaigns/{id}/sheets": { "post": {
             "summary": "Record a paper petition sheet, or update it (admin or organizer of the campaign)",
             "description": "Written to the campaign's review document through the validated write path; the totals' paper count follows.",
             "parameters": [id_param("the campaign id")],
-            "requestBody": body(schema("Sheet")),
-            "responses": responses(ok(schema("Sheet")), &[bad, campaign_404]) } },
+            "requestBody": body(schema("NewSheet")),
+            "responses": responses(ok(schema("Sheet")), &campaign_body_write, &[]) } },
         "/api/v1/campaigns/{id}/review": { "get": {
             "summary": "The campaign's strikes and paper sheets (admin or organizer of the campaign)",
             "parameters": [id_param("the campaign id")],
-            "responses": responses(ok(schema("Review")), &[campaign_404]) } },
+            "responses": responses(ok(schema("Review")), &codes(&[&AUTH, ROLE, CAMPAIGN]), &[]) } },
         "/api/v1/invites": { "post": {
             "summary": "Create a one-time invite code (admin or organizer of the campaign)",
             "requestBody": body(schema("NewInvite")),
-            "responses": responses(ok(schema("Invite")), &[bad, campaign_404]) } },
+            "responses": responses(ok(schema("Invite")), &codes(&[&AUTH, ROLE, CAMPAIGN, BODY, WRITE]), &[]) } },
         "/api/v1/audit": { "get": {
             "summary": "The audit log: every organizer and admin action, oldest first, each chained to the one before by its hash (admin: all; an organizer: their campaign's)",
             "parameters": [
@@ -340,11 +503,16 @@ pub fn document() -> Value {
                 "broken_at": { "type": "integer" }, "why": { "type": "string" } } })), &codes(&[&AUTH, ROLE]), &[(403, "only the admin token verifies the audit")]) } },
         "/api/v1/devices": { "get": {
             "summary": "Enrolled devices (admin)",
-            "responses": responses(ok(json!({ "type": "array", "items": schema("Device") })), &[]) } },
+            "responses": responses(ok(json!({ "type": "array", "items": schema("Device") })), &codes(&[&AUTH, ROLE]), &[(403, "only the admin token lists devices")]) } },
         "/api/v1/devices/{id}/revoke": { "post": {
             "summary": "Revoke a device and close its connections and streams (admin)",
+            "description": "Revoking the admin device itself locks the API until the server restarts (the next start creates a new admin device and admin.token).",
             "parameters": [id_param("the device id")],
-            "responses": responses(ok(schema("Revoked")), &[("404", "no such device"), ("409", "the device was already revoked (the message says when)")]) } }
+            "responses": responses(ok(schema("Revoked")), &codes(&[&AUTH, ROLE, &[404, 409], WRITE]), &[
+                (403, "only the admin token revokes devices"),
+                (404, "no such device"),
+                (409, "the device was already revoked (the message says when)"),
+            ]) } }
     });
     json!({
         "openapi": "3.1.0",
@@ -357,4 +525,87 @@ pub fn document() -> Value {
         "paths": paths,
         "components": components()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn operations(doc: &Value) -> Vec<(String, String, Value)> {
+        let mut out = Vec::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().expect("a path item") {
+                out.push((method.clone(), path.clone(), op.clone()));
+            }
+        }
+        out
+    }
+
+    /// Every operation that takes a token says what a missing or wrong one gets (401, and 429
+    /// once an address has sent too many), every one with a body what a bad body gets (400, and
+    /// 413 past the limit), and every status but the upgrade's 101 comes with a body.
+    #[test]
+    fn every_operation_states_its_refusals() {
+        let doc = document();
+        for (method, path, op) in operations(&doc) {
+            let statuses = op["responses"].as_object().expect("responses");
+            let has = |code: &str| statuses.contains_key(code);
+            let open = op.get("security") == Some(&json!([]));
+            if !open {
+                assert!(has("401") && has("429"), "{method} {path}: no 401 or 429");
+            }
+            if op.get("requestBody").is_some() {
+                assert!(has("400") && has("413"), "{method} {path}: no 400 or 413");
+            }
+            if path.contains("{id}") {
+                assert!(has("404"), "{method} {path}: no 404 for an unknown id");
+            }
+            for (code, response) in statuses {
+                assert!(
+                    code == "101" || response.get("content").is_some(),
+                    "{method} {path} {code}: no body"
+                );
+            }
+        }
+    }
+
+    /// The request bodies' limits are the documents' own (`tally_core::fields`), and every time
+    /// zone offered is one the campaign check accepts.
+    #[test]
+    fn request_schemas_state_the_core_checks() {
+        let doc = document();
+        let s = &doc["components"]["schemas"];
+        let campaign = &s["NewCampaign"]["properties"];
+        assert_eq!(campaign["title"]["maxLength"], json!(MAX_SHORT_TEXT));
+        assert_eq!(campaign["title"]["minLength"], json!(1));
+        assert_eq!(campaign["petition"]["maxLength"], json!(MAX_LONG_TEXT));
+        assert_eq!(campaign["recipients"]["maxItems"], json!(MAX_RECIPIENTS));
+        let zones = campaign["timezone"]["enum"].as_array().expect("time zones");
+        assert!(zones.contains(&json!("America/Toronto")));
+        assert!(
+            zones
+                .iter()
+                .all(|z| z.as_str().unwrap().parse::<chrono_tz::Tz>().is_ok())
+        );
+        let event = &s["NewEvent"]["properties"];
+        assert_eq!(event["place"]["minLength"], json!(0));
+        assert_eq!(
+            event["starts_at"]["oneOf"][0]["minimum"],
+            json!(MIN_TIME_MS)
+        );
+        assert_eq!(
+            s["NewSheet"]["properties"]["count"]["maximum"],
+            json!(10000)
+        );
+        for required in [
+            "NewCampaign",
+            "NewEvent",
+            "NewStrike",
+            "NewSheet",
+            "Enroll",
+            "NewInvite",
+        ] {
+            assert!(s[required]["required"].is_array(), "{required}");
+        }
+    }
 }

@@ -60,10 +60,7 @@ pub(crate) async fn record(
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string());
-    let Some(action) = path
-        .as_deref()
-        .and_then(|p| action(request.method(), p))
-    else {
+    let Some(action) = path.as_deref().and_then(|p| action(request.method(), p)) else {
         return next.run(request).await;
     };
     let uri_id = request
@@ -202,15 +199,22 @@ pub(crate) async fn list(
             })
         };
         match k.as_str() {
+            // The token may come as a query parameter, as on every route (the document's tokenQuery).
+            "token" => {}
             "from" => filter.from = Some(num(&v)?),
             "to" => filter.to = Some(num(&v)?),
             "actor" => filter.actor = Some(v),
             "action" => filter.action = Some(v),
             "campaign" => filter.campaign = Some(v),
             "limit" => {
-                filter.limit = Some(v.parse().map_err(|_| {
-                    ApiError::BadRequest(format!("limit={v:?}: expected 1 to 10000"))
-                })?)
+                filter.limit = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|n| (1..=10_000).contains(n))
+                        .ok_or_else(|| {
+                            ApiError::BadRequest(format!("limit={v:?}: expected 1 to 10000"))
+                        })?,
+                )
             }
             other => {
                 return Err(ApiError::BadRequest(format!(

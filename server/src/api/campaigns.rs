@@ -110,9 +110,9 @@ pub(crate) async fn list_campaigns(
 /// Parses a time given as ms since the epoch or RFC 3339 text.
 pub fn parse_time(v: &serde_json::Value) -> Result<i64, String> {
     match v {
-        serde_json::Value::Number(n) => n
-            .as_i64()
-            .ok_or_else(|| "a time in ms must be a whole number".to_string()),
+        serde_json::Value::Number(n) => {
+            super::types::whole_number(n.clone()).map_err(|e| format!("a time in ms: {e}"))
+        }
         serde_json::Value::String(s) => chrono::DateTime::parse_from_rfc3339(s)
             .map(|t| t.timestamp_millis())
             .map_err(|e| {

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 pub use tally_core::campaign::Event;
 pub use tally_core::review::{Sheet, Strike};
 pub use tally_core::totals::{Cell, CheckinCell, PaperTotals};
@@ -80,13 +80,30 @@ pub struct NewCampaign {
     /// To whom the petition goes, e.g. "the House of Commons".
     pub addressee: String,
     /// How many signatures the campaign aims for (0: no goal).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub goal: i64,
     /// The IANA time zone days are counted in (default America/Toronto).
     #[serde(default = "default_tz")]
     pub timezone: String,
     /// The organizers' age recipients (age1...) signers' details are sealed to.
     pub recipients: Vec<String>,
+}
+
+/// A JSON number without a fractional part, written `25` or `25.0`: what JSON Schema (and so
+/// the OpenAPI document) calls an integer, where serde's `i64` would refuse `25.0`.
+pub fn whole_number<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    use serde::de::Error;
+    let n = serde_json::Number::deserialize(d)?;
+    if let Some(i) = n.as_i64() {
+        return Ok(i);
+    }
+    match n.as_f64() {
+        // Within i64's range: 2^63 is the first f64 past it.
+        Some(f) if f.fract() == 0.0 && f >= -(2f64.powi(63)) && f < 2f64.powi(63) => Ok(f as i64),
+        _ => Err(D::Error::custom(format!(
+            "{n} is not a whole number that fits in 64 bits"
+        ))),
+    }
 }
 
 fn default_tz() -> String {
@@ -251,6 +268,7 @@ pub struct NewSheet {
     /// The sheet's serial.
     pub serial: String,
     /// Signatures on it.
+    #[serde(deserialize_with = "whole_number")]
     pub count: i64,
     /// The riding it was collected in.
     #[serde(default)]
@@ -299,4 +317,30 @@ pub struct ReviewList {
     pub strikes: Vec<Strike>,
     /// Every paper sheet, by serial.
     pub sheets: Vec<Sheet>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// JSON Schema's integers: `25` and `25.0` are both a count of 25; `25.5` and a number past
+    /// 64 bits are refused.
+    #[test]
+    fn whole_numbers_may_be_written_with_a_point() {
+        let sheet = |count: &str| {
+            serde_json::from_str::<NewSheet>(&format!(r#"{{"serial": "S-1", "count": {count}}}"#))
+                .map(|s| s.count)
+        };
+        assert_eq!(sheet("25").unwrap(), 25);
+        assert_eq!(sheet("25.0").unwrap(), 25);
+        assert_eq!(sheet("-3.0").unwrap(), -3);
+        assert!(sheet("25.5").is_err());
+        assert!(sheet("1e19").is_err());
+        assert!(sheet("\"25\"").is_err());
+        let campaign: NewCampaign = serde_json::from_str(
+            r#"{"title": "t", "petition": "p", "addressee": "a", "recipients": [], "goal": 1000.0}"#,
+        )
+        .unwrap();
+        assert_eq!(campaign.goal, 1000);
+    }
 }
