@@ -240,7 +240,9 @@ impl Metrics {
 
     /// A bearer token refused.
     pub fn auth_failure(&self, reason: AuthFailure) {
-        self.auth_failures.get_or_create(&AuthLabels { reason }).inc();
+        self.auth_failures
+            .get_or_create(&AuthLabels { reason })
+            .inc();
     }
 
     /// An enrollment attempt's outcome.
@@ -307,6 +309,9 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
         }
         drop(guard);
-        assert!(m.encode(Snapshot::default()).contains("tally_sync_connections 0"));
+        assert!(
+            m.encode(Snapshot::default())
+                .contains("tally_sync_connections 0")
+        );
     }
 }

@@ -25,8 +25,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Direction;
 use crate::hub::{Hub, HubError, Refusal, can_read, now_ms, writer_of};
+use crate::metrics::Direction;
 use crate::workers::Workers;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);

@@ -117,7 +117,8 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEntry> {
     })
 }
 
-const COLUMNS: &str = "seq, at, actor_id, actor_name, action, campaign, target, result, prev_hash, hash";
+const COLUMNS: &str =
+    "seq, at, actor_id, actor_name, action, campaign, target, result, prev_hash, hash";
 
 fn append(conn: &Connection, e: &NewAudit<'_>) -> Result<AuditEntry> {
     let last: Option<(i64, String)> = conn
@@ -266,7 +267,12 @@ mod tests {
     fn the_chain_verifies_and_names_the_first_edited_entry() {
         let store = Store::open_in_memory().unwrap();
         assert_eq!(store.verify_audit().unwrap(), Ok(0));
-        for a in ["campaign.create", "event.add", "invite.create", "device.revoke"] {
+        for a in [
+            "campaign.create",
+            "event.add",
+            "invite.create",
+            "device.revoke",
+        ] {
             store.audit(&entry(a)).unwrap();
         }
         assert_eq!(store.verify_audit().unwrap(), Ok(4));
