@@ -197,6 +197,30 @@ enum Cmd {
         #[command(subcommand)]
         cmd: TokenCmd,
     },
+    /// The audit log: every organizer and admin action (the admin reads all of it, an organizer
+    /// their campaign's), or `verify` to check its chain of hashes.
+    Audit {
+        #[command(subcommand)]
+        cmd: Option<AuditCmd>,
+        /// Entries at or after this time (RFC 3339, e.g. 2026-07-01T00:00:00-04:00).
+        #[arg(long, value_name = "TIME")]
+        from: Option<String>,
+        /// Entries before this time (RFC 3339).
+        #[arg(long, value_name = "TIME")]
+        to: Option<String>,
+        /// One device's actions (a device id: `tally token list`).
+        #[arg(long, value_name = "DEVICE")]
+        actor: Option<String>,
+        /// One action, e.g. device.revoke, review.strike, export.sealed.
+        #[arg(long)]
+        action: Option<String>,
+        /// One campaign's entries (its id or `automerge:` URL).
+        #[arg(long, value_name = "CAMPAIGN")]
+        campaign: Option<String>,
+        /// The newest N entries (default 1000).
+        #[arg(long)]
+        limit: Option<u32>,
+    },
     /// A campaign's totals: the headline numbers and their breakdowns by event, city, FSA,
     /// riding, day and canvasser, optionally filtered.
     Totals {
@@ -316,6 +340,13 @@ enum EventCmd {
         #[arg(long)]
         id: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Check the audit log's chain of hashes: exits 1 naming the first entry that was changed,
+    /// moved or removed (admin).
+    Verify,
 }
 
 #[derive(Subcommand)]
@@ -668,6 +699,67 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Token { cmd } => token_cmd(&cli.shared, cmd),
+        Cmd::Audit {
+            cmd,
+            from,
+            to,
+            actor,
+            action,
+            campaign,
+            limit,
+        } => {
+            let shared = &cli.shared;
+            let a = api(shared)?;
+            if let Some(AuditCmd::Verify) = cmd {
+                let v: serde_json::Value = a.get("/api/v1/audit/verify")?;
+                if shared.json {
+                    outln!("{v}");
+                } else if v["ok"] == true {
+                    outln!(
+                        "the audit log verifies: {} entries, each chained to the one before",
+                        v["entries"]
+                    );
+                }
+                if v["ok"] != true {
+                    anyhow::bail!(
+                        "the audit log does not verify at entry {}: {}",
+                        v["broken_at"],
+                        v["why"].as_str().unwrap_or("no reason given")
+                    );
+                }
+                return Ok(());
+            }
+            let time = |flag: &str, t: &str| -> anyhow::Result<String> {
+                chrono::DateTime::parse_from_rfc3339(t)
+                    .map(|t| t.timestamp_millis().to_string())
+                    .map_err(|e| anyhow::anyhow!("{flag} {t:?} is not an RFC 3339 time like 2026-07-01T00:00:00-04:00: {e}"))
+            };
+            let mut query: Vec<(&str, String)> = Vec::new();
+            if let Some(f) = from {
+                query.push(("from", time("--from", &f)?));
+            }
+            if let Some(t) = to {
+                query.push(("to", time("--to", &t)?));
+            }
+            for (k, v) in [("actor", actor), ("action", action)] {
+                if let Some(v) = v {
+                    query.push((k, v));
+                }
+            }
+            if let Some(c) = campaign {
+                query.push(("campaign", c.trim_start_matches("automerge:").to_string()));
+            }
+            if let Some(n) = limit {
+                query.push(("limit", n.to_string()));
+            }
+            let entries: Vec<tally_store::AuditEntry> = a.get_query("/api/v1/audit", &query)?;
+            if shared.json {
+                outln!("{}", serde_json::to_value(&entries)?);
+            } else {
+                out!("{}", render::audit(&entries));
+            }
+            Ok(())
+        }
         Cmd::Totals {
             campaign,
             event,

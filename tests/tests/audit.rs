@@ -144,9 +144,51 @@ fn every_organizer_action_is_audited_once_and_the_chain_verifies() {
     }
     assert_eq!(entries.len(), 11, "{actions:?}");
 
-    // The chain verifies; a canvasser cannot read it.
+    // The chain verifies, over the API and with `tally audit verify`.
     let verified = api(&server, &admin, "GET", "/api/v1/audit/verify", None);
     assert_eq!(verified, json!({"ok": true, "entries": 11}));
+    let ok = org.run(&["audit", "verify"]).ok();
+    assert!(ok.stdout.contains("verifies: 11 entries"), "{ok}");
+    // `tally audit`: a table, and filters.
+    let table = org.run(&["audit"]).ok();
+    for word in [
+        "device.revoke",
+        "review.unstrike",
+        "Amina's phone",
+        "refused: 409",
+    ] {
+        assert!(table.stdout.contains(word), "{word}: {table}");
+    }
+    let revokes_cli = org
+        .run(&["--json", "audit", "--action", "device.revoke"])
+        .ok()
+        .json();
+    assert_eq!(
+        revokes_cli.as_array().map(Vec::len),
+        Some(2),
+        "{revokes_cli}"
+    );
+    // A canvasser's token cannot read it.
+    let phone_token_now = {
+        let conn =
+            rusqlite::Connection::open(phone.home.join(tally_client::store::DB_FILE)).unwrap();
+        let json: String = conn
+            .query_row(
+                "SELECT value FROM settings WHERE key = 'enrollment'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        serde_json::from_str::<Value>(&json).unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let denied = api(&server, &phone_token_now, "GET", "/api/v1/audit", None);
+    assert!(
+        denied["status"] == 403 || denied["status"] == 401,
+        "{denied}"
+    );
 
     // Nothing secret or personal in the log.
     let db = std::fs::read(server.data.join("tally.db")).unwrap_or_default();
@@ -191,4 +233,11 @@ fn every_organizer_action_is_audited_once_and_the_chain_verifies() {
     let verified = api(&server, &admin, "GET", "/api/v1/audit/verify", None);
     assert_eq!(verified["ok"], false, "{verified}");
     assert_eq!(verified["broken_at"], seq, "{verified}");
+    let broken = org.run(&["audit", "verify"]).code(1);
+    assert!(
+        broken
+            .stderr
+            .contains(&format!("does not verify at entry {seq}")),
+        "{broken}"
+    );
 }

@@ -178,6 +178,32 @@ pub fn devices(list: &[Device], titles: &BTreeMap<String, String>) -> String {
     format!("{}\n{}\n", t.render(), zone_note())
 }
 
+/// The audit log as a table, oldest first.
+pub fn audit(list: &[tally_store::AuditEntry]) -> String {
+    if list.is_empty() {
+        return "no audit entries match\n".into();
+    }
+    let mut t = Table::new(&[
+        "#", "TIME", "ACTOR", "ACTION", "CAMPAIGN", "TARGET", "RESULT",
+    ]);
+    for e in list {
+        t.row(vec![
+            e.seq.to_string(),
+            local_time(e.at),
+            if e.actor_name.is_empty() {
+                e.actor_id.clone()
+            } else {
+                format!("{} ({})", e.actor_name, e.actor_id)
+            },
+            e.action.clone(),
+            e.campaign.clone().unwrap_or_else(|| "-".into()),
+            e.target.clone(),
+            e.result.clone(),
+        ]);
+    }
+    format!("{}\n{}\n", t.render(), zone_note())
+}
+
 /// The paper sheets as a table, with their total.
 pub fn sheets(list: &[Sheet]) -> String {
     if list.is_empty() {
