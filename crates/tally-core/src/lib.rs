@@ -17,9 +17,9 @@ pub mod city;
 pub mod collection;
 pub mod doc;
 pub mod fields;
-pub mod form;
 #[cfg(any(test, feature = "testkit"))]
 pub mod fixtures;
+pub mod form;
 pub mod review;
 pub mod seal;
 pub mod totals;
