@@ -203,8 +203,10 @@ route_table! {
     post "/api/v1/invites" => api::devices::invite,
     get "/api/v1/devices" => api::devices::list_devices,
     post "/api/v1/devices/{id}/revoke" => api::devices::revoke,
+    get "/api/v1/me" => api::auth::me,
     get "/api/v1/audit" => api::audit::list,
     get "/api/v1/audit/verify" => api::audit::verify,
+    get "/api/v1/quarantine" => api::quarantine::list,
 }
 
 /// Builds the router.

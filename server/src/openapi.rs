@@ -350,6 +350,16 @@ fn response_schemas() -> Value {
                 "campaign": { "type": ["string", "null"] }, "target": { "type": "string" },
                 "result": { "type": "string", "description": "ok, or refused: STATUS message" },
                 "prev_hash": { "type": "string" }, "hash": { "type": "string" } } },
+            "Quarantined": { "type": "object", "required": ["id", "device_id", "doc_id", "at", "reason", "rule", "size", "repeats"], "properties": {
+                "id": { "type": "integer", "description": "increasing: the paging cursor" },
+                "device_id": { "type": "string" }, "doc_id": { "type": "string" },
+                "at": { "type": "integer", "description": "when it was refused, ms since the epoch" },
+                "reason": { "type": "string" }, "rule": { "type": ["string", "null"] },
+                "size": { "type": "integer", "description": "the refused message's size in bytes (never the bytes)" },
+                "repeats": { "type": "integer", "description": "later refusals from the device counted here (over the quota)" } } },
+            "QuarantineList": { "type": "object", "required": ["entries", "next_after"], "properties": {
+                "entries": { "type": "array", "items": schema("Quarantined") },
+                "next_after": { "type": ["integer", "null"], "description": "the `after` of the next page when this one is full" } } },
             "Revoked": { "type": "object", "required": ["revoked", "connections_closed"], "properties": {
                 "revoked": { "type": "string" }, "connections_closed": { "type": "integer" } } },
             "Health": { "type": "object", "required": ["status", "documents_loaded", "connections"], "properties": {
@@ -501,6 +511,16 @@ pub fn document() -> Value {
             "responses": responses(ok(json!({ "type": "object", "required": ["ok"], "properties": {
                 "ok": { "type": "boolean" }, "entries": { "type": "integer" },
                 "broken_at": { "type": "integer" }, "why": { "type": "string" } } })), &codes(&[&AUTH, ROLE]), &[(403, "only the admin token verifies the audit")]) } },
+        "/api/v1/me": { "get": {
+            "summary": "The device the token belongs to (any token): its id, name, role and campaign, never the token",
+            "responses": responses(ok(schema("Device")), &codes(&[&AUTH]), &[]) } },
+        "/api/v1/quarantine": { "get": {
+            "summary": "Refused changes, oldest first: device, document, time and reason, never the refused bytes (admin)",
+            "parameters": [
+                query("after", "the `next_after` of the previous page", json!({ "type": "integer" })),
+                query("limit", "entries per page (default 200)", json!({ "type": "integer", "minimum": 1, "maximum": 1000 })),
+                query("device", "only this device's entries", json!({ "type": "string" }))],
+            "responses": responses(ok(schema("QuarantineList")), &codes(&[&AUTH, ROLE, &[400]]), &[(403, "only the admin token lists the quarantine")]) } },
         "/api/v1/devices": { "get": {
             "summary": "Enrolled devices (admin)",
             "responses": responses(ok(json!({ "type": "array", "items": schema("Device") })), &codes(&[&AUTH, ROLE]), &[(403, "only the admin token lists devices")]) } },

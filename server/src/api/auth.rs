@@ -124,6 +124,13 @@ pub fn lock_guard(state: &AppState) -> std::sync::MutexGuard<'_, crate::guard::G
     state.guard.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// `GET /api/v1/me`: the device the token belongs to (its id, name, role and campaign; never
+/// the token), so that a client such as the web dashboard can check a token and show what it
+/// may do.
+pub(crate) async fn me(Auth(device): Auth) -> axum::Json<Device> {
+    axum::Json(device)
+}
+
 /// The device may act on `campaign`: the admin, or an organizer of it.
 pub(crate) fn require_organizer(device: &Device, campaign: &str) -> Result<(), ApiError> {
     match device.role {

@@ -310,6 +310,37 @@ pub struct SealedRecord {
     pub duplicate_group: String,
 }
 
+/// One refused change of `GET /api/v1/quarantine`: who sent it, for which document, when and
+/// why; never its bytes.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    /// The entry's id, increasing (the paging cursor).
+    pub id: i64,
+    /// The device that sent it.
+    pub device_id: String,
+    /// The document it was meant for.
+    pub doc_id: String,
+    /// When it was refused, ms since the epoch.
+    pub at: i64,
+    /// Why, in words an organizer can act on.
+    pub reason: String,
+    /// The validation rule broken, when validation refused it.
+    pub rule: Option<String>,
+    /// The refused message's size in bytes.
+    pub size: i64,
+    /// Later refusals from the device counted here instead of kept (over the quota).
+    pub repeats: i64,
+}
+
+/// `GET /api/v1/quarantine`: a page of refused changes, oldest first.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct QuarantineList {
+    /// The entries.
+    pub entries: Vec<Quarantined>,
+    /// The `after` of the next page, when this one is full.
+    pub next_after: Option<i64>,
+}
+
 /// `GET /api/v1/campaigns/{id}/review`: the campaign's review document as it stands.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReviewList {
