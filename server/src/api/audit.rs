@@ -26,9 +26,14 @@ use crate::AppState;
 use crate::error::ApiError;
 use crate::hub::now_ms;
 
-/// The most bytes of a request or an answer the layer reads to find the ids it records (the
-/// API's bodies on these routes are far smaller; a larger one is recorded without them).
-const MAX_BODY: usize = 1024 * 1024;
+/// The most bytes of a request the layer reads: axum's own limit for a JSON body (2 MiB), so
+/// that every request a handler would take reaches it whole; a larger one is refused here with
+/// the 413 the handler would have given.
+const MAX_BODY: usize = 2 * 1024 * 1024;
+
+/// The most bytes of an answer the layer reads to find the ids it records (the answers of these
+/// routes are a few hundred bytes; the export's, which is large, is not read).
+const MAX_ANSWER: usize = 64 * 1024 * 1024;
 
 /// Which action a route is, if it is one the log records.
 fn action(method: &Method, path: &str) -> Option<&'static str> {
@@ -73,7 +78,12 @@ pub(crate) async fn record(
     // Read the (small) body to find its ids, then hand the request on with it.
     let (parts, body) = request.into_parts();
     let token = super::auth::bearer(&parts);
-    let bytes = to_bytes(body, MAX_BODY).await.unwrap_or_default();
+    let Ok(bytes) = to_bytes(body, MAX_BODY).await else {
+        return axum::response::IntoResponse::into_response(ApiError::PayloadTooLarge(format!(
+            "the request body is over {} MiB: send a smaller one",
+            MAX_BODY / (1024 * 1024)
+        )));
+    };
     let asked: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     let response = next
         .run(Request::from_parts(parts, Body::from(bytes)))
@@ -85,7 +95,7 @@ pub(crate) async fn record(
         (response, Value::Null)
     } else {
         let (parts, body) = response.into_parts();
-        let bytes = to_bytes(body, MAX_BODY).await.unwrap_or_default();
+        let bytes = to_bytes(body, MAX_ANSWER).await.unwrap_or_default();
         let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         (Response::from_parts(parts, Body::from(bytes)), v)
     };
