@@ -1371,7 +1371,7 @@ mod cities {
             .iter()
             .map(|(k, c)| (k.as_str(), c.signatures))
             .collect();
-        assert_eq!(cities, [("Montreal", 2), ("Toronto", 5)]);
+        assert_eq!(cities, [("Montréal", 2), ("Toronto", 5)]);
         assert_eq!(
             t,
             store
@@ -1386,7 +1386,7 @@ mod cities {
             .read(|c| Ok(scan(c, &camp, &only(" MONTRÉAL"))?))
             .unwrap();
         assert_eq!(t.signatures, 2);
-        assert_eq!(t.by_city.keys().collect::<Vec<_>>(), ["Montreal"]);
+        assert_eq!(t.by_city.keys().collect::<Vec<_>>(), ["Montréal"]);
         // A file from before schema 6: keys unset, aggregates stale.
         store
             .write(|tx| {

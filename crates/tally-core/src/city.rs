@@ -57,9 +57,11 @@ impl Spellings {
         *self.0.entry(city_spelling(city)).or_default() += n;
     }
 
-    /// The label: the spelling the most signatures use; among spellings used equally often,
-    /// the least in byte order (UTF-8), so that the label never depends on the order the
-    /// signatures were counted in. `None` when nothing was counted.
+    /// The label: the spelling the most signatures use. Among spellings used equally often,
+    /// one in mixed case (`Toronto` before `TORONTO` and `toronto`), then the one with the most
+    /// letters beyond ASCII (`Montréal` before `Montreal`: hurried typing drops accents, rarely
+    /// adds them), then the least in byte order (UTF-8); so the label never depends on the
+    /// order the signatures were counted in. `None` when nothing was counted.
     pub fn label(&self) -> Option<&str> {
         // `max_by_key` keeps the last of equal maxima: walk the spellings from the greatest
         // down, so that the last one is the least.
@@ -67,7 +69,11 @@ impl Spellings {
             .iter()
             .rev()
             .filter(|(_, n)| **n > 0)
-            .max_by_key(|(_, n)| **n)
+            .max_by_key(|(s, n)| {
+                let mixed = s.chars().any(char::is_uppercase) && s.chars().any(char::is_lowercase);
+                let beyond_ascii = s.chars().filter(|c| !c.is_ascii()).count();
+                (**n, mixed, beyond_ascii)
+            })
             .map(|(s, _)| s.as_str())
     }
 }
@@ -141,7 +147,7 @@ mod tests {
     }
 
     #[test]
-    fn the_label_is_the_most_common_spelling_ties_by_bytes() {
+    fn the_label_is_the_most_common_spelling() {
         let mut s = Spellings::default();
         for (c, n) in [
             ("toronto", 1),
@@ -153,15 +159,29 @@ mod tests {
         }
         assert_eq!(s.label(), Some("Toronto"));
         let mut s = Spellings::default();
-        s.add("Montréal", 1);
         s.add("Montreal", 1);
+        s.add("MONTRÉAL", 1);
+        s.add("Montre\u{301}al", 1);
         assert_eq!(
             s.label(),
-            Some("Montreal"),
-            "a tie: the least in byte order"
+            Some("Montréal"),
+            "a tie: mixed case, then accents kept"
         );
-        s.add("Montre\u{301}al", 1);
-        assert_eq!(s.label(), Some("Montréal"), "two of the same spelling");
+        s.add("Montreal", 1);
+        assert_eq!(s.label(), Some("Montreal"), "the most common first");
+        let mut s = Spellings::default();
+        for c in ["toronto", "TORONTO", "Toronto"] {
+            s.add(c, 1);
+        }
+        assert_eq!(s.label(), Some("Toronto"));
+        let mut s = Spellings::default();
+        s.add("Saint-Jean", 1);
+        s.add("Saint Jean", 1);
+        assert_eq!(
+            s.label(),
+            Some("Saint Jean"),
+            "then the least in byte order"
+        );
         assert_eq!(Spellings::default().label(), None);
     }
 
