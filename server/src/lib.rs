@@ -83,6 +83,8 @@ pub struct AppState {
     shutdown: CancellationToken,
     /// Tracks connection tasks so shutdown waits for them to flush.
     tasks: TaskTracker,
+    /// The dashboard's one-time sign-in links waiting to be used (in memory only).
+    pub signin_links: api::signin::Links,
 }
 
 impl AppState {
@@ -207,6 +209,8 @@ route_table! {
     get "/api/v1/audit" => api::audit::list,
     get "/api/v1/audit/verify" => api::audit::verify,
     get "/api/v1/quarantine" => api::quarantine::list,
+    post "/api/v1/signin-links" => api::signin::create,
+    post "/api/v1/signin-links/{id}/redeem" => api::signin::redeem,
 }
 
 /// Builds the router.
@@ -491,6 +495,7 @@ pub async fn serve(
         conns: Mutex::default(),
         shutdown: token.clone(),
         tasks: TaskTracker::new(),
+        signin_links: Default::default(),
     });
     let background = tokio::spawn(background(
         state.clone(),

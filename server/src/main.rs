@@ -173,6 +173,10 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
+    /// Print a one-time link that opens the web dashboard signed in with this command's token
+    /// (the admin's, or --token / --token-file): it works once, within 10 minutes. (Or open
+    /// the server's address and paste a token.)
+    Dashboard,
     /// Campaigns: create, list.
     Campaign {
         #[command(subcommand)]
@@ -699,6 +703,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Token { cmd } => token_cmd(&cli.shared, cmd),
+        Cmd::Dashboard => {
+            let (link, expires_at) = tally_server::web::signin_link(&api(&cli.shared)?)?;
+            print(
+                cli.shared.json,
+                &json!({ "link": link, "expires_at": expires_at }),
+                || {
+                    format!(
+                        "Open this link in a browser: it signs the dashboard in once, within 10 minutes, and keeps the token in that tab only.\n{link}"
+                    )
+                },
+            );
+            Ok(())
+        }
         Cmd::Audit {
             cmd,
             from,

@@ -360,6 +360,13 @@ fn response_schemas() -> Value {
             "QuarantineList": { "type": "object", "required": ["entries", "next_after"], "properties": {
                 "entries": { "type": "array", "items": schema("Quarantined") },
                 "next_after": { "type": ["integer", "null"], "description": "the `after` of the next page when this one is full" } } },
+            "NewSigninLink": { "type": "object", "required": ["sealed"], "properties": {
+                "sealed": { "type": "string", "pattern": "^[0-9a-fA-F]{1,4096}$", "minLength": 1, "maxLength": 4096, "description": "the caller's token sealed to a throwaway age key (an age file, hex)" } } },
+            "SigninLink": { "type": "object", "required": ["id", "expires_at"], "properties": {
+                "id": { "type": "string", "description": "32 hex digits, in the link's fragment" },
+                "expires_at": { "type": "integer", "description": "when it stops working, ms since the epoch" } } },
+            "SealedToken": { "type": "object", "required": ["sealed"], "properties": {
+                "sealed": { "type": "string", "description": "the sealed token (hex), given once" } } },
             "Revoked": { "type": "object", "required": ["revoked", "connections_closed"], "properties": {
                 "revoked": { "type": "string" }, "connections_closed": { "type": "integer" } } },
             "Health": { "type": "object", "required": ["status", "documents_loaded", "connections"], "properties": {
@@ -514,6 +521,14 @@ pub fn document() -> Value {
         "/api/v1/me": { "get": {
             "summary": "The device the token belongs to (any token): its id, name, role and campaign, never the token",
             "responses": responses(ok(schema("Device")), &codes(&[&AUTH]), &[]) } },
+        "/api/v1/signin-links": { "post": {
+            "summary": "Leave the caller's token, sealed to a throwaway age key, for one dashboard sign-in within 10 minutes (an organizer or the admin; `tally dashboard`)",
+            "requestBody": body(schema("NewSigninLink")),
+            "responses": responses(ok(schema("SigninLink")), &codes(&[&AUTH, ROLE, BODY]), &[(403, "a canvasser's token does not sign in to the dashboard"), (429, "too many sign-in links wait to be used, or another per-address limit")]) } },
+        "/api/v1/signin-links/{id}/redeem": { "post": {
+            "summary": "Take a sign-in link's sealed token, once (no token: the link is the proof, and the token is sealed to the secret in the link's fragment)", "security": [],
+            "parameters": [id_param("the link's id")],
+            "responses": responses(ok(schema("SealedToken")), &[410, 500], &[(410, "the link was used, has expired, or is unknown")]) } },
         "/api/v1/quarantine": { "get": {
             "summary": "Refused changes, oldest first: device, document, time and reason, never the refused bytes (admin)",
             "parameters": [

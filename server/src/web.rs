@@ -181,6 +181,40 @@ pub(crate) async fn fallback(method: Method, uri: Uri, headers: HeaderMap) -> Re
     }
 }
 
+/// Makes a one-time sign-in link to the dashboard for `api`'s token (`tally dashboard`): a
+/// throwaway age identity is made here, the token is sealed to it and left with the server
+/// (`POST /api/v1/signin-links`), and the link carries the identity in its fragment, which the
+/// browser never sends (see `api::signin`). Returns the link and when it stops working.
+pub fn signin_link(api: &crate::client::Api) -> anyhow::Result<(String, i64)> {
+    use std::io::Write as _;
+
+    use age::secrecy::ExposeSecret as _;
+
+    use crate::api::types::{NewSigninLink, SigninLink};
+
+    let key = age::x25519::Identity::generate();
+    let recipient = key.to_public();
+    let encryptor =
+        age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))?;
+    let mut sealed = Vec::new();
+    let mut w = encryptor.wrap_output(&mut sealed)?;
+    w.write_all(api.token.as_bytes())?;
+    w.finish()?;
+    let link: SigninLink = api.post(
+        "/api/v1/signin-links",
+        &NewSigninLink {
+            sealed: hex::encode(&sealed),
+        },
+    )?;
+    let url = format!(
+        "{}/#signin={}.{}",
+        api.server.trim_end_matches('/'),
+        link.id,
+        key.to_string().expose_secret()
+    );
+    Ok((url, link.expires_at))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -190,6 +190,26 @@ describe('the organizers dashboard in a real browser', { concurrency: false }, (
     await assertLabelled(page, 'campaigns');
   });
 
+  it('signs in from the one-time link `tally dashboard` prints, which then stops working', async () => {
+    const out = JSON.parse(await tally(server, dir, ['dashboard', '--json']));
+    assert.ok(out.link.startsWith(`${server.url}/#signin=`), out.link);
+    assert.ok(out.expires_at > Date.now());
+    const viaLink = await newPage('link');
+    await viaLink.goto(out.link);
+    await viaLink.locator('#view-title').waitFor();
+    assert.equal(new URL(viaLink.url()).hash, '', 'the link is gone from the address bar');
+    assert.equal(await viaLink.evaluate(() => sessionStorage.getItem('tally.token')), server.adminToken);
+    // The secret in the fragment never reached the server: only the link's id did.
+    const secret = out.link.split('.').pop();
+    assert.ok(!requests.some((r) => r.url.includes(secret) || r.body.includes(secret)));
+    await viaLink.context().close();
+    const again = await newPage('link-again');
+    await again.goto(out.link);
+    await again.locator('#signin-error:not([hidden])').waitFor();
+    assert.match(await again.locator('#signin-error').textContent(), /used already or has expired/);
+    await again.context().close();
+  });
+
   it('creates a campaign and an event from the page', async () => {
     await page.locator('#c-title').fill('Status for All');
     await page.locator('#c-petition').fill('We call on the Government of Canada to regularize all undocumented people.');
@@ -434,7 +454,7 @@ describe('the organizers dashboard in a real browser', { concurrency: false }, (
     await page.locator('#s-signature').fill('typed-before-the-outage');
     await server.kill();
     await page.locator('#strike-form button[type=submit]').click();
-    await page.getByText('The server cannot be reached. Nothing you typed is lost').waitFor();
+    await page.locator('#review-message').getByText('The server cannot be reached. Nothing you typed is lost').waitFor();
     await page.locator('#connection:not([hidden])').waitFor();
     assert.equal(await page.locator('#s-signature').inputValue(), 'typed-before-the-outage');
     await wall.locator('#wall-status[data-state=stale]').waitFor({ timeout: 10_000 });
@@ -579,5 +599,7 @@ describe('the organizers dashboard in a real browser', { concurrency: false }, (
     origins.delete('null');
     for (const o of origins) assert.ok(o === server.url || o === 'blob:' || o.startsWith('blob'), `a request to ${o}`);
     assert.deepEqual(consoleErrors, [], 'no script errors and no CSP violations');
+    // No token in the server's log, ever.
+    for (const token of [server.adminToken, organizerToken]) assert.ok(!server.log.includes(token), 'a token in the log');
   });
 });

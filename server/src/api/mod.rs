@@ -8,7 +8,9 @@
 //! One module per resource: [`auth`] (tokens, roles, the client's address), [`devices`]
 //! (enrollment, invites, devices, revocation), [`campaigns`] (campaigns and events), [`totals`]
 //! (totals and their live stream), [`review`] (strikes, paper sheets), [`export`] (sealed
-//! records), [`quarantine`] (refused changes, for the admin); [`types`] holds every request and response body, which the clients share.
+//! records), [`quarantine`] (refused changes, for the admin), [`signin`] (the dashboard's
+//! one-time sign-in links); [`types`] holds every request and response body, which the clients
+//! share.
 //!
 //! Every failure is an [`ApiError`] (status and message in one place, `error.rs`). Checks run in
 //! one order: the token (401), its role and campaign (403), the campaign (404), then the query
@@ -21,6 +23,7 @@ pub mod devices;
 pub mod export;
 pub mod quarantine;
 pub mod review;
+pub mod signin;
 pub mod totals;
 pub mod types;
 

@@ -341,6 +341,29 @@ pub struct QuarantineList {
     pub next_after: Option<i64>,
 }
 
+/// `POST /api/v1/signin-links`: a token sealed to a throwaway age key (`tally dashboard`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct NewSigninLink {
+    /// The age file of the token, hex.
+    pub sealed: String,
+}
+
+/// A sign-in link waiting to be used.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SigninLink {
+    /// The link's id (32 hex digits), in the link's fragment.
+    pub id: String,
+    /// When it stops working, ms since the epoch.
+    pub expires_at: i64,
+}
+
+/// `POST /api/v1/signin-links/{id}/redeem`: the sealed token, given once.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SealedToken {
+    /// The age file of the token, hex.
+    pub sealed: String,
+}
+
 /// `GET /api/v1/campaigns/{id}/review`: the campaign's review document as it stands.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReviewList {

@@ -206,3 +206,7 @@ export interface QuarantineList {
   entries: Quarantined[];
   next_after: number | null;
 }
+
+export interface SealedToken {
+  sealed: string;
+}
