@@ -524,11 +524,11 @@ pub fn document() -> Value {
         "/api/v1/signin-links": { "post": {
             "summary": "Leave the caller's token, sealed to a throwaway age key, for one dashboard sign-in within 10 minutes (an organizer or the admin; `tally dashboard`)",
             "requestBody": body(schema("NewSigninLink")),
-            "responses": responses(ok(schema("SigninLink")), &codes(&[&AUTH, ROLE, BODY]), &[(403, "a canvasser's token does not sign in to the dashboard"), (429, "too many sign-in links wait to be used, or another per-address limit")]) } },
+            "responses": responses(ok(schema("SigninLink")), &codes(&[&AUTH, ROLE, BODY]), &[(403, "a canvasser's token does not sign in to the dashboard")]) } },
         "/api/v1/signin-links/{id}/redeem": { "post": {
             "summary": "Take a sign-in link's sealed token, once (no token: the link is the proof, and the token is sealed to the secret in the link's fragment)", "security": [],
             "parameters": [id_param("the link's id")],
-            "responses": responses(ok(schema("SealedToken")), &[410, 500], &[(410, "the link was used, has expired, or is unknown")]) } },
+            "responses": responses(ok(schema("SealedToken")), &[404, 500], &[(404, "no such link: it was used, has expired, or the server restarted since it was made")]) } },
         "/api/v1/quarantine": { "get": {
             "summary": "Refused changes, oldest first: device, document, time and reason, never the refused bytes (admin)",
             "parameters": [

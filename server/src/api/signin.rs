@@ -3,12 +3,12 @@
 //! here (`POST /api/v1/signin-links`, with that token); the link it prints is
 //! `SERVER/#signin=ID.SECRET`, the secret in the URL's fragment, which a browser never sends.
 //! The page takes the sealed token once (`POST /api/v1/signin-links/{id}/redeem`: it is then
-//! gone), opens it with the secret, and keeps the token in the tab's session storage. So the
+//! gone; a 404 after), opens it with the secret, and keeps the token in the tab's session storage. So the
 //! server only ever holds a token sealed to a key it never sees, for at most [`TTL_MS`], and the
 //! link works once: copied from a terminal's scrollback afterwards it opens nothing.
 //!
 //! The links live in memory only ([`Links`]): a restart forgets them (run `tally dashboard`
-//! again), and at most [`MAX_LINKS`] wait at once.
+//! again), and at most [`MAX_LINKS`] wait at once (past it the one closest to expiring goes).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -67,11 +67,15 @@ pub(crate) async fn create(
         )));
     }
     let mut links = state.signin_links.lock();
-    if links.len() >= MAX_LINKS {
-        return Err(ApiError::TooManyRequests(format!(
-            "{MAX_LINKS} sign-in links are waiting to be used: try again when some have expired (after {} minutes)",
-            TTL_MS / 60_000
-        )));
+    while links.len() >= MAX_LINKS {
+        let Some(oldest) = links
+            .iter()
+            .min_by_key(|(_, (_, expires))| *expires)
+            .map(|(id, _)| id.clone())
+        else {
+            break;
+        };
+        links.remove(&oldest);
     }
     let id = hex::encode(rand::random::<[u8; 16]>());
     let expires_at = now_ms() + TTL_MS;
@@ -89,8 +93,8 @@ pub(crate) async fn redeem(
     let taken = state.signin_links.lock().remove(&id);
     match taken {
         Some((sealed, _)) => Ok(Json(SealedToken { sealed })),
-        None => Err(ApiError::Gone(
-            "this sign-in link was used already, has expired (links work once, for 10 minutes) or the server restarted since: run `tally dashboard` again, or paste a token".into(),
+        None => Err(ApiError::NotFound(
+            "no such sign-in link: it was used already, has expired (links work once, for 10 minutes) or the server restarted since; run `tally dashboard` again, or paste a token".into(),
         )),
     }
 }

@@ -29,7 +29,7 @@ export async function consumeSigninLink(): Promise<string | undefined> {
   try {
     sealed = await post<SealedToken>(`/api/v1/signin-links/${seg(m[1])}/redeem`, {});
   } catch (e) {
-    if (e instanceof ApiError && e.status === 410) throw new Error(t('signin_link_used'), { cause: e });
+    if (e instanceof ApiError && e.status === 404) throw new Error(t('signin_link_used'), { cause: e });
     throw e;
   }
   const d = new Decrypter();
