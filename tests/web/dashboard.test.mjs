@@ -576,6 +576,27 @@ describe('the organizers dashboard in a real browser', { concurrency: false }, (
     await page.keyboard.press('Enter');
   });
 
+  it("speaks the API's types: each body type of the page has exactly the fields the OpenAPI document gives it", async () => {
+    const doc = await (await fetch(`${server.url}/api/v1/openapi.json`)).json();
+    const schemas = doc.components.schemas;
+    const source = readFileSync(join(import.meta.dirname, '../../web/src/dashboard/types.ts'), 'utf8');
+    const interfaces = new Map();
+    for (const m of source.matchAll(/export interface (\w+) \{([^}]*)\}/g)) {
+      const fields = [...m[2].matchAll(/^\s+(\w+)\??:/gm)].map((f) => f[1]);
+      interfaces.set(m[1], fields.sort());
+    }
+    // The page's name for a schema the document writes inline.
+    const named = { ...schemas, CampaignSummary: schemas.Campaigns.properties.campaigns.items };
+    let checked = 0;
+    for (const [name, fields] of interfaces) {
+      const schema = named[name];
+      assert.ok(schema, `types.ts's ${name} is no schema of the OpenAPI document`);
+      assert.deepEqual(fields, Object.keys(schema.properties).sort(), `the fields of ${name}`);
+      checked += 1;
+    }
+    assert.ok(checked >= 20, `${checked} types checked`);
+  });
+
   it('keeps to its own origin: a strict CSP, no CORS for other origins, nothing loaded from elsewhere', async () => {
     const res = await fetch(`${server.url}/`);
     const csp = res.headers.get('content-security-policy');
