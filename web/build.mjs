@@ -15,10 +15,17 @@ import { tmpdir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import { buildAppExtras } from './app-build.mjs';
+
 const root = dirname(fileURLToPath(import.meta.url));
 
 /** The pages: source folder under src/, output folder under dist/ ('' is the site's root). */
-export const PAGES = [{ src: 'dashboard', out: '', name: 'dashboard' }];
+export const PAGES = [
+  { src: 'dashboard', out: '', name: 'dashboard' },
+  // The canvassers' app (issue 16), served at /app/; `extra` adds its manifest, icons,
+  // WebAssembly and service worker (app-build.mjs).
+  { src: 'app', out: 'app', name: 'app', extra: buildAppExtras },
+];
 
 async function build(outdir) {
   rmSync(outdir, { recursive: true, force: true });
@@ -53,6 +60,7 @@ async function build(outdir) {
       logLevel: 'warning',
     });
     copyFileSync(join(src, 'index.html'), join(out, 'index.html'));
+    if (page.extra) await page.extra({ esbuild, root, src, out });
   }
 }
 

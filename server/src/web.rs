@@ -38,6 +38,23 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
      manifest-src 'self'; worker-src 'self'; form-action 'none'; frame-ancestors 'none'; \
      base-uri 'none'";
 
+/// The canvassers' app's policy (`/app/`): the same, and `'wasm-unsafe-eval'`, without which a
+/// browser refuses to compile WebAssembly, and the app keeps its documents with automerge, which
+/// is WebAssembly. It allows compiling WebAssembly only: `eval` and inline scripts stay refused.
+pub const APP_CONTENT_SECURITY_POLICY: &str = "default-src 'none'; \
+     script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; img-src 'self' blob:; \
+     font-src 'self'; connect-src 'self'; manifest-src 'self'; worker-src 'self'; \
+     form-action 'none'; frame-ancestors 'none'; base-uri 'none'";
+
+/// The policy a path is served with.
+fn policy_for(path: &str) -> &'static str {
+    if path == "/app" || path.starts_with("/app/") {
+        APP_CONTENT_SECURITY_POLICY
+    } else {
+        CONTENT_SECURITY_POLICY
+    }
+}
+
 /// The paths of every embedded file, sorted.
 pub fn paths() -> impl Iterator<Item = &'static str> {
     ASSETS.iter().map(|a| a.path)
@@ -90,16 +107,12 @@ fn lookup(path: &str) -> Found {
     Found::None
 }
 
-/// The headers every page and file is served with.
-fn security_headers(headers: &mut HeaderMap) {
+/// The headers every page and file is served with (`path`'s policy: [`policy_for`]).
+fn security_headers(headers: &mut HeaderMap, path: &str) {
     let set = |h: &mut HeaderMap, k: header::HeaderName, v: &'static str| {
         h.insert(k, HeaderValue::from_static(v));
     };
-    set(
-        headers,
-        header::CONTENT_SECURITY_POLICY,
-        CONTENT_SECURITY_POLICY,
-    );
+    set(headers, header::CONTENT_SECURITY_POLICY, policy_for(path));
     set(headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     set(headers, header::REFERRER_POLICY, "no-referrer");
     set(headers, header::X_FRAME_OPTIONS, "DENY");
@@ -129,7 +142,7 @@ pub fn respond(method: &Method, path: &str, request: &HeaderMap) -> Option<Respo
             if let Ok(v) = HeaderValue::from_str(&to) {
                 r.headers_mut().insert(header::LOCATION, v);
             }
-            security_headers(r.headers_mut());
+            security_headers(r.headers_mut(), path);
             return Some(r);
         }
         Found::None => return None,
@@ -169,7 +182,7 @@ pub fn respond(method: &Method, path: &str, request: &HeaderMap) -> Option<Respo
     };
     r.headers_mut()
         .insert(header::ETAG, HeaderValue::from_static(asset.etag));
-    security_headers(r.headers_mut());
+    security_headers(r.headers_mut(), path);
     Some(r)
 }
 
@@ -263,6 +276,41 @@ mod tests {
         }
         assert!(!CONTENT_SECURITY_POLICY.contains("unsafe"));
         assert!(!CONTENT_SECURITY_POLICY.contains("http"));
+    }
+
+    #[test]
+    fn the_app_is_served_at_app_with_its_worker_manifest_and_webassembly() {
+        for (path, ty) in [
+            ("/app/", "text/html; charset=utf-8"),
+            ("/app/sign", "text/html; charset=utf-8"),
+            ("/app/app.js", "text/javascript; charset=utf-8"),
+            ("/app/sw.js", "text/javascript; charset=utf-8"),
+            ("/app/manifest.webmanifest", "application/manifest+json"),
+            ("/app/automerge.wasm", "application/wasm"),
+            ("/app/icons/icon-192.png", "image/png"),
+        ] {
+            let r = get(path);
+            assert_eq!(r.status(), StatusCode::OK, "{path}");
+            assert_eq!(r.headers()[header::CONTENT_TYPE], ty, "{path}");
+            let csp = r.headers()[header::CONTENT_SECURITY_POLICY]
+                .to_str()
+                .unwrap();
+            assert_eq!(csp, APP_CONTENT_SECURITY_POLICY, "{path}");
+        }
+        // Compiling WebAssembly is all the app's policy adds: no eval, no inline script.
+        let app = APP_CONTENT_SECURITY_POLICY.replace(" 'wasm-unsafe-eval'", "");
+        assert_eq!(app, CONTENT_SECURITY_POLICY);
+        assert!(!app.contains("unsafe"));
+        assert_eq!(
+            get("/app").headers()[header::LOCATION],
+            "/app/",
+            "the folder without its slash redirects"
+        );
+        // The dashboard keeps the stricter policy.
+        assert_eq!(
+            get("/").headers()[header::CONTENT_SECURITY_POLICY],
+            CONTENT_SECURITY_POLICY
+        );
     }
 
     #[test]

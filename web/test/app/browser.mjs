@@ -1,0 +1,413 @@
+// The canvassers' app in a real browser (Debian's Chromium, driven by playwright-core) against a
+// real `tally serve` and the real organizer API and commands (issue 16). The steps read as a
+// canvasser's day; each is a test, in order, sharing one server, one phone (a browser context:
+// its IndexedDB, its service worker) and one campaign:
+//
+//   1. enroll from the invite's link (the payload after #) and see the petition
+//   2. offline for real (context.setOffline): the page is reloaded and still opens
+//   3. offline: 6 signatures (two of one person, spelled differently), a refused form naming its
+//      field, 2 check-ins (one a walk-in); the pending count says 8
+//   4. the page closed and opened again, offline: all 8 are there
+//   5. online: it syncs by itself, the pending count reaches 0
+//   6. the organizer API's totals are exact (6 signatures, 5 unique signers, 2 check-ins), and
+//      `tally export` opens every name the phone took
+//   7. after sync, IndexedDB holds no signer's name, email or phone in the clear
+//   8. the same person signed by `tally-device` gets the app's duplicate token (same group, one
+//      unique signer)
+//   9. a record the server refuses (`TALLY_REFUSE_RECORDS`) is shown with the server's reason;
+//      the phone's later signatures reach the server and count
+//  10. the server killed during a sync: nothing is lost, the app syncs once it is back
+//
+// Screenshots of every screen (phone-sized) go to <out>/screens; the figures (time to first
+// paint offline, signing time) to <out>/figures.json. Run: `node test/app/browser.mjs` in web/
+// after `cargo build -p tally-server -p tally-client` (tests/tests/app.rs does both).
+
+import assert from 'node:assert/strict';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+
+import { PHONE, Shots, World, launch, outDir, until } from './harness.mjs';
+
+const world = new World();
+const shots = new Shots();
+const figures = {};
+let browser;
+let context;
+let page;
+let campaign;
+let failed = false;
+
+/** Each step runs only if the ones before it passed (they build on each other). */
+function step(name, body) {
+  test(name, async (t) => {
+    if (failed) return t.skip('an earlier step failed');
+    try {
+      await body(t);
+    } catch (e) {
+      failed = true;
+      if (page && !page.isClosed()) await shots.take(page, `failed-${name.slice(0, 30).replace(/\W+/g, '-')}`).catch(() => undefined);
+      throw e;
+    }
+  });
+}
+
+// Six signatures: Amara twice (case, spacing, and the postal code's spelling differ).
+const SIGNERS = [
+  { name: 'Amara Okafor', postal_code: 'M5V 2T6', city: 'Toronto', email: 'amara@example.org', phone: '416 555 0199', consent: true },
+  { name: '  amara   OKAFOR ', postal_code: 'm5v2t6', city: 'Toronto' },
+  { name: 'Jean Tremblay', postal_code: 'H2X 1Y4', city: 'Montréal', phone: '+1 514 555 0101' },
+  { name: 'José Álvarez', postal_code: 'K1A 0B1', city: 'Ottawa', email: 'jose.alvarez@example.org', street: '1 Wellington St' },
+  { name: 'Nguyễn Thị Minh Khai', postal_code: 'V6B 1A1', city: 'Vancouver', riding: 'Vancouver Centre' },
+  { name: 'Chloé Roy', postal_code: 'X0A 1H0', city: 'Iqaluit', event: 'rally' },
+];
+const ATTENDEES = [
+  { name: 'Sam Lee', walkIn: false },
+  { name: 'Priya Natarajan', walkIn: true },
+];
+
+async function pending() {
+  return Number(await page.locator('#pending').getAttribute('data-pending'));
+}
+
+async function waitPending(n, timeout = 30_000) {
+  await page.waitForFunction((want) => document.querySelector('#pending')?.getAttribute('data-pending') === String(want), n, { timeout });
+}
+
+async function home() {
+  while (await page.locator('button.back').count()) {
+    await page.locator('button.back').first().click();
+  }
+  await page.locator('#go-sign').waitFor();
+}
+
+async function sign(s) {
+  await page.locator('#go-sign:not([disabled])').click();
+  await fill(s);
+  await page.locator('#save').click();
+  await page.locator('#saved', { hasText: s.name.trim() }).waitFor({ timeout: 10_000 });
+  await home();
+}
+
+async function fill(s) {
+  await page.locator('#name').fill(s.name);
+  await page.locator('#postal_code').fill(s.postal_code);
+  await page.locator('#city').fill(s.city);
+  for (const f of ['email', 'phone', 'street', 'riding']) await page.locator(`#${f}`).fill(s[f] ?? '');
+  await page.locator('#event').selectOption(s.event ?? '');
+  await page.locator('#consent_contact').setChecked(Boolean(s.consent));
+}
+
+async function checkin(a, shot) {
+  await page.locator('#go-checkin:not([disabled])').click();
+  await page.locator('#event').selectOption('rally');
+  await page.locator('#name').fill(a.name);
+  await page.locator('#walk_in').setChecked(a.walkIn);
+  await page.locator('#save').click();
+  await page.locator('#saved', { hasText: a.name }).waitFor({ timeout: 10_000 });
+  if (shot) await shots.take(page, shot);
+  await home();
+}
+
+/** Every value of every IndexedDB database of the page, as text (bytes as UTF-8 and Latin-1). */
+async function indexedDbText() {
+  return page.evaluate(async () => {
+    const req = (r) => new Promise((ok, fail) => ((r.onsuccess = () => ok(r.result)), (r.onerror = () => fail(r.error))));
+    const parts = [];
+    const bytes = (b) => {
+      const u = b instanceof Uint8Array ? b : new Uint8Array(b);
+      return `${new TextDecoder('utf-8').decode(u)}\n${Array.from(u, (c) => String.fromCharCode(c)).join('')}`;
+    };
+    const show = (v) =>
+      JSON.stringify(v, (_k, x) => (x instanceof Uint8Array || x instanceof ArrayBuffer ? bytes(x) : x));
+    for (const { name } of await indexedDB.databases()) {
+      const db = await req(indexedDB.open(name));
+      for (const store of Array.from(db.objectStoreNames)) {
+        const tx = db.transaction(store, 'readonly');
+        const values = await req(tx.objectStore(store).getAll());
+        const keys = await req(tx.objectStore(store).getAllKeys());
+        parts.push(`# ${name}/${store}: ${values.length}`, ...values.map(show), ...keys.map(show));
+      }
+      db.close();
+    }
+    return parts.join('\n');
+  });
+}
+
+before(async () => {
+  await world.start();
+  const recipient = (await world.tally('keygen', '--out', 'organizer.age')).trim().split('\n').pop();
+  const created = await world.tallyJson(
+    'campaign', 'create', '--title', 'Status for All', '--goal', '1000',
+    '--petition', 'We call on the Government of Canada to regularize all undocumented people.',
+    '--addressee', 'the House of Commons', '--recipient', recipient,
+  );
+  campaign = created.campaign;
+  await world.tally('event', 'add', '--campaign', campaign, '--id', 'rally', '--name', "Rally at Queen's Park", '--city', 'Toronto', '--starts-at', '2026-07-01T18:00:00-04:00', '--place', "Queen's Park");
+  browser = await launch();
+  context = await browser.newContext(PHONE);
+  page = await context.newPage();
+});
+
+after(async () => {
+  mkdirSync(outDir, { recursive: true });
+  writeFileSync(join(outDir, 'figures.json'), JSON.stringify({ ...figures, screenshots: shots.paths }, null, 2) + '\n');
+  await browser?.close();
+  await world.close();
+});
+
+step('1. the invite link opens the app, which enrolls and shows the petition', async () => {
+  const invite = await world.tallyJson('invite', '--campaign', campaign);
+  const link = invite.app_link ?? `${world.phoneUrl}/app/#${encodeURIComponent(JSON.stringify(invite.payload))}`;
+  assert.ok(link.startsWith(`${world.phoneUrl}/app/#`), link);
+  // The payload is after '#': it never reaches the server (a fragment is not sent).
+  assert.equal(decodeURIComponent(new URL(link).hash.slice(1)), JSON.stringify(invite.payload));
+  await page.goto(link);
+  await page.locator('#phone-name').fill("Amina's phone");
+  await shots.take(page, 'enroll');
+  await page.locator('#enroll').click();
+  await page.locator('#petition', { hasText: 'regularize all undocumented people' }).waitFor({ timeout: 20_000 });
+  assert.equal(new URL(page.url()).hash, '', 'the invite is dropped from the address once used');
+  await page.locator('#go-sign:not([disabled])').waitFor();
+  // The service worker controls the page and holds the app's files before the signal goes.
+  await page.waitForFunction(() => navigator.serviceWorker.controller !== null, null, { timeout: 20_000 });
+  await page.evaluate(async () => {
+    const cached = await Promise.all((await caches.keys()).map(async (k) => (await (await caches.open(k)).keys()).length));
+    if (!cached.some((n) => n > 5)) throw new Error(`the app shell is not cached: ${cached}`);
+  });
+  await page.locator('#link[data-link="connected"]').waitFor();
+  await until('the team total from the server', () => page.locator('#team-total', { hasText: '0 signatures' }).count());
+  await shots.take(page, 'home');
+});
+
+step('2. offline for real, the page reloads and still opens', async () => {
+  await context.setOffline(true);
+  await page.reload();
+  await page.locator('#petition', { hasText: 'regularize all undocumented people' }).waitFor();
+  await page.locator('#go-sign:not([disabled])').waitFor();
+  await page.locator('#link[data-link="offline"]').waitFor();
+  figures.first_paint_offline_ms = await page.evaluate(() => performance.getEntriesByName('first-contentful-paint')[0]?.startTime ?? null);
+  figures.ready_to_sign_offline_ms = await page.evaluate(() => performance.now());
+  assert.ok(await page.locator('#team-total').count(), 'the last team total is shown offline');
+  await shots.take(page, 'home-offline');
+});
+
+step('3. offline: 6 signatures, a refused form, 2 check-ins; 8 not yet safe', async () => {
+  // A form the rules refuse names its field and writes nothing.
+  await page.locator('#go-sign').click();
+  await shots.take(page, 'sign');
+  await fill({ name: 'Test Refusal', postal_code: 'Z5V 2T6', city: 'Toronto' });
+  await page.locator('#save').click();
+  const error = page.locator('#form-error');
+  await error.waitFor();
+  assert.match(await error.innerText(), /^Postal code: “Z5V 2T6” starts with Z/);
+  assert.equal(await page.locator('#postal_code').getAttribute('aria-invalid'), 'true');
+  assert.equal(await page.locator('#error-postal_code').innerText(), await error.innerText(), 'said under the field too');
+  await shots.take(page, 'sign-refused-field');
+  await page.locator('#postal_code').fill('M5V 2T6');
+  await page.locator('#email').fill('not-an-email');
+  await page.locator('#save').click();
+  await page.locator('#form-error', { hasText: /^Email \(optional\): “not-an-email” is not an email address/ }).waitFor();
+  await home();
+  assert.equal(await pending(), 0, 'a refused form writes nothing');
+
+  for (const s of SIGNERS) await sign(s);
+  for (const [i, a] of ATTENDEES.entries()) await checkin(a, i === 1 ? 'checkin' : undefined);
+  await waitPending(8);
+  assert.match(await page.locator('#pending').innerText(), /8 not yet safe on the server\n6 signatures, 2 check-ins only on this phone/);
+  await shots.take(page, 'home-pending');
+  const measures = await page.evaluate(() => performance.getEntriesByName('tally-sign').map((m) => m.duration));
+  figures.sign_ms = { runs: measures.length, median: measures.sort((a, b) => a - b)[Math.floor(measures.length / 2)], max: Math.max(...measures) };
+});
+
+step('4. the page closed and opened again offline: all 8 are there', async () => {
+  await page.close();
+  page = await context.newPage();
+  await page.goto(`${world.phoneUrl}/app/`);
+  await page.locator('#petition').waitFor();
+  await waitPending(8);
+  await page.locator('#go-records').click();
+  const items = page.locator('#records-pending li.receipt');
+  await until('8 pending records listed', async () => (await items.count()) === 8);
+  for (const s of SIGNERS) await page.locator('#records-pending li', { hasText: s.name.trim() }).first().waitFor();
+  for (const a of ATTENDEES) await page.locator('#records-pending li', { hasText: a.name }).waitFor();
+  await shots.take(page, 'records-pending');
+  await home();
+});
+
+step('5. online again: the app syncs by itself, nothing pending', async () => {
+  const started = Date.now();
+  await context.setOffline(false);
+  await waitPending(0);
+  figures.sync_8_records_after_online_ms = Date.now() - started;
+  await page.locator('#link[data-link="connected"]').waitFor();
+  await shots.take(page, 'home-synced');
+  await page.locator('#go-records').click();
+  await until('8 safe records', async () => (await page.locator('#records-safe li.receipt').count()) === 8);
+  assert.equal(await page.locator('#records-pending li.receipt').count(), 0);
+  await shots.take(page, 'records-safe');
+  await home();
+});
+
+step('6. the organizer API counts exactly, and tally export opens every name', async () => {
+  const totals = await until('the projection to count 6', async () => {
+    const t = await world.api(`/api/v1/campaigns/${campaign}/totals`);
+    return t.signatures === 6 ? t : undefined;
+  });
+  assert.equal(totals.signatures, 6);
+  assert.equal(totals.unique_signers, 5);
+  const rally = totals.checkins?.rally ?? totals.checkins?.find?.((c) => c.event === 'rally');
+  assert.equal(rally?.unique, 2, JSON.stringify(totals.checkins));
+  assert.equal(rally?.walk_in, 1, JSON.stringify(totals.checkins));
+  await world.tally('export', '--campaign', campaign, '--identity', 'organizer.age', '--out', 'all.csv', '--all');
+  const csv = world.read('all.csv');
+  for (const s of SIGNERS) assert.ok(csv.includes(s.name.trim()), `${s.name.trim()} in the export:\n${csv}`);
+  assert.ok(csv.includes('amara@example.org') && csv.includes('416 555 0199') && csv.includes('1 Wellington St'));
+  assert.ok(csv.includes('M5V2T6') && csv.includes('K1A0B1'));
+  // The team total comes back to the phone through the totals document.
+  await page.locator('#team-total', { hasText: '6 signatures · 5 people' }).waitFor({ timeout: 20_000 });
+});
+
+step('7. after sync, IndexedDB holds no name, email or phone in the clear', async () => {
+  const text = await indexedDbText();
+  assert.match(text, /# tally-phone\/receipts: 8/);
+  assert.match(text, /# tally-repo\/documents: /);
+  const secrets = [
+    ...SIGNERS.flatMap((s) => [s.name.trim(), s.name.trim().toLowerCase(), s.email, s.phone, s.street]),
+    ...ATTENDEES.map((a) => a.name),
+    'Okafor', 'OKAFOR', 'okafor', 'Tremblay', 'Álvarez', 'Nguyễn', 'Chloé', 'Natarajan',
+  ].filter(Boolean);
+  for (const s of secrets) assert.ok(!text.includes(s), `IndexedDB holds ${JSON.stringify(s)} in the clear`);
+  // Nor the page's other storage.
+  const other = await page.evaluate(() => JSON.stringify({ ...localStorage }) + JSON.stringify({ ...sessionStorage }));
+  for (const s of secrets) assert.ok(!other.includes(s), `web storage holds ${JSON.stringify(s)}`);
+});
+
+step('8. the same person signed by tally-device gets the app\'s duplicate token', async () => {
+  const invite = await world.tallyJson('invite', '--campaign', campaign);
+  world.write('bo.json', JSON.stringify(invite.payload));
+  await world.device('bo', 'enroll', '--payload', '@bo.json', '--name', "Bo's phone");
+  await world.device('bo', 'sign', '--name', 'AMARA okafor', '--postal-code', 'M5V-2T6', '--city', 'Toronto');
+  await world.device('bo', 'sync');
+  const totals = await until('7 signatures', async () => {
+    const t = await world.api(`/api/v1/campaigns/${campaign}/totals`);
+    return t.signatures === 7 ? t : undefined;
+  });
+  assert.equal(totals.unique_signers, 5, 'the CLI phone\'s Amara is the app\'s Amara');
+  const sealed = await world.api(`/api/v1/campaigns/${campaign}/sealed`);
+  const records = sealed.records ?? sealed;
+  const groups = new Map();
+  for (const r of records) groups.set(r.duplicate_group, [...(groups.get(r.duplicate_group) ?? []), r.collected_by]);
+  const amara = [...groups.values()].find((by) => by.length === 3);
+  assert.ok(amara, `one duplicate group holds the app's two Amaras and tally-device's: ${JSON.stringify([...groups])}`);
+  assert.equal(new Set(amara).size, 2, 'from two phones');
+});
+
+step('9. a record the server refuses is shown with its reason; later signatures still count', async () => {
+  await context.setOffline(true);
+  await page.locator('#link[data-link="offline"]').waitFor();
+  await sign({ name: 'Refused Person', postal_code: 'M4C 1B5', city: 'Toronto' });
+  await sign({ name: 'Kept Person', postal_code: 'M4C 1B6', city: 'Toronto' });
+  await page.locator('#go-records').click();
+  const refusedId = await page.locator('#records-pending li', { hasText: 'Refused Person' }).getAttribute('data-record');
+  assert.match(refusedId ?? '', /^[0-9a-f]{24}$/);
+  await home();
+  // The operator refuses that record (a stand-in for any rule the server holds against it).
+  await world.kill('SIGTERM');
+  await world.start({ TALLY_REFUSE_RECORDS: refusedId });
+  await context.setOffline(false);
+  await waitPending(0);
+  await page.locator('#set-aside').waitFor();
+  await page.locator('#go-records').click();
+  const refused = page.locator('#records-refused li', { hasText: 'Refused Person' });
+  await refused.waitFor();
+  const reason = await refused.locator('.reason').innerText();
+  assert.match(reason, new RegExp(`The server’s reason: .*this server refuses record "${refusedId}"`));
+  await refused.scrollIntoViewIfNeeded();
+  await shots.take(page, 'records-refused');
+  await home();
+  // Later signatures go through the next collection of the chain and count.
+  await sign({ name: 'After Refusal', postal_code: 'M4C 1B7', city: 'Toronto' });
+  await waitPending(0);
+  const totals = await until('9 signatures', async () => {
+    const t = await world.api(`/api/v1/campaigns/${campaign}/totals`);
+    return t.signatures === 9 ? t : undefined;
+  });
+  assert.equal(totals.signatures, 9, '6 + tally-device\'s 1 + Kept Person + After Refusal; not the refused one');
+  const chain = await page.evaluate(async () => {
+    const db = await new Promise((ok) => (indexedDB.open('tally-phone').onsuccess = (e) => ok(e.target.result)));
+    return new Promise((ok) => (db.transaction('settings').objectStore('settings').get('chain').onsuccess = (e) => ok(e.target.result)));
+  });
+  assert.deepEqual(chain.map((l) => l.state), ['refused', 'current'], JSON.stringify(chain));
+});
+
+step('10. the server killed during a sync: nothing is lost, the app syncs when it is back', async () => {
+  await world.kill('SIGTERM');
+  await world.start();
+  const receipts = () =>
+    page.evaluate(async () => {
+      const db = await new Promise((ok) => (indexedDB.open('tally-phone').onsuccess = (e) => ok(e.target.result)));
+      return new Promise((ok) => (db.transaction('receipts').objectStore('receipts').count().onsuccess = (e) => ok(e.target.result)));
+    });
+  const signatures = async (n) =>
+    until(`${n} signatures counted`, async () => {
+      const t = await world.api(`/api/v1/campaigns/${campaign}/totals`);
+      return t.signatures === n ? t : undefined;
+    });
+  const offlineSign = async (prefix, n) => {
+    await context.setOffline(true);
+    await page.locator('#link[data-link="offline"]').waitFor();
+    for (let i = 0; i < n; i++) {
+      await sign({ name: `${prefix} ${i}`, postal_code: 'T2P 1J9', city: 'Calgary', email: `${prefix.toLowerCase().replace(/\W/g, '')}${i}@example.org`, street: `${i} Stephen Ave` });
+    }
+    await waitPending(n);
+  };
+
+  // a. Killed once the server has committed the phone's changes, before the phone hears so
+  //    (the proxy holds back the server's answers once the phone has sent its records).
+  await offlineSign('After Commit', 8);
+  world.proxy.holdAfter = 3000;
+  await context.setOffline(false);
+  await signatures(17);
+  assert.equal(await pending(), 8, 'the phone has not heard the acknowledgement');
+  assert.ok(world.proxy.held > 0, 'the proxy held back the server\'s answers');
+  await world.kill('SIGKILL');
+  world.proxy.holdAfter = Infinity;
+  await page.locator('#link[data-link="waiting"]').waitFor({ timeout: 20_000 });
+  assert.equal(await pending(), 8);
+  assert.equal(await receipts(), 8 + 3 + 8, 'every record still has its receipt');
+  await shots.take(page, 'home-server-gone');
+  await world.start();
+  await waitPending(0, 60_000);
+  assert.equal((await signatures(17)).signatures, 17, 'counted once, though sent twice');
+
+  // b. Killed the moment the server greets the phone, as it starts to sync.
+  await offlineSign('At Greeting', 3);
+  const greeted = page.waitForFunction(() => document.querySelector('#link')?.getAttribute('data-link') === 'connected', null, { polling: 'raf', timeout: 20_000 });
+  await context.setOffline(false);
+  await greeted;
+  await world.kill('SIGKILL');
+  await page.locator('#link[data-link="waiting"]').waitFor({ timeout: 20_000 });
+  figures.pending_when_killed_at_greeting = await pending();
+  assert.equal(await receipts(), 8 + 3 + 8 + 3);
+  await world.start();
+  await waitPending(0, 60_000);
+  assert.equal((await signatures(20)).signatures, 20);
+});
+
+step('11. every screen, in French too', async () => {
+  await page.locator('#go-settings').click();
+  await shots.take(page, 'settings');
+  await page.locator('#lang').click();
+  await page.locator('h1', { hasText: 'Réglages' }).waitFor();
+  await home();
+  await page.locator('#go-sign', { hasText: 'Recueillir une signature' }).waitFor();
+  await shots.take(page, 'home-fr');
+  await page.locator('#go-sign').click();
+  await page.locator('#save').click();
+  await page.locator('#form-error', { hasText: 'Nom complet : ce champ est obligatoire.' }).waitFor();
+  await shots.take(page, 'sign-fr-refused');
+  await home();
+  await page.locator('#lang').click();
+  await page.locator('#go-sign', { hasText: 'Take a signature' }).waitFor();
+});
