@@ -1,8 +1,9 @@
 // The live totals: the server's Server-Sent Events stream
 // (GET /api/v1/campaigns/{id}/totals/stream), read with fetch so that the token goes in the
 // Authorization header (an EventSource could only put it in the URL). It reconnects by itself
-// when the stream ends or the network drops (after 1, 2, 4, 8, then every 10 s), and treats a
-// stream that has sent nothing for STALE_MS (the server sends a keep-alive every 15 s) as dead.
+// when the stream ends or the network drops (after 1, 2, 4, 8, then every 10 s, or at once when
+// the page hears the server answer again), and treats a stream that has sent nothing for
+// STALE_MS (the server sends a keep-alive every 15 s) as dead.
 
 import { authHeaders, errorMessage } from './api';
 import type { Totals } from './types';
@@ -29,6 +30,14 @@ export class LiveTotals {
   private lastByte = 0;
   private watchdog: number | undefined;
   private retry: number | undefined;
+  private waiting = false;
+  /** The server answers again (the page noticed): reconnect now rather than after the backoff. */
+  private readonly onReachable = () => {
+    if (!this.waiting || this.stopped) return;
+    window.clearTimeout(this.retry);
+    this.waiting = false;
+    void this.connect();
+  };
 
   constructor(
     private readonly url: string,
@@ -37,6 +46,7 @@ export class LiveTotals {
 
   start(): void {
     this.stopped = false;
+    window.addEventListener('tally:reachable', this.onReachable);
     this.watchdog = window.setInterval(() => {
       if (this.abort && this.lastByte && Date.now() - this.lastByte > STALE_MS) {
         this.abort.abort();
@@ -47,6 +57,7 @@ export class LiveTotals {
 
   stop(): void {
     this.stopped = true;
+    window.removeEventListener('tally:reachable', this.onReachable);
     window.clearInterval(this.watchdog);
     window.clearTimeout(this.retry);
     this.abort?.abort();
@@ -58,7 +69,11 @@ export class LiveTotals {
     const wait = BACKOFF_MS[Math.min(this.failures, BACKOFF_MS.length - 1)] ?? 10_000;
     this.failures += 1;
     this.on.state({ kind: 'reconnecting', reason, retryAt: Date.now() + wait });
-    this.retry = window.setTimeout(() => void this.connect(), wait);
+    this.waiting = true;
+    this.retry = window.setTimeout(() => {
+      this.waiting = false;
+      void this.connect();
+    }, wait);
   }
 
   private async connect(): Promise<void> {
