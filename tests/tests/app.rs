@@ -10,12 +10,14 @@
 //!   offline for real, 6 signatures and 2 check-ins, reopening offline, syncing by itself, the
 //!   API's totals, `tally export`, IndexedDB holding no name in the clear, the same token as
 //!   `tally-device`, a refused record, the server killed mid-sync
-//!   (`web/test/app/browser.mjs` lists each step). Screenshots of every screen and the figures
-//!   (first paint offline, signing time) go to `target/tmp/app-tests/`.
+//!   (`tests/web/app.test.mjs` lists each step; its fixtures are the dashboard's
+//!   `tests/web/harness.mjs` and `tests/web/app-harness.mjs`). Screenshots of every screen and
+//!   the figures (first paint offline, signing time) go to `target/tmp/app-tests/`.
 //!
-//! node and `web/node_modules` are required (`npm ci` in web/; `scripts/test` runs it). The
-//! browser test is skipped, saying so, only when Chromium is missing and
-//! `TALLY_BROWSER_TESTS=required` is not set (CI sets it and installs Chromium).
+//! node and the packages are required: `web/node_modules` for the first (`npm ci` in web/),
+//! `tests/web/node_modules` for the second (`scripts/test` installs both). The browser test is
+//! skipped, saying so, only when Chromium is missing and `TALLY_BROWSER_TESTS=required` is not
+//! set (CI sets it and installs Chromium).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -26,52 +28,44 @@ use tally_tests::server::binary;
 /// The browser test's longest run (it takes about 20 s).
 const BROWSER_RUN: Duration = Duration::from_secs(300);
 
-fn web_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../web")
-}
-
-/// `web/`, checked to hold the packages the tests import.
-fn installed_web() -> PathBuf {
-    let web = web_dir();
-    for package in ["esbuild", "playwright-core", "@automerge/automerge-repo"] {
+/// `dir` (relative to the repository), checked to hold the packages a test imports.
+fn installed(dir: &str, packages: &[&str]) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(dir);
+    for package in packages {
         assert!(
-            web.join("node_modules")
+            dir.join("node_modules")
                 .join(package)
                 .join("package.json")
                 .exists(),
-            "web/node_modules has no {package}: run `npm ci` in {} (scripts/test does)",
-            web.display()
+            "{}/node_modules has no {package}: run `npm ci` there (scripts/test does)",
+            dir.display()
         );
     }
-    web
+    dir
 }
 
-/// Debian's Chromium, if it is here.
+/// Debian's Chromium (or `$CHROMIUM`, as for the dashboard's tests), if it is here.
 fn chromium() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("TALLY_CHROMIUM") {
-        return Some(PathBuf::from(p));
-    }
-    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
+    let path = std::env::var_os("CHROMIUM")
+        .map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
+    path.exists().then_some(path)
 }
 
-/// Runs `node SCRIPT` in web/ to its end (killed after `limit`); panics with its output unless
+/// Runs `node ARGS` in `dir` to its end (killed after `limit`); panics with its output unless
 /// it passed.
-fn node(script: &str, envs: &[(&str, &Path)], limit: Duration) {
-    let web = installed_web();
+fn node(dir: &Path, args: &[&str], envs: &[(&str, &Path)], limit: Duration) {
     // Output to files, not pipes: nothing to read while waiting, and no full pipe to block on.
     let logs = tempfile::tempdir().expect("a temp dir");
     let (out_path, err_path) = (logs.path().join("stdout"), logs.path().join("stderr"));
+    let script = args.join(" ");
     let mut cmd = Command::new("node");
-    cmd.arg(script)
-        .current_dir(&web)
+    cmd.args(args)
+        .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out_path).expect("stdout file"))
         .stderr(std::fs::File::create(&err_path).expect("stderr file"));
     for (k, _) in std::env::vars() {
-        if k.starts_with("TALLY_") && k != "TALLY_CHROMIUM" {
+        if k.starts_with("TALLY_") {
             cmd.env_remove(k);
         }
     }
@@ -79,7 +73,7 @@ fn node(script: &str, envs: &[(&str, &Path)], limit: Duration) {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().unwrap_or_else(|e| {
-        panic!("could not run node ({e}): install node 20.19+ and run `npm ci` in web/")
+        panic!("could not run node ({e}): install node 20.19+ (and `npm ci` in web/ and tests/web)")
     });
     let started = Instant::now();
     let status = loop {
@@ -105,7 +99,13 @@ fn node(script: &str, envs: &[(&str, &Path)], limit: Duration) {
 
 #[test]
 fn the_app_computes_what_tally_core_computes() {
-    node("test/app/run-unit.mjs", &[], Duration::from_secs(120));
+    let web = installed("web", &["esbuild", "@automerge/automerge-repo"]);
+    node(
+        &web,
+        &["test/app/run-unit.mjs"],
+        &[],
+        Duration::from_secs(120),
+    );
 }
 
 #[test]
@@ -114,23 +114,30 @@ fn the_app_in_a_real_browser() {
     let Some(browser) = chromium() else {
         assert!(
             !required,
-            "TALLY_BROWSER_TESTS=required but Chromium is not installed: apt-get install -y chromium"
+            "TALLY_BROWSER_TESTS=required but Chromium is not installed: apt-get install -y chromium (or set CHROMIUM)"
         );
         eprintln!(
             "SKIPPED the_app_in_a_real_browser: Chromium is not installed (apt-get install -y chromium); CI requires it"
         );
         return;
     };
+    let dir = installed("tests/web", &["playwright-core"]);
     let tally = binary("tally");
     binary("tally-device");
     let bins = tally.parent().expect("the binaries' folder").to_path_buf();
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("app-tests");
     node(
-        "test/app/browser.mjs",
+        &dir,
+        &[
+            "--test",
+            "--test-reporter=spec",
+            "--test-timeout=120000",
+            "app.test.mjs",
+        ],
         &[
             ("TALLY_BIN_DIR", &bins),
-            ("TALLY_APP_TEST_OUT", &out),
-            ("TALLY_CHROMIUM", &browser),
+            ("TALLY_WEB_OUT", &out),
+            ("CHROMIUM", &browser),
         ],
         BROWSER_RUN,
     );

@@ -18,16 +18,21 @@
 //      the phone's later signatures reach the server and count
 //  10. the server killed during a sync: nothing is lost, the app syncs once it is back
 //
-// Screenshots of every screen (phone-sized) go to <out>/screens; the figures (time to first
-// paint offline, signing time) to <out>/figures.json. Run: `node test/app/browser.mjs` in web/
-// after `cargo build -p tally-server -p tally-client` (tests/tests/app.rs does both).
+// Screenshots of every screen (phone-sized) go to $TALLY_WEB_OUT/screens; the figures (time to
+// first paint offline, signing time) to $TALLY_WEB_OUT/figures.json. The fixtures are the
+// dashboard's (harness.mjs) and the app's (app-harness.mjs). tests/tests/app.rs runs it:
+//
+//   TALLY_BIN_DIR=target/debug node --test tests/web/app.test.mjs
+//
+// Nothing here sleeps to synchronize: every wait is for a condition, with a deadline.
 
 import assert from 'node:assert/strict';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 
-import { PHONE, Shots, World, launch, outDir, until } from './harness.mjs';
+import { OUT, PHONE, Shots, World } from './app-harness.mjs';
+import { browser as launch, until } from './harness.mjs';
 
 const world = new World();
 const shots = new Shots();
@@ -150,8 +155,8 @@ before(async () => {
 });
 
 after(async () => {
-  mkdirSync(outDir, { recursive: true });
-  writeFileSync(join(outDir, 'figures.json'), JSON.stringify({ ...figures, screenshots: shots.paths }, null, 2) + '\n');
+  mkdirSync(OUT, { recursive: true });
+  writeFileSync(join(OUT, 'figures.json'), JSON.stringify({ ...figures, screenshots: shots.paths }, null, 2) + '\n');
   await browser?.close();
   await world.close();
 });
@@ -285,10 +290,11 @@ step('7. after sync, IndexedDB holds no name, email or phone in the clear', asyn
 
 step('8. the same person signed by tally-device gets the app\'s duplicate token', async () => {
   const invite = await world.tallyJson('invite', '--campaign', campaign);
-  world.write('bo.json', JSON.stringify(invite.payload));
-  await world.device('bo', 'enroll', '--payload', '@bo.json', '--name', "Bo's phone");
-  await world.device('bo', 'sign', '--name', 'AMARA okafor', '--postal-code', 'M5V-2T6', '--city', 'Toronto');
-  await world.device('bo', 'sync');
+  const payload = world.write('bo.json', JSON.stringify(invite.payload));
+  const bo = world.device('bo');
+  await bo.ok(['enroll', '--payload', `@${payload}`, '--name', "Bo's phone"]);
+  await bo.ok(['sign', '--name', 'AMARA okafor', '--postal-code', 'M5V-2T6', '--city', 'Toronto']);
+  await bo.ok(['sync']);
   const totals = await until('7 signatures', async () => {
     const t = await world.api(`/api/v1/campaigns/${campaign}/totals`);
     return t.signatures === 7 ? t : undefined;
@@ -313,7 +319,7 @@ step('9. a record the server refuses is shown with its reason; later signatures 
   assert.match(refusedId ?? '', /^[0-9a-f]{24}$/);
   await home();
   // The operator refuses that record (a stand-in for any rule the server holds against it).
-  await world.kill('SIGTERM');
+  await world.stop();
   await world.start({ TALLY_REFUSE_RECORDS: refusedId });
   await context.setOffline(false);
   await waitPending(0);
@@ -342,7 +348,7 @@ step('9. a record the server refuses is shown with its reason; later signatures 
 });
 
 step('10. the server killed during a sync: nothing is lost, the app syncs when it is back', async () => {
-  await world.kill('SIGTERM');
+  await world.stop();
   await world.start();
   const receipts = () =>
     page.evaluate(async () => {
@@ -371,7 +377,7 @@ step('10. the server killed during a sync: nothing is lost, the app syncs when i
   await signatures(17);
   assert.equal(await pending(), 8, 'the phone has not heard the acknowledgement');
   assert.ok(world.proxy.held > 0, 'the proxy held back the server\'s answers');
-  await world.kill('SIGKILL');
+  await world.kill();
   world.proxy.holdAfter = Infinity;
   await page.locator('#link[data-link="waiting"]').waitFor({ timeout: 20_000 });
   assert.equal(await pending(), 8);
@@ -386,7 +392,7 @@ step('10. the server killed during a sync: nothing is lost, the app syncs when i
   const greeted = page.waitForFunction(() => document.querySelector('#link')?.getAttribute('data-link') === 'connected', null, { polling: 'raf', timeout: 20_000 });
   await context.setOffline(false);
   await greeted;
-  await world.kill('SIGKILL');
+  await world.kill();
   await page.locator('#link[data-link="waiting"]').waitFor({ timeout: 20_000 });
   figures.pending_when_killed_at_greeting = await pending();
   assert.equal(await receipts(), 8 + 3 + 8 + 3);
