@@ -59,9 +59,48 @@ fn text<'a>(
     }
 }
 
+/// The payload's JSON in the invite's QR link (`{server}/app/#` and the URI-encoded JSON, what
+/// a phone's camera reads), or `text` itself when it is not such a link.
+fn from_link(text: &str) -> Result<std::borrow::Cow<'_, str>, PayloadError> {
+    let t = text.trim();
+    let Some((_, fragment)) = t.split_once('#').filter(|_| !t.starts_with('{')) else {
+        return Ok(std::borrow::Cow::Borrowed(t));
+    };
+    let bytes = fragment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = fragment
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            let Some(b) = hex else {
+                return Err(err(
+                    "payload",
+                    "the link's code after # is damaged: scan the QR code again",
+                ));
+            };
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out)
+        .map(std::borrow::Cow::Owned)
+        .map_err(|_| {
+            err(
+                "payload",
+                "the link's code after # is not text: scan the QR code again",
+            )
+        })
+}
+
 impl EnrollPayload {
-    /// Parses the JSON text of a payload.
+    /// Parses the JSON text of a payload, or the invite's QR link that carries it after `#`.
     pub fn parse(json: &str) -> Result<EnrollPayload, PayloadError> {
+        let json = from_link(json)?;
         let value: Value = serde_json::from_str(json.trim()).map_err(|e| {
             err(
                 "payload",
@@ -192,6 +231,33 @@ pub fn sync_url(server: &str) -> Result<String, PayloadError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_invite_link_carries_the_payload() {
+        let json = r#"{"v":1,"server":"http://127.0.0.1:7300","code":"ABCD-EFGH-JKMN","campaign":"automerge:2d9aRMNdCbw8HoPDMKRN2HSeoJNi","key":"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"}"#;
+        // As `tally invite` and the dashboard write it (JavaScript's encodeURIComponent).
+        let encoded: String = json
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let link = format!("http://127.0.0.1:7300/app/#{encoded}");
+        assert_eq!(
+            EnrollPayload::parse(&link).unwrap(),
+            EnrollPayload::parse(json).unwrap()
+        );
+        assert_eq!(
+            EnrollPayload::parse("http://x/app/#%7B%2")
+                .unwrap_err()
+                .field,
+            "payload"
+        );
+    }
 
     #[test]
     fn sync_urls() {

@@ -260,9 +260,31 @@ pub fn invite(api: &Api, keys: &Path, campaign: &str, role: &str) -> anyhow::Res
         },
     )?;
     let payload = json!({ "v": 1, "server": inv.server, "code": inv.code, "campaign": inv.campaign, "key": key.to_hex() });
+    // The link the QR code holds: the app, with the payload in the fragment (never sent to a
+    // server). A server from before `app_url` gets the same link from its `server`.
+    let app = if inv.app_url.is_empty() {
+        format!("{}/app/", inv.server.trim_end_matches('/'))
+    } else {
+        inv.app_url.clone()
+    };
+    let app_link = format!("{app}#{}", uri_component(&payload.to_string()));
     Ok(
-        json!({ "code": inv.code, "expires_at": inv.expires_at, "role": inv.role, "payload": payload }),
+        json!({ "code": inv.code, "expires_at": inv.expires_at, "role": inv.role, "app_link": app_link, "payload": payload }),
     )
+}
+
+/// Percent-encodes `s` as JavaScript's `encodeURIComponent` does (all but `A-Z a-z 0-9 - _ . !
+/// ~ * ' ( )`), so the app's `decodeURIComponent` reads it back.
+pub fn uri_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn csv_field(s: &str) -> String {
@@ -421,4 +443,17 @@ fn write_export(path: &Path, text: &str, force: bool) -> anyhow::Result<()> {
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn uri_component_is_javascripts_encode_uri_component() {
+        // As node's encodeURIComponent writes them.
+        assert_eq!(
+            super::uri_component(r#"{"v":1,"key":"ab"} é/#?&+"#),
+            "%7B%22v%22%3A1%2C%22key%22%3A%22ab%22%7D%20%C3%A9%2F%23%3F%26%2B"
+        );
+        assert_eq!(super::uri_component("A-z_0.9!~*'()"), "A-z_0.9!~*'()");
+    }
 }

@@ -694,9 +694,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let v = a.about_campaign(&c, || client::invite(&a, &shared.keys, &c, &role))?;
             print(shared.json, &v, || {
+                // The payload stays the last line (`| tail -n 1` gives it to tally-device).
                 format!(
-                    "one-time code: {}\nQR payload:\n{}",
+                    "one-time code: {}\napp link (show it as a QR code; the phone's camera opens the app and enrolls):\n{}\nQR payload:\n{}",
                     v["code"].as_str().unwrap_or("?"),
+                    v["app_link"].as_str().unwrap_or("?"),
                     v["payload"]
                 )
             });

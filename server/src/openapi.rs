@@ -333,7 +333,8 @@ fn response_schemas() -> Value {
                 "role": { "type": "string" }, "campaign": { "type": ["string", "null"] },
                 "campaign_url": { "type": ["string", "null"] }, "totals_url": { "type": ["string", "null"] },
                 "replaces": { "type": ["string", "null"], "description": "the device this one replaces (now revoked)" } } },
-            "Invite": { "type": "object", "required": ["code", "expires_at", "server", "campaign", "role"], "properties": {
+            "Invite": { "type": "object", "required": ["app_url", "code", "expires_at", "server", "campaign", "role"], "properties": {
+                "app_url": { "type": "string", "description": "the canvassers' app, {public_url}/app/: the invite's QR code is this link, '#' and the URI-encoded payload JSON (the fragment never reaches a server)" },
                 "code": { "type": "string" }, "expires_at": { "type": "integer" }, "server": { "type": "string" },
                 "campaign": { "type": "string" }, "role": { "type": "string" } } },
             "Device": { "type": "object", "required": ["device_id", "name", "role", "created_at"], "properties": {

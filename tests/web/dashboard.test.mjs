@@ -253,8 +253,9 @@ describe('the organizers dashboard in a real browser', { concurrency: false }, (
     const decoded = jsQR(new Uint8ClampedArray(png.data), png.width, png.height);
     assert.ok(decoded, 'the QR code decodes');
     const text = await page.locator('#invite-payload').inputValue();
-    assert.equal(decoded.data, text, 'the QR code holds the payload shown as text');
-    const payload = JSON.parse(decoded.data);
+    // The QR code opens the canvassers' app with the payload after '#' (never sent to a server).
+    assert.equal(decoded.data, `${server.url}/app/#${encodeURIComponent(text)}`, 'the QR code holds the app link with the payload shown as text');
+    const payload = JSON.parse(text);
     assert.equal(payload.v, 1);
     assert.equal(payload.server, server.url);
     assert.equal(payload.campaign, `automerge:${campaign}`);
@@ -263,7 +264,7 @@ describe('the organizers dashboard in a real browser', { concurrency: false }, (
     await assertLabelled(page, 'invites');
     await shot(page, '04-invite');
     const file = join(dir, 'amina.json');
-    writeFileSync(file, decoded.data);
+    writeFileSync(file, decoded.data); // tally-device reads the link as the camera did
     const enrolled = await amina.ok(['enroll', '--payload', `@${file}`, '--name', "Amina's phone"]);
     assert.equal(enrolled.campaign_received, true);
     // The key never went to the server: no request the page made carried it.

@@ -118,10 +118,12 @@ pub(crate) async fn invite(
             .hub
             .store
             .create_invite(Some(&req.campaign), role, ttl, now)?;
+        let server = state.config.public_url();
         Ok(Json(Invite {
+            app_url: format!("{}/app/", server.trim_end_matches('/')),
             code: code.as_str().to_string(),
             expires_at: now + ttl,
-            server: state.config.public_url(),
+            server,
             campaign: format!("automerge:{}", req.campaign),
             role: role.as_str().to_string(),
         }))

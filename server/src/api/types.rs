@@ -178,6 +178,12 @@ pub struct InviteRequest {
 /// A created invite (fields in alphabetical order, as they were always written).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Invite {
+    /// The canvassers' app on this server (`{public_url}/app/`). The invite's QR code is this
+    /// link followed by `#` and the URI-encoded payload JSON (docs/clients.md §1): the phone's
+    /// camera opens the app, and the fragment (the code and the campaign's key) never reaches a
+    /// server's log.
+    #[serde(default)]
+    pub app_url: String,
     /// `automerge:` URL of the campaign document.
     pub campaign: String,
     /// The one-time code.

@@ -67,6 +67,7 @@ export interface NewInvite {
 }
 
 export interface Invite {
+  app_url: string;
   campaign: string;
   code: string;
   expires_at: number;

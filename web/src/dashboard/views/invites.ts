@@ -16,6 +16,14 @@ export function payload(inv: Invite, key: string): string {
   return JSON.stringify({ campaign: inv.campaign, code: inv.code, key, server: inv.server, v: 1 });
 }
 
+/**
+ * What the QR code holds: the canvassers' app with the payload after `#` (docs/clients.md §1),
+ * so a phone's camera opens the app, and the fragment never reaches a server.
+ */
+export function appLink(inv: Invite, text: string): string {
+  return `${inv.app_url}#${encodeURIComponent(text)}`;
+}
+
 export const invitesView: View = {
   title: 'invites',
   perCampaign: true,
@@ -78,7 +86,7 @@ export const invitesView: View = {
         .then(async (inv) => {
           const text = payload(inv, key);
           const canvas = h('canvas', { id: 'invite-qr', role: 'img', 'aria-label': t('qr_label') });
-          await QRCode.toCanvas(canvas, text, { errorCorrectionLevel: 'M', margin: 4, scale: 5 });
+          await QRCode.toCanvas(canvas, appLink(inv, text), { errorCorrectionLevel: 'M', margin: 4, scale: 5 });
           const area = h('textarea', { id: 'invite-payload', readonly: true, rows: 4, spellcheck: 'false' });
           area.value = text;
           const copy = h('button', { type: 'button', id: 'copy-payload' }, t('copy'));
