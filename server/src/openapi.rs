@@ -347,7 +347,7 @@ fn response_schemas() -> Value {
             "AuditEntry": { "type": "object", "required": ["seq", "at", "actor_id", "actor_name", "action", "target", "result", "prev_hash", "hash"], "properties": {
                 "seq": { "type": "integer" }, "at": { "type": "integer" },
                 "actor_id": { "type": "string", "description": "a device id, never a token" }, "actor_name": { "type": "string" },
-                "action": { "type": "string", "enum": ["campaign.create", "event.add", "invite.create", "device.enroll", "device.revoke", "review.strike", "review.unstrike", "review.sheet", "export.sealed", "server.start"] },
+                "action": { "type": "string", "enum": ["campaign.create", "event.add", "invite.create", "device.enroll", "device.revoke", "review.strike", "review.unstrike", "review.sheet", "export.sealed", "signin.link", "server.start"] },
                 "campaign": { "type": ["string", "null"] }, "target": { "type": "string" },
                 "result": { "type": "string", "description": "ok, or refused: STATUS message" },
                 "prev_hash": { "type": "string" }, "hash": { "type": "string" } } },

@@ -46,6 +46,8 @@ fn action(method: &Method, path: &str) -> Option<&'static str> {
         ("POST", "/api/v1/campaigns/{id}/strikes") => "review.strike",
         ("POST", "/api/v1/campaigns/{id}/sheets") => "review.sheet",
         ("GET", "/api/v1/campaigns/{id}/sealed") => "export.sealed",
+        // A one-time dashboard sign-in link (`tally dashboard`); not its secret.
+        ("POST", "/api/v1/signin-links") => "signin.link",
         _ => return None,
     })
 }
