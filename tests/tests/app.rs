@@ -9,7 +9,8 @@
 //!   real `tally serve`, `tally` and `tally-device` binaries: enrolling from the invite's link,
 //!   offline for real, 6 signatures and 2 check-ins, reopening offline, syncing by itself, the
 //!   API's totals, `tally export`, IndexedDB holding no name in the clear, the same token as
-//!   `tally-device`, a refused record, the server killed mid-sync
+//!   `tally-device`, a refused record, the server killed mid-sync, a revoked phone enrolling
+//!   again
 //!   (`tests/web/app.test.mjs` lists each step; its fixtures are the dashboard's
 //!   `tests/web/harness.mjs` and `tests/web/app-harness.mjs`). Screenshots of every screen and
 //!   the figures (first paint offline, signing time) go to `target/tmp/app-tests/`.

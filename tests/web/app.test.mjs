@@ -17,6 +17,9 @@
 //   9. a record the server refuses (`TALLY_REFUSE_RECORDS`) is shown with the server's reason;
 //      the phone's later signatures reach the server and count
 //  10. the server killed during a sync: nothing is lost, the app syncs once it is back
+//  11. a revoked phone says so (a browser cannot see the 401: it asks /api/v1/me), keeps what
+//      it takes, and enrolls again from a new invite's link: what waited moves and counts
+//  12. the screens in French
 //
 // Screenshots of every screen (phone-sized) go to $TALLY_WEB_OUT/screens; the figures (time to
 // first paint offline, signing time) to $TALLY_WEB_OUT/figures.json. The fixtures are the
@@ -401,7 +404,50 @@ step('10. the server killed during a sync: nothing is lost, the app syncs when i
   assert.equal((await signatures(20)).signatures, 20);
 });
 
-step('11. every screen, in French too', async () => {
+step('11. a revoked phone says so, keeps what it takes, and enrolls again with a new invite', async () => {
+  const enrollment = await page.evaluate(async () => {
+    const db = await new Promise((ok) => (indexedDB.open('tally-phone').onsuccess = (e) => ok(e.target.result)));
+    return new Promise((ok) => (db.transaction('settings').objectStore('settings').get('enrollment').onsuccess = (e) => ok(e.target.result)));
+  });
+  await context.setOffline(true);
+  await page.locator('#link[data-link="offline"]').waitFor();
+  await sign({ name: 'Waiting One', postal_code: 'R3C 4T3', city: 'Winnipeg' });
+  await sign({ name: 'Waiting Two', postal_code: 'R3C 4T4', city: 'Winnipeg' });
+  const [status] = await world.server.api('POST', `/api/v1/devices/${enrollment.device_id}/revoke`, world.server.adminToken);
+  assert.equal(status, 200);
+  await context.setOffline(false);
+  // A browser cannot see the upgrade's 401: the app asks /api/v1/me with its token.
+  const refused = page.locator('#token-refused');
+  await refused.waitFor({ timeout: 30_000 });
+  assert.match(await refused.innerText(), /2 records are waiting: enroll again with a new invite/);
+  assert.equal(await pending(), 2);
+  await shots.take(page, 'token-refused');
+  // Still collecting: it waits with the others.
+  await sign({ name: 'Waiting Three', postal_code: 'R3C 4T5', city: 'Winnipeg' });
+  await waitPending(3);
+  const invite = await world.tallyJson('invite', '--campaign', campaign);
+  await page.goto(invite.app_link);
+  await page.locator('#enroll-again').click();
+  await page.locator('#enroll').click();
+  await page.locator('#petition').waitFor({ timeout: 20_000 });
+  await waitPending(0);
+  const totals = await until('23 signatures', async () => {
+    const t = await world.api(`/api/v1/campaigns/${campaign}/totals`);
+    return t.signatures === 23 ? t : undefined;
+  });
+  assert.equal(totals.signatures, 23);
+  const after = await page.evaluate(async () => {
+    const db = await new Promise((ok) => (indexedDB.open('tally-phone').onsuccess = (e) => ok(e.target.result)));
+    const get = (k) => new Promise((ok) => (db.transaction('settings').objectStore('settings').get(k).onsuccess = (e) => ok(e.target.result)));
+    return { chain: await get('chain'), enrollment: await get('enrollment') };
+  });
+  assert.notEqual(after.enrollment.device_id, enrollment.device_id);
+  assert.equal(after.enrollment.refused_at, undefined);
+  assert.deepEqual(after.chain.map((l) => l.state), ['refused', 'retired', 'current'], JSON.stringify(after.chain));
+  assert.equal(after.chain[2].owner, after.enrollment.device_id);
+});
+
+step('12. every screen, in French too', async () => {
   await page.locator('#go-settings').click();
   await shots.take(page, 'settings');
   await page.locator('#lang').click();

@@ -20,6 +20,8 @@ let phone: Phone | undefined;
 let screen: Screen = 'home';
 /** What the last save said, shown on the form it came from. */
 let flash: { screen: Screen; text: string; kind: 'ok' | 'error' } | undefined;
+/** While the enrollment screen is up: its invite (redrawn in the other language). */
+let enrolling: { invite: InvitePayload | NotAnInvite | undefined; again: boolean; ask?: boolean } | undefined;
 const status = h('section', { class: 'status', id: 'status', 'aria-live': 'polite' });
 const main = h('main', { id: 'main' });
 
@@ -55,7 +57,6 @@ function errorText(e: unknown): string {
     };
     const key = known[e.code];
     if (key) return t(key, { detail: e.detail });
-    if (e.code === 'token_refused') return t('token_refused', { n: phone?.counts.pending ?? 0 });
   }
   return e instanceof Error ? e.message : String(e);
 }
@@ -110,7 +111,15 @@ function drawStatus(): void {
     h('span', {}, linkWords[p.link] ?? p.link, p.lastAckAt ? ` ${t('last_safe', { when: when(p.lastAckAt) })}` : ''),
     p.enrollment.refused_at === undefined ? h('button', { type: 'button', class: 'small', id: 'sync-now', onclick: () => p.syncNow() }, t('sync_now')) : null,
   );
-  const alert = p.enrollment.refused_at !== undefined ? h('p', { class: 'alert', role: 'alert', id: 'token-refused' }, t('token_refused', { n: count(c.pending) })) : null;
+  const alert =
+    p.enrollment.refused_at !== undefined
+      ? h(
+          'div',
+          { class: 'alert', role: 'alert', id: 'token-refused' },
+          h('p', {}, t('token_refused', { n: count(c.pending) })),
+          h('button', { type: 'button', class: 'small', onclick: () => go('settings') }, t('reenroll_title')),
+        )
+      : null;
   replace(status, banner, line, alert);
 }
 
@@ -154,7 +163,11 @@ function draw(): void {
     replace(main, h('p', { class: 'center' }, t('loading')));
     return;
   }
-  if (!p.enrollment) return;
+  if (!p.enrollment || enrolling) {
+    if (enrolling?.ask && enrolling.invite !== undefined && !(enrolling.invite instanceof NotAnInvite)) drawAlreadyEnrolled(p, enrolling.invite);
+    else drawEnroll(p, enrolling?.invite, enrolling?.again ?? false);
+    return;
+  }
   switch (screen) {
     case 'home':
       return drawHome(p);
@@ -497,6 +510,7 @@ function drawSettings(p: Phone): void {
 // ---- enrolling
 
 function drawEnroll(p: Phone, invite: InvitePayload | NotAnInvite | undefined, again: boolean): void {
+  enrolling = { invite, again };
   status.hidden = true;
   const message = h('div', { id: 'form-message', 'aria-live': 'assertive' });
   if (invite === undefined || invite instanceof NotAnInvite) {
@@ -549,6 +563,7 @@ function drawEnroll(p: Phone, invite: InvitePayload | NotAnInvite | undefined, a
     p.enroll(invite, nameInput.value)
       .then(async () => {
         forgetInviteInLocation();
+        enrolling = undefined;
         if (again) {
           // The new token is in the store: start again with it.
           location.reload();
@@ -573,6 +588,7 @@ function drawEnroll(p: Phone, invite: InvitePayload | NotAnInvite | undefined, a
 function drawAlreadyEnrolled(p: Phone, invite: InvitePayload): void {
   const e = p.enrollment;
   if (!e) return drawEnroll(p, invite, false);
+  enrolling = { invite, again: false, ask: true };
   status.hidden = true;
   replace(
     main,
@@ -586,6 +602,7 @@ function drawAlreadyEnrolled(p: Phone, invite: InvitePayload): void {
         id: 'keep-enrollment',
         onclick: () => {
           forgetInviteInLocation();
+          enrolling = undefined;
           go('home', false);
         },
       },
@@ -610,6 +627,7 @@ async function run(): Promise<void> {
   const p = await Phone.open();
   phone = p;
   p.addEventListener('change', () => {
+    if (enrolling) return;
     drawStatus();
     if (screen === 'home') drawHome(p);
   });
@@ -619,6 +637,12 @@ async function run(): Promise<void> {
     return;
   }
   history.replaceState({ screen: 'home' }, '');
+  // An invite opened while the app is open (its QR code scanned again, a new one).
+  window.addEventListener('hashchange', () => {
+    const again = inviteInLocation();
+    if (again instanceof NotAnInvite) forgetInviteInLocation();
+    else if (again !== undefined) drawAlreadyEnrolled(p, again);
+  });
   if (invite instanceof NotAnInvite) forgetInviteInLocation();
   if (invite !== undefined && !(invite instanceof NotAnInvite)) drawAlreadyEnrolled(p, invite);
   else draw();

@@ -167,6 +167,12 @@ export class TallyLink extends WebSocketClientAdapter {
     this.events.state('offline');
   }
 
+  /** Attempts again after `stop()` (enrolling again failed: the old token still works). */
+  resume(): void {
+    this.stopped = false;
+    this.now();
+  }
+
   /** The server refused the token: no more attempts. */
   stop(): void {
     this.stopped = true;

@@ -63,7 +63,7 @@ export interface TotalsInfo {
 }
 
 /** Why the phone cannot take records now, if it cannot. */
-export type Blocker = 'not_enrolled' | 'loading' | 'no_campaign' | 'no_recipients' | 'token_refused';
+export type Blocker = 'not_enrolled' | 'loading' | 'no_campaign' | 'no_recipients';
 
 /** A snapshot of the phone for the screens. */
 export interface PhoneState {
@@ -240,7 +240,8 @@ export class Phone extends EventTarget {
   /** Why a record cannot be taken now, or undefined. */
   blocker(): Blocker | undefined {
     if (!this.enrollment) return 'not_enrolled';
-    if (this.enrollment.refused_at !== undefined) return 'token_refused';
+    // A refused token does not stop the canvasser: what they take waits, and moves to the new
+    // enrollment (docs/clients.md §6).
     if (!this.state.ready) return 'loading';
     if (!this.campaign) return 'no_campaign';
     if (this.campaign.recipients.length === 0) return 'no_recipients';
@@ -282,7 +283,16 @@ export class Phone extends EventTarget {
     const key = await DuplicateKey.fromHex(payload.key);
     if (!A.isWasmInitialized()) await initializeWasm(new URL('automerge.wasm', import.meta.url).href);
     const body: Record<string, unknown> = { code: payload.code.trim(), name: phoneName };
-    if (previous) body.replaces = { device_id: previous.device_id, token: previous.token };
+    if (previous) {
+      body.replaces = { device_id: previous.device_id, token: previous.token };
+      // The old token is about to be revoked: no more connections with it (nor a refused one
+      // mistaken for the new enrollment's).
+      this.net?.stop();
+    }
+    const failed = (e: PhoneError): PhoneError => {
+      if (previous && previous.refused_at === undefined) this.net?.resume();
+      return e;
+    };
     let answer: Response;
     try {
       answer = await fetch('/api/v1/enroll', {
@@ -291,12 +301,12 @@ export class Phone extends EventTarget {
         body: JSON.stringify(body),
       });
     } catch {
-      throw new PhoneError('enroll_offline');
+      throw failed(new PhoneError('enroll_offline'));
     }
     const json = (await answer.json().catch(() => ({}))) as Record<string, unknown>;
-    if (!answer.ok) throw new PhoneError('enroll_refused', str(json.error) || String(answer.status));
+    if (!answer.ok) throw failed(new PhoneError('enroll_refused', str(json.error) || String(answer.status)));
     const campaignUrl = str(json.campaign_url);
-    if (bareId(campaignUrl) !== bareId(payload.campaign)) throw new PhoneError('enroll_wrong_campaign', campaignUrl);
+    if (bareId(campaignUrl) !== bareId(payload.campaign)) throw failed(new PhoneError('enroll_wrong_campaign', campaignUrl));
     const enrollment: Enrollment = {
       server: payload.server,
       device_id: str(json.device_id),
@@ -850,14 +860,18 @@ export class Phone extends EventTarget {
   /** A connection failed before the server answered: is it the token? (A browser cannot see a 401.) */
   private async probeToken(): Promise<void> {
     const e = this.enrollment;
-    if (!e || this.probing || !navigator.onLine) return;
+    if (!e || e.refused_at !== undefined || this.probing || !navigator.onLine) return;
     this.probing = true;
     try {
       const r = await fetch('/api/v1/me', { headers: { Authorization: `Bearer ${e.token}` }, cache: 'no-store' });
       if (r.status === 401) {
-        e.refused_at = Date.now();
-        await this.store.write({ enrollment: e });
-        this.net?.stop();
+        await this.turns.run(async () => {
+          // Unless the phone enrolled again meanwhile.
+          if (this.enrollment !== e) return;
+          e.refused_at = Date.now();
+          await this.store.write({ enrollment: e });
+        });
+        if (this.enrollment === e) this.net?.stop();
         this.changed();
       }
     } catch {
