@@ -143,6 +143,7 @@ export class World {
   async close() {
     await this.server.kill();
     await this.proxy.close();
+    mkdirSync(OUT, { recursive: true });
     writeFileSync(join(OUT, 'serve.log'), this.server.log);
     rmSync(this.dir, { recursive: true, force: true });
   }
