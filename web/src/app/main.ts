@@ -294,6 +294,21 @@ function eventOptions(p: Phone, none: boolean, selected: string): HTMLSelectElem
 
 /** What the sign form keeps between two signatures at one place: the city, riding and event. */
 const sticky = { city: '', riding: '', event: '', checkinEvent: '' };
+/** Cities typed on this page, for the list the city field offers. */
+const typedCities: string[] = [];
+
+/** Event cities, then typed ones; each once, whatever its case, spacing and accents. */
+function cities(p: Phone): string[] {
+  const seen = new Set<string>();
+  const out: string[] = [];
+  for (const c of [...(p.campaign?.events ?? []).map((e) => e.city), ...typedCities]) {
+    const folded = c.normalize('NFKD').replace(/\p{M}/gu, '').toLowerCase().replace(/\s+/g, ' ').trim();
+    if (folded === '' || seen.has(folded)) continue;
+    seen.add(folded);
+    out.push(c.trim());
+  }
+  return out;
+}
 
 function drawSign(p: Phone): void {
   const message = h('div', { id: 'form-message', 'aria-live': 'assertive' });
@@ -304,7 +319,10 @@ function drawSign(p: Phone): void {
     { id: 'sign-form', class: 'form', autocomplete: 'off', novalidate: true },
     input('name', 'f_name', { required: true }),
     input('postal_code', 'f_postal_code', { required: true, autocapitalize: 'characters', inputmode: 'text' }),
-    input('city', 'f_city', { required: true, value: sticky.city }),
+    input('city', 'f_city', { required: true, value: sticky.city, list: 'cities' }),
+    // The cities to offer: the campaign's event cities and those typed here (one spelling each,
+    // as `tally-device cities` offers them).
+    h('datalist', { id: 'cities' }, ...cities(p).map((c) => h('option', { value: c }))),
     input('riding', 'f_riding', { value: sticky.riding }),
     input('email', 'f_email', { type: 'email', inputmode: 'email', autocapitalize: 'none' }),
     input('phone', 'f_phone', { type: 'tel', inputmode: 'tel' }),
@@ -336,6 +354,7 @@ function drawSign(p: Phone): void {
       .then(() => {
         performance.measure('tally-sign', { start: started, end: performance.now() });
         Object.assign(sticky, { city: input.city, riding: input.riding, event: input.event });
+        if (!typedCities.includes(input.city.trim())) typedCities.push(input.city.trim());
         flash = { screen: 'sign', text: t('saved_signature', { name: input.name.trim() }), kind: 'ok' };
         if (screen === 'sign') drawSign(p);
         (document.getElementById('name') as HTMLInputElement | null)?.focus();

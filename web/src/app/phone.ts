@@ -373,6 +373,11 @@ export class Phone extends EventTarget {
           }
         }
       }
+      // Enrolled, but stopped before the first collection was made (or every one was lost).
+      if (!this.current()) {
+        const last = this.chain.reduce<ChainLink | undefined>((a, l) => (a === undefined || l.chain > a.chain ? l : a), undefined);
+        await this.startCollection(last?.id, e.device_id, []);
+      }
       await this.rebuildPending();
       await this.reconcile();
     });
