@@ -19,7 +19,9 @@
 //  10. the server killed during a sync: nothing is lost, the app syncs once it is back
 //  11. a revoked phone says so (a browser cannot see the 401: it asks /api/v1/me), keeps what
 //      it takes, and enrolls again from a new invite's link: what waited moves and counts
-//  12. the screens in French
+//  12. nothing came from another origin; no script error or CSP violation; the service worker's
+//      scope is /app/
+//  13. the screens in French
 //
 // Screenshots of every screen (phone-sized) go to $TALLY_WEB_OUT/screens; the figures (time to
 // first paint offline, signing time) to $TALLY_WEB_OUT/figures.json. The fixtures are the
@@ -45,6 +47,20 @@ let context;
 let page;
 let campaign;
 let failed = false;
+/** Every request the app's pages made, and every script error or CSP violation they reported. */
+const requests = [];
+const consoleErrors = [];
+
+function watch(p) {
+  p.on('request', (r) => requests.push(r.url()));
+  p.on('console', (m) => {
+    // Offline, the browser itself reports the connections it refused.
+    if (process.env.APP_TEST_DEBUG && m.type() === 'error') console.error('[console]', m.text());
+    if (m.type() === 'error' && !/Failed to load resource|ERR_INTERNET_DISCONNECTED|WebSocket connection to/.test(m.text())) consoleErrors.push(m.text());
+  });
+  p.on('pageerror', (e) => consoleErrors.push(e.message));
+  return p;
+}
 
 /** Each step runs only if the ones before it passed (they build on each other). */
 function step(name, body) {
@@ -154,7 +170,7 @@ before(async () => {
   await world.tally('event', 'add', '--campaign', campaign, '--id', 'rally', '--name', "Rally at Queen's Park", '--city', 'Toronto', '--starts-at', '2026-07-01T18:00:00-04:00', '--place', "Queen's Park");
   browser = await launch();
   context = await browser.newContext(PHONE);
-  page = await context.newPage();
+  page = watch(await context.newPage());
 });
 
 after(async () => {
@@ -230,7 +246,7 @@ step('3. offline: 6 signatures, a refused form, 2 check-ins; 8 not yet safe', as
 
 step('4. the page closed and opened again offline: all 8 are there', async () => {
   await page.close();
-  page = await context.newPage();
+  page = watch(await context.newPage());
   await page.goto(`${world.phoneUrl}/app/`);
   await page.locator('#petition').waitFor();
   await waitPending(8);
@@ -447,7 +463,19 @@ step('11. a revoked phone says so, keeps what it takes, and enrolls again with a
   assert.equal(after.chain[2].owner, after.enrollment.device_id);
 });
 
-step('12. every screen, in French too', async () => {
+step('12. nothing from another origin, no script error, no CSP violation', async () => {
+  const origins = new Set(requests.map((u) => new URL(u).origin));
+  assert.deepEqual([...origins], [world.phoneUrl], `requests went to ${[...origins].join(', ')}`);
+  assert.ok(requests.some((u) => u.endsWith('/app/automerge.wasm')), 'the WebAssembly came from the server');
+  assert.deepEqual(consoleErrors, []);
+  const res = await fetch(`${world.url}/app/sw.js`);
+  assert.equal(res.headers.get('content-type'), 'text/javascript; charset=utf-8');
+  assert.match(res.headers.get('content-security-policy'), /script-src 'self' 'wasm-unsafe-eval';/);
+  const scope = await page.evaluate(async () => (await navigator.serviceWorker.getRegistration())?.scope);
+  assert.equal(scope, `${world.phoneUrl}/app/`);
+});
+
+step('13. every screen, in French too', async () => {
   await page.locator('#go-settings').click();
   await shots.take(page, 'settings');
   await page.locator('#lang').click();
