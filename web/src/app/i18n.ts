@@ -95,8 +95,12 @@ const M = {
     fr: '{signatures}, {checkins} recueillies sur ce téléphone.',
   },
   set_aside_count: {
-    en: '{n} refused by the server and set aside: see the records.',
-    fr: '{n} refusées par le serveur et mises de côté : voir les fiches.',
+    en: '{n} records refused by the server and set aside: see the records.',
+    fr: '{n} fiches refusées par le serveur et mises de côté : voir les fiches.',
+  },
+  set_aside_count_one: {
+    en: '1 record refused by the server and set aside: see the records.',
+    fr: '1 fiche refusée par le serveur et mise de côté : voir les fiches.',
   },
   sync_now: { en: 'Sync now', fr: 'Synchroniser' },
   link_offline: { en: 'No signal: records are kept on this phone.', fr: 'Pas de réseau : les fiches restent sur ce téléphone.' },

@@ -127,7 +127,7 @@ function drawStatus(): void {
 function notes(p: Phone): HTMLElement[] {
   const out: HTMLElement[] = [];
   if (p.counts.refused > 0) {
-    out.push(h('p', { class: 'alert', id: 'set-aside' }, h('a', { href: '#', onclick: (e) => (e.preventDefault(), go('records')) }, t('set_aside_count', { n: count(p.counts.refused) }))));
+    out.push(h('p', { class: 'alert', id: 'set-aside' }, h('a', { href: '#', onclick: (e) => (e.preventDefault(), go('records')) }, t(p.counts.refused === 1 ? 'set_aside_count_one' : 'set_aside_count', { n: count(p.counts.refused) }))));
   }
   for (const e of p.errors.slice(-1)) out.push(h('p', { class: 'note', id: 'server-error' }, t('server_error', { detail: e })));
   if (p.persisted === false) out.push(h('p', { class: 'note', id: 'not-persisted' }, t('not_persisted')));
