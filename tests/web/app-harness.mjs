@@ -14,9 +14,20 @@ import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { join } from 'node:path';
 
-import { OUT, Phone, Server, scratch, tally } from './harness.mjs';
+import { chromium } from 'playwright-core';
+
+import { CHROMIUM, OUT, Phone, Server, scratch, tally } from './harness.mjs';
 
 export { OUT };
+
+/** Chromium as harness.mjs's `browser()` launches it, with `extra` arguments. */
+export function launchWith(extra) {
+  return chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--no-first-run', '--disable-dev-shm-usage', ...extra],
+  });
+}
 
 /** A phone: a small touch screen. */
 export const PHONE = { viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true, locale: 'en-CA' };

@@ -36,7 +36,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 
-import { OUT, PHONE, Shots, World } from './app-harness.mjs';
+import { OUT, PHONE, Shots, World, launchWith } from './app-harness.mjs';
 import { browser as launch, until } from './harness.mjs';
 
 const world = new World();
@@ -473,6 +473,17 @@ step('12. nothing from another origin, no script error, no CSP violation', async
   assert.match(res.headers.get('content-security-policy'), /script-src 'self' 'wasm-unsafe-eval';/);
   const scope = await page.evaluate(async () => (await navigator.serviceWorker.getRegistration())?.scope);
   assert.equal(scope, `${world.phoneUrl}/app/`);
+  // Over plain http from another name than localhost (no secure context: no WebCrypto, no
+  // service worker), the app says why it cannot work instead of failing half-way.
+  const lan = await launchWith(['--host-resolver-rules=MAP tally-lan.test 127.0.0.1']);
+  try {
+    const p = await (await lan.newContext(PHONE)).newPage();
+    await p.goto(`http://tally-lan.test:${world.proxy.port}/app/`);
+    await p.locator('#insecure', { hasText: 'only over https' }).waitFor();
+    await shots.take(p, 'insecure-http');
+  } finally {
+    await lan.close();
+  }
 });
 
 step('13. every screen, in French too', async () => {

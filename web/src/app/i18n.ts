@@ -131,6 +131,10 @@ const M = {
     en: 'The campaign has no organizer key to seal signers’ details to: an organizer must add one before signatures can be taken.',
     fr: 'La campagne n’a pas de clé d’organisateur pour sceller les coordonnées : il faut en ajouter une avant de recueillir des signatures.',
   },
+  insecure: {
+    en: 'This page was opened over plain http from another machine: a phone keeps signatures safely only over https (or on localhost). Ask the organizer for the https address (docs/operations.md, “The canvassers’ app”).',
+    fr: 'Cette page a été ouverte en http simple depuis une autre machine : un téléphone ne garde les signatures en sécurité qu’en https (ou sur localhost). Demandez l’adresse https (docs/operations.md, « The canvassers’ app »).',
+  },
   other_tab: {
     en: 'tally is open in another tab or window. Close it to use this one.',
     fr: 'tally est ouvert dans un autre onglet ou une autre fenêtre. Fermez-le pour utiliser celui-ci.',

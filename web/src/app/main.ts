@@ -670,6 +670,12 @@ async function run(): Promise<void> {
 
 /** One tab at a time holds the phone: two would write the same collection from two repos. */
 async function boot(): Promise<void> {
+  if (!window.isSecureContext || !crypto.subtle) {
+    // No WebCrypto, no service worker, no persistent storage: nothing safe to do here.
+    setLang(lang());
+    append(root, h('p', { class: 'alert', role: 'alert', id: 'insecure' }, t('insecure')));
+    return;
+  }
   registerServiceWorker();
   if (!navigator.locks) return run();
   await navigator.locks.request('tally-phone', { ifAvailable: true }, async (held) => {
