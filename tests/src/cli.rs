@@ -238,6 +238,24 @@ impl Phone {
         cmd
     }
 
+    /// The device token the phone holds now, read from its SQLite file (tests that check a
+    /// token stays out of a log, or that a revoked one is refused).
+    pub fn token(&self) -> String {
+        let conn = tally_store::rusqlite::Connection::open(self.home.join("tally-device.sqlite3"))
+            .expect("the phone's database");
+        let json: String = conn
+            .query_row(
+                "SELECT value FROM settings WHERE key = 'enrollment'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("the phone is enrolled");
+        serde_json::from_str::<Value>(&json).expect("enrollment JSON")["token"]
+            .as_str()
+            .expect("a token")
+            .to_string()
+    }
+
     /// Runs `tally-device --home HOME ARGS` and waits.
     pub fn run(&self, args: &[&str]) -> Run {
         let out = self.cmd(args).output().expect("run tally-device");

@@ -169,21 +169,7 @@ fn every_organizer_action_is_audited_once_and_the_chain_verifies() {
         "{revokes_cli}"
     );
     // A canvasser's token cannot read it.
-    let phone_token_now = {
-        let conn =
-            rusqlite::Connection::open(phone.home.join(tally_client::store::DB_FILE)).unwrap();
-        let json: String = conn
-            .query_row(
-                "SELECT value FROM settings WHERE key = 'enrollment'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        serde_json::from_str::<Value>(&json).unwrap()["token"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let phone_token_now = phone.token();
     let denied = api(&server, &phone_token_now, "GET", "/api/v1/audit", None);
     assert!(
         denied["status"] == 403 || denied["status"] == 401,
@@ -193,21 +179,7 @@ fn every_organizer_action_is_audited_once_and_the_chain_verifies() {
     // Nothing secret or personal in the log.
     let db = std::fs::read(server.data.join("tally.db")).unwrap_or_default();
     let text = serde_json::to_string(&log).unwrap();
-    let phone_token = {
-        let conn =
-            rusqlite::Connection::open(phone.home.join(tally_client::store::DB_FILE)).unwrap();
-        let json: String = conn
-            .query_row(
-                "SELECT value FROM settings WHERE key = 'enrollment'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        serde_json::from_str::<Value>(&json).unwrap()["token"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let phone_token = phone.token();
     for secret in [
         admin.as_str(),
         phone_token.as_str(),

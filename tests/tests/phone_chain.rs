@@ -198,20 +198,7 @@ fn a_revoked_phone_enrolls_again_in_the_same_home() {
     }
     phone.sync(30).ok();
     org.run(&["token", "revoke", &old_device]).ok();
-    let old_token = {
-        let conn = rusqlite_open(&phone.home);
-        let json: String = conn
-            .query_row(
-                "SELECT value FROM settings WHERE key = 'enrollment'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        serde_json::from_str::<Value>(&json).unwrap()["token"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let old_token = phone.token();
 
     // Offline after the revocation, the canvasser keeps signing.
     for i in 2..7 {
@@ -256,8 +243,4 @@ fn a_revoked_phone_enrolls_again_in_the_same_home() {
         }
         other => panic!("the old token is not refused as revoked: {other:?}"),
     }
-}
-
-fn rusqlite_open(home: &Path) -> rusqlite::Connection {
-    rusqlite::Connection::open(home.join(tally_client::store::DB_FILE)).unwrap()
 }
