@@ -135,7 +135,7 @@ pub fn run(
         let chunk = after.save_after(&w.before.get_heads());
         store.write_with_error::<_, StoreError>(|tx| {
             tx.append_chunk(&w.key, &chunk, now_ms())?;
-            projection::apply(tx.conn(), &w.key, &w.header, &acc, &after, &tz)
+            projection::apply(tx, &w.key, &w.header, &acc, &after, &tz)
                 .map_err(|e| StoreError::Invalid(e.to_string()))?;
             Ok(())
         })?;
@@ -143,8 +143,7 @@ pub fn run(
         pb.inc(1);
     }
     pb.finish();
-    let rows: i64 =
-        store.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM signatures", [], |r| r.get(0))?))?;
+    let rows = store.read(|r| r.signature_rows())?;
     if rows as usize != total {
         figs.note(format!(
             "baseline: {rows} signature rows written, expected {total}"

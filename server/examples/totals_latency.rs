@@ -1,5 +1,5 @@
 //! Totals latency at scale: fills the projection of one campaign with N synthetic signatures
-//! through `projection::Batch` (the code the hub runs for each accepted change, one batch per
+//! through `tally_store::Batch` (the code the hub runs for each accepted change, one batch per
 //! synthetic sync of 100 records, so the aggregate cells are kept exactly as in production),
 //! then times the totals queries the API runs:
 //!
@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 
 use tally_core::collection::{Checkin, Signature};
 use tally_core::review::{Strike, StrikeReason};
-use tally_server::projection::{self, Filter};
-use tally_store::Store;
+use tally_store::{Filter, Store};
 
 const CAMPAIGN: &str = "bench-campaign";
 const TZ: &str = "America/Toronto";
@@ -121,7 +120,7 @@ fn run(n: u64) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let store = Store::open(&dir.path().join("tally.db"))?;
     // The same page cache as the server's reader connection (`serve` in server/src/lib.rs).
-    store.write(|tx| Ok(tx.conn().execute_batch("PRAGMA cache_size = -65536")?))?;
+    store.set_cache_kib(65_536)?;
     let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ n);
     let t0 = Instant::now();
     let mut flushing = Duration::ZERO;
@@ -130,16 +129,15 @@ fn run(n: u64) -> anyhow::Result<()> {
     while i < n {
         let end = (i + batch).min(n);
         store.write_with_error::<_, anyhow::Error>(|tx| {
-            let mut batch = projection::Batch::new(CAMPAIGN);
+            let mut batch = tx.projection_batch(CAMPAIGN);
             for k in i..end {
                 if k % SYNC == 0 {
                     let t = Instant::now();
-                    std::mem::replace(&mut batch, projection::Batch::new(CAMPAIGN))
-                        .flush(tx.conn())?;
+                    std::mem::replace(&mut batch, tx.projection_batch(CAMPAIGN)).flush()?;
                     flushing += t.elapsed();
                 }
                 let (doc, s) = signature(&mut rng, k);
-                batch.signature(tx.conn(), &doc, &s, TZ)?;
+                batch.signature(&doc, &s, TZ)?;
                 if k % 100 == 7 {
                     let strike = Strike {
                         signature: s.id.clone(),
@@ -148,7 +146,7 @@ fn run(n: u64) -> anyhow::Result<()> {
                         at: START,
                         revoked: false,
                     };
-                    batch.strike(tx.conn(), &strike)?;
+                    batch.strike(&strike)?;
                 }
                 if k % 20 == 0 {
                     let c = Checkin {
@@ -160,10 +158,10 @@ fn run(n: u64) -> anyhow::Result<()> {
                         walk_in: rng.below(3) == 0,
                         withdrawn: false,
                     };
-                    batch.checkin(tx.conn(), &doc, &c)?;
+                    batch.checkin(&doc, &c)?;
                 }
             }
-            batch.flush(tx.conn())?;
+            batch.flush()?;
             Ok(())
         })?;
         i = end;
@@ -180,10 +178,10 @@ fn run(n: u64) -> anyhow::Result<()> {
     );
 
     // The aggregates must give what a scan of the rows gives.
-    let (agg, full) = store.read(|c| {
+    let (agg, full) = store.read(|r| {
         Ok((
-            projection::totals(c, CAMPAIGN)?,
-            projection::scan(c, CAMPAIGN, &Filter::default())?,
+            r.totals(CAMPAIGN)?,
+            r.scan_totals(CAMPAIGN, &Filter::default())?,
         ))
     })?;
     anyhow::ensure!(agg == full, "aggregates differ from the scan");
@@ -199,11 +197,7 @@ fn run(n: u64) -> anyhow::Result<()> {
         agg.by_canvasser.len()
     );
 
-    let (p50, p99) = time(500, || {
-        store
-            .read(|c| Ok(projection::totals(c, CAMPAIGN)?))
-            .unwrap()
-    });
+    let (p50, p99) = time(500, || store.read(|r| r.totals(CAMPAIGN)).unwrap());
     println!(
         "   totals (aggregates, what GET /totals runs):  p50 {}  p99 {}",
         ms(p50),
@@ -212,7 +206,7 @@ fn run(n: u64) -> anyhow::Result<()> {
     let scans = if n > 200_000 { 5 } else { 20 };
     let (p50, p99) = time(scans, || {
         store
-            .read(|c| Ok(projection::scan(c, CAMPAIGN, &Filter::default())?))
+            .read(|r| r.scan_totals(CAMPAIGN, &Filter::default()))
             .unwrap()
     });
     println!(
@@ -254,9 +248,7 @@ fn run(n: u64) -> anyhow::Result<()> {
     for (name, f) in filters {
         let runs = if n > 200_000 { 20 } else { 50 };
         let (p50, p99) = time(runs, || {
-            store
-                .read(|c| Ok(projection::query(c, CAMPAIGN, &f)?))
-                .unwrap()
+            store.read(|r| r.query_totals(CAMPAIGN, &f)).unwrap()
         });
         println!("   filtered {name:32} p50 {}  p99 {}", ms(p50), ms(p99));
     }

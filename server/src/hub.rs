@@ -220,8 +220,9 @@ type Followers = HashMap<u64, mpsc::UnboundedSender<DocumentId>>;
 
 /// The document hub.
 pub struct Hub {
-    /// The database.
-    pub store: Arc<Store>,
+    /// The database: documents, chunks, sync states and the projection are written through the
+    /// hub alone (the API keeps its own handle for devices, audit and reads).
+    store: Arc<Store>,
     cfg: HubConfig,
     docs: Mutex<HashMap<DocumentId, Arc<Mutex<Slot>>>>,
     campaigns: Mutex<HashMap<String, Arc<Campaign>>>,
@@ -254,25 +255,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// when the server has that document, a collection of the same campaign whose owner is of the
 /// same lineage (the same phone, re-enrolled or not); a document the server never received is
 /// accepted (it may never have reached the server).
-fn check_continues(
-    conn: &tally_store::rusqlite::Connection,
-    header: &DocHeader,
-) -> Result<(), HubError> {
-    use tally_store::rusqlite::OptionalExtension;
+fn check_continues(tx: &tally_store::WriteTx<'_>, header: &DocHeader) -> Result<(), HubError> {
     let Some(previous) = &header.continues else {
         return Ok(());
     };
-    let found: Option<(String, String, Option<String>)> = conn
-        .prepare_cached("SELECT kind, campaign, owner FROM documents WHERE doc_id = ?1")
-        .and_then(|mut st| {
-            st.query_row([previous], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .optional()
-        })
-        .map_err(StoreError::from)?;
+    let found = tx
+        .doc_meta(previous)?
+        .map(|m| (m.kind, m.campaign, m.owner));
     let Some((kind, campaign, owner)) = found else {
         return Ok(());
     };
-    let lineage = |device: &str| projection::lineage_of(conn, device).map_err(StoreError::from);
+    let lineage = |device: &str| tx.lineage_of(device);
     let mine = lineage(header.owner.as_deref().unwrap_or_default())?;
     let same_phone = match &owner {
         Some(o) => lineage(o)? == mine,
@@ -291,14 +284,9 @@ fn check_continues(
 
 /// The writer identity of a device.
 pub fn writer_of(device: &Device) -> Writer {
-    let role = match device.role {
-        tally_store::Role::Admin => Role::Admin,
-        tally_store::Role::Organizer => Role::Organizer,
-        tally_store::Role::Canvasser => Role::Canvasser,
-    };
     Writer {
         id: device.device_id.clone(),
-        role,
+        role: device.role,
         campaign: device.campaign.clone(),
     }
 }
@@ -319,9 +307,9 @@ pub fn can_read(device: &Device, meta: &DocMeta) -> bool {
         .as_deref()
         .is_none_or(|c| c == meta.campaign);
     match device.role {
-        tally_store::Role::Admin => true,
-        tally_store::Role::Organizer => in_campaign,
-        tally_store::Role::Canvasser => {
+        Role::Admin => true,
+        Role::Organizer => in_campaign,
+        Role::Canvasser => {
             in_campaign
                 && match meta.kind.as_str() {
                     "campaign" | "totals" => true,
@@ -329,10 +317,34 @@ pub fn can_read(device: &Device, meta: &DocMeta) -> bool {
                     _ => false,
                 }
         }
+        // The server's own identity is never a device's (the store refuses it).
+        Role::Server => false,
     }
 }
 
 impl Hub {
+    /// A peer's saved sync state of document `doc` (`None` if none was saved).
+    pub fn load_sync_state(
+        &self,
+        peer_key: &str,
+        doc: &DocumentId,
+    ) -> Result<Option<Vec<u8>>, HubError> {
+        Ok(self.store.load_sync_state(peer_key, &doc.to_string())?)
+    }
+
+    /// Saves a peer's sync state of document `doc`.
+    pub fn save_sync_state(
+        &self,
+        peer_key: &str,
+        doc: &DocumentId,
+        bytes: &[u8],
+        now: i64,
+    ) -> Result<(), HubError> {
+        Ok(self
+            .store
+            .save_sync_state(peer_key, &doc.to_string(), bytes, now)?)
+    }
+
     /// A hub over `store`.
     pub fn new(store: Arc<Store>, cfg: HubConfig) -> Hub {
         Hub {
@@ -657,13 +669,13 @@ impl Hub {
             // Judged inside the write transaction, so that two writers cannot both pass: a
             // chain's link, and (in `changes.write`) record ids another phone holds.
             if created && header.kind == DocKind::Collection {
-                check_continues(tx.conn(), &header)?;
+                check_continues(tx, &header)?;
             }
             if created {
                 tx.put_meta(&meta)?;
             }
             tx.append_chunk(&key, &chunk, now)?;
-            changes.write(tx.conn(), &key, &header, &tz)?;
+            changes.write(tx, &key, &header, &tz)?;
             Ok(())
         });
         if written.is_ok() {
@@ -672,8 +684,8 @@ impl Hub {
         if let Err(e) = written {
             let refusal = match e {
                 HubError::Rejected(r) => r,
-                HubError::Projection(projection::ProjectionError::Claimed { container, id }) => {
-                    let reason = projection::ProjectionError::Claimed {
+                HubError::Store(StoreError::Claimed { container, id }) => {
+                    let reason = StoreError::Claimed {
                         container,
                         id: id.clone(),
                     }
@@ -882,9 +894,7 @@ impl Hub {
             let Ok(id) = meta.doc_id.parse::<DocumentId>() else {
                 continue;
             };
-            let mut totals = self
-                .store
-                .read(|conn| projection::totals(conn, campaign).map_err(StoreError::from))?;
+            let mut totals = self.store.read(|r| r.totals(campaign))?;
             crate::suppression::for_document(
                 &mut totals,
                 self.totals_suppress_below.load(Ordering::Relaxed),

@@ -56,8 +56,11 @@ pub const DB_FILE: &str = "tally.db";
 
 /// Shared state of the running server.
 pub struct AppState {
-    /// The document hub (and through it the store).
+    /// The document hub: every document write goes through it.
     pub hub: Arc<Hub>,
+    /// The store, for what is not a document: devices and tokens, invites, the audit log,
+    /// quarantine, the list of documents.
+    pub store: Arc<Store>,
     /// The configuration.
     pub config: Config,
     /// Read-only connections to the database for the API's token checks and totals queries,
@@ -123,15 +126,11 @@ pub fn open_data(data: &Path) -> anyhow::Result<(Store, Option<PathBuf>)> {
             )
         })?;
     let store = Store::open(&data.join(DB_FILE))?;
-    store.write(|tx| {
-        if projection::aggregates_stale(tx.conn())? {
-            tracing::info!(
-                "rebuilding the totals aggregates from the projection rows (once, after an upgrade)"
-            );
-            projection::rebuild_aggregates(tx.conn())?;
-        }
-        Ok(())
-    })?;
+    if store.write(|tx| tx.rebuild_aggregates_if_stale())? {
+        tracing::info!(
+            "rebuilt the totals aggregates from the projection rows (once, after an upgrade)"
+        );
+    }
     if store.has_admin()? {
         return Ok((store, None));
     }
@@ -376,11 +375,8 @@ fn open_readers(store: &Arc<Store>) -> anyhow::Result<Readers> {
         return Ok(Readers::from_stores(vec![store.clone()]));
     }
     let n = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
-    let cache_kib = 65_536 / n;
-    let readers = Readers::open(store.path(), n, |r| {
-        r.read(|c| Ok(c.execute_batch(&format!("PRAGMA cache_size = -{cache_kib}"))?))
-    })
-    .map_err(|e| {
+    let cache_kib = 65_536 / n as u64;
+    let readers = Readers::open(store.path(), n, |r| r.set_cache_kib(cache_kib)).map_err(|e| {
         anyhow::anyhow!(
             "cannot open the API's read connections on {}: {e}",
             store.path().display()
@@ -403,9 +399,7 @@ pub async fn serve(
         None => None,
     };
     if config.max_database_kib > 0 {
-        let page_size: i64 =
-            store.read(|c| Ok(c.pragma_query_value(None, "page_size", |r| r.get(0))?))?;
-        let page_size = u64::try_from(page_size).unwrap_or(4096);
+        let page_size = store.page_size()?;
         let pages = (config.max_database_kib * 1024).div_ceil(page_size.max(512));
         let cap = store.set_max_pages(u32::try_from(pages).unwrap_or(u32::MAX))?;
         tracing::info!(
@@ -414,8 +408,9 @@ pub async fn serve(
             "database size capped (max_database_kib)"
         );
     }
+    let store = Arc::new(store);
     let hub = Arc::new(Hub::new(
-        Arc::new(store),
+        store.clone(),
         HubConfig {
             idle_unload: config.idle_unload(),
             compact_after_chunks: config.compact_after_chunks,
@@ -426,7 +421,7 @@ pub async fn serve(
     // The start, with the settings that differ from the defaults, opens the audit log's record
     // of this run (issue 15). A full or read-only disk does not stop the start (the server then
     // refuses writes and says why): the entry is then missing, and the log says so.
-    if let Err(e) = hub.store.audit(&tally_store::NewAudit {
+    if let Err(e) = store.audit(&tally_store::NewAudit {
         at: now_ms(),
         actor_id: "server",
         actor_name: "tally serve",
@@ -445,10 +440,10 @@ pub async fn serve(
     }
     // A crash between a commit and the next refresh leaves a totals document behind: bring
     // every campaign's up to date (unchanged ones are not rewritten).
-    for m in hub.store.list_campaigns()? {
+    for m in store.list_campaigns()? {
         hub.mark_dirty(&m.campaign);
     }
-    let reader = Arc::new(open_readers(&hub.store)?);
+    let reader = Arc::new(open_readers(&store)?);
     tracing::debug!(connections = reader.len(), "read connections opened");
     let workers =
         workers::Workers::start(config.sync_worker_threads(), config.sync_workers_niceness)?;
@@ -487,6 +482,7 @@ pub async fn serve(
         guard: Mutex::new(guard::Guard::new(guard_limits)),
         devices: Mutex::new(guard::Devices::new(config.device_limits())),
         hub: hub.clone(),
+        store: store.clone(),
         slots: Arc::new(Semaphore::new(config.max_connections)),
         workers,
         reader,
@@ -557,13 +553,13 @@ pub async fn serve(
 async fn metrics_page(State(state): State<Arc<AppState>>) -> Result<impl IntoResponse, ApiError> {
     let st = state.clone();
     let snapshot = tokio::task::spawn_blocking(move || -> Result<metrics::Snapshot, ApiError> {
-        let path = st.hub.store.path().to_path_buf();
+        let path = st.store.path().to_path_buf();
         let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
         let mut wal = path.clone().into_os_string();
         wal.push("-wal");
         Ok(metrics::Snapshot {
             loaded_documents: st.hub.loaded() as u64,
-            quarantine_entries: st.hub.store.quarantine_len()?,
+            quarantine_entries: st.store.quarantine_len()?,
             database_bytes: size(&path) + size(Path::new(&wal)),
         })
     })

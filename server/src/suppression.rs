@@ -38,9 +38,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use tally_core::city::city_key;
 use tally_core::totals::{Cell, Totals};
-use tally_store::rusqlite::{self, Connection};
 
-use crate::projection::{self, Filter};
+use crate::projection::Filter;
 
 /// What suppression did to one answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -312,13 +311,12 @@ fn without(filter: &Filter, dim: Dim) -> Filter {
 /// each dimension the filter narrows by, the answer without it is computed and suppressed too:
 /// if that answer hides the cell the filter selects (the city, FSA, event, or some of the hidden
 /// days), this answer is withheld: headline hidden, every breakdown withheld.
-pub fn answer(
-    conn: &Connection,
-    campaign: &str,
+pub fn answer<E>(
+    query: impl Fn(&Filter) -> Result<Totals, E>,
     filter: &Filter,
     threshold: u64,
-) -> rusqlite::Result<(Totals, Suppression)> {
-    let raw = projection::query(conn, campaign, filter)?;
+) -> Result<(Totals, Suppression), E> {
+    let raw = query(filter)?;
     let mut t = raw.clone();
     let mut s = apply(&mut t, threshold, !filter.is_empty());
     let mut dims = Vec::new();
@@ -339,7 +337,7 @@ pub fn answer(
     }
     for dim in dims {
         let parent = without(filter, dim);
-        let whole = projection::query(conn, campaign, &parent)?;
+        let whole = query(&parent)?;
         let mut shown = whole.clone();
         apply(&mut shown, threshold, !parent.is_empty());
         if drills_into_hidden(&whole, &shown, dim, filter, &raw) {
@@ -553,7 +551,6 @@ mod drilling {
     use tally_store::Store;
 
     use super::*;
-    use crate::projection::{Batch, ProjectionError};
 
     const DAY: i64 = 86_400_000;
 
@@ -565,9 +562,8 @@ mod drilling {
         let camp = world.campaign.id.clone();
         let store = Store::open_in_memory().unwrap();
         store
-            .write_with_error::<_, ProjectionError>(|tx| {
-                let c = tx.conn();
-                let mut b = Batch::new(&camp);
+            .write(|tx| {
+                let mut b = tx.projection_batch(&camp);
                 let mut n = 0;
                 for (city, postal, day, people) in [
                     ("Toronto", "M5V 2T6", 0, 10),
@@ -584,17 +580,19 @@ mod drilling {
                             city,
                         );
                         s.collected_at = NOW + day * DAY;
-                        b.signature(c, "docA", &s, "UTC")?;
+                        b.signature("docA", &s, "UTC")?;
                     }
                 }
-                b.flush(c)
+                b.flush()
             })
             .unwrap();
         (store, camp)
     }
 
     fn ask(store: &Store, camp: &str, filter: Filter) -> (Totals, Suppression) {
-        store.read(|c| Ok(answer(c, camp, &filter, 5)?)).unwrap()
+        store
+            .read(|r| answer(|f| r.query_totals(camp, f), &filter, 5))
+            .unwrap()
     }
 
     #[test]

@@ -158,7 +158,7 @@ impl Conn {
             return;
         }
         let Some(key) = &self.peer_key else { return };
-        if let Ok(Some(bytes)) = self.hub.store.load_sync_state(key, &doc.to_string())
+        if let Ok(Some(bytes)) = self.hub.load_sync_state(key, doc)
             && let Ok(state) = automerge::sync::State::decode(&bytes)
         {
             self.session.load_sync_state(*doc, state);
@@ -399,10 +399,7 @@ impl Conn {
         let now = now_ms();
         for doc in self.session.documents().copied().collect::<Vec<_>>() {
             if let Some(bytes) = self.session.encoded_sync_state(&doc)
-                && let Err(e) = self
-                    .hub
-                    .store
-                    .save_sync_state(key, &doc.to_string(), &bytes, now)
+                && let Err(e) = self.hub.save_sync_state(key, &doc, &bytes, now)
             {
                 tracing::debug!(doc = %doc, error = %e, "sync state not saved");
             }

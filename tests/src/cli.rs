@@ -241,7 +241,7 @@ impl Phone {
     /// The device token the phone holds now, read from its SQLite file (tests that check a
     /// token stays out of a log, or that a revoked one is refused).
     pub fn token(&self) -> String {
-        let conn = tally_store::rusqlite::Connection::open(self.home.join("tally-device.sqlite3"))
+        let conn = rusqlite::Connection::open(self.home.join("tally-device.sqlite3"))
             .expect("the phone's database");
         let json: String = conn
             .query_row(

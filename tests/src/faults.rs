@@ -303,7 +303,7 @@ impl Drop for SmallDisk {
 
 /// Compacts the (stopped) server's database file, so that it has no free pages left.
 fn vacuum(db: &Path) -> Result<(), String> {
-    let conn = tally_store::rusqlite::Connection::open(db).map_err(|e| e.to_string())?;
+    let conn = rusqlite::Connection::open(db).map_err(|e| e.to_string())?;
     conn.execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")
         .map_err(|e| format!("VACUUM {}: {e}", db.display()))
 }

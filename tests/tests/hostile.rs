@@ -1104,8 +1104,8 @@ async fn the_bad_input_catalogue() {
     );
 }
 
-fn rusqlite_conn(rig: &Rig) -> tally_store::rusqlite::Connection {
-    let conn = tally_store::rusqlite::Connection::open(rig.server.data.join("tally.db")).unwrap();
+fn rusqlite_conn(rig: &Rig) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(rig.server.data.join("tally.db")).unwrap();
     conn.busy_timeout(Duration::from_secs(5)).unwrap();
     conn
 }

@@ -89,7 +89,7 @@ fn no_token_or_personal_field_in_any_log_at_trace() {
 
     // The phone's own token, from its store.
     let db = phone.home.join("tally-device.sqlite3");
-    let conn = tally_store::rusqlite::Connection::open(&db).unwrap();
+    let conn = rusqlite::Connection::open(&db).unwrap();
     let enrollment: String = conn
         .query_row(
             "SELECT value FROM settings WHERE key = 'enrollment'",

@@ -978,9 +978,7 @@ async fn reindex_reproduces_the_incremental_tables() {
     let copy = data.path();
     let dump = |path: &Path| {
         let store = Store::open_read_only(&path.join(tally_server::DB_FILE)).expect("open");
-        store
-            .read(|c| Ok(tally_server::projection::dump(c)?))
-            .expect("dump")
+        store.read(|r| r.projection_dump()).expect("dump")
     };
     let before = dump(copy);
     assert!(before["signatures"].len() >= 6, "{before:?}");

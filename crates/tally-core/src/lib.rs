@@ -13,6 +13,7 @@
 //! passes, and keeps totals equal to [`totals::totals`].
 
 pub mod campaign;
+pub mod cells;
 pub mod city;
 pub mod collection;
 pub mod doc;

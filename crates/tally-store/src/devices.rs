@@ -10,74 +10,34 @@
 //! stored only as a hash, expires after its time to live, and enrolls exactly one device.
 
 use std::fmt;
-use std::str::FromStr;
 
 use rand::RngCore;
 use rand::rngs::OsRng;
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use sha2::{Digest, Sha256};
+use tally_core::validate::Role;
 
 use crate::Store;
 use crate::error::{ReplaceRefusal, Result, StoreError};
 
-/// What a device may do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Runs the server: enrolls organizers, revokes devices.
-    Admin,
-    /// Writes campaign and review documents, reads totals and sealed exports.
-    Organizer,
-    /// Writes its own collection documents.
-    Canvasser,
+/// A device's role read from its stored form: `server` is the server's own writer identity
+/// (`tally_core::validate::Role::Server`), never a device's.
+fn device_role(stored: &str) -> Result<Role> {
+    Role::parse(stored)
+        .filter(|r| *r != Role::Server)
+        .ok_or_else(|| {
+            StoreError::Invalid(format!(
+                "unknown device role {stored:?}: use admin, organizer or canvasser"
+            ))
+        })
 }
 
-impl Role {
-    /// The role as stored and shown: "admin", "organizer" or "canvasser".
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Admin => "admin",
-            Role::Organizer => "organizer",
-            Role::Canvasser => "canvasser",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Role {
-    type Err = StoreError;
-
-    fn from_str(s: &str) -> Result<Role> {
-        match s {
-            "admin" => Ok(Role::Admin),
-            "organizer" => Ok(Role::Organizer),
-            "canvasser" => Ok(Role::Canvasser),
-            other => Err(StoreError::Invalid(format!(
-                "unknown role {other:?}: use admin, organizer or canvasser"
-            ))),
-        }
-    }
-}
-
-impl ToSql for Role {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.as_str()))
-    }
-}
-
-impl FromSql for Role {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Role> {
-        value
-            .as_str()?
-            .parse()
-            .map_err(|err: StoreError| FromSqlError::Other(Box::new(err)))
-    }
+/// The role column `i` of a row (see [`device_role`]).
+fn role_column(row: &Row<'_>, i: usize) -> rusqlite::Result<Role> {
+    let stored: String = row.get(i)?;
+    device_role(&stored).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    })
 }
 
 /// An enrolled device. Never carries its token or the token's hash.
@@ -267,7 +227,7 @@ fn device_from_row(row: &Row<'_>) -> rusqlite::Result<Device> {
     Ok(Device {
         device_id: row.get(0)?,
         name: row.get(1)?,
-        role: row.get(2)?,
+        role: role_column(row, 2)?,
         campaign: row.get(3)?,
         created_at: row.get(4)?,
         revoked_at: row.get(5)?,
@@ -305,7 +265,7 @@ fn insert_device(
         params![
             device.device_id,
             device.name,
-            device.role,
+            device.role.as_str(),
             device.campaign,
             token_hash(token.as_str()),
             device.created_at,
@@ -402,6 +362,13 @@ impl Store {
         ttl_ms: i64,
         now: i64,
     ) -> Result<(String, InviteCode)> {
+        if role == Role::Server {
+            return Err(StoreError::Invalid(
+                "an invite enrolls an admin, organizer or canvasser device, not the server's \
+                 own identity: choose one of those roles"
+                    .into(),
+            ));
+        }
         if ttl_ms <= 0 {
             return Err(StoreError::Invalid(format!(
                 "an invite's time to live must be positive (got {ttl_ms} ms)"
@@ -418,7 +385,14 @@ impl Store {
             tx.conn().execute(
                 "INSERT INTO invites (invite_id, code_hash, campaign, role, created_at, expires_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![invite_id, code_hash(&code), campaign, role, now, expires_at],
+                params![
+                    invite_id,
+                    code_hash(&code),
+                    campaign,
+                    role.as_str(),
+                    now,
+                    expires_at
+                ],
             )?;
             Ok(())
         })?;
@@ -464,7 +438,7 @@ impl Store {
                         Ok(InviteRow {
                             invite_id: row.get(0)?,
                             campaign: row.get(1)?,
-                            role: row.get(2)?,
+                            role: role_column(row, 2)?,
                             expires_at: row.get(3)?,
                             used_at: row.get(4)?,
                         })
@@ -667,13 +641,12 @@ mod tests {
     }
 
     #[test]
-    fn roles_round_trip_as_strings() {
+    fn device_roles_round_trip_as_strings() {
         for role in [Role::Admin, Role::Organizer, Role::Canvasser] {
-            assert_eq!(role.as_str().parse::<Role>().ok(), Some(role));
+            assert_eq!(device_role(role.as_str()).ok(), Some(role));
         }
-        assert!(matches!(
-            "root".parse::<Role>(),
-            Err(StoreError::Invalid(_))
-        ));
+        for stored in ["root", "server"] {
+            assert!(matches!(device_role(stored), Err(StoreError::Invalid(_))));
+        }
     }
 }

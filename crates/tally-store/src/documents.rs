@@ -350,7 +350,7 @@ impl Store {
     /// A document's snapshot and incremental chunks in order, or `None` if it is not stored.
     /// Read in one transaction, so a concurrent compaction is seen entirely or not at all.
     pub fn load_document(&self, doc_id: &str) -> Result<Option<StoredDoc>> {
-        self.read(|conn| load_document(conn, doc_id))
+        self.read_conn(|conn| load_document(conn, doc_id))
     }
 
     /// Replaces the snapshot and every chunk with seq `<= through_seq` by `snapshot`, which
@@ -369,7 +369,7 @@ impl Store {
 
     /// How many incremental chunks (and bytes) a document has gathered since its snapshot.
     pub fn chunks_since_snapshot(&self, doc_id: &str) -> Result<ChunkStats> {
-        self.read(|conn| chunks_since_snapshot(conn, doc_id))
+        self.read_conn(|conn| chunks_since_snapshot(conn, doc_id))
     }
 
     /// The documents matching `filter`, oldest first.

@@ -82,6 +82,24 @@ pub enum StoreError {
     #[error("conflict with stored data: {0}")]
     Conflict(String),
 
+    /// A collection record new to its document has an id that a collection of another phone
+    /// (another lineage of devices) in the campaign already holds: a record id is one phone's.
+    #[error(
+        "{container}/{id}: record {id:?} already belongs to another phone's collection in this campaign; a record id is one phone's (a phone re-writes its own records into its next collection, never another's): nothing of this change was stored"
+    )]
+    Claimed {
+        /// signatures or checkins.
+        container: &'static str,
+        /// The record id.
+        id: String,
+    },
+
+    /// An aggregate would go below zero: the totals aggregates no longer match the rows.
+    #[error(
+        "the totals aggregates are out of step with the rows ({0}); stop the server and run `tally reindex`"
+    )]
+    Drift(String),
+
     /// `create_admin` on a store that already has a working admin device.
     #[error(
         "an admin device already exists: enroll new devices with an invite from it, \

@@ -19,12 +19,16 @@
 //!
 //! Modules: [`error`] (the error type and SQLite error mapping), `schema` (migrations),
 //! [`documents`] (documents, chunks, compaction, sync states), [`devices`] (devices, tokens,
-//! invites), [`quarantine`] (rejected messages), [`readers`] (a pool of read connections).
+//! invites), [`quarantine`] (rejected messages), [`audit`] (the audit chain), [`projection`]
+//! (the totals projection's rows and aggregate cells), [`readers`] (a pool of read
+//! connections). All of the server's SQL lives in these modules: callers get typed methods on
+//! [`Store`], [`ReadTx`] and [`WriteTx`], never a connection.
 
 pub mod audit;
 pub mod devices;
 pub mod documents;
 pub mod error;
+pub mod projection;
 pub mod quarantine;
 pub mod readers;
 mod schema;
@@ -36,14 +40,14 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
 pub use audit::{AuditBroken, AuditEntry, AuditFilter, NewAudit};
-pub use devices::{Device, InviteCode, Replaces, Role, Token, TokenRefusal};
+pub use devices::{Device, InviteCode, Replaces, Token, TokenRefusal};
 pub use documents::{CAMPAIGN_KIND, ChunkStats, DocFilter, DocMeta, StoredDoc};
 pub use error::{ReplaceRefusal, Result, StoreError};
+pub use projection::{Batch, Filter, ReindexReport};
 pub use quarantine::{
     NewQuarantine, QuarantineEntry, QuarantineFilter, QuarantineOutcome, QuarantineQuota,
 };
 pub use readers::{Reader, Readers};
-pub use rusqlite;
 pub use schema::SCHEMA_VERSION;
 
 /// How long a call waits for another connection's write lock before failing with
@@ -167,8 +171,8 @@ impl Store {
     /// If `f` returns `Err`, or the commit fails, everything `f` wrote is rolled back and the
     /// error is returned.
     ///
-    /// `f` gets a [`WriteTx`], with the store's own writes (`append_chunk`, `put_meta`,
-    /// `quarantine`, ...) and [`WriteTx::conn`] for the caller's own tables.
+    /// `f` gets a [`WriteTx`], with the store's writes (`append_chunk`, `put_meta`,
+    /// `quarantine`, a projection batch, ...) and, through it, its reads ([`ReadTx`]).
     pub fn write<T>(&self, f: impl FnOnce(&WriteTx<'_>) -> Result<T>) -> Result<T> {
         self.write_with_error(f)
     }
@@ -181,14 +185,41 @@ impl Store {
     ) -> Result<T, E> {
         let mut inner = self.lock()?;
         let outcome = run_in_transaction(&mut inner.conn, TransactionBehavior::Immediate, |tx| {
-            f(&WriteTx { tx })
+            f(&WriteTx {
+                tx,
+                read: ReadTx { conn: tx },
+            })
         });
         inner.check_no_open_transaction();
         outcome
     }
 
+    /// The database's page size in bytes.
+    pub fn page_size(&self) -> Result<u64> {
+        let inner = self.lock()?;
+        let size: i64 = inner
+            .conn
+            .pragma_query_value(None, "page_size", |row| row.get(0))?;
+        Ok(u64::try_from(size).unwrap_or(4096))
+    }
+
+    /// Sets this connection's page cache to about `kib` KiB (`PRAGMA cache_size`), e.g. to share
+    /// a memory budget between the connections of a [`Readers`] pool.
+    pub fn set_cache_kib(&self, kib: u64) -> Result<()> {
+        let inner = self.lock()?;
+        inner
+            .conn
+            .execute_batch(&format!("PRAGMA cache_size = -{kib}"))?;
+        Ok(())
+    }
+
     /// Runs `f` in a deferred (read) transaction, so that several queries see one snapshot.
-    pub fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    pub fn read<T>(&self, f: impl FnOnce(&ReadTx<'_>) -> Result<T>) -> Result<T> {
+        self.read_conn(|conn| f(&ReadTx { conn }))
+    }
+
+    /// Like [`Store::read`], for the store's own modules' SQL.
+    pub(crate) fn read_conn<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let mut inner = self.lock()?;
         let outcome =
             run_in_transaction(&mut inner.conn, TransactionBehavior::Deferred, |tx| f(tx));
@@ -258,15 +289,67 @@ fn run_in_transaction<T, E: From<StoreError>>(
     }
 }
 
-/// The write side of one transaction, handed to the closure of [`Store::write`].
+/// The read side of one transaction (one snapshot), handed to the closure of [`Store::read`];
+/// a [`WriteTx`] has it too (it dereferences to one), to read what it is writing.
+pub struct ReadTx<'a> {
+    conn: &'a Connection,
+}
+
+/// The write side of one transaction, handed to the closure of [`Store::write`]. Everything
+/// done through it commits or rolls back with the rest of the closure.
 pub struct WriteTx<'a> {
     tx: &'a Transaction<'a>,
+    read: ReadTx<'a>,
 }
 
 impl<'a> WriteTx<'a> {
-    /// The underlying transaction, for the caller's own tables (e.g. the signature projection).
-    /// Everything done through it commits or rolls back with the rest of the closure.
-    pub fn conn(&self) -> &'a Transaction<'a> {
+    /// The underlying transaction, for the store's own modules.
+    pub(crate) fn conn(&self) -> &'a Transaction<'a> {
         self.tx
+    }
+}
+
+impl<'a> std::ops::Deref for WriteTx<'a> {
+    type Target = ReadTx<'a>;
+
+    fn deref(&self) -> &ReadTx<'a> {
+        &self.read
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_is_set_up_for_durability() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(&dir.path().join("tally.db")).expect("open store");
+        let (journal, synchronous, foreign_keys): (String, i64, i64) = store
+            .write(|tx| {
+                let conn = tx.conn();
+                let pragma = |name: &str| {
+                    conn.pragma_query_value(None, name, |row| {
+                        row.get::<_, rusqlite::types::Value>(0)
+                    })
+                };
+                let journal = match pragma("journal_mode")? {
+                    rusqlite::types::Value::Text(text) => text,
+                    other => panic!("journal_mode {other:?}"),
+                };
+                let int = |value| match value {
+                    rusqlite::types::Value::Integer(n) => n,
+                    other => panic!("pragma {other:?}"),
+                };
+                Ok((
+                    journal,
+                    int(pragma("synchronous")?),
+                    int(pragma("foreign_keys")?),
+                ))
+            })
+            .unwrap();
+        assert_eq!(journal, "wal");
+        assert_eq!(synchronous, 2, "synchronous=FULL");
+        assert_eq!(foreign_keys, 1);
     }
 }

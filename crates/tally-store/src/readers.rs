@@ -127,7 +127,7 @@ mod tests {
             for _ in 0..8 {
                 s.spawn(|| {
                     let r = readers.get();
-                    r.read(|c| {
+                    r.read_conn(|c| {
                         let now = busy.fetch_add(1, Ordering::SeqCst) + 1;
                         most.fetch_max(now, Ordering::SeqCst);
                         std::thread::sleep(Duration::from_millis(200));
@@ -170,7 +170,7 @@ mod tests {
         let (a, b) = (readers.get(), readers.get());
         for r in [&a, &b] {
             let x: i64 = r
-                .read(|c| Ok(c.query_row("SELECT x FROM t", [], |row| row.get(0))?))
+                .read_conn(|c| Ok(c.query_row("SELECT x FROM t", [], |row| row.get(0))?))
                 .unwrap();
             assert_eq!(x, 7);
         }

@@ -4,9 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
+use tally_core::Role;
+use tally_core::fixtures::World;
 use tally_store::{
-    DocFilter, DocMeta, QuarantineFilter, Replaces, Role, SCHEMA_VERSION, Store, StoreError,
-    TokenRefusal,
+    DocFilter, DocMeta, QuarantineFilter, Replaces, SCHEMA_VERSION, Store, StoreError, TokenRefusal,
 };
 use tempfile::TempDir;
 
@@ -112,22 +113,19 @@ fn documents_append_load_compact_round_trip() {
 #[test]
 fn a_failing_write_rolls_back_everything() {
     let (_dir, _path, store) = temp_store();
-    store
-        .write(|tx| {
-            tx.conn()
-                .execute_batch("CREATE TABLE scratch_rows (doc_id TEXT, city TEXT)")?;
-            Ok(())
-        })
-        .unwrap();
-
+    let world = World::new();
+    let camp = world.campaign.id.clone();
     let err = store
         .write(|tx| {
-            tx.put_meta(&meta("d1", "collection", "c1", Some("dev1")))?;
+            tx.put_meta(&meta("d1", "collection", &camp, Some("dev1")))?;
             tx.append_chunk("d1", b"changes", T0)?;
             tx.save_sync_state("peer", "d1", b"state", T0)?;
             tx.quarantine("dev1", "d1", "bad change", b"msg", T0)?;
-            tx.conn()
-                .execute("INSERT INTO scratch_rows VALUES ('d1', 'Montreal')", [])?;
+            let mut batch = tx.projection_batch(&camp);
+            let s = world.signature("dev1", "s1", "Li Wei", "L8P 4R5", "Montreal");
+            batch.signature("d1", &s, "UTC")?;
+            batch.flush()?;
+            assert_eq!(tx.totals(&camp)?.signatures, 1, "seen inside the write");
             Err::<(), _>(StoreError::Invalid("the projection refused".into()))
         })
         .unwrap_err();
@@ -142,14 +140,10 @@ fn a_failing_write_rolls_back_everything() {
             .unwrap()
             .is_empty()
     );
-    let rows: i64 = store
-        .write(|tx| {
-            Ok(tx
-                .conn()
-                .query_row("SELECT COUNT(*) FROM scratch_rows", [], |row| row.get(0))?)
-        })
+    let (rows, totals) = store
+        .read(|r| Ok((r.signature_rows()?, r.totals(&camp)?)))
         .unwrap();
-    assert_eq!(rows, 0);
+    assert_eq!((rows, totals.signatures), (0, 0));
 
     // The same work without the error commits all of it.
     store
@@ -244,35 +238,6 @@ fn reopening_the_file_keeps_everything() {
     let found = store.authenticate(token.as_str(), T0 + 1).unwrap().unwrap();
     assert_eq!(found.device_id, admin.device_id);
     assert!(store.has_admin().unwrap());
-}
-
-#[test]
-fn the_connection_is_set_up_for_durability() {
-    let (_dir, _path, store) = temp_store();
-    let (journal, synchronous, foreign_keys): (String, i64, i64) = store
-        .write(|tx| {
-            let conn = tx.conn();
-            let pragma = |name: &str| {
-                conn.pragma_query_value(None, name, |row| row.get::<_, rusqlite::types::Value>(0))
-            };
-            let journal = match pragma("journal_mode")? {
-                rusqlite::types::Value::Text(text) => text,
-                other => panic!("journal_mode {other:?}"),
-            };
-            let int = |value| match value {
-                rusqlite::types::Value::Integer(n) => n,
-                other => panic!("pragma {other:?}"),
-            };
-            Ok((
-                journal,
-                int(pragma("synchronous")?),
-                int(pragma("foreign_keys")?),
-            ))
-        })
-        .unwrap();
-    assert_eq!(journal, "wal");
-    assert_eq!(synchronous, 2, "synchronous=FULL");
-    assert_eq!(foreign_keys, 1);
 }
 
 #[test]

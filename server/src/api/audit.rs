@@ -18,7 +18,8 @@ use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use serde_json::Value;
-use tally_store::{AuditEntry, AuditFilter, NewAudit, Role};
+use tally_core::Role;
+use tally_store::{AuditEntry, AuditFilter, NewAudit};
 
 use super::auth::{Auth, require_admin};
 use super::blocking;
@@ -136,7 +137,6 @@ pub(crate) async fn record(
                 if let Some(id) = text(&answered, "device_id") {
                     actor_id = id.clone();
                     actor_name = st
-                        .hub
                         .store
                         .device(&id)
                         .ok()
@@ -154,13 +154,7 @@ pub(crate) async fn record(
             }
             "device.revoke" => {
                 let id = uri_id.clone().unwrap_or_default();
-                campaign = st
-                    .hub
-                    .store
-                    .device(&id)
-                    .ok()
-                    .flatten()
-                    .and_then(|d| d.campaign);
+                campaign = st.store.device(&id).ok().flatten().and_then(|d| d.campaign);
                 id
             }
             "review.strike" => text(&asked, "signature").unwrap_or_default(),
@@ -171,7 +165,7 @@ pub(crate) async fn record(
             ("review.strike", Some(true)) => "review.unstrike",
             (a, _) => a,
         };
-        st.hub.store.audit(&NewAudit {
+        st.store.audit(&NewAudit {
             at: now,
             actor_id: &actor_id,
             actor_name: &actor_name,
@@ -258,7 +252,7 @@ pub(crate) async fn list(
             ));
         }
     }
-    blocking(move || Ok(Json(state.hub.store.list_audit(&filter)?))).await
+    blocking(move || Ok(Json(state.store.list_audit(&filter)?))).await
 }
 
 /// `GET /api/v1/audit/verify` (admin): checks the chain; names the first broken entry.
@@ -268,7 +262,7 @@ pub(crate) async fn verify(
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&device)?;
     blocking(move || {
-        Ok(Json(match state.hub.store.verify_audit()? {
+        Ok(Json(match state.store.verify_audit()? {
             Ok(n) => serde_json::json!({"ok": true, "entries": n}),
             Err(b) => serde_json::json!({"ok": false, "broken_at": b.seq, "why": b.why}),
         }))

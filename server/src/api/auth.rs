@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use tally_store::{Device, Role as StoreRole, TokenRefusal};
+use tally_core::Role;
+use tally_store::{Device, TokenRefusal};
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -63,7 +64,7 @@ impl FromRequestParts<Arc<AppState>> for Auth {
         match checked {
             Ok(device) => {
                 if !device.seen_recently(now) {
-                    let store = state.hub.store.clone();
+                    let store = state.store.clone();
                     let seen = device.clone();
                     tokio::task::spawn_blocking(move || {
                         if let Err(e) = store.record_seen(&seen, now) {
@@ -134,8 +135,8 @@ pub(crate) async fn me(Auth(device): Auth) -> axum::Json<Device> {
 /// The device may act on `campaign`: the admin, or an organizer of it.
 pub(crate) fn require_organizer(device: &Device, campaign: &str) -> Result<(), ApiError> {
     match device.role {
-        StoreRole::Admin => Ok(()),
-        StoreRole::Organizer if device.campaign.as_deref().is_none_or(|c| c == campaign) => Ok(()),
+        Role::Admin => Ok(()),
+        Role::Organizer if device.campaign.as_deref().is_none_or(|c| c == campaign) => Ok(()),
         _ => Err(ApiError::Forbidden(
             "only an organizer of this campaign or the admin may do this".into(),
         )),
@@ -144,7 +145,7 @@ pub(crate) fn require_organizer(device: &Device, campaign: &str) -> Result<(), A
 
 /// The device is the admin.
 pub(crate) fn require_admin(device: &Device) -> Result<(), ApiError> {
-    if device.role == StoreRole::Admin {
+    if device.role == Role::Admin {
         Ok(())
     } else {
         Err(ApiError::Forbidden(

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
+use tally_core::Role;
 use tally_core::campaign::{self, CampaignInit, Event};
 use tally_core::collection;
 use tally_proto::DocumentId;
-use tally_store::Role as StoreRole;
 
 use super::auth::{Auth, require_admin, require_organizer};
 use super::types::{CampaignList, CampaignSummary, CreatedCampaign, NewCampaign, NewEvent};
@@ -85,11 +85,10 @@ pub(crate) async fn list_campaigns(
     Auth(device): Auth,
 ) -> Result<Json<CampaignList>, ApiError> {
     blocking(move || {
-        let all = state.hub.store.list_campaigns()?;
+        let all = state.store.list_campaigns()?;
         let mut campaigns = Vec::new();
         for m in all.into_iter().filter(|m| {
-            device.role == StoreRole::Admin
-                || device.campaign.as_deref() == Some(m.campaign.as_str())
+            device.role == Role::Admin || device.campaign.as_deref() == Some(m.campaign.as_str())
         }) {
             if let Some(c) = state.hub.campaign(&m.campaign)? {
                 campaigns.push(CampaignSummary {

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
-use tally_store::{Device, Role as StoreRole};
+use tally_core::Role;
+use tally_store::Device;
 
 use super::auth::{Auth, ClientAddr, lock_guard, require_admin, require_organizer};
 use super::types::{EnrollRequest, Enrolled, Invite, InviteRequest, Revoked};
@@ -59,9 +60,7 @@ async fn enroll_inner(
             token: &r.token,
         });
         let (device, token) =
-            state
-                .hub
-                .store
+            state.store
                 .redeem_invite_replacing(&req.code, &name, now_ms(), proof)?;
         tracing::info!(device = %device.device_id, role = device.role.as_str(), replaces = ?device.replaces, "device enrolled");
         if let Some(old) = &device.replaces {
@@ -97,8 +96,8 @@ pub(crate) async fn invite(
     let req = body(req, r#"{"campaign": "CAMPAIGN_ID", "role": "canvasser"}"#)?;
     require_organizer(&device, &req.campaign)?;
     let role = match req.role.as_str() {
-        "canvasser" => StoreRole::Canvasser,
-        "organizer" => StoreRole::Organizer,
+        "canvasser" => Role::Canvasser,
+        "organizer" => Role::Organizer,
         other => {
             return Err(ApiError::BadRequest(format!(
                 "role {other:?}: invite a canvasser or an organizer"
@@ -115,7 +114,6 @@ pub(crate) async fn invite(
         let ttl = state.config.invite_ttl_hours as i64 * 3_600_000;
         let now = now_ms();
         let (_, code) = state
-            .hub
             .store
             .create_invite(Some(&req.campaign), role, ttl, now)?;
         let server = state.config.public_url();
@@ -136,7 +134,7 @@ pub(crate) async fn list_devices(
     Auth(device): Auth,
 ) -> Result<Json<Vec<Device>>, ApiError> {
     require_admin(&device)?;
-    blocking(move || Ok(Json(state.hub.store.list_devices()?))).await
+    blocking(move || Ok(Json(state.store.list_devices()?))).await
 }
 
 pub(crate) async fn revoke(
@@ -147,14 +145,14 @@ pub(crate) async fn revoke(
     require_admin(&device)?;
     let st = state.clone();
     let id2 = id.clone();
-    blocking(move || match st.hub.store.revoke_device(&id2, now_ms()) {
+    blocking(move || match st.store.revoke_device(&id2, now_ms()) {
         Ok(true) => Ok(()),
         Err(tally_store::StoreError::NotFound(_)) => Err(ApiError::NotFound(format!(
             "no device {id2:?} on this server: the device ids are in `tally token list` (GET /api/v1/devices)"
         ))),
         // Known, and revoked before: say when, rather than that there is no such device.
         Ok(false) => {
-            let d = st.hub.store.device(&id2)?;
+            let d = st.store.device(&id2)?;
             let name = d.as_ref().map(|d| d.name.clone()).unwrap_or_default();
             let when = d
                 .and_then(|d| d.revoked_at)

@@ -57,7 +57,7 @@ pub(crate) async fn sealed(
             None => Default::default(),
         };
         let mut collections = Vec::new();
-        for meta in state.hub.store.list_documents(&DocFilter {
+        for meta in state.store.list_documents(&DocFilter {
             campaign: Some(id.clone()),
             kind: Some("collection".into()),
             owner: None,

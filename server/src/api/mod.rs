@@ -67,7 +67,7 @@ pub(crate) fn doc_of_kind(
     campaign: &str,
     kind: &str,
 ) -> Result<Option<String>, ApiError> {
-    let docs = state.hub.store.list_documents(&DocFilter {
+    let docs = state.store.list_documents(&DocFilter {
         campaign: Some(campaign.into()),
         kind: Some(kind.into()),
         owner: None,

@@ -60,13 +60,10 @@ pub(crate) async fn strike(
         strike
             .check()
             .map_err(|r| ApiError::BadRequest(format!("refused: {r}")))?;
-        let known = state.reader.get().read(|conn| {
-            Ok(conn.query_row(
-                "SELECT EXISTS (SELECT 1 FROM signatures WHERE campaign = ?1 AND sig_id = ?2)",
-                [&id, &strike.signature],
-                |r| r.get::<_, bool>(0),
-            )?)
-        })?;
+        let known = state
+            .reader
+            .get()
+            .read(|r| r.has_signature(&id, &strike.signature))?;
         if !known {
             return Err(ApiError::NotFound(format!(
                 "no signature {:?} in campaign {id} on this server (yet): signature ids are the id column of the export (`tally export --all`; GET /api/v1/campaigns/{id}/sealed)",

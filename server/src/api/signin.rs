@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
-use tally_store::Role as StoreRole;
+use tally_core::Role;
 
 use super::auth::Auth;
 use super::body;
@@ -52,7 +52,7 @@ pub(crate) async fn create(
     Auth(device): Auth,
     req: Result<Json<NewSigninLink>, JsonRejection>,
 ) -> Result<Json<SigninLink>, ApiError> {
-    if device.role == StoreRole::Canvasser {
+    if device.role == Role::Canvasser {
         return Err(ApiError::Forbidden(
             "a canvasser's token does not sign in to the dashboard: use an organizer's or the admin's".into(),
         ));

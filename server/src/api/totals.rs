@@ -8,15 +8,16 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
+use tally_core::Role;
 use tally_core::campaign::Campaign;
-use tally_store::{Device, Role as StoreRole};
+use tally_store::Device;
 
 use super::auth::{Auth, require_organizer};
 use super::types::{Filters, TotalsResponse};
 use super::{blocking, known_campaign};
 use crate::AppState;
 use crate::error::ApiError;
-use crate::projection::{self, Filter};
+use crate::projection::Filter;
 use crate::suppression::{self, Suppression};
 
 /// What a totals request asks for, checked.
@@ -149,7 +150,7 @@ fn totals_request(
             "from must be before to (from is inclusive, to exclusive)".into(),
         ));
     }
-    let admin = device.role == StoreRole::Admin;
+    let admin = device.role == Role::Admin;
     if !admin {
         // A window drawn around one signature's time would single it out by subtraction from
         // a wider one: organizers' time filters are snapped outward to whole days in the
@@ -200,13 +201,14 @@ pub(crate) fn answer_totals(
     req: &TotalsRequest,
 ) -> Result<TotalsResponse, ApiError> {
     let threshold = state.config.suppress_below;
-    let (t, suppression) = state.reader.get().read(|conn| {
+    let (t, suppression) = state.reader.get().read(|r| {
+        let query = |filter: &Filter| r.query_totals(&req.campaign, filter);
         if req.suppress {
             // With the answers without each filter, so that a filter cannot drill into a
             // hidden cell.
-            suppression::answer(conn, &req.campaign, &req.filter, threshold)
+            suppression::answer(query, &req.filter, threshold)
         } else {
-            projection::query(conn, &req.campaign, &req.filter).map(|t| {
+            query(&req.filter).map(|t| {
                 let s = Suppression {
                     threshold,
                     ..Suppression::default()
@@ -214,7 +216,6 @@ pub(crate) fn answer_totals(
                 (t, s)
             })
         }
-        .map_err(tally_store::StoreError::from)
     })?;
     let head = |v: u64| (!suppression.headline_hidden).then_some(v);
     Ok(TotalsResponse {

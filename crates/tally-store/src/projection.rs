@@ -1,0 +1,1369 @@
+//! The totals projection's tables: rows of signatures, check-ins, strikes and paper sheets, and
+//! aggregate cells beside them, kept current inside the same write transaction that stores each
+//! accepted change ([`Batch`], from [`WriteTx::projection_batch`]). The cells a record counts in
+//! are `tally_core::cells`' pure mapping, which equals the reference `tally_core::totals`.
+//!
+//! Two ways to answer totals: [`ReadTx::totals`] reads the aggregate cells (a few hundred rows
+//! whatever the number of signatures), [`ReadTx::scan_totals`] scans the rows matching a
+//! [`Filter`] (event, time, city, FSA). Both must equal the reference; the tests below and the
+//! end-to-end tests hold them to it. [`WriteTx::rebuild_aggregates`] recomputes the cells from
+//! the rows by one SQL pass (an independent computation); `tally reindex` rewrites the rows from
+//! the documents ([`WriteTx::clear_projection_rows`], [`WriteTx::project_collection`],
+//! [`WriteTx::project_review`]) and then rebuilds the cells.
+//!
+//! No personal field is ever written here: only what totals need, and the duplicate and attendee
+//! tokens (HMACs under a key the server never has).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tally_core::cells::{
+    CheckinRow, Contribution, Dim, SignatureRow, checkin_cells, signature_cells, totals_of_cells,
+};
+use tally_core::city::{Spellings, city_key, labelled};
+use tally_core::collection::{CHECKINS, Checkin, Collection, SIGNATURES, Signature};
+use tally_core::review::{Review, Sheet, Strike};
+use tally_core::totals::{CellAcc, CheckinCell, PaperCell, Totals, cells};
+
+use crate::{ReadTx, Result, StoreError, WriteTx};
+
+/// What a campaign's totals can be narrowed to. Signatures match on all the given fields
+/// (`from` inclusive, `to` exclusive, on `collected_at`); check-ins on `event` and the time range
+/// (on `at`) only, as they have no city or FSA; paper sheets are never filtered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Event id.
+    pub event: Option<String>,
+    /// Earliest time, ms since the epoch, inclusive.
+    pub from: Option<i64>,
+    /// Latest time, ms since the epoch, exclusive.
+    pub to: Option<i64>,
+    /// The signer's city: matches every spelling of it (the same
+    /// `tally_core::city::city_key`: case, spacing and accents folded).
+    pub city: Option<String>,
+    /// The signer's FSA, upper case.
+    pub fsa: Option<String>,
+}
+
+impl Filter {
+    /// No filter at all: the whole campaign.
+    pub fn is_empty(&self) -> bool {
+        *self == Filter::default()
+    }
+}
+
+/// What `tally reindex` rebuilt.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReindexReport {
+    /// Documents read.
+    pub documents: u64,
+    /// Signature rows written.
+    pub signatures: u64,
+    /// Check-in rows written.
+    pub checkins: u64,
+    /// Strike rows written.
+    pub strikes: u64,
+    /// Sheet rows written.
+    pub sheets: u64,
+    /// Aggregate cells computed.
+    pub cells: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row statements.
+
+fn is_struck(conn: &Connection, campaign: &str, sig_id: &str) -> Result<bool> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM strikes WHERE campaign = ?1 AND sig_id = ?2 AND revoked = 0)",
+        )?
+        .query_row(params![campaign, sig_id], |r| r.get(0))?)
+}
+
+fn lineage_of(conn: &Connection, device_id: &str) -> Result<String> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT COALESCE((SELECT NULLIF(lineage, '') FROM devices WHERE device_id = ?1), ?1)",
+        )?
+        .query_row([device_id], |r| r.get(0))?)
+}
+
+/// The lineage of a document's owner; `None` for a document without one.
+fn lineage_of_doc(conn: &Connection, doc_id: &str) -> Result<Option<String>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT COALESCE(NULLIF(v.lineage, ''), d.owner) FROM documents d
+             LEFT JOIN devices v ON v.device_id = d.owner WHERE d.doc_id = ?1",
+        )?
+        .query_row([doc_id], |r| r.get(0))
+        .optional()?
+        .flatten())
+}
+
+/// Every row of one signature id in a campaign (its copies in a phone's collections), with
+/// their documents.
+fn sig_copies(
+    conn: &Connection,
+    campaign: &str,
+    sig_id: &str,
+) -> Result<Vec<(String, SignatureRow)>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT event, collected_at, day, collected_by, city, fsa, riding, consent, dup, withdrawn, doc_id
+             FROM signatures WHERE campaign = ?1 AND sig_id = ?2",
+        )?
+        .query_map(params![campaign, sig_id], |r| Ok((r.get(10)?, sig_row(r)?)))?
+        .collect::<rusqlite::Result<_>>()?)
+}
+
+fn upsert_signature_row(
+    conn: &Connection,
+    doc_id: &str,
+    campaign: &str,
+    sig_id: &str,
+    row: &SignatureRow,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO signatures (doc_id, sig_id, campaign, event, collected_at, day, collected_by, city, fsa, riding, consent, dup, withdrawn, city_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+         ON CONFLICT (doc_id, sig_id) DO UPDATE SET event = excluded.event, day = excluded.day, city = excluded.city,
+           city_key = excluded.city_key, fsa = excluded.fsa, riding = excluded.riding, consent = excluded.consent, dup = excluded.dup, withdrawn = excluded.withdrawn",
+    )?
+    .execute(params![
+        doc_id,
+        sig_id,
+        campaign,
+        row.event,
+        row.collected_at,
+        row.day,
+        row.collected_by,
+        row.city,
+        row.fsa,
+        row.riding,
+        row.consent,
+        row.dup,
+        row.withdrawn,
+        city_key(&row.city)
+    ])?;
+    Ok(())
+}
+
+/// A `signatures` row, selected as `event, collected_at, day, collected_by, city, fsa, riding,
+/// consent, dup, withdrawn`.
+fn sig_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SignatureRow> {
+    Ok(SignatureRow {
+        event: r.get(0)?,
+        collected_at: r.get(1)?,
+        day: r.get(2)?,
+        collected_by: r.get(3)?,
+        city: r.get(4)?,
+        fsa: r.get(5)?,
+        riding: r.get(6)?,
+        consent: r.get(7)?,
+        dup: r.get(8)?,
+        withdrawn: r.get(9)?,
+    })
+}
+
+/// A `checkins` row, selected as `event, attendee, at, by_id, walk_in, withdrawn`.
+fn checkin_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CheckinRow> {
+    Ok(CheckinRow {
+        event: r.get(0)?,
+        attendee: r.get(1)?,
+        at: r.get(2)?,
+        by: r.get(3)?,
+        walk_in: r.get(4)?,
+        withdrawn: r.get(5)?,
+    })
+}
+
+/// Every row of one check-in id in a campaign, with their documents.
+fn checkin_copies(
+    conn: &Connection,
+    campaign: &str,
+    ci_id: &str,
+) -> Result<Vec<(String, CheckinRow)>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT event, attendee, at, by_id, walk_in, withdrawn, doc_id
+             FROM checkins WHERE campaign = ?1 AND ci_id = ?2",
+        )?
+        .query_map(params![campaign, ci_id], |r| {
+            Ok((r.get(6)?, checkin_row(r)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?)
+}
+
+fn upsert_checkin_row(conn: &Connection, doc_id: &str, campaign: &str, c: &Checkin) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO checkins (doc_id, ci_id, campaign, event, attendee, at, by_id, walk_in, withdrawn)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (doc_id, ci_id) DO UPDATE SET attendee = excluded.attendee, walk_in = excluded.walk_in, withdrawn = excluded.withdrawn",
+    )?
+    .execute(params![doc_id, c.id, campaign, c.event, c.attendee, c.at, c.by, c.walk_in, c.withdrawn])?;
+    Ok(())
+}
+
+fn upsert_strike_row(conn: &Connection, campaign: &str, s: &Strike) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO strikes (campaign, sig_id, reason, by_id, at, revoked) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (campaign, sig_id) DO UPDATE SET reason = excluded.reason, by_id = excluded.by_id, at = excluded.at, revoked = excluded.revoked",
+    )?
+    .execute(params![campaign, s.signature, s.reason.as_str(), s.by, s.at, s.revoked])?;
+    Ok(())
+}
+
+fn upsert_sheet_row(conn: &Connection, campaign: &str, s: &Sheet) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO sheets (campaign, serial, count, riding, status) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (campaign, serial) DO UPDATE SET count = excluded.count, riding = excluded.riding, status = excluded.status",
+    )?
+    .execute(params![campaign, s.serial, s.count, s.riding, s.status.as_str()])?;
+    Ok(())
+}
+
+fn token_id(conn: &Connection, campaign: &str, token: &str) -> Result<i64> {
+    let found = conn
+        .prepare_cached("SELECT token_id FROM agg_tokens WHERE campaign = ?1 AND token = ?2")?
+        .query_row(params![campaign, token], |r| r.get(0))
+        .optional()?;
+    match found {
+        Some(id) => Ok(id),
+        None => {
+            conn.prepare_cached("INSERT INTO agg_tokens (campaign, token) VALUES (?1, ?2)")?
+                .execute(params![campaign, token])?;
+            Ok(conn.last_insert_rowid())
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The incremental path.
+
+/// The aggregate changes of one campaign's records, gathered while their rows are written and
+/// netted before they touch the aggregate tables: each cell is written once per batch, and a
+/// record whose correction leaves a cell unchanged costs that cell nothing. The hub makes one
+/// batch per accepted change; nothing is written to the cells before [`Batch::flush`], and
+/// everything (rows and cells) commits or rolls back with the write it belongs to.
+pub struct Batch<'a> {
+    conn: &'a Connection,
+    campaign: String,
+    /// The lineage of the collection's owner, when a collection's records are written: a new
+    /// record whose id another lineage holds is refused ([`StoreError::Claimed`]).
+    lineage: Option<String>,
+    /// Net change of each cell's record count.
+    cells: HashMap<(Dim, String), i64>,
+    /// Net change of each token's record count in a cell.
+    members: HashMap<(Dim, String, String), i64>,
+}
+
+impl<'a> WriteTx<'a> {
+    /// An empty projection batch for `campaign`, in this write.
+    pub fn projection_batch(&self, campaign: &str) -> Batch<'a> {
+        Batch {
+            conn: self.tx,
+            campaign: campaign.to_string(),
+            lineage: None,
+            cells: HashMap::new(),
+            members: HashMap::new(),
+        }
+    }
+
+    /// Deletes every projection row (signatures, check-ins, strikes, sheets), for a reindex:
+    /// the caller writes them again from the documents, then [`WriteTx::rebuild_aggregates`].
+    pub fn clear_projection_rows(&self) -> Result<()> {
+        self.tx.execute_batch(
+            "DELETE FROM signatures; DELETE FROM checkins; DELETE FROM strikes; DELETE FROM sheets;",
+        )?;
+        Ok(())
+    }
+
+    /// Writes the rows of every record of collection `doc_id` (no aggregates: rebuild them
+    /// after); returns (signatures, check-ins) written.
+    pub fn project_collection(
+        &self,
+        doc_id: &str,
+        campaign: &str,
+        collection: &Collection,
+        timezone: &str,
+    ) -> Result<(u64, u64)> {
+        for s in collection.signatures.values() {
+            upsert_signature_row(
+                self.tx,
+                doc_id,
+                campaign,
+                &s.id,
+                &SignatureRow::of(s, timezone),
+            )?;
+        }
+        for c in collection.checkins.values() {
+            upsert_checkin_row(self.tx, doc_id, campaign, c)?;
+        }
+        Ok((
+            collection.signatures.len() as u64,
+            collection.checkins.len() as u64,
+        ))
+    }
+
+    /// Writes the rows of every strike and sheet of a campaign's review (no aggregates);
+    /// returns (strikes, sheets) written.
+    pub fn project_review(&self, campaign: &str, review: &Review) -> Result<(u64, u64)> {
+        for s in review.strikes.values() {
+            upsert_strike_row(self.tx, campaign, s)?;
+        }
+        for s in review.sheets.values() {
+            upsert_sheet_row(self.tx, campaign, s)?;
+        }
+        Ok((review.strikes.len() as u64, review.sheets.len() as u64))
+    }
+
+    /// Recomputes every aggregate table from the projection rows, in one SQL pass; clears the
+    /// "stale" mark a schema upgrade leaves. Rows without a `city_key` (written before schema 6)
+    /// get theirs first: the folding is Unicode's, which SQLite does not have. Returns the
+    /// number of cells.
+    pub fn rebuild_aggregates(&self) -> Result<u64> {
+        let conn: &Connection = self.tx;
+        let missing: Vec<(i64, String)> = conn
+            .prepare("SELECT rowid, city FROM signatures WHERE city_key IS NULL")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (rowid, city) in missing {
+            conn.prepare_cached("UPDATE signatures SET city_key = ?2 WHERE rowid = ?1")?
+                .execute(params![rowid, city_key(&city)])?;
+        }
+        conn.execute_batch(
+            "DELETE FROM agg_members; DELETE FROM agg_cells; DELETE FROM agg_tokens;
+             DELETE FROM projection_state WHERE name = 'aggregates';",
+        )?;
+        conn.execute_batch(&format!(
+            "{SOURCE} INSERT INTO agg_tokens (campaign, token)
+                 SELECT DISTINCT campaign, token FROM src WHERE token IS NOT NULL;
+             {SOURCE} INSERT INTO agg_cells (campaign, dim, key, key_id, n, uniq)
+                 SELECT campaign, dim, key, ROW_NUMBER() OVER (ORDER BY campaign, dim, key),
+                        COUNT(*), COUNT(DISTINCT token)
+                 FROM src GROUP BY campaign, dim, key;
+             {SOURCE} INSERT INTO agg_members (key_id, token_id, n)
+                 SELECT c.key_id, t.token_id, COUNT(*) FROM src
+                 JOIN agg_cells c ON c.campaign = src.campaign AND c.dim = src.dim AND c.key = src.key
+                 JOIN agg_tokens t ON t.campaign = src.campaign AND t.token = src.token
+                 GROUP BY c.key_id, t.token_id;"
+        ))?;
+        let cells: i64 = conn.query_row("SELECT COUNT(*) FROM agg_cells", [], |r| r.get(0))?;
+        Ok(u64::try_from(cells).unwrap_or(0))
+    }
+
+    /// Rebuilds the aggregates if a schema upgrade left them stale; returns whether it did.
+    pub fn rebuild_aggregates_if_stale(&self) -> Result<bool> {
+        let stale: bool = self.tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM projection_state WHERE name = 'aggregates' AND value = 'stale')",
+            [],
+            |r| r.get(0),
+        )?;
+        if stale {
+            self.rebuild_aggregates()?;
+        }
+        Ok(stale)
+    }
+}
+
+impl Batch<'_> {
+    /// Refuses, from now on, a collection record new to its document whose id a collection of
+    /// another lineage than `owner`'s (another phone) holds: a record id is one phone's.
+    pub fn claim_for(&mut self, owner: &str) -> Result<()> {
+        self.lineage = Some(lineage_of(self.conn, owner)?);
+        Ok(())
+    }
+
+    fn add(&mut self, contributions: Vec<Contribution>, sign: i64) {
+        for Contribution { dim, key, token } in contributions {
+            if let Some(t) = token {
+                *self.members.entry((dim, key.clone(), t)).or_default() += sign;
+            }
+            *self.cells.entry((dim, key)).or_default() += sign;
+        }
+    }
+
+    /// Projects one signature of collection `doc_id`: writes its row now, its aggregates at
+    /// [`Batch::flush`]. The aggregates count the record its copies make (docs/documents.md,
+    /// "Counting once"): what that record adds before the row is written is taken away, what it
+    /// adds after is added.
+    pub fn signature(&mut self, doc_id: &str, s: &Signature, timezone: &str) -> Result<()> {
+        let conn = self.conn;
+        let row = SignatureRow::of(s, timezone);
+        let mut copies = sig_copies(conn, &self.campaign, &s.id)?;
+        let mine = copies.iter().position(|(d, _)| d == doc_id);
+        if let Some(i) = mine
+            && copies[i].1 == row
+        {
+            return Ok(());
+        }
+        if mine.is_none() {
+            self.check_claim(SIGNATURES, &s.id, copies.iter().map(|(d, _)| d))?;
+        }
+        let before = SignatureRow::merged(copies.iter().map(|(_, r)| r));
+        upsert_signature_row(conn, doc_id, &self.campaign, &s.id, &row)?;
+        match mine {
+            Some(i) => copies[i].1 = row,
+            None => copies.push((doc_id.to_string(), row)),
+        }
+        let after = SignatureRow::merged(copies.iter().map(|(_, r)| r));
+        if before == after {
+            return Ok(());
+        }
+        let struck = is_struck(conn, &self.campaign, &s.id)?;
+        if let Some(b) = before {
+            self.add(signature_cells(&b, struck), -1);
+        }
+        if let Some(a) = after {
+            self.add(signature_cells(&a, struck), 1);
+        }
+        Ok(())
+    }
+
+    /// Refuses a record new to a collection whose id a collection of another lineage holds
+    /// (`docs`: the documents holding its other copies).
+    fn check_claim<'d>(
+        &self,
+        container: &'static str,
+        id: &str,
+        docs: impl Iterator<Item = &'d String>,
+    ) -> Result<()> {
+        let Some(mine) = &self.lineage else {
+            return Ok(());
+        };
+        for doc in docs {
+            if lineage_of_doc(self.conn, doc)?.as_ref() != Some(mine) {
+                return Err(StoreError::Claimed {
+                    container,
+                    id: id.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Projects one check-in of collection `doc_id`, counted once per id like signatures.
+    pub fn checkin(&mut self, doc_id: &str, c: &Checkin) -> Result<()> {
+        let conn = self.conn;
+        let row = CheckinRow::of(c);
+        let mut copies = checkin_copies(conn, &self.campaign, &c.id)?;
+        let mine = copies.iter().position(|(d, _)| d == doc_id);
+        if let Some(i) = mine
+            && copies[i].1 == row
+        {
+            return Ok(());
+        }
+        if mine.is_none() {
+            self.check_claim(CHECKINS, &c.id, copies.iter().map(|(d, _)| d))?;
+        }
+        let before = CheckinRow::merged(copies.iter().map(|(_, r)| r));
+        upsert_checkin_row(conn, doc_id, &self.campaign, c)?;
+        match mine {
+            Some(i) => copies[i].1 = row,
+            None => copies.push((doc_id.to_string(), row)),
+        }
+        let after = CheckinRow::merged(copies.iter().map(|(_, r)| r));
+        if before == after {
+            return Ok(());
+        }
+        if let Some(b) = before {
+            self.add(checkin_cells(&b), -1);
+        }
+        if let Some(a) = after {
+            self.add(checkin_cells(&a), 1);
+        }
+        Ok(())
+    }
+
+    /// Projects a strike (or its revocation): the record its signature's copies make moves
+    /// between counted and struck.
+    pub fn strike(&mut self, s: &Strike) -> Result<()> {
+        let conn = self.conn;
+        let was = is_struck(conn, &self.campaign, &s.signature)?;
+        upsert_strike_row(conn, &self.campaign, s)?;
+        let now = !s.revoked;
+        if was != now {
+            let copies = sig_copies(conn, &self.campaign, &s.signature)?;
+            if let Some(row) = SignatureRow::merged(copies.iter().map(|(_, r)| r)) {
+                self.add(signature_cells(&row, was), -1);
+                self.add(signature_cells(&row, now), 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Projects a paper sheet (no aggregates: sheets are summed when read).
+    pub fn sheet(&mut self, s: &Sheet) -> Result<()> {
+        upsert_sheet_row(self.conn, &self.campaign, s)
+    }
+
+    /// Writes the netted changes to the aggregate tables. An aggregate that would go below zero
+    /// means the tables no longer match the rows: [`StoreError::Drift`], and the write rolls
+    /// back.
+    pub fn flush(self) -> Result<()> {
+        let conn = self.conn;
+        let campaign = self.campaign.as_str();
+        let drift = |dim: Dim, key: &str, what: &str| {
+            StoreError::Drift(format!("{campaign}/{}/{key}: {what}", dim.as_str()))
+        };
+        let mut by_cell: HashMap<(Dim, String), Vec<(String, i64)>> = HashMap::new();
+        for ((dim, key, token), d) in self.members {
+            if d != 0 {
+                by_cell.entry((dim, key)).or_default().push((token, d));
+            }
+        }
+        let mut keys: HashSet<(Dim, String)> = by_cell.keys().cloned().collect();
+        keys.extend(
+            self.cells
+                .iter()
+                .filter(|(_, d)| **d != 0)
+                .map(|(k, _)| k.clone()),
+        );
+        let mut token_ids: HashMap<String, i64> = HashMap::new();
+        for (dim, key) in keys {
+            let dn = self.cells.get(&(dim, key.clone())).copied().unwrap_or(0);
+            let (key_id, n): (i64, i64) = conn
+                .prepare_cached(
+                    "INSERT INTO agg_cells (campaign, dim, key, key_id, n, uniq)
+                     VALUES (?1, ?2, ?3, (SELECT COALESCE(MAX(key_id), 0) + 1 FROM agg_cells), ?4, 0)
+                     ON CONFLICT (campaign, dim, key) DO UPDATE SET n = n + excluded.n
+                     RETURNING key_id, n",
+                )?
+                .query_row(params![campaign, dim.as_str(), key, dn], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+            if n < 0 {
+                return Err(drift(dim, &key, "records below zero"));
+            }
+            let mut du = 0i64;
+            for (token, dm) in by_cell.remove(&(dim, key.clone())).unwrap_or_default() {
+                let tid = match token_ids.get(&token) {
+                    Some(id) => *id,
+                    None => {
+                        let id = token_id(conn, campaign, &token)?;
+                        token_ids.insert(token, id);
+                        id
+                    }
+                };
+                let m: i64 = conn
+                    .prepare_cached(
+                        "INSERT INTO agg_members (key_id, token_id, n) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (key_id, token_id) DO UPDATE SET n = n + excluded.n
+                         RETURNING n",
+                    )?
+                    .query_row(params![key_id, tid, dm], |r| r.get(0))?;
+                let m0 = m - dm;
+                if m < 0 || m0 < 0 {
+                    return Err(drift(dim, &key, "a token's records below zero"));
+                }
+                if m0 == 0 && m > 0 {
+                    du += 1;
+                }
+                if m == 0 {
+                    conn.prepare_cached(
+                        "DELETE FROM agg_members WHERE key_id = ?1 AND token_id = ?2",
+                    )?
+                    .execute(params![key_id, tid])?;
+                    if m0 > 0 {
+                        du -= 1;
+                    }
+                }
+            }
+            if n == 0 {
+                conn.prepare_cached(
+                    "DELETE FROM agg_cells WHERE campaign = ?1 AND dim = ?2 AND key = ?3",
+                )?
+                .execute(params![campaign, dim.as_str(), key])?;
+            } else if du != 0 {
+                conn.prepare_cached(
+                    "UPDATE agg_cells SET uniq = uniq + ?4 WHERE campaign = ?1 AND dim = ?2 AND key = ?3",
+                )?
+                .execute(params![campaign, dim.as_str(), key, du])?;
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Queries.
+
+fn paper(conn: &Connection, campaign: &str, t: &mut Totals) -> Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT status, COUNT(*), SUM(count) FROM sheets WHERE campaign = ?1 GROUP BY status",
+    )?;
+    for row in stmt.query_map([campaign], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)? as u64,
+            r.get::<_, i64>(2)?.max(0) as u64,
+        ))
+    })? {
+        let (status, sheets, signatures) = row?;
+        t.paper.sheets += sheets;
+        t.paper.signatures += signatures;
+        t.paper
+            .by_status
+            .insert(status, PaperCell { sheets, signatures });
+    }
+    Ok(())
+}
+
+impl ReadTx<'_> {
+    /// A campaign's totals, read from the aggregate cells.
+    pub fn totals(&self, campaign: &str) -> Result<Totals> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT dim, key, n, uniq FROM agg_cells WHERE campaign = ?1")?;
+        let cells = stmt
+            .query_map([campaign], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)? as u64,
+                    r.get::<_, i64>(3)? as u64,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut t = totals_of_cells(
+            cells
+                .into_iter()
+                .filter_map(|(d, k, n, u)| Some((Dim::parse(&d)?, k, n, u))),
+        );
+        paper(self.conn, campaign, &mut t)?;
+        Ok(t)
+    }
+
+    /// A campaign's totals narrowed by `filter`: from the aggregates when the filter is empty,
+    /// otherwise by scanning the matching rows (through the filter indexes).
+    pub fn query_totals(&self, campaign: &str, filter: &Filter) -> Result<Totals> {
+        if filter.is_empty() {
+            self.totals(campaign)
+        } else {
+            self.scan_totals(campaign, filter)
+        }
+    }
+
+    /// Whether campaign `campaign` has a signature `sig_id` (in any collection).
+    pub fn has_signature(&self, campaign: &str, sig_id: &str) -> Result<bool> {
+        Ok(self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM signatures WHERE campaign = ?1 AND sig_id = ?2)",
+            [campaign, sig_id],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// How many signature rows (copies) the projection holds, all campaigns together.
+    pub fn signature_rows(&self) -> Result<u64> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM signatures", [], |r| r.get(0))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// The lineage of a device: the first device of its phone's chain of devices, its own id if
+    /// it is unknown or has none.
+    pub fn lineage_of(&self, device_id: &str) -> Result<String> {
+        lineage_of(self.conn, device_id)
+    }
+
+    /// A campaign's totals computed by scanning the projection rows that match `filter` (no
+    /// aggregates). Used for filtered queries, and as the baseline the aggregates are measured
+    /// against.
+    pub fn scan_totals(&self, campaign: &str, filter: &Filter) -> Result<Totals> {
+        scan(self.conn, campaign, filter)
+    }
+
+    /// Every projection table as sorted text lines, with aggregate members named by their cell
+    /// and token instead of row ids: what `tally reindex` must reproduce exactly. (The token
+    /// interning table itself is left out: it may keep tokens no record uses any more.)
+    pub fn projection_dump(&self) -> Result<BTreeMap<&'static str, Vec<String>>> {
+        dump(self.conn)
+    }
+}
+
+fn scan(conn: &Connection, campaign: &str, filter: &Filter) -> Result<Totals> {
+    let mut where_sig = String::from("s.campaign = ?1");
+    let mut where_ci = String::from("campaign = ?1");
+    let mut sig_args: Vec<rusqlite::types::Value> = vec![campaign.to_string().into()];
+    let mut ci_args: Vec<rusqlite::types::Value> = vec![campaign.to_string().into()];
+    if let Some(e) = &filter.event {
+        sig_args.push(e.clone().into());
+        where_sig.push_str(&format!(" AND s.event = ?{}", sig_args.len()));
+        ci_args.push(e.clone().into());
+        where_ci.push_str(&format!(" AND event = ?{}", ci_args.len()));
+    }
+    if let Some(from) = filter.from {
+        sig_args.push(from.into());
+        where_sig.push_str(&format!(" AND s.collected_at >= ?{}", sig_args.len()));
+        ci_args.push(from.into());
+        where_ci.push_str(&format!(" AND at >= ?{}", ci_args.len()));
+    }
+    if let Some(to) = filter.to {
+        sig_args.push(to.into());
+        where_sig.push_str(&format!(" AND s.collected_at < ?{}", sig_args.len()));
+        ci_args.push(to.into());
+        where_ci.push_str(&format!(" AND at < ?{}", ci_args.len()));
+    }
+    let city_filter = filter.city.as_deref().map(city_key);
+    if let Some(c) = &city_filter {
+        sig_args.push(c.clone().into());
+        where_sig.push_str(&format!(" AND s.city_key = ?{}", sig_args.len()));
+    }
+    if let Some(f) = &filter.fsa {
+        sig_args.push(f.clone().into());
+        where_sig.push_str(&format!(" AND s.fsa = ?{}", sig_args.len()));
+    }
+
+    let mut t = Totals::default();
+    let mut all = CellAcc::default();
+    let mut dims: [HashMap<String, CellAcc>; 6] = Default::default();
+    // Strikes are few: one lookup here instead of one per row.
+    let struck: HashSet<String> = conn
+        .prepare_cached("SELECT sig_id FROM strikes WHERE campaign = ?1 AND revoked = 0")?
+        .query_map([campaign], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    // Each record once (docs/documents.md, "Counting once"): every copy of the ids that have
+    // a copy matching the filter, merged, and the filter applied to the merged record.
+    let sql = format!(
+        "SELECT o.event, o.collected_at, o.day, o.collected_by, o.city, o.fsa, o.riding, o.consent, o.dup, o.withdrawn, o.sig_id
+         FROM signatures o WHERE o.campaign = ?1 AND o.sig_id IN (SELECT s.sig_id FROM signatures s WHERE {where_sig})"
+    );
+    let mut copies: HashMap<String, Vec<SignatureRow>> = HashMap::new();
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(sig_args))?;
+    while let Some(r) = rows.next()? {
+        copies.entry(r.get(10)?).or_default().push(sig_row(r)?);
+    }
+    let matches = |row: &SignatureRow| {
+        filter
+            .event
+            .as_ref()
+            .is_none_or(|e| row.event.as_ref() == Some(e))
+            && filter.from.is_none_or(|f| row.collected_at >= f)
+            && filter.to.is_none_or(|to| row.collected_at < to)
+            && city_filter
+                .as_ref()
+                .is_none_or(|c| city_key(&row.city) == *c)
+            && filter.fsa.as_ref().is_none_or(|f| row.fsa == *f)
+    };
+    let mut spellings: BTreeMap<String, Spellings> = BTreeMap::new();
+    for (id, rows) in &copies {
+        let Some(row) = SignatureRow::merged(rows).filter(|r| matches(r)) else {
+            continue;
+        };
+        if row.withdrawn {
+            t.withdrawn += 1;
+            continue;
+        }
+        if struck.contains(id) {
+            t.struck += 1;
+            continue;
+        }
+        all.add(&row.dup);
+        let city = city_key(&row.city);
+        spellings.entry(city.clone()).or_default().add(&row.city, 1);
+        let keys: [Option<&String>; 6] = [
+            row.event.as_ref(),
+            Some(&city),
+            Some(&row.fsa),
+            row.riding.as_ref(),
+            Some(&row.day),
+            Some(&row.collected_by),
+        ];
+        for (dim, key) in dims.iter_mut().zip(keys) {
+            if let Some(k) = key {
+                dim.entry(k.clone()).or_default().add(&row.dup);
+            }
+        }
+    }
+    let all = all.cell();
+    (t.signatures, t.unique_signers) = (all.signatures, all.unique);
+    let [ev, city, fsa, riding, day, canvasser] = dims;
+    t.by_event = cells(ev);
+    t.by_city = labelled(cells(city), &spellings);
+    t.by_fsa = cells(fsa);
+    t.by_riding = cells(riding);
+    t.by_day = cells(day);
+    t.by_canvasser = cells(canvasser);
+
+    if filter.event.is_none() && filter.from.is_none() && filter.to.is_none() {
+        // City and FSA do not narrow check-ins: theirs are the whole campaign's, in the cells.
+        let mut stmt = conn.prepare_cached(
+            "SELECT dim, key, uniq FROM agg_cells
+             WHERE campaign = ?1 AND dim IN ('checkin', 'checkin_pre', 'checkin_walk')",
+        )?;
+        let mut rows = stmt.query([campaign])?;
+        while let Some(r) = rows.next()? {
+            let cell = t.checkins.entry(r.get(1)?).or_default();
+            let uniq = r.get::<_, i64>(2)? as u64;
+            let dim: String = r.get(0)?;
+            match Dim::parse(&dim) {
+                Some(Dim::Checkin) => cell.unique = uniq,
+                Some(Dim::CheckinPre) => cell.pre_registered = uniq,
+                _ => cell.walk_in = uniq,
+            }
+        }
+        paper(conn, campaign, &mut t)?;
+        return Ok(t);
+    }
+    let mut sets: HashMap<String, [HashSet<String>; 3]> = HashMap::new();
+    let sql = format!(
+        "SELECT o.event, o.attendee, o.at, o.by_id, o.walk_in, o.withdrawn, o.ci_id FROM checkins o
+         WHERE o.campaign = ?1 AND o.ci_id IN (SELECT ci_id FROM checkins WHERE {where_ci})"
+    );
+    let mut copies: HashMap<String, Vec<CheckinRow>> = HashMap::new();
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(ci_args))?;
+    while let Some(r) = rows.next()? {
+        copies.entry(r.get(6)?).or_default().push(checkin_row(r)?);
+    }
+    for rows in copies.values() {
+        let Some(ci) = CheckinRow::merged(rows) else {
+            continue;
+        };
+        let matches = !ci.withdrawn
+            && filter.event.as_ref().is_none_or(|e| ci.event == *e)
+            && filter.from.is_none_or(|f| ci.at >= f)
+            && filter.to.is_none_or(|to| ci.at < to);
+        if matches {
+            let s = sets.entry(ci.event.clone()).or_default();
+            s[0].insert(ci.attendee.clone());
+            s[if ci.walk_in { 2 } else { 1 }].insert(ci.attendee);
+        }
+    }
+    t.checkins = sets
+        .into_iter()
+        .map(|(k, [u, p, w])| {
+            (
+                k,
+                CheckinCell {
+                    unique: u.len() as u64,
+                    pre_registered: p.len() as u64,
+                    walk_in: w.len() as u64,
+                },
+            )
+        })
+        .collect();
+    paper(conn, campaign, &mut t)?;
+    Ok(t)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rebuilding.
+
+/// Counted signatures and live check-ins as (campaign, dim, key, token), and struck and
+/// withdrawn signatures (no token): the aggregates' definition in one SQL expression, the
+/// independent counterpart of `tally_core::cells`. Each record counts once (docs/documents.md,
+/// "Counting once"): its copies are ranked by the columns of `tally_core::totals::SignatureKey`
+/// (`CheckinKey`), in their order (NULL first, texts by their bytes, as Rust orders `Option`
+/// and `str`), the first speaks for the record, which is withdrawn if any copy is.
+const SOURCE: &str = "WITH merged AS (
+    SELECT * FROM (
+        SELECT campaign, sig_id, event, day, collected_by, city, city_key, fsa, riding, dup,
+            ROW_NUMBER() OVER (PARTITION BY campaign, sig_id
+                ORDER BY collected_at, collected_by, event, city, fsa, riding, consent, dup) AS rank,
+            MAX(withdrawn) OVER (PARTITION BY campaign, sig_id) AS any_withdrawn
+        FROM signatures)
+    WHERE rank = 1
+), counted AS (
+    SELECT m.* FROM merged m WHERE m.any_withdrawn = 0 AND NOT EXISTS
+        (SELECT 1 FROM strikes k WHERE k.campaign = m.campaign AND k.sig_id = m.sig_id AND k.revoked = 0)
+), live_checkins AS (
+    SELECT * FROM (
+        SELECT campaign, event, attendee, walk_in,
+            ROW_NUMBER() OVER (PARTITION BY campaign, ci_id
+                ORDER BY at, by_id, event, attendee, walk_in) AS rank,
+            MAX(withdrawn) OVER (PARTITION BY campaign, ci_id) AS any_withdrawn
+        FROM checkins)
+    WHERE rank = 1 AND any_withdrawn = 0
+), src (campaign, dim, key, token) AS (
+    SELECT campaign, 'all', '', dup FROM counted
+    UNION ALL SELECT campaign, 'event', event, dup FROM counted WHERE event IS NOT NULL
+    UNION ALL SELECT campaign, 'city', city_key, dup FROM counted
+    UNION ALL SELECT campaign, 'city_spelling', city, NULL FROM counted
+    UNION ALL SELECT campaign, 'fsa', fsa, dup FROM counted
+    UNION ALL SELECT campaign, 'riding', riding, dup FROM counted WHERE riding IS NOT NULL
+    UNION ALL SELECT campaign, 'day', day, dup FROM counted
+    UNION ALL SELECT campaign, 'canvasser', collected_by, dup FROM counted
+    UNION ALL SELECT campaign, 'checkin', event, attendee FROM live_checkins
+    UNION ALL SELECT campaign, 'checkin_pre', event, attendee FROM live_checkins WHERE walk_in = 0
+    UNION ALL SELECT campaign, 'checkin_walk', event, attendee FROM live_checkins WHERE walk_in = 1
+    UNION ALL SELECT campaign, 'withdrawn', '', NULL FROM merged WHERE any_withdrawn = 1
+    UNION ALL SELECT m.campaign, 'struck', '', NULL FROM merged m WHERE m.any_withdrawn = 0 AND EXISTS
+        (SELECT 1 FROM strikes k WHERE k.campaign = m.campaign AND k.sig_id = m.sig_id AND k.revoked = 0)
+)";
+
+fn dump(conn: &Connection) -> Result<BTreeMap<&'static str, Vec<String>>> {
+    let queries: [(&'static str, &str); 6] = [
+        (
+            "signatures",
+            "SELECT doc_id, sig_id, campaign, event, collected_at, day, collected_by, city, city_key, fsa, riding, consent, dup, withdrawn FROM signatures",
+        ),
+        (
+            "checkins",
+            "SELECT doc_id, ci_id, campaign, event, attendee, at, by_id, walk_in, withdrawn FROM checkins",
+        ),
+        (
+            "strikes",
+            "SELECT campaign, sig_id, reason, by_id, at, revoked FROM strikes",
+        ),
+        (
+            "sheets",
+            "SELECT campaign, serial, count, riding, status FROM sheets",
+        ),
+        (
+            "agg_cells",
+            "SELECT campaign, dim, key, n, uniq FROM agg_cells",
+        ),
+        (
+            "agg_members",
+            "SELECT c.campaign, c.dim, c.key, t.token, m.n FROM agg_members m
+             JOIN agg_cells c ON c.key_id = m.key_id JOIN agg_tokens t ON t.token_id = m.token_id",
+        ),
+    ];
+    let mut out = BTreeMap::new();
+    for (name, sql) in queries {
+        let mut stmt = conn.prepare(sql)?;
+        let width = stmt.column_count();
+        let mut lines: Vec<String> = stmt
+            .query_map([], |r| {
+                let mut cols = Vec::with_capacity(width);
+                for i in 0..width {
+                    let v: rusqlite::types::Value = r.get(i)?;
+                    cols.push(format!("{v:?}"));
+                }
+                Ok(cols.join("|"))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        lines.sort();
+        out.insert(name, lines);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use tally_core::fixtures::{NOW, World};
+    use tally_core::review::StrikeReason;
+
+    use super::*;
+    use crate::Store;
+
+    /// The incremental batches and the one-pass SQL rebuild agree, cell for cell, through
+    /// corrections, withdrawals, a strike before its signature's row and a revoked strike.
+    #[test]
+    fn incremental_aggregates_equal_a_rebuild_from_the_rows() {
+        let world = World::new();
+        let store = Store::open_in_memory().unwrap();
+        let camp = world.campaign.id.clone();
+        let sig =
+            |id: &str, name: &str, city: &str| world.signature("dev1", id, name, "M5V 2T6", city);
+        let strike = |id: &str, revoked| Strike {
+            signature: id.into(),
+            reason: StrikeReason::Duplicate,
+            by: "org1".into(),
+            at: NOW,
+            revoked,
+        };
+        store
+            .write(|tx| {
+                let mut b = tx.projection_batch(&camp);
+                b.strike(&strike("s3", false))?; // before its row exists
+                b.signature(
+                    "docA",
+                    &sig("s1", "Amara Okafor", "Toronto"),
+                    "America/Toronto",
+                )?;
+                b.signature(
+                    "docA",
+                    &sig("s2", "Amara Okafor", "Toronto"),
+                    "America/Toronto",
+                )?;
+                b.signature("docB", &sig("s3", "Li Wei", "Hamilton"), "America/Toronto")?;
+                b.checkin("docA", &world.checkin("dev1", "c1", "Li Wei", true))?;
+                b.flush()?;
+                let mut b = tx.projection_batch(&camp);
+                let mut moved = sig("s2", "Li Wei", "Hamilton");
+                b.signature("docA", &moved, "America/Toronto")?; // a correction
+                moved.withdrawn = true;
+                b.signature("docA", &moved, "America/Toronto")?; // then withdrawn
+                b.strike(&strike("s3", true))?; // revoked: s3 counts again
+                b.strike(&strike("s1", false))?;
+                // The same person checked in twice (two phones), then one check-in withdrawn;
+                // another corrected from one person to another.
+                b.checkin("docB", &world.checkin("dev2", "c2", "Li Wei", false))?;
+                b.checkin("docB", &world.checkin("dev2", "c3", "Amara Okafor", false))?;
+                b.flush()?;
+                let mut b = tx.projection_batch(&camp);
+                let mut gone = world.checkin("dev1", "c1", "Li Wei", true);
+                gone.withdrawn = true;
+                b.checkin("docA", &gone)?;
+                b.checkin("docB", &world.checkin("dev2", "c3", "Li Wei", false))?;
+                b.flush()?;
+                Ok(())
+            })
+            .unwrap();
+        let (incremental, t) = store
+            .read(|r| Ok((r.projection_dump()?, r.totals(&camp)?)))
+            .unwrap();
+        assert_eq!((t.signatures, t.struck, t.withdrawn), (1, 1, 1));
+        let rally = &t.checkins["rally1"];
+        assert_eq!(
+            (rally.unique, rally.walk_in, rally.pre_registered),
+            (1, 0, 1),
+            "{rally:?}"
+        );
+        store.write(|tx| tx.rebuild_aggregates().map(drop)).unwrap();
+        let rebuilt = store.read(|r| r.projection_dump()).unwrap();
+        assert_eq!(incremental, rebuilt);
+        let scanned = store
+            .read(|r| r.scan_totals(&camp, &Filter::default()))
+            .unwrap();
+        assert_eq!(t, scanned);
+    }
+}
+
+#[cfg(test)]
+mod cities {
+    use tally_core::fixtures::World;
+
+    use super::*;
+    use crate::Store;
+
+    const TZ: &str = "America/Toronto";
+
+    /// Issue 13's spellings are one cell in the aggregates, the scan (a city filter in any
+    /// spelling matches them all) and a rebuild; rows from before schema 6 (no `city_key`) get
+    /// theirs when the aggregates are rebuilt.
+    #[test]
+    fn spellings_of_a_city_are_one_cell_everywhere() {
+        let world = World::new();
+        let camp = world.campaign.id.clone();
+        let store = Store::open_in_memory().unwrap();
+        let typed = [
+            "toronto",
+            "TORONTO",
+            " Toronto ",
+            "Toronto",
+            "Toronto",
+            "Montreal",
+            "Montréal",
+        ];
+        store
+            .write(|tx| {
+                let mut b = tx.projection_batch(&camp);
+                for (i, city) in typed.iter().enumerate() {
+                    let mut s =
+                        world.signature("dev1", &format!("s{i}"), &format!("P{i}"), "M5V 2T6", "x");
+                    s.city = city.to_string();
+                    b.signature("docA", &s, TZ)?;
+                }
+                b.flush()
+            })
+            .unwrap();
+        let (t, dumped) = store
+            .read(|r| Ok((r.totals(&camp)?, r.projection_dump()?)))
+            .unwrap();
+        let cities: Vec<(&str, u64)> = t
+            .by_city
+            .iter()
+            .map(|(k, c)| (k.as_str(), c.signatures))
+            .collect();
+        assert_eq!(cities, [("Montréal", 2), ("Toronto", 5)]);
+        assert_eq!(
+            t,
+            store
+                .read(|r| r.scan_totals(&camp, &Filter::default()))
+                .unwrap()
+        );
+        let only = |city: &str| Filter {
+            city: Some(city.into()),
+            ..Filter::default()
+        };
+        let t = store
+            .read(|r| r.scan_totals(&camp, &only(" MONTRÉAL")))
+            .unwrap();
+        assert_eq!(t.signatures, 2);
+        assert_eq!(t.by_city.keys().collect::<Vec<_>>(), ["Montréal"]);
+        // A file from before schema 6: keys unset, aggregates stale.
+        store
+            .write(|tx| {
+                tx.conn().execute_batch(
+                    "UPDATE signatures SET city_key = NULL; DELETE FROM agg_cells;
+                     DELETE FROM agg_members;",
+                )?;
+                tx.rebuild_aggregates().map(drop)
+            })
+            .unwrap();
+        assert_eq!(store.read(|r| r.projection_dump()).unwrap(), dumped);
+    }
+}
+
+#[cfg(test)]
+mod counting_once {
+    use std::collections::BTreeMap;
+
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use tally_core::collection::Collection;
+    use tally_core::fixtures::{NOW, World};
+    use tally_core::review::{Review, StrikeReason};
+    use tally_core::totals::{records, totals_of};
+
+    use super::*;
+    use crate::Store;
+
+    const TZ: &str = "America/Toronto";
+    const HOUR: i64 = 3_600_000;
+    const DOCS: [(&str, &str); 3] = [("docA", "dev1"), ("docB", "dev1"), ("docC", "dev2")];
+    const PEOPLE: [(&str, &str); 3] = [
+        ("Amara Okafor", "M5V 2T6"),
+        ("Li Wei", "L8P 4R5"),
+        ("José Ramírez", "H2X 1Y4"),
+    ];
+    /// Three cities, two of them spelled several ways (one cell each, issue 13).
+    const CITIES: [&str; 6] = [
+        "Toronto",
+        "Hamilton",
+        "Montréal",
+        "TORONTO",
+        " toronto ",
+        "Montreal",
+    ];
+
+    /// What the rows should count: the reference over the same records, and the reference of
+    /// the records (each once) that match `filter`.
+    fn reference(
+        world: &World,
+        docs: &BTreeMap<&str, Collection>,
+        review: &Review,
+        filter: &Filter,
+    ) -> Totals {
+        let cols: Vec<Collection> = docs.values().cloned().collect();
+        let mut r = records(&world.campaign.id, &cols);
+        r.signatures.retain(|_, s| {
+            filter
+                .event
+                .as_ref()
+                .is_none_or(|e| s.event.as_ref() == Some(e))
+                && filter.from.is_none_or(|f| s.collected_at >= f)
+                && filter.to.is_none_or(|t| s.collected_at < t)
+                && filter
+                    .city
+                    .as_ref()
+                    .is_none_or(|c| tally_core::city::same_city(&s.city, c))
+                && filter.fsa.as_ref().is_none_or(|f| s.fsa == *f)
+        });
+        r.checkins.retain(|_, c| {
+            filter.event.as_ref().is_none_or(|e| c.event == *e)
+                && filter.from.is_none_or(|f| c.at >= f)
+                && filter.to.is_none_or(|t| c.at < t)
+        });
+        let mut t = totals_of(&world.campaign, &r, review);
+        if filter.city.is_some() || filter.fsa.is_some() {
+            // City and FSA do not narrow check-ins (see `Filter`).
+            let all = totals_of(&world.campaign, &records(&world.campaign.id, &cols), review);
+            if filter.event.is_none() && filter.from.is_none() && filter.to.is_none() {
+                t.checkins = all.checkins;
+            }
+        }
+        t
+    }
+
+    /// Random writes of copies of a few record ids into three collections (two of one device),
+    /// with corrections, one-way withdrawals and strikes, projected batch by batch: after every
+    /// batch the aggregates, the scan (whole and filtered) and, at the end, a rebuild from the
+    /// rows equal the reference, which counts each id once.
+    #[test]
+    fn copies_count_once_in_the_aggregates_the_scan_and_a_rebuild() {
+        let world = World::new();
+        let camp = world.campaign.id.clone();
+        for seed in 0..60u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let store = Store::open_in_memory().unwrap();
+            let mut docs: BTreeMap<&str, Collection> = DOCS
+                .iter()
+                .map(|(d, owner)| {
+                    (
+                        *d,
+                        Collection {
+                            campaign: camp.clone(),
+                            owner: owner.to_string(),
+                            signatures: BTreeMap::new(),
+                            checkins: BTreeMap::new(),
+                        },
+                    )
+                })
+                .collect();
+            let mut review = Review::default();
+            for _ in 0..8 {
+                store
+                    .write(|tx| {
+                        let mut b = tx.projection_batch(&camp);
+                        for _ in 0..rng.gen_range(1..6) {
+                            let (d, owner) = DOCS[rng.gen_range(0..DOCS.len())];
+                            let n = rng.gen_range(0..4usize);
+                            let col = docs.get_mut(d).unwrap();
+                            match rng.gen_range(0..10) {
+                                0..6 => {
+                                    let id = format!("s{n}");
+                                    let (name, postal) = PEOPLE[rng.gen_range(0..PEOPLE.len())];
+                                    let mut s =
+                                        world.signature(owner, &id, name, postal, "Toronto");
+                                    // As typed: the fixture's form trims, a web client may not.
+                                    s.city = CITIES[rng.gen_range(0..CITIES.len())].into();
+                                    // Set at creation, never changed: the same per copy.
+                                    s.collected_at = NOW + ((d.len() + n) as i64 % 3) * 5 * HOUR;
+                                    s.event = rng
+                                        .gen_bool(0.5)
+                                        .then(|| tally_core::fixtures::EVENT.to_string());
+                                    s.riding = rng.gen_bool(0.5).then(|| "Spadina".to_string());
+                                    let was = col.signatures.get(&id).is_some_and(|o| o.withdrawn);
+                                    s.withdrawn = was || rng.gen_bool(0.2);
+                                    b.signature(d, &s, TZ)?;
+                                    col.signatures.insert(id, s);
+                                }
+                                6..9 => {
+                                    let id = format!("c{n}");
+                                    let mut ci = world.checkin(
+                                        owner,
+                                        &id,
+                                        PEOPLE[rng.gen_range(0..PEOPLE.len())].0,
+                                        rng.gen_bool(0.5),
+                                    );
+                                    ci.at = NOW + ((d.len() + n) as i64 % 2) * 30 * HOUR;
+                                    let was = col.checkins.get(&id).is_some_and(|o| o.withdrawn);
+                                    ci.withdrawn = was || rng.gen_bool(0.2);
+                                    b.checkin(d, &ci)?;
+                                    col.checkins.insert(id, ci);
+                                }
+                                _ => {
+                                    let strike = Strike {
+                                        signature: format!("s{n}"),
+                                        reason: StrikeReason::Duplicate,
+                                        by: "org1".into(),
+                                        at: NOW,
+                                        revoked: rng.gen_bool(0.3),
+                                    };
+                                    b.strike(&strike)?;
+                                    review.strikes.insert(strike.signature.clone(), strike);
+                                }
+                            }
+                        }
+                        b.flush()
+                    })
+                    .unwrap();
+                let filters = [
+                    Filter::default(),
+                    Filter {
+                        city: Some("Hamilton".into()),
+                        ..Filter::default()
+                    },
+                    Filter {
+                        city: Some("MONTRÉAL ".into()),
+                        ..Filter::default()
+                    },
+                    Filter {
+                        event: Some(tally_core::fixtures::EVENT.into()),
+                        ..Filter::default()
+                    },
+                    Filter {
+                        from: Some(NOW + HOUR),
+                        to: Some(NOW + 40 * HOUR),
+                        ..Filter::default()
+                    },
+                ];
+                let t = store.read(|r| r.totals(&camp)).unwrap();
+                assert_eq!(
+                    t,
+                    reference(&world, &docs, &review, &Filter::default()),
+                    "seed {seed}: aggregates"
+                );
+                for f in &filters {
+                    let scanned = store.read(|r| r.scan_totals(&camp, f)).unwrap();
+                    assert_eq!(
+                        scanned,
+                        reference(&world, &docs, &review, f),
+                        "seed {seed}: scan {f:?}"
+                    );
+                }
+            }
+            let incremental = store.read(|r| r.projection_dump()).unwrap();
+            store.write(|tx| tx.rebuild_aggregates().map(drop)).unwrap();
+            let rebuilt = store.read(|r| r.projection_dump()).unwrap();
+            assert_eq!(incremental, rebuilt, "seed {seed}: rebuild");
+        }
+    }
+
+    /// A record new to a collection whose id a collection of another lineage holds is refused;
+    /// the same lineage (a re-enrolled phone's new device) may hold copies.
+    #[test]
+    fn a_record_id_belongs_to_one_lineage() {
+        let world = World::new();
+        let camp = world.campaign.id.clone();
+        let store = Store::open_in_memory().unwrap();
+        store
+            .write(|tx| {
+                let c = tx.conn();
+                c.execute_batch(
+                    "INSERT INTO devices (device_id, name, role, campaign, token_hash, created_at, lineage)
+                       VALUES ('old', 'p', 'canvasser', 'x', X'01', 0, 'old'),
+                              ('new', 'p', 'canvasser', 'x', X'02', 0, 'old'),
+                              ('other', 'p', 'canvasser', 'x', X'03', 0, 'other');
+                     INSERT INTO documents (doc_id, kind, campaign, owner, created_at)
+                       VALUES ('docOld', 'collection', 'x', 'old', 0), ('docNew', 'collection', 'x', 'new', 0),
+                              ('docOther', 'collection', 'x', 'other', 0);",
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        let write = |doc: &str, owner: &str, id: &str| {
+            store.write(|tx| {
+                let mut b = tx.projection_batch(&camp);
+                b.claim_for(owner)?;
+                b.signature(
+                    doc,
+                    &world.signature(owner, id, "Li Wei", "L8P 4R5", "Hamilton"),
+                    TZ,
+                )?;
+                b.checkin(
+                    doc,
+                    &world.checkin(owner, &format!("c-{id}"), "Li Wei", false),
+                )?;
+                b.flush()
+            })
+        };
+        write("docOld", "old", "r1").unwrap();
+        write("docNew", "new", "r1").unwrap();
+        write("docNew", "new", "r1").unwrap();
+        let err = write("docOther", "other", "r1").unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Claimed { container: "signatures", id } if id == "r1"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("another phone"), "{err}");
+        // A check-in id alone.
+        let err = store
+            .write(|tx| {
+                let mut b = tx.projection_batch(&camp);
+                b.claim_for("other")?;
+                b.checkin("docOther", &world.checkin("other", "c-r1", "Li Wei", true))?;
+                b.flush()
+            })
+            .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                StoreError::Claimed {
+                    container: "checkins",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let t = store.read(|r| r.totals(&camp)).unwrap();
+        assert_eq!(t.signatures, 1);
+        assert_eq!(t.checkins["rally1"].unique, 1);
+    }
+}
