@@ -838,7 +838,7 @@ async fn the_bad_input_catalogue() {
     // 29. A connection flood on one token from one address: the device keeps its newest
     // MAX_CONNS_PER_DEVICE connections, each new one replacing (closing, with the reason) the
     // oldest; none is refused, and the per-address cap no longer applies once authenticated
-    // (tests/tests/hostile_net.rs plays the per-address cap on unfinished connections).
+    // (tests/e2e/hostile_net.rs plays the per-address cap on unfinished connections).
     let flood_from: IpAddr = "127.0.0.3".parse().unwrap();
     let mut open = Vec::new();
     for i in 0..MAX_CONNS_PER_ADDRESS + 5 {

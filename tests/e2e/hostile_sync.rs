@@ -787,7 +787,7 @@ fn cpu_secs(pid: u32) -> f64 {
 /// The figures of docs in /work/notes/issue11-sync.md: each attack against a fresh server
 /// (the binary in TALLY_TEST_BIN_DIR when set, to measure an older build), with the time it
 /// held the server, its memory, its CPU, and an honest phone's sync time while it ran.
-/// `cargo test -p tally-tests --test hostile_sync measure -- --ignored --nocapture`
+/// `cargo test -p tally-tests --test e2e hostile_sync::measure -- --ignored --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, minutes long"]
 async fn measure_attacks() {

@@ -6,7 +6,7 @@
 //! `cargo test` plays a handful of schedules. The long mode plays as many as asked:
 //!
 //! ```sh
-//! TALLY_FAULT_SCHEDULES=200 cargo test --release -p tally-tests --test faults -- --nocapture
+//! TALLY_FAULT_SCHEDULES=200 cargo test --release -p tally-tests --test e2e faults:: -- --nocapture
 //! ```
 //!
 //! and one schedule is replayed from its seed with `TALLY_FAULT_SEED=S TALLY_FAULT_SCHEDULES=1`.
