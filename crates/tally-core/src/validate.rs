@@ -646,9 +646,18 @@ fn check_record(
             campaign::event_from(fields(), id)?;
         }
         (DocKind::Review, STRIKES) => {
-            checked
-                .strikes
-                .insert(id.to_string(), review::strike_from(fields(), id)?);
+            let strike = review::strike_from(fields(), id)?;
+            if let Some(o) = old_obj {
+                let old = review::read_strike(before, &o, id)?;
+                if old.reason == review::StrikeReason::Erased && old != strike {
+                    return Err(Rejection::new(
+                        path,
+                        Rule::Immutable,
+                        "an erasure is final: its strike is never changed or revoked",
+                    ));
+                }
+            }
+            checked.strikes.insert(id.to_string(), strike);
         }
         (DocKind::Review, SHEETS) => {
             checked
