@@ -9,6 +9,7 @@
 // auto-waiting locators), with a deadline.
 
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -514,6 +515,83 @@ describe('the organizers dashboard in a real browser', { concurrency: false }, (
     const leaked = requests.filter((r) => r.url.includes('AGE-SECRET') || r.body.includes('AGE-SECRET') || r.body.includes(secret) || Object.values(r.headers).some((h) => h.includes('AGE-SECRET')));
     assert.deepEqual(leaked, [], 'the identity was never sent');
     writeOut('network-log.json', JSON.stringify(requests.map(({ url, method, body, page: p }) => ({ page: p, method, url, body: body.slice(0, 200) })), null, 1));
+  });
+
+  it('shows the audit log with its filters, and whether its chain of hashes verifies (a row edited in the database is named)', async () => {
+    // The cells of each row of the page's audit table: seq, when, actor, action, campaign, ...
+    const rows = async (p) =>
+      p.locator('#audit-list tbody tr').evaluateAll((trs) => trs.map((tr) => [...tr.children].map((c) => c.textContent)));
+    // The form disables its button until the entries are drawn.
+    const show = async (p) => {
+      await p.locator('#audit-form button[type=submit]').click();
+      await p.locator('#audit-form button[type=submit]:not([disabled])').waitFor();
+    };
+    await page.locator('nav a[href="#/audit"]').click();
+    await page.locator('#audit-list').waitFor();
+    await page.locator('#audit-verify[data-ok=true]').waitFor();
+    const [, all] = await server.api('GET', '/api/v1/audit', server.adminToken);
+    assert.match(await page.locator('#audit-verify').textContent(), new RegExp(`The chain verifies: ${all.length} entries`));
+    const shown = await rows(page);
+    assert.equal(shown.length, all.length, 'every entry is shown');
+    assert.deepEqual(shown.map((r) => Number(r[0])), all.map((e) => e.seq).reverse(), 'newest first');
+    for (const a of ['campaign.create', 'event.add', 'invite.create', 'device.enroll', 'review.strike', 'export.sealed']) {
+      assert.ok(shown.some((r) => r[3] === a), `an ${a} entry is shown`);
+    }
+    const text = await page.locator('main').textContent();
+    for (const secret of [server.adminToken, organizerToken, 'Amara Okafor']) assert.ok(!text.includes(secret), 'no token or signer on the audit page');
+    await assertLabelled(page, 'audit');
+    await shot(page, '12b-audit');
+
+    // The filters: an action, an actor, a time.
+    await page.locator('#a-action').selectOption('export.sealed');
+    await show(page);
+    const exports = all.filter((e) => e.action === 'export.sealed');
+    await until('the export entries only', async () => (await rows(page)).length === exports.length);
+    assert.ok(exports.length >= 4, 'two exports on the page, two by tally export');
+    assert.ok((await rows(page)).every((r) => r[3] === 'export.sealed'));
+    await page.locator('#a-action').selectOption('');
+    await page.locator('#a-actor').fill(organizerDevice);
+    await show(page);
+    const noor = all.filter((e) => e.actor_id === organizerDevice);
+    assert.ok(noor.length >= 1, 'the organizer enrolled');
+    await until("the organizer's entries only", async () => (await rows(page)).length === noor.length);
+    assert.ok((await rows(page)).every((r) => r[2].includes(organizerDevice) && r[2].includes("Noor's laptop")));
+    await page.locator('#a-actor').fill('');
+    await page.locator('#a-from').fill('2099-01-01T00:00');
+    await show(page);
+    await page.locator('#audit-empty').waitFor();
+    await page.locator('#a-from').fill('');
+    await page.locator('#a-to').fill('2020-01-01T00:00');
+    await show(page);
+    await page.locator('#audit-empty').waitFor();
+    await page.locator('#a-to').fill('');
+
+    // An organizer reads their campaign's entries only, and cannot verify the chain.
+    await orgPage.locator('nav a[href="#/audit"]').click();
+    await orgPage.locator('#audit-list').waitFor();
+    const [, mine] = await server.api('GET', '/api/v1/audit', organizerToken);
+    assert.ok(mine.length >= 1 && mine.length < all.length);
+    const orgRows = await rows(orgPage);
+    assert.equal(orgRows.length, mine.length);
+    assert.ok(orgRows.every((r) => r[4] === campaign), "the organizer's page shows their campaign's entries only");
+    assert.equal(await orgPage.locator('#a-campaign').count(), 0, 'no campaign filter for an organizer');
+    await orgPage.locator('#audit-verify', { hasText: 'Only the admin token checks the chain' }).waitFor();
+
+    // One row edited in the database: the page says the chain is broken, and where.
+    const victim = exports[0];
+    const db = join(server.data, 'tally.db');
+    const sql = (q) => execFileSync('python3', ['-c', 'import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit()', db, q]);
+    sql(`UPDATE audit SET target = 'tampered' WHERE seq = ${victim.seq}`);
+    try {
+      await page.reload();
+      await page.locator('#audit-verify[data-ok=false]').waitFor();
+      assert.match(await page.locator('#audit-verify').textContent(), new RegExp(`The chain is broken at entry #${victim.seq}: `));
+      await shot(page, '12c-audit-broken');
+    } finally {
+      sql(`UPDATE audit SET target = '${victim.target.replaceAll("'", "''")}' WHERE seq = ${victim.seq}`);
+    }
+    await page.reload();
+    await page.locator('#audit-verify[data-ok=true]').waitFor();
   });
 
   it('a revoked token gets a clear message over the page, and what was typed stays', async () => {

@@ -211,3 +211,20 @@ export interface QuarantineList {
 export interface SealedToken {
   sealed: string;
 }
+
+/** One entry of the audit log (`GET /api/v1/audit`). */
+export interface AuditEntry {
+  seq: number;
+  at: number;
+  actor_id: string;
+  actor_name: string;
+  action: string;
+  campaign?: string | null;
+  target: string;
+  result: string;
+  prev_hash: string;
+  hash: string;
+}
+
+/** `GET /api/v1/audit/verify`'s answer (an inline schema of the OpenAPI document). */
+export type AuditVerify = { ok: true; entries: number } | { ok: false; broken_at: number; why: string };
