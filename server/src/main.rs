@@ -477,7 +477,7 @@ fn print(json_out: bool, value: &serde_json::Value, human: impl FnOnce() -> Stri
     }
 }
 
-fn init_logs(format: &str) {
+fn init_logs(format: tally_server::config::LogFormat) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     // Colours only on a terminal: a log file or journal gets plain `key=value` text.
@@ -486,7 +486,7 @@ fn init_logs(format: &str) {
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    if format == "json" {
+    if format == tally_server::config::LogFormat::Json {
         b.json().init()
     } else {
         b.init()
@@ -587,7 +587,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     cfg.data.join(LOCK_FILE).display()
                 )
             })?;
-            init_logs(&cfg.log_format);
+            init_logs(cfg.log_format);
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async move {
                 let (store, admin) = tally_server::open_data(&cfg.data)?;
@@ -1196,9 +1196,7 @@ fn effective_config(shared: &Shared) -> anyhow::Result<String> {
             .unwrap_or_default(),
         None => toml::Table::new(),
     };
-    if let Some(url) = &cfg.public_url {
-        cfg.public_url = Some(redact_url(url));
-    }
+    let cfg = cfg.redacted();
     let source = |key: &str| -> Option<String> {
         if key == "data" && data_flag.is_some() {
             return Some("--data".into());
@@ -1250,18 +1248,6 @@ fn effective_config(shared: &Shared) -> anyhow::Result<String> {
         out.push_str(&format!("# {line}\n"));
     }
     Ok(out)
-}
-
-/// `scheme://user:password@host/...` with the user and password replaced.
-fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let host_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..host_end].rfind('@') {
-        Some(at) => format!("{scheme}://<redacted>@{}", &rest[at + 1..]),
-        None => url.to_string(),
-    }
 }
 
 async fn shutdown_signal() {
