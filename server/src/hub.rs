@@ -222,10 +222,16 @@ type Followers = HashMap<u64, mpsc::UnboundedSender<DocumentId>>;
 pub struct Hub {
     /// The database.
     pub store: Arc<Store>,
+    /// Unloading, compaction and the chain length (from the configuration).
     cfg: HubConfig,
+    /// The loaded documents; one document's writes are serialized by its slot's lock.
     docs: Mutex<HashMap<DocumentId, Arc<Mutex<Slot>>>>,
+    /// Campaigns read from their documents, by id, until their document changes
+    /// ([`Hub::campaign`]): every change is judged against its campaign.
     campaigns: Mutex<HashMap<String, Arc<Campaign>>>,
+    /// The connections following each document, told when it changes.
     followers: Mutex<HashMap<DocumentId, Followers>>,
+    /// Campaigns whose totals document is to be rewritten ([`Hub::refresh_totals`]).
     dirty_totals: Mutex<HashSet<String>>,
     /// Campaigns whose totals changed since the live streams were last woken.
     dirty_live: Mutex<HashSet<String>>,

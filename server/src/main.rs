@@ -11,8 +11,8 @@ use tally_server::api::types::{
     CampaignList, Device, Event, NewCampaign, NewEvent, NewSheet, NewStrike, ReviewList, Revoked,
     Sheet, Strike, TotalsResponse,
 };
-use tally_server::client::{self, Api, render};
 use tally_server::config::Config;
+use tally_server::organizer_cli::{self, Api, render};
 
 /// Writes to standard output. A reader that went away (`tally ... | head`) ends the program
 /// quietly with status 0, as it has all it asked for; any other failure to write (a full disk
@@ -122,7 +122,7 @@ struct CampaignArg {
 
 impl CampaignArg {
     fn id(&self) -> String {
-        client::campaign_id(&self.given)
+        organizer_cli::campaign_id(&self.given)
     }
 }
 
@@ -418,7 +418,7 @@ fn api(r: &Shared) -> anyhow::Result<Api> {
     Ok(Api {
         server,
         origin,
-        token: client::load_token(
+        token: organizer_cli::load_token(
             r.token.clone(),
             r.token_file.as_deref(),
             std::env::var("TALLY_TOKEN").ok().filter(|t| !t.is_empty()),
@@ -688,11 +688,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let shared = &cli.shared;
             let a = api(shared)?;
             let c = campaign.id();
-            if !client::key_path(&shared.keys, &c).exists() {
+            if !organizer_cli::key_path(&shared.keys, &c).exists() {
                 // No invite without the campaign's key; but a wrong id is the likelier mistake.
                 a.require_campaign(&c)?;
             }
-            let v = a.about_campaign(&c, || client::invite(&a, &shared.keys, &c, &role))?;
+            let v = a.about_campaign(&c, || organizer_cli::invite(&a, &shared.keys, &c, &role))?;
             print(shared.json, &v, || {
                 // The payload stays the last line (`| tail -n 1` gives it to tally-device).
                 format!(
@@ -834,7 +834,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let shared = &cli.shared;
             let a = api(shared)?;
             let c = campaign.id();
-            let e = a.about_campaign(&c, || client::export(&a, &c, &identity, &out, all, force))?;
+            let e = a.about_campaign(&c, || {
+                organizer_cli::export(&a, &c, &identity, &out, all, force)
+            })?;
             if e.unopened > 0 {
                 use std::io::Write as _;
                 let _ = writeln!(
@@ -1001,7 +1003,7 @@ fn campaign_cmd(shared: &Shared, cmd: CampaignCmd) -> anyhow::Result<()> {
             timezone,
             recipients,
         } => {
-            let c = client::campaign_create(
+            let c = organizer_cli::campaign_create(
                 &a,
                 &shared.keys,
                 &NewCampaign {
@@ -1018,7 +1020,7 @@ fn campaign_cmd(shared: &Shared, cmd: CampaignCmd) -> anyhow::Result<()> {
                 format!(
                     "campaign {}\n  duplicate key kept in {}",
                     c.campaign,
-                    client::key_path(&shared.keys, &c.campaign).display()
+                    organizer_cli::key_path(&shared.keys, &c.campaign).display()
                 )
             });
         }
