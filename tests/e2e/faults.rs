@@ -181,6 +181,7 @@ fn a_read_only_database_refuses_then_heals() {
 
 #[test]
 fn fault_schedules_lose_nothing_and_count_once() {
+    let _heavy = crate::heavy_blocking();
     let count = env_u64("TALLY_FAULT_SCHEDULES").unwrap_or(DEFAULT_SCHEDULES);
     let first = env_u64("TALLY_FAULT_SEED").unwrap_or(DEFAULT_SEED);
     let scratch = tempfile::tempdir().unwrap();

@@ -272,6 +272,7 @@ fn chunk(kind: u8, body: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cost_of_a_sync_is_bounded() {
+    let _heavy = crate::heavy().await;
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start_with_env(
         dir.path(),
@@ -791,6 +792,7 @@ fn cpu_secs(pid: u32) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, minutes long"]
 async fn measure_attacks() {
+    let _heavy = crate::heavy().await;
     let only = std::env::var("TALLY_ATTACK").ok();
     for attack in ["haves", "document", "orphans", "flood", "quarantine"] {
         if only.as_deref().is_some_and(|o| o != attack) {

@@ -12,7 +12,11 @@
 //!
 //! All areas share one process, so no test sets the process's environment variables or other
 //! global state: a server's settings go to its child process ([`tally_tests::ServerProcess`]) or
-//! its in-process [`tally_server::config::Config`].
+//! its in-process [`tally_server::config::Config`]. The heavy tests (tens of thousands of
+//! signatures or documents, resident memory measured, the fault schedules, the attacks on the
+//! cost of a sync) hold [`heavy`], so that at most one of them runs at a time: on a small
+//! machine two of them together would starve each other's servers of CPU and turn their
+//! timeouts into failures.
 
 mod app;
 mod audit;
@@ -37,3 +41,17 @@ mod quickstart;
 mod restart;
 mod sync_server;
 mod tls;
+
+/// Held for the whole of a heavy test: at most one runs at a time, beside the light ones. A
+/// tokio mutex, so that a heavy test that fails does not poison it for the others.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Waits for the heavy tests' turn (in an async test).
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().await
+}
+
+/// Waits for the heavy tests' turn (in a test outside a runtime).
+pub fn heavy_blocking() -> tokio::sync::MutexGuard<'static, ()> {
+    HEAVY.blocking_lock()
+}
