@@ -22,6 +22,7 @@ export const AUDIT_ACTIONS = [
   'review.unstrike',
   'review.sheet',
   'export.sealed',
+  'export.keys',
   'record.erase',
   'signin.link',
   'server.start',
