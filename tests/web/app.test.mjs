@@ -22,6 +22,9 @@
 //      it takes, and enrolls again from a new invite's link: what waited moves and counts
 //  11b. a signature whose change the server acknowledged but whose key it does not hold (the
 //      key upload refused) stays "not yet safe", and becomes safe once its key is stored
+//  11c. a record an organizer erased before its key reached the server: the server refuses the
+//      key ("erased"), the phone counts the record done (safe, shown erased), and no later sync
+//      brings the key back
 //  12. nothing came from another origin; no script error or CSP violation; the service worker's
 //      scope is /app/
 //  13. the screens in French
@@ -535,6 +538,45 @@ step('11b. a record whose key the server does not hold yet is not safe, until it
   assert.equal(receipt.state, 'safe');
   assert.equal(receipt.wrapped, undefined, 'the phone dropped the key');
   assert.deepEqual((await serverKeys()).get(recordId)?.length, 1, 'its key is on the server now');
+});
+
+step('11c. a record erased before its key reached the server: the key is refused as erased, the record is done', async () => {
+  world.proxy.refuse = /^PUT \/api\/v1\/keys /;
+  let recordId;
+  try {
+    await sign({ name: 'Erase Me', postal_code: 'M6H 1A2', city: 'Toronto' });
+    await until('25 signatures', async () => (await world.api(`/api/v1/campaigns/${campaign}/totals`)).signatures === 25);
+    recordId = (await receiptsInDb()).find((r) => r.display?.name === 'Erase Me')?.record_id;
+    assert.ok(recordId);
+    await until('the record acknowledged, its key refused', async () => (await receiptsInDb()).find((r) => r.record_id === recordId)?.state === 'unkeyed');
+    // The signer asks to be erased (the organizer's erase endpoint, by record id).
+    const [st, erased] = await world.server.api('POST', `/api/v1/campaigns/${campaign}/erase`, world.server.adminToken, { records: [recordId] });
+    assert.equal(st, 200, JSON.stringify(erased));
+    assert.deepEqual(erased.erased, [recordId]);
+    assert.equal(erased.keys_deleted, 0, 'no key was there');
+    assert.deepEqual(erased.v1, [], 'sealed v2: erasable');
+  } finally {
+    world.proxy.refuse = null;
+  }
+  await page.locator('#sync-now').click();
+  await waitPending(0);
+  const receipt = (await receiptsInDb()).find((r) => r.record_id === recordId);
+  assert.equal(receipt.state, 'safe');
+  assert.equal(receipt.erased, true);
+  assert.equal(receipt.wrapped, undefined, 'the phone dropped the key');
+  assert.ok(!(await serverKeys()).has(recordId), 'the key never came back');
+  const totals = await until('the erased signature no longer counted', async () => {
+    const t = await world.api(`/api/v1/campaigns/${campaign}/totals`);
+    return t.signatures === 24 ? t : undefined;
+  });
+  assert.equal(totals.signatures, 24);
+  await page.locator('#go-records').click();
+  await page.locator(`#records-safe li[data-record="${recordId}"]`, { hasText: 'Erased by an organizer' }).waitFor();
+  await home();
+  // Syncing again brings nothing back.
+  await page.locator('#sync-now').click();
+  await page.locator('#link[data-link="connected"]').waitFor();
+  assert.ok(!(await serverKeys()).has(recordId));
 });
 
 step('12. nothing from another origin, no script error, no CSP violation', async () => {
