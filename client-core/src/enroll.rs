@@ -14,6 +14,7 @@ use crate::error::{ClientError, Result};
 use crate::mirror::KEY_ENROLLMENT;
 use crate::payload::EnrollPayload;
 use crate::store::{self, DocRole};
+use tally_core::validate::Role;
 
 /// How long enrollment waits for the server.
 pub const ENROLL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -25,8 +26,8 @@ pub struct EnrollResponse {
     pub device_id: String,
     /// The bearer token for sync (`tly_...`).
     pub token: String,
-    /// "canvasser" or "organizer".
-    pub role: String,
+    /// Canvasser or organizer (`"canvasser"`, `"organizer"` in JSON).
+    pub role: Role,
     /// The campaign id (the campaign document's id as text).
     pub campaign: String,
     /// `automerge:` URL of the campaign document.
@@ -73,10 +74,10 @@ impl EnrollResponse {
         {
             return Err(bad("has no usable token".into()));
         }
-        if !matches!(self.role.as_str(), "canvasser" | "organizer") {
+        if !matches!(self.role, Role::Canvasser | Role::Organizer) {
             return Err(bad(format!(
                 "has role {:?}; expected canvasser or organizer",
-                self.role
+                self.role.as_str()
             )));
         }
         let campaign_doc = DocumentId::from_url(&self.campaign_url)
@@ -180,7 +181,7 @@ pub(crate) struct Enrollment {
     pub token: String,
     pub device_id: String,
     pub name: String,
-    pub role: String,
+    pub role: Role,
     pub campaign: String,
     pub campaign_doc: DocumentId,
     pub totals_doc: DocumentId,
@@ -212,7 +213,7 @@ impl Enrollment {
             server: self.server.clone(),
             device_id: self.device_id.clone(),
             name: self.name.clone(),
-            role: self.role.clone(),
+            role: self.role,
             campaign: self.campaign.clone(),
             campaign_url: self.campaign_doc.to_url(),
             totals_url: self.totals_doc.to_url(),
@@ -231,8 +232,8 @@ pub struct EnrollmentInfo {
     pub device_id: String,
     /// The name given at enrollment.
     pub name: String,
-    /// "canvasser" or "organizer".
-    pub role: String,
+    /// Canvasser or organizer (`"canvasser"`, `"organizer"` in JSON).
+    pub role: Role,
     /// The campaign id.
     pub campaign: String,
     /// The campaign document.
@@ -298,7 +299,7 @@ impl Device {
                 token: response.token.clone(),
                 device_id: response.device_id.clone(),
                 name: name.trim().to_string(),
-                role: response.role.clone(),
+                role: response.role,
                 campaign: response.campaign.clone(),
                 campaign_doc: checked.campaign_doc,
                 totals_doc: checked.totals_doc,
@@ -322,7 +323,7 @@ impl Device {
             token: response.token.clone(),
             device_id: response.device_id.clone(),
             name: name.trim().to_string(),
-            role: response.role.clone(),
+            role: response.role,
             campaign: response.campaign.clone(),
             campaign_doc: checked.campaign_doc,
             totals_doc: checked.totals_doc,

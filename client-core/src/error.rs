@@ -3,15 +3,7 @@
 
 use tally_core::collection::FormError;
 
-/// Why an enrollment payload (the organizer's QR code) was refused: the field and the reason.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("enrollment code, field `{field}`: {message}")]
-pub struct PayloadError {
-    /// The payload field, e.g. "server" or "key".
-    pub field: &'static str,
-    /// What is wrong and what to do.
-    pub message: String,
-}
+pub use tally_payload::PayloadError;
 
 /// Everything the phone library can refuse or fail at.
 #[derive(Debug, thiserror::Error)]

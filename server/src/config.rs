@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// Everything `tally serve` can be told.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// Everything `tally serve` can be told. Its Debug output hides a URL's user and password.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address to listen on.
@@ -47,7 +47,7 @@ pub struct Config {
     /// How long an invite code stays valid, in hours.
     pub invite_ttl_hours: u64,
     /// Log format: "text" or "json".
-    pub log_format: String,
+    pub log_format: LogFormat,
     /// Wrong tokens tolerated from one address within `auth_window_secs`; past that the
     /// address gets 429 until the window has passed (token guessing).
     pub max_auth_failures: u32,
@@ -137,6 +137,7 @@ pub struct Config {
     /// from a broken client: a change that writes one is refused with an error naming it, and
     /// the phone sets that record aside and carries on with the others. Environment:
     /// `TALLY_REFUSE_RECORDS`, ids separated by commas.
+    #[serde(deserialize_with = "string_or_list")]
     pub refuse_records: Vec<String>,
     /// Where `/metrics` (Prometheus' text exposition) listens, e.g. `127.0.0.1:9300`; off when
     /// unset. Its own address, not the main port: a scraper needs no token, and the address can
@@ -160,7 +161,7 @@ impl Default for Config {
             compact_after_chunks: 64,
             max_loaded_documents: 128,
             invite_ttl_hours: 72,
-            log_format: "text".into(),
+            log_format: LogFormat::Text,
             suppress_below: 5,
             max_auth_failures: 20,
             auth_window_secs: 60,
@@ -199,6 +200,37 @@ impl Default for Config {
     }
 }
 
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match toml::Value::try_from(self.redacted()) {
+            Ok(toml::Value::Table(t)) => f.debug_map().entries(t.iter()).finish(),
+            _ => f.write_str("Config(<unprintable>)"),
+        }
+    }
+}
+
+/// `scheme://user:password@host/...` with the user and password replaced.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let host_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..host_end].rfind('@') {
+        Some(at) => format!("{scheme}://<redacted>@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
+/// How the server writes its log.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `key=value` text (coloured on a terminal).
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
 /// What went wrong reading configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -214,6 +246,13 @@ pub enum ConfigError {
         path: PathBuf,
         source: toml::de::Error,
     },
+    /// A key in the file has a value its type allows but the server does not.
+    #[error("config file {path}: {key} is invalid: {why}")]
+    Value {
+        path: PathBuf,
+        key: &'static str,
+        why: String,
+    },
     /// An environment variable has a bad value.
     #[error("environment variable {name}={value:?} is invalid: {why}")]
     Env {
@@ -221,6 +260,121 @@ pub enum ConfigError {
         value: String,
         why: String,
     },
+    /// `TALLY_*` variables that name no key and belong to no other program (a misspelling).
+    #[error(
+        "unknown environment variable{} {}: `tally serve` reads {}; and these belong to other \
+         programs: {}. Correct the name or unset it",
+        if names.len() == 1 { "" } else { "s" },
+        names.join(", "),
+        Config::env_names().join(", "),
+        OTHER_PROGRAMS_VARIABLES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+    )]
+    UnknownEnv { names: Vec<String> },
+}
+
+/// The prefix of the configuration's environment variables.
+const ENV_PREFIX: &str = "TALLY_";
+
+/// The variable that sets `key`.
+fn env_name(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.to_ascii_uppercase())
+}
+
+/// `TALLY_*` variables that belong to other programs than `tally serve` (the organizer
+/// commands, the phone's command line, the benchmark, the tests), with who reads each: `tally
+/// serve` started where they are set (a shell that also runs `tally campaign ...`, CI) ignores
+/// them, and refuses any other unknown `TALLY_*` name. A test keeps this list true to the
+/// repository (`every_tally_variable_in_the_repository_is_known`).
+pub const OTHER_PROGRAMS_VARIABLES: &[(&str, &str)] = &[
+    ("TALLY_SERVER", "organizer commands: the server's URL"),
+    ("TALLY_TOKEN", "organizer commands: the token"),
+    (
+        "TALLY_KEYS",
+        "organizer commands: the campaigns' key folder",
+    ),
+    ("TALLY_HOME", "tally-device: the phone's folder"),
+    (
+        "TALLY_BIN",
+        "tally-bench, scripts/api-fuzz: the server binary",
+    ),
+    ("TALLY_BENCH_SERVER_LOG", "tally-bench: the server's log"),
+    ("TALLY_BENCH_ADMIN_TOKEN", "tally-bench: the admin token"),
+    (
+        "TALLY_BROWSER_TESTS",
+        "tests: whether the browser tests must run",
+    ),
+    ("TALLY_WEB_OUT", "tests: the browser tests' output folder"),
+    (
+        "TALLY_BIN_DIR",
+        "tests: where the browser tests find the binaries",
+    ),
+    (
+        "TALLY_TEST_BIN_DIR",
+        "tests: where the tests find the binaries",
+    ),
+    (
+        "TALLY_FAULT_SCHEDULES",
+        "tests: the fault harness's schedule count",
+    ),
+    ("TALLY_FAULT_SEED", "tests: the fault harness's seed"),
+    (
+        "TALLY_FAULT_NO_MOUNTS",
+        "tests: the fault harness without mounts",
+    ),
+    ("TALLY_WRITE_VECTORS", "tests: rewrite the shared vectors"),
+    (
+        "TALLY_JS_TIMEOUT_MS",
+        "tests: the JavaScript client's timeout",
+    ),
+    (
+        "TALLY_JS_DEBUG",
+        "tests: the JavaScript client's debug output",
+    ),
+    ("TALLY_ATTACK", "tests: the hostile peer's attack"),
+    ("TALLY_WEB_ROOT", "web tests: the built pages' folder"),
+];
+
+/// What is wrong with a variable's value, said for a person.
+fn env_why(key: &str, kind: &figment::error::Kind) -> String {
+    match (key, kind) {
+        ("listen", _) => "expected HOST:PORT, e.g. 127.0.0.1:7300".into(),
+        (_, figment::error::Kind::InvalidType(_, want))
+            if ["u8", "u16", "u32", "u64", "i32", "usize"].contains(&want.as_str()) =>
+        {
+            "expected a whole number".into()
+        }
+        (_, kind) => kind.to_string(),
+    }
+}
+
+/// The `TALLY_*` layer as a figment provider: each value as its text, so that the target
+/// type reads it (a string that looks like a number stays a string for a path or a URL), and
+/// errors name the variable.
+struct EnvLayer(figment::value::Dict);
+
+impl figment::Provider for EnvLayer {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("TALLY_* environment variables")
+            .interpolater(|_, keys: &[&str]| env_name(&keys.join("_")))
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        Ok(figment::Profile::Default.collect(self.0.clone()))
+    }
+}
+
+/// `refuse_records`: a list in the file, ids separated by commas in the environment (spaces
+/// around an id and empty ids are dropped).
+fn string_or_list<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Vec<String>, D::Error> {
+    let ids: Vec<String> = serde_aux::field_attributes::deserialize_vec_from_string_or_vec(de)?;
+    Ok(ids
+        .iter()
+        .map(|id| id.trim())
+        .filter(|id| !id.is_empty())
+        .map(str::to_string)
+        .collect())
 }
 
 impl Config {
@@ -240,122 +394,100 @@ impl Config {
                 path: path.clone(),
                 source,
             })?;
+            cfg.check().map_err(|(key, why)| ConfigError::Value {
+                path: path.clone(),
+                key,
+                why,
+            })?;
         }
         cfg.apply_env(std::env::vars())?;
         Ok(cfg)
     }
 
-    /// Applies `TALLY_*` variables.
+    /// Applies the `TALLY_*` variables among `vars` over this configuration: `TALLY_<KEY>` sets
+    /// `key`, read through the same serde structure as the file (a number from its digits, a
+    /// list from ids separated by commas). A `TALLY_*` name that is neither a key nor one of
+    /// [`OTHER_PROGRAMS_VARIABLES`] is refused with the list of known names, as an unknown key
+    /// in the file is.
     pub fn apply_env(
         &mut self,
         vars: impl Iterator<Item = (String, String)>,
     ) -> Result<(), ConfigError> {
+        let keys = Config::keys();
+        let mut layer = figment::value::Dict::new();
+        let mut unknown = Vec::new();
         for (name, value) in vars {
-            let Some(key) = name.strip_prefix("TALLY_") else {
+            let Some(key) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
-            let bad = |why: &str| ConfigError::Env {
-                name: name.clone(),
-                value: value.clone(),
-                why: why.into(),
-            };
-            let num = |v: &str| v.parse::<u64>().map_err(|_| bad("expected a whole number"));
-            match key {
-                "LISTEN" => {
-                    self.listen = value
-                        .parse()
-                        .map_err(|_| bad("expected HOST:PORT, e.g. 127.0.0.1:7300"))?
-                }
-                "DATA" => self.data = PathBuf::from(&value),
-                "PUBLIC_URL" => self.public_url = Some(value.clone()),
-                "METRICS_LISTEN" => self.metrics_listen = Some(value.clone()),
-                "TLS_CERT" => self.tls_cert = Some(PathBuf::from(&value)),
-                "TLS_KEY" => self.tls_key = Some(PathBuf::from(&value)),
-                "MAX_DATABASE_KIB" => self.max_database_kib = num(&value)?,
-                "MAX_FRAME_BYTES" => self.max_frame_bytes = num(&value)? as usize,
-                "MAX_DOCUMENTS_PER_DEVICE" => self.max_documents_per_device = num(&value)?,
-                "MAX_CONNECTIONS" => self.max_connections = num(&value)? as usize,
-                "IDLE_UNLOAD_SECS" => self.idle_unload_secs = num(&value)?,
-                "COMPACT_AFTER_CHUNKS" => self.compact_after_chunks = num(&value)?,
-                "MAX_LOADED_DOCUMENTS" => self.max_loaded_documents = num(&value)? as usize,
-                "INVITE_TTL_HOURS" => self.invite_ttl_hours = num(&value)?,
-                "SUPPRESS_BELOW" => self.suppress_below = num(&value)?,
-                "MAX_AUTH_FAILURES" => {
-                    self.max_auth_failures =
-                        u32::try_from(num(&value)?).map_err(|_| bad("number too large"))?
-                }
-                "AUTH_WINDOW_SECS" => self.auth_window_secs = num(&value)?,
-                "MAX_CONNECTIONS_PER_ADDRESS" => {
-                    self.max_connections_per_address = num(&value)? as usize
-                }
-                "MAX_PENDING_CONNECTIONS" => self.max_pending_connections = num(&value)? as usize,
-                "HEADER_READ_TIMEOUT_SECS" => self.header_read_timeout_secs = num(&value)?,
-                "REQUEST_BODY_TIMEOUT_SECS" => self.request_body_timeout_secs = num(&value)?,
-                "MAX_CONNECTIONS_PER_DEVICE" => {
-                    self.max_connections_per_device = num(&value)? as usize
-                }
-                "PING_INTERVAL_SECS" => self.ping_interval_secs = num(&value)?,
-                "IDLE_TIMEOUT_SECS" => self.idle_timeout_secs = num(&value)?,
-                "MAX_STREAMS_PER_DEVICE" => self.max_streams_per_device = num(&value)? as usize,
-                "MAX_STREAMS" => self.max_streams = num(&value)? as usize,
-                "MAX_ENROLLMENTS_PER_ADDRESS" => {
-                    self.max_enrollments_per_address =
-                        u32::try_from(num(&value)?).map_err(|_| bad("number too large"))?
-                }
-                "ENROLL_WINDOW_SECS" => self.enroll_window_secs = num(&value)?,
-                "SEND_TIMEOUT_SECS" => self.send_timeout_secs = num(&value)?,
-                "TOKEN_IDLE_EXPIRY_SECS" => self.token_idle_expiry_secs = num(&value)?,
-                "TOTALS_DOCUMENT_SECS" => self.totals_document_secs = num(&value)?,
-                "SYNC_WORKERS" => self.sync_workers = num(&value)? as usize,
-                "SYNC_WORKERS_NICENESS" => {
-                    self.sync_workers_niceness = i32::try_from(num(&value)?)
-                        .ok()
-                        .filter(|n| *n <= 19)
-                        .ok_or_else(|| bad("expected 0 to 19"))?
-                }
-                "MAX_OPS_PER_MESSAGE" => self.max_ops_per_message = num(&value)?,
-                "MAX_FRAMES_PER_SECOND" => {
-                    self.max_frames_per_second =
-                        u32::try_from(num(&value)?).map_err(|_| bad("number too large"))?
-                }
-                "FRAME_BURST" => {
-                    self.frame_burst =
-                        u32::try_from(num(&value)?).map_err(|_| bad("number too large"))?
-                }
-                "MAX_PENDING_BYTES_PER_DOCUMENT" => {
-                    self.max_pending_bytes_per_document = num(&value)? as usize
-                }
-                "MAX_PENDING_BYTES_PER_DEVICE" => {
-                    self.max_pending_bytes_per_device = num(&value)? as usize
-                }
-                "QUARANTINE_MAX_RAW_BYTES" => self.quarantine_max_raw_bytes = num(&value)? as usize,
-                "QUARANTINE_RAW_BYTES_PER_DEVICE" => {
-                    self.quarantine_raw_bytes_per_device = num(&value)?
-                }
-                "QUARANTINE_RAW_BYTES_TOTAL" => self.quarantine_raw_bytes_total = num(&value)?,
-                "QUARANTINE_ENTRIES_PER_DEVICE" => {
-                    self.quarantine_entries_per_device = num(&value)?
-                }
-                "QUARANTINE_ENTRIES_TOTAL" => self.quarantine_entries_total = num(&value)?,
-                "QUARANTINE_RETENTION_DAYS" => self.quarantine_retention_days = num(&value)?,
-                "REFUSE_RECORDS" => {
-                    self.refuse_records = value
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|id| !id.is_empty())
-                        .map(str::to_string)
-                        .collect()
-                }
-                "LOG_FORMAT" => {
-                    if value != "text" && value != "json" {
-                        return Err(bad("expected text or json"));
-                    }
-                    self.log_format = value.clone();
-                }
-                _ => {} // TALLY_ADMIN_TOKEN, TALLY_SERVER etc. belong to the command line client.
+            let key = key.to_ascii_lowercase();
+            if keys.contains(&key.as_str()) && name == env_name(&key) {
+                layer.insert(key, value.into());
+            } else if !OTHER_PROGRAMS_VARIABLES.iter().any(|(n, _)| *n == name) {
+                unknown.push(name);
             }
         }
+        if !unknown.is_empty() {
+            unknown.sort();
+            return Err(ConfigError::UnknownEnv { names: unknown });
+        }
+        let values = layer.clone();
+        let merged: Config =
+            figment::Figment::from(figment::providers::Serialized::defaults(&*self))
+                .merge(EnvLayer(layer))
+                // Lossy: a number (or a true/false) is read from the variable's text.
+                .extract_lossy()
+                .map_err(|e| {
+                    let key = e.path.first().cloned().unwrap_or_default();
+                    ConfigError::Env {
+                        name: env_name(&key),
+                        value: values
+                            .get(&key)
+                            .and_then(|v| v.as_str())
+                            .unwrap_or_default()
+                            .to_string(),
+                        why: env_why(&key, &e.kind),
+                    }
+                })?;
+        merged.check().map_err(|(key, why)| ConfigError::Env {
+            name: env_name(key),
+            value: values
+                .get(key)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string(),
+            why,
+        })?;
+        *self = merged;
         Ok(())
+    }
+
+    /// The configuration's keys, read from its serde structure (the file's keys; each is also
+    /// the variable `TALLY_<KEY>`).
+    pub fn keys() -> &'static [&'static str] {
+        serde_aux::serde_introspection::serde_introspect::<Config>()
+    }
+
+    /// The `TALLY_*` variables `tally serve` reads, one per key.
+    pub fn env_names() -> Vec<String> {
+        Config::keys().iter().map(|k| env_name(k)).collect()
+    }
+
+    /// The checks serde's types do not make: the key and what is wrong.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        if !(0..=19).contains(&self.sync_workers_niceness) {
+            return Err(("sync_workers_niceness", "expected 0 to 19".into()));
+        }
+        Ok(())
+    }
+
+    /// This configuration with the secrets a value may hold (a URL's user and password)
+    /// replaced, for printing.
+    pub fn redacted(&self) -> Config {
+        Config {
+            public_url: self.public_url.as_deref().map(redact_url),
+            ..self.clone()
+        }
     }
 
     /// The per-address abuse limits.
@@ -494,6 +626,14 @@ impl Config {
 mod tests {
     use super::*;
 
+    fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
     #[test]
     fn layers_apply_in_order() {
         let dir = tempfile::tempdir().unwrap();
@@ -508,24 +648,53 @@ mod tests {
             ),
             (5, 9, Config::default().max_frame_bytes)
         );
-        cfg.apply_env(
-            [
-                ("TALLY_IDLE_UNLOAD_SECS".to_string(), "2".to_string()),
-                ("PATH".into(), "/bin".into()),
-            ]
-            .into_iter(),
-        )
-        .unwrap();
-        assert_eq!(cfg.idle_unload_secs, 2);
+        cfg.apply_env(env(&[("TALLY_IDLE_UNLOAD_SECS", "2"), ("PATH", "/bin")]))
+            .unwrap();
+        // The variable wins over the file; what it does not name keeps the file's value.
+        assert_eq!((cfg.idle_unload_secs, cfg.max_connections), (2, 5));
         let err = cfg
-            .apply_env([("TALLY_LISTEN".to_string(), "nowhere".to_string())].into_iter())
-            .unwrap_err();
-        assert!(err.to_string().contains("TALLY_LISTEN"));
+            .apply_env(env(&[("TALLY_LISTEN", "nowhere")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("TALLY_LISTEN=\"nowhere\" is invalid: expected HOST:PORT"),
+            "{err}"
+        );
+        let err = cfg
+            .apply_env(env(&[("TALLY_MAX_CONNECTIONS", "many")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("TALLY_MAX_CONNECTIONS=\"many\" is invalid: expected a whole number"),
+            "{err}"
+        );
+        for (name, value) in [
+            ("TALLY_SYNC_WORKERS_NICENESS", "20"),
+            ("TALLY_LOG_FORMAT", "xml"),
+            ("TALLY_MAX_AUTH_FAILURES", "5000000000"),
+        ] {
+            let err = cfg
+                .apply_env(env(&[(name, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("{name}={value:?} is invalid")),
+                "{err}"
+            );
+        }
+        // A refused layer changes nothing.
+        assert_eq!(cfg.idle_unload_secs, 2);
         assert!(
             toml::from_str::<Config>("listen_on = 1")
                 .unwrap_err()
                 .to_string()
                 .contains("listen_on")
+        );
+        std::fs::write(&file, "sync_workers_niceness = -3\n").unwrap();
+        let err = Config::load(Some(&file), None).unwrap_err().to_string();
+        assert!(
+            err.contains("sync_workers_niceness is invalid: expected 0 to 19"),
+            "{err}"
         );
         let example: Config = toml::from_str(&Config::example()).unwrap();
         assert_eq!(example, Config::default());
@@ -535,8 +704,229 @@ mod tests {
     fn refused_records_come_from_the_file_or_the_environment() {
         let mut cfg: Config = toml::from_str("refuse_records = [\"sig-1\", \"ci-2\"]\n").unwrap();
         assert_eq!(cfg.refuse_records, ["sig-1", "ci-2"]);
-        cfg.apply_env([("TALLY_REFUSE_RECORDS".to_string(), " a, b ,,".to_string())].into_iter())
+        cfg.apply_env(env(&[("TALLY_REFUSE_RECORDS", " a, b ,,")]))
             .unwrap();
         assert_eq!(cfg.refuse_records, ["a", "b"]);
+    }
+
+    /// A configuration with every key away from its default (and every optional one set).
+    fn everything_changed() -> Config {
+        Config {
+            listen: "127.0.0.2:7301".parse().unwrap(),
+            data: PathBuf::from("/srv/tally"),
+            public_url: Some("https://tally.example.org".into()),
+            tls_cert: Some(PathBuf::from("/etc/tally/cert.pem")),
+            tls_key: Some(PathBuf::from("/etc/tally/key.pem")),
+            max_database_kib: 1,
+            max_frame_bytes: 2,
+            max_documents_per_device: 3,
+            max_connections: 4,
+            idle_unload_secs: 5,
+            max_loaded_documents: 6,
+            compact_after_chunks: 7,
+            invite_ttl_hours: 8,
+            log_format: LogFormat::Json,
+            max_auth_failures: 9,
+            auth_window_secs: 10,
+            max_connections_per_address: 11,
+            max_pending_connections: 12,
+            header_read_timeout_secs: 13,
+            request_body_timeout_secs: 14,
+            max_connections_per_device: 15,
+            ping_interval_secs: 16,
+            idle_timeout_secs: 17,
+            max_streams_per_device: 18,
+            max_streams: 19,
+            max_enrollments_per_address: 200,
+            enroll_window_secs: 21,
+            send_timeout_secs: 22,
+            token_idle_expiry_secs: 23,
+            totals_document_secs: 24,
+            sync_workers: 25,
+            sync_workers_niceness: 19,
+            suppress_below: 26,
+            max_ops_per_message: 27,
+            max_frames_per_second: 28,
+            frame_burst: 29,
+            max_pending_bytes_per_document: 30,
+            max_pending_bytes_per_device: 31,
+            quarantine_max_raw_bytes: 32,
+            quarantine_raw_bytes_per_device: 33,
+            quarantine_raw_bytes_total: 34,
+            quarantine_entries_per_device: 35,
+            quarantine_entries_total: 36,
+            quarantine_retention_days: 37,
+            refuse_records: vec!["sig-1".into(), "ci-2".into()],
+            metrics_listen: Some("127.0.0.1:9300".into()),
+        }
+    }
+
+    fn table(cfg: &Config) -> toml::Table {
+        match toml::Value::try_from(cfg).unwrap() {
+            toml::Value::Table(t) => t,
+            other => panic!("not a table: {other}"),
+        }
+    }
+
+    #[test]
+    fn each_known_name_sets_its_field_and_only_it() {
+        let changed = table(&everything_changed());
+        let default = table(&Config::default());
+        assert_eq!(
+            Config::keys().len(),
+            changed.len(),
+            "a key is left unset above"
+        );
+        for key in Config::keys() {
+            let name = env_name(key);
+            let value = match &changed[*key] {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(n) => n.to_string(),
+                toml::Value::Array(ids) => ids
+                    .iter()
+                    .map(|id| id.as_str().unwrap())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                other => panic!("{key}: no text for {other}"),
+            };
+            assert_ne!(changed.get(*key), default.get(*key), "{key} is not changed");
+            let mut cfg = Config::default();
+            cfg.apply_env(env(&[(&name, &value)]))
+                .unwrap_or_else(|e| panic!("{name}={value}: {e}"));
+            let now = table(&cfg);
+            for k in Config::keys() {
+                let want = if k == key { &changed } else { &default };
+                assert_eq!(now.get(*k), want.get(*k), "{name}={value} and {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_value_that_looks_like_a_number_stays_text_where_text_is_wanted() {
+        let mut cfg = Config::default();
+        cfg.apply_env(env(&[
+            ("TALLY_DATA", "2026"),
+            ("TALLY_PUBLIC_URL", "7300"),
+            ("TALLY_REFUSE_RECORDS", "12,true"),
+        ]))
+        .unwrap();
+        assert_eq!(cfg.data, PathBuf::from("2026"));
+        assert_eq!(cfg.public_url.as_deref(), Some("7300"));
+        assert_eq!(cfg.refuse_records, ["12", "true"]);
+    }
+
+    #[test]
+    fn an_unknown_tally_name_is_refused_with_the_list_of_known_ones() {
+        for names in [
+            &["TALLY_LISTEN_ON"][..],
+            &["TALLY_MAX_CONECTIONS", "TALLY_listen"],
+            &["TALLY_"],
+        ] {
+            let vars: Vec<_> = names.iter().map(|n| (*n, "1")).collect();
+            let err = Config::default().apply_env(env(&vars)).unwrap_err();
+            assert!(matches!(err, ConfigError::UnknownEnv { .. }), "{err:?}");
+            let text = err.to_string();
+            let mut sorted = names.to_vec();
+            sorted.sort();
+            assert!(text.starts_with("unknown environment variable"), "{text}");
+            assert!(text.contains(&sorted.join(", ")), "{text}");
+            for known in Config::env_names() {
+                assert!(text.contains(&known), "{known} missing from: {text}");
+            }
+            assert!(text.contains("TALLY_SERVER"), "{text}");
+        }
+        // Names of other programs pass, whatever their value; so do other variables.
+        let mut cfg = Config::default();
+        let others: Vec<_> = OTHER_PROGRAMS_VARIABLES
+            .iter()
+            .map(|(n, _)| (*n, "anything"))
+            .chain([("PATH", "/bin"), ("TALLY", "x"), ("XTALLY_LISTEN", "y")])
+            .collect();
+        cfg.apply_env(env(&others)).unwrap();
+        assert_eq!(cfg, Config::default());
+    }
+
+    #[test]
+    fn debug_hides_a_urls_password() {
+        let cfg = Config {
+            public_url: Some("https://ops:hunter2@tally.example.org/x".into()),
+            ..Config::default()
+        };
+        let shown = format!("{cfg:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("ops:"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("https://<redacted>@tally.example.org/x"),
+            "{shown}"
+        );
+        assert!(shown.contains("max_connections"), "{shown}");
+        assert_eq!(
+            redact_url("postgres://u:p@db:5432/tally"),
+            "postgres://<redacted>@db:5432/tally"
+        );
+        assert_eq!(redact_url("http://a@b/c@d"), "http://<redacted>@b/c@d");
+        assert_eq!(redact_url("http://host/x"), "http://host/x");
+    }
+
+    /// Every `TALLY_*` name written anywhere in the repository (code, scripts, docs, tests) is a
+    /// configuration key's or listed in `OTHER_PROGRAMS_VARIABLES`: a program that starts
+    /// reading a new one must list it there, or `tally serve` started beside it would refuse it.
+    #[test]
+    fn every_tally_variable_in_the_repository_is_known() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        // Placeholders the app's build replaces in its service worker: not variables.
+        let placeholders = ["TALLY_VERSION", "TALLY_PRECACHE"];
+        let known: Vec<String> = Config::env_names()
+            .into_iter()
+            .chain(OTHER_PROGRAMS_VARIABLES.iter().map(|(n, _)| n.to_string()))
+            .chain(placeholders.iter().map(|n| n.to_string()))
+            .collect();
+        let mut unknown = std::collections::BTreeSet::new();
+        let mut stack = vec![root.to_path_buf()];
+        let mut files = 0;
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                let name = path.file_name().unwrap().to_string_lossy().to_string();
+                if path.is_dir() {
+                    if !["target", "node_modules", ".git", "dist"].contains(&name.as_str()) {
+                        stack.push(path);
+                    }
+                    continue;
+                }
+                if path.ends_with("server/src/config.rs") {
+                    continue; // this file: its tests write unknown names on purpose
+                }
+                let Ok(text) = std::fs::read_to_string(&path) else {
+                    continue;
+                };
+                files += 1;
+                for (at, _) in text.match_indices(ENV_PREFIX) {
+                    let before = text[..at].chars().next_back();
+                    if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+                        continue;
+                    }
+                    let rest = &text[at + ENV_PREFIX.len()..];
+                    let len = rest
+                        .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+                        .unwrap_or(rest.len());
+                    let var = format!("{ENV_PREFIX}{}", rest[..len].trim_end_matches('_'));
+                    if var != ENV_PREFIX && !known.contains(&var) {
+                        unknown.insert(format!("{var} ({})", path.display()));
+                    }
+                }
+            }
+        }
+        assert!(
+            files > 100,
+            "read only {files} files under {}",
+            root.display()
+        );
+        assert!(
+            unknown.is_empty(),
+            "TALLY_* names neither a configuration key nor in OTHER_PROGRAMS_VARIABLES: {unknown:?}"
+        );
     }
 }

@@ -223,10 +223,16 @@ pub struct Hub {
     /// The database: documents, chunks, sync states and the projection are written through the
     /// hub alone (the API keeps its own handle for devices, audit and reads).
     store: Arc<Store>,
+    /// Unloading, compaction and the chain length (from the configuration).
     cfg: HubConfig,
+    /// The loaded documents; one document's writes are serialized by its slot's lock.
     docs: Mutex<HashMap<DocumentId, Arc<Mutex<Slot>>>>,
+    /// Campaigns read from their documents, by id, until their document changes
+    /// ([`Hub::campaign`]): every change is judged against its campaign.
     campaigns: Mutex<HashMap<String, Arc<Campaign>>>,
+    /// The connections following each document, told when it changes.
     followers: Mutex<HashMap<DocumentId, Followers>>,
+    /// Campaigns whose totals document is to be rewritten ([`Hub::refresh_totals`]).
     dirty_totals: Mutex<HashSet<String>>,
     /// Campaigns whose totals changed since the live streams were last woken.
     dirty_live: Mutex<HashSet<String>>,

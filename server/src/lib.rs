@@ -8,12 +8,10 @@
 //! (HTTP), [`live`] (totals as Server-Sent Events), [`openapi`] (the API's description),
 //! [`error`] (HTTP errors), [`workers`] (the sync connections' threads, below the API's priority),
 //! [`net`] (the accept loop: HTTP timeouts, caps on unfinished connections), [`guard`] (abuse
-//! limits per address and per device),
-//! [`client`] (the organizers' command line, which calls the API), [`web`] (the embedded web
-//! dashboard at `/`).
+//! limits per address and per device), [`organizer_cli`] (the organizers' side of the `tally`
+//! command, which calls the API), [`web`] (the embedded web dashboard at `/`).
 
 pub mod api;
-pub mod client;
 pub mod config;
 pub mod error;
 pub mod guard;
@@ -22,6 +20,7 @@ pub mod live;
 pub mod metrics;
 pub mod net;
 pub mod openapi;
+pub mod organizer_cli;
 pub mod projection;
 pub mod suppression;
 pub mod sync;
@@ -80,7 +79,7 @@ pub struct AppState {
     conns: Mutex<HashMap<String, Vec<(u64, CancellationToken)>>>,
     /// Limits simultaneous sync connections.
     slots: Arc<Semaphore>,
-    /// Sync frames handled at once on the blocking pool (see `sync::run`).
+    /// The threads that run sync connections' work, below the API's priority (see `sync::run`).
     workers: Arc<workers::Workers>,
     /// Cancelled at shutdown.
     shutdown: CancellationToken,

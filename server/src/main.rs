@@ -11,8 +11,8 @@ use tally_server::api::types::{
     CampaignList, Device, Event, NewCampaign, NewEvent, NewSheet, NewStrike, ReviewList, Revoked,
     Sheet, Strike, TotalsResponse,
 };
-use tally_server::client::{self, Api, render};
 use tally_server::config::Config;
+use tally_server::organizer_cli::{self, Api, render};
 
 /// Writes to standard output. A reader that went away (`tally ... | head`) ends the program
 /// quietly with status 0, as it has all it asked for; any other failure to write (a full disk
@@ -122,7 +122,7 @@ struct CampaignArg {
 
 impl CampaignArg {
     fn id(&self) -> String {
-        client::campaign_id(&self.given)
+        organizer_cli::campaign_id(&self.given)
     }
 }
 
@@ -418,7 +418,7 @@ fn api(r: &Shared) -> anyhow::Result<Api> {
     Ok(Api {
         server,
         origin,
-        token: client::load_token(
+        token: organizer_cli::load_token(
             r.token.clone(),
             r.token_file.as_deref(),
             std::env::var("TALLY_TOKEN").ok().filter(|t| !t.is_empty()),
@@ -477,7 +477,7 @@ fn print(json_out: bool, value: &serde_json::Value, human: impl FnOnce() -> Stri
     }
 }
 
-fn init_logs(format: &str) {
+fn init_logs(format: tally_server::config::LogFormat) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     // Colours only on a terminal: a log file or journal gets plain `key=value` text.
@@ -486,7 +486,7 @@ fn init_logs(format: &str) {
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    if format == "json" {
+    if format == tally_server::config::LogFormat::Json {
         b.json().init()
     } else {
         b.init()
@@ -587,7 +587,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     cfg.data.join(LOCK_FILE).display()
                 )
             })?;
-            init_logs(&cfg.log_format);
+            init_logs(cfg.log_format);
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async move {
                 let (store, admin) = tally_server::open_data(&cfg.data)?;
@@ -688,11 +688,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let shared = &cli.shared;
             let a = api(shared)?;
             let c = campaign.id();
-            if !client::key_path(&shared.keys, &c).exists() {
+            if !organizer_cli::key_path(&shared.keys, &c).exists() {
                 // No invite without the campaign's key; but a wrong id is the likelier mistake.
                 a.require_campaign(&c)?;
             }
-            let v = a.about_campaign(&c, || client::invite(&a, &shared.keys, &c, &role))?;
+            let v = a.about_campaign(&c, || organizer_cli::invite(&a, &shared.keys, &c, &role))?;
             print(shared.json, &v, || {
                 // The payload stays the last line (`| tail -n 1` gives it to tally-device).
                 format!(
@@ -834,7 +834,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let shared = &cli.shared;
             let a = api(shared)?;
             let c = campaign.id();
-            let e = a.about_campaign(&c, || client::export(&a, &c, &identity, &out, all, force))?;
+            let e = a.about_campaign(&c, || {
+                organizer_cli::export(&a, &c, &identity, &out, all, force)
+            })?;
             if e.unopened > 0 {
                 use std::io::Write as _;
                 let _ = writeln!(
@@ -1001,7 +1003,7 @@ fn campaign_cmd(shared: &Shared, cmd: CampaignCmd) -> anyhow::Result<()> {
             timezone,
             recipients,
         } => {
-            let c = client::campaign_create(
+            let c = organizer_cli::campaign_create(
                 &a,
                 &shared.keys,
                 &NewCampaign {
@@ -1018,7 +1020,7 @@ fn campaign_cmd(shared: &Shared, cmd: CampaignCmd) -> anyhow::Result<()> {
                 format!(
                     "campaign {}\n  duplicate key kept in {}",
                     c.campaign,
-                    client::key_path(&shared.keys, &c.campaign).display()
+                    organizer_cli::key_path(&shared.keys, &c.campaign).display()
                 )
             });
         }
@@ -1196,9 +1198,7 @@ fn effective_config(shared: &Shared) -> anyhow::Result<String> {
             .unwrap_or_default(),
         None => toml::Table::new(),
     };
-    if let Some(url) = &cfg.public_url {
-        cfg.public_url = Some(redact_url(url));
-    }
+    let cfg = cfg.redacted();
     let source = |key: &str| -> Option<String> {
         if key == "data" && data_flag.is_some() {
             return Some("--data".into());
@@ -1250,18 +1250,6 @@ fn effective_config(shared: &Shared) -> anyhow::Result<String> {
         out.push_str(&format!("# {line}\n"));
     }
     Ok(out)
-}
-
-/// `scheme://user:password@host/...` with the user and password replaced.
-fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let host_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..host_end].rfind('@') {
-        Some(at) => format!("{scheme}://<redacted>@{}", &rest[at + 1..]),
-        None => url.to_string(),
-    }
 }
 
 async fn shutdown_signal() {

@@ -409,7 +409,7 @@ impl Conn {
 
 /// Runs `f` on one of the sync [`Workers`] (lower priority than the API, a bounded number at
 /// once), so the API (totals, authentication) never queues behind a reconnect wave.
-async fn blocking<R: Send + 'static>(
+async fn on_sync_workers<R: Send + 'static>(
     conn: &mut Option<Conn>,
     workers: &Workers,
     f: impl FnOnce(&mut Conn) -> R + Send + 'static,
@@ -564,7 +564,7 @@ pub async fn run(
                     }
                     Some(Ok(WsMessage::Binary(bytes))) => {
                         metrics.frame(Direction::In);
-                        blocking(&mut conn, &workers, move |c| c.on_frame(&bytes)).await.into_iter().map(Step::from).collect()
+                        on_sync_workers(&mut conn, &workers, move |c| c.on_frame(&bytes)).await.into_iter().map(Step::from).collect()
                     }
                     Some(Ok(WsMessage::Text(_))) => {
                         let frame = conn.as_ref().map(|c| c.session.error_frame("text frames are not part of the protocol: send CBOR messages as binary frames")).unwrap_or_default();
@@ -584,7 +584,7 @@ pub async fn run(
                         docs.push(d);
                     }
                 }
-                blocking(&mut conn, &workers, move |c| {
+                on_sync_workers(&mut conn, &workers, move |c| {
                     docs.into_iter().flat_map(|d| c.on_doc_changed(d)).collect::<Vec<_>>()
                 })
                 .await
@@ -633,7 +633,7 @@ pub async fn run(
         None => WsMessage::Close(None),
     };
     let _ = tokio::time::timeout(send_timeout, sink.send(farewell)).await;
-    blocking(&mut conn, &workers, |c| c.close()).await;
+    on_sync_workers(&mut conn, &workers, |c| c.close()).await;
     tracing::info!(device = %device_id, %reason, "sync connection closed");
 }
 

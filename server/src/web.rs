@@ -198,7 +198,7 @@ pub(crate) async fn fallback(method: Method, uri: Uri, headers: HeaderMap) -> Re
 /// throwaway age identity is made here, the token is sealed to it and left with the server
 /// (`POST /api/v1/signin-links`), and the link carries the identity in its fragment, which the
 /// browser never sends (see `api::signin`). Returns the link and when it stops working.
-pub fn signin_link(api: &crate::client::Api) -> anyhow::Result<(String, i64)> {
+pub fn signin_link(api: &crate::organizer_cli::Api) -> anyhow::Result<(String, i64)> {
     use std::io::Write as _;
 
     use age::secrecy::ExposeSecret as _;

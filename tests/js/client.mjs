@@ -1,6 +1,6 @@
 // A tally device built on the real JavaScript automerge-repo client (npm
 // `@automerge/automerge-repo` and `@automerge/automerge-repo-network-websocket`, 2.5.x), driven by
-// tests/tests/interop_js.rs.
+// tests/e2e/interop_js.rs.
 //
 //   node client.mjs WS_URL read AUTOMERGE_URL
 //       finds the document by its URL, waits until it is ready, prints its JSON on stdout.

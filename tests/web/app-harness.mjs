@@ -6,7 +6,8 @@
 //   is the phone's way to the server (the server's public_url, so the invite's link names it);
 // - `Proxy`: can hold back what the server sends on sync connections once the phone has sent
 //   more than `holdAfter` bytes on one: the server then has the phone's changes, and the phone
-//   never hears that it has;
+//   never hears that it has; and can answer requests whose first line matches `refuse` with a
+//   503 itself (the server never sees them: e.g. the phone's record keys, PUT /api/v1/keys);
 // - `Shots`: screenshots of a phone-sized viewport, numbered, under $TALLY_WEB_OUT/screens;
 // - `PHONE`: the browser context of a small touch screen.
 
@@ -37,6 +38,9 @@ export class Proxy {
     this.target = 0;
     this.holdAfter = Infinity;
     this.held = 0;
+    /** Requests whose first line matches are answered 503 by the proxy; `refused` counts them. */
+    this.refuse = null;
+    this.refused = 0;
     this.sockets = new Set();
   }
 
@@ -57,6 +61,13 @@ export class Proxy {
     let sent = 0;
     client.on('data', (d) => {
       if (sent === 0 && d.toString('latin1', 0, 10).startsWith('GET /sync')) sync = true;
+      if (!sync && this.refuse?.test(d.toString('latin1', 0, 200))) {
+        this.refused += 1;
+        const body = '{"error":"refused by the test proxy"}';
+        client.end(`HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`);
+        upstream.destroy();
+        return;
+      }
       sent += d.length;
       upstream.write(d);
     });

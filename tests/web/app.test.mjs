@@ -8,7 +8,8 @@
 //   3. offline: 6 signatures (two of one person, spelled differently), a refused form naming its
 //      field, 2 check-ins (one a walk-in); the pending count says 8
 //   4. the page closed and opened again, offline: all 8 are there
-//   5. online: it syncs by itself, the pending count reaches 0
+//   5. online: it syncs by itself, the pending count reaches 0; the server's key table holds
+//      each signature's record key (sealed v2, issue 15), and the phone no longer does
 //   6. the organizer API's totals are exact (6 signatures, 5 unique signers, 2 check-ins), and
 //      `tally export` opens every name the phone took
 //   7. after sync, IndexedDB holds no signer's name, email or phone in the clear
@@ -19,6 +20,11 @@
 //  10. the server killed during a sync: nothing is lost, the app syncs once it is back
 //  11. a revoked phone says so (a browser cannot see the 401: it asks /api/v1/me), keeps what
 //      it takes, and enrolls again from a new invite's link: what waited moves and counts
+//  11b. a signature whose change the server acknowledged but whose key it does not hold (the
+//      key upload refused) stays "not yet safe", and becomes safe once its key is stored
+//  11c. a record an organizer erased before its key reached the server: the server refuses the
+//      key ("erased"), the phone counts the record done (safe, shown erased), and no later sync
+//      brings the key back
 //  12. nothing came from another origin; no script error or CSP violation; the service worker's
 //      scope is /app/
 //  13. the screens in French
@@ -89,6 +95,26 @@ const ATTENDEES = [
   { name: 'Sam Lee', walkIn: false },
   { name: 'Priya Natarajan', walkIn: true },
 ];
+
+/** The campaign's record keys on the server (the organizer's endpoint, every page): record id -> devices. */
+async function serverKeys() {
+  const out = new Map();
+  let after = null;
+  for (;;) {
+    const page = await world.api(`/api/v1/campaigns/${campaign}/keys?limit=1000${after ? `&after=${after}` : ''}`);
+    for (const k of page.keys) out.set(k.record, [...(out.get(k.record) ?? []), k.device]);
+    if (!page.next || page.keys.length === 0) return out;
+    after = page.next;
+  }
+}
+
+/** The phone's receipts (IndexedDB), as stored. */
+async function receiptsInDb() {
+  return page.evaluate(async () => {
+    const db = await new Promise((ok) => (indexedDB.open('tally-phone').onsuccess = (e) => ok(e.target.result)));
+    return new Promise((ok) => (db.transaction('receipts').objectStore('receipts').getAll().onsuccess = (e) => ok(e.target.result.map((r) => ({ ...r, wrapped: r.wrapped ? r.wrapped.length : undefined, record: r.record ? { id: r.record.id, sealed: Array.from(r.record.sealed?.slice?.(0, 12) ?? []) } : undefined })))));
+  });
+}
 
 async function pending() {
   return Number(await page.locator('#pending').getAttribute('data-pending'));
@@ -238,6 +264,13 @@ step('3. offline: 6 signatures, a refused form, 2 check-ins; 8 not yet safe', as
   for (const s of SIGNERS) await sign(s);
   for (const [i, a] of ATTENDEES.entries()) await checkin(a, i === 1 ? 'checkin' : undefined);
   await waitPending(8);
+  // Sealed v2: each signature's copy starts "tally-seal-2", and its wrapped key waits on the phone.
+  const taken = (await receiptsInDb()).filter((r) => r.kind === 'signature');
+  assert.equal(taken.length, 6);
+  for (const r of taken) {
+    assert.equal(String.fromCharCode(...r.record.sealed), 'tally-seal-2', 'sealed v2');
+    assert.ok(r.wrapped > 32, 'the wrapped key is kept until the server has it');
+  }
   assert.match(await page.locator('#pending').innerText(), /8 not yet safe on the server\n6 signatures, 2 check-ins only on this phone/);
   await shots.take(page, 'home-pending');
   const measures = await page.evaluate(() => performance.getEntriesByName('tally-sign').map((m) => m.duration));
@@ -264,6 +297,17 @@ step('5. online again: the app syncs by itself, nothing pending', async () => {
   await context.setOffline(false);
   await waitPending(0);
   figures.sync_8_records_after_online_ms = Date.now() - started;
+  // Both arrived: each signature's key is in the server's key table, uploaded by this phone; the
+  // phone dropped its copy.
+  const receipts = await receiptsInDb();
+  const keys = await serverKeys();
+  const mine = receipts.filter((r) => r.kind === 'signature');
+  for (const r of mine) {
+    assert.deepEqual(keys.get(r.record_id)?.length, 1, `the key of ${r.record_id} is on the server`);
+    assert.equal(r.state, 'safe');
+    assert.equal(r.wrapped, undefined, 'the phone dropped the key once safe');
+  }
+  assert.ok(receipts.filter((r) => r.kind === 'checkin').every((r) => !keys.has(r.record_id)), 'a check-in has no key');
   await page.locator('#link[data-link="connected"]').waitFor();
   await shots.take(page, 'home-synced');
   await page.locator('#go-records').click();
@@ -461,6 +505,78 @@ step('11. a revoked phone says so, keeps what it takes, and enrolls again with a
   assert.equal(after.enrollment.refused_at, undefined);
   assert.deepEqual(after.chain.map((l) => l.state), ['refused', 'retired', 'current'], JSON.stringify(after.chain));
   assert.equal(after.chain[2].owner, after.enrollment.device_id);
+});
+
+step('11b. a record whose key the server does not hold yet is not safe, until it does', async () => {
+  world.proxy.refuse = /^PUT \/api\/v1\/keys /;
+  let recordId;
+  try {
+    await sign({ name: 'Key Later', postal_code: 'M6H 1A1', city: 'Toronto' });
+    // The server acknowledges the change (it counts the signature), but the key was refused.
+    await until('24 signatures', async () => (await world.api(`/api/v1/campaigns/${campaign}/totals`)).signatures === 24);
+    await page.locator('#go-records').click();
+    const item = page.locator('#records-pending li[data-state=unkeyed]', { hasText: 'Key Later' });
+    await item.waitFor({ timeout: 20_000 });
+    assert.match(await item.innerText(), /its key \(which lets organizers open it\) is not yet/);
+    recordId = await item.getAttribute('data-record');
+    await shots.take(page, 'records-key-waiting');
+    await home();
+    assert.equal(await pending(), 1, 'not safe without its key');
+    assert.match(await page.locator('#pending').innerText(), /1 of them reached the server, but not yet the key/);
+    const receipt = (await receiptsInDb()).find((r) => r.record_id === recordId);
+    assert.equal(receipt.state, 'unkeyed');
+    assert.ok(receipt.wrapped > 32, 'the key is kept');
+    assert.ok(!(await serverKeys()).has(recordId));
+    assert.ok(world.proxy.refused > 0, 'the proxy refused the key upload');
+  } finally {
+    world.proxy.refuse = null;
+  }
+  // The upload is tried again (here at once, with the sync button): safe, its key on the server.
+  await page.locator('#sync-now').click();
+  await waitPending(0);
+  const receipt = (await receiptsInDb()).find((r) => r.record_id === recordId);
+  assert.equal(receipt.state, 'safe');
+  assert.equal(receipt.wrapped, undefined, 'the phone dropped the key');
+  assert.deepEqual((await serverKeys()).get(recordId)?.length, 1, 'its key is on the server now');
+});
+
+step('11c. a record erased before its key reached the server: the key is refused as erased, the record is done', async () => {
+  world.proxy.refuse = /^PUT \/api\/v1\/keys /;
+  let recordId;
+  try {
+    await sign({ name: 'Erase Me', postal_code: 'M6H 1A2', city: 'Toronto' });
+    await until('25 signatures', async () => (await world.api(`/api/v1/campaigns/${campaign}/totals`)).signatures === 25);
+    recordId = (await receiptsInDb()).find((r) => r.display?.name === 'Erase Me')?.record_id;
+    assert.ok(recordId);
+    await until('the record acknowledged, its key refused', async () => (await receiptsInDb()).find((r) => r.record_id === recordId)?.state === 'unkeyed');
+    // The signer asks to be erased (the organizer's erase endpoint, by record id).
+    const [st, erased] = await world.server.api('POST', `/api/v1/campaigns/${campaign}/erase`, world.server.adminToken, { records: [recordId] });
+    assert.equal(st, 200, JSON.stringify(erased));
+    assert.deepEqual(erased.erased, [recordId]);
+    assert.equal(erased.keys_deleted, 0, 'no key was there');
+    assert.deepEqual(erased.v1, [], 'sealed v2: erasable');
+  } finally {
+    world.proxy.refuse = null;
+  }
+  await page.locator('#sync-now').click();
+  await waitPending(0);
+  const receipt = (await receiptsInDb()).find((r) => r.record_id === recordId);
+  assert.equal(receipt.state, 'safe');
+  assert.equal(receipt.erased, true);
+  assert.equal(receipt.wrapped, undefined, 'the phone dropped the key');
+  assert.ok(!(await serverKeys()).has(recordId), 'the key never came back');
+  const totals = await until('the erased signature no longer counted', async () => {
+    const t = await world.api(`/api/v1/campaigns/${campaign}/totals`);
+    return t.signatures === 24 ? t : undefined;
+  });
+  assert.equal(totals.signatures, 24);
+  await page.locator('#go-records').click();
+  await page.locator(`#records-safe li[data-record="${recordId}"]`, { hasText: 'Erased by an organizer' }).waitFor();
+  await home();
+  // Syncing again brings nothing back.
+  await page.locator('#sync-now').click();
+  await page.locator('#link[data-link="connected"]').waitFor();
+  assert.ok(!(await serverKeys()).has(recordId));
 });
 
 step('12. nothing from another origin, no script error, no CSP violation', async () => {

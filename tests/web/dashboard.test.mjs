@@ -9,6 +9,7 @@
 // auto-waiting locators), with a deadline.
 
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -514,6 +515,209 @@ describe('the organizers dashboard in a real browser', { concurrency: false }, (
     const leaked = requests.filter((r) => r.url.includes('AGE-SECRET') || r.body.includes('AGE-SECRET') || r.body.includes(secret) || Object.values(r.headers).some((h) => h.includes('AGE-SECRET')));
     assert.deepEqual(leaked, [], 'the identity was never sent');
     writeOut('network-log.json', JSON.stringify(requests.map(({ url, method, body, page: p }) => ({ page: p, method, url, body: body.slice(0, 200) })), null, 1));
+  });
+
+  it('exports sealed v2 with keys from the server, v1 as before, an erased record as erased and a key the server lacks as "key missing"; a hostile junk key changes nothing', async () => {
+    const web = join(import.meta.dirname, '../../web');
+    const js = join(import.meta.dirname, '../js');
+    const canvasser = async (name) => {
+      const [st, inv] = await server.api('POST', '/api/v1/invites', server.adminToken, { campaign, role: 'canvasser' });
+      assert.equal(st, 200, JSON.stringify(inv));
+      const res = await fetch(`${server.url}/api/v1/enroll`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ code: inv.code, name }) });
+      assert.equal(res.status, 200);
+      return res.json();
+    };
+    // A collection of one record, written by node apart from any of our clients and pushed by the
+    // JavaScript automerge-repo client; its wrapped key (v2) is returned, not uploaded.
+    const push = (device, format, id, name, postal) => {
+      const out = JSON.parse(execFileSync('node', ['test/fixtures/collection.mjs', format, campaign, device.device_id, recipient, id, name, postal, 'Toronto'], { cwd: web, encoding: 'utf8' }));
+      execFileSync('node', ['client.mjs', `ws://${server.listen}/sync?token=${encodeURIComponent(device.token)}`, 'push-collection', out.doc], { cwd: js, encoding: 'utf8' });
+      return out.wrapped;
+    };
+    const putKeys = async (device, keys) => {
+      const res = await fetch(`${server.url}/api/v1/keys`, { method: 'PUT', headers: { Authorization: `Bearer ${device.token}`, 'Content-Type': 'application/json' }, body: JSON.stringify({ keys }) });
+      assert.equal(res.status, 200);
+      return (await res.json()).results;
+    };
+    const exportCsv = async (name) => {
+      await nav(page, 'export');
+      await page.locator('#x-identity').setInputFiles(identityFile);
+      await page.locator('#x-all').check();
+      const download = page.waitForEvent('download');
+      await page.locator('#export-form button[type=submit]').click();
+      const file = join(dir, `${name}.csv`);
+      await (await download).saveAs(file);
+      await page.locator('#x-done').waitFor();
+      const cli = join(dir, `${name}-cli.csv`);
+      await tally(server, org, ['export', '--campaign', campaign, '--identity', identityFile, '--out', cli, '--all']);
+      const got = readFileSync(file, 'utf8');
+      assert.equal(got, readFileSync(cli, 'utf8'), "the page's CSV equals tally export's");
+      return got.trim().split('\n').slice(1).map((l) => l.split(','));
+    };
+    const row = (rows, id) => rows.find((r) => r[0] === id);
+    const NAME = 10;
+
+    // The phones' own records are v2, their keys on the server.
+    const [, sealed] = await server.api('GET', `/api/v1/campaigns/${campaign}/sealed`, server.adminToken);
+    const aminas = sealed.filter((r) => r.collected_by !== undefined && Buffer.from(r.sealed.slice(0, 24), 'hex').toString('latin1') === 'tally-seal-2');
+    assert.ok(aminas.length >= 2, 'the phones sealed v2');
+
+    const vera = await canvasser("Vera's old phone");
+    const mallory = await canvasser("Mallory's phone");
+    const v1 = `v1${Date.now().toString(16)}`;
+    const late = `late${Date.now().toString(16)}`;
+    push(vera, 'v1', v1, 'Vera Oldformat', 'M4C1B5');
+    const lateKey = push(vera, 'v2', late, 'Lena Latekey', 'M4C1B6');
+    // A hostile device uploads junk (a key that unwraps, but is not the record's) under Vera's
+    // record id before her phone does.
+    const junk = execFileSync('node', ['-e', `import('age-encryption').then(async ({Encrypter}) => { const e = new Encrypter(); e.addRecipient(${JSON.stringify(recipient)}); process.stdout.write(Buffer.from(await e.encrypt(crypto.getRandomValues(new Uint8Array(32)))).toString('base64')); })`], { cwd: web, encoding: 'utf8' });
+    const [junkResult] = await putKeys(mallory, [{ record: late, wrapped: junk }]);
+    assert.equal(junkResult.record, late);
+
+    // Erase from the review page: one record by its id (picked in the list), after a confirmation.
+    // Amara signed twice (two spellings): the one group of two.
+    const groups = new Map();
+    for (const r of sealed) groups.set(r.duplicate_group, [...(groups.get(r.duplicate_group) ?? []), r]);
+    const pairs = [...groups.values()].filter((g) => g.length === 2);
+    assert.equal(pairs.length, 1, 'one signer signed twice');
+    const amaras = pairs[0].map((r) => r.id).sort();
+    const victim = aminas.find((r) => !amaras.includes(r.id)).id;
+    await nav(page, 'review');
+    await page.locator('#show-signatures').click();
+    await page.locator(`#signature-list button[data-erase="${victim}"]`).click();
+    assert.equal(await page.locator('#e-records').inputValue(), victim);
+    await page.locator('#erase-form button[type=submit]').click();
+    await page.locator('#erase-dialog').waitFor();
+    await assertLabelled(page, 'the erase dialog');
+    await page.locator('#cancel-erase').click();
+    await page.locator('#erase-dialog').waitFor({ state: 'detached' });
+    assert.equal((await server.api('GET', `/api/v1/campaigns/${campaign}/sealed`, server.adminToken))[1].find((r) => r.id === victim).erased, false, 'cancelled: nothing erased');
+    await page.locator('#erase-form button[type=submit]').click();
+    await page.locator('#confirm-erase').click();
+    await page.locator('#erase-done', { hasText: '1 signature(s) erased; 1 key(s) deleted' }).waitFor();
+    assert.equal(await page.locator('#erase-done').getAttribute('data-erased'), victim);
+    // And one person by name and postal code, spelled otherwise: the token is computed in the
+    // browser (the name is never sent), and every signature of theirs goes, no other.
+    await page.locator('#e-name').fill('  AMARA okafor ');
+    await page.locator('#e-postal').fill('m5v-2t6');
+    const before = requests.length;
+    await page.locator('#erase-form button[type=submit]').click();
+    await page.locator('#confirm-erase').click();
+    await page.locator('#erase-done', { hasText: '2 signature(s) erased' }).waitFor();
+    assert.deepEqual((await page.locator('#erase-done').getAttribute('data-erased')).split(' ').sort(), amaras);
+    const sent = requests.slice(before);
+    assert.ok(sent.some((r) => r.url.endsWith('/erase') && /"duplicate_token":"[0-9a-f]{64}"/.test(r.body)));
+    assert.ok(sent.every((r) => !/amara|okafor|m5v/i.test(r.url + r.body)), 'the name and postal code never left the browser');
+    await page.locator('#signature-list tr', { hasText: victim }).filter({ hasText: 'erased' }).waitFor();
+    assert.equal(await page.locator(`#signature-list button[data-erase="${victim}"]`).count(), 0, 'an erased record offers nothing more');
+    await assertLabelled(page, 'review with erasure');
+    await shot(page, '12a-erase');
+    const [, afterErase] = await server.api('GET', `/api/v1/campaigns/${campaign}/sealed`, server.adminToken);
+    assert.deepEqual(afterErase.filter((r) => r.erased).map((r) => r.id).sort(), [...amaras, victim].sort(), 'those three and no other');
+    assert.ok(afterErase.filter((r) => r.erased).every((r) => r.sealed === '' && !r.counted));
+    await until('the v1 and v2 records on the server', async () => {
+      const [, all] = await server.api('GET', `/api/v1/campaigns/${campaign}/sealed`, server.adminToken);
+      return all.some((r) => r.id === v1) && all.some((r) => r.id === late);
+    });
+
+    let rows = await exportCsv('v2-before-key');
+    assert.equal(row(rows, v1)?.[NAME], 'Vera Oldformat', 'a v1 record still opens');
+    for (const id of [victim, ...amaras]) assert.equal(row(rows, id)?.[NAME], 'erased');
+    assert.equal(row(rows, late)?.[NAME], 'key missing', "the junk key does not open it, and the export goes on");
+    assert.equal(Number(await page.locator('#x-erased').getAttribute('data-n')), 3);
+    assert.equal(Number(await page.locator('#x-key-missing').getAttribute('data-n')), 1);
+    for (const r of aminas.filter((x) => x.id !== victim && !amaras.includes(x.id))) {
+      assert.ok(row(rows, r.id)?.[NAME] && !['erased', 'key missing'].includes(row(rows, r.id)[NAME]), 'the other v2 records open');
+    }
+    await shot(page, '12a-export-erased');
+
+    // Vera's phone uploads the right key: the record opens, the junk beside it notwithstanding.
+    const [stored] = await putKeys(vera, [{ record: late, wrapped: lateKey }]);
+    assert.equal(stored.status, 'stored', JSON.stringify(stored));
+    rows = await exportCsv('v2-after-key');
+    assert.equal(row(rows, late)?.[NAME], 'Lena Latekey');
+    assert.equal(await page.locator('#x-key-missing').count(), 0);
+    // An erased record's key cannot come back.
+    const [again] = await putKeys(mallory, [{ record: victim, wrapped: junk }]);
+    assert.equal(again.status, 'refused');
+    assert.equal(again.reason, 'erased');
+  });
+
+  it('shows the audit log with its filters, and whether its chain of hashes verifies (a row edited in the database is named)', async () => {
+    // The cells of each row of the page's audit table: seq, when, actor, action, campaign, ...
+    const rows = async (p) =>
+      p.locator('#audit-list tbody tr').evaluateAll((trs) => trs.map((tr) => [...tr.children].map((c) => c.textContent)));
+    // The form disables its button until the entries are drawn.
+    const show = async (p) => {
+      await p.locator('#audit-form button[type=submit]').click();
+      await p.locator('#audit-form button[type=submit]:not([disabled])').waitFor();
+    };
+    await page.locator('nav a[href="#/audit"]').click();
+    await page.locator('#audit-list').waitFor();
+    await page.locator('#audit-verify[data-ok=true]').waitFor();
+    const [, all] = await server.api('GET', '/api/v1/audit', server.adminToken);
+    assert.match(await page.locator('#audit-verify').textContent(), new RegExp(`The chain verifies: ${all.length} entries`));
+    const shown = await rows(page);
+    assert.equal(shown.length, all.length, 'every entry is shown');
+    assert.deepEqual(shown.map((r) => Number(r[0])), all.map((e) => e.seq).reverse(), 'newest first');
+    for (const a of ['campaign.create', 'event.add', 'invite.create', 'device.enroll', 'review.strike', 'export.sealed']) {
+      assert.ok(shown.some((r) => r[3] === a), `an ${a} entry is shown`);
+    }
+    const text = await page.locator('main').textContent();
+    for (const secret of [server.adminToken, organizerToken, 'Amara Okafor']) assert.ok(!text.includes(secret), 'no token or signer on the audit page');
+    await assertLabelled(page, 'audit');
+    await shot(page, '12b-audit');
+
+    // The filters: an action, an actor, a time.
+    await page.locator('#a-action').selectOption('export.sealed');
+    await show(page);
+    const exports = all.filter((e) => e.action === 'export.sealed');
+    await until('the export entries only', async () => (await rows(page)).length === exports.length);
+    assert.ok(exports.length >= 4, 'two exports on the page, two by tally export');
+    assert.ok((await rows(page)).every((r) => r[3] === 'export.sealed'));
+    await page.locator('#a-action').selectOption('');
+    await page.locator('#a-actor').fill(organizerDevice);
+    await show(page);
+    const noor = all.filter((e) => e.actor_id === organizerDevice);
+    assert.ok(noor.length >= 1, 'the organizer enrolled');
+    await until("the organizer's entries only", async () => (await rows(page)).length === noor.length);
+    assert.ok((await rows(page)).every((r) => r[2].includes(organizerDevice) && r[2].includes("Noor's laptop")));
+    await page.locator('#a-actor').fill('');
+    await page.locator('#a-from').fill('2099-01-01T00:00');
+    await show(page);
+    await page.locator('#audit-empty').waitFor();
+    await page.locator('#a-from').fill('');
+    await page.locator('#a-to').fill('2020-01-01T00:00');
+    await show(page);
+    await page.locator('#audit-empty').waitFor();
+    await page.locator('#a-to').fill('');
+
+    // An organizer reads their campaign's entries only, and cannot verify the chain.
+    await orgPage.locator('nav a[href="#/audit"]').click();
+    await orgPage.locator('#audit-list').waitFor();
+    const [, mine] = await server.api('GET', '/api/v1/audit', organizerToken);
+    assert.ok(mine.length >= 1 && mine.length < all.length);
+    const orgRows = await rows(orgPage);
+    assert.equal(orgRows.length, mine.length);
+    assert.ok(orgRows.every((r) => r[4] === campaign), "the organizer's page shows their campaign's entries only");
+    assert.equal(await orgPage.locator('#a-campaign').count(), 0, 'no campaign filter for an organizer');
+    await orgPage.locator('#audit-verify', { hasText: 'Only the admin token checks the chain' }).waitFor();
+
+    // One row edited in the database: the page says the chain is broken, and where.
+    const victim = exports[0];
+    const db = join(server.data, 'tally.db');
+    const sql = (q) => execFileSync('python3', ['-c', 'import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit()', db, q]);
+    sql(`UPDATE audit SET target = 'tampered' WHERE seq = ${victim.seq}`);
+    try {
+      await page.reload();
+      await page.locator('#audit-verify[data-ok=false]').waitFor();
+      assert.match(await page.locator('#audit-verify').textContent(), new RegExp(`The chain is broken at entry #${victim.seq}: `));
+      await shot(page, '12c-audit-broken');
+    } finally {
+      sql(`UPDATE audit SET target = '${victim.target.replaceAll("'", "''")}' WHERE seq = ${victim.seq}`);
+    }
+    await page.reload();
+    await page.locator('#audit-verify[data-ok=true]').waitFor();
   });
 
   it('a revoked token gets a clear message over the page, and what was typed stays', async () => {

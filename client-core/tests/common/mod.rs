@@ -37,7 +37,7 @@ pub fn response(device_id: &str) -> EnrollResponse {
     EnrollResponse {
         device_id: device_id.into(),
         token: "tly_test_token".into(),
-        role: "canvasser".into(),
+        role: tally_core::validate::Role::Canvasser,
         campaign: CAMPAIGN.into(),
         campaign_url: campaign_doc_id().to_url(),
         totals_url: totals_doc_id().to_url(),

@@ -13,7 +13,7 @@ use crate::campaign::Campaign;
 use crate::doc::{self, DocHeader, DocKind, Fields, WriteError};
 use crate::fields::{MAX_SEALED, check_clear_text, check_fsa, check_id, check_time, fsa_of};
 pub use crate::form::CheckedForm;
-use crate::seal::{self, DuplicateKey, PersonalFields, is_token};
+use crate::seal::{self, DuplicateKey, PersonalFields, RecordKey, is_token};
 use crate::validate::{Rejection, Rule};
 
 /// Container of signatures.
@@ -200,11 +200,11 @@ impl Signature {
                 format!("at most {MAX_SEALED} bytes, got {}", self.sealed.len()),
             ));
         }
-        if !self.sealed.starts_with(AGE_MAGIC) {
+        if seal::version(&self.sealed).is_none() {
             return Err(Rejection::new(
                 f("sealed"),
                 Rule::Malformed,
-                "personal fields must be sealed with age (the blob is not an age file)",
+                "personal fields must be sealed: tally-seal-2 (AES-256-GCM under the record's own key) or an age file",
             ));
         }
         Ok(())
@@ -348,16 +348,44 @@ impl CheckedForm {
     /// Builds the signature record of a checked form: seals the personal fields to the
     /// campaign's recipients and computes the duplicate token; the record is checked with the
     /// rules the server runs.
+    ///
+    /// This writes format v1 (age straight to the recipients), which cannot be erased: phones
+    /// use [`CheckedForm::seal_shreddable`]. Kept for fixtures and for reading old documents'
+    /// rules.
     pub fn seal(&self, by: &TakenBy<'_>) -> Result<Signature, FormError> {
-        let fields = PersonalFields {
+        let sealed = seal::seal(&by.campaign.recipients, &self.personal())
+            .map_err(|e| form_err("recipients", e.to_string()))?;
+        self.record(by, sealed)
+    }
+
+    /// Builds the signature record of a checked form in format v2: the personal fields are
+    /// encrypted under a new [`RecordKey`] of their own, and that key is wrapped to the
+    /// campaign's recipients. The record goes into the collection document; the wrapped key
+    /// never does (the phone uploads it to the server's key table, docs/clients.md).
+    pub fn seal_shreddable(&self, by: &TakenBy<'_>) -> Result<Shreddable, FormError> {
+        let key = RecordKey::generate();
+        let wrapped_key = key
+            .wrap(&by.campaign.recipients)
+            .map_err(|e| form_err("recipients", e.to_string()))?;
+        let sealed = seal::seal_v2(&key, &by.id, &self.personal())
+            .map_err(|e| form_err("record", e.to_string()))?;
+        Ok(Shreddable {
+            signature: self.record(by, sealed)?,
+            wrapped_key,
+        })
+    }
+
+    fn personal(&self) -> PersonalFields {
+        PersonalFields {
             name: self.name.clone(),
             email: self.email.clone(),
             phone: self.phone.clone(),
             street: self.street.clone(),
             postal_code: self.postal_code.clone(),
-        };
-        let sealed = seal::seal(&by.campaign.recipients, &fields)
-            .map_err(|e| form_err("recipients", e.to_string()))?;
+        }
+    }
+
+    fn record(&self, by: &TakenBy<'_>, sealed: Vec<u8>) -> Result<Signature, FormError> {
         let sig = Signature {
             id: by.id.clone(),
             campaign: by.campaign.id.clone(),
@@ -376,6 +404,16 @@ impl CheckedForm {
             .map_err(|r| form_err("record", r.to_string()))?;
         Ok(sig)
     }
+}
+
+/// A v2 signature and its record key wrapped to the campaign's recipients
+/// ([`CheckedForm::seal_shreddable`]).
+#[derive(Debug, Clone)]
+pub struct Shreddable {
+    /// The record, its personal fields sealed v2.
+    pub signature: Signature,
+    /// Its record key sealed with age to every recipient: kept outside every document.
+    pub wrapped_key: Vec<u8>,
 }
 
 /// A new random record id (24 hex digits).

@@ -30,6 +30,10 @@ pub enum StrikeReason {
     WithdrawnConsent,
     /// A test entry.
     TestEntry,
+    /// Erased at the signer's request: the record's key was deleted from the server's key
+    /// table (docs/security.md, "Erasure"); it never counts again. Final: an erased strike is
+    /// never revoked or changed.
+    Erased,
 }
 
 impl StrikeReason {
@@ -40,6 +44,7 @@ impl StrikeReason {
             StrikeReason::Invalid => "invalid",
             StrikeReason::WithdrawnConsent => "withdrawn_consent",
             StrikeReason::TestEntry => "test_entry",
+            StrikeReason::Erased => "erased",
         }
     }
 
@@ -50,6 +55,7 @@ impl StrikeReason {
             "invalid" => StrikeReason::Invalid,
             "withdrawn_consent" => StrikeReason::WithdrawnConsent,
             "test_entry" => StrikeReason::TestEntry,
+            "erased" => StrikeReason::Erased,
             _ => return None,
         })
     }
@@ -133,6 +139,13 @@ impl Strike {
         let p = format!("{STRIKES}/{}", self.signature);
         check_id(&format!("{p}/signature"), &self.signature)?;
         check_id(&format!("{p}/by"), &self.by)?;
+        if self.reason == StrikeReason::Erased && self.revoked {
+            return Err(Rejection::new(
+                format!("{p}/revoked"),
+                Rule::Immutable,
+                "an erasure is final: its record's key is gone, it cannot count again",
+            ));
+        }
         check_time(&format!("{p}/at"), self.at)
     }
 }
@@ -216,7 +229,7 @@ pub(crate) fn strike_from(r: Fields, key: &str) -> Result<Strike, Rejection> {
     r.only(STRIKE_FIELDS)?;
     let reason_s = r.required("reason", r.str("reason")?)?;
     let reason = StrikeReason::parse(&reason_s).ok_or_else(|| {
-        Rejection::new(r.path("reason"), Rule::Malformed, format!("{reason_s:?} is not a strike reason: duplicate, invalid, withdrawn_consent or test_entry"))
+        Rejection::new(r.path("reason"), Rule::Malformed, format!("{reason_s:?} is not a strike reason: duplicate, invalid, withdrawn_consent, test_entry or erased"))
     })?;
     let s = Strike {
         signature: r.required("signature", r.str("signature")?)?,

@@ -3,6 +3,14 @@
 //! duplicate token is an HMAC-SHA256, under a campaign key the server never sees, of the
 //! normalized name and postal code, so two canvassers signing up the same person produce the
 //! same token while the server learns nothing it could reverse.
+//!
+//! Two sealed formats exist. **v1** (today's documents written before erasure existed): the
+//! personal fields sealed with age straight to the recipients; it lives in the collection
+//! document's history for ever, so it cannot be erased. **v2** (`tally-seal-2`): the fields are
+//! encrypted with AES-256-GCM under a [`RecordKey`] of their own, and only that key is sealed
+//! with age ([`RecordKey::wrap`]); the wrapped key is kept outside every document (the server's
+//! key table), so deleting it erases the record for good (crypto-shredding,
+//! docs/security.md "Erasure").
 
 use std::io::{Read, Write};
 
@@ -56,10 +64,160 @@ pub enum SealError {
     /// An identity file could not be parsed.
     #[error("not an age identity (AGE-SECRET-KEY-1...): {0}")]
     BadIdentity(String),
+    /// A v2 blob did not open with this record key (another record's key, a squatter's, or
+    /// damaged bytes: AES-GCM's tag tells them apart from the right key).
+    #[error(
+        "this record key does not open the sealed details (the key of another record, or damaged bytes)"
+    )]
+    WrongKey,
 }
 
-/// Seals personal fields to all recipients.
+/// The first 12 bytes of a v2 sealed blob.
+pub const SEAL2_MAGIC: &[u8; 12] = b"tally-seal-2";
+/// The AES-GCM nonce's length in a v2 blob.
+pub const SEAL2_NONCE_LEN: usize = 12;
+/// The AES-GCM tag's length.
+pub const SEAL2_TAG_LEN: usize = 16;
+/// The shortest v2 blob: magic, nonce and tag around an empty plaintext.
+pub const SEAL2_MIN_LEN: usize = SEAL2_MAGIC.len() + SEAL2_NONCE_LEN + SEAL2_TAG_LEN;
+
+/// Which sealed format a blob is in: `Some(1)` (age), `Some(2)` (`tally-seal-2`), or `None`.
+pub fn version(sealed: &[u8]) -> Option<u8> {
+    if sealed.starts_with(crate::collection::AGE_MAGIC) {
+        Some(1)
+    } else if sealed.starts_with(SEAL2_MAGIC) && sealed.len() >= SEAL2_MIN_LEN {
+        Some(2)
+    } else {
+        None
+    }
+}
+
+/// One signature's own key (32 random bytes, AES-256-GCM): it encrypts that record's personal
+/// fields (v2), and is kept only wrapped to the organizers' recipients, outside every document.
+/// Its Debug output is redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RecordKey([u8; 32]);
+
+impl std::fmt::Debug for RecordKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecordKey(<redacted>)")
+    }
+}
+
+impl RecordKey {
+    /// A new random key.
+    pub fn generate() -> Self {
+        use rand::RngCore;
+        let mut k = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut k);
+        RecordKey(k)
+    }
+
+    /// From raw bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        RecordKey(bytes)
+    }
+
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The key sealed with age (binary, X25519) to every recipient: what the phone uploads and
+    /// the server keeps in its key table.
+    pub fn wrap(&self, recipients: &[String]) -> Result<Vec<u8>, SealError> {
+        age_seal(recipients, &self.0)
+    }
+
+    /// Opens a wrapped key with one organizer's identity.
+    pub fn unwrap(identity: &age::x25519::Identity, wrapped: &[u8]) -> Result<Self, SealError> {
+        let bytes = age_open(identity, wrapped)?;
+        let arr: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
+            SealError::Damaged(format!(
+                "a wrapped record key holds 32 bytes, got {}",
+                b.len()
+            ))
+        })?;
+        Ok(RecordKey(arr))
+    }
+}
+
+/// Seals personal fields in format v2 under `key` with a random nonce; the record id is bound as
+/// associated data, so a blob copied under another record's id does not open.
+pub fn seal_v2(
+    key: &RecordKey,
+    record_id: &str,
+    fields: &PersonalFields,
+) -> Result<Vec<u8>, SealError> {
+    use rand::RngCore;
+    let mut nonce = [0u8; SEAL2_NONCE_LEN];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    seal_v2_with_nonce(key, nonce, record_id, fields)
+}
+
+/// [`seal_v2`] with a given nonce (the shared test vectors; never reuse a nonce under one key).
+pub fn seal_v2_with_nonce(
+    key: &RecordKey,
+    nonce: [u8; SEAL2_NONCE_LEN],
+    record_id: &str,
+    fields: &PersonalFields,
+) -> Result<Vec<u8>, SealError> {
+    use aes_gcm::aead::{Aead, KeyInit, Payload};
+    let cipher = aes_gcm::Aes256Gcm::new_from_slice(&key.0).expect("a 32-byte key");
+    let plaintext = serde_json::to_vec(fields).expect("personal fields serialize");
+    let ct = cipher
+        .encrypt(
+            aes_gcm::Nonce::from_slice(&nonce),
+            Payload {
+                msg: &plaintext,
+                aad: record_id.as_bytes(),
+            },
+        )
+        .map_err(|e| SealError::Damaged(e.to_string()))?;
+    let mut out = Vec::with_capacity(SEAL2_MAGIC.len() + SEAL2_NONCE_LEN + ct.len());
+    out.extend_from_slice(SEAL2_MAGIC);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&ct);
+    Ok(out)
+}
+
+/// Opens a v2 blob with its record key. [`SealError::WrongKey`] when the tag does not match (so
+/// a caller holding several candidate keys tries the next one).
+pub fn open_v2(
+    key: &RecordKey,
+    record_id: &str,
+    sealed: &[u8],
+) -> Result<PersonalFields, SealError> {
+    use aes_gcm::aead::{Aead, KeyInit, Payload};
+    if version(sealed) != Some(2) {
+        return Err(SealError::Damaged(
+            "not a tally-seal-2 blob (too short or another format)".into(),
+        ));
+    }
+    let nonce = &sealed[SEAL2_MAGIC.len()..SEAL2_MAGIC.len() + SEAL2_NONCE_LEN];
+    let ct = &sealed[SEAL2_MAGIC.len() + SEAL2_NONCE_LEN..];
+    let cipher = aes_gcm::Aes256Gcm::new_from_slice(&key.0).expect("a 32-byte key");
+    let plaintext = cipher
+        .decrypt(
+            aes_gcm::Nonce::from_slice(nonce),
+            Payload {
+                msg: ct,
+                aad: record_id.as_bytes(),
+            },
+        )
+        .map_err(|_| SealError::WrongKey)?;
+    serde_json::from_slice(&plaintext).map_err(|e| SealError::Damaged(e.to_string()))
+}
+
+/// Seals personal fields to all recipients (format v1: cannot be erased, see the module's
+/// header; phones write v2).
 pub fn seal(recipients: &[String], fields: &PersonalFields) -> Result<Vec<u8>, SealError> {
+    let plaintext = serde_json::to_vec(fields).expect("personal fields serialize");
+    age_seal(recipients, &plaintext)
+}
+
+/// Encrypts `plaintext` with age (binary, X25519) to every recipient.
+fn age_seal(recipients: &[String], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
     let parsed: Vec<age::x25519::Recipient> = recipients
         .iter()
         .map(|r| r.parse().map_err(|_| SealError::BadRecipient(r.clone())))
@@ -70,13 +228,12 @@ pub fn seal(recipients: &[String], fields: &PersonalFields) -> Result<Vec<u8>, S
     let encryptor =
         age::Encryptor::with_recipients(parsed.iter().map(|r| r as &dyn age::Recipient))
             .map_err(|e| SealError::Damaged(e.to_string()))?;
-    let plaintext = serde_json::to_vec(fields).expect("personal fields serialize");
     let mut out = Vec::with_capacity(plaintext.len() + 200 * parsed.len());
     let mut writer = encryptor
         .wrap_output(&mut out)
         .map_err(|e| SealError::Damaged(e.to_string()))?;
     writer
-        .write_all(&plaintext)
+        .write_all(plaintext)
         .map_err(|e| SealError::Damaged(e.to_string()))?;
     writer
         .finish()
@@ -94,8 +251,14 @@ pub fn parse_identity(text: &str) -> Result<age::x25519::Identity, SealError> {
         .map_err(|e: &str| SealError::BadIdentity(e.to_string()))
 }
 
-/// Opens sealed personal fields with one organizer's identity.
+/// Opens v1 sealed personal fields with one organizer's identity.
 pub fn open(identity: &age::x25519::Identity, sealed: &[u8]) -> Result<PersonalFields, SealError> {
+    let plaintext = age_open(identity, sealed)?;
+    serde_json::from_slice(&plaintext).map_err(|e| SealError::Damaged(e.to_string()))
+}
+
+/// Decrypts an age file with one identity.
+fn age_open(identity: &age::x25519::Identity, sealed: &[u8]) -> Result<Vec<u8>, SealError> {
     let decryptor =
         age::Decryptor::new_buffered(sealed).map_err(|e| SealError::Damaged(e.to_string()))?;
     let mut reader = decryptor
@@ -108,7 +271,7 @@ pub fn open(identity: &age::x25519::Identity, sealed: &[u8]) -> Result<PersonalF
     reader
         .read_to_end(&mut plaintext)
         .map_err(|e| SealError::Damaged(e.to_string()))?;
-    serde_json::from_slice(&plaintext).map_err(|e| SealError::Damaged(e.to_string()))
+    Ok(plaintext)
 }
 
 /// A campaign's duplicate key: 32 random bytes that devices get at enrollment and the server never
@@ -256,6 +419,48 @@ pub(crate) mod tests {
             open(&parse_identity(&ids[0]).unwrap(), b"garbage"),
             Err(SealError::Damaged(_))
         ));
+    }
+
+    #[test]
+    fn v2_opens_with_its_key_only_and_its_record_id_only() {
+        let (ids, recs) = recipients(2);
+        let key = RecordKey::generate();
+        let sealed = seal_v2(&key, "rec-1", &fields()).unwrap();
+        assert_eq!(version(&sealed), Some(2));
+        assert!(!sealed.windows(5).any(|w| w == b"Amara"));
+        assert_eq!(open_v2(&key, "rec-1", &sealed).unwrap(), fields());
+        // Another record's key (a squatter's), or the blob under another record id: the tag.
+        assert!(matches!(
+            open_v2(&RecordKey::generate(), "rec-1", &sealed),
+            Err(SealError::WrongKey)
+        ));
+        assert!(matches!(
+            open_v2(&key, "rec-2", &sealed),
+            Err(SealError::WrongKey)
+        ));
+        let mut flipped = sealed.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert!(matches!(
+            open_v2(&key, "rec-1", &flipped),
+            Err(SealError::WrongKey)
+        ));
+        assert!(open_v2(&key, "rec-1", b"tally-seal-2").is_err());
+        // The wrapped key opens with either organizer's identity, and with no one else's.
+        let wrapped = key.wrap(&recs).unwrap();
+        assert_eq!(version(&wrapped), Some(1), "an age file");
+        for id in &ids {
+            let identity = parse_identity(id).unwrap();
+            assert_eq!(RecordKey::unwrap(&identity, &wrapped).unwrap(), key);
+        }
+        assert!(matches!(
+            RecordKey::unwrap(&age::x25519::Identity::generate(), &wrapped),
+            Err(SealError::NotARecipient)
+        ));
+        // A v1 blob is no v2 blob.
+        let v1 = seal(&recs, &fields()).unwrap();
+        assert_eq!(version(&v1), Some(1));
+        assert!(open_v2(&key, "rec-1", &v1).is_err());
+        assert_eq!(format!("{key:?}"), "RecordKey(<redacted>)");
     }
 
     #[test]

@@ -20,7 +20,8 @@ use crate::collection::{self, CHECKINS, SIGNATURES};
 use crate::doc::{self, DocHeader, DocKind, Fields, Slot};
 use crate::review::{self, SHEETS, STRIKES};
 
-/// What a writer is allowed to be.
+/// A device's role, and so what it may write: the one device-role type (the server's checks and
+/// the phone's enrollment use it; stored and sent as its lowercase name).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -63,6 +64,12 @@ impl Role {
             DocKind::Collection => matches!(self, Role::Admin | Role::Organizer | Role::Canvasser),
             DocKind::Totals => self == Role::Server,
         }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -646,9 +653,18 @@ fn check_record(
             campaign::event_from(fields(), id)?;
         }
         (DocKind::Review, STRIKES) => {
-            checked
-                .strikes
-                .insert(id.to_string(), review::strike_from(fields(), id)?);
+            let strike = review::strike_from(fields(), id)?;
+            if let Some(o) = old_obj {
+                let old = review::read_strike(before, &o, id)?;
+                if old.reason == review::StrikeReason::Erased && old != strike {
+                    return Err(Rejection::new(
+                        path,
+                        Rule::Immutable,
+                        "an erasure is final: its strike is never changed or revoked",
+                    ));
+                }
+            }
+            checked.strikes.insert(id.to_string(), strike);
         }
         (DocKind::Review, SHEETS) => {
             checked

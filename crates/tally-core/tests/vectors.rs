@@ -13,7 +13,10 @@ use serde_json::{Value, json};
 use tally_core::collection::SignatureForm;
 use tally_core::fields::{fsa_of, normalize_postal_code};
 use tally_core::fixtures::World;
-use tally_core::seal::{DuplicateKey, normalize_name, normalize_postal};
+use tally_core::seal::{
+    DuplicateKey, PersonalFields, RecordKey, normalize_name, normalize_postal, open_v2,
+    seal_v2_with_nonce,
+};
 
 /// The campaign duplicate key of the vectors (never a real campaign's).
 const KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
@@ -89,7 +92,66 @@ fn vectors() -> Value {
         "tokens": tokens,
         "form_campaign_events": World::new().campaign.events.keys().collect::<Vec<_>>(),
         "form": form_vectors(),
+        "sealed_v2": sealed_v2_vectors(),
     })
+}
+
+/// Sealed v2 (docs/clients.md, "The sealed details"): fixed record keys and nonces, the
+/// personal fields' JSON as the plaintext, the record id as associated data, and the bytes
+/// that make (hex). A client that seals with these inputs must make exactly these bytes, and
+/// open them back.
+fn sealed_v2_vectors() -> Vec<Value> {
+    let cases: [(&str, [u8; 32], [u8; 12], PersonalFields); 3] = [
+        (
+            "a1b2c3d4e5f6a7b8c9d0e1f2",
+            std::array::from_fn(|i| i as u8),
+            std::array::from_fn(|i| 0xa0 + i as u8),
+            PersonalFields {
+                name: "Amara Okafor".into(),
+                postal_code: "M5V2T6".into(),
+                ..Default::default()
+            },
+        ),
+        (
+            "rec_2-b",
+            [0x42; 32],
+            [0; 12],
+            PersonalFields {
+                name: "José Álvarez".into(),
+                email: Some("jose@example.org".into()),
+                phone: Some("4165550123".into()),
+                street: Some("12 Spadina Ave".into()),
+                postal_code: "H2X1Y4".into(),
+            },
+        ),
+        (
+            "000000000000000000000000",
+            [0xff; 32],
+            [0xff; 12],
+            PersonalFields {
+                name: "Nguyễn Thị Minh Khai".into(),
+                street: Some("1 rue Sainte-Catherine".into()),
+                postal_code: "H2X1Y4".into(),
+                ..Default::default()
+            },
+        ),
+    ];
+    cases
+        .into_iter()
+        .map(|(record, key, nonce, fields)| {
+            let k = RecordKey::from_bytes(key);
+            let sealed = seal_v2_with_nonce(&k, nonce, record, &fields).unwrap();
+            assert_eq!(open_v2(&k, record, &sealed).unwrap(), fields);
+            json!({
+                "record": record,
+                "key": hex::encode(key),
+                "nonce": hex::encode(nonce),
+                "plaintext": String::from_utf8(serde_json::to_vec(&fields).unwrap()).unwrap(),
+                "fields": serde_json::to_value(&fields).unwrap(),
+                "sealed": hex::encode(&sealed),
+            })
+        })
+        .collect()
 }
 
 /// Signature forms and what the form's rules say of them: accepted (with the clear fields kept)

@@ -230,7 +230,7 @@ fn edit(doc: &mut Automerge, ops: &[u8]) -> Result<(), automerge::AutomergeError
 /// The phone's QR payload parser: any text parses or is refused with an error.
 pub fn qr_payload(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data)
-        && let Ok(p) = tally_client::EnrollPayload::parse(text)
+        && let Ok(p) = tally_payload::EnrollPayload::parse(text)
     {
         let _ = p.enroll_url();
     }

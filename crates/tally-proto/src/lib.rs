@@ -21,5 +21,5 @@ pub mod testkit;
 
 pub use bounds::{ChangesSummary, FrameBudget, SyncBounds};
 pub use docid::{DocIdError, DocumentId};
-pub use session::{Event, Limits, Role, Session, SessionError};
+pub use session::{Event, Limits, Session, SessionError, Side};
 pub use wire::{Message, PeerId, PeerMetadata, StorageId, WireError};

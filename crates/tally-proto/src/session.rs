@@ -59,7 +59,7 @@ impl Default for Limits {
 
 /// Which end of the connection this session is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
+pub enum Side {
     /// Accepted the WebSocket; waits for `join`.
     Server,
     /// Opened the WebSocket; sent `join`, waits for `peer`.
@@ -161,10 +161,10 @@ pub enum SessionError {
         "received a second join from {peer_id} on the same connection; open a new connection to join again"
     )]
     DuplicateJoin { peer_id: PeerId },
-    #[error("a {role:?} does not expect a {got} message; {hint}")]
+    #[error("a {side:?} does not expect a {got} message; {hint}")]
     UnexpectedMessage {
         got: &'static str,
-        role: Role,
+        side: Side,
         hint: &'static str,
     },
     #[error(
@@ -232,7 +232,7 @@ struct DocState {
 #[derive(Debug)]
 pub struct Session {
     /// Server or client end; decides which handshake messages are expected.
-    role: Role,
+    side: Side,
     /// Our peer id: `senderId` of what we send, required `targetId` of what we receive.
     me: PeerId,
     /// Sent in `join` / `peer`.
@@ -257,12 +257,12 @@ pub struct Session {
 impl Session {
     /// The server end of a freshly accepted connection: waits for `join`.
     pub fn server(me: PeerId, my_metadata: PeerMetadata) -> Self {
-        Self::new(Role::Server, Phase::AwaitingJoin, me, my_metadata)
+        Self::new(Side::Server, Phase::AwaitingJoin, me, my_metadata)
     }
 
     /// The client end of a freshly opened connection, and the `join` frame to send first.
     pub fn client(me: PeerId, my_metadata: PeerMetadata) -> (Self, Vec<u8>) {
-        let session = Self::new(Role::Client, Phase::AwaitingPeer, me, my_metadata);
+        let session = Self::new(Side::Client, Phase::AwaitingPeer, me, my_metadata);
         let join = wire::encode(&Message::Join {
             sender_id: session.me.clone(),
             supported_protocol_versions: Some(vec![PROTOCOL_V1.to_owned()]),
@@ -271,9 +271,9 @@ impl Session {
         (session, join)
     }
 
-    fn new(role: Role, phase: Phase, me: PeerId, my_metadata: PeerMetadata) -> Self {
+    fn new(side: Side, phase: Phase, me: PeerId, my_metadata: PeerMetadata) -> Self {
         Self {
-            role,
+            side,
             me,
             my_metadata,
             phase,
@@ -295,8 +295,8 @@ impl Session {
         self
     }
 
-    pub fn role(&self) -> Role {
-        self.role
+    pub fn side(&self) -> Side {
+        self.side
     }
 
     pub fn my_peer_id(&self) -> &PeerId {
@@ -464,17 +464,17 @@ impl Session {
 
     fn on_established(&mut self, msg: Message) -> Result<Vec<Event>, SessionError> {
         match msg {
-            Message::Join { sender_id, .. } => match self.role {
-                Role::Server => Err(SessionError::DuplicateJoin { peer_id: sender_id }),
-                Role::Client => Err(SessionError::UnexpectedMessage {
+            Message::Join { sender_id, .. } => match self.side {
+                Side::Server => Err(SessionError::DuplicateJoin { peer_id: sender_id }),
+                Side::Client => Err(SessionError::UnexpectedMessage {
                     got: "join",
-                    role: Role::Client,
+                    side: Side::Client,
                     hint: "only servers accept join",
                 }),
             },
             Message::Peer { .. } => Err(SessionError::UnexpectedMessage {
                 got: "peer",
-                role: self.role,
+                side: self.side,
                 hint: "peer is sent once, by the server, in answer to join",
             }),
             Message::Request {

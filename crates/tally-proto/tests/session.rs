@@ -5,7 +5,7 @@ use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
 use automerge::{Automerge, ReadDoc};
 use tally_proto::DocumentId;
-use tally_proto::session::{Event, Limits, Role, Session, SessionError};
+use tally_proto::session::{Event, Limits, Session, SessionError, Side};
 use tally_proto::wire::{self, Message, PeerId, PeerMetadata, StorageId, WireError};
 
 fn server() -> Session {
@@ -56,7 +56,7 @@ fn frame(msg: &Message) -> Vec<u8> {
 #[test]
 fn server_handshake() {
     let mut s = server();
-    assert_eq!(s.role(), Role::Server);
+    assert_eq!(s.side(), Side::Server);
     let (_, join) = client();
     let events = s.receive(&join, 10).unwrap();
     assert_eq!(
@@ -89,7 +89,7 @@ fn server_handshake() {
 #[test]
 fn client_handshake() {
     let (mut c, join) = client();
-    assert_eq!(c.role(), Role::Client);
+    assert_eq!(c.side(), Side::Client);
     assert!(!c.is_established());
     assert!(matches!(
         wire::decode(&join).unwrap(),

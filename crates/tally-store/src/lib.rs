@@ -28,6 +28,7 @@ pub mod audit;
 pub mod devices;
 pub mod documents;
 pub mod error;
+pub mod keys;
 pub mod projection;
 pub mod quarantine;
 pub mod readers;
@@ -43,6 +44,7 @@ pub use audit::{AuditBroken, AuditEntry, AuditFilter, NewAudit};
 pub use devices::{Device, InviteCode, Replaces, Token, TokenRefusal};
 pub use documents::{CAMPAIGN_KIND, ChunkStats, DocFilter, DocMeta, StoredDoc};
 pub use error::{ReplaceRefusal, Result, StoreError};
+pub use keys::{Erasure, KeyOutcome, StoredKey};
 pub use projection::{Batch, Filter, ReindexReport};
 pub use quarantine::{
     NewQuarantine, QuarantineEntry, QuarantineFilter, QuarantineOutcome, QuarantineQuota,
@@ -261,6 +263,9 @@ impl Inner {
 fn configure(conn: &Connection) -> Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Deleted content is overwritten with zeros, so an erased record key (`keys`) leaves no
+    // bytes behind in the file's free pages (the WAL is truncated after an erasure).
+    conn.pragma_update(None, "secure_delete", "ON")?;
     Ok(())
 }
 

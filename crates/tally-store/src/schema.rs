@@ -246,6 +246,27 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX audit_by_campaign ON audit (campaign, seq);
     "#,
+    // 8: erasure by crypto-shredding (issue 15, `keys`): each v2 signature's record key, wrapped
+    // to the campaign's organizers, kept per uploading device (a device cannot replace or block
+    // another's); and the records erased, so that their keys are never taken again.
+    r#"
+    CREATE TABLE record_keys (
+        campaign  TEXT NOT NULL,
+        record    TEXT NOT NULL,
+        device    TEXT NOT NULL,
+        wrapped   BLOB NOT NULL,
+        stored_at INTEGER NOT NULL,
+        PRIMARY KEY (campaign, record, device)
+    ) STRICT;
+    CREATE INDEX record_keys_by_device ON record_keys (device);
+    CREATE TABLE erased_records (
+        campaign  TEXT NOT NULL,
+        record    TEXT NOT NULL,
+        erased_at INTEGER NOT NULL,
+        by_id     TEXT NOT NULL,
+        PRIMARY KEY (campaign, record)
+    ) STRICT;
+    "#,
 ];
 
 /// The schema version this build writes and reads.

@@ -951,14 +951,16 @@ fn schema_4_migrates_a_version_3_quarantine() {
 }
 
 /// Takes a file of this build back to schema 5 (before signatures had a folded city key).
-const UNDO_SCHEMA_6: &str = "DROP TABLE audit;
+const UNDO_SCHEMA_6: &str = "DROP TABLE record_keys; DROP TABLE erased_records;
+     DROP TABLE audit;
      DROP INDEX signatures_by_city_key;
      ALTER TABLE signatures DROP COLUMN city_key;
      CREATE INDEX signatures_by_city ON signatures (campaign, city);
      PRAGMA user_version = 5;";
 
 /// Takes a file of this build back to schema 4 (before devices had lineages).
-const UNDO_SCHEMA_5: &str = "DROP TABLE audit;
+const UNDO_SCHEMA_5: &str = "DROP TABLE record_keys; DROP TABLE erased_records;
+     DROP TABLE audit;
      DROP INDEX signatures_by_city_key;
      ALTER TABLE signatures DROP COLUMN city_key;
      CREATE INDEX signatures_by_city ON signatures (campaign, city);

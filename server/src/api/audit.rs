@@ -22,7 +22,7 @@ use tally_core::Role;
 use tally_store::{AuditEntry, AuditFilter, NewAudit};
 
 use super::auth::{Auth, require_admin};
-use super::blocking;
+use super::on_blocking_pool;
 use crate::AppState;
 use crate::error::ApiError;
 use crate::hub::now_ms;
@@ -252,7 +252,7 @@ pub(crate) async fn list(
             ));
         }
     }
-    blocking(move || Ok(Json(state.store.list_audit(&filter)?))).await
+    on_blocking_pool(move || Ok(Json(state.store.list_audit(&filter)?))).await
 }
 
 /// `GET /api/v1/audit/verify` (admin): checks the chain; names the first broken entry.
@@ -261,7 +261,7 @@ pub(crate) async fn verify(
     Auth(device): Auth,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&device)?;
-    blocking(move || {
+    on_blocking_pool(move || {
         Ok(Json(match state.store.verify_audit()? {
             Ok(n) => serde_json::json!({"ok": true, "entries": n}),
             Err(b) => serde_json::json!({"ok": false, "broken_at": b.seq, "why": b.why}),

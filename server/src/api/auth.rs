@@ -89,7 +89,7 @@ impl FromRequestParts<Arc<AppState>> for Auth {
                 tracing::warn!(address = ?addr, "token of a revoked device refused");
                 Err(ApiError::Unauthorized(format!(
                     "this device was revoked on {}: ask an organizer for a new invite and enroll again",
-                    day(at)
+                    utc_minute(at)
                 )))
             }
             Err(TokenRefusal::Expired { last_active }) => {
@@ -97,7 +97,7 @@ impl FromRequestParts<Arc<AppState>> for Auth {
                 tracing::warn!(address = ?addr, "expired token refused");
                 Err(ApiError::Unauthorized(format!(
                     "this device's token expired: it was not used since {} (tokens expire after {} days unused); ask an organizer for a new invite and enroll again, the phone keeps what it holds",
-                    day(last_active),
+                    utc_minute(last_active),
                     state.config.token_idle_expiry_secs / 86_400
                 )))
             }
@@ -106,7 +106,7 @@ impl FromRequestParts<Arc<AppState>> for Auth {
 }
 
 /// A time as a UTC date and minute, for messages.
-fn day(ms: i64) -> String {
+fn utc_minute(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
         .unwrap_or_else(|| ms.to_string())

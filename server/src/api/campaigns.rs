@@ -13,7 +13,7 @@ use tally_proto::DocumentId;
 
 use super::auth::{Auth, require_admin, require_organizer};
 use super::types::{CampaignList, CampaignSummary, CreatedCampaign, NewCampaign, NewEvent};
-use super::{blocking, body, campaign_doc, known_campaign};
+use super::{body, campaign_doc, known_campaign, on_blocking_pool};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::hub::{server_writer, writer_of};
@@ -40,7 +40,7 @@ pub(crate) async fn create_campaign(
         req,
         r#"{"title": "...", "petition": "...", "addressee": "the House of Commons", "recipients": ["age1..."]}"#,
     )?;
-    blocking(move || {
+    on_blocking_pool(move || {
         let id = DocumentId::random(&mut rand::thread_rng());
         let init = CampaignInit {
             id: id.to_string(),
@@ -84,7 +84,7 @@ pub(crate) async fn list_campaigns(
     State(state): State<Arc<AppState>>,
     Auth(device): Auth,
 ) -> Result<Json<CampaignList>, ApiError> {
-    blocking(move || {
+    on_blocking_pool(move || {
         let all = state.store.list_campaigns()?;
         let mut campaigns = Vec::new();
         for m in all.into_iter().filter(|m| {
@@ -129,7 +129,7 @@ pub(crate) async fn add_event(
 ) -> Result<Json<Event>, ApiError> {
     require_organizer(&device, &id)?;
     let doc_id = campaign_doc(&id)?;
-    blocking(move || {
+    on_blocking_pool(move || {
         known_campaign(&state, &id)?;
         let req = body(
             req,

@@ -12,7 +12,7 @@ use tally_store::Device;
 
 use super::auth::{Auth, ClientAddr, lock_guard, require_admin, require_organizer};
 use super::types::{EnrollRequest, Enrolled, Invite, InviteRequest, Revoked};
-use super::{blocking, body, doc_of_kind};
+use super::{body, doc_of_kind, on_blocking_pool};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::hub::now_ms;
@@ -49,7 +49,7 @@ async fn enroll_inner(
         req,
         r#"{"code": "XXXX-XXXX-XXXX", "name": "Amina's phone"}"#,
     )?;
-    blocking(move || {
+    on_blocking_pool(move || {
         let name = if req.name.trim().is_empty() {
             "phone".to_string()
         } else {
@@ -104,7 +104,7 @@ pub(crate) async fn invite(
             )));
         }
     };
-    blocking(move || {
+    on_blocking_pool(move || {
         if state.hub.campaign(&req.campaign)?.is_none() {
             return Err(ApiError::NotFound(format!(
                 "no campaign {}; list campaigns with GET /api/v1/campaigns",
@@ -134,7 +134,7 @@ pub(crate) async fn list_devices(
     Auth(device): Auth,
 ) -> Result<Json<Vec<Device>>, ApiError> {
     require_admin(&device)?;
-    blocking(move || Ok(Json(state.store.list_devices()?))).await
+    on_blocking_pool(move || Ok(Json(state.store.list_devices()?))).await
 }
 
 pub(crate) async fn revoke(
@@ -145,7 +145,7 @@ pub(crate) async fn revoke(
     require_admin(&device)?;
     let st = state.clone();
     let id2 = id.clone();
-    blocking(move || match st.store.revoke_device(&id2, now_ms()) {
+    on_blocking_pool(move || match st.store.revoke_device(&id2, now_ms()) {
         Ok(true) => Ok(()),
         Err(tally_store::StoreError::NotFound(_)) => Err(ApiError::NotFound(format!(
             "no device {id2:?} on this server: the device ids are in `tally token list` (GET /api/v1/devices)"

@@ -14,7 +14,7 @@ use tally_store::DocFilter;
 
 use super::auth::{Auth, require_organizer};
 use super::types::SealedRecord;
-use super::{blocking, doc_of_kind, known_campaign};
+use super::{doc_of_kind, known_campaign, on_blocking_pool};
 use crate::AppState;
 use crate::error::ApiError;
 
@@ -42,7 +42,7 @@ pub(crate) async fn sealed(
     Path(id): Path<String>,
 ) -> Result<Json<Vec<SealedRecord>>, ApiError> {
     require_organizer(&device, &id)?;
-    blocking(move || {
+    on_blocking_pool(move || {
         known_campaign(&state, &id)?;
         let review = match doc_of_kind(&state, &id, "review")? {
             Some(url) => {

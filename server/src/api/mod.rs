@@ -53,8 +53,10 @@ pub(crate) fn body<T>(b: Result<Json<T>, JsonRejection>, example: &str) -> Resul
     })
 }
 
-/// Runs `f` on the blocking pool (SQLite, document loads).
-pub(crate) async fn blocking<T: Send + 'static>(
+/// Runs `f` on tokio's blocking pool (SQLite, document loads), at the server's own priority:
+/// the API's work. A sync connection's work runs on the lower-priority workers instead
+/// ([`crate::sync`]'s `on_sync_workers`).
+pub(crate) async fn on_blocking_pool<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)

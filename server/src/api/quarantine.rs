@@ -11,7 +11,7 @@ use axum::extract::{Query, State};
 use tally_store::QuarantineFilter;
 
 use super::auth::{Auth, require_admin};
-use super::blocking;
+use super::on_blocking_pool;
 use super::types::{QuarantineList, Quarantined};
 use crate::AppState;
 use crate::error::ApiError;
@@ -76,7 +76,7 @@ pub(crate) async fn list(
         }
     }
     let limit = filter.limit.unwrap_or(DEFAULT_LIMIT) as usize;
-    blocking(move || {
+    on_blocking_pool(move || {
         let entries = state.reader.get().list_quarantine(&filter)?;
         let next_after = (entries.len() == limit)
             .then(|| entries.last().map(|e| e.id))

@@ -12,7 +12,7 @@ use tally_proto::DocumentId;
 
 use super::auth::{Auth, require_organizer};
 use super::types::{NewSheet, NewStrike, ReviewList};
-use super::{blocking, body, doc_of_kind, known_campaign};
+use super::{body, doc_of_kind, known_campaign, on_blocking_pool};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::hub::{now_ms, writer_of};
@@ -38,7 +38,7 @@ pub(crate) async fn strike(
     req: Result<Json<NewStrike>, JsonRejection>,
 ) -> Result<Json<Strike>, ApiError> {
     require_organizer(&device, &id)?;
-    blocking(move || {
+    on_blocking_pool(move || {
         known_campaign(&state, &id)?;
         let req = body(
             req,
@@ -92,7 +92,7 @@ pub(crate) async fn sheet(
     req: Result<Json<NewSheet>, JsonRejection>,
 ) -> Result<Json<Sheet>, ApiError> {
     require_organizer(&device, &id)?;
-    blocking(move || {
+    on_blocking_pool(move || {
         known_campaign(&state, &id)?;
         let req = body(
             req,
@@ -133,7 +133,7 @@ pub(crate) async fn review(
     Path(id): Path<String>,
 ) -> Result<Json<ReviewList>, ApiError> {
     require_organizer(&device, &id)?;
-    blocking(move || {
+    on_blocking_pool(move || {
         known_campaign(&state, &id)?;
         let doc = review_doc(&state, &id)?;
         let slot = state.hub.slot(&doc)?;

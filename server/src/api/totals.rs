@@ -14,7 +14,7 @@ use tally_store::Device;
 
 use super::auth::{Auth, require_organizer};
 use super::types::{Filters, TotalsResponse};
-use super::{blocking, known_campaign};
+use super::{known_campaign, on_blocking_pool};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::projection::Filter;
@@ -246,7 +246,7 @@ pub(crate) async fn totals(
     // Checked and answered in one trip to the blocking pool: under load each trip is a wait.
     let started = std::time::Instant::now();
     let metrics = state.hub.metrics().clone();
-    let answer = blocking(move || {
+    let answer = on_blocking_pool(move || {
         let req = check_totals(&state, &device, &id, query)?;
         answer_totals(&state, &req).map(Json)
     })
@@ -262,7 +262,7 @@ pub(crate) async fn totals_stream(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<axum::response::Response, ApiError> {
     let st = state.clone();
-    let (device, req) = blocking(move || {
+    let (device, req) = on_blocking_pool(move || {
         let req = check_totals(&st, &device, &id, query)?;
         Ok((device, req))
     })
@@ -275,5 +275,5 @@ pub(crate) async fn answer(
     state: Arc<AppState>,
     req: TotalsRequest,
 ) -> Result<TotalsResponse, ApiError> {
-    blocking(move || answer_totals(&state, &req)).await
+    on_blocking_pool(move || answer_totals(&state, &req)).await
 }

@@ -1,5 +1,5 @@
 //! The HTTP API's request and response bodies, in one place: the server's handlers take and
-//! answer these, and every client of the API (the `tally` command line in `crate::client`,
+//! answer these, and every client of the API (the `tally` command line in `crate::organizer_cli`,
 //! `tally-bench`, the end-to-end tests) sends and reads the same types instead of JSON written
 //! by hand. `crate::openapi` describes them; a test holds the two equal field by field.
 //!

@@ -89,6 +89,10 @@ const M = {
     en: '{signatures}, {checkins} only on this phone: sent by themselves when there is signal.',
     fr: '{signatures}, {checkins} seulement sur ce téléphone : envoyées toutes seules dès qu’il y a du réseau.',
   },
+  not_safe_unkeyed: {
+    en: '{n} of them reached the server, but not yet the key that opens them: it goes with the next sync.',
+    fr: '{n} sont arrivées sur le serveur, mais pas encore la clé qui les ouvre : elle part à la prochaine synchronisation.',
+  },
   all_safe: { en: 'Everything is safe on the server', fr: 'Tout est en sécurité sur le serveur' },
   all_safe_detail: {
     en: '{signatures}, {checkins} taken on this phone.',
@@ -230,6 +234,19 @@ const M = {
     fr: 'Une fois une fiche en sécurité sur le serveur, son nom est retiré du téléphone.',
   },
   refused_reason: { en: 'The server’s reason: {reason}', fr: 'Raison du serveur : {reason}' },
+  key_waiting: {
+    en: 'On the server; its key (which lets organizers open it) is not yet: it goes with the next sync.',
+    fr: 'Sur le serveur ; sa clé (qui permet aux organisateurs de l’ouvrir) pas encore : elle part à la prochaine synchronisation.',
+  },
+  key_refused: {
+    en: 'The server refused its key: {reason}. The key stays on this phone and is sent again; tell an organizer.',
+    fr: 'Le serveur a refusé sa clé : {reason}. La clé reste sur ce téléphone et sera renvoyée ; prévenez une organisatrice ou un organisateur.',
+  },
+  record_erased: { en: 'Erased by an organizer.', fr: 'Effacée par une organisatrice ou un organisateur.' },
+  key_upload_failed: {
+    en: 'Sending the records’ keys failed: {detail}. They stay on this phone and are sent again.',
+    fr: 'L’envoi des clés des fiches a échoué : {detail}. Elles restent sur ce téléphone et seront renvoyées.',
+  },
   refused_note: {
     en: 'This record is kept on the phone, sealed, and not counted. The others were sent again.',
     fr: 'Cette fiche est gardée sur le téléphone, scellée, et n’est pas comptée. Les autres ont été renvoyées.',

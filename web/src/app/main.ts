@@ -94,7 +94,8 @@ function drawStatus(): void {
       'span',
       {},
       c.pending > 0
-        ? t('not_safe_detail', { signatures: plural(c.pendingSignatures, 'n_signatures'), checkins: plural(c.pendingCheckins, 'n_checkins') })
+        ? t('not_safe_detail', { signatures: plural(c.pendingSignatures, 'n_signatures'), checkins: plural(c.pendingCheckins, 'n_checkins') }) +
+            (c.unkeyed > 0 ? ` ${t('not_safe_unkeyed', { n: count(c.unkeyed) })}` : '')
         : t('all_safe_detail', { signatures: plural(c.signatures, 'n_signatures'), checkins: plural(c.checkins, 'n_checkins') }),
     ),
   );
@@ -130,6 +131,7 @@ function notes(p: Phone): HTMLElement[] {
     out.push(h('p', { class: 'alert', id: 'set-aside' }, h('a', { href: '#', onclick: (e) => (e.preventDefault(), go('records')) }, t(p.counts.refused === 1 ? 'set_aside_count_one' : 'set_aside_count', { n: count(p.counts.refused) }))));
   }
   for (const e of p.errors.slice(-1)) out.push(h('p', { class: 'note', id: 'server-error' }, t('server_error', { detail: e })));
+  if (p.keyError) out.push(h('p', { class: 'note', id: 'key-error' }, t('key_upload_failed', { detail: p.keyError })));
   if (p.persisted === false) out.push(h('p', { class: 'note', id: 'not-persisted' }, t('not_persisted')));
   return out;
 }
@@ -422,6 +424,9 @@ function receiptItem(p: Phone, r: Receipt): HTMLElement {
     h('strong', {}, r.display ? r.display.name : kind),
     h('span', {}, `${r.display ? ` · ${kind} · ${r.display.detail}` : ''} · ${t('taken_at', { when: when(r.taken_at) })}`),
   );
+  if (r.state === 'unkeyed') append(li, h('p', { class: 'small-print key-waiting' }, t('key_waiting')));
+  if (r.key_refusal && (r.state === 'pending' || r.state === 'unkeyed')) append(li, h('p', { class: 'reason key-refused' }, t('key_refused', { reason: r.key_refusal })));
+  if (r.state === 'safe' && r.erased) append(li, h('p', { class: 'small-print' }, t('record_erased')));
   if (r.state === 'refused') {
     append(li, h('p', { class: 'reason' }, t('refused_reason', { reason: r.refusal ?? '' })), h('p', { class: 'small-print' }, t('refused_note')));
     if (r.display) append(li, h('button', { type: 'button', class: 'small', onclick: () => void p.forgetName(r.key) }, t('forget_name')));
@@ -438,7 +443,7 @@ async function drawRecords(p: Phone): Promise<void> {
     ['safe', 'records_safe'],
   ];
   const sections = groups.map(([state, title]) => {
-    const items = all.filter((r) => r.state === state);
+    const items = all.filter((r) => r.state === state || (state === 'pending' && r.state === 'unkeyed'));
     const shown = state === 'safe' ? items.slice(0, 50) : items;
     return h(
       'section',

@@ -1,7 +1,8 @@
 // The phone: what `tally-device` (client-core) does, in the browser, on automerge-repo. It
 // enrolls with an invite, keeps the campaign and team totals documents, writes its own chain of
 // collections (signatures and check-ins, sealed), keeps a receipt of every record until the
-// server's heads cover it, and follows the chain after a refusal (docs/clients.md,
+// server's heads cover it and, for a signature, the server holds its record key (uploaded
+// beside the sync, PUT /api/v1/keys), and follows the chain after a refusal (docs/clients.md,
 // docs/documents.md "A chain of collections"; client-core/src/chain.rs and sync.rs do the
 // same in Rust).
 //
@@ -60,6 +61,41 @@ export interface TotalsInfo {
   unique_signers: number;
   computed_at: number;
   checkins: number;
+}
+
+/** Record keys one upload request carries at most (the server takes 256). */
+export const KEYS_PER_REQUEST = 256;
+/** How long before refused keys are sent again, while connected. */
+const KEY_RETRY_MS = 30_000;
+
+/** One key's answer from PUT /api/v1/keys (docs/clients.md §5a). */
+interface KeyResult {
+  record: string;
+  status: 'stored' | 'already_stored' | 'refused';
+  reason?: string;
+  message?: string;
+}
+
+/** Bytes as standard base64. */
+function base64(bytes: Uint8Array): string {
+  let s = '';
+  for (const b of bytes) s += String.fromCharCode(b);
+  return btoa(s);
+}
+
+/** A receipt once safe: only that a record was taken and is safe (no name, record or key). */
+function safeReceipt(r: Receipt, now: number): Receipt {
+  return {
+    key: r.key,
+    kind: r.kind,
+    record_id: r.record_id,
+    doc_id: r.doc_id,
+    change: r.change,
+    state: 'safe',
+    taken_at: r.taken_at,
+    safe_at: now,
+    ...(r.erased ? { erased: true } : {}),
+  };
 }
 
 /** Why the phone cannot take records now, if it cannot. */
@@ -177,7 +213,7 @@ export class Phone extends EventTarget {
   chain: ChainLink[] = [];
   campaign: CampaignInfo | undefined;
   totals: TotalsInfo | undefined;
-  counts: Counts = { pending: 0, pendingSignatures: 0, pendingCheckins: 0, safe: 0, refused: 0, signatures: 0, checkins: 0 };
+  counts: Counts = { pending: 0, unkeyed: 0, pendingSignatures: 0, pendingCheckins: 0, safe: 0, refused: 0, signatures: 0, checkins: 0 };
   link: LinkState = 'offline';
   retryIn: number | undefined;
   lastAckAt: number | undefined;
@@ -201,6 +237,11 @@ export class Phone extends EventTarget {
   private readonly turns = new Turns();
   private readonly ackTimers = new Map<string, ReturnType<typeof setTimeout>>();
   private readonly theirHeads = new Map<string, string[]>();
+  private uploading = false;
+  private uploadAgain = false;
+  private uploadTimer: ReturnType<typeof setTimeout> | undefined;
+  /** The last failure of a key upload the server answered (not a verdict on one key). */
+  keyError: string | undefined;
 
   private constructor(readonly store: PhoneStore) {
     super();
@@ -403,7 +444,10 @@ export class Phone extends EventTarget {
       state: (s, retryIn) => {
         this.link = s;
         this.retryIn = retryIn;
-        if (s === 'connected') this.recoveries = 0;
+        if (s === 'connected') {
+          this.recoveries = 0;
+          this.scheduleUpload();
+        }
         this.changed();
       },
       error: (err) => void this.onServerError(err),
@@ -655,11 +699,12 @@ export class Phone extends EventTarget {
     const campaign = this.ready();
     const form = checkSignature(input, campaign.events.map((ev) => ev.id));
     const e = this.enrollment as Enrollment;
-    const [sealed, dup] = await Promise.all([seal(campaign.recipients, form), (this.key as DuplicateKey).duplicateToken(form.name, form.postal_code)]);
+    const id = randomRecordId();
+    const [{ sealed, wrapped }, dup] = await Promise.all([seal(campaign.recipients, id, form), (this.key as DuplicateKey).duplicateToken(form.name, form.postal_code)]);
     return this.turns.run(async () => {
       const owner = (this.enrollment as Enrollment).device_id;
       const record: SignatureRecord = {
-        id: randomRecordId(),
+        id,
         campaign: e.campaign,
         event: form.event,
         collected_at: Date.now(),
@@ -672,7 +717,7 @@ export class Phone extends EventTarget {
         sealed,
         withdrawn: false,
       };
-      return this.take('signature', record, { name: form.name, detail: form.city });
+      return this.take('signature', record, { name: form.name, detail: form.city }, wrapped);
     });
   }
 
@@ -702,7 +747,7 @@ export class Phone extends EventTarget {
     return this.campaign as CampaignInfo;
   }
 
-  private async take(kind: RecordKind, record: SignatureRecord | CheckinRecord, display: Receipt['display']): Promise<Receipt> {
+  private async take(kind: RecordKind, record: SignatureRecord | CheckinRecord, display: Receipt['display'], wrapped?: Uint8Array): Promise<Receipt> {
     const e = this.enrollment as Enrollment;
     if (this.currentRecords >= ROLL_OVER_AT) {
       await this.startCollection(this.current()?.id, e.device_id, []);
@@ -723,6 +768,7 @@ export class Phone extends EventTarget {
       taken_at: Date.now(),
       record,
       ...(display ? { display } : {}),
+      ...(wrapped ? { wrapped } : {}),
     };
     await this.store.write({}, [receipt]);
     this.track(receipt);
@@ -730,6 +776,7 @@ export class Phone extends EventTarget {
     this.changed();
     // Another acknowledgement may already cover it (sent before the write finished).
     this.scheduleAck(cur.id);
+    if (wrapped) this.scheduleUpload();
     return receipt;
   }
 
@@ -762,13 +809,21 @@ export class Phone extends EventTarget {
       return;
     }
     const safe: Receipt[] = [];
+    const unkeyed: Receipt[] = [];
     const now = Date.now();
     for (const [key, change] of waiting) {
       if (change === '' || uncovered.has(change)) continue;
       const r = await this.store.receipt(key);
       if (!r || r.state !== 'pending') continue;
-      // Safe: the signer's name and the record's copy go; the receipt says only that it is safe.
-      safe.push({ key: r.key, kind: r.kind, record_id: r.record_id, doc_id: r.doc_id, change: r.change, state: 'safe', taken_at: r.taken_at, safe_at: now });
+      // The server holds the change but not yet the key: not safe (nothing to move along the
+      // chain any more; the key goes up with the next upload).
+      if (r.wrapped && !r.key_stored) {
+        unkeyed.push({ ...r, state: 'unkeyed', record: undefined });
+        continue;
+      }
+      // Safe: the signer's name, the record's copy and its key go; the receipt says only that
+      // it is safe.
+      safe.push(safeReceipt(r, now));
     }
     // A record found in the document after a crash has no change of its own: safe when the
     // server holds the record.
@@ -779,13 +834,17 @@ export class Phone extends EventTarget {
       const map = (kind === 'signature' ? at.signatures : at.checkins) as Doc | undefined;
       if (map && id in map) {
         const r = await this.store.receipt(key);
-        if (r && r.state === 'pending') safe.push({ ...r, state: 'safe', safe_at: now, record: undefined, display: undefined });
+        if (r && r.state === 'pending') {
+          if (r.wrapped && !r.key_stored) unkeyed.push({ ...r, state: 'unkeyed', record: undefined });
+          else safe.push(safeReceipt(r, now));
+        }
       }
     }
-    if (safe.length === 0) return;
-    this.lastAckAt = now;
-    await this.store.write({ last_ack_at: now }, safe.map((r) => ({ ...r, record: undefined, display: undefined })));
-    for (const r of safe) waiting.delete(r.key);
+    if (safe.length === 0 && unkeyed.length === 0) return;
+    if (safe.length > 0) this.lastAckAt = now;
+    await this.store.write(safe.length > 0 ? { last_ack_at: now } : {}, [...safe, ...unkeyed]);
+    for (const r of [...safe, ...unkeyed]) waiting.delete(r.key);
+    if (unkeyed.length > 0) this.scheduleUpload();
     this.counts = await this.store.counts();
     // A closed collection with nothing left to send leaves the connection and memory.
     const link = this.chain.find((l) => l.id === doc);
@@ -795,6 +854,94 @@ export class Phone extends EventTarget {
       void this.repo?.removeFromCache(doc as DocumentId);
     }
     this.changed();
+  }
+
+  // ---- record keys (docs/clients.md §5a)
+
+  /** Uploads the waiting record keys soon (one upload at a time; asked again while one runs, once more after it). */
+  private scheduleUpload(): void {
+    if (this.uploading) {
+      this.uploadAgain = true;
+      return;
+    }
+    this.uploading = true;
+    clearTimeout(this.uploadTimer);
+    void this.uploadKeys()
+      .catch((x: unknown) => {
+        this.keyError = x instanceof Error ? x.message : String(x);
+        this.changed();
+        if (this.link === 'connected') this.uploadTimer = setTimeout(() => this.scheduleUpload(), KEY_RETRY_MS);
+      })
+      .finally(() => {
+        this.uploading = false;
+        if (this.uploadAgain) {
+          this.uploadAgain = false;
+          this.scheduleUpload();
+        }
+      });
+  }
+
+  /**
+   * Sends every record key the server does not hold yet (PUT /api/v1/keys, 256 a request) and
+   * applies the answers: stored (or already, or the record was erased) makes an acknowledged
+   * record safe; a refusal is kept on the receipt and shown, and the key is sent again later.
+   */
+  private async uploadKeys(): Promise<void> {
+    const e = this.enrollment;
+    if (!e || e.refused_at !== undefined || !navigator.onLine) return;
+    const waiting = [...(await this.store.receipts('pending')), ...(await this.store.receipts('unkeyed'))].filter((r) => r.wrapped && !r.key_stored);
+    let failed = false;
+    for (let i = 0; i < waiting.length; i += KEYS_PER_REQUEST) {
+      const batch = waiting.slice(i, i + KEYS_PER_REQUEST);
+      let res: Response;
+      try {
+        res = await fetch('/api/v1/keys', {
+          method: 'PUT',
+          headers: { Authorization: `Bearer ${e.token}`, 'Content-Type': 'application/json' },
+          body: JSON.stringify({ keys: batch.map((r) => ({ record: r.record_id, wrapped: base64(r.wrapped as Uint8Array) })) }),
+          cache: 'no-store',
+        });
+      } catch {
+        return; // The server is not there: the next connection uploads again.
+      }
+      if (res.status === 401) {
+        void this.probeToken();
+        return;
+      }
+      if (!res.ok) {
+        const body = (await res.json().catch(() => ({}))) as { error?: unknown };
+        throw new Error(`${res.status}: ${typeof body.error === 'string' ? body.error : res.statusText}`);
+      }
+      const answer = (await res.json()) as { results?: KeyResult[] };
+      const results = new Map((answer.results ?? []).map((r) => [r.record, r]));
+      await this.turns.run(async () => {
+        const now = Date.now();
+        const changed: Receipt[] = [];
+        for (const sent of batch) {
+          const got = results.get(sent.record_id);
+          const r = await this.store.receipt(sent.key);
+          if (!got || !r || (r.state !== 'pending' && r.state !== 'unkeyed')) continue;
+          const erased = got.status === 'refused' && got.reason === 'erased';
+          if (got.status === 'stored' || got.status === 'already_stored' || erased) {
+            const done: Receipt = { ...r, key_stored: true, ...(erased ? { erased: true } : {}) };
+            delete done.key_refusal;
+            changed.push(r.state === 'unkeyed' ? safeReceipt(done, now) : done);
+          } else {
+            failed = true;
+            changed.push({ ...r, key_refusal: got.message ?? got.reason ?? got.status });
+          }
+        }
+        if (changed.length === 0) return;
+        const nowSafe = changed.some((r) => r.state === 'safe');
+        if (nowSafe) this.lastAckAt = now;
+        await this.store.write(nowSafe ? { last_ack_at: now } : {}, changed);
+        this.counts = await this.store.counts();
+      });
+    }
+    this.keyError = undefined;
+    this.changed();
+    // A refused key (the device's quota, a conflict) is tried again later, while connected.
+    if (failed && this.link === 'connected') this.uploadTimer = setTimeout(() => this.scheduleUpload(), KEY_RETRY_MS);
   }
 
   // ---- the server's errors, refusals, and the chain
@@ -889,12 +1036,13 @@ export class Phone extends EventTarget {
   /** Sync now (the canvasser pressed the button; it also runs by itself). */
   syncNow(): void {
     this.net?.now();
+    if (this.link === 'connected') this.scheduleUpload();
   }
 
   /** Receipts for the list: pending first, then set aside, then the latest safe ones. */
   async list(): Promise<Receipt[]> {
     const all = await this.store.receipts();
-    const order = { pending: 0, refused: 1, safe: 2 } as const;
+    const order = { pending: 0, unkeyed: 0, refused: 1, safe: 2 } as const;
     return all.sort((a, b) => order[a.state] - order[b.state] || b.taken_at - a.taken_at);
   }
 

@@ -98,19 +98,38 @@ export interface Receipt {
   doc_id: string;
   /** The change that wrote it there (hex). */
   change: string;
-  state: 'pending' | 'safe' | 'refused';
+  /**
+   * pending: the server's heads do not cover its change yet; unkeyed: they do, but the server
+   * has not stored its record key yet (a signature: docs/clients.md §5a); safe: both; refused:
+   * set aside.
+   */
+  state: 'pending' | 'unkeyed' | 'safe' | 'refused';
   taken_at: number;
   safe_at?: number;
   /** The server's reason, when it refused it. */
   refusal?: string;
   /** While pending: the record as written (sealed), to write it again along the chain. */
   record?: SignatureRecord | CheckinRecord;
+  /**
+   * A signature's record key, wrapped with age to the campaign's recipients (never in a
+   * document): kept until the record is safe, then dropped.
+   */
+  wrapped?: Uint8Array;
+  /** The server answered that it holds the wrapped key (stored, already stored, or erased). */
+  key_stored?: boolean;
+  /** The server refused the key, in its words (kept, retried, shown). */
+  key_refusal?: string;
+  /** An organizer erased this record (the server said so when the key went up). */
+  erased?: boolean;
   /** While pending: what the canvasser's list shows (the signer's name). Dropped once safe. */
   display?: { name: string; detail: string };
 }
 
 export interface Counts {
+  /** Not yet safe: the change or the key is not on the server yet (`unkeyed` included). */
   pending: number;
+  /** Of those, the ones whose change the server holds but not yet their key. */
+  unkeyed: number;
   pendingSignatures: number;
   pendingCheckins: number;
   safe: number;
@@ -189,21 +208,23 @@ export class PhoneStore {
     const tx = this.db.transaction('receipts', 'readonly');
     const index = tx.objectStore('receipts').index('state_kind');
     const n = (state: Receipt['state'], kind: RecordKind) => request(index.count([state, kind]));
-    const [ps, pc, ss, sc, rs, rc] = await Promise.all([
+    const [ps, pc, us, ss, sc, rs, rc] = await Promise.all([
       n('pending', 'signature'),
       n('pending', 'checkin'),
+      n('unkeyed', 'signature'),
       n('safe', 'signature'),
       n('safe', 'checkin'),
       n('refused', 'signature'),
       n('refused', 'checkin'),
     ]);
     return {
-      pending: ps + pc,
-      pendingSignatures: ps,
+      pending: ps + pc + us,
+      unkeyed: us,
+      pendingSignatures: ps + us,
       pendingCheckins: pc,
       safe: ss + sc,
       refused: rs + rc,
-      signatures: ps + ss + rs,
+      signatures: ps + us + ss + rs,
       checkins: pc + sc + rc,
     };
   }

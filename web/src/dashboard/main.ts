@@ -8,6 +8,7 @@ import { append, h, replace, select } from './dom';
 import { LANGS, lang, setLang, t, type Key } from './i18n';
 import { consumeSigninLink } from './signin-link';
 import type { CampaignSummary, Campaigns, Device } from './types';
+import { auditView } from './views/audit';
 import { campaignsView } from './views/campaigns';
 import { devicesView } from './views/devices';
 import { eventsView } from './views/events';
@@ -56,9 +57,10 @@ const VIEWS: Record<string, View> = {
   invites: invitesView,
   review: reviewView,
   export: exportView,
+  audit: auditView,
 };
 const CAMPAIGN_VIEWS = ['totals', 'wall', 'events', 'invites', 'review', 'export'];
-const GLOBAL_VIEWS = ['campaigns', 'devices', 'quarantine'];
+const GLOBAL_VIEWS = ['campaigns', 'devices', 'quarantine', 'audit'];
 
 let me: Device | null = null;
 let campaigns: CampaignSummary[] = [];

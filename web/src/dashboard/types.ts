@@ -145,7 +145,8 @@ export interface Totals {
   suppression: Suppression;
 }
 
-export type StrikeReason = 'duplicate' | 'invalid' | 'withdrawn_consent' | 'test_entry';
+/** `erased` is written by the erase endpoint only, and is final. */
+export type StrikeReason = 'duplicate' | 'invalid' | 'withdrawn_consent' | 'test_entry' | 'erased';
 export const STRIKE_REASONS: StrikeReason[] = ['duplicate', 'invalid', 'withdrawn_consent', 'test_entry'];
 
 export interface NewStrike {
@@ -190,6 +191,8 @@ export interface SealedRecord {
   withdrawn: boolean;
   sealed: string;
   duplicate_group?: string;
+  /** An organizer erased it: no sealed bytes are given (`sealed` is ""). */
+  erased?: boolean;
 }
 
 export interface Quarantined {
@@ -210,4 +213,43 @@ export interface QuarantineList {
 
 export interface SealedToken {
   sealed: string;
+}
+
+/** One entry of the audit log (`GET /api/v1/audit`). */
+export interface AuditEntry {
+  seq: number;
+  at: number;
+  actor_id: string;
+  actor_name: string;
+  action: string;
+  campaign?: string | null;
+  target: string;
+  result: string;
+  prev_hash: string;
+  hash: string;
+}
+
+/** `GET /api/v1/audit/verify`'s answer (an inline schema of the OpenAPI document). */
+export type AuditVerify = { ok: true; entries: number } | { ok: false; broken_at: number; why: string };
+
+/** One wrapped record key (an item of `KeysPage`, inline in the OpenAPI document). */
+export type RecordKey = {
+  record: string;
+  /** The device that uploaded it (the record's own phone is `collected_by`). */
+  device: string;
+  /** The key wrapped with age, standard base64. */
+  wrapped: string;
+};
+
+/** A page of a campaign's record keys (`GET /api/v1/campaigns/{id}/keys`). */
+export interface KeysPage {
+  keys: RecordKey[];
+  next: string | null;
+}
+
+/** What `POST /api/v1/campaigns/{id}/erase` did. */
+export interface Erased {
+  erased: string[];
+  keys_deleted: number;
+  v1: string[];
 }

@@ -1,15 +1,20 @@
 // Export, in the browser: the organizer chooses their age identity file here; the sealed records
-// are fetched from the server and opened on this machine with it (the `age-encryption`
-// package); a CSV with the same columns and rows as `tally export` is downloaded from memory.
-// The identity is read into this page only: it is never sent anywhere, and is dropped when the
-// export ends.
+// and the campaign's wrapped record keys are fetched from the server and opened on this machine
+// with it (the `age-encryption` package, and WebCrypto's AES-GCM for format v2,
+// docs/clients.md §4.4 and §5b); a CSV with the same columns and rows as `tally export` is
+// downloaded from memory. A v2 record opens with one of its record's keys (several may be
+// uploaded under one record id, a hostile device's junk among them: AES-GCM's tag refuses a
+// wrong key); a v1 record opens with the identity itself. An erased record, and one whose key
+// the server does not hold yet, never fail the export: they are written as such. The identity
+// is read into this page only: it is never sent anywhere, and is dropped when the export ends.
 
 import { Decrypter } from 'age-encryption';
+import { SealDamaged, openV2, sealedVersion, unwrapKey } from '../../app/core/seal';
 import { get, seg } from '../api';
 import { download, field, h, replace } from '../dom';
 import { fmtNumber, t } from '../i18n';
 import { announce, errorBox, type View } from '../main';
-import type { SealedRecord } from '../types';
+import type { KeysPage, SealedRecord } from '../types';
 
 /** The export's columns, as `tally export` writes them (server/src/client.rs, EXPORT_COLUMNS). */
 export const EXPORT_COLUMNS =
@@ -52,6 +57,79 @@ export interface ExportResult {
   rows: number;
   signatures: number;
   unopened: number;
+  /** Records an organizer erased (written as erased). */
+  erased: number;
+  /** v2 records whose key the server does not hold (yet): written as "key missing". */
+  keyMissing: number;
+}
+
+/** What opening one record gave: its fields, or why not. */
+type Opened = { fields: PersonalFields } | { status: 'erased' | 'key_missing' } | { status: 'unopened' };
+
+/** The words a row carries in its name column for a record that cannot be opened for good reason. */
+export const ROW_STATUS = { erased: 'erased', key_missing: 'key missing' } as const;
+
+/** Every wrapped key of the campaign (GET /campaigns/{id}/keys, page by page), by record id. */
+export async function fetchKeys(campaign: string): Promise<Map<string, { device: string; wrapped: string }[]>> {
+  const out = new Map<string, { device: string; wrapped: string }[]>();
+  let after: string | null = null;
+  for (;;) {
+    const q = new URLSearchParams({ limit: '1000' });
+    if (after !== null) q.set('after', after);
+    const page = await get<KeysPage>(`/api/v1/campaigns/${seg(campaign)}/keys?${q}`);
+    for (const k of page.keys) {
+      const list = out.get(k.record) ?? [];
+      list.push({ device: k.device, wrapped: k.wrapped });
+      out.set(k.record, list);
+    }
+    if (page.next === null || page.next === undefined || page.keys.length === 0) return out;
+    after = page.next;
+  }
+}
+
+function base64Bytes(b64: string): Uint8Array {
+  const s = atob(b64);
+  const out = new Uint8Array(s.length);
+  for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
+  return out;
+}
+
+/**
+ * Opens one record with the identity: v1 with age straight away; v2 with each candidate key of
+ * its record id (the one its own phone uploaded first), until AES-GCM's tag accepts one.
+ */
+export async function openRecord(r: SealedRecord, d: Decrypter, identity: string, keys: Map<string, { device: string; wrapped: string }[]>): Promise<Opened> {
+  if (r.erased) return { status: 'erased' };
+  const sealed = hexBytes(r.sealed);
+  const version = sealedVersion(sealed);
+  try {
+    if (version === 1) return { fields: JSON.parse(await d.decrypt(sealed, 'text')) as PersonalFields };
+    if (version !== 2) return { status: 'unopened' };
+    const candidates = [...(keys.get(r.id) ?? [])].sort((a, b) => Number(b.device === r.collected_by) - Number(a.device === r.collected_by));
+    if (candidates.length === 0) return { status: 'key_missing' };
+    let unwrapped = false;
+    for (const c of candidates) {
+      let key: Uint8Array;
+      try {
+        key = await unwrapKey(identity, base64Bytes(c.wrapped));
+      } catch {
+        continue; // sealed to other organizers, or junk
+      }
+      unwrapped = true;
+      try {
+        return { fields: JSON.parse(await openV2(key, r.id, sealed)) as PersonalFields };
+      } catch (e) {
+        if (!(e instanceof SealDamaged)) throw e;
+      } finally {
+        key.fill(0);
+      }
+    }
+    // No key opened it: if none even unwrapped, it is sealed to other organizers; if some did,
+    // every key the server holds for it is junk: the right one is missing.
+    return unwrapped ? { status: 'key_missing' } : { status: 'unopened' };
+  } catch {
+    return { status: 'unopened' };
+  }
 }
 
 /**
@@ -59,18 +137,29 @@ export interface ExportResult {
  * counted signatures, one row per duplicate group (its earliest signature); with `every`, every
  * signature (withdrawn and struck included).
  */
-export async function buildExport(records: SealedRecord[], identity: string, every: boolean, progress: (done: number, of: number) => void): Promise<ExportResult> {
+export async function buildExport(
+  records: SealedRecord[],
+  keys: Map<string, { device: string; wrapped: string }[]>,
+  identity: string,
+  every: boolean,
+  progress: (done: number, of: number) => void,
+): Promise<ExportResult> {
   const d = new Decrypter();
   d.addIdentity(identity);
   const wanted = records.filter((r) => every || r.counted);
   const opened: [SealedRecord, PersonalFields][] = [];
   let unopened = 0;
+  let erased = 0;
+  let keyMissing = 0;
   for (const [i, r] of wanted.entries()) {
-    try {
-      const text = await d.decrypt(hexBytes(r.sealed), 'text');
-      opened.push([r, JSON.parse(text) as PersonalFields]);
-    } catch {
-      unopened += 1;
+    const got = await openRecord(r, d, identity, keys);
+    if ('fields' in got) opened.push([r, got.fields]);
+    else if (got.status === 'unopened') unopened += 1;
+    else {
+      if (got.status === 'erased') erased += 1;
+      else keyMissing += 1;
+      // Written as such, never failing the export: the name column says why, the others are empty.
+      opened.push([r, { name: ROW_STATUS[got.status], postal_code: '' }]);
     }
     if (i % 50 === 49) progress(i + 1, wanted.length);
   }
@@ -105,7 +194,7 @@ export async function buildExport(records: SealedRecord[], identity: string, eve
     lines.push(cols.map(csvField).join(','));
     rows += 1;
   }
-  return { csv: `${lines.join('\n')}\n`, rows, signatures: opened.length, unopened };
+  return { csv: `${lines.join('\n')}\n`, rows, signatures: opened.length - erased - keyMissing, unopened, erased, keyMissing };
 }
 
 export const exportView: View = {
@@ -145,10 +234,11 @@ export const exportView: View = {
           }
           progress.textContent = t('export_fetching');
           const records = await get<SealedRecord[]>(`/api/v1/campaigns/${seg(c.campaign)}/sealed`);
-          const result = await buildExport(records, identity, every.checked, (done, of) => {
+          const keys = await fetchKeys(c.campaign);
+          const result = await buildExport(records, keys, identity, every.checked, (done, of) => {
             progress.textContent = t('export_opening', { done: fmtNumber(done), of: fmtNumber(of) });
           });
-          if (result.signatures === 0 && result.unopened > 0) {
+          if (result.signatures === 0 && result.erased === 0 && result.keyMissing === 0 && result.unopened > 0) {
             replace(out, h('p', { class: 'error', role: 'alert' }, t('export_none_opened', { n: fmtNumber(result.unopened) })));
             return;
           }
@@ -159,6 +249,8 @@ export const exportView: View = {
             out,
             h('p', { class: 'success', role: 'status', id: 'x-done', 'data-rows': result.rows }, done),
             result.unopened > 0 ? h('p', { class: 'error', role: 'alert' }, t('export_some_unopened', { n: fmtNumber(result.unopened) })) : null,
+            result.erased > 0 ? h('p', { class: 'note', id: 'x-erased', 'data-n': result.erased }, t('export_erased', { n: fmtNumber(result.erased) })) : null,
+            result.keyMissing > 0 ? h('p', { class: 'error', role: 'alert', id: 'x-key-missing', 'data-n': result.keyMissing }, t('export_key_missing', { n: fmtNumber(result.keyMissing) })) : null,
           );
           announce(done);
         } catch (x) {

@@ -1,15 +1,47 @@
 // Review: strikes (a signature that must not count, with a reason; undone by revoking the
-// strike) and the paper-sheet ledger (serial, signatures, riding, status). Both are written to
-// the campaign's review document through the API, and the totals follow at once.
+// strike), erasure (issue 15: a signer removed for good, by record id or by name and postal
+// code; the duplicate token is computed here with the campaign's key from this browser, so the
+// server never sees the name), and the paper-sheet ledger (serial, signatures, riding, status).
+// All are written to the campaign's review document through the API, and the totals follow at
+// once.
 
+import { FormRefused, postalCode } from '../../app/core/rules';
+import { DuplicateKey } from '../../app/core/tokens';
 import { get, post, seg } from '../api';
 import { field, h, replace, select, table } from '../dom';
 import { fmtDateTime, fmtNumber, t, type Key } from '../i18n';
 import { announce, errorBox, type View } from '../main';
-import { SHEET_STATUSES, STRIKE_REASONS, type NewStrike, type Review, type SealedRecord, type Sheet, type SheetStatus, type Strike, type StrikeReason } from '../types';
+import { getKey } from '../keys';
+import { SHEET_STATUSES, STRIKE_REASONS, type Erased, type NewStrike, type Review, type SealedRecord, type Sheet, type SheetStatus, type Strike, type StrikeReason } from '../types';
 
 const reasonLabel = (r: string) => t(`reason_${r}` as Key);
 const statusLabel = (s: string) => t(`status_${s}` as Key);
+
+/** Asks before an erasure, in a modal dialog; resolves to the answer. */
+function confirmErase(what: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const yes = h('button', { type: 'button', class: 'danger', id: 'confirm-erase' }, t('erase'));
+    const no = h('button', { type: 'button', id: 'cancel-erase' }, t('cancel'));
+    const dialog = h(
+      'dialog',
+      { id: 'erase-dialog', 'aria-labelledby': 'erase-dialog-title', 'aria-describedby': 'erase-dialog-text' },
+      h('h2', { id: 'erase-dialog-title' }, t('erase_confirm_title', { what })),
+      h('p', { id: 'erase-dialog-text' }, t('erase_confirm_text')),
+      h('div', { class: 'actions' }, yes, no),
+    );
+    const done = (v: boolean) => {
+      dialog.close();
+      dialog.remove();
+      resolve(v);
+    };
+    yes.addEventListener('click', () => done(true));
+    no.addEventListener('click', () => done(false));
+    dialog.addEventListener('cancel', () => done(false));
+    document.body.append(dialog);
+    dialog.showModal();
+    no.focus();
+  });
+}
 
 export const reviewView: View = {
   title: 'review',
@@ -64,6 +96,8 @@ export const reviewView: View = {
       const rows = strikes
         .sort((a, b) => b.at - a.at)
         .map((s) => {
+          // An erasure is final: nothing to undo.
+          if (s.reason === 'erased') return [h('code', {}, s.signature), reasonLabel(s.reason), fmtDateTime(s.at, c.timezone), t('strike_active'), '—'];
           const undo = h('button', { type: 'button', 'data-signature': s.signature }, s.revoked ? t('strike_again') : t('undo_strike'));
           undo.setAttribute('aria-label', `${s.revoked ? t('strike_again') : t('undo_strike')} ${s.signature}`);
           undo.addEventListener('click', () => {
@@ -78,6 +112,75 @@ export const reviewView: View = {
         });
       replace(strikesBox, rows.length ? table(t('strikes'), [t('signature_id'), t('reason'), t('when'), t('state'), t('actions')], rows, { id: 'strike-list' }) : h('p', { class: 'note' }, t('no_strikes')));
     };
+
+    // ---- erasure (for good: the record's keys are deleted on the server)
+    const eraseIds = h('textarea', { id: 'e-records', rows: 2, autocomplete: 'off', spellcheck: 'false' });
+    const eraseName = h('input', { id: 'e-name', autocomplete: 'off' });
+    const erasePostal = h('input', { id: 'e-postal', autocomplete: 'off' });
+    const eraseButton = h('button', { type: 'submit', class: 'danger' }, t('erase_button'));
+    const eraseResult = h('div', { id: 'erase-result', 'aria-live': 'polite' });
+    const eraseForm = h(
+      'form',
+      { id: 'erase-form', class: 'card stack', 'aria-labelledby': 'erase-title' },
+      h('h2', { id: 'erase-title' }, t('erase_title')),
+      h('p', { class: 'note' }, t('erase_intro')),
+      field(t('erase_records'), eraseIds, t('erase_records_hint')),
+      h('p', {}, t('erase_or')),
+      h('div', { class: 'row' }, field(t('erase_name'), eraseName), field(t('erase_postal'), erasePostal)),
+      h('p', { class: 'hint' }, t('erase_person_hint')),
+      eraseButton,
+      eraseResult,
+    );
+    /** The erase request of the form, and how the confirmation names it; or an error for the page. */
+    const eraseRequest = async (): Promise<{ body: { records: string[] } | { duplicate_token: string }; what: string } | string> => {
+      const ids = eraseIds.value.split(/[\s,]+/).map((x) => x.trim()).filter(Boolean);
+      const name = eraseName.value.trim();
+      const postal = erasePostal.value.trim();
+      if (ids.length > 0 && (name || postal)) return t('erase_one_way');
+      if (ids.length > 0) return { body: { records: [...new Set(ids)] }, what: t('erase_what_records', { n: new Set(ids).size }) };
+      if (!name || !postal) return t('erase_nothing');
+      const hex = getKey(c.campaign);
+      if (!hex) return t('erase_no_key');
+      let code = postal;
+      try {
+        code = postalCode(postal);
+      } catch (e) {
+        if (!(e instanceof FormRefused)) throw e;
+      }
+      const key = await DuplicateKey.fromHex(hex);
+      return { body: { duplicate_token: await key.duplicateToken(name, code) }, what: t('erase_what_person', { name }) };
+    };
+    eraseForm.addEventListener('submit', (e) => {
+      e.preventDefault();
+      eraseButton.disabled = true;
+      eraseResult.replaceChildren();
+      void (async () => {
+        try {
+          const req = await eraseRequest();
+          if (typeof req === 'string') {
+            replace(eraseResult, h('p', { class: 'error', role: 'alert' }, req));
+            return;
+          }
+          if (!(await confirmErase(req.what))) return;
+          const done = await post<Erased>(`${base}/erase`, req.body);
+          const text = t('erased_done', { n: fmtNumber(done.erased.length), keys: fmtNumber(done.keys_deleted) });
+          replace(
+            eraseResult,
+            h('p', { class: 'success', role: 'status', id: 'erase-done', 'data-erased': done.erased.join(' ') }, text),
+            done.v1.length > 0 ? h('p', { class: 'error', role: 'alert', id: 'erase-v1' }, t('erased_v1', { n: fmtNumber(done.v1.length), ids: done.v1.join(', ') })) : null,
+          );
+          announce(text);
+          eraseForm.reset();
+          await load();
+          // The list, if shown, says which are erased now.
+          if (sigBox.firstChild) await loadSigs();
+        } catch (x) {
+          replace(eraseResult, errorBox(x));
+        } finally {
+          eraseButton.disabled = false;
+        }
+      })();
+    });
 
     // ---- paper sheets
     const serial = h('input', { id: 'p-serial', required: true, autocomplete: 'off' });
@@ -134,9 +237,9 @@ export const reviewView: View = {
     // ---- signatures to pick from (ids, times and places only: the personal fields stay sealed)
     const sigBox = h('div', { id: 'signatures' });
     const showSigs = h('button', { type: 'button', id: 'show-signatures' }, t('show_signatures'));
-    showSigs.addEventListener('click', () => {
+    const loadSigs = () => {
       showSigs.disabled = true;
-      get<SealedRecord[]>(`${base}/sealed`)
+      return get<SealedRecord[]>(`${base}/sealed`)
         .then((records) => {
           const latest = records.slice(-200).reverse();
           const rows = latest.map((r) => {
@@ -146,8 +249,14 @@ export const reviewView: View = {
               sig.value = r.id;
               sig.focus();
             });
-            const state = r.withdrawn ? t('withdrawn') : r.counted ? t('counted') : t('struck');
-            return [h('code', {}, r.id), fmtDateTime(r.collected_at, c.timezone), r.city, r.fsa, state, pick];
+            const erase = h('button', { type: 'button', class: 'danger', 'data-erase': r.id }, t('erase_this'));
+            erase.setAttribute('aria-label', `${t('erase_this')} ${r.id}`);
+            erase.addEventListener('click', () => {
+              eraseIds.value = eraseIds.value.trim() ? `${eraseIds.value.trim()}\n${r.id}` : r.id;
+              eraseIds.focus();
+            });
+            const state = r.erased ? t('erased_state') : r.withdrawn ? t('withdrawn') : r.counted ? t('counted') : t('struck');
+            return [h('code', {}, r.id), fmtDateTime(r.collected_at, c.timezone), r.city, r.fsa, state, r.erased ? '—' : h('span', { class: 'inline' }, pick, ' ', erase)];
           });
           replace(sigBox, table(t('signatures_latest', { n: latest.length, total: records.length }), [t('signature_id'), t('when'), t('city'), t('fsa'), t('state'), t('actions')], rows, { id: 'signature-list' }));
         })
@@ -155,7 +264,8 @@ export const reviewView: View = {
         .finally(() => {
           showSigs.disabled = false;
         });
-    });
+    };
+    showSigs.addEventListener('click', () => void loadSigs());
 
     main.append(
       h('p', { class: 'lede' }, c.title),
@@ -163,6 +273,7 @@ export const reviewView: View = {
       strikeForm,
       h('section', { 'aria-labelledby': 'strikes-title' }, h('h2', { id: 'strikes-title' }, t('strikes')), strikesBox),
       h('section', { 'aria-labelledby': 'sigs-title' }, h('h2', { id: 'sigs-title' }, t('signatures')), h('p', { class: 'note' }, t('signatures_intro')), showSigs, sigBox),
+      eraseForm,
       sheetForm,
       h('section', { 'aria-labelledby': 'sheets-title' }, h('h2', { id: 'sheets-title' }, t('sheets')), sheetsBox),
     );

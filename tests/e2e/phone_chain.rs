@@ -63,6 +63,7 @@ fn form(i: usize) -> SignatureForm {
 
 #[test]
 fn a_phone_rolls_over_and_every_signature_counts_once() {
+    let _heavy = crate::heavy_blocking();
     const SIGNATURES: usize = 25_000;
     const BATCH: usize = 2_500;
     let root = tempfile::tempdir().unwrap();

@@ -6,7 +6,7 @@
 //! `cargo test` plays a handful of schedules. The long mode plays as many as asked:
 //!
 //! ```sh
-//! TALLY_FAULT_SCHEDULES=200 cargo test --release -p tally-tests --test faults -- --nocapture
+//! TALLY_FAULT_SCHEDULES=200 cargo test --release -p tally-tests --test e2e faults:: -- --nocapture
 //! ```
 //!
 //! and one schedule is replayed from its seed with `TALLY_FAULT_SEED=S TALLY_FAULT_SCHEDULES=1`.
@@ -135,11 +135,23 @@ fn a_full_disk_refuses_then_heals() {
 
 /// A read-only database: the server refuses to start and says why, the phone's sync fails and
 /// it keeps its signatures; once the folder is writable everything arrives once.
+///
+/// Where the machine cannot make a folder read-only for the server (root without the right to
+/// mount, or `TALLY_FAULT_NO_MOUNTS` set), the test says it was skipped and why on stderr, and
+/// fails under CI (`CI` set, as `.ci/run` does), so that CI never passes without playing it.
 #[test]
 fn a_read_only_database_refuses_then_heals() {
     let root = tempfile::tempdir().unwrap();
     if let Err(why) = faults::read_only_available(root.path()) {
-        println!("not played: this machine cannot make a folder read-only ({why})");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but this machine cannot make a folder read-only ({why}): run the tests as \
+             root with the right to mount (a bind mount), or as a user other than root"
+        );
+        eprintln!(
+            "SKIPPED faults::a_read_only_database_refuses_then_heals: this machine cannot make a \
+             folder read-only ({why}); CI refuses this skip"
+        );
         return;
     }
     let steps = [
@@ -169,6 +181,7 @@ fn a_read_only_database_refuses_then_heals() {
 
 #[test]
 fn fault_schedules_lose_nothing_and_count_once() {
+    let _heavy = crate::heavy_blocking();
     let count = env_u64("TALLY_FAULT_SCHEDULES").unwrap_or(DEFAULT_SCHEDULES);
     let first = env_u64("TALLY_FAULT_SEED").unwrap_or(DEFAULT_SEED);
     let scratch = tempfile::tempdir().unwrap();

@@ -15,6 +15,7 @@ const DOCS: usize = 5_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_documents_are_unloaded() {
+    let _heavy = crate::heavy().await;
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start_with_env(
         dir.path(),

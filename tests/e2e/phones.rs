@@ -330,6 +330,7 @@ fn sync_size(pending: u64) -> u64 {
 
 #[test]
 fn sync_cut_mid_exchange_many_times() {
+    let _heavy = crate::heavy_blocking();
     const ROUNDS: usize = 36;
     let root = tempfile::tempdir().unwrap();
     let Setup {

@@ -7,12 +7,24 @@
 //!
 //! Parsed strictly into an [`EnrollPayload`] that cannot hold a bad value; each refusal names the
 //! field. Unknown extra fields are ignored (the version number guards incompatible changes).
+//!
+//! Its own crate below the phone's library (`tally-client` re-exports it) so that the fuzz
+//! target (`crates/tally-fuzz`) drives the very parser the phone runs without depending on the
+//! phone.
 
 use serde_json::Value;
 use tally_core::seal::DuplicateKey;
 use tally_proto::DocumentId;
 
-use crate::error::PayloadError;
+/// Why an enrollment payload (the organizer's QR code) was refused: the field and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("enrollment code, field `{field}`: {message}")]
+pub struct PayloadError {
+    /// The payload field, e.g. "server" or "key".
+    pub field: &'static str,
+    /// What is wrong and what to do.
+    pub message: String,
+}
 
 /// The payload version this build reads.
 pub const PAYLOAD_VERSION: u64 = 1;

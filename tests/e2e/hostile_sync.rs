@@ -272,6 +272,7 @@ fn chunk(kind: u8, body: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cost_of_a_sync_is_bounded() {
+    let _heavy = crate::heavy().await;
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start_with_env(
         dir.path(),
@@ -787,10 +788,11 @@ fn cpu_secs(pid: u32) -> f64 {
 /// The figures of docs in /work/notes/issue11-sync.md: each attack against a fresh server
 /// (the binary in TALLY_TEST_BIN_DIR when set, to measure an older build), with the time it
 /// held the server, its memory, its CPU, and an honest phone's sync time while it ran.
-/// `cargo test -p tally-tests --test hostile_sync measure -- --ignored --nocapture`
+/// `cargo test -p tally-tests --test e2e hostile_sync::measure -- --ignored --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, minutes long"]
 async fn measure_attacks() {
+    let _heavy = crate::heavy().await;
     let only = std::env::var("TALLY_ATTACK").ok();
     for attack in ["haves", "document", "orphans", "flood", "quarantine"] {
         if only.as_deref().is_some_and(|o| o != attack) {
