@@ -76,10 +76,16 @@ export async function wrapKey(recipients: readonly string[], key: Uint8Array): P
   return checkedRecipients(recipients).encrypt(key);
 }
 
-/** Opens a wrapped record key with an organizer's identity (AGE-SECRET-KEY-1...). */
-export async function unwrapKey(identity: string, wrapped: Uint8Array): Promise<Uint8Array> {
-  const d = new Decrypter();
-  d.addIdentity(identity);
+/**
+ * Opens a wrapped record key with an organizer's identity (AGE-SECRET-KEY-1...), or with a
+ * Decrypter that holds it (reused over many keys).
+ */
+export async function unwrapKey(identity: string | Decrypter, wrapped: Uint8Array): Promise<Uint8Array> {
+  let d = identity;
+  if (typeof d === 'string') {
+    d = new Decrypter();
+    d.addIdentity(identity as string);
+  }
   const key = await d.decrypt(wrapped);
   if (key.length !== 32) throw new SealDamaged('damaged', `a wrapped record key holds 32 bytes, got ${key.length}`);
   return key;

@@ -98,7 +98,7 @@ function base64Bytes(b64: string): Uint8Array {
  * Opens one record with the identity: v1 with age straight away; v2 with each candidate key of
  * its record id (the one its own phone uploaded first), until AES-GCM's tag accepts one.
  */
-export async function openRecord(r: SealedRecord, d: Decrypter, identity: string, keys: Map<string, { device: string; wrapped: string }[]>): Promise<Opened> {
+export async function openRecord(r: SealedRecord, d: Decrypter, keys: Map<string, { device: string; wrapped: string }[]>): Promise<Opened> {
   if (r.erased) return { status: 'erased' };
   const sealed = hexBytes(r.sealed);
   const version = sealedVersion(sealed);
@@ -111,7 +111,7 @@ export async function openRecord(r: SealedRecord, d: Decrypter, identity: string
     for (const c of candidates) {
       let key: Uint8Array;
       try {
-        key = await unwrapKey(identity, base64Bytes(c.wrapped));
+        key = await unwrapKey(d, base64Bytes(c.wrapped));
       } catch {
         continue; // sealed to other organizers, or junk
       }
@@ -152,7 +152,7 @@ export async function buildExport(
   let erased = 0;
   let keyMissing = 0;
   for (const [i, r] of wanted.entries()) {
-    const got = await openRecord(r, d, identity, keys);
+    const got = await openRecord(r, d, keys);
     if ('fields' in got) opened.push([r, got.fields]);
     else if (got.status === 'unopened') unopened += 1;
     else {
