@@ -52,7 +52,9 @@ impl From<tally_store::StoreError> for ApiError {
                 ApiError::BadRequest(e.to_string())
             }
             E::ReplaceRefused(_) => ApiError::Forbidden(e.to_string()),
-            E::Full(_) | E::ReadOnly(_) => ApiError::Unavailable(e.to_string()),
+            E::Full(_) | E::ReadOnly(_) | E::Unavailable { .. } => {
+                ApiError::Unavailable(e.to_string())
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }

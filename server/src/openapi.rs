@@ -116,7 +116,7 @@ fn why(code: u16) -> &'static str {
             "this address sent too many wrong tokens (`max_auth_failures` in `auth_window_secs`), or another per-address or per-device limit; retry later"
         }
         500 => "storage or another internal failure (logged)",
-        503 => "the disk is full or the database read-only",
+        503 => "the disk is full, or the database read-only or unavailable",
         _ => "",
     }
 }

@@ -12,7 +12,7 @@
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::error::{Result, StoreError};
-use crate::{Store, WriteTx};
+use crate::{ReadTx, Store, WriteTx};
 
 /// The document kind whose documents form the campaign registry.
 pub const CAMPAIGN_KIND: &str = "campaign";
@@ -297,11 +297,6 @@ impl WriteTx<'_> {
         put_meta(self.conn(), meta)
     }
 
-    /// The meta of a document, read inside this transaction.
-    pub fn doc_meta(&self, doc_id: &str) -> Result<Option<DocMeta>> {
-        doc_meta(self.conn(), doc_id)
-    }
-
     /// Appends an incremental chunk (`Automerge::save_incremental` / accepted changes) to a
     /// declared document; returns its seq. [`StoreError::NotFound`] if the document has no meta.
     pub fn append_chunk(&self, doc_id: &str, bytes: &[u8], now: i64) -> Result<i64> {
@@ -318,16 +313,23 @@ impl WriteTx<'_> {
     ) -> Result<()> {
         save_sync_state(self.conn(), peer_key, doc_id, bytes, now)
     }
+}
+
+impl ReadTx<'_> {
+    /// The meta of a document, read inside this transaction.
+    pub fn doc_meta(&self, doc_id: &str) -> Result<Option<DocMeta>> {
+        doc_meta(self.conn, doc_id)
+    }
 
     /// A document's stored bytes, read inside this transaction (e.g. to rebuild tables derived
     /// from every document atomically).
     pub fn load_document(&self, doc_id: &str) -> Result<Option<StoredDoc>> {
-        load_document(self.conn(), doc_id)
+        load_document(self.conn, doc_id)
     }
 
     /// The documents matching `filter`, read inside this transaction.
     pub fn list_documents(&self, filter: &DocFilter) -> Result<Vec<DocMeta>> {
-        list_documents(self.conn(), filter)
+        list_documents(self.conn, filter)
     }
 }
 

@@ -1,74 +1,100 @@
-//! The one error type of the store, and the one place where SQLite's errors are sorted into it.
+//! The one error type of the store, whatever the database behind it, and the one place where
+//! SQLite's errors are sorted into it.
 //!
-//! Every message says what went wrong and what the operator (or the calling code) should do
-//! about it, because the server shows these to people: a full disk must read as a full disk,
-//! not as "database error 13".
+//! [`StoreError`] names no backend: a full disk is [`StoreError::Full`] whether SQLite or
+//! PostgreSQL ran out of space, and the backend's own error is kept as the source (a
+//! [`BackendError`]) for logs. Every message says what went wrong and what the operator (or the
+//! calling code) should do about it, because the server shows these to people: a full disk must
+//! read as a full disk, not as "database error 13".
 
 use rusqlite::ErrorCode;
 
+/// The database's own error, kept as the source of a [`StoreError`] (for logs and `Debug`),
+/// without naming the database in the type.
+pub type BackendError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Everything a store call can fail with. Nothing is swallowed: a failed write is reported, and
 /// the transaction it belonged to is rolled back.
+///
+/// The first six variants are the storage failures every backend reports alike (`Full`,
+/// `ReadOnly`, `NotFound`, `Conflict`, `Unavailable`, `Other`); the others are the store's
+/// own refusals (a damaged file, a schema from another version, an invite, a record id another
+/// phone holds, ...), the same on every backend.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The database has no space left: its volume is full, or the store's own limit (see
+    /// [`crate::Store::set_max_pages`]) was reached. Nothing of the failed write was kept.
+    #[error(
+        "the disk is full: free space on the server's data volume, then retry \
+         (nothing of the failed write was kept; the database said: {0})"
+    )]
+    Full(#[source] BackendError),
+
+    /// The database, its files, folder or volume cannot be written.
+    #[error(
+        "the database is read-only: make the database (its file and folder, or its server) \
+         writable by tally (or remount the volume read-write), then retry (the database said: \
+         {0})"
+    )]
+    ReadOnly(#[source] BackendError),
+
     /// The named thing (a document, a device) is not in the store.
     #[error("{0} not found: check the id, or create it first")]
     NotFound(String),
 
-    /// SQLITE_FULL: the volume holding the database has no space left (or the store's page limit,
-    /// see [`crate::Store::set_max_pages`], was reached). Nothing of the failed write was kept.
+    /// The write would contradict what is stored (e.g. a document re-declared with another
+    /// kind, or a concurrent write to the same rows that the database refused).
     #[error(
-        "the disk is full: free space on the server's data volume, then retry \
-         (nothing of the failed write was kept; sqlite said: {0})"
+        "conflict with stored data: {0} (nothing of the write was kept; read again, then retry)"
     )]
-    Full(#[source] rusqlite::Error),
+    Conflict(String),
 
-    /// SQLITE_READONLY: the database file, its folder or its volume cannot be written.
+    /// The database cannot be reached or used right now: it cannot be opened, its disk failed
+    /// a read or write, a lock was held past the timeout, or a failed rollback left the
+    /// connection unusable. Nothing of the failed write was kept.
     #[error(
-        "the database is read-only: make the database file and its folder writable by the \
-         server (or remount the volume read-write), then retry (sqlite said: {0})"
+        "the database is unavailable ({what}): nothing of the failed write was kept; check that \
+         the database and its volume are up (server log, kernel log), then retry or restart the \
+         server (the database said: {source})"
     )]
-    ReadOnly(#[source] rusqlite::Error),
+    Unavailable {
+        /// What could not be done, in words.
+        what: String,
+        /// The database's error.
+        #[source]
+        source: BackendError,
+    },
 
-    /// SQLITE_CORRUPT / SQLITE_NOTADB: the file is damaged or is not a tally database at all.
+    /// Any other database error (a constraint, a misuse).
+    #[error("database error: {0} (if it persists, check the server log and the data volume)")]
+    Other(#[source] BackendError),
+
+    /// The database is damaged or is not a tally database at all.
     #[error(
         "the database file is damaged or is not a tally database: stop the server, keep a copy \
          of the file, and restore the latest backup ({0})"
     )]
     Corrupt(String),
 
-    /// SQLITE_IOERR: the operating system failed a read, write or fsync.
-    #[error(
-        "the disk failed a read or write: check the data volume (kernel log, hardware), \
-         then restart the server (sqlite said: {0})"
-    )]
-    Io(#[source] rusqlite::Error),
-
-    /// SQLITE_CANTOPEN: the file (or its WAL/shm companions) could not be opened.
-    #[error(
-        "cannot open the database file: check that its folder exists and that the server may \
-         read and write there (sqlite said: {0})"
-    )]
-    CannotOpen(#[source] rusqlite::Error),
-
-    /// The file was written by a newer tally whose schema this build does not know.
+    /// The database was written by a newer tally whose schema this build does not know.
     #[error(
         "the database has schema version {found} but this build knows only up to {supported}: \
          run a newer tally server on it (never an older one)"
     )]
     SchemaTooNew {
-        /// `PRAGMA user_version` found in the file.
+        /// The schema version found in the database.
         found: i64,
         /// The newest schema version this build can migrate to.
         supported: i64,
     },
 
-    /// A read-only store was opened on a file whose schema is older than this build's.
+    /// A read-only store was opened on a database whose schema is older than this build's.
     #[error(
         "the database has schema version {found} but this build needs {needed}: open it once \
          read-write (start the server) to upgrade it"
     )]
     SchemaTooOld {
-        /// `PRAGMA user_version` found in the file.
+        /// The schema version found in the database.
         found: i64,
         /// The schema version this build reads.
         needed: i64,
@@ -77,10 +103,6 @@ pub enum StoreError {
     /// The caller passed something the store cannot accept (a bad argument, not a bad disk).
     #[error("invalid request to the store: {0}")]
     Invalid(String),
-
-    /// The write would contradict what is stored (e.g. a document re-declared with another kind).
-    #[error("conflict with stored data: {0}")]
-    Conflict(String),
 
     /// A collection record new to its document has an id that a collection of another phone
     /// (another lineage of devices) in the campaign already holds: a record id is one phone's.
@@ -125,18 +147,16 @@ pub enum StoreError {
     /// A re-enrollment's proof of the device it replaces was refused; the invite was not used.
     #[error("{0}")]
     ReplaceRefused(ReplaceRefusal),
+}
 
-    /// A previous failure left the connection inside a transaction that could not be rolled
-    /// back; the store refuses further work rather than risk mixing writes.
-    #[error(
-        "the store's database connection is unusable after a failed rollback ({0}): \
-         restart the server"
-    )]
-    Broken(String),
-
-    /// Any other SQLite error (busy past the timeout, a constraint, a misuse).
-    #[error("database error: {0} (if it persists, check the server log and the data volume)")]
-    Other(#[source] rusqlite::Error),
+impl StoreError {
+    /// [`StoreError::Unavailable`] with `what` could not be done and the database's error.
+    pub fn unavailable(what: impl Into<String>, source: impl Into<BackendError>) -> StoreError {
+        StoreError::Unavailable {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
 }
 
 /// Why a re-enrollment may not replace the device it names (the invite stays unused).
@@ -169,14 +189,24 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 impl From<rusqlite::Error> for StoreError {
     fn from(err: rusqlite::Error) -> Self {
         match err.sqlite_error_code() {
-            Some(ErrorCode::DiskFull) => StoreError::Full(err),
-            Some(ErrorCode::ReadOnly) => StoreError::ReadOnly(err),
+            Some(ErrorCode::DiskFull) => StoreError::Full(err.into()),
+            Some(ErrorCode::ReadOnly) => StoreError::ReadOnly(err.into()),
             Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
-                StoreError::Corrupt(format!("sqlite said: {err}"))
+                StoreError::Corrupt(format!("the database said: {err}"))
             }
-            Some(ErrorCode::SystemIoFailure) => StoreError::Io(err),
-            Some(ErrorCode::CannotOpen) => StoreError::CannotOpen(err),
-            _ => StoreError::Other(err),
+            Some(ErrorCode::SystemIoFailure) => {
+                StoreError::unavailable("the disk failed a read or write", err)
+            }
+            Some(ErrorCode::CannotOpen) => StoreError::unavailable(
+                "cannot open the database file: check that its folder exists and that the \
+                 server may read and write there",
+                err,
+            ),
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::unavailable(
+                "another connection held the database's write lock past the timeout",
+                err,
+            ),
+            _ => StoreError::Other(err.into()),
         }
     }
 }
@@ -190,30 +220,50 @@ mod tests {
     }
 
     #[test]
-    fn sqlite_codes_map_to_variants() {
+    fn sqlite_codes_map_to_variants_that_name_no_backend() {
+        let mapped = |code| StoreError::from(sqlite_err(code));
         assert!(matches!(
-            StoreError::from(sqlite_err(rusqlite::ffi::SQLITE_FULL)),
+            mapped(rusqlite::ffi::SQLITE_FULL),
             StoreError::Full(_)
         ));
         assert!(matches!(
-            StoreError::from(sqlite_err(rusqlite::ffi::SQLITE_READONLY)),
+            mapped(rusqlite::ffi::SQLITE_READONLY),
             StoreError::ReadOnly(_)
         ));
         assert!(matches!(
-            StoreError::from(sqlite_err(rusqlite::ffi::SQLITE_CORRUPT)),
+            mapped(rusqlite::ffi::SQLITE_CORRUPT),
             StoreError::Corrupt(_)
         ));
         assert!(matches!(
-            StoreError::from(sqlite_err(rusqlite::ffi::SQLITE_NOTADB)),
+            mapped(rusqlite::ffi::SQLITE_NOTADB),
             StoreError::Corrupt(_)
         ));
+        for code in [
+            rusqlite::ffi::SQLITE_IOERR_FSYNC,
+            rusqlite::ffi::SQLITE_CANTOPEN,
+            rusqlite::ffi::SQLITE_BUSY,
+        ] {
+            assert!(
+                matches!(mapped(code), StoreError::Unavailable { .. }),
+                "{code}"
+            );
+        }
         assert!(matches!(
-            StoreError::from(sqlite_err(rusqlite::ffi::SQLITE_IOERR_FSYNC)),
-            StoreError::Io(_)
-        ));
-        assert!(matches!(
-            StoreError::from(sqlite_err(rusqlite::ffi::SQLITE_BUSY)),
+            mapped(rusqlite::ffi::SQLITE_CONSTRAINT),
             StoreError::Other(_)
         ));
+        for code in [
+            rusqlite::ffi::SQLITE_FULL,
+            rusqlite::ffi::SQLITE_READONLY,
+            rusqlite::ffi::SQLITE_IOERR,
+            rusqlite::ffi::SQLITE_BUSY,
+        ] {
+            let message = mapped(code).to_string();
+            assert!(!message.to_lowercase().contains("sqlite said"), "{message}");
+            assert!(
+                message.contains("retry") || message.contains("restart"),
+                "says what to do: {message}"
+            );
+        }
     }
 }

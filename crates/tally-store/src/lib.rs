@@ -21,10 +21,11 @@
 //! [`documents`] (documents, chunks, compaction, sync states), [`devices`] (devices, tokens,
 //! invites), [`quarantine`] (rejected messages), [`audit`] (the audit chain), [`projection`]
 //! (the totals projection's rows and aggregate cells), [`readers`] (a pool of read
-//! connections). All of the server's SQL lives in these modules: callers get typed methods on
+//! connections), [`backend`] (the storage traits a backend implements, SQLite's impl). All of the server's SQL lives in these modules: callers get typed methods on
 //! [`Store`], [`ReadTx`] and [`WriteTx`], never a connection.
 
 pub mod audit;
+pub mod backend;
 pub mod devices;
 pub mod documents;
 pub mod error;
@@ -41,6 +42,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
 pub use audit::{AuditBroken, AuditEntry, AuditFilter, NewAudit};
+pub use backend::{Projecting, Reads, Storage, Writes};
 pub use devices::{Device, InviteCode, Replaces, Token, TokenRefusal};
 pub use documents::{CAMPAIGN_KIND, ChunkStats, DocFilter, DocMeta, StoredDoc};
 pub use error::{ReplaceRefusal, Result, StoreError};
@@ -53,7 +55,7 @@ pub use readers::{Reader, Readers};
 pub use schema::SCHEMA_VERSION;
 
 /// How long a call waits for another connection's write lock before failing with
-/// [`StoreError::Other`] (SQLITE_BUSY).
+/// [`StoreError::Unavailable`] (SQLITE_BUSY).
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The server's storage: one SQLite database file.
@@ -67,7 +69,7 @@ pub struct Store {
 struct Inner {
     conn: Connection,
     /// Set when a rollback failed and the connection is still inside a transaction: from then
-    /// on every call returns [`StoreError::Broken`] with this description.
+    /// on every call returns [`StoreError::Unavailable`] with this description.
     broken: Option<String>,
 }
 
@@ -240,7 +242,11 @@ impl Store {
         // itself is still sound, so a poisoned lock is safe to take over.
         let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(why) = &inner.broken {
-            return Err(StoreError::Broken(why.clone()));
+            return Err(StoreError::unavailable(
+                "a failed rollback left the store's database connection unusable: restart the \
+                 server",
+                why.clone(),
+            ));
         }
         Ok(inner)
     }

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use tally_core::Role;
 use tally_core::fixtures::World;
 use tally_store::{
-    DocFilter, DocMeta, QuarantineFilter, Replaces, SCHEMA_VERSION, Store, StoreError, TokenRefusal,
+    DocFilter, DocMeta, QuarantineFilter, Replaces, SCHEMA_VERSION, Storage, Store, StoreError,
+    TokenRefusal,
 };
 use tempfile::TempDir;
 
@@ -800,7 +801,11 @@ fn a_file_that_is_not_a_database_is_reported_as_corrupt() {
 fn a_missing_folder_cannot_be_opened() {
     let dir = tempfile::tempdir().unwrap();
     let err = Store::open(&dir.path().join("no/such/folder/tally.db")).unwrap_err();
-    assert!(matches!(err, StoreError::CannotOpen(_)), "{err:?}");
+    assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("check that its folder exists"),
+        "{err}"
+    );
 }
 
 fn refusal<'a>(
@@ -1126,4 +1131,46 @@ fn a_reenrolled_phone_replaces_the_device_whose_token_it_holds() {
         .redeem_invite_replacing(invite("c1").as_str(), "phone", T0 + 4, Some(proof))
         .unwrap();
     assert_eq!(fourth.lineage, old.device_id);
+}
+
+/// The storage interface (`dyn Storage`) over SQLite: a closure's own error rolls the write
+/// back and comes back as it was; a committed write is read back in one snapshot.
+#[test]
+fn the_storage_interface_commits_or_rolls_back_as_the_store_does() {
+    let (_dir, _path, store) = temp_store();
+    let storage: &dyn Storage = &store;
+    #[derive(Debug, PartialEq)]
+    enum Mine {
+        No,
+        Store(String),
+    }
+    impl From<StoreError> for Mine {
+        fn from(e: StoreError) -> Mine {
+            Mine::Store(e.to_string())
+        }
+    }
+    let refused = storage.write_with_error(|w| {
+        w.put_meta(&meta("d1", "collection", "c1", Some("dev1")))?;
+        w.append_chunk("d1", b"one", T0)?;
+        Err::<(), _>(Mine::No)
+    });
+    assert_eq!(refused, Err(Mine::No));
+    assert!(storage.doc_meta("d1").unwrap().is_none());
+    let seq = storage
+        .write(|w| {
+            w.put_meta(&meta("d1", "collection", "c1", Some("dev1")))?;
+            w.append_chunk("d1", b"one", T0)
+        })
+        .unwrap();
+    assert_eq!(seq, 1);
+    let (meta_kind, chunks) = storage
+        .read(|r| {
+            let m = r.doc_meta("d1")?.expect("declared");
+            let d = r.load_document("d1")?.expect("stored");
+            Ok((m.kind, d.incremental.len()))
+        })
+        .unwrap();
+    assert_eq!((meta_kind.as_str(), chunks), ("collection", 1));
+    let err = storage.append_chunk("nope", b"x", T0).unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
 }

@@ -1,0 +1,582 @@
+//! The storage interface a database backend implements, so that the server (and the
+//! conformance tests) can hold any of them as a `dyn Storage`.
+//!
+//! Four traits, one per scope of work:
+//! - [`Storage`]: the store itself. Each call is its own transaction (devices and tokens,
+//!   invites, quarantine, the audit chain, record keys, compaction, sync states), and
+//!   [`Storage::read_with`] / [`Storage::write_with`] run a caller's closure inside one snapshot
+//!   or one write transaction, committed before the call returns `Ok`: that commit is the
+//!   durability point the server acknowledges after, whatever the backend.
+//! - [`Reads`]: what a closure may read inside one snapshot (documents, totals).
+//! - [`Writes`]: what a closure may write inside one transaction (documents, chunks, sync
+//!   states, quarantine, audit, the projection), and read back before it commits.
+//! - [`Projecting`]: a projection batch inside a write (rows now, netted aggregate cells at
+//!   [`Projecting::flush`]).
+//!
+//! Every failure is a [`StoreError`], which names no backend. SQLite ([`crate::Store`])
+//! implements them; the typed helpers on `dyn Storage` (`read`, `write`, `write_with_error`)
+//! give callers the closure API with their own result and error types.
+
+use std::collections::BTreeMap;
+
+use tally_core::collection::{Checkin, Collection, Signature};
+use tally_core::review::{Review, Sheet, Strike};
+use tally_core::totals::Totals;
+use tally_core::validate::Role;
+
+use crate::{
+    AuditBroken, AuditEntry, AuditFilter, Batch, ChunkStats, Device, DocFilter, DocMeta, Erasure,
+    Filter, InviteCode, KeyOutcome, NewAudit, NewQuarantine, QuarantineEntry, QuarantineFilter,
+    QuarantineOutcome, QuarantineQuota, ReadTx, Replaces, Result, Store, StoreError, StoredDoc,
+    StoredKey, Token, TokenRefusal, WriteTx,
+};
+
+/// What may be read inside one snapshot.
+pub trait Reads {
+    /// The meta of a document.
+    fn doc_meta(&self, doc_id: &str) -> Result<Option<DocMeta>>;
+    /// A document's stored bytes (snapshot and incremental chunks).
+    fn load_document(&self, doc_id: &str) -> Result<Option<StoredDoc>>;
+    /// The documents matching `filter`.
+    fn list_documents(&self, filter: &DocFilter) -> Result<Vec<DocMeta>>;
+    /// A campaign's totals, from the aggregate cells.
+    fn totals(&self, campaign: &str) -> Result<Totals>;
+    /// A campaign's totals narrowed by `filter` (the cells when it is empty, else a scan).
+    fn query_totals(&self, campaign: &str, filter: &Filter) -> Result<Totals>;
+    /// A campaign's totals by scanning the rows matching `filter` (no aggregates).
+    fn scan_totals(&self, campaign: &str, filter: &Filter) -> Result<Totals>;
+    /// Whether the campaign has a signature with this id.
+    fn has_signature(&self, campaign: &str, sig_id: &str) -> Result<bool>;
+    /// Signature rows (copies) in the projection, all campaigns.
+    fn signature_rows(&self) -> Result<u64>;
+    /// The first device of a device's phone's chain (its own id if unknown).
+    fn lineage_of(&self, device_id: &str) -> Result<String>;
+    /// Every projection table as sorted text lines (what a reindex must reproduce).
+    fn projection_dump(&self) -> Result<BTreeMap<&'static str, Vec<String>>>;
+}
+
+/// What may be written inside one transaction (and read back before it commits).
+pub trait Writes: Reads {
+    /// Declares a document; `true` if new; other stored meta is [`StoreError::Conflict`].
+    fn put_meta(&self, meta: &DocMeta) -> Result<bool>;
+    /// Appends an incremental chunk to a declared document; returns its seq.
+    fn append_chunk(&self, doc_id: &str, bytes: &[u8], now: i64) -> Result<i64>;
+    /// Saves (replaces) a peer's sync state of a document.
+    fn save_sync_state(&self, peer_key: &str, doc_id: &str, bytes: &[u8], now: i64) -> Result<()>;
+    /// Quarantines a rejected message (no quota).
+    fn quarantine(
+        &self,
+        device_id: &str,
+        doc_id: &str,
+        reason: &str,
+        bytes: &[u8],
+        now: i64,
+    ) -> Result<i64>;
+    /// Quarantines a refusal within the quotas.
+    fn quarantine_entry(
+        &self,
+        entry: &NewQuarantine<'_>,
+        quota: &QuarantineQuota,
+    ) -> Result<QuarantineOutcome>;
+    /// Appends an entry to the audit chain.
+    fn audit(&self, e: &NewAudit<'_>) -> Result<AuditEntry>;
+    /// A projection batch for `campaign` in this write.
+    fn projection_batch(&self, campaign: &str) -> Box<dyn Projecting + '_>;
+    /// Deletes every projection row (reindex).
+    fn clear_projection_rows(&self) -> Result<()>;
+    /// Writes the rows of a collection's records (no aggregates); (signatures, check-ins).
+    fn project_collection(
+        &self,
+        doc_id: &str,
+        campaign: &str,
+        collection: &Collection,
+        timezone: &str,
+    ) -> Result<(u64, u64)>;
+    /// Writes the rows of a review's strikes and sheets (no aggregates); (strikes, sheets).
+    fn project_review(&self, campaign: &str, review: &Review) -> Result<(u64, u64)>;
+    /// Recomputes the aggregate cells from the rows; returns the number of cells.
+    fn rebuild_aggregates(&self) -> Result<u64>;
+    /// Rebuilds the aggregates if a schema upgrade left them stale; whether it did.
+    fn rebuild_aggregates_if_stale(&self) -> Result<bool>;
+}
+
+/// A projection batch: rows written as records come, aggregate cells netted and written once
+/// at [`Projecting::flush`].
+pub trait Projecting {
+    /// From now on, refuse a collection record new to its document whose id another phone's
+    /// collection holds ([`StoreError::Claimed`]).
+    fn claim_for(&mut self, owner: &str) -> Result<()>;
+    /// Projects a signature of collection `doc_id`.
+    fn signature(&mut self, doc_id: &str, s: &Signature, timezone: &str) -> Result<()>;
+    /// Projects a check-in of collection `doc_id`.
+    fn checkin(&mut self, doc_id: &str, c: &Checkin) -> Result<()>;
+    /// Projects a strike (or its revocation).
+    fn strike(&mut self, s: &Strike) -> Result<()>;
+    /// Projects a paper sheet.
+    fn sheet(&mut self, s: &Sheet) -> Result<()>;
+    /// Writes the netted aggregate changes.
+    fn flush(self: Box<Self>) -> Result<()>;
+}
+
+/// A storage backend: one database that one or more servers write through.
+pub trait Storage: Send + Sync {
+    /// Runs `f` inside one snapshot.
+    fn read_with(&self, f: &mut dyn FnMut(&dyn Reads) -> Result<()>) -> Result<()>;
+    /// Runs `f` inside one write transaction and commits it before returning `Ok`; if `f`
+    /// fails, or the commit does, nothing `f` wrote is kept.
+    fn write_with(&self, f: &mut dyn FnMut(&dyn Writes) -> Result<()>) -> Result<()>;
+
+    /// See [`Writes::put_meta`]; commits on its own.
+    fn put_meta(&self, meta: &DocMeta) -> Result<bool>;
+    /// See [`Writes::append_chunk`]; commits on its own.
+    fn append_chunk(&self, doc_id: &str, bytes: &[u8], now: i64) -> Result<i64>;
+    /// See [`Reads::doc_meta`].
+    fn doc_meta(&self, doc_id: &str) -> Result<Option<DocMeta>>;
+    /// See [`Reads::load_document`].
+    fn load_document(&self, doc_id: &str) -> Result<Option<StoredDoc>>;
+    /// Replaces a document's chunks up to `through_seq` by `snapshot`; `false` if they moved.
+    fn compact(&self, doc_id: &str, snapshot: &[u8], through_seq: i64, now: i64) -> Result<bool>;
+    /// How many chunks (and bytes) a document has since its snapshot.
+    fn chunks_since_snapshot(&self, doc_id: &str) -> Result<ChunkStats>;
+    /// See [`Reads::list_documents`].
+    fn list_documents(&self, filter: &DocFilter) -> Result<Vec<DocMeta>>;
+    /// Every campaign document.
+    fn list_campaigns(&self) -> Result<Vec<DocMeta>>;
+    /// Documents owned by a device.
+    fn count_documents_by_owner(&self, owner: &str) -> Result<u64>;
+    /// Collections of a device in a campaign.
+    fn count_collections(&self, owner: &str, campaign: &str) -> Result<u64>;
+    /// See [`Writes::save_sync_state`]; commits on its own.
+    fn save_sync_state(&self, peer_key: &str, doc_id: &str, bytes: &[u8], now: i64) -> Result<()>;
+    /// A peer's saved sync state of a document.
+    fn load_sync_state(&self, peer_key: &str, doc_id: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Whether a working admin device exists.
+    fn has_admin(&self) -> Result<bool>;
+    /// Creates the first admin device and its token.
+    fn create_admin(&self, name: &str, now: i64) -> Result<(Device, Token)>;
+    /// Creates a one-time invite.
+    fn create_invite(
+        &self,
+        campaign: Option<&str>,
+        role: Role,
+        ttl_ms: i64,
+        now: i64,
+    ) -> Result<(String, InviteCode)>;
+    /// Redeems an invite, optionally replacing a device the phone proves it was.
+    fn redeem_invite_replacing(
+        &self,
+        code: &str,
+        device_name: &str,
+        now: i64,
+        replaces: Option<Replaces<'_>>,
+    ) -> Result<(Device, Token)>;
+    /// The device a token belongs to, if it may act now.
+    fn check_token(
+        &self,
+        token: &str,
+        now: i64,
+        idle_expiry_ms: Option<i64>,
+    ) -> Result<std::result::Result<Device, TokenRefusal>>;
+    /// Records that a device was seen; whether it was written.
+    fn record_seen(&self, device: &Device, now: i64) -> Result<bool>;
+    /// Revokes a device; whether it was working.
+    fn revoke_device(&self, device_id: &str, now: i64) -> Result<bool>;
+    /// A device by id.
+    fn device(&self, device_id: &str) -> Result<Option<Device>>;
+    /// Every device.
+    fn list_devices(&self) -> Result<Vec<Device>>;
+    /// Devices revoked since a time.
+    fn revoked_since(&self, since_ms: i64) -> Result<Vec<String>>;
+
+    /// See [`Writes::quarantine_entry`]; commits on its own.
+    fn quarantine_entry(
+        &self,
+        entry: &NewQuarantine<'_>,
+        quota: &QuarantineQuota,
+    ) -> Result<QuarantineOutcome>;
+    /// Quarantined messages matching `filter`.
+    fn list_quarantine(&self, filter: &QuarantineFilter) -> Result<Vec<QuarantineEntry>>;
+    /// How many messages are quarantined.
+    fn quarantine_len(&self) -> Result<u64>;
+
+    /// See [`Writes::audit`]; commits on its own.
+    fn audit(&self, e: &NewAudit<'_>) -> Result<AuditEntry>;
+    /// Audit entries matching `filter`.
+    fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>>;
+    /// Checks the audit chain: entries checked, or the first broken one.
+    fn verify_audit(&self) -> Result<std::result::Result<u64, AuditBroken>>;
+
+    /// Stores record keys uploaded by a device.
+    fn put_keys(
+        &self,
+        campaign: &str,
+        device: &str,
+        keys: &[(String, Vec<u8>)],
+        max_per_device: u64,
+        now: i64,
+    ) -> Result<Vec<KeyOutcome>>;
+    /// A page of a campaign's keys.
+    fn list_keys(&self, campaign: &str, after: Option<&str>, limit: u32) -> Result<Vec<StoredKey>>;
+    /// Signature ids of a campaign with this duplicate token.
+    fn records_with_token(&self, campaign: &str, token: &str) -> Result<Vec<String>>;
+    /// Which of these signature ids the campaign does not have.
+    fn unknown_signatures(&self, campaign: &str, records: &[String]) -> Result<Vec<String>>;
+    /// The erased record ids of a campaign.
+    fn erased_records(&self, campaign: &str) -> Result<Vec<String>>;
+    /// Erases records' keys for good.
+    fn erase_records(
+        &self,
+        campaign: &str,
+        records: &[String],
+        by: &str,
+        now: i64,
+    ) -> Result<Erasure>;
+}
+
+impl dyn Storage + '_ {
+    /// Runs `f` inside one snapshot and returns what it returns.
+    pub fn read<T>(&self, f: impl FnOnce(&dyn Reads) -> Result<T>) -> Result<T> {
+        let mut f = Some(f);
+        let mut out = None;
+        self.read_with(&mut |r| {
+            let f = f.take().ok_or_else(called_twice)?;
+            out = Some(f(r)?);
+            Ok(())
+        })?;
+        out.ok_or_else(called_twice)
+    }
+
+    /// Runs `f` inside one write transaction, committed before this returns `Ok`.
+    pub fn write<T>(&self, f: impl FnOnce(&dyn Writes) -> Result<T>) -> Result<T> {
+        self.write_with_error(f)
+    }
+
+    /// Like `write`, for a closure with its own error type: when it fails, the transaction
+    /// rolls back and its error is returned as it was.
+    pub fn write_with_error<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&dyn Writes) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        let mut f = Some(f);
+        let mut out: Option<std::result::Result<T, E>> = None;
+        let done = self.write_with(&mut |w| {
+            let f = f.take().ok_or_else(called_twice)?;
+            match f(w) {
+                Ok(v) => {
+                    out = Some(Ok(v));
+                    Ok(())
+                }
+                Err(e) => {
+                    out = Some(Err(e));
+                    // Any error rolls the transaction back; the caller's own is returned below.
+                    Err(StoreError::Invalid("rolled back by the caller".into()))
+                }
+            }
+        });
+        match (done, out) {
+            (_, Some(Err(e))) => Err(e),
+            (Ok(()), Some(Ok(v))) => Ok(v),
+            (Err(e), _) => Err(e.into()),
+            (Ok(()), None) => Err(called_twice().into()),
+        }
+    }
+}
+
+fn called_twice() -> StoreError {
+    StoreError::Invalid(
+        "a storage backend ran a transaction's closure other than once: a bug in the backend"
+            .into(),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// SQLite.
+
+impl Reads for ReadTx<'_> {
+    fn doc_meta(&self, doc_id: &str) -> Result<Option<DocMeta>> {
+        ReadTx::doc_meta(self, doc_id)
+    }
+    fn load_document(&self, doc_id: &str) -> Result<Option<StoredDoc>> {
+        ReadTx::load_document(self, doc_id)
+    }
+    fn list_documents(&self, filter: &DocFilter) -> Result<Vec<DocMeta>> {
+        ReadTx::list_documents(self, filter)
+    }
+    fn totals(&self, campaign: &str) -> Result<Totals> {
+        ReadTx::totals(self, campaign)
+    }
+    fn query_totals(&self, campaign: &str, filter: &Filter) -> Result<Totals> {
+        ReadTx::query_totals(self, campaign, filter)
+    }
+    fn scan_totals(&self, campaign: &str, filter: &Filter) -> Result<Totals> {
+        ReadTx::scan_totals(self, campaign, filter)
+    }
+    fn has_signature(&self, campaign: &str, sig_id: &str) -> Result<bool> {
+        ReadTx::has_signature(self, campaign, sig_id)
+    }
+    fn signature_rows(&self) -> Result<u64> {
+        ReadTx::signature_rows(self)
+    }
+    fn lineage_of(&self, device_id: &str) -> Result<String> {
+        ReadTx::lineage_of(self, device_id)
+    }
+    fn projection_dump(&self) -> Result<BTreeMap<&'static str, Vec<String>>> {
+        ReadTx::projection_dump(self)
+    }
+}
+
+impl Reads for WriteTx<'_> {
+    fn doc_meta(&self, doc_id: &str) -> Result<Option<DocMeta>> {
+        ReadTx::doc_meta(self, doc_id)
+    }
+    fn load_document(&self, doc_id: &str) -> Result<Option<StoredDoc>> {
+        ReadTx::load_document(self, doc_id)
+    }
+    fn list_documents(&self, filter: &DocFilter) -> Result<Vec<DocMeta>> {
+        ReadTx::list_documents(self, filter)
+    }
+    fn totals(&self, campaign: &str) -> Result<Totals> {
+        ReadTx::totals(self, campaign)
+    }
+    fn query_totals(&self, campaign: &str, filter: &Filter) -> Result<Totals> {
+        ReadTx::query_totals(self, campaign, filter)
+    }
+    fn scan_totals(&self, campaign: &str, filter: &Filter) -> Result<Totals> {
+        ReadTx::scan_totals(self, campaign, filter)
+    }
+    fn has_signature(&self, campaign: &str, sig_id: &str) -> Result<bool> {
+        ReadTx::has_signature(self, campaign, sig_id)
+    }
+    fn signature_rows(&self) -> Result<u64> {
+        ReadTx::signature_rows(self)
+    }
+    fn lineage_of(&self, device_id: &str) -> Result<String> {
+        ReadTx::lineage_of(self, device_id)
+    }
+    fn projection_dump(&self) -> Result<BTreeMap<&'static str, Vec<String>>> {
+        ReadTx::projection_dump(self)
+    }
+}
+
+impl Writes for WriteTx<'_> {
+    fn put_meta(&self, meta: &DocMeta) -> Result<bool> {
+        WriteTx::put_meta(self, meta)
+    }
+    fn append_chunk(&self, doc_id: &str, bytes: &[u8], now: i64) -> Result<i64> {
+        WriteTx::append_chunk(self, doc_id, bytes, now)
+    }
+    fn save_sync_state(&self, peer_key: &str, doc_id: &str, bytes: &[u8], now: i64) -> Result<()> {
+        WriteTx::save_sync_state(self, peer_key, doc_id, bytes, now)
+    }
+    fn quarantine(
+        &self,
+        device_id: &str,
+        doc_id: &str,
+        reason: &str,
+        bytes: &[u8],
+        now: i64,
+    ) -> Result<i64> {
+        WriteTx::quarantine(self, device_id, doc_id, reason, bytes, now)
+    }
+    fn quarantine_entry(
+        &self,
+        entry: &NewQuarantine<'_>,
+        quota: &QuarantineQuota,
+    ) -> Result<QuarantineOutcome> {
+        WriteTx::quarantine_entry(self, entry, quota)
+    }
+    fn audit(&self, e: &NewAudit<'_>) -> Result<AuditEntry> {
+        WriteTx::audit(self, e)
+    }
+    fn projection_batch(&self, campaign: &str) -> Box<dyn Projecting + '_> {
+        Box::new(WriteTx::projection_batch(self, campaign))
+    }
+    fn clear_projection_rows(&self) -> Result<()> {
+        WriteTx::clear_projection_rows(self)
+    }
+    fn project_collection(
+        &self,
+        doc_id: &str,
+        campaign: &str,
+        collection: &Collection,
+        timezone: &str,
+    ) -> Result<(u64, u64)> {
+        WriteTx::project_collection(self, doc_id, campaign, collection, timezone)
+    }
+    fn project_review(&self, campaign: &str, review: &Review) -> Result<(u64, u64)> {
+        WriteTx::project_review(self, campaign, review)
+    }
+    fn rebuild_aggregates(&self) -> Result<u64> {
+        WriteTx::rebuild_aggregates(self)
+    }
+    fn rebuild_aggregates_if_stale(&self) -> Result<bool> {
+        WriteTx::rebuild_aggregates_if_stale(self)
+    }
+}
+
+impl Projecting for Batch<'_> {
+    fn claim_for(&mut self, owner: &str) -> Result<()> {
+        Batch::claim_for(self, owner)
+    }
+    fn signature(&mut self, doc_id: &str, s: &Signature, timezone: &str) -> Result<()> {
+        Batch::signature(self, doc_id, s, timezone)
+    }
+    fn checkin(&mut self, doc_id: &str, c: &Checkin) -> Result<()> {
+        Batch::checkin(self, doc_id, c)
+    }
+    fn strike(&mut self, s: &Strike) -> Result<()> {
+        Batch::strike(self, s)
+    }
+    fn sheet(&mut self, s: &Sheet) -> Result<()> {
+        Batch::sheet(self, s)
+    }
+    fn flush(self: Box<Self>) -> Result<()> {
+        Batch::flush(*self)
+    }
+}
+
+impl Storage for Store {
+    fn read_with(&self, f: &mut dyn FnMut(&dyn Reads) -> Result<()>) -> Result<()> {
+        Store::read(self, |r| f(r))
+    }
+    fn write_with(&self, f: &mut dyn FnMut(&dyn Writes) -> Result<()>) -> Result<()> {
+        Store::write(self, |w| f(w))
+    }
+    fn put_meta(&self, meta: &DocMeta) -> Result<bool> {
+        Store::put_meta(self, meta)
+    }
+    fn append_chunk(&self, doc_id: &str, bytes: &[u8], now: i64) -> Result<i64> {
+        Store::append_chunk(self, doc_id, bytes, now)
+    }
+    fn doc_meta(&self, doc_id: &str) -> Result<Option<DocMeta>> {
+        Store::doc_meta(self, doc_id)
+    }
+    fn load_document(&self, doc_id: &str) -> Result<Option<StoredDoc>> {
+        Store::load_document(self, doc_id)
+    }
+    fn compact(&self, doc_id: &str, snapshot: &[u8], through_seq: i64, now: i64) -> Result<bool> {
+        Store::compact(self, doc_id, snapshot, through_seq, now)
+    }
+    fn chunks_since_snapshot(&self, doc_id: &str) -> Result<ChunkStats> {
+        Store::chunks_since_snapshot(self, doc_id)
+    }
+    fn list_documents(&self, filter: &DocFilter) -> Result<Vec<DocMeta>> {
+        Store::list_documents(self, filter)
+    }
+    fn list_campaigns(&self) -> Result<Vec<DocMeta>> {
+        Store::list_campaigns(self)
+    }
+    fn count_documents_by_owner(&self, owner: &str) -> Result<u64> {
+        Store::count_documents_by_owner(self, owner)
+    }
+    fn count_collections(&self, owner: &str, campaign: &str) -> Result<u64> {
+        Store::count_collections(self, owner, campaign)
+    }
+    fn save_sync_state(&self, peer_key: &str, doc_id: &str, bytes: &[u8], now: i64) -> Result<()> {
+        Store::save_sync_state(self, peer_key, doc_id, bytes, now)
+    }
+    fn load_sync_state(&self, peer_key: &str, doc_id: &str) -> Result<Option<Vec<u8>>> {
+        Store::load_sync_state(self, peer_key, doc_id)
+    }
+    fn has_admin(&self) -> Result<bool> {
+        Store::has_admin(self)
+    }
+    fn create_admin(&self, name: &str, now: i64) -> Result<(Device, Token)> {
+        Store::create_admin(self, name, now)
+    }
+    fn create_invite(
+        &self,
+        campaign: Option<&str>,
+        role: Role,
+        ttl_ms: i64,
+        now: i64,
+    ) -> Result<(String, InviteCode)> {
+        Store::create_invite(self, campaign, role, ttl_ms, now)
+    }
+    fn redeem_invite_replacing(
+        &self,
+        code: &str,
+        device_name: &str,
+        now: i64,
+        replaces: Option<Replaces<'_>>,
+    ) -> Result<(Device, Token)> {
+        Store::redeem_invite_replacing(self, code, device_name, now, replaces)
+    }
+    fn check_token(
+        &self,
+        token: &str,
+        now: i64,
+        idle_expiry_ms: Option<i64>,
+    ) -> Result<std::result::Result<Device, TokenRefusal>> {
+        Store::check_token(self, token, now, idle_expiry_ms)
+    }
+    fn record_seen(&self, device: &Device, now: i64) -> Result<bool> {
+        Store::record_seen(self, device, now)
+    }
+    fn revoke_device(&self, device_id: &str, now: i64) -> Result<bool> {
+        Store::revoke_device(self, device_id, now)
+    }
+    fn device(&self, device_id: &str) -> Result<Option<Device>> {
+        Store::device(self, device_id)
+    }
+    fn list_devices(&self) -> Result<Vec<Device>> {
+        Store::list_devices(self)
+    }
+    fn revoked_since(&self, since_ms: i64) -> Result<Vec<String>> {
+        Store::revoked_since(self, since_ms)
+    }
+    fn quarantine_entry(
+        &self,
+        entry: &NewQuarantine<'_>,
+        quota: &QuarantineQuota,
+    ) -> Result<QuarantineOutcome> {
+        Store::quarantine_entry(self, entry, quota)
+    }
+    fn list_quarantine(&self, filter: &QuarantineFilter) -> Result<Vec<QuarantineEntry>> {
+        Store::list_quarantine(self, filter)
+    }
+    fn quarantine_len(&self) -> Result<u64> {
+        Store::quarantine_len(self)
+    }
+    fn audit(&self, e: &NewAudit<'_>) -> Result<AuditEntry> {
+        Store::audit(self, e)
+    }
+    fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
+        Store::list_audit(self, filter)
+    }
+    fn verify_audit(&self) -> Result<std::result::Result<u64, AuditBroken>> {
+        Store::verify_audit(self)
+    }
+    fn put_keys(
+        &self,
+        campaign: &str,
+        device: &str,
+        keys: &[(String, Vec<u8>)],
+        max_per_device: u64,
+        now: i64,
+    ) -> Result<Vec<KeyOutcome>> {
+        Store::put_keys(self, campaign, device, keys, max_per_device, now)
+    }
+    fn list_keys(&self, campaign: &str, after: Option<&str>, limit: u32) -> Result<Vec<StoredKey>> {
+        Store::list_keys(self, campaign, after, limit)
+    }
+    fn records_with_token(&self, campaign: &str, token: &str) -> Result<Vec<String>> {
+        Store::records_with_token(self, campaign, token)
+    }
+    fn unknown_signatures(&self, campaign: &str, records: &[String]) -> Result<Vec<String>> {
+        Store::unknown_signatures(self, campaign, records)
+    }
+    fn erased_records(&self, campaign: &str) -> Result<Vec<String>> {
+        Store::erased_records(self, campaign)
+    }
+    fn erase_records(
+        &self,
+        campaign: &str,
+        records: &[String],
+        by: &str,
+        now: i64,
+    ) -> Result<Erasure> {
+        Store::erase_records(self, campaign, records, by, now)
+    }
+}
