@@ -566,8 +566,7 @@ async fn metrics_page(State(state): State<Arc<AppState>>) -> Result<impl IntoRes
             database_bytes: size(&path) + size(Path::new(&wal)),
         })
     })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    .await??;
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,

@@ -49,10 +49,11 @@ pub(crate) async fn sealed(
                 let rid: DocumentId = url
                     .trim_start_matches("automerge:")
                     .parse()
-                    .map_err(|e| ApiError::Internal(format!("{e}")))?;
+                    .map_err(|e| ApiError::stored(format!("the stored review id {url}"), e))?;
                 let slot = state.hub.slot(&rid)?;
                 let g = slot.lock().unwrap_or_else(|p| p.into_inner());
-                tally_core::review::read(&g.doc).map_err(|e| ApiError::Internal(e.to_string()))?
+                tally_core::review::read(&g.doc)
+                    .map_err(|e| ApiError::stored(format!("the review of campaign {id}"), e))?
             }
             None => Default::default(),
         };
@@ -62,14 +63,15 @@ pub(crate) async fn sealed(
             kind: Some("collection".into()),
             owner: None,
         })? {
-            let did: DocumentId = meta
-                .doc_id
-                .parse()
-                .map_err(|e| ApiError::Internal(format!("{e}")))?;
+            let did: DocumentId = meta.doc_id.parse().map_err(|e| {
+                ApiError::stored(format!("the stored document id {}", meta.doc_id), e)
+            })?;
             let slot = state.hub.slot(&did)?;
             let g = slot.lock().unwrap_or_else(|p| p.into_inner());
-            collections
-                .push(collection::read(&g.doc).map_err(|e| ApiError::Internal(e.to_string()))?);
+            collections.push(
+                collection::read(&g.doc)
+                    .map_err(|e| ApiError::stored(format!("the collection {did}"), e))?,
+            );
         }
         let mut out = Vec::new();
         for s in tally_core::totals::records(&id, &collections)

@@ -59,9 +59,7 @@ pub(crate) fn body<T>(b: Result<Json<T>, JsonRejection>, example: &str) -> Resul
 pub(crate) async fn on_blocking_pool<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
+    tokio::task::spawn_blocking(f).await?
 }
 
 pub(crate) fn doc_of_kind(
