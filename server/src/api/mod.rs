@@ -21,6 +21,7 @@ pub mod auth;
 pub mod campaigns;
 pub mod devices;
 pub mod export;
+pub mod keys;
 pub mod quarantine;
 pub mod review;
 pub mod signin;

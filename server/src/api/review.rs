@@ -50,6 +50,11 @@ pub(crate) async fn strike(
                 req.reason
             ))
         })?;
+        if reason == StrikeReason::Erased {
+            return Err(ApiError::BadRequest(
+                "an erasure deletes the record's keys too: use POST /api/v1/campaigns/{id}/erase (`tally erase`), not a strike".into(),
+            ));
+        }
         let strike = Strike {
             signature: req.signature,
             reason,
