@@ -281,7 +281,12 @@ impl Device {
         st.make_room()?;
         let now = now_ms();
         let key = enrollment.key()?;
-        let signature = checked.seal(&TakenBy {
+        // Sealed v2: the personal fields under a key of their own, wrapped to the organizers
+        // and kept outside the document (docs/clients.md 4), so an erasure can shred them.
+        let collection::Shreddable {
+            signature,
+            wrapped_key,
+        } = checked.seal_shreddable(&TakenBy {
             campaign: &campaign,
             key: &key,
             canvasser: &enrollment.device_id,
@@ -299,11 +304,12 @@ impl Device {
             event: signature.event.clone(),
             walk_in: None,
         };
-        let receipt = st.commit_local(
+        let receipt = st.commit_local_keyed(
             ReceiptKind::Signature,
             &signature.id,
             now,
             Some(details),
+            Some(&wrapped_key),
             |doc| collection::add_signature(doc, &signature, &campaign),
         )?;
         let counts = store::counts(&st.conn)?;
@@ -657,6 +663,12 @@ impl Device {
             problems.push(ClientError::NotEnrolled.to_string());
             (None, None, 0)
         };
+        let (_, keys_refused) = store::keys_not_on_server(&st.conn)?;
+        for (record, why) in keys_refused {
+            problems.push(format!(
+                "the server refused the key of record {record} ({why}): it is kept on this phone; show an organizer"
+            ));
+        }
         let last_sync =
             store::setting(&st.conn, KEY_LAST_SYNC)?.and_then(|j| serde_json::from_str(&j).ok());
         let last_complete_sync_at =

@@ -29,6 +29,7 @@ pub mod compact;
 pub mod device;
 pub mod enroll;
 pub mod error;
+pub mod keys;
 mod mirror;
 pub mod net;
 /// The enrollment payload's parser lives in a crate of its own, below this one (the fuzz target

@@ -400,6 +400,20 @@ impl State {
         details: Option<ReceiptDetails>,
         write: impl FnOnce(&mut Automerge) -> std::result::Result<(), WriteError>,
     ) -> Result<Receipt> {
+        self.commit_local_keyed(kind, record_id, at, details, None, write)
+    }
+
+    /// [`State::commit_local`], keeping the record's wrapped key (sealed v2) in the same
+    /// transaction as its change and receipt, until the server has it.
+    pub(crate) fn commit_local_keyed(
+        &mut self,
+        kind: ReceiptKind,
+        record_id: &str,
+        at: i64,
+        details: Option<ReceiptDetails>,
+        wrapped_key: Option<&[u8]>,
+        write: impl FnOnce(&mut Automerge) -> std::result::Result<(), WriteError>,
+    ) -> Result<Receipt> {
         let idx = self.index(DocRole::Collection)?;
         self.ensure(idx)?;
         let local = &mut self.docs[idx];
@@ -436,6 +450,9 @@ impl State {
         let seen = self.commit(|tx, quiet| {
             let seq = store::append_chunk(tx, &doc_id, &chunk, at)?;
             store::insert_receipt(tx, &receipt)?;
+            if let Some(k) = wrapped_key {
+                store::insert_record_key(tx, record_id, k)?;
+            }
             Ok(if quiet { seq } else { seen })
         })?;
         // Durable from here on. Compaction, if due, happens in the background.

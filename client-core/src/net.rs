@@ -427,7 +427,12 @@ async fn watch_loop(
                     join,
                     None,
                     Some(&mut stop),
-                    &mut |report| on_event(WatchEvent::Synced(Box::new(report))),
+                    &mut |mut report| {
+                        // Keys with (after) each settled round; an expired token shows at the
+                        // next connection.
+                        let _ = device.upload_keys_into(&mut report);
+                        on_event(WatchEvent::Synced(Box::new(report)))
+                    },
                 )
                 .await;
                 if engine.is_established() {
@@ -469,14 +474,39 @@ impl Device {
     /// `Err` when the server cannot be reached or refuses the token; a connection that breaks
     /// midway gives `Ok` with `complete: false` and the `problem`, plus whatever was
     /// acknowledged before. Errors the server sends are in `server_errors`.
+    ///
+    /// After the sync, the record keys the server does not hold yet are uploaded and those of
+    /// safe records dropped ([`Device::upload_keys`]); a failure there is the report's
+    /// `problem` (the keys stay on the phone and go with the next sync).
     pub fn sync_once(&self, timeout: Duration) -> Result<SyncReport> {
         self.lock()?.enrollment()?;
         let device = self.clone();
-        std::thread::scope(|s| {
+        let mut report = std::thread::scope(|s| {
             s.spawn(move || runtime()?.block_on(sync_once(&device, timeout)))
                 .join()
                 .unwrap_or_else(|_| Err(ClientError::Protocol("the sync thread panicked".into())))
-        })
+        })?;
+        self.upload_keys_into(&mut report)?;
+        Ok(report)
+    }
+
+    /// Uploads record keys after a sync round and folds the outcome into its report.
+    fn upload_keys_into(&self, report: &mut SyncReport) -> Result<()> {
+        match self.upload_keys() {
+            Ok(k) => report.keys = k,
+            Err(e @ ClientError::Unauthorized { .. }) => return Err(e),
+            Err(e) => {
+                let p = format!("record keys not uploaded: {e}");
+                report.problem = Some(match report.problem.take() {
+                    Some(before) => format!("{before}; {p}"),
+                    None => p,
+                });
+            }
+        }
+        if let Ok(c) = self.counts() {
+            report.counts = c;
+        }
+        Ok(())
     }
 
     /// Starts the background sync loop on its own thread: keeps a connection open, pushes each

@@ -154,6 +154,11 @@ pub struct Counts {
     pub checkins_refused: u64,
     #[serde(default)]
     pub withdrawals_refused: u64,
+    /// Signatures whose change the server acknowledged but whose record key (sealed v2) it has
+    /// not stored yet: not safe until it has (docs/clients.md 5). Those with a pending change
+    /// are counted in `signatures_pending` already.
+    #[serde(default)]
+    pub keys_not_on_server: u64,
 }
 
 fn plural(n: u64, one: &str, many: &str) -> String {
@@ -199,6 +204,22 @@ impl Counts {
     }
 
     fn pending_summary(&self) -> String {
+        let line = self.records_summary();
+        if self.keys_not_on_server == 0 {
+            return line;
+        }
+        let keys = format!(
+            "{} not yet safe: key not yet on the server (sync when you have signal)",
+            plural(self.keys_not_on_server, "signature", "signatures")
+        );
+        if self.pending_total() == 0 {
+            keys
+        } else {
+            format!("{line}; {keys}")
+        }
+    }
+
+    fn records_summary(&self) -> String {
         if self.pending_total() == 0 {
             return format!(
                 "all safe on the server ({}, {})",

@@ -1,7 +1,7 @@
 //! The phone's storage: one SQLite file in the device's home directory, in WAL mode with
 //! `synchronous=FULL`, so that a write this module commits survives the phone dying right after.
 //!
-//! Tables (schema version 3, `PRAGMA user_version`):
+//! Tables (schema version 4, `PRAGMA user_version`):
 //! - `settings(key, value)`: the enrollment (JSON, with the token and the duplicate key), the
 //!   plaintext-dropping setting, the roll-over bound, the last sync;
 //! - `documents(doc_id, role, state, chain, refusal, server_heads, sync_state, updated_at)`: one
@@ -24,7 +24,11 @@
 //!   set aside with `refused_at` and the server's reason, never deleted;
 //! - `receipt_counts(kind, acknowledged, n)`: the receipts counted by kind and state (0 pending,
 //!   1 acknowledged, 2 refused), kept by triggers in the transaction that changes `receipts`, so
-//!   counting costs the same at 10 and at 10,000 receipts.
+//!   counting costs the same at 10 and at 10,000 receipts;
+//! - `record_keys(record_id, wrapped, stored, refusal)` (schema 4): each v2 signature's record key
+//!   wrapped to the organizers, written with the signature, until the server has stored it
+//!   (`stored`) and acknowledged the record's change; then it is deleted ([`drop_safe_keys`]).
+//!   `refusal` is the server's reason when it refused the key (docs/clients.md 5a).
 //!
 //! `secure_delete` is on, so dropped plaintext is overwritten in the file, not just unlinked.
 //! This module is plain SQL over a connection; it knows nothing of automerge beyond change
@@ -43,7 +47,7 @@ use crate::receipts::{AckCounts, Counts, Receipt, ReceiptDetails, ReceiptKind};
 /// The database file inside the home directory.
 pub const DB_FILE: &str = "tally-device.sqlite3";
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// A receipt's state as `receipt_counts` counts it: 0 pending, 1 acknowledged, 2 refused.
 const RECEIPT_STATE_NEW: &str = "CASE WHEN new.acknowledged_at IS NOT NULL THEN 1 WHEN new.refused_at IS NOT NULL THEN 2 ELSE 0 END";
@@ -178,6 +182,16 @@ DROP TRIGGER IF EXISTS receipts_counted_update;
 DROP TABLE IF EXISTS receipt_counts;
 ";
 
+/// From version 3: record keys (sealed v2, erasure by crypto-shredding).
+const MIGRATE_3_TO_4: &str = "
+CREATE TABLE record_keys (
+    record_id TEXT PRIMARY KEY,
+    wrapped BLOB NOT NULL,
+    stored INTEGER NOT NULL DEFAULT 0,
+    refusal TEXT
+) STRICT;
+";
+
 /// Creates this build's schema on a new file, or migrates an older one step by step, in one
 /// transaction. Another process may do the same at the same time: whoever comes second finds it
 /// done. Foreign keys are off during the migration (a table they name is rebuilt) and checked
@@ -191,7 +205,10 @@ fn migrate(conn: &Connection) -> Result<()> {
             return conn.execute_batch("COMMIT");
         }
         if version == 0 {
-            conn.execute_batch(&format!("{DOCUMENTS_3} {SCHEMA} {}", receipt_counts()))?;
+            conn.execute_batch(&format!(
+                "{DOCUMENTS_3} {SCHEMA} {} {MIGRATE_3_TO_4}",
+                receipt_counts()
+            ))?;
             version = SCHEMA_VERSION;
         }
         if version == 1 {
@@ -200,6 +217,10 @@ fn migrate(conn: &Connection) -> Result<()> {
         }
         if version == 2 {
             conn.execute_batch(&format!("{MIGRATE_2_TO_3} {}", receipt_counts()))?;
+            version = 3;
+        }
+        if version == 3 {
+            conn.execute_batch(MIGRATE_3_TO_4)?;
         }
         let broken: Option<String> = conn
             .query_row("PRAGMA foreign_key_check", [], |r| r.get(0))
@@ -889,5 +910,85 @@ pub fn counts(conn: &Connection) -> Result<Counts> {
         };
         *slot += u64::try_from(n).unwrap_or(0);
     }
+    // Records whose change is acknowledged but whose key is not on the server (the others are
+    // counted pending already).
+    c.keys_not_on_server = conn
+        .prepare_cached(
+            "SELECT count(*) FROM record_keys k WHERE k.stored = 0 AND NOT EXISTS \
+             (SELECT 1 FROM receipts r WHERE r.record_id = k.record_id \
+              AND r.acknowledged_at IS NULL AND r.refused_at IS NULL)",
+        )?
+        .query_row([], |r| r.get::<_, i64>(0))
+        .map(|n| u64::try_from(n).unwrap_or(0))?;
     Ok(c)
+}
+
+/// Keeps a signature's wrapped record key until the server has it (in the caller's
+/// transaction: the one that commits the signature).
+pub fn insert_record_key(conn: &Connection, record_id: &str, wrapped: &[u8]) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO record_keys (record_id, wrapped, stored) VALUES (?1, ?2, 0) \
+         ON CONFLICT (record_id) DO NOTHING",
+    )?
+    .execute(params![record_id, wrapped])?;
+    Ok(())
+}
+
+/// Up to `limit` keys the server has not stored yet, oldest first.
+pub fn keys_to_upload(conn: &Connection, limit: usize) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT record_id, wrapped FROM record_keys WHERE stored = 0 AND refusal IS NULL \
+         ORDER BY rowid LIMIT ?1",
+    )?;
+    let rows = stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The server stored this key (or already had these bytes).
+pub fn mark_key_stored(conn: &Connection, record_id: &str) -> Result<()> {
+    conn.prepare_cached("UPDATE record_keys SET stored = 1, refusal = NULL WHERE record_id = ?1")?
+        .execute([record_id])?;
+    Ok(())
+}
+
+/// The server refused this key for good (`erased`: the record is done, the key is deleted;
+/// any other reason: kept with the reason, shown by `tally-device status`).
+pub fn refuse_key(conn: &Connection, record_id: &str, reason: &str) -> Result<()> {
+    if reason.starts_with("erased") {
+        conn.prepare_cached("DELETE FROM record_keys WHERE record_id = ?1")?
+            .execute([record_id])?;
+    } else {
+        conn.prepare_cached("UPDATE record_keys SET refusal = ?2 WHERE record_id = ?1")?
+            .execute(params![record_id, reason])?;
+    }
+    Ok(())
+}
+
+/// Deletes the keys the server has stored whose record's change it has acknowledged too: the
+/// record is safe, the phone keeps no copy of its key. Returns how many went.
+pub fn drop_safe_keys(conn: &Connection) -> Result<usize> {
+    Ok(conn
+        .prepare_cached(
+            "DELETE FROM record_keys WHERE stored = 1 AND NOT EXISTS (SELECT 1 FROM receipts r \
+             WHERE r.record_id = record_keys.record_id AND r.acknowledged_at IS NULL \
+             AND r.refused_at IS NULL)",
+        )?
+        .execute([])?)
+}
+
+/// Keys the server does not hold yet: (waiting to upload, refused with a reason).
+pub fn keys_not_on_server(conn: &Connection) -> Result<(u64, Vec<(String, String)>)> {
+    let waiting: i64 = conn
+        .prepare_cached("SELECT count(*) FROM record_keys WHERE stored = 0 AND refusal IS NULL")?
+        .query_row([], |r| r.get(0))?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT record_id, refusal FROM record_keys WHERE stored = 0 AND refusal IS NOT NULL \
+         ORDER BY rowid LIMIT 100",
+    )?;
+    let refused = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok((u64::try_from(waiting).unwrap_or(0), refused))
 }

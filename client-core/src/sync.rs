@@ -61,6 +61,9 @@ pub struct SyncReport {
     pub problem: Option<String>,
     /// Pending and acknowledged counts at the end.
     pub counts: Counts,
+    /// The record keys uploaded after the sync ([`Device::upload_keys`], docs/clients.md 5a).
+    #[serde(default)]
+    pub keys: crate::keys::KeyUploadReport,
 }
 
 impl SyncReport {
@@ -96,6 +99,18 @@ impl SyncReport {
             parts.push(format!(
                 "{} set aside (tally-device status shows why), {} moved to a new collection and sent again",
                 self.set_aside, self.moved
+            ));
+        }
+        if self.keys.erased > 0 {
+            parts.push(format!(
+                "{} erased by an organizer (their keys dropped)",
+                self.keys.erased
+            ));
+        }
+        if self.keys.refused > 0 {
+            parts.push(format!(
+                "{} record keys refused by the server (tally-device status shows why)",
+                self.keys.refused
             ));
         }
         if let Some(p) = &self.problem {

@@ -46,7 +46,7 @@ pub struct Slot {
 pub enum HubError {
     /// The change broke a rule; it was quarantined.
     #[error("change refused: {0}")]
-    Rejected(Refusal),
+    Rejected(#[source] Refusal),
     /// The device may not read this document, or it does not exist.
     #[error("document unavailable")]
     Unavailable,
@@ -56,9 +56,21 @@ pub enum HubError {
     /// The projection failed; nothing was saved.
     #[error("storage failed, nothing was saved: {0}")]
     Projection(#[from] projection::ProjectionError),
-    /// automerge failed to apply the changes.
-    #[error("the changes could not be applied: {0}")]
-    Automerge(String),
+    /// automerge could not load a stored document or apply changes the hub had accepted (a
+    /// damaged database, or a bug).
+    #[error("{what}: {source}")]
+    Automerge {
+        /// What was being loaded or applied.
+        what: String,
+        source: Box<automerge::AutomergeError>,
+    },
+    /// A stored document does not read as its kind (a damaged database, or a bug).
+    #[error("{what}: {source}")]
+    Unreadable {
+        /// Which document.
+        what: String,
+        source: tally_core::validate::Rejection,
+    },
 }
 
 /// What [`Hub::commit_sync`] did with a message it accepted.
@@ -126,8 +138,8 @@ impl Default for SyncLimits {
 pub struct Refusal {
     /// Why, in words the peer and an organizer can act on.
     pub reason: String,
-    /// The validation rule, if validation refused it.
-    pub rule: Option<Rule>,
+    /// What validation refused, when it did (the source of this refusal).
+    pub rejection: Option<tally_core::validate::Rejection>,
     /// Whether the raw message may be kept (small ones only, see [`QuarantineQuota`]).
     pub keep_raw: bool,
     /// The id of the signature or check-in at fault, when one record is.
@@ -137,6 +149,12 @@ pub struct Refusal {
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.reason)
+    }
+}
+
+impl std::error::Error for Refusal {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.rejection.as_ref().map(|r| r as _)
     }
 }
 
@@ -166,7 +184,7 @@ impl Refusal {
         );
         Refusal {
             reason: rejection.to_string(),
-            rule: Some(rejection.rule),
+            rejection: Some(rejection.clone()),
             keep_raw,
             record: record_of_path(&rejection.path),
         }
@@ -176,17 +194,22 @@ impl Refusal {
     pub fn server(reason: impl Into<String>, keep_raw: bool) -> Refusal {
         Refusal {
             reason: reason.into(),
-            rule: None,
+            rejection: None,
             keep_raw,
             record: None,
         }
+    }
+
+    /// The validation rule broken, when validation refused it.
+    pub fn rule(&self) -> Option<Rule> {
+        self.rejection.as_ref().map(|r| r.rule)
     }
 
     /// The fixed word a metric counts this refusal under: the validation rule's name, or, for
     /// the server's own refusals, the reason's first word (`limit`, `campaign`, `change`), never
     /// anything a client wrote.
     pub fn metric_reason(&self) -> String {
-        if let Some(rule) = self.rule {
+        if let Some(rule) = self.rule() {
             return format!("{rule:?}");
         }
         let word: String = self
@@ -401,7 +424,7 @@ impl Hub {
         change_hashes: &[String],
     ) -> Result<(), StoreError> {
         let limits = self.sync_limits();
-        let rule = refusal.rule.map(|r| r.describe());
+        let rule = refusal.rule().map(|r| r.describe());
         let outcome = self.store.quarantine_entry(
             &NewQuarantine {
                 device_id,
@@ -497,15 +520,18 @@ impl Hub {
             },
             Some(stored) => {
                 let mut doc = match &stored.snapshot {
-                    Some(snap) => Automerge::load(snap).map_err(|e| {
-                        HubError::Automerge(format!("stored snapshot of {key} does not load: {e}"))
+                    Some(snap) => Automerge::load(snap).map_err(|e| HubError::Automerge {
+                        what: format!("the stored snapshot of {key} does not load"),
+                        source: Box::new(e),
                     })?,
                     None => Automerge::new(),
                 };
                 for chunk in &stored.incremental {
-                    doc.load_incremental(chunk).map_err(|e| {
-                        HubError::Automerge(format!("stored chunk of {key} does not load: {e}"))
-                    })?;
+                    doc.load_incremental(chunk)
+                        .map_err(|e| HubError::Automerge {
+                            what: format!("a stored chunk of {key} does not load"),
+                            source: Box::new(e),
+                        })?;
                 }
                 Slot {
                     doc,
@@ -572,9 +598,12 @@ impl Hub {
         if guard.meta.as_ref().is_none_or(|m| m.kind != "campaign") {
             return Ok(None);
         }
-        let c = Arc::new(campaign::read(&guard.doc).map_err(|e| {
-            HubError::Automerge(format!("stored campaign {id} does not read: {e}"))
-        })?);
+        let c = Arc::new(
+            campaign::read(&guard.doc).map_err(|source| HubError::Unreadable {
+                what: format!("the stored campaign {id} does not read"),
+                source,
+            })?,
+        );
         lock(&self.campaigns).insert(id.to_string(), c.clone());
         Ok(Some(c))
     }
@@ -642,7 +671,10 @@ impl Hub {
             let mut clean = guard.doc.fork();
             clean
                 .apply_changes(applied)
-                .map_err(|e| HubError::Automerge(e.to_string()))?;
+                .map_err(|e| HubError::Automerge {
+                    what: format!("the changes of {key} that applied do not apply again alone"),
+                    source: Box::new(e),
+                })?;
             after = clean;
         }
         let verdict = self.judge(&guard, &after, writer);
@@ -969,7 +1001,14 @@ mod tests {
             Rule::UnknownField,
             "x",
         ));
-        assert_eq!(r.rule, Some(Rule::UnknownField));
+        assert_eq!(r.rule(), Some(Rule::UnknownField));
+        // The typed rejection stays the refusal's source, up through HubError.
+        let e = HubError::Rejected(r.clone());
+        let source = std::error::Error::source(&e).unwrap();
+        let rejection = std::error::Error::source(source)
+            .and_then(|s| s.downcast_ref::<Rejection>())
+            .unwrap();
+        assert_eq!(rejection.rule, Rule::UnknownField);
         assert!(r.reason.contains("signatures/s1/name"));
         assert_eq!(r.record.as_deref(), Some("s1"));
     }

@@ -197,6 +197,9 @@ route_table! {
     get "/api/v1/campaigns/{id}/totals" => api::totals::totals,
     get "/api/v1/campaigns/{id}/totals/stream" => api::totals::totals_stream,
     get "/api/v1/campaigns/{id}/sealed" => api::export::sealed,
+    get "/api/v1/campaigns/{id}/keys" => api::keys::list_keys,
+    post "/api/v1/campaigns/{id}/erase" => api::keys::erase,
+    put "/api/v1/keys" => api::keys::put_keys,
     post "/api/v1/campaigns/{id}/strikes" => api::review::strike,
     post "/api/v1/campaigns/{id}/sheets" => api::review::sheet,
     get "/api/v1/campaigns/{id}/review" => api::review::review,
@@ -562,8 +565,7 @@ async fn metrics_page(State(state): State<Arc<AppState>>) -> Result<impl IntoRes
             database_bytes: size(&path) + size(Path::new(&wal)),
         })
     })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    .await??;
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,

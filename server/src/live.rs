@@ -128,8 +128,9 @@ impl Subscriber {
             let answer = answer(self.state.clone(), self.req.clone()).await;
             self.next_at = Instant::now() + MIN_INTERVAL;
             match answer.and_then(|a| {
-                serde_json::to_string(&a)
-                    .map_err(|e| crate::error::ApiError::Internal(e.to_string()))
+                serde_json::to_string(&a).map_err(|e| {
+                    crate::error::ApiError::Internal(format!("the totals do not serialize: {e}"))
+                })
             }) {
                 Ok(json) if self.last.as_ref() == Some(&json) => continue,
                 Ok(json) => {

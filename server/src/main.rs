@@ -279,6 +279,25 @@ enum Cmd {
         #[arg(long, value_parser = ["duplicate", "invalid", "withdrawn_consent", "test_entry"])]
         reason: String,
     },
+    /// Erase signatures for good at a signer's request: the server deletes every wrapped key of
+    /// the records (their sealed details can never be opened again), refuses their keys from
+    /// then on, and stops counting them. By record id, or every signature of one person by name
+    /// and postal code (the duplicate token is computed here with the campaign's duplicate key
+    /// in --keys; the server never sees the name). A backup taken before still holds the keys:
+    /// docs/security.md, "Erasure".
+    Erase {
+        #[command(flatten)]
+        campaign: CampaignArg,
+        /// A signature's id (the id column of `tally export --all`); repeat for several.
+        #[arg(long, value_name = "ID", conflicts_with_all = ["name", "postal_code"])]
+        record: Vec<String>,
+        /// The person's name, as they signed (case, spacing and width do not matter).
+        #[arg(long, requires = "postal_code")]
+        name: Option<String>,
+        /// Their postal code.
+        #[arg(long, value_name = "CODE", requires = "name")]
+        postal_code: Option<String>,
+    },
     /// Undo a strike: the signature counts again.
     Unstrike {
         #[command(flatten)]
@@ -850,9 +869,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     out.display()
                 );
             }
+            if e.sealed_v1 > 0 {
+                use std::io::Write as _;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "note: {} of the campaign's signatures are sealed in format v1 (taken before \
+                     erasure existed): `tally erase` stops counting them but cannot shred their \
+                     details, which stay in the collection's history (docs/security.md, \"Erasure\")",
+                    e.sealed_v1
+                );
+            }
+            if e.key_missing > 0 {
+                use std::io::Write as _;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "warning: {} signatures are written as \"key missing\": the server does not \
+                     hold their record key yet (the phone that took them has not synced since); \
+                     export again after it syncs",
+                    e.key_missing
+                );
+            }
             let v = json!({
                 "rows": e.rows, "signatures": e.signatures, "folded": e.folded,
-                "repeated": e.repeated, "unopened": e.unopened, "all": all, "out": out,
+                "repeated": e.repeated, "unopened": e.unopened, "erased": e.erased,
+                "key_missing": e.key_missing, "sealed_v1": e.sealed_v1, "all": all, "out": out,
             });
             print(shared.json, &v, || {
                 let folded = match e.folded {
@@ -880,6 +920,47 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         e.unopened
                     )
                 }
+            });
+            Ok(())
+        }
+        Cmd::Erase {
+            campaign,
+            record,
+            name,
+            postal_code,
+        } => {
+            let shared = &cli.shared;
+            let a = api(shared)?;
+            let c = campaign.id();
+            let person = name.as_deref().zip(postal_code.as_deref());
+            let e = a.about_campaign(&c, || {
+                organizer_cli::erase(&a, &shared.keys, &c, &record, person)
+            })?;
+            let v = serde_json::to_value(&e)?;
+            print(shared.json, &v, || {
+                let mut line = format!(
+                    "erased {} signature{} ({}): {} wrapped key{} deleted; they no longer count, \
+                     and exports show them as erased",
+                    e.erased.len(),
+                    if e.erased.len() == 1 { "" } else { "s" },
+                    e.erased.join(", "),
+                    e.keys_deleted,
+                    if e.keys_deleted == 1 { "" } else { "s" },
+                );
+                if !e.v1.is_empty() {
+                    line.push_str(&format!(
+                        "\nwarning: {} of them ({}) were sealed in format v1, before erasure \
+                         existed: their details stay in the collection's history, openable by \
+                         an organizer identity (docs/security.md, \"Erasure\")",
+                        e.v1.len(),
+                        e.v1.join(", ")
+                    ));
+                }
+                line.push_str(
+                    "\na backup of the database taken before now still holds their keys: \
+                     rotate your backups (docs/security.md, \"Erasure\")",
+                );
+                line
             });
             Ok(())
         }

@@ -199,6 +199,13 @@ fn request_schemas() -> Value {
             "signature": id("the struck signature's id (the server must have it: else 404)"),
             "reason": { "type": "string", "enum": reasons },
             "revoked": { "type": "boolean", "default": false, "description": "true revokes the strike: the signature counts again" } } },
+        "KeysUpload": { "type": "object", "required": ["keys"], "properties": {
+            "keys": { "type": "array", "maxItems": crate::api::keys::MAX_KEYS_PER_REQUEST, "items": { "type": "object", "required": ["record", "wrapped"], "properties": {
+                "record": { "type": "string", "description": "the record (signature) id; one that is not an id is refused in its result (bad_record)" },
+                "wrapped": { "type": "string", "description": format!("the record's key wrapped with age to the campaign's recipients, standard base64: an age file of {} to {} bytes (else refused in its result: bad_size)", crate::api::keys::MIN_WRAPPED, crate::api::keys::MAX_WRAPPED) } } } } } },
+        "EraseRequest": { "type": "object", "description": "either records or duplicate_token", "properties": {
+            "records": { "type": "array", "minItems": 1, "maxItems": crate::api::keys::MAX_RECORDS, "items": id("a signature id of the campaign (an unknown one: 404, nothing erased)") },
+            "duplicate_token": { "type": "string", "pattern": "^[0-9a-f]{64}$", "description": "a duplicate token computed with the campaign's duplicate key (`tally erase --name --postal-code`): every signature with it is erased" } } },
         "NewSheet": { "type": "object", "required": ["serial", "count"], "properties": {
             "serial": id("the sheet's serial; an existing serial updates that sheet"),
             "count": { "type": "integer", "minimum": 0, "maximum": 10000, "description": "signatures on it" },
@@ -288,8 +295,24 @@ fn response_schemas() -> Value {
                     "paper": schema("PaperTotals"),
                     "filters": schema("Filters"),
                     "suppression": schema("Suppression") } },
+            "KeysUploaded": { "type": "object", "required": ["results"], "properties": {
+                "results": { "type": "array", "description": "one per key, in order", "items": { "type": "object", "required": ["record", "status"], "properties": {
+                    "record": { "type": "string" },
+                    "status": { "type": "string", "enum": ["stored", "already_stored", "refused"] },
+                    "reason": { "type": "string", "enum": ["erased", "conflict", "other_campaign", "too_many", "bad_size", "bad_record"] },
+                    "message": { "type": "string" } } } } } },
+            "KeysPage": { "type": "object", "required": ["keys", "next"], "properties": {
+                "keys": { "type": "array", "items": { "type": "object", "required": ["record", "device", "wrapped"], "properties": {
+                    "record": { "type": "string" },
+                    "device": { "type": "string", "description": "the device that uploaded it; prefer the record's collected_by, try the others (AES-GCM's tag tells)" },
+                    "wrapped": { "type": "string", "description": "the wrapped key (an age file), standard base64" } } } },
+                "next": { "type": ["string", "null"], "description": "after= for the next page; null after the last" } } },
+            "Erased": { "type": "object", "required": ["erased", "keys_deleted", "v1"], "properties": {
+                "erased": { "type": "array", "items": { "type": "string" }, "description": "the record ids erased" },
+                "keys_deleted": { "type": "integer", "minimum": 0 },
+                "v1": { "type": "array", "items": { "type": "string" }, "description": "of them, records sealed in format v1: no longer counted, but their details stay in the document's history" } } },
             "SealedRecord": { "type": "object",
-                "required": ["id", "collected_at", "collected_by", "event", "city", "fsa", "riding", "consent_contact", "counted", "withdrawn", "sealed", "duplicate_group"],
+                "required": ["id", "collected_at", "collected_by", "event", "city", "fsa", "riding", "consent_contact", "counted", "withdrawn", "erased", "sealed", "duplicate_group"],
                 "properties": {
                     "id": { "type": "string" },
                     "collected_at": { "type": "integer", "description": "ms since the epoch" },
@@ -301,14 +324,15 @@ fn response_schemas() -> Value {
                     "consent_contact": { "type": "boolean" },
                     "counted": { "type": "boolean" },
                     "withdrawn": { "type": "boolean" },
-                    "sealed": { "type": "string", "description": "the age file of the personal fields, hex; opened only on an organizer's machine" },
+                    "erased": { "type": "boolean", "description": "erased at the signer's request: its keys are gone and sealed is empty" },
+                    "sealed": { "type": "string", "description": "the sealed personal fields, hex, opened only on an organizer's machine: tally-seal-2 (AES-256-GCM under the record's key, from GET .../keys) or an age file (v1); empty when erased" },
                     "duplicate_group": { "type": "string", "description": "equal for the campaign's signatures with the same duplicate token (the same signer), not the token: 16 hex digits of SHA-256 over a fixed label, the campaign id and the token" } } },
             "Review": { "type": "object", "required": ["strikes", "sheets"], "properties": {
                 "strikes": { "type": "array", "items": schema("Strike"), "description": "every strike, revoked ones included" },
                 "sheets": { "type": "array", "items": schema("Sheet") } } },
             "Strike": { "type": "object", "required": ["signature", "reason", "by", "at", "revoked"], "properties": {
                 "signature": { "type": "string" },
-                "reason": { "type": "string", "enum": ["duplicate", "invalid", "withdrawn_consent", "test_entry"] },
+                "reason": { "type": "string", "enum": ["duplicate", "invalid", "withdrawn_consent", "test_entry", "erased"], "description": "erased: written by POST .../erase only, final" },
                 "by": { "type": "string", "description": "the organizer's device id" },
                 "at": { "type": "integer", "description": "ms since the epoch" },
                 "revoked": { "type": "boolean" } } },
@@ -347,7 +371,7 @@ fn response_schemas() -> Value {
             "AuditEntry": { "type": "object", "required": ["seq", "at", "actor_id", "actor_name", "action", "target", "result", "prev_hash", "hash"], "properties": {
                 "seq": { "type": "integer" }, "at": { "type": "integer" },
                 "actor_id": { "type": "string", "description": "a device id, never a token" }, "actor_name": { "type": "string" },
-                "action": { "type": "string", "enum": ["campaign.create", "event.add", "invite.create", "device.enroll", "device.revoke", "review.strike", "review.unstrike", "review.sheet", "export.sealed", "signin.link", "server.start"] },
+                "action": { "type": "string", "enum": ["campaign.create", "event.add", "invite.create", "device.enroll", "device.revoke", "review.strike", "review.unstrike", "review.sheet", "export.sealed", "export.keys", "record.erase", "signin.link", "server.start"] },
                 "campaign": { "type": ["string", "null"] }, "target": { "type": "string" },
                 "result": { "type": "string", "description": "ok, or refused: STATUS message" },
                 "prev_hash": { "type": "string" }, "hash": { "type": "string" } } },
@@ -484,6 +508,23 @@ pub fn document() -> Value {
             "summary": "Signatures for export, personal fields sealed (admin or organizer of the campaign)",
             "parameters": [id_param("the campaign id")],
             "responses": responses(ok(json!({ "type": "array", "items": schema("SealedRecord") })), &codes(&[&AUTH, ROLE, CAMPAIGN]), &[]) } },
+        "/api/v1/campaigns/{id}/keys": { "get": {
+            "summary": "A page of the campaign's wrapped record keys, to open an export's v2 records (admin or organizer of the campaign; audited as export.keys)",
+            "parameters": [id_param("the campaign id"),
+                query("after", "the record id to start after (the previous page's next)", json!({ "type": "string" })),
+                query("limit", "records per page", json!({ "type": "integer", "minimum": 1, "maximum": crate::api::keys::MAX_RECORDS, "default": crate::api::keys::MAX_RECORDS }))],
+            "responses": responses(ok(schema("KeysPage")), &codes(&[&AUTH, ROLE, CAMPAIGN, &[400]]), &[]) } },
+        "/api/v1/campaigns/{id}/erase": { "post": {
+            "summary": "Erase signatures for good, by id or by duplicate token (admin or organizer of the campaign; audited as record.erase, ids only)",
+            "description": "Deletes every wrapped key of the records (so their v2 details can never be opened again), remembers them as erased (later uploads of their keys are refused), truncates the WAL, and writes an erased strike per record in the review document: totals stop counting them. See docs/security.md, Erasure.",
+            "parameters": [id_param("the campaign id")],
+            "requestBody": body(schema("EraseRequest")),
+            "responses": responses(ok(schema("Erased")), &campaign_body_write, &[(404, "no such campaign, a record id that is no signature of it, or a token no signature has (nothing erased)")]) } },
+        "/api/v1/keys": { "put": {
+            "summary": "Upload record keys (a phone of a campaign; docs/clients.md 5a)",
+            "description": "Each key is stored per (campaign, record, this device); the answer says, per key, stored, already_stored (same bytes again) or refused with a reason.",
+            "requestBody": body(schema("KeysUpload")),
+            "responses": responses(ok(schema("KeysUploaded")), &codes(&[&AUTH, ROLE, BODY, WRITE]), &[(403, "a token with no campaign (the admin's)"), (400, "not JSON, or more keys than one request takes")]) } },
         "/api/v1/campaigns/{id}/strikes": { "post": {
             "summary": "Strike a signature, or revoke a strike (admin or organizer of the campaign)",
             "description": "Written to the campaign's review document through the validated write path; the totals count it at once.",

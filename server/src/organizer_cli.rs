@@ -312,6 +312,13 @@ pub struct Exported {
     pub repeated: usize,
     /// Signatures that could not be opened with the identity.
     pub unopened: usize,
+    /// Records erased by an organizer: rows with "erased" in the name column (with `--all`).
+    pub erased: usize,
+    /// v2 records whose key the server does not hold (yet): rows with "key missing".
+    pub key_missing: usize,
+    /// Of all the campaign's records, those sealed in format v1 (before erasure existed): an
+    /// erasure stops counting them but cannot shred their details (docs/security.md).
+    pub sealed_v1: usize,
 }
 
 /// Downloads the sealed records, opens them with `identity` and writes a CSV. By default one
@@ -336,15 +343,39 @@ pub fn export(
         .map_err(|e| anyhow::anyhow!("cannot read identity file {}: {e}", identity.display()))?;
     let id = seal::parse_identity(&text)?;
     let records: Vec<SealedRecord> = api.get(&format!("/api/v1/campaigns/{campaign}/sealed"))?;
+    let keys = fetch_keys(api, campaign)?;
     let mut opened = Vec::new();
     let mut failed = 0;
+    let (mut erased, mut key_missing) = (0, 0);
+    // Records sealed before erasure existed (v1): their details stay in the history.
+    let sealed_v1 = records
+        .iter()
+        .filter(|r| {
+            hex::decode(r.sealed.get(..64).unwrap_or(&r.sealed))
+                .is_ok_and(|b| seal::version(&b) == Some(1))
+        })
+        .count();
     for r in records.iter().filter(|r| every || r.counted) {
-        let fields = hex::decode(&r.sealed)
-            .map_err(anyhow::Error::from)
-            .and_then(|b| seal::open(&id, &b).map_err(anyhow::Error::from));
-        match fields {
-            Ok(p) => opened.push((r, p)),
-            Err(_) => failed += 1,
+        match open_record(&id, r, &keys) {
+            Opened::Fields(p) => opened.push((r, p)),
+            Opened::Unopened => failed += 1,
+            // Written as such, never failing the export: the name column says why.
+            status => {
+                let name = if matches!(status, Opened::Erased) {
+                    erased += 1;
+                    ROW_ERASED
+                } else {
+                    key_missing += 1;
+                    ROW_KEY_MISSING
+                };
+                opened.push((
+                    r,
+                    seal::PersonalFields {
+                        name: name.into(),
+                        ..Default::default()
+                    },
+                ));
+            }
         }
     }
     anyhow::ensure!(
@@ -365,7 +396,7 @@ pub fn export(
         }
     };
     opened.sort_by(|(a, _), (b, _)| (a.collected_at, &a.id).cmp(&(b.collected_at, &b.id)));
-    let signatures = opened.len();
+    let signatures = opened.len() - erased - key_missing;
     let mut seen = std::collections::BTreeSet::new();
     let mut rows = Vec::new();
     let mut repeated = 0;
@@ -415,10 +446,144 @@ pub fn export(
     Ok(Exported {
         rows: rows.len(),
         signatures,
-        folded: signatures - rows.len(),
+        folded: signatures + erased + key_missing - rows.len(),
         repeated,
         unopened: failed,
+        erased,
+        key_missing,
+        sealed_v1,
     })
+}
+
+/// The name column of an erased record's row (its other personal columns are empty).
+pub const ROW_ERASED: &str = "erased";
+/// The name column of a v2 record whose key the server does not hold (yet).
+pub const ROW_KEY_MISSING: &str = "key missing";
+
+/// What opening one record with the identity gave.
+enum Opened {
+    Fields(seal::PersonalFields),
+    Erased,
+    KeyMissing,
+    Unopened,
+}
+
+/// Every wrapped key of the campaign (`GET .../keys`, page by page), by record id.
+pub fn fetch_keys(
+    api: &Api,
+    campaign: &str,
+) -> anyhow::Result<std::collections::HashMap<String, Vec<KeyCandidate>>> {
+    use base64::Engine;
+    let mut out: std::collections::HashMap<String, Vec<KeyCandidate>> = Default::default();
+    let mut after: Option<String> = None;
+    loop {
+        let mut path = format!("/api/v1/campaigns/{campaign}/keys?limit=1000");
+        if let Some(a) = &after {
+            path.push_str(&format!("&after={}", uri_component(a)));
+        }
+        let page: crate::api::keys::KeysPage = api.get(&path)?;
+        for k in page.keys {
+            let wrapped = base64::engine::general_purpose::STANDARD
+                .decode(&k.wrapped)
+                .map_err(|e| anyhow::anyhow!("the server sent a key that is not base64: {e}"))?;
+            out.entry(k.record).or_default().push(KeyCandidate {
+                device: k.device,
+                wrapped,
+            });
+        }
+        match page.next {
+            Some(n) => after = Some(n),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// One wrapped key the server holds for a record, and the device that uploaded it.
+pub struct KeyCandidate {
+    /// The uploading device.
+    pub device: String,
+    /// The wrapped key (an age file).
+    pub wrapped: Vec<u8>,
+}
+
+/// Opens one record: v1 with the identity; v2 with each candidate key of its record id, the
+/// one its own phone uploaded first, until AES-GCM's tag accepts one (a squatter's key fails).
+fn open_record(
+    id: &age::x25519::Identity,
+    r: &SealedRecord,
+    keys: &std::collections::HashMap<String, Vec<KeyCandidate>>,
+) -> Opened {
+    if r.erased {
+        return Opened::Erased;
+    }
+    let Ok(sealed) = hex::decode(&r.sealed) else {
+        return Opened::Unopened;
+    };
+    match seal::version(&sealed) {
+        Some(1) => match seal::open(id, &sealed) {
+            Ok(p) => Opened::Fields(p),
+            Err(_) => Opened::Unopened,
+        },
+        Some(2) => {
+            let mut candidates: Vec<&KeyCandidate> = keys
+                .get(&r.id)
+                .map(|v| v.iter().collect())
+                .unwrap_or_default();
+            candidates.sort_by_key(|c| c.device != r.collected_by);
+            if candidates.is_empty() {
+                return Opened::KeyMissing;
+            }
+            let mut unwrapped = false;
+            for c in candidates {
+                let Ok(key) = seal::RecordKey::unwrap(id, &c.wrapped) else {
+                    continue;
+                };
+                unwrapped = true;
+                if let Ok(p) = seal::open_v2(&key, &r.id, &sealed) {
+                    return Opened::Fields(p);
+                }
+            }
+            // Keys that unwrap but do not open it are junk: the right one is missing.
+            if unwrapped {
+                Opened::KeyMissing
+            } else {
+                Opened::Unopened
+            }
+        }
+        _ => Opened::Unopened,
+    }
+}
+
+/// What [`erase`] did.
+pub use crate::api::keys::Erased;
+
+/// Erases records of a campaign by id (`tally erase --record`), or every signature of one
+/// person by name and postal code (`--name --postal-code`): the duplicate token is computed
+/// here with the campaign's duplicate key, so the server never sees the name.
+pub fn erase(
+    api: &Api,
+    keys: &Path,
+    campaign: &str,
+    records: &[String],
+    person: Option<(&str, &str)>,
+) -> anyhow::Result<Erased> {
+    let req = match (records.is_empty(), person) {
+        (false, None) => crate::api::keys::EraseRequest {
+            records: Some(records.to_vec()),
+            duplicate_token: None,
+        },
+        (true, Some((name, postal))) => {
+            let key = read_key(keys, campaign)?;
+            crate::api::keys::EraseRequest {
+                records: None,
+                duplicate_token: Some(key.duplicate_token(name, postal)),
+            }
+        }
+        _ => anyhow::bail!(
+            "give --record ID (one or more), or --name and --postal-code of one person, not both"
+        ),
+    };
+    api.post(&format!("/api/v1/campaigns/{campaign}/erase"), &req)
 }
 
 /// Writes the CSV readable only by its owner (mode 0600 on Unix); never over an existing file

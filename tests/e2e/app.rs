@@ -1,8 +1,9 @@
 //! The canvassers' web app (`web/src/app`, served by `tally serve` at `/app/`, issue 16), tested
 //! where it runs:
 //!
-//! - `the_app_computes_what_tally_core_computes`: the app's form rules, normalizations and
-//!   tokens (TypeScript, run by node) against every shared vector of `docs/clients-vectors.json`,
+//! - `the_app_computes_what_tally_core_computes`: the app's form rules, normalizations, tokens
+//!   and sealed v2 (TypeScript, run by node) against every shared vector of
+//!   `docs/clients-vectors.json`,
 //!   which `crates/tally-core/tests/vectors.rs` generates from tally-core
 //!   (`web/test/app/vectors.test.mjs`);
 //! - `the_app_in_a_real_browser`: Debian's Chromium, driven by playwright-core, against the
@@ -10,7 +11,8 @@
 //!   offline for real, 6 signatures and 2 check-ins, reopening offline, syncing by itself, the
 //!   API's totals, `tally export`, IndexedDB holding no name in the clear, the same token as
 //!   `tally-device`, a refused record, the server killed mid-sync, a revoked phone enrolling
-//!   again
+//!   again, sealed v2 with each record key in the server's key table (issue 15), a signature not
+//!   safe while its key is refused, a record erased before its key arrived
 //!   (`tests/web/app.test.mjs` lists each step; its fixtures are the dashboard's
 //!   `tests/web/harness.mjs` and `tests/web/app-harness.mjs`). Screenshots of every screen and
 //!   the figures (first paint offline, signing time) go to `target/tmp/app-tests/`.

@@ -4,13 +4,17 @@
 //! check (sign-in, a campaign and an event, an invite's QR code enrolling a phone, exact totals,
 //! the wall screen within 2 s, filters equal to the API, suppressed cells, strikes and paper,
 //! revocation, the server going down, the quarantine, the in-browser export equal to
-//! `tally export`, a revoked token, French, a phone screen, the keyboard, the CSP); the
-//! screenshots go to `target/tmp/dashboard/screenshots/` (listed in `screenshots.txt` there).
+//! `tally export`, sealed v2 opened with the keys from the server beside a v1 record, an erased
+//! one and one whose key is missing, with a hostile device's junk key planted (issue 15),
+//! erasure from the review page by id and by name, the audit log and its chain, a revoked token,
+//! French, a phone screen, the keyboard, the CSP); the screenshots go to
+//! `target/tmp/dashboard/screenshots/` (listed in `screenshots.txt` there).
 //!
 //! Chromium is needed: without `/usr/bin/chromium` (or `$CHROMIUM`) the test says so and skips,
 //! unless `TALLY_BROWSER_TESTS=required` (CI sets it, after installing chromium), when it fails.
 //! node and the packages are required, as for the interop tests (`scripts/test` runs `npm ci` in
-//! tests/web).
+//! tests/web, tests/js and web): the v1 and v2 records are written by `web/test/fixtures/
+//! collection.mjs` (web's packages) and pushed by `tests/js/client.mjs`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -37,6 +41,21 @@ fn the_dashboard_in_a_real_browser() {
         "the browser tests' packages are not installed: run `npm ci` in {} (scripts/test does)",
         dir.display()
     );
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    for (folder, package) in [
+        ("web", "age-encryption"),
+        ("web", "@automerge/automerge"),
+        ("tests/js", "@automerge/automerge-repo"),
+    ] {
+        assert!(
+            root.join(folder)
+                .join("node_modules")
+                .join(package)
+                .join("package.json")
+                .exists(),
+            "{folder}/node_modules has no {package}: run `npm ci` in {folder} (scripts/test does)"
+        );
+    }
     let tally = tally_tests::server::binary("tally");
     let device = tally_tests::server::binary("tally-device");
     let bin_dir = tally.parent().expect("a folder").to_path_buf();

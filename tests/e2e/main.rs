@@ -24,6 +24,7 @@ mod chains;
 mod cli_errors;
 mod dashboard;
 mod docs_names;
+mod erasure;
 mod faults;
 mod hostile;
 mod hostile_net;

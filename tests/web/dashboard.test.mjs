@@ -652,9 +652,18 @@ describe('the organizers dashboard in a real browser', { concurrency: false }, (
       await p.locator('#audit-form button[type=submit]').click();
       await p.locator('#audit-form button[type=submit]:not([disabled])').waitFor();
     };
+    // A hostile phone's name is markup: the page shows it as text, and runs nothing.
+    const evil = '<img src=x onerror="window.__pwned=1">';
+    const [ist, inv] = await server.api('POST', '/api/v1/invites', server.adminToken, { campaign, role: 'canvasser' });
+    assert.equal(ist, 200);
+    const enrolled = await fetch(`${server.url}/api/v1/enroll`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ code: inv.code, name: evil }) });
+    assert.equal(enrolled.status, 200);
     await page.locator('nav a[href="#/audit"]').click();
     await page.locator('#audit-list').waitFor();
     await page.locator('#audit-verify[data-ok=true]').waitFor();
+    await page.locator('#audit-list tbody tr', { hasText: evil }).first().waitFor();
+    assert.equal(await page.locator('#audit-list img').count(), 0, 'no markup from a device name');
+    assert.equal(await page.evaluate(() => window.__pwned), undefined);
     const [, all] = await server.api('GET', '/api/v1/audit', server.adminToken);
     assert.match(await page.locator('#audit-verify').textContent(), new RegExp(`The chain verifies: ${all.length} entries`));
     const shown = await rows(page);

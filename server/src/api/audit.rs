@@ -47,6 +47,10 @@ fn action(method: &Method, path: &str) -> Option<&'static str> {
         ("POST", "/api/v1/campaigns/{id}/strikes") => "review.strike",
         ("POST", "/api/v1/campaigns/{id}/sheets") => "review.sheet",
         ("GET", "/api/v1/campaigns/{id}/sealed") => "export.sealed",
+        // The wrapped record keys that open the export's v2 records.
+        ("GET", "/api/v1/campaigns/{id}/keys") => "export.keys",
+        // Record ids only: never the duplicate token a request may carry.
+        ("POST", "/api/v1/campaigns/{id}/erase") => "record.erase",
         // A one-time dashboard sign-in link (`tally dashboard`); not its secret.
         ("POST", "/api/v1/signin-links") => "signin.link",
         _ => return None,
@@ -94,14 +98,15 @@ pub(crate) async fn record(
     let status = response.status();
     // The answer's ids (a new campaign's, an enrolled device's); the export's answer is not
     // read (it is the sealed records, and large).
-    let (response, answered) = if action == "export.sealed" && status.is_success() {
-        (response, Value::Null)
-    } else {
-        let (parts, body) = response.into_parts();
-        let bytes = to_bytes(body, MAX_ANSWER).await.unwrap_or_default();
-        let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        (Response::from_parts(parts, Body::from(bytes)), v)
-    };
+    let (response, answered) =
+        if matches!(action, "export.sealed" | "export.keys") && status.is_success() {
+            (response, Value::Null)
+        } else {
+            let (parts, body) = response.into_parts();
+            let bytes = to_bytes(body, MAX_ANSWER).await.unwrap_or_default();
+            let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            (Response::from_parts(parts, Body::from(bytes)), v)
+        };
     let result = if status.is_success() {
         "ok".to_string()
     } else {
@@ -159,6 +164,24 @@ pub(crate) async fn record(
             }
             "review.strike" => text(&asked, "signature").unwrap_or_default(),
             "review.sheet" => text(&asked, "serial").unwrap_or_default(),
+            "record.erase" => answered
+                .get("erased")
+                .and_then(Value::as_array)
+                .map(|ids| {
+                    ids.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .or_else(|| {
+                    asked.get("records").and_then(Value::as_array).map(|ids| {
+                        ids.iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                })
+                .unwrap_or_default(),
             _ => String::new(),
         };
         let action = match (action, asked.get("revoked").and_then(Value::as_bool)) {

@@ -59,8 +59,7 @@ impl FromRequestParts<Arc<AppState>> for Auth {
         let now = now_ms();
         let checked =
             tokio::task::spawn_blocking(move || reader.get().check_token(&token, now, expiry))
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))??;
+                .await??;
         match checked {
             Ok(device) => {
                 if !device.seen_recently(now) {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Path, State};
 use tally_core::collection;
+use tally_core::review::StrikeReason;
 use tally_proto::DocumentId;
 use tally_store::DocFilter;
 
@@ -49,35 +50,28 @@ pub(crate) async fn sealed(
                 let rid: DocumentId = url
                     .trim_start_matches("automerge:")
                     .parse()
-                    .map_err(|e| ApiError::Internal(format!("{e}")))?;
+                    .map_err(|e| ApiError::stored(format!("the stored review id {url}"), e))?;
                 let slot = state.hub.slot(&rid)?;
                 let g = slot.lock().unwrap_or_else(|p| p.into_inner());
-                tally_core::review::read(&g.doc).map_err(|e| ApiError::Internal(e.to_string()))?
+                tally_core::review::read(&g.doc)
+                    .map_err(|e| ApiError::stored(format!("the review of campaign {id}"), e))?
             }
             None => Default::default(),
         };
-        let mut collections = Vec::new();
-        for meta in state.store.list_documents(&DocFilter {
-            campaign: Some(id.clone()),
-            kind: Some("collection".into()),
-            owner: None,
-        })? {
-            let did: DocumentId = meta
-                .doc_id
-                .parse()
-                .map_err(|e| ApiError::Internal(format!("{e}")))?;
-            let slot = state.hub.slot(&did)?;
-            let g = slot.lock().unwrap_or_else(|p| p.into_inner());
-            collections
-                .push(collection::read(&g.doc).map_err(|e| ApiError::Internal(e.to_string()))?);
-        }
+        let collections = collections(&state, &id)?;
         let mut out = Vec::new();
         for s in tally_core::totals::records(&id, &collections)
             .signatures
             .into_values()
         {
+            // An erased record's sealed bytes are not handed out (a v1 blob would still open).
+            let erased = review
+                .strikes
+                .get(&s.id)
+                .is_some_and(|k| k.reason == StrikeReason::Erased);
             out.push(SealedRecord {
                 counted: tally_core::totals::counts(&s, &review),
+                erased,
                 id: s.id,
                 collected_at: s.collected_at,
                 collected_by: s.collected_by,
@@ -87,7 +81,11 @@ pub(crate) async fn sealed(
                 riding: s.riding,
                 consent_contact: s.consent_contact,
                 withdrawn: s.withdrawn,
-                sealed: hex::encode(&s.sealed),
+                sealed: if erased {
+                    String::new()
+                } else {
+                    hex::encode(&s.sealed)
+                },
                 duplicate_group: duplicate_group(&id, &s.dup),
             });
         }
@@ -95,6 +93,31 @@ pub(crate) async fn sealed(
         Ok(Json(out))
     })
     .await
+}
+
+/// Every collection document of the campaign, read whole.
+pub(crate) fn collections(
+    state: &AppState,
+    campaign: &str,
+) -> Result<Vec<collection::Collection>, ApiError> {
+    let mut collections = Vec::new();
+    for meta in state.store.list_documents(&DocFilter {
+        campaign: Some(campaign.to_string()),
+        kind: Some("collection".into()),
+        owner: None,
+    })? {
+        let did: DocumentId = meta
+            .doc_id
+            .parse()
+            .map_err(|e| ApiError::stored(format!("the stored document id {}", meta.doc_id), e))?;
+        let slot = state.hub.slot(&did)?;
+        let g = slot.lock().unwrap_or_else(|p| p.into_inner());
+        collections.push(
+            collection::read(&g.doc)
+                .map_err(|e| ApiError::stored(format!("the collection {did}"), e))?,
+        );
+    }
+    Ok(collections)
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ pub mod auth;
 pub mod campaigns;
 pub mod devices;
 pub mod export;
+pub mod keys;
 pub mod quarantine;
 pub mod review;
 pub mod signin;
@@ -59,9 +60,7 @@ pub(crate) fn body<T>(b: Result<Json<T>, JsonRejection>, example: &str) -> Resul
 pub(crate) async fn on_blocking_pool<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
+    tokio::task::spawn_blocking(f).await?
 }
 
 pub(crate) fn doc_of_kind(

@@ -26,7 +26,7 @@ pub(crate) fn review_doc(state: &AppState, campaign: &str) -> Result<DocumentId,
     })?;
     url.trim_start_matches("automerge:")
         .parse()
-        .map_err(|e| ApiError::Internal(format!("stored review id {url}: {e}")))
+        .map_err(|e| ApiError::stored(format!("the stored review id {url}"), e))
 }
 
 /// Strikes a signature of the campaign (or revokes a strike with `"revoked": true`): written to
@@ -50,6 +50,11 @@ pub(crate) async fn strike(
                 req.reason
             ))
         })?;
+        if reason == StrikeReason::Erased {
+            return Err(ApiError::BadRequest(
+                "an erasure deletes the record's keys too: use POST /api/v1/campaigns/{id}/erase (`tally erase`), not a strike".into(),
+            ));
+        }
         let strike = Strike {
             signature: req.signature,
             reason,
@@ -138,7 +143,8 @@ pub(crate) async fn review(
         let doc = review_doc(&state, &id)?;
         let slot = state.hub.slot(&doc)?;
         let g = slot.lock().unwrap_or_else(|p| p.into_inner());
-        let r = review::read(&g.doc).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let r = review::read(&g.doc)
+            .map_err(|e| ApiError::stored(format!("the review of campaign {id}"), e))?;
         Ok(Json(ReviewList {
             strikes: r.strikes.into_values().collect(),
             sheets: r.sheets.into_values().collect(),

@@ -307,7 +307,11 @@ pub struct SealedRecord {
     pub counted: bool,
     /// Withdrawn.
     pub withdrawn: bool,
-    /// The sealed personal fields, hex.
+    /// Erased at the signer's request (docs/security.md, "Erasure"): `sealed` is empty.
+    #[serde(default)]
+    pub erased: bool,
+    /// The sealed personal fields, hex (v2 opens with the record's key from
+    /// `GET .../keys`; v1 with the organizer's identity); empty when erased.
     pub sealed: String,
     /// The signature's duplicate group: the same for every signature of the campaign with the
     /// same duplicate token (so the same signer), different across campaigns, and not the token
