@@ -171,6 +171,21 @@ pub trait Storage: Send + Sync {
         now: i64,
         replaces: Option<Replaces<'_>>,
     ) -> Result<(Device, Token)>;
+    /// [`Storage::redeem_invite_replacing`] for a new phone.
+    fn redeem_invite(&self, code: &str, device_name: &str, now: i64) -> Result<(Device, Token)> {
+        self.redeem_invite_replacing(code, device_name, now, None)
+    }
+    /// The device a token belongs to (never expiring here), recording that it was seen; `None`
+    /// if the token is unknown or its device revoked.
+    fn authenticate(&self, token: &str, now: i64) -> Result<Option<Device>> {
+        let Ok(mut device) = self.check_token(token, now, None)? else {
+            return Ok(None);
+        };
+        if self.record_seen(&device, now)? {
+            device.last_seen = Some(now);
+        }
+        Ok(Some(device))
+    }
     /// The device a token belongs to, if it may act now.
     fn check_token(
         &self,
@@ -189,6 +204,15 @@ pub trait Storage: Send + Sync {
     /// Devices revoked since a time.
     fn revoked_since(&self, since_ms: i64) -> Result<Vec<String>>;
 
+    /// See [`Writes::quarantine`]; commits on its own.
+    fn quarantine(
+        &self,
+        device_id: &str,
+        doc_id: &str,
+        reason: &str,
+        bytes: &[u8],
+        now: i64,
+    ) -> Result<i64>;
     /// See [`Writes::quarantine_entry`]; commits on its own.
     fn quarantine_entry(
         &self,
@@ -532,6 +556,16 @@ impl Storage for Store {
         quota: &QuarantineQuota,
     ) -> Result<QuarantineOutcome> {
         Store::quarantine_entry(self, entry, quota)
+    }
+    fn quarantine(
+        &self,
+        device_id: &str,
+        doc_id: &str,
+        reason: &str,
+        bytes: &[u8],
+        now: i64,
+    ) -> Result<i64> {
+        Store::quarantine(self, device_id, doc_id, reason, bytes, now)
     }
     fn list_quarantine(&self, filter: &QuarantineFilter) -> Result<Vec<QuarantineEntry>> {
         Store::list_quarantine(self, filter)
