@@ -93,7 +93,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 /// The wrapped keys the server holds for a record, read from (a copy of) its database.
 fn keys_in(db: &Path, record: &str) -> Vec<Vec<u8>> {
-    let conn = tally_store::rusqlite::Connection::open(db).unwrap();
+    let conn = rusqlite::Connection::open(db).unwrap();
     let mut stmt = conn
         .prepare("SELECT wrapped FROM record_keys WHERE record = ?1")
         .unwrap();
@@ -105,8 +105,7 @@ fn keys_in(db: &Path, record: &str) -> Vec<Vec<u8>> {
 
 /// Record keys a phone still holds, from its SQLite file.
 fn phone_keys(phone: &Phone) -> i64 {
-    let conn =
-        tally_store::rusqlite::Connection::open(phone.home.join("tally-device.sqlite3")).unwrap();
+    let conn = rusqlite::Connection::open(phone.home.join("tally-device.sqlite3")).unwrap();
     conn.query_row("SELECT count(*) FROM record_keys", [], |r| r.get(0))
         .unwrap()
 }
@@ -194,7 +193,7 @@ fn an_erased_record_cannot_be_opened_again_and_its_key_is_gone_from_the_file_and
 
     // A copy of the database taken after the sync, before the erasure (as a backup would be).
     let copy = w.dir.path().join("backup.db");
-    tally_store::rusqlite::Connection::open(&db)
+    rusqlite::Connection::open(&db)
         .unwrap()
         .execute("VACUUM INTO ?1", [copy.to_str().unwrap()])
         .unwrap();
@@ -257,11 +256,10 @@ fn an_erased_record_cannot_be_opened_again_and_its_key_is_gone_from_the_file_and
     // The phone's later syncs do not bring the key back: a phone that still held it (a crash
     // before dropping it, put back here in its file) has it refused as erased, and drops it.
     {
-        let conn = tally_store::rusqlite::Connection::open(phone.home.join("tally-device.sqlite3"))
-            .unwrap();
+        let conn = rusqlite::Connection::open(phone.home.join("tally-device.sqlite3")).unwrap();
         conn.execute(
             "INSERT INTO record_keys (record_id, wrapped, stored) VALUES (?1, ?2, 0)",
-            tally_store::rusqlite::params![amara, wrapped[0]],
+            rusqlite::params![amara, wrapped[0]],
         )
         .unwrap();
     }
@@ -430,8 +428,7 @@ fn the_key_endpoints_refuse_hostile_shapes() {
     );
     {
         // The phone's copy of its key is held back, as if its upload had failed.
-        let conn = tally_store::rusqlite::Connection::open(phone.home.join("tally-device.sqlite3"))
-            .unwrap();
+        let conn = rusqlite::Connection::open(phone.home.join("tally-device.sqlite3")).unwrap();
         conn.execute(
             "UPDATE record_keys SET refusal = 'held back by the test'",
             [],
