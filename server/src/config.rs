@@ -318,6 +318,10 @@ pub const OTHER_PROGRAMS_VARIABLES: &[(&str, &str)] = &[
     ),
     ("TALLY_FAULT_SEED", "tests: the fault harness's seed"),
     (
+        "TALLY_TEST_DATABASE_URL",
+        "scripts/with-postgres: the throwaway PostgreSQL it hands to the command it runs",
+    ),
+    (
         "TALLY_FAULT_NO_MOUNTS",
         "tests: the fault harness without mounts",
     ),

@@ -19,7 +19,9 @@ use tally_core::collection::{CHECKINS, SIGNATURES};
 use tally_core::validate::{Accepted, Rule, Writer, validate};
 use tally_core::{DocHeader, DocKind, Role};
 use tally_proto::DocumentId;
-use tally_store::{Device, DocFilter, DocMeta, NewQuarantine, QuarantineQuota, Store, StoreError};
+use tally_store::{
+    Device, DocFilter, DocMeta, NewQuarantine, QuarantineQuota, Storage, StoreError, Writes,
+};
 use tokio::sync::mpsc;
 
 use crate::projection;
@@ -245,7 +247,7 @@ type Followers = HashMap<u64, mpsc::UnboundedSender<DocumentId>>;
 pub struct Hub {
     /// The database: documents, chunks, sync states and the projection are written through the
     /// hub alone (the API keeps its own handle for devices, audit and reads).
-    store: Arc<Store>,
+    store: Arc<dyn Storage>,
     /// Unloading, compaction and the chain length (from the configuration).
     cfg: HubConfig,
     /// The loaded documents; one document's writes are serialized by its slot's lock.
@@ -284,7 +286,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// when the server has that document, a collection of the same campaign whose owner is of the
 /// same lineage (the same phone, re-enrolled or not); a document the server never received is
 /// accepted (it may never have reached the server).
-fn check_continues(tx: &tally_store::WriteTx<'_>, header: &DocHeader) -> Result<(), HubError> {
+fn check_continues(tx: &dyn Writes, header: &DocHeader) -> Result<(), HubError> {
     let Some(previous) = &header.continues else {
         return Ok(());
     };
@@ -375,7 +377,7 @@ impl Hub {
     }
 
     /// A hub over `store`.
-    pub fn new(store: Arc<Store>, cfg: HubConfig) -> Hub {
+    pub fn new(store: Arc<dyn Storage>, cfg: HubConfig) -> Hub {
         Hub {
             store,
             cfg,
@@ -969,6 +971,7 @@ impl Hub {
 mod tests {
     use super::*;
     use tally_core::validate::Rejection;
+    use tally_store::Store;
 
     #[test]
     fn raw_bytes_are_kept_only_for_rules_that_judge_no_written_value() {

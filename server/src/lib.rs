@@ -38,7 +38,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequestParts, State};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
-use tally_store::{Readers, Store};
+use tally_store::{Readers, Storage, Store};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -58,8 +58,8 @@ pub struct AppState {
     /// The document hub: every document write goes through it.
     pub hub: Arc<Hub>,
     /// The store, for what is not a document: devices and tokens, invites, the audit log,
-    /// quarantine, the list of documents.
-    pub store: Arc<Store>,
+    /// quarantine, record keys, the list of documents. Held through the storage interface.
+    pub store: Arc<dyn Storage>,
     /// The configuration.
     pub config: Config,
     /// Read-only connections to the database for the API's token checks and totals queries,
@@ -555,14 +555,10 @@ pub async fn serve(
 async fn metrics_page(State(state): State<Arc<AppState>>) -> Result<impl IntoResponse, ApiError> {
     let st = state.clone();
     let snapshot = tokio::task::spawn_blocking(move || -> Result<metrics::Snapshot, ApiError> {
-        let path = st.store.path().to_path_buf();
-        let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
-        let mut wal = path.clone().into_os_string();
-        wal.push("-wal");
         Ok(metrics::Snapshot {
             loaded_documents: st.hub.loaded() as u64,
             quarantine_entries: st.store.quarantine_len()?,
-            database_bytes: size(&path) + size(Path::new(&wal)),
+            database_bytes: st.store.database_bytes()?,
         })
     })
     .await??;

@@ -19,7 +19,7 @@ use tally_core::collection::{self, CHECKINS, Checkin, SIGNATURES, Signature};
 use tally_core::review::{self, SHEETS, STRIKES, Sheet, Strike};
 use tally_core::validate::Accepted;
 use tally_core::{DocHeader, DocKind};
-use tally_store::{DocFilter, Store, StoreError, WriteTx};
+use tally_store::{DocFilter, Storage, StoreError, Writes};
 pub use tally_store::{Filter, ReindexReport};
 
 /// Projection failures: a stored record that does not read back (a bug), or storage (which
@@ -113,7 +113,7 @@ impl Changes {
     /// the transaction back: a record id is one phone's.
     pub fn write(
         &self,
-        tx: &WriteTx<'_>,
+        tx: &dyn Writes,
         doc_id: &str,
         header: &DocHeader,
         timezone: &str,
@@ -143,7 +143,7 @@ impl Changes {
 /// Updates the rows (and aggregates) of every record `acc` touched, reading them from `after`.
 /// `timezone` is the campaign's, for the day column.
 pub fn apply(
-    tx: &WriteTx<'_>,
+    tx: &dyn Writes,
     doc_id: &str,
     header: &DocHeader,
     acc: &Accepted,
@@ -153,7 +153,7 @@ pub fn apply(
     Ok(Changes::read(header, acc, after)?.write(tx, doc_id, header, timezone)?)
 }
 
-fn load(tx: &WriteTx<'_>, doc_id: &str) -> Result<Automerge, ProjectionError> {
+fn load(tx: &dyn Writes, doc_id: &str) -> Result<Automerge, ProjectionError> {
     let bad = |e: String| ProjectionError::Load(doc_id.to_string(), e);
     let stored = tx
         .load_document(doc_id)?
@@ -172,7 +172,7 @@ fn load(tx: &WriteTx<'_>, doc_id: &str) -> Result<Automerge, ProjectionError> {
 /// Rebuilds every projection table from the stored documents, in one write transaction: the
 /// rows through the same upserts as the incremental path, then the aggregates from the rows.
 /// Loads one document at a time.
-pub fn reindex(store: &Store) -> Result<ReindexReport, ProjectionError> {
+pub fn reindex(store: &dyn Storage) -> Result<ReindexReport, ProjectionError> {
     store.write_with_error(|tx| {
         tx.clear_projection_rows()?;
         let mut report = ReindexReport::default();

@@ -256,6 +256,12 @@ pub trait Storage: Send + Sync {
         by: &str,
         now: i64,
     ) -> Result<Erasure>;
+    /// After an erasure: makes sure no earlier version of an erased row stays in the
+    /// database's files (SQLite: the WAL checkpointed and truncated).
+    fn scrub_erased(&self) -> Result<()>;
+
+    /// The space the database takes, in bytes (SQLite: the file and its WAL), for metrics.
+    fn database_bytes(&self) -> Result<u64>;
 }
 
 impl dyn Storage + '_ {
@@ -612,5 +618,15 @@ impl Storage for Store {
         now: i64,
     ) -> Result<Erasure> {
         Store::erase_records(self, campaign, records, by, now)
+    }
+    fn scrub_erased(&self) -> Result<()> {
+        Store::checkpoint_truncate(self)
+    }
+    fn database_bytes(&self) -> Result<u64> {
+        let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        let path = self.path();
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        Ok(size(path) + size(std::path::Path::new(&wal)))
     }
 }

@@ -402,7 +402,7 @@ pub(crate) async fn erase(
                         .map_err(|e| e.to_string())
                 })?;
         }
-        state.store.checkpoint_truncate()?;
+        state.store.scrub_erased()?;
         let v1 = v1_records(&state, &id, &records)?;
         tracing::info!(campaign = %id, device = %device.device_id, records = records.len(), keys = erasure.keys_deleted, "records erased");
         Ok(Json(Erased {
