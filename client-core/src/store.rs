@@ -184,7 +184,7 @@ DROP TABLE IF EXISTS receipt_counts;
 
 /// From version 3: record keys (sealed v2, erasure by crypto-shredding).
 const MIGRATE_3_TO_4: &str = "
-CREATE TABLE record_keys (
+CREATE TABLE IF NOT EXISTS record_keys (
     record_id TEXT PRIMARY KEY,
     wrapped BLOB NOT NULL,
     stored INTEGER NOT NULL DEFAULT 0,
