@@ -343,7 +343,16 @@ pub fn export(
         .map_err(|e| anyhow::anyhow!("cannot read identity file {}: {e}", identity.display()))?;
     let id = seal::parse_identity(&text)?;
     let records: Vec<SealedRecord> = api.get(&format!("/api/v1/campaigns/{campaign}/sealed"))?;
-    let keys = fetch_keys(api, campaign)?;
+    // The record keys, only if a record needs them (v2): a campaign of v1 records reads none.
+    let v2_prefix = hex::encode(seal::SEAL2_MAGIC);
+    let keys = if records
+        .iter()
+        .any(|r| (every || r.counted) && !r.erased && r.sealed.starts_with(&v2_prefix))
+    {
+        fetch_keys(api, campaign)?
+    } else {
+        Default::default()
+    };
     let mut opened = Vec::new();
     let mut failed = 0;
     let (mut erased, mut key_missing) = (0, 0);
