@@ -121,6 +121,7 @@ pub struct StoredKey {
 
 /// `POST /api/v1/campaigns/{id}/erase`'s body: record ids, or one duplicate token.
 #[derive(Serialize, Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
 pub struct EraseRequest {
     /// Record ids, at most [`MAX_RECORDS`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -260,6 +261,8 @@ pub(crate) async fn list_keys(
     let mut limit = MAX_RECORDS;
     for (k, v) in pairs {
         match k.as_str() {
+            // A browser's token (docs/clients.md 2), read by the Auth extractor.
+            "token" => {}
             "after" => after = Some(v),
             "limit" => {
                 limit = v
