@@ -171,6 +171,16 @@ fn an_erased_record_cannot_be_opened_again_and_its_key_is_gone_from_the_file_and
     assert_eq!(status["counts"]["keys_not_on_server"], 0, "{status}");
     assert_eq!(status["counts"]["signatures_pending"], 0, "{status}");
 
+    let sealing = |w: &World| {
+        w.org
+            .run(&["campaign", "sealing", "--campaign", &w.campaign, "--json"])
+            .ok()
+            .json()
+    };
+    assert_eq!(
+        sealing(&w),
+        json!({"signatures": 2, "v2": 2, "key_missing": 0, "v1": 0, "erased": 0})
+    );
     // The export opens both names (the sealed bytes are v2, opened with the uploaded keys).
     let rows = export_all(&w.org, c, "before.csv");
     assert_eq!(rows[&amara]["name"], "Amara Okafor");
@@ -244,6 +254,12 @@ fn an_erased_record_cannot_be_opened_again_and_its_key_is_gone_from_the_file_and
     // Totals stop counting it.
     let t = w.org.totals(c);
     assert_eq!(t["signatures"], 1, "{t}");
+    assert_eq!(
+        sealing(&w),
+        json!({"signatures": 2, "v2": 1, "key_missing": 0, "v1": 0, "erased": 1})
+    );
+    let human = w.org.run(&["campaign", "sealing", "--campaign", c]).ok();
+    assert!(human.stdout.contains("0 sealed v1"), "{human}");
 
     // The copy taken before: it still holds the wrapped key, so it opens (docs/security.md).
     let old = keys_in(&copy, &amara);
@@ -449,6 +465,18 @@ fn the_key_endpoints_refuse_hostile_shapes() {
     );
     let rows = export_all(&w.org, c, "lone.csv");
     assert_eq!(rows[&lone]["name"], ROW_KEY_MISSING);
+    // The squatter's key is a key on the server all the same: `campaign sealing` counts by
+    // the keys' list, so only an export tells the two apart.
+    let s = w
+        .org
+        .run(&["campaign", "sealing", "--campaign", c, "--json"])
+        .ok()
+        .json();
+    assert_eq!(
+        (s["v2"].clone(), s["v1"].clone()),
+        (json!(2), json!(0)),
+        "{s}"
+    );
 
     // Too many keys in one request, an oversized key, a bad record id, not an age file.
     let many: Vec<Value> = (0..257)
