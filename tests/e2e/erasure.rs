@@ -602,3 +602,90 @@ fn the_key_endpoints_refuse_hostile_shapes() {
         "Amara Okafor"
     );
 }
+
+/// A signature sealed in format v1 (as phones wrote before erasure existed, pushed here by a
+/// bare protocol peer as such a phone would): it still counts and opens; `tally campaign
+/// sealing` counts it as v1; erasing it stops it counting and the server says it was v1 (its
+/// details stay in the history: docs/security.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v1_record_still_opens_and_its_erasure_says_it_cannot_be_shredded() {
+    use tally_core::collection::{self, SignatureForm, TakenBy};
+    use tally_tests::{Peer, new_id};
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("data"));
+    let c = server.campaign();
+    let (device, token) = server.enroll(&c.id, "canvasser");
+    let form = SignatureForm {
+        name: "Old Phone Signer".into(),
+        postal_code: "M5V 2T6".into(),
+        city: "Toronto".into(),
+        ..Default::default()
+    };
+    let id = collection::random_id();
+    let sig = form
+        .prepare(&TakenBy {
+            campaign: &c.world.campaign,
+            key: &c.world.key,
+            canvasser: &device,
+            now: tally_core::fixtures::NOW,
+            id: id.clone(),
+        })
+        .unwrap();
+    assert_eq!(seal::version(&sig.sealed), Some(1));
+    let mut doc = collection::create(&c.id, &device).unwrap();
+    collection::add_signature(&mut doc, &sig, &c.world.campaign).unwrap();
+    let mut peer = Peer::connect(&server.ws(), &token).await.unwrap();
+    let col = new_id();
+    peer.push(col, doc).await.unwrap();
+    assert!(
+        peer.until_acknowledged(&[col], std::time::Duration::from_secs(30))
+            .await
+            .unwrap(),
+        "refused: {:?}",
+        peer.errors
+    );
+
+    // The organizer's side, with the world's organizer identity and the admin token.
+    let org = Organizer::new(&dir.path().join("org"), &server.base(), &server.data);
+    std::fs::write(org.dir.join("organizer.age"), &c.world.identities[0]).unwrap();
+    let org_run = |args: &[&str]| tokio::task::block_in_place(|| org.run(args));
+    let s = org_run(&["campaign", "sealing", "--campaign", &c.id, "--json"])
+        .ok()
+        .json();
+    assert_eq!(
+        s,
+        json!({"signatures": 1, "v2": 0, "key_missing": 0, "v1": 1, "erased": 0})
+    );
+    let run = org_run(&[
+        "export",
+        "--campaign",
+        &c.id,
+        "--identity",
+        "organizer.age",
+        "--out",
+        "v1.csv",
+    ])
+    .ok();
+    assert!(
+        run.stderr
+            .contains("1 of the campaign's signatures are sealed in format v1"),
+        "{run}"
+    );
+    let csv = std::fs::read_to_string(org.dir.join("v1.csv")).unwrap();
+    assert!(csv.contains("Old Phone Signer"), "{csv}");
+
+    let run = org_run(&["erase", "--campaign", &c.id, "--record", &id, "--json"]).ok();
+    let v = run.json();
+    assert_eq!(v["erased"], json!([id]));
+    assert_eq!(v["v1"], json!([id]), "{run}");
+    assert_eq!(v["keys_deleted"], 0);
+    let human = org_run(&["erase", "--campaign", &c.id, "--record", &id]).ok();
+    assert!(human.stdout.contains("sealed in format v1"), "{human}");
+    let t = tokio::task::block_in_place(|| server.totals(&c.id));
+    assert_eq!(t["signatures"], 0, "{t}");
+    let s = org_run(&["campaign", "sealing", "--campaign", &c.id, "--json"])
+        .ok()
+        .json();
+    assert_eq!(s["erased"], 1, "{s}");
+    assert_eq!(s["v1"], 0, "{s}");
+}
