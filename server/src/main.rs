@@ -887,6 +887,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     e.sealed_v1
                 );
             }
+            if e.erased > 0 {
+                use std::io::Write as _;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "note: {} erased signatures are written with \"erased\" in the name column \
+                     and no other personal detail",
+                    e.erased
+                );
+            }
             if e.key_missing > 0 {
                 use std::io::Write as _;
                 let _ = writeln!(
