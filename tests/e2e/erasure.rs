@@ -76,10 +76,10 @@ fn call(method: &str, url: &str, token: &str, body: Option<&Value>) -> (u16, Val
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-/// Every byte of the server's database file and its WAL.
+/// Every byte of the server's database file, its WAL and its shared-memory index.
 fn database_bytes(data: &Path) -> Vec<u8> {
     let mut all = Vec::new();
-    for name in ["tally.db", "tally.db-wal"] {
+    for name in ["tally.db", "tally.db-wal", "tally.db-shm"] {
         if let Ok(b) = std::fs::read(data.join(name)) {
             all.extend(b);
         }
