@@ -934,6 +934,16 @@ pub fn insert_record_key(conn: &Connection, record_id: &str, wrapped: &[u8]) -> 
     Ok(())
 }
 
+/// Keys refused for a reason that passes (`too_many`: the device's quota on the server) are
+/// offered again: called once before each upload.
+pub fn retry_passing_refusals(conn: &Connection) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE record_keys SET refusal = NULL WHERE stored = 0 AND refusal LIKE 'too_many%'",
+    )?
+    .execute([])?;
+    Ok(())
+}
+
 /// Up to `limit` keys the server has not stored yet, oldest first.
 pub fn keys_to_upload(conn: &Connection, limit: usize) -> Result<Vec<(String, Vec<u8>)>> {
     let mut stmt = conn.prepare_cached(

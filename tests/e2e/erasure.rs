@@ -689,3 +689,55 @@ async fn a_v1_record_still_opens_and_its_erasure_says_it_cannot_be_shredded() {
     assert_eq!(s["erased"], 1, "{s}");
     assert_eq!(s["v1"], 0, "{s}");
 }
+
+/// A device's quota of keys on the server (`max_keys_per_device`): past it a key is refused
+/// `too_many`, the phone keeps it and counts its record not yet safe, and uploads it once the
+/// quota allows (here, the server restarted with a larger one).
+#[test]
+fn past_its_quota_a_phone_keeps_its_keys_until_the_server_takes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start_with_env(
+        &dir.path().join("data"),
+        &[("TALLY_MAX_KEYS_PER_DEVICE", "2")],
+    );
+    let org = Organizer::new(&dir.path().join("org"), &server.base(), &server.data);
+    let recipient = org.keygen("organizer.age");
+    let campaign = org.create_campaign("Status for All", &recipient);
+    let phone = Phone::new(&dir.path().join("phone"));
+    phone.enroll(&org.invite(&campaign), "amina");
+    let ids: Vec<String> = ["Amara Okafor", "Bo Chen", "Chen Li"]
+        .iter()
+        .map(|n| phone.sign(n, "M5V 2T6", "Toronto", &[]))
+        .collect();
+    let run = phone.sync(30).ok();
+    assert!(
+        run.stdout.contains("1 record keys refused by the server"),
+        "{run}"
+    );
+    assert_eq!(phone_keys(&phone), 1, "the refused key stays on the phone");
+    let status = phone.status();
+    assert_eq!(status["counts"]["keys_not_on_server"], 1, "{status}");
+    assert!(
+        status["summary"]
+            .as_str()
+            .unwrap()
+            .contains("1 signature not yet safe: key not yet on the server"),
+        "{status}"
+    );
+    assert!(
+        status["problems"].to_string().contains("too_many"),
+        "{status}"
+    );
+    let rows = export_all(&org, &campaign, "before.csv");
+    assert_eq!(rows[&ids[2]]["name"], ROW_KEY_MISSING);
+
+    // The organizer raises the quota; the phone's next sync uploads the key and drops it.
+    server.set_env(&[("TALLY_MAX_KEYS_PER_DEVICE", "10")]);
+    server.restart();
+    phone.sync(30).ok();
+    assert_eq!(phone_keys(&phone), 0);
+    let status = phone.status();
+    assert_eq!(status["counts"]["keys_not_on_server"], 0, "{status}");
+    let rows = export_all(&org, &campaign, "after.csv");
+    assert_eq!(rows[&ids[2]]["name"], "Chen Li");
+}

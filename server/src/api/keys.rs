@@ -29,9 +29,6 @@ use crate::hub::{now_ms, writer_of};
 
 /// The most keys in one upload.
 pub const MAX_KEYS_PER_REQUEST: usize = 256;
-/// The most keys one device may hold on the server: 40 full collections of 5,000 records. A
-/// phone that reaches it is told `too_many` and keeps its keys.
-pub const MAX_KEYS_PER_DEVICE: u64 = 200_000;
 /// The smallest wrapped key: an age header and its payload around 32 bytes.
 pub const MIN_WRAPPED: usize = 32;
 /// The largest wrapped key: an age file to the most recipients a campaign may list (32, about
@@ -205,13 +202,12 @@ pub(crate) async fn put_keys(
             valid.push((k.record.clone(), bytes));
             at.push(i);
         }
-        let outcomes = state.hub.store.put_keys(
-            &campaign,
-            &device.device_id,
-            &valid,
-            MAX_KEYS_PER_DEVICE,
-            now_ms(),
-        )?;
+        let max = state.config.max_keys_per_device;
+        let outcomes =
+            state
+                .hub
+                .store
+                .put_keys(&campaign, &device.device_id, &valid, max, now_ms())?;
         for ((i, (record, _)), outcome) in at.into_iter().zip(&valid).zip(outcomes) {
             results[i] = Some(match outcome {
                 KeyOutcome::Stored => KeyResult::ok(record, "stored"),
@@ -235,7 +231,7 @@ pub(crate) async fn put_keys(
                     record,
                     "too_many",
                     format!(
-                        "this device holds the most keys the server keeps for one device ({MAX_KEYS_PER_DEVICE}); keep the key and tell an organizer"
+                        "this device holds the most keys the server keeps for one device (max_keys_per_device = {max}); keep the key and tell an organizer to raise it"
                     ),
                 ),
             });
