@@ -107,8 +107,12 @@ fn keys_in(db: &Path, record: &str) -> Vec<Vec<u8>> {
 fn phone_keys(phone: &Phone) -> i64 {
     let conn =
         tally_store::rusqlite::Connection::open(phone.home.join("tally-device.sqlite3")).unwrap();
-    conn.query_row("SELECT count(*) FROM record_keys", [], |r| r.get(0))
-        .unwrap()
+    conn.query_row(
+        "SELECT count(*) FROM record_keys WHERE length(wrapped) > 0",
+        [],
+        |r| r.get(0),
+    )
+    .unwrap()
 }
 
 fn identity(org: &Organizer) -> age::x25519::Identity {
@@ -283,7 +287,22 @@ fn an_erased_record_cannot_be_opened_again_and_its_key_is_gone_from_the_file_and
     }
     let run = phone.sync(30).ok();
     assert!(run.stdout.contains("1 erased by an organizer"), "{run}");
-    assert_eq!(phone_keys(&phone), 0);
+    // The phone keeps only the mark (no key bytes) and says so.
+    let conn =
+        tally_store::rusqlite::Connection::open(phone.home.join("tally-device.sqlite3")).unwrap();
+    let left: Vec<u8> = conn
+        .query_row(
+            "SELECT wrapped FROM record_keys WHERE record_id = ?1",
+            [&amara],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(left.is_empty());
+    drop(conn);
+    assert_eq!(phone.status()["erased"], json!([amara]));
+    let human = phone.run(&["status"]).ok();
+    assert!(human.stdout.contains("Erased by an organizer"), "{human}");
+    assert_eq!(phone.status()["counts"]["keys_not_on_server"], 0);
     assert!(
         keys_in(&db, &amara).is_empty(),
         "the sync brought the key back"
