@@ -407,6 +407,9 @@ fn erasing_by_name_and_postal_code_takes_every_record_of_that_person_and_no_othe
         !audit.to_string().to_lowercase().contains("amara"),
         "{audit}"
     );
+    let log = w.server.log_text().to_lowercase();
+    assert!(log.contains("records erased"), "the erasure is logged");
+    assert!(!log.contains("amara") && !log.contains("m5v2t6"), "{log}");
 }
 
 #[test]
