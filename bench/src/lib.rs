@@ -226,9 +226,11 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<Report> {
             let (campaign, key, event) = match &ingested {
                 Some(s) => (s.campaign_id.clone(), s.key.clone(), s.event.clone()),
                 None => {
-                    let c = server
-                        .api()
-                        .create_campaign(&setup::recipients(), setup::now_ms())?;
+                    let c = server::create_campaign(
+                        &server.api(),
+                        &setup::recipients(),
+                        setup::now_ms(),
+                    )?;
                     (c.id, tally_core::seal::DuplicateKey::generate(), c.event)
                 }
             };

@@ -50,7 +50,7 @@ impl Phone {
         let campaign_id = s("campaign", &answer.campaign)?;
         let campaign = DocumentId::from_url(&s("campaign_url", &answer.campaign_url)?)?;
         let totals = DocumentId::from_url(&s("totals_url", &answer.totals_url)?)?;
-        let collection = DocumentId::random(&mut rand::thread_rng());
+        let collection = tally_rig::new_id();
         let doc = tally_core::collection::create(&campaign_id, &device_id)
             .map_err(|e| anyhow!("creating the collection: {e}"))?;
         let mut docs = HashMap::new();

@@ -114,7 +114,7 @@ pub fn run(server: &Server, a: &PhoneArgs<'_>, figs: &mut Figures) -> Result<()>
     } = *a;
     eprintln!("== phone: {n} signatures with Device::sign, then a process holding them");
     let api = server.api();
-    let code = api.invite(campaign)?;
+    let code = api.invite(campaign, "canvasser")?;
     let payload = serde_json::json!({
         "v": 1,
         "server": server.base,

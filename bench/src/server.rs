@@ -1,18 +1,14 @@
 //! The server under test: the real `tally serve` binary in a child process on a temporary data
-//! folder (or a server given by URL and admin token), and the HTTP API calls the benchmark makes
-//! (campaign, event, invite, enroll, totals), as the organizers' command line makes them.
+//! folder (or a server given by URL and admin token); its HTTP API through `tally_rig::Api` (the
+//! client the end-to-end tests use too), and the benchmark's campaign.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-use serde_json::Value;
-use tally_server::api::types::{
-    self, EnrollRequest, Enrolled, Invite, InviteRequest, NewCampaign, NewEvent,
-};
+use anyhow::{Context, Result, bail};
+pub use tally_rig::Api;
+use tally_rig::{ServerProcess, Spawn};
+use tally_server::api::types::{NewCampaign, NewEvent};
 
 /// Where the `tally` binary is: `explicit`, else `$TALLY_BIN`, else next to this executable
 /// (`target/release/tally` beside `target/release/tally-bench`), else one folder up (when this
@@ -38,7 +34,8 @@ pub fn tally_binary(explicit: Option<&Path>) -> Result<PathBuf> {
     )
 }
 
-/// A running server: ours (a child process) or someone else's (URL and token only).
+/// A running server: ours (a child process, `tally_rig::ServerProcess`, the one the end-to-end
+/// tests run too) or someone else's (URL and token only).
 pub struct Server {
     /// `http://127.0.0.1:PORT`.
     pub base: String,
@@ -48,36 +45,42 @@ pub struct Server {
     pub data: Option<PathBuf>,
     /// The process id, when known.
     pub pid: Option<u32>,
-    child: Option<Child>,
-    bin: Option<PathBuf>,
-    port: u16,
-    log: Option<PathBuf>,
+    process: Option<ServerProcess>,
 }
 
 impl Server {
     /// Starts `tally serve` on a free loopback port with `data` as its data folder and waits
     /// until `/healthz` answers.
     pub fn start(bin: &Path, data: &Path) -> Result<Server> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let mut s = Server {
-            base: format!("http://127.0.0.1:{port}"),
-            admin: String::new(),
-            data: Some(data.to_path_buf()),
-            pid: None,
-            child: None,
-            bin: Some(bin.to_path_buf()),
-            port,
-            log: Some(data.join("serve.log")),
+        let spawn = Spawn {
+            bin: bin.to_path_buf(),
+            data: data.to_path_buf(),
+            log: data.join("serve.log"),
+            rust_log: std::env::var("TALLY_BENCH_SERVER_LOG").unwrap_or("warn".into()),
+            // Every simulated phone comes from 127.0.0.1, where real ones come from many
+            // addresses: the per-address limits on enrollment and on connections still in their
+            // upgrade would otherwise refuse most of the reconnect wave.
+            env: [
+                ("TALLY_MAX_ENROLLMENTS_PER_ADDRESS", "1000000"),
+                ("TALLY_MAX_CONNECTIONS_PER_ADDRESS", "100000"),
+                ("TALLY_MAX_PENDING_CONNECTIONS", "4096"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         };
-        s.spawn()?;
-        s.wait_healthy(Duration::from_secs(60))?;
-        s.admin = std::fs::read_to_string(data.join(tally_server::ADMIN_TOKEN_FILE))
-            .context("reading the admin token the server wrote")?
-            .trim()
-            .to_string();
-        Ok(s)
+        let mut process = ServerProcess::new(spawn, ureq::agent())?;
+        process.start(Duration::from_secs(60))?;
+        let admin = process
+            .admin()
+            .context("reading the admin token the server wrote")?;
+        Ok(Server {
+            base: process.base(),
+            admin,
+            data: Some(data.to_path_buf()),
+            pid: process.pid(),
+            process: Some(process),
+        })
     }
 
     /// A server someone else runs. `pid` and `data` are optional (memory and database size are
@@ -88,16 +91,13 @@ impl Server {
             admin: admin.to_string(),
             data,
             pid,
-            child: None,
-            bin: None,
-            port: 0,
-            log: None,
+            process: None,
         }
     }
 
     /// Whether this benchmark started (and may restart) the server.
     pub fn is_ours(&self) -> bool {
-        self.bin.is_some()
+        self.process.is_some()
     }
 
     /// `ws://HOST:PORT/sync`.
@@ -110,69 +110,31 @@ impl Server {
         )
     }
 
+    fn ours(&mut self) -> Result<&mut ServerProcess> {
+        self.process
+            .as_mut()
+            .context("cannot start a server this benchmark does not own")
+    }
+
     /// Starts the process (the server must not be running). Returns when it is spawned.
     pub fn spawn(&mut self) -> Result<()> {
-        let (Some(bin), Some(data), Some(log)) = (&self.bin, &self.data, &self.log) else {
-            bail!("cannot start a server this benchmark does not own");
-        };
-        std::fs::create_dir_all(data)?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)?;
-        let child = Command::new(bin)
-            .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
-            .arg("--data")
-            .arg(data)
-            .env(
-                "RUST_LOG",
-                std::env::var("TALLY_BENCH_SERVER_LOG").unwrap_or("warn".into()),
-            )
-            // Every simulated phone comes from 127.0.0.1, where real ones come from many
-            // addresses: the per-address limits on enrollment and on connections still in their
-            // upgrade would otherwise refuse most of the reconnect wave.
-            .env("TALLY_MAX_ENROLLMENTS_PER_ADDRESS", "1000000")
-            .env("TALLY_MAX_CONNECTIONS_PER_ADDRESS", "100000")
-            .env("TALLY_MAX_PENDING_CONNECTIONS", "4096")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        self.pid = Some(child.id());
-        self.child = Some(child);
+        let process = self.ours()?;
+        process.spawn()?;
+        self.pid = process.pid();
         Ok(())
     }
 
     /// Waits until `/healthz` answers.
     pub fn wait_healthy(&mut self, limit: Duration) -> Result<()> {
-        let deadline = Instant::now() + limit;
-        let agent = ureq::AgentBuilder::new()
-            .timeout(Duration::from_millis(500))
-            .build();
-        while Instant::now() < deadline {
-            if agent.get(&format!("{}/healthz", self.base)).call().is_ok() {
-                return Ok(());
-            }
-            if let Some(c) = &mut self.child
-                && let Ok(Some(status)) = c.try_wait()
-            {
-                bail!("tally serve exited ({status}); log:\n{}", self.log_tail());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        bail!(
-            "tally serve did not answer within {limit:?}; log:\n{}",
-            self.log_tail()
-        )
+        self.ours()?.wait_healthy(limit)
     }
 
     /// The end of the server's log.
     pub fn log_tail(&self) -> String {
         let text = self
-            .log
+            .process
             .as_ref()
-            .and_then(|l| std::fs::read_to_string(l).ok())
+            .map(ServerProcess::log_text)
             .unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
@@ -181,26 +143,12 @@ impl Server {
     /// Stops the server with SIGTERM (a graceful shutdown) and waits for it, up to `limit`;
     /// kills it after that. Returns whether it exited cleanly.
     pub fn stop(&mut self, limit: Duration) -> Result<bool> {
-        let Some(mut child) = self.child.take() else {
+        let Some(process) = self.process.as_mut() else {
             return Ok(false);
         };
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                self.pid = None;
-                return Ok(status.success());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                self.pid = None;
-                return Ok(false);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let clean = process.stop(Some(limit));
+        self.pid = None;
+        Ok(clean)
     }
 
     /// Resident memory now (VmRSS), MB.
@@ -230,25 +178,8 @@ impl Server {
 
     /// An API client with the admin token.
     pub fn api(&self) -> Api {
-        Api::new(&self.base, &self.admin)
+        Api::new(&self.base, Some(&self.admin))
     }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// The HTTP API, with one token and a keep-alive connection.
-#[derive(Clone)]
-pub struct Api {
-    base: String,
-    token: String,
-    agent: ureq::Agent,
 }
 
 /// A campaign created for the benchmark.
@@ -260,119 +191,27 @@ pub struct CreatedCampaign {
     pub event: String,
 }
 
-impl Api {
-    /// A client of `base` with `token`.
-    pub fn new(base: &str, token: &str) -> Api {
-        Api {
-            base: base.to_string(),
-            token: token.to_string(),
-            agent: ureq::AgentBuilder::new()
-                .timeout(Duration::from_secs(120))
-                .build(),
-        }
-    }
-
-    /// One call; returns (status, JSON body).
-    pub fn call(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&impl Serialize>,
-    ) -> Result<(u16, Value)> {
-        let req = self
-            .agent
-            .request(method, &format!("{}{path}", self.base))
-            .set("Authorization", &format!("Bearer {}", self.token));
-        let res = match body {
-            Some(b) => req.send_json(b),
-            None => req.call(),
-        };
-        match res {
-            Ok(r) => Ok((r.status(), r.into_json().unwrap_or(Value::Null))),
-            Err(ureq::Error::Status(code, r)) => Ok((code, r.into_json().unwrap_or(Value::Null))),
-            Err(e) => Err(anyhow!("HTTP {method} {path}: {e}")),
-        }
-    }
-
-    /// A call that must answer 200 with an `R`.
-    fn ok<R: DeserializeOwned>(
-        &self,
-        method: &str,
-        path: &str,
-        body: &impl Serialize,
-    ) -> Result<R> {
-        let (status, v) = self.call(method, path, Some(body))?;
-        if status != 200 {
-            bail!("HTTP {method} {path} answered {status}: {v}");
-        }
-        serde_json::from_value(v).with_context(|| format!("the answer of {method} {path}"))
-    }
-
-    /// Creates a campaign sealed to `recipients`, with one event starting now.
-    pub fn create_campaign(&self, recipients: &[String], now_ms: i64) -> Result<CreatedCampaign> {
-        let created: types::CreatedCampaign = self.ok(
-            "POST",
-            "/api/v1/campaigns",
-            &NewCampaign {
-                title: "Status for All (benchmark)".into(),
-                petition:
-                    "We call on the Government of Canada to regularize all undocumented people."
-                        .into(),
-                addressee: "the House of Commons".into(),
-                goal: 1_000_000,
-                timezone: "America/Toronto".into(),
-                recipients: recipients.to_vec(),
-            },
-        )?;
-        let id = created.campaign;
-        let ev: types::Event = self.ok(
-            "POST",
-            &format!("/api/v1/campaigns/{id}/events"),
-            &NewEvent {
-                id: Some("march-end".into()),
-                name: "End of the march".into(),
-                city: "Toronto".into(),
-                starts_at: now_ms.into(),
-                place: "Queen's Park".into(),
-            },
-        )?;
-        Ok(CreatedCampaign { id, event: ev.id })
-    }
-
-    /// Creates a one-time canvasser invite; returns its code.
-    pub fn invite(&self, campaign: &str) -> Result<String> {
-        let inv: Invite = self.ok(
-            "POST",
-            "/api/v1/invites",
-            &InviteRequest {
-                campaign: campaign.to_string(),
-                role: "canvasser".into(),
-            },
-        )?;
-        Ok(inv.code)
-    }
-
-    /// Redeems an invite code; returns the server's answer (device id, token, document URLs).
-    pub fn enroll(&self, code: &str, name: &str) -> Result<Enrolled> {
-        self.ok(
-            "POST",
-            "/api/v1/enroll",
-            &EnrollRequest {
-                code: code.to_string(),
-                name: name.to_string(),
-                replaces: None,
-            },
-        )
-    }
-
-    /// The campaign's totals; returns (status, body, latency).
-    pub fn totals(&self, campaign: &str) -> Result<(u16, Value, Duration)> {
-        let t = Instant::now();
-        let (s, v) = self.call(
-            "GET",
-            &format!("/api/v1/campaigns/{campaign}/totals"),
-            None::<&()>,
-        )?;
-        Ok((s, v, t.elapsed()))
-    }
+/// Creates the benchmark's campaign sealed to `recipients`, with one event starting now.
+pub fn create_campaign(api: &Api, recipients: &[String], now_ms: i64) -> Result<CreatedCampaign> {
+    let created = api.create_campaign(&NewCampaign {
+        title: "Status for All (benchmark)".into(),
+        petition: "We call on the Government of Canada to regularize all undocumented people."
+            .into(),
+        addressee: "the House of Commons".into(),
+        goal: 1_000_000,
+        timezone: "America/Toronto".into(),
+        recipients: recipients.to_vec(),
+    })?;
+    let id = created.campaign;
+    let ev = api.add_event(
+        &id,
+        &NewEvent {
+            id: Some("march-end".into()),
+            name: "End of the march".into(),
+            city: "Toronto".into(),
+            starts_at: now_ms.into(),
+            place: "Queen's Park".into(),
+        },
+    )?;
+    Ok(CreatedCampaign { id, event: ev.id })
 }

@@ -14,7 +14,6 @@ use automerge::{Automerge, ChangeHash};
 use indicatif::{ProgressBar, ProgressStyle};
 use tally_core::campaign::{self, Campaign, CampaignInit, Event};
 use tally_core::seal::DuplicateKey;
-use tally_proto::DocumentId;
 use tokio::runtime::Runtime;
 
 use crate::peer::{self, Phone};
@@ -82,7 +81,7 @@ pub fn enrolled(
 ) -> Result<Setup> {
     let started = Instant::now();
     let api = server.api();
-    let created = api.create_campaign(&recipients(), now_ms())?;
+    let created = crate::server::create_campaign(&api, &recipients(), now_ms())?;
     let pb = progress(n as u64, "enrolling phones");
     let per = n.div_ceil(threads.max(1)).max(1);
     let mut phones: Vec<Phone> = std::thread::scope(|s| {
@@ -95,7 +94,7 @@ pub fn enrolled(
                 s.spawn(move || -> Result<Vec<Phone>> {
                     let mut out = Vec::new();
                     for i in start..(start + per).min(n) {
-                        let code = api.invite(&campaign)?;
+                        let code = api.invite(&campaign, "canvasser")?;
                         let answer = api.enroll(&code, &format!("bench phone {i}"))?;
                         out.push(Phone::enrolled(&answer)?);
                         pb.inc(1);
@@ -163,7 +162,7 @@ pub fn enrolled(
 /// The same, without a server (for the baseline alone): a campaign document made locally and
 /// `n` phones with new collection documents.
 pub fn local(n: usize) -> Result<Setup> {
-    let campaign_id = DocumentId::random(&mut rand::thread_rng());
+    let campaign_id = tally_rig::new_id();
     let init = CampaignInit {
         id: campaign_id.to_string(),
         title: "Status for All (benchmark)".into(),
@@ -187,7 +186,7 @@ pub fn local(n: usize) -> Result<Setup> {
     )
     .map_err(|e| anyhow!("{e}"))?;
     let campaign = campaign::read(&doc).map_err(|e| anyhow!("{e}"))?;
-    let totals = DocumentId::random(&mut rand::thread_rng());
+    let totals = tally_rig::new_id();
     let mut phones = Vec::with_capacity(n);
     for _ in 0..n {
         let device_id = hex::encode(rand::random::<[u8; 8]>());
@@ -241,7 +240,7 @@ impl Pollers {
         let stop = Arc::new(AtomicBool::new(false));
         let handles = (0..n)
             .map(|i| {
-                let api = Api::new(base, token);
+                let api = Api::new(base, Some(token));
                 let stop = stop.clone();
                 let campaign = campaign.to_string();
                 // Spread the organizers over the first interval.

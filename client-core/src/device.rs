@@ -124,6 +124,10 @@ pub struct Status {
     pub totals: Option<TeamTotals>,
     /// Things the canvasser should know (e.g. a document that cannot be read).
     pub problems: Vec<String>,
+    /// This phone's records an organizer erased (the server refused their keys as erased):
+    /// they no longer count, and nothing of them can be opened.
+    #[serde(default)]
+    pub erased: Vec<String>,
 }
 
 /// One collection of the phone's chain, as `status` shows it.
@@ -664,6 +668,7 @@ impl Device {
             (None, None, 0)
         };
         let (_, keys_refused) = store::keys_not_on_server(&st.conn)?;
+        let erased = store::erased_records(&st.conn)?;
         for (record, why) in keys_refused {
             problems.push(format!(
                 "the server refused the key of record {record} ({why}): it is kept on this phone; show an organizer"
@@ -697,6 +702,7 @@ impl Device {
             last_sync,
             totals,
             problems,
+            erased,
         })
     }
 

@@ -5,7 +5,8 @@
 //! (`PUT {server}/api/v1/keys`, blocking, idempotent: a retry after a crash is fine) and drops
 //! the keys of records that are now safe. A key the server refuses as `erased` is dropped (an
 //! organizer erased the record: it is done); any other refusal is kept with its reason for
-//! `tally-device status`.
+//! `tally-device status`, and a `too_many` one (the device's quota on the server) is offered
+//! again at the next upload.
 
 use std::time::Duration;
 
@@ -71,6 +72,8 @@ impl Device {
             (e.server.clone(), e.token.clone())
         };
         let url = format!("{server}/api/v1/keys");
+        // A quota the server may since have raised: offered again, once per upload.
+        store::retry_passing_refusals(&self.lock()?.conn)?;
         let agent = ureq::AgentBuilder::new()
             .timeout(UPLOAD_TIMEOUT)
             .redirects(0)

@@ -28,7 +28,8 @@
 //! - `record_keys(record_id, wrapped, stored, refusal)` (schema 4): each v2 signature's record key
 //!   wrapped to the organizers, written with the signature, until the server has stored it
 //!   (`stored`) and acknowledged the record's change; then it is deleted ([`drop_safe_keys`]).
-//!   `refusal` is the server's reason when it refused the key (docs/clients.md 5a).
+//!   `refusal` is the server's reason when it refused the key (docs/clients.md 5a); a record an
+//!   organizer erased keeps only its mark (`erased`, no key bytes).
 //!
 //! `secure_delete` is on, so dropped plaintext is overwritten in the file, not just unlinked.
 //! This module is plain SQL over a connection; it knows nothing of automerge beyond change
@@ -184,7 +185,7 @@ DROP TABLE IF EXISTS receipt_counts;
 
 /// From version 3: record keys (sealed v2, erasure by crypto-shredding).
 const MIGRATE_3_TO_4: &str = "
-CREATE TABLE record_keys (
+CREATE TABLE IF NOT EXISTS record_keys (
     record_id TEXT PRIMARY KEY,
     wrapped BLOB NOT NULL,
     stored INTEGER NOT NULL DEFAULT 0,
@@ -934,6 +935,16 @@ pub fn insert_record_key(conn: &Connection, record_id: &str, wrapped: &[u8]) -> 
     Ok(())
 }
 
+/// Keys refused for a reason that passes (`too_many`: the device's quota on the server) are
+/// offered again: called once before each upload.
+pub fn retry_passing_refusals(conn: &Connection) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE record_keys SET refusal = NULL WHERE stored = 0 AND refusal LIKE 'too_many%'",
+    )?
+    .execute([])?;
+    Ok(())
+}
+
 /// Up to `limit` keys the server has not stored yet, oldest first.
 pub fn keys_to_upload(conn: &Connection, limit: usize) -> Result<Vec<(String, Vec<u8>)>> {
     let mut stmt = conn.prepare_cached(
@@ -953,12 +964,15 @@ pub fn mark_key_stored(conn: &Connection, record_id: &str) -> Result<()> {
     Ok(())
 }
 
-/// The server refused this key for good (`erased`: the record is done, the key is deleted;
-/// any other reason: kept with the reason, shown by `tally-device status`).
+/// The server refused this key for good (`erased`: the record is done, the key's bytes are
+/// overwritten and only the mark stays, for `tally-device status`; any other reason: kept with
+/// the reason, shown by `tally-device status`).
 pub fn refuse_key(conn: &Connection, record_id: &str, reason: &str) -> Result<()> {
     if reason.starts_with("erased") {
-        conn.prepare_cached("DELETE FROM record_keys WHERE record_id = ?1")?
-            .execute([record_id])?;
+        conn.prepare_cached(
+            "UPDATE record_keys SET wrapped = x'', stored = 1, refusal = 'erased' WHERE record_id = ?1",
+        )?
+        .execute([record_id])?;
     } else {
         conn.prepare_cached("UPDATE record_keys SET refusal = ?2 WHERE record_id = ?1")?
             .execute(params![record_id, reason])?;
@@ -971,11 +985,21 @@ pub fn refuse_key(conn: &Connection, record_id: &str, reason: &str) -> Result<()
 pub fn drop_safe_keys(conn: &Connection) -> Result<usize> {
     Ok(conn
         .prepare_cached(
-            "DELETE FROM record_keys WHERE stored = 1 AND NOT EXISTS (SELECT 1 FROM receipts r \
-             WHERE r.record_id = record_keys.record_id AND r.acknowledged_at IS NULL \
-             AND r.refused_at IS NULL)",
+            "DELETE FROM record_keys WHERE stored = 1 AND refusal IS NULL AND NOT EXISTS \
+             (SELECT 1 FROM receipts r WHERE r.record_id = record_keys.record_id \
+              AND r.acknowledged_at IS NULL AND r.refused_at IS NULL)",
         )?
         .execute([])?)
+}
+
+/// Records an organizer erased, as the server said when their key was offered (newest last,
+/// at most 100).
+pub fn erased_records(conn: &Connection) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT record_id FROM record_keys WHERE refusal = 'erased' ORDER BY rowid LIMIT 100",
+    )?;
+    let rows = stmt.query_map([], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// Keys the server does not hold yet: (waiting to upload, refused with a reason).

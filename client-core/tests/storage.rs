@@ -44,6 +44,17 @@ fn counted(device: &Device) -> Counts {
         };
         *slot += u64::try_from(n).unwrap();
     }
+    // Keys the server has not stored, of records whose change it acknowledged (this in-memory
+    // server takes no key uploads: they stay on the phone, not yet safe).
+    let keys: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM record_keys k WHERE stored = 0 AND NOT EXISTS (SELECT 1 FROM receipts r \
+             WHERE r.record_id = k.record_id AND r.acknowledged_at IS NULL AND r.refused_at IS NULL)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    c.keys_not_on_server = u64::try_from(keys).unwrap();
     c
 }
 

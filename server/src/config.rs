@@ -34,6 +34,10 @@ pub struct Config {
     /// chain of collections (it starts the next one at a roll-over bound, after a refusal, and
     /// after a re-enrollment).
     pub max_documents_per_device: u64,
+    /// Most wrapped record keys one device may hold on the server (`PUT /api/v1/keys`,
+    /// docs/clients.md 5a): 40 full collections of 5,000 signatures by default. Past it a key
+    /// is refused `too_many` and the phone keeps it.
+    pub max_keys_per_device: u64,
     /// Most simultaneous sync connections.
     pub max_connections: usize,
     /// Seconds a document stays in memory after its last use.
@@ -156,6 +160,7 @@ impl Default for Config {
             max_database_kib: 0,
             max_frame_bytes: 16 * 1024 * 1024,
             max_documents_per_device: 64,
+            max_keys_per_device: 200_000,
             max_connections: 10_000,
             idle_unload_secs: 60,
             compact_after_chunks: 64,
@@ -724,6 +729,7 @@ mod tests {
             max_database_kib: 1,
             max_frame_bytes: 2,
             max_documents_per_device: 3,
+            max_keys_per_device: 38,
             max_connections: 4,
             idle_unload_secs: 5,
             max_loaded_documents: 6,

@@ -339,6 +339,14 @@ enum CampaignCmd {
     },
     /// List campaigns (all for the admin, the token's own otherwise), with their events.
     List,
+    /// How a campaign's signatures are sealed, for erasure: how many are v2 (erasable; with
+    /// their key on the server or not yet), how many v1 (taken before erasure existed: their
+    /// details stay in the document's history and cannot be shredded), how many erased. Reads
+    /// the sealed records and the keys' list (audited as an export); opens nothing.
+    Sealing {
+        #[command(flatten)]
+        campaign: CampaignArg,
+    },
 }
 
 #[derive(Subcommand)]
@@ -879,6 +887,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     e.sealed_v1
                 );
             }
+            if e.erased > 0 {
+                use std::io::Write as _;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "note: {} erased signatures are written with \"erased\" in the name column \
+                     and no other personal detail",
+                    e.erased
+                );
+            }
             if e.key_missing > 0 {
                 use std::io::Write as _;
                 let _ = writeln!(
@@ -1112,6 +1129,24 @@ fn campaign_cmd(shared: &Shared, cmd: CampaignCmd) -> anyhow::Result<()> {
             } else {
                 out!("{}", render::campaigns(&list.campaigns));
             }
+        }
+        CampaignCmd::Sealing { campaign } => {
+            let c = campaign.id();
+            let s = a.about_campaign(&c, || organizer_cli::sealing(&a, &c))?;
+            print(shared.json, &serde_json::to_value(&s)?, || {
+                format!(
+                    "{} signatures: {} sealed v2 (erasable; {} with their key on the server, {} \
+                     whose key is not there yet), {} sealed v1 (taken before erasure existed: \
+                     `tally erase` stops counting them but cannot shred their details, which \
+                     stay in the collection's history), {} erased",
+                    s.signatures,
+                    s.v2,
+                    s.v2 - s.key_missing,
+                    s.key_missing,
+                    s.v1,
+                    s.erased
+                )
+            });
         }
     }
     Ok(())

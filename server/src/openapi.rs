@@ -203,9 +203,11 @@ fn request_schemas() -> Value {
             "keys": { "type": "array", "maxItems": crate::api::keys::MAX_KEYS_PER_REQUEST, "items": { "type": "object", "required": ["record", "wrapped"], "properties": {
                 "record": { "type": "string", "description": "the record (signature) id; one that is not an id is refused in its result (bad_record)" },
                 "wrapped": { "type": "string", "description": format!("the record's key wrapped with age to the campaign's recipients, standard base64: an age file of {} to {} bytes (else refused in its result: bad_size)", crate::api::keys::MIN_WRAPPED, crate::api::keys::MAX_WRAPPED) } } } } } },
-        "EraseRequest": { "type": "object", "description": "either records or duplicate_token", "properties": {
-            "records": { "type": "array", "minItems": 1, "maxItems": crate::api::keys::MAX_RECORDS, "items": id("a signature id of the campaign (an unknown one: 404, nothing erased)") },
-            "duplicate_token": { "type": "string", "pattern": "^[0-9a-f]{64}$", "description": "a duplicate token computed with the campaign's duplicate key (`tally erase --name --postal-code`): every signature with it is erased" } } },
+        "EraseRequest": { "description": "either records or duplicate_token, not both", "oneOf": [
+            { "type": "object", "required": ["records"], "additionalProperties": false, "properties": {
+                "records": { "type": "array", "minItems": 1, "maxItems": crate::api::keys::MAX_RECORDS, "items": id("a signature id of the campaign (an unknown one: 404, nothing erased)") } } },
+            { "type": "object", "required": ["duplicate_token"], "additionalProperties": false, "properties": {
+                "duplicate_token": { "type": "string", "pattern": "^[0-9a-f]{64}$", "description": "a duplicate token computed with the campaign's duplicate key (`tally erase --name --postal-code`): every signature with it is erased" } } } ] },
         "NewSheet": { "type": "object", "required": ["serial", "count"], "properties": {
             "serial": id("the sheet's serial; an existing serial updates that sheet"),
             "count": { "type": "integer", "minimum": 0, "maximum": 10000, "description": "signatures on it" },

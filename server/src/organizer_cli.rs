@@ -343,7 +343,16 @@ pub fn export(
         .map_err(|e| anyhow::anyhow!("cannot read identity file {}: {e}", identity.display()))?;
     let id = seal::parse_identity(&text)?;
     let records: Vec<SealedRecord> = api.get(&format!("/api/v1/campaigns/{campaign}/sealed"))?;
-    let keys = fetch_keys(api, campaign)?;
+    // The record keys, only if a record needs them (v2): a campaign of v1 records reads none.
+    let v2_prefix = hex::encode(seal::SEAL2_MAGIC);
+    let keys = if records
+        .iter()
+        .any(|r| (every || r.counted) && !r.erased && r.sealed.starts_with(&v2_prefix))
+    {
+        fetch_keys(api, campaign)?
+    } else {
+        Default::default()
+    };
     let mut opened = Vec::new();
     let mut failed = 0;
     let (mut erased, mut key_missing) = (0, 0);
@@ -552,6 +561,49 @@ fn open_record(
         }
         _ => Opened::Unopened,
     }
+}
+
+/// How a campaign's signatures are sealed (`tally campaign sealing`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Sealing {
+    /// Every signature of the campaign (each record once).
+    pub signatures: usize,
+    /// Sealed v2, not erased: erasable.
+    pub v2: usize,
+    /// Of them, those with no key on the server (yet).
+    pub key_missing: usize,
+    /// Sealed v1, not erased: cannot be shredded.
+    pub v1: usize,
+    /// Erased.
+    pub erased: usize,
+}
+
+/// Counts how the campaign's signatures are sealed, from the sealed records and the keys'
+/// list; opens nothing.
+pub fn sealing(api: &Api, campaign: &str) -> anyhow::Result<Sealing> {
+    let records: Vec<SealedRecord> = api.get(&format!("/api/v1/campaigns/{campaign}/sealed"))?;
+    let keys = fetch_keys(api, campaign)?;
+    let mut s = Sealing {
+        signatures: records.len(),
+        ..Default::default()
+    };
+    for r in &records {
+        if r.erased {
+            s.erased += 1;
+            continue;
+        }
+        let head = hex::decode(r.sealed.get(..128).unwrap_or(&r.sealed)).unwrap_or_default();
+        match seal::version(&head) {
+            Some(2) => {
+                s.v2 += 1;
+                if !keys.contains_key(&r.id) {
+                    s.key_missing += 1;
+                }
+            }
+            _ => s.v1 += 1,
+        }
+    }
+    Ok(s)
 }
 
 /// What [`erase`] did.

@@ -21,6 +21,7 @@ use tally_core::collection::{self, Checkin, Signature};
 use tally_proto::{DocumentId, Event, PeerId, PeerMetadata, Session, StorageId};
 use tally_server::api::types::Enrolled;
 use tally_server::config::Config;
+use tally_tests::new_id;
 use tally_tests::server::{Campaign, Server, http};
 use tally_tests::{Peer, TestServer};
 use tokio::net::TcpStream;
@@ -52,10 +53,6 @@ fn now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-fn new_id() -> DocumentId {
-    DocumentId::random(&mut rand::thread_rng())
 }
 
 impl Phone {

@@ -76,10 +76,10 @@ fn call(method: &str, url: &str, token: &str, body: Option<&Value>) -> (u16, Val
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-/// Every byte of the server's database file and its WAL.
+/// Every byte of the server's database file, its WAL and its shared-memory index.
 fn database_bytes(data: &Path) -> Vec<u8> {
     let mut all = Vec::new();
-    for name in ["tally.db", "tally.db-wal"] {
+    for name in ["tally.db", "tally.db-wal", "tally.db-shm"] {
         if let Ok(b) = std::fs::read(data.join(name)) {
             all.extend(b);
         }
@@ -106,8 +106,12 @@ fn keys_in(db: &Path, record: &str) -> Vec<Vec<u8>> {
 /// Record keys a phone still holds, from its SQLite file.
 fn phone_keys(phone: &Phone) -> i64 {
     let conn = rusqlite::Connection::open(phone.home.join("tally-device.sqlite3")).unwrap();
-    conn.query_row("SELECT count(*) FROM record_keys", [], |r| r.get(0))
-        .unwrap()
+    conn.query_row(
+        "SELECT count(*) FROM record_keys WHERE length(wrapped) > 0",
+        [],
+        |r| r.get(0),
+    )
+    .unwrap()
 }
 
 fn identity(org: &Organizer) -> age::x25519::Identity {
@@ -170,6 +174,16 @@ fn an_erased_record_cannot_be_opened_again_and_its_key_is_gone_from_the_file_and
     assert_eq!(status["counts"]["keys_not_on_server"], 0, "{status}");
     assert_eq!(status["counts"]["signatures_pending"], 0, "{status}");
 
+    let sealing = |w: &World| {
+        w.org
+            .run(&["campaign", "sealing", "--campaign", &w.campaign, "--json"])
+            .ok()
+            .json()
+    };
+    assert_eq!(
+        sealing(&w),
+        json!({"signatures": 2, "v2": 2, "key_missing": 0, "v1": 0, "erased": 0})
+    );
     // The export opens both names (the sealed bytes are v2, opened with the uploaded keys).
     let rows = export_all(&w.org, c, "before.csv");
     assert_eq!(rows[&amara]["name"], "Amara Okafor");
@@ -243,6 +257,12 @@ fn an_erased_record_cannot_be_opened_again_and_its_key_is_gone_from_the_file_and
     // Totals stop counting it.
     let t = w.org.totals(c);
     assert_eq!(t["signatures"], 1, "{t}");
+    assert_eq!(
+        sealing(&w),
+        json!({"signatures": 2, "v2": 1, "key_missing": 0, "v1": 0, "erased": 1})
+    );
+    let human = w.org.run(&["campaign", "sealing", "--campaign", c]).ok();
+    assert!(human.stdout.contains("0 sealed v1"), "{human}");
 
     // The copy taken before: it still holds the wrapped key, so it opens (docs/security.md).
     let old = keys_in(&copy, &amara);
@@ -265,7 +285,21 @@ fn an_erased_record_cannot_be_opened_again_and_its_key_is_gone_from_the_file_and
     }
     let run = phone.sync(30).ok();
     assert!(run.stdout.contains("1 erased by an organizer"), "{run}");
-    assert_eq!(phone_keys(&phone), 0);
+    // The phone keeps only the mark (no key bytes) and says so.
+    let conn = rusqlite::Connection::open(phone.home.join("tally-device.sqlite3")).unwrap();
+    let left: Vec<u8> = conn
+        .query_row(
+            "SELECT wrapped FROM record_keys WHERE record_id = ?1",
+            [&amara],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(left.is_empty());
+    drop(conn);
+    assert_eq!(phone.status()["erased"], json!([amara]));
+    let human = phone.run(&["status"]).ok();
+    assert!(human.stdout.contains("Erased by an organizer"), "{human}");
+    assert_eq!(phone.status()["counts"]["keys_not_on_server"], 0);
     assert!(
         keys_in(&db, &amara).is_empty(),
         "the sync brought the key back"
@@ -370,6 +404,9 @@ fn erasing_by_name_and_postal_code_takes_every_record_of_that_person_and_no_othe
         !audit.to_string().to_lowercase().contains("amara"),
         "{audit}"
     );
+    let log = w.server.log_text().to_lowercase();
+    assert!(log.contains("records erased"), "the erasure is logged");
+    assert!(!log.contains("amara") && !log.contains("m5v2t6"), "{log}");
 }
 
 #[test]
@@ -446,6 +483,18 @@ fn the_key_endpoints_refuse_hostile_shapes() {
     );
     let rows = export_all(&w.org, c, "lone.csv");
     assert_eq!(rows[&lone]["name"], ROW_KEY_MISSING);
+    // The squatter's key is a key on the server all the same: `campaign sealing` counts by
+    // the keys' list, so only an export tells the two apart.
+    let s = w
+        .org
+        .run(&["campaign", "sealing", "--campaign", c, "--json"])
+        .ok()
+        .json();
+    assert_eq!(
+        (s["v2"].clone(), s["v1"].clone()),
+        (json!(2), json!(0)),
+        "{s}"
+    );
 
     // Too many keys in one request, an oversized key, a bad record id, not an age file.
     let many: Vec<Value> = (0..257)
@@ -570,4 +619,143 @@ fn the_key_endpoints_refuse_hostile_shapes() {
         export_all(&w.org, c, "still.csv")[&amara]["name"],
         "Amara Okafor"
     );
+}
+
+/// A signature sealed in format v1 (as phones wrote before erasure existed, pushed here by a
+/// bare protocol peer as such a phone would): it still counts and opens; `tally campaign
+/// sealing` counts it as v1; erasing it stops it counting and the server says it was v1 (its
+/// details stay in the history: docs/security.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v1_record_still_opens_and_its_erasure_says_it_cannot_be_shredded() {
+    use tally_core::collection::{self, SignatureForm, TakenBy};
+    use tally_tests::{Peer, new_id};
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("data"));
+    let c = server.campaign();
+    let (device, token) = server.enroll(&c.id, "canvasser");
+    let form = SignatureForm {
+        name: "Old Phone Signer".into(),
+        postal_code: "M5V 2T6".into(),
+        city: "Toronto".into(),
+        ..Default::default()
+    };
+    let id = collection::random_id();
+    let sig = form
+        .prepare(&TakenBy {
+            campaign: &c.world.campaign,
+            key: &c.world.key,
+            canvasser: &device,
+            now: tally_core::fixtures::NOW,
+            id: id.clone(),
+        })
+        .unwrap();
+    assert_eq!(seal::version(&sig.sealed), Some(1));
+    let mut doc = collection::create(&c.id, &device).unwrap();
+    collection::add_signature(&mut doc, &sig, &c.world.campaign).unwrap();
+    let mut peer = Peer::connect(&server.ws(), &token).await.unwrap();
+    let col = new_id();
+    peer.push(col, doc).await.unwrap();
+    assert!(
+        peer.until_acknowledged(&[col], std::time::Duration::from_secs(30))
+            .await
+            .unwrap(),
+        "refused: {:?}",
+        peer.errors
+    );
+
+    // The organizer's side, with the world's organizer identity and the admin token.
+    let org = Organizer::new(&dir.path().join("org"), &server.base(), &server.data);
+    std::fs::write(org.dir.join("organizer.age"), &c.world.identities[0]).unwrap();
+    let org_run = |args: &[&str]| tokio::task::block_in_place(|| org.run(args));
+    let s = org_run(&["campaign", "sealing", "--campaign", &c.id, "--json"])
+        .ok()
+        .json();
+    assert_eq!(
+        s,
+        json!({"signatures": 1, "v2": 0, "key_missing": 0, "v1": 1, "erased": 0})
+    );
+    let run = org_run(&[
+        "export",
+        "--campaign",
+        &c.id,
+        "--identity",
+        "organizer.age",
+        "--out",
+        "v1.csv",
+    ])
+    .ok();
+    assert!(
+        run.stderr
+            .contains("1 of the campaign's signatures are sealed in format v1"),
+        "{run}"
+    );
+    let csv = std::fs::read_to_string(org.dir.join("v1.csv")).unwrap();
+    assert!(csv.contains("Old Phone Signer"), "{csv}");
+
+    let run = org_run(&["erase", "--campaign", &c.id, "--record", &id, "--json"]).ok();
+    let v = run.json();
+    assert_eq!(v["erased"], json!([id]));
+    assert_eq!(v["v1"], json!([id]), "{run}");
+    assert_eq!(v["keys_deleted"], 0);
+    let human = org_run(&["erase", "--campaign", &c.id, "--record", &id]).ok();
+    assert!(human.stdout.contains("sealed in format v1"), "{human}");
+    let t = tokio::task::block_in_place(|| server.totals(&c.id));
+    assert_eq!(t["signatures"], 0, "{t}");
+    let s = org_run(&["campaign", "sealing", "--campaign", &c.id, "--json"])
+        .ok()
+        .json();
+    assert_eq!(s["erased"], 1, "{s}");
+    assert_eq!(s["v1"], 0, "{s}");
+}
+
+/// A device's quota of keys on the server (`max_keys_per_device`): past it a key is refused
+/// `too_many`, the phone keeps it and counts its record not yet safe, and uploads it once the
+/// quota allows (here, the server restarted with a larger one).
+#[test]
+fn past_its_quota_a_phone_keeps_its_keys_until_the_server_takes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start_with_env(
+        &dir.path().join("data"),
+        &[("TALLY_MAX_KEYS_PER_DEVICE", "2")],
+    );
+    let org = Organizer::new(&dir.path().join("org"), &server.base(), &server.data);
+    let recipient = org.keygen("organizer.age");
+    let campaign = org.create_campaign("Status for All", &recipient);
+    let phone = Phone::new(&dir.path().join("phone"));
+    phone.enroll(&org.invite(&campaign), "amina");
+    let ids: Vec<String> = ["Amara Okafor", "Bo Chen", "Chen Li"]
+        .iter()
+        .map(|n| phone.sign(n, "M5V 2T6", "Toronto", &[]))
+        .collect();
+    let run = phone.sync(30).ok();
+    assert!(
+        run.stdout.contains("1 record keys refused by the server"),
+        "{run}"
+    );
+    assert_eq!(phone_keys(&phone), 1, "the refused key stays on the phone");
+    let status = phone.status();
+    assert_eq!(status["counts"]["keys_not_on_server"], 1, "{status}");
+    assert!(
+        status["summary"]
+            .as_str()
+            .unwrap()
+            .contains("1 signature not yet safe: key not yet on the server"),
+        "{status}"
+    );
+    assert!(
+        status["problems"].to_string().contains("too_many"),
+        "{status}"
+    );
+    let rows = export_all(&org, &campaign, "before.csv");
+    assert_eq!(rows[&ids[2]]["name"], ROW_KEY_MISSING);
+
+    // The organizer raises the quota; the phone's next sync uploads the key and drops it.
+    server.set_env(&[("TALLY_MAX_KEYS_PER_DEVICE", "10")]);
+    server.restart();
+    phone.sync(30).ok();
+    assert_eq!(phone_keys(&phone), 0);
+    let status = phone.status();
+    assert_eq!(status["counts"]["keys_not_on_server"], 0, "{status}");
+    let rows = export_all(&org, &campaign, "after.csv");
+    assert_eq!(rows[&ids[2]]["name"], "Chen Li");
 }

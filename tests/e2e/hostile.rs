@@ -18,6 +18,7 @@ use serde_json::json;
 use tally_core::collection;
 use tally_proto::DocumentId;
 use tally_proto::wire::{self, Message, PeerId, PeerMetadata};
+use tally_tests::new_id;
 use tally_tests::server::{Campaign, Server, http};
 use tally_tests::{Peer, ServerProcess};
 use tokio::net::{TcpSocket, TcpStream};
@@ -26,6 +27,8 @@ use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 const QUIET: Duration = Duration::from_millis(300);
+/// How long an acknowledgment that must come may take, on a loaded machine.
+const ACK_LIMIT: Duration = Duration::from_secs(30);
 const MAX_FRAME: usize = 1024 * 1024;
 const MAX_DOCS_PER_DEVICE: usize = 6;
 const MAX_AUTH_FAILURES: usize = 8;
@@ -33,10 +36,6 @@ const MAX_CONNS_PER_ADDRESS: usize = 12;
 const MAX_CONNS_PER_DEVICE: usize = 4;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-fn new_id() -> DocumentId {
-    DocumentId::random(&mut rand::thread_rng())
-}
 
 /// A server with the catalogue's limits, its campaign, the witness phone and what must stay
 /// counted.
@@ -126,7 +125,10 @@ impl Rig {
         collection::add_signature(&mut doc, &sig, &self.c.world.campaign).unwrap();
         self.witness.docs.insert(self.witness_doc, doc);
         self.witness.sync(self.witness_doc).await.unwrap();
-        self.witness.settle(QUIET).await.unwrap();
+        self.witness
+            .until_acknowledged(&[self.witness_doc], ACK_LIMIT)
+            .await
+            .unwrap();
         assert!(!self.witness.closed, "{case}: the witness was disconnected");
         assert!(
             self.witness.acknowledged(&self.witness_doc),
@@ -303,7 +305,7 @@ async fn refused_edit(
         .push(id, collection_with_one(&rig.c, owner))
         .await
         .unwrap();
-    phone.settle(QUIET).await.unwrap();
+    phone.until_acknowledged(&[id], ACK_LIMIT).await.unwrap();
     assert!(
         phone.acknowledged(&id),
         "the good collection was not stored: {:?}",

@@ -20,6 +20,7 @@ use futures_util::{SinkExt, StreamExt};
 use tally_core::collection;
 use tally_proto::DocumentId;
 use tally_proto::wire::{self, Message, PeerId, PeerMetadata};
+use tally_tests::new_id;
 use tally_tests::server::{Server, http};
 use tally_tests::{Peer, ServerProcess};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -36,10 +37,6 @@ const QUIET: Duration = Duration::from_millis(300);
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
-}
-
-fn new_id() -> DocumentId {
-    DocumentId::random(&mut rand::thread_rng())
 }
 
 fn addr(server: &ServerProcess) -> SocketAddr {
@@ -243,7 +240,9 @@ async fn phone(
     p.push(doc, collection::create(&c.id, &device).unwrap())
         .await
         .unwrap();
-    p.settle(QUIET).await.unwrap();
+    p.until_acknowledged(&[doc], Duration::from_secs(30))
+        .await
+        .unwrap();
     assert!(p.acknowledged(&doc), "{:?}", p.errors);
     (device, token, p, doc)
 }

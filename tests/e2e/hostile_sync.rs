@@ -20,6 +20,7 @@ use futures_util::{SinkExt, StreamExt};
 use tally_core::collection;
 use tally_proto::DocumentId;
 use tally_proto::wire::{self, Message, PeerId, PeerMetadata};
+use tally_tests::new_id;
 use tally_tests::server::{Campaign, Server};
 use tally_tests::{Peer, ServerProcess};
 use tokio::net::TcpStream;
@@ -27,6 +28,8 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 const QUIET: Duration = Duration::from_millis(300);
+/// How long an acknowledgment that must come may take, on a loaded machine.
+const ACK_LIMIT: Duration = Duration::from_secs(30);
 const MAX_OPS: u64 = 5_000;
 const PENDING_PER_DOC: usize = 64 * 1024;
 const PENDING_PER_DEVICE: usize = 96 * 1024;
@@ -40,10 +43,6 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
-}
-
-fn new_id() -> DocumentId {
-    DocumentId::random(&mut rand::thread_rng())
 }
 
 struct Rig {
@@ -72,7 +71,10 @@ impl Rig {
         self.witness.docs.insert(self.witness_doc, doc);
         let t0 = Instant::now();
         self.witness.sync(self.witness_doc).await.unwrap();
-        self.witness.settle(QUIET).await.unwrap();
+        self.witness
+            .until_acknowledged(&[self.witness_doc], ACK_LIMIT)
+            .await
+            .unwrap();
         assert!(!self.witness.closed, "{case}: the witness was disconnected");
         assert!(
             self.witness.acknowledged(&self.witness_doc),
@@ -336,7 +338,7 @@ async fn the_cost_of_a_sync_is_bounded() {
         .push(own, collection_with(&rig.c, &mallory, 300, "m"))
         .await
         .unwrap();
-    phone.settle(QUIET).await.unwrap();
+    phone.until_acknowledged(&[own], ACK_LIMIT).await.unwrap();
     assert!(phone.acknowledged(&own), "{:?}", phone.errors);
     rig.stored += 300;
     rig.still_healthy("an honest first sync of 300 records")

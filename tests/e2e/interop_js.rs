@@ -16,6 +16,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::Value;
 use tally_core::collection;
+use tally_tests::new_id;
 use tally_tests::server::Server;
 use tally_tests::{Campaign, TestServer};
 
@@ -186,7 +187,7 @@ async fn js_reads_the_campaign_and_totals_by_url() {
     assert_eq!(totals["kind"], "totals", "{totals}");
 
     // A document nobody has: the client is told it is unavailable.
-    let nowhere = tally_proto::DocumentId::random(&mut rand::thread_rng());
+    let nowhere = new_id();
     let out = js(&ws, &["read", &format!("automerge:{nowhere}")]).await;
     assert_eq!(out.status, Some(3), "expected `unavailable`: {out:#?}");
     assert!(out.stderr.contains("unavailable"), "{out:#?}");

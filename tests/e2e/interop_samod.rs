@@ -19,6 +19,7 @@ use samod::{
     Transport,
 };
 use tally_core::collection;
+use tally_tests::new_id;
 use tally_tests::server::Server;
 use tally_tests::{Peer, TestServer};
 use tokio::time::timeout;
@@ -178,7 +179,7 @@ async fn samod_reads_the_campaign_and_totals_by_url() {
     assert!(tally_core::totals_doc::read(&snapshot(&totals)).is_ok());
 
     // Another canvasser's or an unknown document: samod is told it is unavailable.
-    let nowhere: samod::DocumentId = tally_proto::DocumentId::random(&mut rand::thread_rng())
+    let nowhere: samod::DocumentId = new_id()
         .to_string()
         .parse()
         .expect("a document id samod reads");

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use tally_core::collection;
-use tally_proto::DocumentId;
+use tally_tests::new_id;
 use tally_tests::server::{Server, http};
 use tally_tests::{Peer, ServerProcess};
 
@@ -46,7 +46,7 @@ async fn idle_documents_are_unloaded() {
                 "Toronto",
             );
             collection::add_signature(&mut doc, &sig, &c.world.campaign).unwrap();
-            let id = DocumentId::random(&mut rand::thread_rng());
+            let id = new_id();
             peer.push(id, doc).await.unwrap();
             ids.push(id);
             if i % 500 == 499 {
@@ -55,7 +55,9 @@ async fn idle_documents_are_unloaded() {
                 loaded_max = loaded_max.max(health["documents_loaded"].as_u64().unwrap());
             }
         }
-        peer.settle(Duration::from_millis(1000)).await.unwrap();
+        peer.until_acknowledged(&ids, Duration::from_secs(120))
+            .await
+            .unwrap();
         let not_acked = ids.iter().filter(|id| !peer.acknowledged(id)).count();
         assert_eq!(
             not_acked, 0,

@@ -25,6 +25,7 @@ use tally_core::totals::Totals;
 use tally_proto::DocumentId;
 use tally_server::api::types::TotalsResponse;
 use tally_store::{DocFilter, Store};
+use tally_tests::new_id;
 use tally_tests::server::{Server, binary, http};
 use tally_tests::{Campaign, Peer, TestServer};
 
@@ -52,10 +53,6 @@ const CITIES: &[&str] = &[
     "smallville",
 ];
 const RIDINGS: &[Option<&str>] = &[None, Some("Spadina"), Some("Outremont")];
-
-fn new_id() -> DocumentId {
-    DocumentId::random(&mut rand::thread_rng())
-}
 
 /// Percent-encodes a query value.
 fn enc(s: &str) -> String {

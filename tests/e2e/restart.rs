@@ -7,6 +7,7 @@ use std::time::Duration;
 use automerge::{Automerge, ChangeHash};
 use tally_core::collection;
 use tally_proto::DocumentId;
+use tally_tests::new_id;
 use tally_tests::server::Server;
 use tally_tests::{Peer, ServerProcess};
 
@@ -52,7 +53,7 @@ async fn sigkill_mid_stream_loses_nothing_acknowledged() {
             Phone {
                 device,
                 token,
-                id: DocumentId::random(&mut rand::thread_rng()),
+                id: new_id(),
                 doc,
                 written: BTreeMap::new(),
             }
@@ -62,7 +63,9 @@ async fn sigkill_mid_stream_loses_nothing_acknowledged() {
     for p in &phones {
         let mut peer = Peer::connect(&server.ws(), &p.token).await.unwrap();
         peer.push(p.id, p.doc.fork()).await.unwrap();
-        peer.settle(Duration::from_millis(200)).await.unwrap();
+        peer.until_acknowledged(&[p.id], Duration::from_secs(30))
+            .await
+            .unwrap();
         assert!(peer.acknowledged(&p.id));
         peers.push(peer);
     }

@@ -7,14 +7,11 @@ use std::time::{Duration, Instant};
 use automerge::Automerge;
 use tally_core::collection;
 use tally_proto::DocumentId;
+use tally_tests::new_id;
 use tally_tests::server::{Server, http};
 use tally_tests::{Peer, TestServer};
 
 const QUIET: Duration = Duration::from_millis(400);
-
-fn new_id() -> DocumentId {
-    DocumentId::random(&mut rand::thread_rng())
-}
 
 fn quarantine_count(server: &TestServer) -> i64 {
     let store = tally_store::Store::open(&server.db()).unwrap();
@@ -204,7 +201,10 @@ async fn a_bad_change_is_refused_quarantined_and_the_connection_keeps_working() 
     collection::add_signature(&mut second, &sig, &c.world.campaign).unwrap();
     let second_id = new_id();
     phone.push(second_id, second).await.unwrap();
-    phone.settle(QUIET).await.unwrap();
+    phone
+        .until_acknowledged(&[second_id], Duration::from_secs(30))
+        .await
+        .unwrap();
     assert!(phone.acknowledged(&second_id));
     assert_eq!(phone.errors.len(), 2);
 
@@ -253,7 +253,10 @@ async fn documents_are_compacted_in_the_background() {
         collection::add_signature(&mut doc, &sig, &c.world.campaign).unwrap();
         phone.docs.insert(id, doc.fork());
         phone.sync(id).await.unwrap();
-        phone.settle(Duration::from_millis(100)).await.unwrap();
+        phone
+            .until_acknowledged(&[id], Duration::from_secs(30))
+            .await
+            .unwrap();
         assert!(phone.acknowledged(&id), "write {i} not acknowledged");
     }
     // The background task folds the chunks into a snapshot within a couple of seconds.

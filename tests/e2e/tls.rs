@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use tally_core::collection;
-use tally_proto::DocumentId;
+use tally_tests::new_id;
 use tally_tests::server::{Server, binary};
 use tally_tests::{Peer, ServerProcess, tls};
 
@@ -38,9 +38,11 @@ async fn serves_https_and_wss_from_pem_files() {
         .world
         .signature(&device, "s1", "Amara Okafor", "M5V 2T6", "Toronto");
     collection::add_signature(&mut doc, &sig, &c.world.campaign).unwrap();
-    let id = DocumentId::random(&mut rand::thread_rng());
+    let id = new_id();
     peer.push(id, doc).await.unwrap();
-    peer.settle(Duration::from_millis(500)).await.unwrap();
+    peer.until_acknowledged(&[id], Duration::from_secs(30))
+        .await
+        .unwrap();
     assert!(peer.acknowledged(&id), "errors: {:?}", peer.errors);
     assert_eq!(server.totals(&c.id)["signatures"].as_u64(), Some(1));
 

@@ -15,3 +15,4 @@ pub use cli::{Organizer, Phone, Run};
 pub use peer::Peer;
 pub use proxy::{CutProxy, ProxyStats};
 pub use server::{Campaign, ServerProcess, TestServer};
+pub use tally_rig::new_id;

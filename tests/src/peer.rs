@@ -136,6 +136,36 @@ impl Peer {
         }
     }
 
+    /// Handles frames until the server has acknowledged every document of `ids` (a condition,
+    /// not a quiet spell: a loaded machine may take seconds), the connection closes, the server
+    /// sends an error, or `limit` passes. Returns whether all were acknowledged.
+    pub async fn until_acknowledged(
+        &mut self,
+        ids: &[DocumentId],
+        limit: Duration,
+    ) -> Result<bool, tungstenite::Error> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let errors = self.errors.len();
+        loop {
+            if ids.iter().all(|id| self.acknowledged(id)) {
+                return Ok(true);
+            }
+            if self.closed || self.errors.len() > errors {
+                return Ok(false);
+            }
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return Ok(false),
+                Ok(Some(Ok(WsMessage::Binary(b)))) => self.handle(&b).await?,
+                Ok(Some(Ok(WsMessage::Close(_)))) | Ok(None) => self.closed = true,
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(e))) => {
+                    self.closed = true;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
     async fn handle(&mut self, frame: &[u8]) -> Result<(), tungstenite::Error> {
         let events = match self.session.receive(frame, now()) {
             Ok(e) => e,

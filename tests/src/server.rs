@@ -3,17 +3,21 @@
 //! enrollment, totals).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tally_core::fixtures::World;
-use tally_server::api::types::{
-    CreatedCampaign, EnrollRequest, Enrolled, Invite, InviteRequest, NewCampaign, NewEvent,
-};
+use tally_server::api::types::{NewCampaign, NewEvent};
 use tally_server::config::Config;
+
+/// The API client of the server at `base` with `token` (`tally_rig::Api`, the one the benchmark
+/// uses too), trusting the test certificate for `https://` once [`crate::tls::trust`] was called.
+pub fn api(base: &str, token: Option<&str>) -> tally_rig::Api {
+    tally_rig::Api::with_agent(base, token, crate::tls::agent_for(base))
+}
 
 /// An HTTP call: method, URL path, token, body; returns (status, JSON body).
 pub fn http(
@@ -23,22 +27,9 @@ pub fn http(
     token: Option<&str>,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let url = format!("{base}{path}");
-    let mut req = crate::tls::agent_for(&url)
-        .request(method, &url)
-        .timeout(Duration::from_secs(30));
-    if let Some(t) = token {
-        req = req.set("Authorization", &format!("Bearer {t}"));
-    }
-    let res = match body {
-        Some(b) => req.send_json(b),
-        None => req.call(),
-    };
-    match res {
-        Ok(r) => (r.status(), r.into_json().unwrap_or(Value::Null)),
-        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or(Value::Null)),
-        Err(e) => panic!("HTTP {method} {path} failed: {e}"),
-    }
+    api(base, token)
+        .call(method, path, body.as_ref())
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A call that must succeed: sends `body` (one of `tally_server::api::types`) and reads the
@@ -50,11 +41,9 @@ pub fn call<R: DeserializeOwned>(
     token: Option<&str>,
     body: &impl Serialize,
 ) -> R {
-    let body = serde_json::to_value(body).expect("request body as JSON");
-    let (status, v) = http(base, method, path, token, Some(body));
-    assert_eq!(status, 200, "{method} {path}: {v}");
-    serde_json::from_value(v.clone())
-        .unwrap_or_else(|e| panic!("{method} {path}: unexpected answer {v}: {e}"))
+    api(base, token)
+        .ok(method, path, Some(body))
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A campaign created through the API, with its organizers' keys.
@@ -83,30 +72,29 @@ pub trait Server {
         }
     }
 
+    /// The API client with the admin token.
+    fn api(&self) -> tally_rig::Api {
+        api(&self.base(), Some(&self.admin()))
+    }
+
     /// Creates a campaign sealed to a fresh test world's organizers, with the world's event.
     fn campaign(&self) -> Campaign {
         let world = World::new();
-        let created: CreatedCampaign = call(
-            &self.base(),
-            "POST",
-            "/api/v1/campaigns",
-            Some(&self.admin()),
-            &NewCampaign {
+        let api = self.api();
+        let created = api
+            .create_campaign(&NewCampaign {
                 title: world.campaign.title.clone(),
                 petition: world.campaign.petition.clone(),
                 addressee: world.campaign.addressee.clone(),
                 goal: 100,
                 timezone: "America/Toronto".into(),
                 recipients: world.campaign.recipients.clone(),
-            },
-        );
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
         let id = created.campaign.clone();
         let ev = &world.campaign.events[tally_core::fixtures::EVENT];
-        let _: tally_server::api::types::Event = call(
-            &self.base(),
-            "POST",
-            &format!("/api/v1/campaigns/{id}/events"),
-            Some(&self.admin()),
+        api.add_event(
+            &id,
             &NewEvent {
                 id: Some(ev.id.clone()),
                 name: ev.name.clone(),
@@ -114,7 +102,8 @@ pub trait Server {
                 starts_at: ev.starts_at.into(),
                 place: ev.place.clone(),
             },
-        );
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         // The world's campaign now describes the server's campaign (same keys, the server's id).
         let mut world = world;
         world.campaign.id = id.clone();
@@ -127,44 +116,25 @@ pub trait Server {
 
     /// A one-time invite code for a device of `campaign` with `role`.
     fn invite(&self, campaign: &str, role: &str) -> String {
-        let inv: Invite = call(
-            &self.base(),
-            "POST",
-            "/api/v1/invites",
-            Some(&self.admin()),
-            &InviteRequest {
-                campaign: campaign.to_string(),
-                role: role.to_string(),
-            },
-        );
-        inv.code
+        self.api()
+            .invite(campaign, role)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Invites and enrolls a device; returns (device id, token).
     fn enroll(&self, campaign: &str, role: &str) -> (String, String) {
-        let e: Enrolled = call(
-            &self.base(),
-            "POST",
-            "/api/v1/enroll",
-            None,
-            &EnrollRequest {
-                code: self.invite(campaign, role),
-                name: "test phone".into(),
-                replaces: None,
-            },
-        );
+        let e = api(&self.base(), None)
+            .enroll(&self.invite(campaign, role), "test phone")
+            .unwrap_or_else(|e| panic!("{e}"));
         (e.device_id, e.token)
     }
 
     /// The totals from the API.
     fn totals(&self, campaign: &str) -> Value {
-        let (s, v) = http(
-            &self.base(),
-            "GET",
-            &format!("/api/v1/campaigns/{campaign}/totals"),
-            Some(&self.admin()),
-            None,
-        );
+        let (s, v, _) = self
+            .api()
+            .totals(campaign)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(s, 200, "totals: {v}");
         v
     }
@@ -299,17 +269,15 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// The real `tally serve` in a child process.
+/// The real `tally serve` in a child process (`tally_rig::ServerProcess`, the one the benchmark
+/// runs too) with the tests' defaults: the workspace's binary, `RUST_LOG=info`, the log beside
+/// the data folder; a failure to start panics with the log.
 pub struct ServerProcess {
     /// Its data folder (kept across restarts).
     pub data: PathBuf,
     /// The port it listens on.
     pub port: u16,
-    child: Option<Child>,
-    log: PathBuf,
-    env: Vec<(String, String)>,
-    /// Whether it serves TLS (`TALLY_TLS_CERT` given).
-    tls: bool,
+    process: tally_rig::ServerProcess,
 }
 
 impl ServerProcess {
@@ -320,24 +288,22 @@ impl ServerProcess {
 
     /// Starts `tally serve` with extra `TALLY_*` environment settings.
     pub fn start_with_env(data: &Path, env: &[(&str, &str)]) -> ServerProcess {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("free port")
-            .local_addr()
-            .expect("addr")
-            .port();
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let env = owned(env);
         let tls = env.iter().any(|(k, _)| k == "TALLY_TLS_CERT");
-        let mut p = ServerProcess {
+        let spawn = tally_rig::Spawn {
+            bin: binary("tally"),
             data: data.to_path_buf(),
-            port,
-            child: None,
             // Beside the data folder, not in it: fault tests make the folder read-only.
             log: PathBuf::from(format!("{}.serve.log", data.display())),
+            rust_log: "info".into(),
             env,
-            tls,
+        };
+        let agent = crate::tls::agent_for(if tls { "https://" } else { "http://" });
+        let process = tally_rig::ServerProcess::new(spawn, agent).expect("a free port");
+        let mut p = ServerProcess {
+            data: data.to_path_buf(),
+            port: process.port(),
+            process,
         };
         p.spawn();
         p
@@ -352,107 +318,47 @@ impl ServerProcess {
     /// Starts the process and waits up to `wait` for `/healthz`; on failure (it exited, or did
     /// not answer in time) the process is gone and the error holds its log.
     pub fn try_spawn(&mut self, wait: Duration) -> Result<(), String> {
-        std::fs::create_dir_all(&self.data).expect("data dir");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("log file");
-        let child = Command::new(binary("tally"))
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{}", self.port),
-                "--data",
-            ])
-            .arg(&self.data)
-            .env("RUST_LOG", "info")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn tally serve");
-        self.child = Some(child);
-        let deadline = Instant::now() + wait;
-        while Instant::now() < deadline {
-            if self.healthy() {
-                return Ok(());
-            }
-            let exited = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
-            if let Some(status) = exited {
-                self.child = None;
-                return Err(format!(
-                    "tally serve exited ({status}); log:\n{}",
-                    self.log_text()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.kill();
-        Err(format!(
-            "tally serve did not come up; log:\n{}",
-            self.log_text()
-        ))
+        self.process.start(wait).map_err(|e| format!("{e:#}"))
     }
 
     /// Replaces the extra environment used from the next start on.
     pub fn set_env(&mut self, env: &[(&str, &str)]) {
-        self.env = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        self.process.set_env(owned(env));
     }
 
     /// Whether the process is running (started and not killed).
     pub fn running(&self) -> bool {
-        self.child.is_some()
+        self.process.running()
     }
 
     /// Whether `/healthz` answers 200.
     pub fn healthy(&self) -> bool {
-        let url = format!("{}/healthz", self.base());
-        crate::tls::agent_for(&url)
-            .get(&url)
-            .timeout(Duration::from_millis(500))
-            .call()
-            .is_ok()
+        self.process.healthy()
     }
 
     /// The server's log file (beside the data folder).
     pub fn log_path(&self) -> PathBuf {
-        self.log.clone()
+        self.process.log_path().to_path_buf()
     }
 
     /// The server's log so far.
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log_text()
     }
 
     /// The process id.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
+        self.process.pid().expect("running")
     }
 
     /// Kills the server with SIGKILL (no chance to flush anything).
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process.kill();
     }
 
     /// Stops it with SIGTERM and waits for a clean exit; returns whether it exited successfully.
     pub fn terminate(&mut self) -> bool {
-        let Some(mut c) = self.child.take() else {
-            return false;
-        };
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
-        c.wait().map(|s| s.success()).unwrap_or(false)
+        self.process.stop(None)
     }
 
     /// Starts it again on the same port and data.
@@ -463,32 +369,22 @@ impl ServerProcess {
 
     /// Resident memory of the server process, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+        self.process.status_kb("VmRSS").unwrap_or(0)
     }
+}
+
+fn owned(env: &[(&str, &str)]) -> Vec<(String, String)> {
+    env.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 impl Server for ServerProcess {
     fn base(&self) -> String {
-        let scheme = if self.tls { "https" } else { "http" };
-        format!("{scheme}://127.0.0.1:{}", self.port)
+        self.process.base()
     }
     fn admin(&self) -> String {
-        std::fs::read_to_string(self.data.join(tally_server::ADMIN_TOKEN_FILE))
-            .expect("admin token")
-            .trim()
-            .to_string()
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        self.kill();
+        self.process.admin().unwrap_or_else(|e| panic!("{e}"))
     }
 }
 

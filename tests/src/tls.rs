@@ -53,10 +53,11 @@ pub fn client_config() -> Option<Arc<rustls::ClientConfig>> {
 }
 
 /// An HTTP agent for `url`: one that trusts the certificate given to [`trust`] for an
-/// `https://` URL once it was called, the default one otherwise.
+/// `https://` URL once it was called, the default one otherwise; 30 s per call.
 pub fn agent_for(url: &str) -> ureq::Agent {
+    let agent = ureq::AgentBuilder::new().timeout(std::time::Duration::from_secs(30));
     match client_config().filter(|_| url.starts_with("https://")) {
-        Some(tls) => ureq::AgentBuilder::new().tls_config(tls).build(),
-        None => ureq::agent(),
+        Some(tls) => agent.tls_config(tls).build(),
+        None => agent.build(),
     }
 }

@@ -522,7 +522,7 @@ step('11b. a record whose key the server does not hold yet is not safe, until it
     await shots.take(page, 'records-key-waiting');
     await home();
     assert.equal(await pending(), 1, 'not safe without its key');
-    assert.match(await page.locator('#pending').innerText(), /1 of them reached the server, but not yet the key/);
+    assert.match(await page.locator('#pending').innerText(), /1 not yet safe on the server\nOn the server but not yet their keys \(which let organizers open them\): 1 signature\./);
     const receipt = (await receiptsInDb()).find((r) => r.record_id === recordId);
     assert.equal(receipt.state, 'unkeyed');
     assert.ok(receipt.wrapped > 32, 'the key is kept');

@@ -669,11 +669,14 @@ describe('the organizers dashboard in a real browser', { concurrency: false }, (
     const shown = await rows(page);
     assert.equal(shown.length, all.length, 'every entry is shown');
     assert.deepEqual(shown.map((r) => Number(r[0])), all.map((e) => e.seq).reverse(), 'newest first');
-    for (const a of ['campaign.create', 'event.add', 'invite.create', 'device.enroll', 'review.strike', 'export.sealed']) {
+    for (const a of ['campaign.create', 'event.add', 'invite.create', 'device.enroll', 'review.strike', 'export.sealed', 'export.keys', 'record.erase']) {
       assert.ok(shown.some((r) => r[3] === a), `an ${a} entry is shown`);
     }
     const text = await page.locator('main').textContent();
-    for (const secret of [server.adminToken, organizerToken, 'Amara Okafor']) assert.ok(!text.includes(secret), 'no token or signer on the audit page');
+    for (const secret of [server.adminToken, organizerToken, 'Amara Okafor', 'AMARA', 'okafor']) assert.ok(!text.includes(secret), 'no token or signer on the audit page');
+    // The erasures are there by record id: the one by name names the records, not the person.
+    const erasures = all.filter((e) => e.action === 'record.erase');
+    assert.equal(erasures.length, 2, JSON.stringify(erasures));
     await assertLabelled(page, 'audit');
     await shot(page, '12b-audit');
 

@@ -291,6 +291,12 @@ fn print_status(s: &Status) {
             );
         }
     }
+    if !s.erased.is_empty() {
+        outln!(
+            "Erased by an organizer (no longer counted, nothing of them can be opened): {}",
+            s.erased.join(", ")
+        );
+    }
     if s.collections.len() > 1 {
         let mut by_state = std::collections::BTreeMap::<&str, usize>::new();
         for c in &s.collections {

@@ -710,6 +710,36 @@ fn refuses_bad_campaign_and_review_fields() {
         Rule::Malformed,
         "sheets/P-1/count",
     );
+    // An erasure is final (docs/security.md, "Erasure"): its strike is never revoked, and
+    // never changed into another reason that could be revoked later.
+    let mut erased = with.fork();
+    review::put_strike(
+        &mut erased,
+        &Strike {
+            signature: "s2".into(),
+            reason: StrikeReason::Erased,
+            by: "olu".into(),
+            at: NOW,
+            revoked: false,
+        },
+    )
+    .unwrap();
+    refused(
+        &erased,
+        &put_field(&erased, "strikes", "s2", "revoked", true),
+        &org,
+        &w,
+        Rule::Immutable,
+        "strikes/s2/revoked",
+    );
+    refused(
+        &erased,
+        &put_field(&erased, "strikes", "s2", "reason", "duplicate"),
+        &org,
+        &w,
+        Rule::Immutable,
+        "strikes/s2",
+    );
     let t = totals_doc::create(CAMPAIGN).unwrap();
     let server = writer("server", Role::Server);
     refused(

@@ -29,9 +29,6 @@ use crate::hub::{now_ms, writer_of};
 
 /// The most keys in one upload.
 pub const MAX_KEYS_PER_REQUEST: usize = 256;
-/// The most keys one device may hold on the server: 40 full collections of 5,000 records. A
-/// phone that reaches it is told `too_many` and keeps its keys.
-pub const MAX_KEYS_PER_DEVICE: u64 = 200_000;
 /// The smallest wrapped key: an age header and its payload around 32 bytes.
 pub const MIN_WRAPPED: usize = 32;
 /// The largest wrapped key: an age file to the most recipients a campaign may list (32, about
@@ -121,6 +118,7 @@ pub struct StoredKey {
 
 /// `POST /api/v1/campaigns/{id}/erase`'s body: record ids, or one duplicate token.
 #[derive(Serialize, Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
 pub struct EraseRequest {
     /// Record ids, at most [`MAX_RECORDS`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -204,13 +202,10 @@ pub(crate) async fn put_keys(
             valid.push((k.record.clone(), bytes));
             at.push(i);
         }
-        let outcomes = state.store.put_keys(
-            &campaign,
-            &device.device_id,
-            &valid,
-            MAX_KEYS_PER_DEVICE,
-            now_ms(),
-        )?;
+        let max = state.config.max_keys_per_device;
+        let outcomes = state
+            .store
+            .put_keys(&campaign, &device.device_id, &valid, max, now_ms())?;
         for ((i, (record, _)), outcome) in at.into_iter().zip(&valid).zip(outcomes) {
             results[i] = Some(match outcome {
                 KeyOutcome::Stored => KeyResult::ok(record, "stored"),
@@ -234,7 +229,7 @@ pub(crate) async fn put_keys(
                     record,
                     "too_many",
                     format!(
-                        "this device holds the most keys the server keeps for one device ({MAX_KEYS_PER_DEVICE}); keep the key and tell an organizer"
+                        "this device holds the most keys the server keeps for one device (max_keys_per_device = {max}); keep the key and tell an organizer to raise it"
                     ),
                 ),
             });
@@ -260,6 +255,8 @@ pub(crate) async fn list_keys(
     let mut limit = MAX_RECORDS;
     for (k, v) in pairs {
         match k.as_str() {
+            // A browser's token (docs/clients.md 2), read by the Auth extractor.
+            "token" => {}
             "after" => after = Some(v),
             "limit" => {
                 limit = v

@@ -90,8 +90,8 @@ const M = {
     fr: '{signatures}, {checkins} seulement sur ce téléphone : envoyées toutes seules dès qu’il y a du réseau.',
   },
   not_safe_unkeyed: {
-    en: '{n} of them reached the server, but not yet the key that opens them: it goes with the next sync.',
-    fr: '{n} sont arrivées sur le serveur, mais pas encore la clé qui les ouvre : elle part à la prochaine synchronisation.',
+    en: 'On the server but not yet their keys (which let organizers open them): {signatures}. The keys go with the next sync.',
+    fr: 'Sur le serveur mais pas encore leurs clés (qui permettent de les ouvrir) : {signatures}. Les clés partent à la prochaine synchronisation.',
   },
   all_safe: { en: 'Everything is safe on the server', fr: 'Tout est en sécurité sur le serveur' },
   all_safe_detail: {

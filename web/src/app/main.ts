@@ -94,8 +94,12 @@ function drawStatus(): void {
       'span',
       {},
       c.pending > 0
-        ? t('not_safe_detail', { signatures: plural(c.pendingSignatures, 'n_signatures'), checkins: plural(c.pendingCheckins, 'n_checkins') }) +
-            (c.unkeyed > 0 ? ` ${t('not_safe_unkeyed', { n: count(c.unkeyed) })}` : '')
+        ? [
+            c.pending > c.unkeyed ? t('not_safe_detail', { signatures: plural(c.pendingSignatures - c.unkeyed, 'n_signatures'), checkins: plural(c.pendingCheckins, 'n_checkins') }) : '',
+            c.unkeyed > 0 ? t('not_safe_unkeyed', { signatures: plural(c.unkeyed, 'n_signatures') }) : '',
+          ]
+            .filter(Boolean)
+            .join(' ')
         : t('all_safe_detail', { signatures: plural(c.signatures, 'n_signatures'), checkins: plural(c.checkins, 'n_checkins') }),
     ),
   );
