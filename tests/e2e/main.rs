@@ -56,3 +56,37 @@ pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
 pub fn heavy_blocking() -> tokio::sync::MutexGuard<'static, ()> {
     HEAVY.blocking_lock()
 }
+
+/// With `autotests = false` a file nobody names is never compiled: every `tests/e2e/*.rs` must be
+/// a module here, and `tests/tests/` (where cargo would have found test programs) must hold none.
+#[test]
+fn every_test_file_is_compiled() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let main = std::fs::read_to_string(root.join("e2e/main.rs")).expect("e2e/main.rs");
+    let rs_files = |dir: &str| -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter_map(|n| n.strip_suffix(".rs").map(str::to_string))
+            .collect();
+        names.sort();
+        names
+    };
+    let missing: Vec<String> = rs_files("e2e")
+        .into_iter()
+        .filter(|n| n != "main" && !main.lines().any(|l| l.trim() == format!("mod {n};")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "tests/e2e/ files that are not compiled: {missing:?}; add `mod NAME;` to tests/e2e/main.rs"
+    );
+    let stray = rs_files("tests");
+    assert!(
+        stray.is_empty(),
+        "tests/tests/ holds {stray:?}, which cargo no longer compiles (autotests = false): move \
+         them to tests/e2e/ and add `mod NAME;` to tests/e2e/main.rs"
+    );
+}
