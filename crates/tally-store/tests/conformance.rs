@@ -11,7 +11,8 @@
 //! Behaviours: documents, chunks and compaction; sync states; rollback of a failed write;
 //! tokens, idle expiry, revocation, invites and re-enrollment; quarantine; the audit chain; the
 //! record keys and erasure; the projection equal to the reference totals over random
-//! histories, and a reindex reproducing it; a full database refusing a write whole.
+//! histories, and a reindex reproducing it; a full or unavailable database refusing a write
+//! whole, with a message that says what to do.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,12 +32,14 @@ use tally_store::{
 const T0: i64 = 1_700_000_000_000;
 const HOUR: i64 = 3_600_000;
 
-/// A backend under test: the storage, and the means to fill it up (a full disk) and to give
-/// the room back, in the backend's own way.
+/// A backend under test: the storage, and the means to fill it up (a full disk) and give the
+/// room back, and to make the database unavailable and back, in the backend's own way.
 pub struct Subject {
     storage: Arc<dyn Storage>,
     fill_up: Box<dyn Fn()>,
     make_room: Box<dyn Fn()>,
+    go_away: Box<dyn Fn()>,
+    come_back: Box<dyn Fn()>,
     /// Whatever must live as long as the storage (a temporary folder).
     _keep: Box<dyn std::any::Any>,
 }
@@ -49,11 +52,15 @@ impl std::ops::Deref for Subject {
     }
 }
 
-/// SQLite: a new file in a temporary folder; full means capped at its current size.
+/// SQLite: a new file in a temporary folder; full means capped at its current size;
+/// unavailable means another process holds the file's write lock (past the busy timeout).
 fn sqlite() -> Subject {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = Arc::new(Store::open(&dir.path().join("tally.db")).expect("open store"));
+    let path = dir.path().join("tally.db");
+    let store = Arc::new(Store::open(&path).expect("open store"));
     let (full, room) = (store.clone(), store.clone());
+    let holder: Arc<std::sync::Mutex<Option<rusqlite::Connection>>> = Arc::default();
+    let (take, give) = (holder.clone(), holder);
     Subject {
         storage: store,
         fill_up: Box::new(move || {
@@ -62,6 +69,16 @@ fn sqlite() -> Subject {
         }),
         make_room: Box::new(move || {
             room.set_max_pages(u32::MAX).unwrap();
+        }),
+        go_away: Box::new(move || {
+            let other = rusqlite::Connection::open(&path).unwrap();
+            other.execute_batch("BEGIN IMMEDIATE").unwrap();
+            *take.lock().unwrap() = Some(other);
+        }),
+        come_back: Box::new(move || {
+            if let Some(other) = give.lock().unwrap().take() {
+                other.execute_batch("ROLLBACK").unwrap();
+            }
         }),
         _keep: Box::new(dir),
     }
@@ -82,6 +99,11 @@ macro_rules! conformance {
             #[test]
             fn a_full_database_refuses_a_write_whole() {
                 super::cases::a_full_database_refuses_a_write_whole(&$open());
+            }
+
+            #[test]
+            fn an_unavailable_database_refuses_a_write_whole() {
+                super::cases::an_unavailable_database_refuses_a_write_whole(&$open());
             }
         }
     };
@@ -1216,5 +1238,33 @@ pub mod cases {
         assert_eq!(store.append_chunk("d1", &big, T0).unwrap(), 2);
         let doc = store.load_document("d1").unwrap().unwrap();
         assert_eq!(doc.incremental, vec![b"safe".to_vec(), big]);
+    }
+
+    /// An unavailable database refuses a write whole ([`StoreError::Unavailable`], saying that
+    /// nothing was kept and to retry) and takes writes again once it is back.
+    pub fn an_unavailable_database_refuses_a_write_whole(subject: &Subject) {
+        let store: &dyn Storage = &**subject;
+        store
+            .put_meta(&meta("d1", "collection", "c1", None))
+            .unwrap();
+        (subject.go_away)();
+        let err = store
+            .write(|tx| {
+                tx.put_meta(&meta("d2", "collection", "c1", None))?;
+                tx.append_chunk("d2", b"lost?", T0)
+            })
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(
+            message.contains("nothing of the failed write was kept") && message.contains("retry"),
+            "{message}"
+        );
+        (subject.come_back)();
+        assert!(
+            store.doc_meta("d2").unwrap().is_none(),
+            "nothing half written"
+        );
+        assert_eq!(store.append_chunk("d1", b"back", T0).unwrap(), 1);
     }
 }
