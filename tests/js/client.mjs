@@ -1,13 +1,16 @@
 // A tally device built on the real JavaScript automerge-repo client (npm
 // `@automerge/automerge-repo` and `@automerge/automerge-repo-network-websocket`, 2.5.x), driven by
-// tests/e2e/interop_js.rs.
+// tests/e2e/interop/js.rs (the interop suite, tests/e2e/interop.rs).
 //
 //   node client.mjs WS_URL read AUTOMERGE_URL
-//       finds the document by its URL, waits until it is ready, prints its JSON on stdout.
+//       finds the document by its URL, waits until it is ready, prints on stdout one JSON object:
+//       `doc`, the document as the JS client sees it, and `bytes`, the document saved
+//       (`repo.export`, base64), for the Rust side to read with its own types.
 //   node client.mjs WS_URL push-collection BASE64
 //       imports a document saved by the Rust side (`Automerge::save`) as a new document
-//       (`repo.import`), waits until the server has every change of it, prints its
-//       `automerge:` URL on stdout.
+//       (`repo.import`), prints its `automerge:` URL on stdout at once (so that a refusal can be
+//       matched to the document), waits until the server has every change of it, then prints
+//       `acknowledged`.
 //   node client.mjs WS_URL push-change AUTOMERGE_URL BASE64
 //       finds the document, applies the changes in BASE64 (`Automerge::save_after` bytes) to it
 //       (`repo.import(bytes, { docId })`), waits until the server has them, prints the heads.
@@ -161,7 +164,9 @@ async function main() {
       const url = automergeUrl(args[0])
       const { repo } = await connect(wsUrl)
       const handle = await find(repo, url)
-      return done(toJson(handle.doc()))
+      stage = `saving ${url}`
+      const bytes = await repo.export(handle.documentId)
+      return done(toJson({ doc: handle.doc(), bytes }))
     }
     case "push-collection": {
       const bytes = base64Bytes(args[0])
@@ -172,9 +177,10 @@ async function main() {
       const handle = repo.import(bytes)
       if (!handle.isReady()) throw new Error(`imported handle is ${handle.state}`)
       const heads = decodeHeads(handle.heads())
+      process.stdout.write(handle.url + "\n")
       stage = `waiting for the server to acknowledge ${handle.url}`
       await serverHas(repo, serverPeer, handle.documentId, heads)
-      return done(handle.url)
+      return done("acknowledged")
     }
     case "push-change": {
       const url = automergeUrl(args[0])

@@ -31,7 +31,7 @@
 //
 // Screenshots of every screen (phone-sized) go to $TALLY_WEB_OUT/screens; the figures (time to
 // first paint offline, signing time) to $TALLY_WEB_OUT/figures.json. The fixtures are the
-// dashboard's (harness.mjs) and the app's (app-harness.mjs). tests/tests/app.rs runs it:
+// dashboard's (harness.mjs) and the app's (app-harness.mjs). tests/e2e/app.rs runs it:
 //
 //   TALLY_BIN_DIR=target/debug node --test tests/web/app.test.mjs
 //

@@ -2,7 +2,7 @@
 // its log), the real command lines (`tally`, `tally-device`), Debian's Chromium through
 // playwright-core, and helpers that wait for conditions (never for a fixed time).
 //
-// Environment: TALLY_BIN_DIR (where `tally` and `tally-device` are built; tests/tests/dashboard.rs
+// Environment: TALLY_BIN_DIR (where `tally` and `tally-device` are built; tests/e2e/dashboard.rs
 // sets it), CHROMIUM (default /usr/bin/chromium), TALLY_WEB_OUT (where screenshots and logs go).
 
 import { spawn, execFile } from 'node:child_process';

@@ -16,7 +16,7 @@ import { fmtNumber, t } from '../i18n';
 import { announce, errorBox, type View } from '../main';
 import type { KeysPage, SealedRecord } from '../types';
 
-/** The export's columns, as `tally export` writes them (server/src/client.rs, EXPORT_COLUMNS). */
+/** The export's columns, as `tally export` writes them (server/src/organizer_cli.rs, EXPORT_COLUMNS). */
 export const EXPORT_COLUMNS =
   'id,collected_at,collected_by,event,city,fsa,riding,consent_contact,counted,withdrawn,name,email,phone,street,postal_code,duplicate_group';
 
