@@ -327,6 +327,10 @@ pub const OTHER_PROGRAMS_VARIABLES: &[(&str, &str)] = &[
         "scripts/with-postgres: the throwaway PostgreSQL it hands to the command it runs",
     ),
     (
+        "TALLY_POSTGRES_TESTS",
+        "tests: whether the PostgreSQL tests must run (required: fail instead of skipping)",
+    ),
+    (
         "TALLY_FAULT_NO_MOUNTS",
         "tests: the fault harness without mounts",
     ),

@@ -21,7 +21,9 @@
 //! [`documents`] (documents, chunks, compaction, sync states), [`devices`] (devices, tokens,
 //! invites), [`quarantine`] (rejected messages), [`audit`] (the audit chain), [`projection`]
 //! (the totals projection's rows and aggregate cells), [`readers`] (a pool of read
-//! connections), [`backend`] (the storage traits a backend implements, SQLite's impl). All of the server's SQL lives in these modules: callers get typed methods on
+//! connections), [`backend`] (the storage traits a backend implements, SQLite's impl), [`pg`]
+//! (the PostgreSQL backend's pool, migrations and error mapping: its storage traits are not
+//! there yet). All of the server's SQL lives in these modules: callers get typed methods on
 //! [`Store`], [`ReadTx`] and [`WriteTx`], never a connection.
 
 pub mod audit;
@@ -30,6 +32,7 @@ pub mod devices;
 pub mod documents;
 pub mod error;
 pub mod keys;
+pub mod pg;
 pub mod projection;
 pub mod quarantine;
 pub mod readers;
@@ -47,6 +50,7 @@ pub use devices::{Device, InviteCode, Replaces, Token, TokenRefusal};
 pub use documents::{CAMPAIGN_KIND, ChunkStats, DocFilter, DocMeta, StoredDoc};
 pub use error::{ReplaceRefusal, Result, StoreError};
 pub use keys::{Erasure, KeyOutcome, StoredKey};
+pub use pg::{PG_SCHEMA_VERSION, PgStore};
 pub use projection::{Batch, Filter, ReindexReport};
 pub use quarantine::{
     NewQuarantine, QuarantineEntry, QuarantineFilter, QuarantineOutcome, QuarantineQuota,
