@@ -1,9 +1,11 @@
 //! The PostgreSQL backend's foundation (issue 17, step 4): the connection pool, the versioned
 //! migrations and the mapping of PostgreSQL's errors into [`StoreError`].
 //!
-//! Not yet done: the [`crate::Storage`] traits over it (documents, devices, quarantine, audit,
-//! keys, projection). Until they are, nothing in the server opens a [`PgStore`]: it is reached
-//! only by this crate's tests (`tests/postgres.rs`).
+//! Done so far: documents, chunks, compaction and sync states (`documents`), as typed methods
+//! on [`PgStore`]. Not yet done: devices and tokens, invites, quarantine, the audit chain, the
+//! record keys and the projection, and so the [`crate::Storage`] traits over them. Until they
+//! are, nothing in the server opens a [`PgStore`]: it is reached only by this crate's tests
+//! (`tests/postgres.rs`).
 //!
 //! Driver: the synchronous `postgres` crate (0.19). The store's calls already run on blocking
 //! threads (`spawn_blocking`, the hub's writer), like SQLite's, so an async driver would only
@@ -21,6 +23,8 @@
 //! schema, so several servers starting at once on one database migrate it once. PostgreSQL's
 //! versions count from 1 on their own (the first is SQLite's schema version 8 as one step);
 //! append-only, like SQLite's.
+
+mod documents;
 
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -288,6 +292,38 @@ impl PgStore {
         conn.run(|client| {
             let row = client.query_one("SELECT version FROM tally_schema", &[])?;
             Ok(row.get(0))
+        })
+    }
+
+    /// Runs `f` inside one transaction and commits it before returning `Ok`: with
+    /// `synchronous_commit = on`, the durability point after which the server may acknowledge.
+    /// If `f` fails, the transaction rolls back and nothing of it is kept; if the commit fails
+    /// for want of the connection, the error is [`StoreError::Unavailable`] (nothing was
+    /// acknowledged, and a retry of an idempotent write is safe).
+    fn write<T>(&self, f: impl FnOnce(&mut postgres::Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = self.pool.get()?;
+        conn.run(|client| {
+            let mut tx = client.transaction()?;
+            // On an error the dropped transaction rolls back.
+            let value = f(&mut tx)?;
+            tx.commit()?;
+            Ok(value)
+        })
+    }
+
+    /// Runs `f` inside one read-only snapshot (`REPEATABLE READ`), so that several queries see
+    /// one state of the database.
+    fn read<T>(&self, f: impl FnOnce(&mut postgres::Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = self.pool.get()?;
+        conn.run(|client| {
+            let mut tx = client
+                .build_transaction()
+                .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()?;
+            let value = f(&mut tx)?;
+            tx.commit()?;
+            Ok(value)
         })
     }
 
