@@ -117,7 +117,45 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEntry> {
     })
 }
 
-const COLUMNS: &str =
+/// Checks a chain read in `seq` order: how many entries it holds, or the first broken one.
+pub(crate) fn verify_chain(
+    entries: impl IntoIterator<Item = AuditEntry>,
+) -> std::result::Result<u64, AuditBroken> {
+    let (mut prev, mut expect, mut n) = (GENESIS.to_string(), 1i64, 0u64);
+    for e in entries {
+        let broken = |why: String| Err(AuditBroken { seq: e.seq, why });
+        if e.seq != expect {
+            return broken(format!(
+                "entry {} follows entry {}: an entry is missing or was added",
+                e.seq,
+                expect - 1
+            ));
+        }
+        if e.prev_hash != prev {
+            return broken(
+                "its link to the entry before it does not match that entry's hash: the entry before it was changed, or this one was moved".into(),
+            );
+        }
+        let fields = NewAudit {
+            at: e.at,
+            actor_id: &e.actor_id,
+            actor_name: &e.actor_name,
+            action: &e.action,
+            campaign: e.campaign.as_deref(),
+            target: &e.target,
+            result: &e.result,
+        };
+        if entry_hash(&e.prev_hash, e.seq, &fields) != e.hash {
+            return broken("its fields do not match its hash: it was changed".into());
+        }
+        prev = e.hash;
+        expect += 1;
+        n += 1;
+    }
+    Ok(n)
+}
+
+pub(crate) const COLUMNS: &str =
     "seq, at, actor_id, actor_name, action, campaign, target, result, prev_hash, hash";
 
 fn append(conn: &Connection, e: &NewAudit<'_>) -> Result<AuditEntry> {

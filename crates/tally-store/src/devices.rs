@@ -22,7 +22,7 @@ use crate::error::{ReplaceRefusal, Result, StoreError};
 
 /// A device's role read from its stored form: `server` is the server's own writer identity
 /// (`tally_core::validate::Role::Server`), never a device's.
-fn device_role(stored: &str) -> Result<Role> {
+pub(crate) fn device_role(stored: &str) -> Result<Role> {
     Role::parse(stored)
         .filter(|r| *r != Role::Server)
         .ok_or_else(|| {
@@ -117,7 +117,7 @@ impl fmt::Debug for Token {
 
 /// A one-time invite code, as shown to people (`XXXX-XXXX-XXXX`). `Debug` hides it.
 #[derive(Clone, PartialEq, Eq)]
-pub struct InviteCode(String);
+pub struct InviteCode(pub(crate) String);
 
 impl InviteCode {
     /// The code as shown to people, e.g. `7K3M-Q9TZ-0HXW`.
@@ -136,7 +136,7 @@ impl fmt::Debug for InviteCode {
 /// write at most once a minute per device, not once per connection.
 pub const LAST_SEEN_RESOLUTION_MS: i64 = 60_000;
 
-const TOKEN_PREFIX: &str = "tly_";
+pub(crate) const TOKEN_PREFIX: &str = "tly_";
 /// Crockford's base32: digits and capitals without I, L, O, U.
 const CODE_ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 const CODE_LEN: usize = 12;
@@ -148,23 +148,23 @@ fn random_bytes<const N: usize>() -> [u8; N] {
     bytes
 }
 
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     hex::encode(random_bytes::<16>())
 }
 
-fn new_token() -> Token {
+pub(crate) fn new_token() -> Token {
     Token(format!(
         "{TOKEN_PREFIX}{}",
         hex::encode(random_bytes::<32>())
     ))
 }
 
-fn token_hash(token: &str) -> [u8; 32] {
+pub(crate) fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
 /// A new code: 12 symbols, each from 5 random bits (256 is a multiple of 32, so uniform).
-fn new_code() -> String {
+pub(crate) fn new_code() -> String {
     random_bytes::<CODE_LEN>()
         .iter()
         .map(|byte| char::from(CODE_ALPHABET[usize::from(byte % 32)]))
@@ -172,7 +172,7 @@ fn new_code() -> String {
 }
 
 /// Groups a normalized code as people read it: `XXXX-XXXX-XXXX`.
-fn display_code(code: &str) -> String {
+pub(crate) fn display_code(code: &str) -> String {
     let chars: Vec<char> = code.chars().collect();
     chars
         .chunks(4)
@@ -183,7 +183,7 @@ fn display_code(code: &str) -> String {
 
 /// Undoes typing variations: case, dashes and spaces, and the look-alikes O/I/L; `None` if what
 /// is left is not a code at all.
-fn normalize_code(typed: &str) -> Option<String> {
+pub(crate) fn normalize_code(typed: &str) -> Option<String> {
     let code: String = typed
         .chars()
         .filter(|c| !matches!(c, '-' | ' ' | '\t'))
@@ -197,11 +197,11 @@ fn normalize_code(typed: &str) -> Option<String> {
     valid.then_some(code)
 }
 
-fn code_hash(normalized: &str) -> [u8; 32] {
+pub(crate) fn code_hash(normalized: &str) -> [u8; 32] {
     Sha256::digest(format!("tally-invite:{normalized}").as_bytes()).into()
 }
 
-fn clean_name(name: &str) -> Result<String> {
+pub(crate) fn clean_name(name: &str) -> Result<String> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
         return Err(StoreError::Invalid(format!(
@@ -220,7 +220,7 @@ struct InviteRow {
     used_at: Option<i64>,
 }
 
-const DEVICE_COLUMNS: &str =
+pub(crate) const DEVICE_COLUMNS: &str =
     "device_id, name, role, campaign, created_at, revoked_at, last_seen, replaces, lineage";
 
 fn device_from_row(row: &Row<'_>) -> rusqlite::Result<Device> {

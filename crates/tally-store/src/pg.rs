@@ -24,7 +24,11 @@
 //! versions count from 1 on their own (the first is SQLite's schema version 8 as one step);
 //! append-only, like SQLite's.
 
+mod audit;
+mod devices;
 mod documents;
+mod keys;
+mod quarantine;
 
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -325,6 +329,13 @@ impl PgStore {
             tx.commit()?;
             Ok(value)
         })
+    }
+
+    /// Runs `f` on a client outside any transaction (for statements that refuse to run in one,
+    /// such as VACUUM).
+    fn plain<T>(&self, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
+        let mut conn = self.pool.get()?;
+        conn.run(f)
     }
 
     /// How many clients the pool holds open right now (idle or in use).

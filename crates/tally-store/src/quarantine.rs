@@ -242,7 +242,7 @@ fn list_quarantine(conn: &Connection, filter: &QuarantineFilter) -> Result<Vec<Q
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
-fn legacy<'a>(
+pub(crate) fn legacy<'a>(
     device_id: &'a str,
     doc_id: &'a str,
     reason: &'a str,
@@ -260,7 +260,7 @@ fn legacy<'a>(
     }
 }
 
-fn id_of(outcome: QuarantineOutcome) -> i64 {
+pub(crate) fn id_of(outcome: QuarantineOutcome) -> i64 {
     match outcome {
         QuarantineOutcome::Kept { id, .. } => id,
         QuarantineOutcome::Counted { id } => id.unwrap_or(0),
