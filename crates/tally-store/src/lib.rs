@@ -1,4 +1,4 @@
-//! `tally-store`: the sync server's storage, one SQLite file.
+//! `tally-store`: the sync server's storage, one SQLite file (or a PostgreSQL database, [`pg`]).
 //!
 //! It holds the documents (as opaque automerge bytes: a compacted snapshot plus incremental
 //! chunks), the per-peer sync states, the enrolled devices and their hashed tokens, the
@@ -22,8 +22,7 @@
 //! invites), [`quarantine`] (rejected messages), [`audit`] (the audit chain), [`projection`]
 //! (the totals projection's rows and aggregate cells), [`readers`] (a pool of read
 //! connections), [`backend`] (the storage traits a backend implements, SQLite's impl), [`pg`]
-//! (the PostgreSQL backend's pool, migrations and error mapping: its storage traits are not
-//! there yet). All of the server's SQL lives in these modules: callers get typed methods on
+//! (the PostgreSQL backend: the same storage traits over a database several servers share). All of the server's SQL lives in these modules: callers get typed methods on
 //! [`Store`], [`ReadTx`] and [`WriteTx`], never a connection.
 
 pub mod audit;

@@ -4,9 +4,11 @@
 //! backend under test; [`conformance!`] makes one `#[test]` per behaviour per backend, so a
 //! failure names both.
 //!
-//! Backends: SQLite (a file in a temporary folder), always. A backend's own matters (its files,
-//! its migrations, what a damaged file reads as) stay in its own tests (`tests/store.rs`,
-//! `tests/keys.rs` for SQLite).
+//! Backends: SQLite (a file in a temporary folder), always; PostgreSQL (a schema of its own per
+//! test in the database at `TALLY_TEST_DATABASE_URL`: run under `scripts/with-postgres`), which
+//! skips loudly without one, and fails instead with `TALLY_POSTGRES_TESTS=required` (CI). A
+//! backend's own matters (its files, its migrations, what a damaged file reads as, its pool)
+//! stay in its own tests (`tests/store.rs`, `tests/keys.rs` for SQLite, `tests/postgres.rs`).
 //!
 //! Behaviours: documents, chunks and compaction; sync states; rollback of a failed write;
 //! tokens, idle expiry, revocation, invites and re-enrollment; quarantine; the audit chain; the
@@ -25,8 +27,8 @@ use tally_core::fixtures::{EVENT, NOW, World};
 use tally_core::review::{Review, Strike, StrikeReason};
 use tally_core::totals::{Totals, records, totals_of};
 use tally_store::{
-    AuditFilter, DocFilter, DocMeta, Filter, KeyOutcome, NewAudit, QuarantineFilter, Replaces,
-    Storage, Store, StoreError, TokenRefusal,
+    AuditFilter, DocFilter, DocMeta, Filter, KeyOutcome, NewAudit, PgStore, QuarantineFilter,
+    Replaces, Storage, Store, StoreError, TokenRefusal,
 };
 
 const T0: i64 = 1_700_000_000_000;
@@ -54,14 +56,14 @@ impl std::ops::Deref for Subject {
 
 /// SQLite: a new file in a temporary folder; full means capped at its current size;
 /// unavailable means another process holds the file's write lock (past the busy timeout).
-fn sqlite() -> Subject {
+fn sqlite(_test: &str) -> Option<Subject> {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("tally.db");
     let store = Arc::new(Store::open(&path).expect("open store"));
     let (full, room) = (store.clone(), store.clone());
     let holder: Arc<std::sync::Mutex<Option<rusqlite::Connection>>> = Arc::default();
     let (take, give) = (holder.clone(), holder);
-    Subject {
+    Some(Subject {
         storage: store,
         fill_up: Box::new(move || {
             let pages = full.page_count().unwrap();
@@ -81,7 +83,93 @@ fn sqlite() -> Subject {
             }
         }),
         _keep: Box::new(dir),
-    }
+    })
+}
+
+/// PostgreSQL: a schema of its own in the database at `TALLY_TEST_DATABASE_URL` (so that the
+/// tests run in parallel), or `None`, said loudly, when there is none (a failure instead when
+/// `TALLY_POSTGRES_TESTS=required`, as in CI). Full means PostgreSQL refuses the write with its
+/// disk-full error (a trigger raising SQLSTATE 53100 on new chunks: a real full volume needs a
+/// mount the tests cannot make); unavailable means another session holds an exclusive lock on
+/// the documents table past the store's lock timeout (as SQLite's other process holding the
+/// write lock). The outage itself (refused connections, an administrator's shutdown, the pool
+/// reconnecting) is `tests/postgres.rs`'s.
+fn postgres(test: &str) -> Option<Subject> {
+    use std::io::Write as _;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let url = match std::env::var("TALLY_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => {
+            assert!(
+                std::env::var("TALLY_POSTGRES_TESTS").as_deref() != Ok("required"),
+                "postgres::{test}: TALLY_POSTGRES_TESTS=required but TALLY_TEST_DATABASE_URL is \
+                 not set: run the tests under scripts/with-postgres"
+            );
+            // Straight to stderr, past the test harness's capture, so the skip is seen.
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED postgres::{test}: no PostgreSQL (TALLY_TEST_DATABASE_URL is not set): \
+                 run `scripts/with-postgres cargo test -p tally-store --test conformance`"
+            );
+            return None;
+        }
+    };
+    let schema = format!(
+        "c_{}_{}_{}",
+        test.chars().take(40).collect::<String>(),
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let connect = || {
+        ::postgres::Client::connect(&url, ::postgres::NoTls).expect("connect to the test database")
+    };
+    connect()
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .expect("create the test's schema");
+    let mut config: ::postgres::Config = url.parse().expect("the test URL parses");
+    config.options(&format!("-c search_path={schema}"));
+    let store = Arc::new(PgStore::connect_with(config, 4).expect("open the PostgreSQL store"));
+    let holder: Arc<std::sync::Mutex<Option<::postgres::Client>>> = Arc::default();
+    let (take, give) = (holder.clone(), holder);
+    let (full, room, away) = (schema.clone(), schema.clone(), schema);
+    let (full_url, room_url, away_url) = (url.clone(), url.clone(), url);
+    Some(Subject {
+        storage: store,
+        fill_up: Box::new(move || {
+            ::postgres::Client::connect(&full_url, ::postgres::NoTls)
+                .unwrap()
+                .batch_execute(&format!(
+                    "CREATE FUNCTION {full}.no_space() RETURNS trigger LANGUAGE plpgsql AS $$
+                     BEGIN RAISE EXCEPTION 'could not extend file: No space left on device'
+                         USING ERRCODE = 'disk_full'; END $$;
+                     CREATE TRIGGER no_space BEFORE INSERT ON {full}.chunks
+                         FOR EACH ROW EXECUTE FUNCTION {full}.no_space();"
+                ))
+                .unwrap();
+        }),
+        make_room: Box::new(move || {
+            ::postgres::Client::connect(&room_url, ::postgres::NoTls)
+                .unwrap()
+                .batch_execute(&format!("DROP TRIGGER no_space ON {room}.chunks"))
+                .unwrap();
+        }),
+        go_away: Box::new(move || {
+            let mut other = ::postgres::Client::connect(&away_url, ::postgres::NoTls).unwrap();
+            other
+                .batch_execute(&format!(
+                    "BEGIN; LOCK TABLE {away}.documents IN ACCESS EXCLUSIVE MODE"
+                ))
+                .unwrap();
+            *take.lock().unwrap() = Some(other);
+        }),
+        come_back: Box::new(move || {
+            if let Some(mut other) = give.lock().unwrap().take() {
+                other.batch_execute("ROLLBACK").unwrap();
+            }
+        }),
+        _keep: Box::new(()),
+    })
 }
 
 /// One `#[test]` per behaviour for a backend: `conformance!(name, opener; case, ...)`.
@@ -91,25 +179,53 @@ macro_rules! conformance {
             $(
                 #[test]
                 fn $case() {
-                    let subject = $open();
+                    let Some(subject) = $open(stringify!($case)) else {
+                        return;
+                    };
                     super::cases::$case(&*subject);
                 }
             )*
 
             #[test]
             fn a_full_database_refuses_a_write_whole() {
-                super::cases::a_full_database_refuses_a_write_whole(&$open());
+                let Some(subject) = $open("full") else {
+                    return;
+                };
+                super::cases::a_full_database_refuses_a_write_whole(&subject);
             }
 
             #[test]
             fn an_unavailable_database_refuses_a_write_whole() {
-                super::cases::an_unavailable_database_refuses_a_write_whole(&$open());
+                let Some(subject) = $open("unavailable") else {
+                    return;
+                };
+                super::cases::an_unavailable_database_refuses_a_write_whole(&subject);
             }
         }
     };
 }
 
 conformance!(sqlite, super::sqlite;
+    documents_append_load_compact_round_trip,
+    a_failing_write_rolls_back_everything,
+    a_closure_with_its_own_error_type_rolls_back_too,
+    document_meta_listing_and_conflicts,
+    sync_states_round_trip_per_peer_and_document,
+    idle_tokens_expire_except_the_admins,
+    authenticate_known_unknown_and_revoked,
+    invites_are_single_use_expire_and_unknown_codes_fail,
+    quarantine_round_trip_and_filters,
+    the_quarantine_keeps_metadata_always_and_raw_bytes_within_bounds,
+    a_reenrolled_phone_replaces_the_device_whose_token_it_holds,
+    the_storage_interface_commits_or_rolls_back_as_the_store_does,
+    the_projection_equals_the_reference_over_random_histories,
+    a_reindex_reproduces_the_projection,
+    the_audit_chain_appends_and_verifies,
+    record_keys_and_erasure,
+);
+
+// The one more line: the same behaviours on PostgreSQL.
+conformance!(postgres, super::postgres;
     documents_append_load_compact_round_trip,
     a_failing_write_rolls_back_everything,
     a_closure_with_its_own_error_type_rolls_back_too,

@@ -1,5 +1,7 @@
-//! The PostgreSQL backend against a real PostgreSQL: migrations, the pool, errors mapped to
-//! what `StoreError` says to do, and documents, chunks, compaction and sync states.
+//! The PostgreSQL backend's own matters against a real PostgreSQL: migrations, the pool and its
+//! reconnection, errors mapped to what `StoreError` says to do, two stores (servers) writing one
+//! document at once. Every storage behaviour is the conformance suite's (`tests/conformance.rs`,
+//! its `postgres::` tests).
 //!
 //! Run under `scripts/with-postgres` (`scripts/with-postgres cargo test -p tally-store --test
 //! postgres`), which hands the tests `TALLY_TEST_DATABASE_URL`. Each test works in a schema of
@@ -10,7 +12,7 @@ use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tally_store::{DocFilter, DocMeta, PG_SCHEMA_VERSION, PgStore, StoreError};
+use tally_store::{DocMeta, PG_SCHEMA_VERSION, PgStore, StoreError};
 
 /// The test database's URL, or `None` (said loudly) when there is none and it is not required.
 fn url(test: &str) -> Option<String> {
@@ -256,8 +258,8 @@ fn a_terminated_connection_is_replaced_by_itself() {
     assert_eq!(store.open_connections(), 1);
 }
 
-// Documents. These play the conformance suite's document cases on PostgreSQL until the
-// backend implements `Storage` and runs the whole suite (then they are its one more line).
+// Several servers on one database (the conformance suite, tests/conformance.rs, plays every
+// storage behaviour on PostgreSQL with one store).
 
 const T0: i64 = 1_700_000_000_000;
 
@@ -269,167 +271,6 @@ fn meta(doc_id: &str, kind: &str, campaign: &str, owner: Option<&str>) -> DocMet
         owner: owner.map(Into::into),
         created_at: T0,
     }
-}
-
-#[test]
-fn documents_append_load_compact_round_trip() {
-    let Some((config, _)) = isolated("documents") else {
-        return;
-    };
-    let store = PgStore::connect_with(config, 2).expect("connect");
-    assert!(store.load_document("d1").unwrap().is_none());
-    assert!(
-        store
-            .put_meta(&meta("d1", "collection", "c1", Some("dev1")))
-            .unwrap()
-    );
-    let chunks: Vec<Vec<u8>> = (0u8..5).map(|i| vec![i; 10 + usize::from(i)]).collect();
-    for (i, chunk) in chunks.iter().enumerate() {
-        assert_eq!(
-            store.append_chunk("d1", chunk, T0 + i as i64).unwrap(),
-            i as i64 + 1
-        );
-    }
-    let doc = store.load_document("d1").unwrap().unwrap();
-    assert_eq!(doc.meta, meta("d1", "collection", "c1", Some("dev1")));
-    assert_eq!(doc.snapshot, None);
-    assert_eq!(doc.incremental, chunks);
-    assert_eq!(doc.last_seq, 5);
-    let stats = store.chunks_since_snapshot("d1").unwrap();
-    assert_eq!(
-        (
-            stats.count,
-            stats.bytes,
-            stats.snapshot_bytes,
-            stats.last_seq
-        ),
-        (5, 60, 0, 5)
-    );
-
-    let snapshot = b"snapshot-through-3".to_vec();
-    assert!(store.compact("d1", &snapshot, 3, T0 + 10).unwrap());
-    let doc = store.load_document("d1").unwrap().unwrap();
-    assert_eq!(doc.snapshot.as_deref(), Some(snapshot.as_slice()));
-    assert_eq!(doc.incremental, chunks[3..].to_vec());
-    assert_eq!(doc.last_seq, 5);
-    let stats = store.chunks_since_snapshot("d1").unwrap();
-    assert_eq!((stats.count, stats.bytes), (2, 13 + 14));
-    assert_eq!(stats.snapshot_bytes, snapshot.len() as u64);
-
-    assert_eq!(store.append_chunk("d1", b"six", T0 + 11).unwrap(), 6);
-    assert!(!store.compact("d1", b"older", 2, T0 + 12).unwrap());
-    assert!(store.compact("d1", b"all", 6, T0 + 13).unwrap());
-    let doc = store.load_document("d1").unwrap().unwrap();
-    assert_eq!(doc.snapshot.as_deref(), Some(&b"all"[..]));
-    assert!(doc.incremental.is_empty());
-    assert_eq!(doc.last_seq, 6);
-
-    assert!(matches!(
-        store.compact("d1", b"x", 7, T0),
-        Err(StoreError::Invalid(_))
-    ));
-    assert!(matches!(
-        store.compact("nope", b"x", 1, T0),
-        Err(StoreError::NotFound(_))
-    ));
-    assert!(matches!(
-        store.append_chunk("nope", b"x", T0),
-        Err(StoreError::NotFound(_))
-    ));
-    assert!(matches!(
-        store.chunks_since_snapshot("nope"),
-        Err(StoreError::NotFound(_))
-    ));
-}
-
-#[test]
-fn document_meta_listing_and_conflicts() {
-    let Some((config, _)) = isolated("meta") else {
-        return;
-    };
-    let store = PgStore::connect_with(config, 2).expect("connect");
-    assert!(
-        store
-            .put_meta(&meta("camp", "campaign", "camp", None))
-            .unwrap()
-    );
-    assert!(
-        !store
-            .put_meta(&meta("camp", "campaign", "camp", None))
-            .unwrap(),
-        "same meta again"
-    );
-    let mut later = meta("col", "collection", "camp", Some("dev1"));
-    later.created_at = T0 + 1;
-    assert!(store.put_meta(&later).unwrap());
-    let err = store
-        .put_meta(&meta("col", "collection", "camp", Some("dev2")))
-        .expect_err("another owner");
-    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
-    assert!(
-        err.to_string().contains("create a new document instead"),
-        "{err}"
-    );
-    assert!(matches!(
-        store.put_meta(&meta("", "collection", "camp", None)),
-        Err(StoreError::Invalid(_))
-    ));
-    assert_eq!(store.doc_meta("col").unwrap(), Some(later.clone()));
-    assert_eq!(store.doc_meta("nope").unwrap(), None);
-    let campaigns: Vec<String> = store
-        .list_campaigns()
-        .unwrap()
-        .into_iter()
-        .map(|m| m.doc_id)
-        .collect();
-    assert_eq!(campaigns, ["camp"]);
-    let owned = store
-        .list_documents(&DocFilter {
-            owner: Some("dev1".into()),
-            campaign: Some("camp".into()),
-            ..DocFilter::default()
-        })
-        .unwrap();
-    assert_eq!(owned, [later]);
-    assert_eq!(
-        store.list_documents(&DocFilter::default()).unwrap().len(),
-        2
-    );
-}
-
-#[test]
-fn sync_states_round_trip_per_peer_and_document() {
-    let Some((config, _)) = isolated("syncstates") else {
-        return;
-    };
-    let store = PgStore::connect_with(config, 2).expect("connect");
-    store
-        .put_meta(&meta("d1", "collection", "c1", None))
-        .unwrap();
-    store
-        .put_meta(&meta("d2", "collection", "c1", None))
-        .unwrap();
-    assert!(store.load_sync_state("p1", "d1").unwrap().is_none());
-    store.save_sync_state("p1", "d1", b"a", T0).unwrap();
-    store.save_sync_state("p1", "d2", b"b", T0).unwrap();
-    store.save_sync_state("p2", "d1", b"c", T0).unwrap();
-    store.save_sync_state("p1", "d1", b"a2", T0 + 1).unwrap();
-    assert_eq!(
-        store.load_sync_state("p1", "d1").unwrap().as_deref(),
-        Some(&b"a2"[..])
-    );
-    assert_eq!(
-        store.load_sync_state("p1", "d2").unwrap().as_deref(),
-        Some(&b"b"[..])
-    );
-    assert_eq!(
-        store.load_sync_state("p2", "d1").unwrap().as_deref(),
-        Some(&b"c"[..])
-    );
-    assert!(matches!(
-        store.save_sync_state("p1", "unknown", b"x", T0),
-        Err(StoreError::NotFound(_))
-    ));
 }
 
 /// Two stores on one database (two servers) appending to one document from several threads at
