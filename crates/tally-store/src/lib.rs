@@ -22,8 +22,9 @@
 //! invites), [`quarantine`] (rejected messages), [`audit`] (the audit chain), [`projection`]
 //! (the totals projection's rows and aggregate cells), [`readers`] (a pool of read
 //! connections), [`backend`] (the storage traits a backend implements, SQLite's impl), [`pg`]
-//! (the PostgreSQL backend: the same storage traits over a database several servers share). All of the server's SQL lives in these modules: callers get typed methods on
-//! [`Store`], [`ReadTx`] and [`WriteTx`], never a connection.
+//! (the PostgreSQL backend: the same storage traits over a database several servers share).
+//! All of the server's SQL lives in these modules: callers get typed methods on [`Store`],
+//! [`ReadTx`] and [`WriteTx`] (or the traits), never a connection.
 
 pub mod audit;
 pub mod backend;

@@ -13,7 +13,7 @@
 //! Driver: the synchronous `postgres` crate (0.19). The store's calls already run on blocking
 //! threads (`spawn_blocking`, the hub's writer), like SQLite's, so an async driver would only
 //! add a runtime inside a runtime; `r2d2_postgres` is not among the crates this workspace can
-//! resolve, so the pool is [`Pool`], a bounded set of clients behind a mutex: a call waits at
+//! resolve, so the pool is `Pool`, a bounded set of clients behind a mutex: a call waits at
 //! most [`POOL_WAIT`] for a free client, a client that lost its connection is dropped (and a
 //! new one opened on the next call), so the store reconnects by itself after an outage.
 //!
