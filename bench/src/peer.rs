@@ -1,21 +1,19 @@
 //! A phone on the wire: its three documents (its own collection, the campaign, the team totals)
-//! and persisted sync states, synced over a real WebSocket with automerge-repo's protocol through
-//! `tally_proto::Session`, exactly as `tally_client`'s `SyncEngine` does it: `join` with the
-//! phone's stable storage id, seed the persisted sync states, then on `peer` a `sync` (or a
-//! `request`, for a document it has nothing of) for each document, and answer every message the
-//! server sends. A phone is *acknowledged* when the server's heads for its collection include
-//! every change of the phone's.
+//! and persisted sync states, synced over a real WebSocket by the rig's wire peer
+//! ([`tally_rig::Peer`], automerge-repo's protocol through `tally_proto::Session`) as
+//! `tally_client`'s `SyncEngine` does it: `join` with the phone's stable storage id, seed the
+//! persisted sync states, then on `peer` a `sync` (a `request`, for a document it has nothing
+//! of) for each document, and answer every message the server sends. A phone is *acknowledged*
+//! when the server's heads for its collection cover every change of the phone's.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use automerge::Automerge;
 use automerge::sync::State as SyncState;
-use futures_util::{SinkExt, StreamExt};
-use tally_proto::{DocumentId, Event, PeerId, PeerMetadata, Session, StorageId};
-use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tally_proto::{DocumentId, PeerId, StorageId};
+use tally_rig::Peer;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// One simulated phone.
@@ -98,16 +96,10 @@ pub struct Synced {
     pub errors: Vec<String>,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Connects `phone` to `ws_url` and syncs until its collection is acknowledged (and, with
 /// `fetch`, until the campaign and totals documents have arrived), then saves the sync states
-/// and closes. Fails on a connection error, an `error` from the server, or at `deadline`.
+/// and closes. Fails on a connection error, an `error` from the server, a document the server
+/// says is unavailable, or at `deadline`.
 pub async fn sync(
     ws_url: &str,
     phone: &mut Phone,
@@ -115,14 +107,11 @@ pub async fn sync(
     deadline: Instant,
 ) -> Result<Synced> {
     let mut out = Synced::default();
-    let mut req = ws_url.into_client_request()?;
-    req.headers_mut()
-        .insert("Authorization", format!("Bearer {}", phone.token).parse()?);
     let mut config = WebSocketConfig::default();
     config.max_message_size = Some(64 << 20);
     config.max_frame_size = Some(64 << 20);
-    let connecting = tokio_tungstenite::connect_async_with_config(req, Some(config), true);
-    let (mut ws, _) = tokio::time::timeout_at(deadline.into(), connecting)
+    let connecting = Peer::open(ws_url, Some(&phone.token), Some(config));
+    let ws = tokio::time::timeout_at(deadline.into(), connecting)
         .await
         .map_err(|_| anyhow!("no WebSocket before the deadline"))?
         .context("WebSocket upgrade")?;
@@ -132,107 +121,57 @@ pub async fn sync(
         phone.device_id,
         hex::encode(rand::random::<[u8; 4]>())
     ));
-    let (mut session, join) = Session::client(
-        me,
-        PeerMetadata {
-            storage_id: Some(StorageId(phone.storage_id.clone())),
-            is_ephemeral: false,
-        },
-    );
-    for (id, bytes) in &phone.states {
-        if let Ok(state) = SyncState::decode(bytes) {
-            session.load_sync_state(*id, state);
-        }
-    }
-    ws.send(WsMessage::Binary(join.into())).await?;
+    let states: Vec<(DocumentId, SyncState)> = phone
+        .states
+        .iter()
+        .filter_map(|(id, bytes)| Some((*id, SyncState::decode(bytes).ok()?)))
+        .collect();
+    let limit = deadline.saturating_duration_since(Instant::now());
+    let storage = StorageId(phone.storage_id.clone());
+    let mut peer = Peer::join(ws, me, storage, states, limit).await?;
+    peer.docs = std::mem::take(&mut phone.docs);
     let order = [phone.collection, phone.campaign, phone.totals];
-    let mut heard: HashSet<DocumentId> = HashSet::new();
+    let (collection, campaign, totals) = (phone.collection, phone.campaign, phone.totals);
     let result: Result<()> = async {
-        loop {
-            let msg = tokio::time::timeout_at(deadline.into(), ws.next())
-                .await
-                .map_err(|_| anyhow!("not acknowledged before the deadline"))?;
-            let frame = match msg {
-                Some(Ok(WsMessage::Binary(b))) => b,
-                Some(Ok(WsMessage::Close(f))) => bail!("the server closed the connection: {f:?}"),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => bail!("socket error: {e}"),
-                None => bail!("the server closed the connection"),
-            };
-            let events = session
-                .receive(&frame, now_ms())
-                .map_err(|e| anyhow!("protocol: {e}"))?;
-            let mut sends: Vec<Vec<u8>> = Vec::new();
-            for ev in events {
-                match ev {
-                    Event::Send(b) => sends.push(b),
-                    Event::PeerAccepted { .. } => {
-                        for id in order {
-                            let doc = &phone.docs[&id];
-                            if let Some(f) = session.sync_frame(id, doc) {
-                                sends.push(f);
-                            }
-                        }
-                    }
-                    Event::SyncReceived { doc, message } | Event::DocRequested { doc, message } => {
-                        let Some(am) = phone.docs.get_mut(&doc) else {
-                            sends.extend(session.unavailable_frame(doc));
-                            continue;
-                        };
-                        session
-                            .apply_sync_message(doc, am, message)
-                            .map_err(|e| anyhow!("applying the server's changes: {e}"))?;
-                        heard.insert(doc);
-                        if let Some(f) = session.sync_frame(doc, &phone.docs[&doc]) {
-                            sends.push(f);
-                        }
-                    }
-                    Event::Unavailable { doc } => {
-                        bail!("the server says document {doc} is unavailable")
-                    }
-                    Event::RemoteError { message, .. } => {
-                        out.errors.push(message.clone());
-                        bail!("the server refused: {message}");
-                    }
-                    _ => {}
-                }
-            }
-            for f in sends {
-                ws.send(WsMessage::Binary(f.into())).await?;
-            }
-            if out.acknowledged_at.is_none() && acknowledged(&session, phone) {
-                out.acknowledged_at = Some(Instant::now());
-            }
-            let fetched = !fetch
-                || (heard.contains(&phone.campaign)
-                    && heard.contains(&phone.totals)
-                    && !phone.campaign_doc().get_heads().is_empty());
-            if out.acknowledged_at.is_some() && fetched {
-                return Ok(());
-            }
+        for id in order {
+            peer.sync(id).await?;
         }
+        let mut acknowledged_at = None;
+        let done = peer
+            .until(deadline.into(), |p| {
+                if acknowledged_at.is_none() && p.acknowledged(&collection) {
+                    acknowledged_at = Some(Instant::now());
+                }
+                let fetched = !fetch
+                    || (p.heard(&campaign)
+                        && p.heard(&totals)
+                        && !p.docs[&campaign].get_heads().is_empty());
+                (acknowledged_at.is_some() && fetched) || !p.unavailable.is_empty()
+            })
+            .await?;
+        out.acknowledged_at = acknowledged_at;
+        if let Some(message) = peer.errors.first() {
+            out.errors = peer.errors.clone();
+            bail!("the server refused: {message}");
+        }
+        if let Some(doc) = peer.unavailable.iter().next() {
+            bail!("the server says document {doc} is unavailable");
+        }
+        if peer.closed {
+            bail!("the server closed the connection");
+        }
+        if !done {
+            bail!("not acknowledged before the deadline");
+        }
+        Ok(())
     }
     .await;
     for id in order {
-        if let Some(bytes) = session.encoded_sync_state(&id) {
+        if let Some(bytes) = peer.session.encoded_sync_state(&id) {
             phone.states.insert(id, bytes);
         }
     }
-    let _ = tokio::time::timeout(Duration::from_secs(5), ws.close(None)).await;
+    phone.docs = std::mem::take(&mut peer.docs);
+    peer.close(Duration::from_secs(5)).await;
     result.map(|()| out)
-}
-
-/// Do the server's heads for the collection include all of the phone's changes?
-fn acknowledged(session: &Session, phone: &Phone) -> bool {
-    let Some(theirs) = session
-        .sync_state(&phone.collection)
-        .and_then(|s| s.their_heads.as_ref())
-    else {
-        return false;
-    };
-    phone
-        .collection_doc()
-        .get_heads()
-        .iter()
-        .all(|h| theirs.contains(h))
 }

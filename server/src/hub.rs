@@ -4,6 +4,10 @@
 //! totals projection in one SQLite transaction, and only then replace the document in memory and
 //! tell the connections that follow it. Rejected changes go to the quarantine.
 //!
+//! What to do (fork, apply, judge, what to store, whether anything changed) is decided by the
+//! pure `tally_proto::host::decide`, as the in-memory test hubs decide it; this module runs the
+//! decision against the store, the quarantine and the followers.
+//!
 //! Everything here is synchronous (SQLite and automerge work); the async side calls it through
 //! `spawn_blocking`. Work per event is keyed by document: nothing walks every connection or
 //! every document, except the idle sweep, which runs on a timer.
@@ -19,6 +23,7 @@ use tally_core::collection::{CHECKINS, SIGNATURES};
 use tally_core::validate::{Accepted, Rule, Writer, validate};
 use tally_core::{DocHeader, DocKind, Role};
 use tally_proto::DocumentId;
+use tally_proto::host::{self, Decision, Waiting};
 use tally_store::{
     Device, DocFilter, DocMeta, NewQuarantine, QuarantineQuota, Storage, StoreError, Writes,
 };
@@ -643,52 +648,50 @@ impl Hub {
         let slot = self.slot(id)?;
         let mut guard = lock(&slot);
         guard.last_used = Instant::now();
-        let mut after = guard.doc.fork();
-        if let Err(e) = edit(&mut after) {
-            // Bytes automerge cannot apply (corrupted, truncated, forged) are refused and kept
-            // like any other bad change; the stored document is untouched.
-            drop(guard);
-            let refusal = Refusal::server(
-                format!(
-                    "the changes could not be applied ({e}); the sending app must resend them intact"
-                ),
-                true,
-            );
-            self.refuse(&writer.id, &key, &refusal, raw, change_hashes)?;
-            return Err(HubError::Rejected(refusal));
-        }
-        let before_heads = guard.doc.get_heads();
-        let waiting = !after.get_missing_deps(&[]).is_empty();
-        if after.get_heads() == before_heads {
-            // Nothing applied. Changes automerge queued for missing dependencies are dropped
-            // with the fork; the caller keeps their bytes (bounded) and offers them again.
-            return Ok(Committed {
-                accepted: Accepted::default(),
-                waiting,
-            });
-        }
-        if waiting {
-            // Some changes applied and some wait: keep only the applied ones.
-            let applied = guard.doc.get_changes_added(&after);
-            let mut clean = guard.doc.fork();
-            clean
-                .apply_changes(applied)
-                .map_err(|e| HubError::Automerge {
-                    what: format!("the changes of {key} that applied do not apply again alone"),
-                    source: Box::new(e),
-                })?;
-            after = clean;
-        }
-        let verdict = self.judge(&guard, &after, writer);
-        let (acc, header, campaign) = match verdict {
-            Ok(v) => v,
-            Err(refusal) => {
+        // The decision is pure (tally_proto::host): fork, apply, judge; what follows runs it.
+        let decision = host::decide(&guard.doc, edit, Waiting::LeftToCaller, |_, after| {
+            self.judge(&guard, after, writer)
+        })
+        .map_err(|e| HubError::Automerge {
+            what: format!("the changes of {key} that applied do not apply again alone"),
+            source: Box::new(e),
+        })?;
+        let (after, chunk, acc, header, campaign, waiting) = match decision {
+            Decision::Unapplicable(e) => {
+                // Bytes automerge cannot apply (corrupted, truncated, forged) are refused and
+                // kept like any other bad change; the stored document is untouched.
+                drop(guard);
+                let refusal = Refusal::server(
+                    format!(
+                        "the changes could not be applied ({e}); the sending app must resend them intact"
+                    ),
+                    true,
+                );
+                self.refuse(&writer.id, &key, &refusal, raw, change_hashes)?;
+                return Err(HubError::Rejected(refusal));
+            }
+            Decision::Unchanged { waiting, .. } => {
+                // Nothing applied. Changes automerge queued for missing dependencies are
+                // dropped with the fork; the caller keeps their bytes (bounded) and offers
+                // them again.
+                return Ok(Committed {
+                    accepted: Accepted::default(),
+                    waiting,
+                });
+            }
+            Decision::Refused(refusal) => {
                 drop(guard);
                 self.refuse(&writer.id, &key, &refusal, raw, change_hashes)?;
                 return Err(HubError::Rejected(refusal));
             }
+            Decision::Store {
+                after,
+                chunk,
+                verdict: (acc, header, campaign),
+                waiting,
+                ..
+            } => (after, chunk, acc, header, campaign, waiting),
         };
-        let chunk = after.save_after(&before_heads);
         // Read the touched records now, so that only SQL runs under the store's writer.
         let changes = projection::Changes::read(&header, &acc, &after)?;
         let now = now_ms();

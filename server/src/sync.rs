@@ -19,6 +19,7 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use std::time::Duration;
 use tally_core::validate::Writer;
+use tally_proto::host::{self, Access, Admission};
 use tally_proto::{DocumentId, Event, Limits, PeerId, PeerMetadata, Session};
 use tally_store::Device;
 use tokio::sync::mpsc;
@@ -177,25 +178,37 @@ impl Conn {
             Ok(m) => m,
             Err(e) => return self.storage_error(&doc, &e.to_string(), out),
         };
-        let readable = meta.as_ref().is_some_and(|m| can_read(&self.device, m));
-        if !readable {
-            if meta.is_some() && !message.changes.is_empty() {
-                // A write to a document this device may not read: refused, kept, and answered
-                // exactly like a document that does not exist.
-                let refusal =
-                    Refusal::server("write to a document this device may not read", false);
-                let _ =
-                    self.hub
-                        .refuse(&self.device.device_id, &doc.to_string(), &refusal, raw, &[]);
-                tracing::warn!(device = %self.device.device_id, doc = %doc, "write to an unreadable document refused");
+        let access = match &meta {
+            None => Access::Missing,
+            Some(m) if can_read(&self.device, m) => Access::Readable,
+            Some(_) => Access::Hidden,
+        };
+        let readable = access == Access::Readable;
+        match host::admit(access, requested, !message.changes.is_empty()) {
+            Admission::Apply => {
+                if readable {
+                    self.seed_sync_state(&doc);
+                }
+            }
+            Admission::Unavailable { refuse } => {
+                if refuse {
+                    // A write to a document this device may not read: refused, kept, and
+                    // answered exactly like a document that does not exist.
+                    let refusal =
+                        Refusal::server("write to a document this device may not read", false);
+                    let _ = self.hub.refuse(
+                        &self.device.device_id,
+                        &doc.to_string(),
+                        &refusal,
+                        raw,
+                        &[],
+                    );
+                    tracing::warn!(device = %self.device.device_id, doc = %doc, "write to an unreadable document refused");
+                }
                 out.extend(self.session.unavailable_frame(doc).map(Out::Send));
                 return;
             }
-            if requested || meta.is_some() {
-                out.extend(self.session.unavailable_frame(doc).map(Out::Send));
-                return;
-            }
-            if message.changes.is_empty() {
+            Admission::OfferEmpty => {
                 // The peer offers a document the server does not have yet: answer as an empty
                 // document, so that it sends its changes (which then create it, if valid).
                 let mut state = self.session.sync_state(&doc).cloned().unwrap_or_default();
@@ -205,8 +218,6 @@ impl Conn {
                 out.extend(self.session.sync_frame(doc, &empty).map(Out::Send));
                 return;
             }
-        } else {
-            self.seed_sync_state(&doc);
         }
         // What the message's chunks would cost, read from their headers before any is loaded.
         let limits = self.hub.sync_limits();

@@ -1,6 +1,7 @@
 //! Shared test helpers: an enrolled phone in a temp dir (no server needed), a dump of the
 //! phone's SQLite file, and an in-process sync server built on tally-proto's server session
-//! that validates nothing but can refuse changes, hide documents and be cut off mid-exchange.
+//! that validates nothing but can refuse changes, hide documents and be cut off mid-exchange;
+//! it decides as the server does, through `tally_proto::host` (admit, fork, judge, keep).
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -13,6 +14,7 @@ use tally_client::{Device, DocRole, EnrollPayload, EnrollResponse, SignatureForm
 use tally_core::collection;
 use tally_core::fixtures::{CAMPAIGN, World};
 use tally_core::totals::Totals;
+use tally_proto::host;
 use tally_proto::{DocumentId, Event, PeerId, PeerMetadata, Session};
 
 pub const KEY_HEX: &str = "2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a";
@@ -172,6 +174,45 @@ impl TestServer {
         self.session = Session::server(PeerId::new("test-server"), PeerMetadata::default());
     }
 
+    /// This server's rules for a change that moved `doc`'s heads: `Err` is the frame that
+    /// refuses it.
+    fn judge(&self, doc: DocumentId, before: &Automerge, after: &Automerge) -> Result<(), Vec<u8>> {
+        if self.frozen.contains(&doc) {
+            return Err(self.session.error_frame(&format!(
+                "change to {doc} rejected: signatures/x/fsa: test refusal"
+            )));
+        }
+        if let Some(id) = self
+            .refused_records
+            .iter()
+            .find(|id| collection::signature(after, id).ok().flatten().is_some())
+        {
+            return Err(self.session.refusal_frame(
+                doc,
+                &format!("document {doc}: change refused: signatures/{id}: a test rule"),
+                Some(id),
+            ));
+        }
+        let collections = self
+            .docs
+            .values()
+            .filter(|d| {
+                tally_core::DocHeader::read(d)
+                    .is_ok_and(|h| h.kind == tally_core::DocKind::Collection)
+            })
+            .count();
+        if before.get_heads().is_empty()
+            && self.refuse_unnamed_after.is_some_and(|n| collections >= n)
+        {
+            return Err(self.session.refusal_frame(
+                doc,
+                &format!("document {doc}: change refused: limit: a test limit"),
+                None,
+            ));
+        }
+        Ok(())
+    }
+
     pub fn receive(&mut self, frame: &[u8]) -> Vec<Vec<u8>> {
         self.received += 1;
         let mut out = Vec::new();
@@ -183,54 +224,42 @@ impl TestServer {
             match event {
                 Event::Send(f) => out.push(f),
                 Event::DocRequested { doc, message } | Event::SyncReceived { doc, message } => {
-                    if self.hidden.contains(&doc) {
+                    // Every document not hidden is readable here, a missing one as empty.
+                    let access = if self.hidden.contains(&doc) {
+                        host::Access::Hidden
+                    } else {
+                        host::Access::Readable
+                    };
+                    if host::admit(access, false, !message.changes.is_empty())
+                        != host::Admission::Apply
+                    {
                         out.extend(self.session.unavailable_frame(doc));
                         continue;
                     }
                     let before = self.docs.get(&doc).cloned().unwrap_or_default();
                     let mut state = self.session.sync_state(&doc).cloned().unwrap_or_default();
-                    let mut after = before.clone();
-                    after.receive_sync_message(&mut state, message).unwrap();
-                    if after.get_heads() != before.get_heads() && self.frozen.contains(&doc) {
-                        out.push(self.session.error_frame(&format!(
-                            "change to {doc} rejected: signatures/x/fsa: test refusal"
-                        )));
-                        continue;
-                    }
-                    if after.get_heads() != before.get_heads()
-                        && let Some(id) = self
-                            .refused_records
-                            .iter()
-                            .find(|id| collection::signature(&after, id).ok().flatten().is_some())
-                    {
-                        out.push(self.session.refusal_frame(
-                            doc,
-                            &format!(
-                                "document {doc}: change refused: signatures/{id}: a test rule"
-                            ),
-                            Some(id),
-                        ));
-                        continue;
-                    }
-                    let collections = self
-                        .docs
-                        .values()
-                        .filter(|d| {
-                            tally_core::DocHeader::read(d)
-                                .is_ok_and(|h| h.kind == tally_core::DocKind::Collection)
-                        })
-                        .count();
-                    if after.get_heads() != before.get_heads()
-                        && before.get_heads().is_empty()
-                        && self.refuse_unnamed_after.is_some_and(|n| collections >= n)
-                    {
-                        out.push(self.session.refusal_frame(
-                            doc,
-                            &format!("document {doc}: change refused: limit: a test limit"),
-                            None,
-                        ));
-                        continue;
-                    }
+                    let decision = host::decide(
+                        &before,
+                        |after| {
+                            after
+                                .receive_sync_message(&mut state, message)
+                                .map_err(|e| e.to_string())
+                        },
+                        host::Waiting::Queued,
+                        |before, after| self.judge(doc, before, after),
+                    )
+                    .expect("changes that applied apply again");
+                    let after = match decision {
+                        host::Decision::Unapplicable(e) => {
+                            panic!("the phone sends changes that apply: {e}")
+                        }
+                        host::Decision::Refused(frame) => {
+                            out.push(frame);
+                            continue;
+                        }
+                        host::Decision::Unchanged { keep, .. } => keep.unwrap_or(before),
+                        host::Decision::Store { after, .. } => after,
+                    };
                     self.session.set_sync_state(doc, state);
                     self.docs.insert(doc, after);
                     out.extend(self.session.sync_frame(doc, &self.docs[&doc]));

@@ -6,6 +6,8 @@
 //! - [`session`]: the state machine of one connection, server or client side, with one
 //!   automerge sync state per document and the host in charge of the documents, so that a
 //!   server can validate incoming changes before merging them;
+//! - [`host`]: the document host's decisions (may this device see it, fork, judge, store),
+//!   returned as data for the server and the test hubs to run;
 //! - `testkit` (feature `testkit`): a deterministic in-memory hub and client repos.
 //!
 //! No sockets, threads, clocks, randomness sources or storage live here: frames go in and
@@ -13,6 +15,7 @@
 
 pub mod bounds;
 pub mod docid;
+pub mod host;
 pub mod session;
 pub mod wire;
 

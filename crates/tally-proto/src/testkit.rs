@@ -6,9 +6,10 @@
 //! next with the same RNG, across all connections (each direction of one connection stays in
 //! order, as a WebSocket does). Faults can drop or duplicate deliveries.
 //!
-//! The hub applies each incoming sync message to a copy of the document with a copy of the
-//! sync state, asks its [`Policy`] about the result, and merges only if the policy accepts;
-//! otherwise it answers with an `error` frame and keeps the old document and sync state.
+//! The hub runs the server's own decisions ([`crate::host::decide`]): each incoming sync
+//! message is applied to a fork of the document with a copy of the sync state, its
+//! [`Policy`] judges the result, and the fork is kept only if the policy accepts; otherwise it
+//! answers with an `error` frame and keeps the old document and sync state.
 //! Both ends persist sync states at disconnect and seed them at the next connection, as the
 //! design brief asks.
 
@@ -21,6 +22,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::docid::DocumentId;
+use crate::host;
 use crate::session::{Event, Session};
 use crate::wire::{PeerId, PeerMetadata, StorageId};
 
@@ -208,7 +210,8 @@ impl Hub {
             .unwrap_or_default()
     }
 
-    /// Validate-then-merge: apply to copies, ask the policy, keep or discard.
+    /// Validate-then-merge, decided by [`host`]: admit, apply to a fork, ask the policy, and
+    /// run what it decided over memory.
     fn apply(
         &mut self,
         client: ClientId,
@@ -226,39 +229,49 @@ impl Hub {
             .and_then(|s| s.sync_state(&doc))
             .cloned()
             .unwrap_or_default();
-        let mut after = before.clone();
         let carried_changes = !message.changes.is_empty();
-        let verdict = match after.receive_sync_message(&mut state, message) {
-            Err(e) => Err(format!("changes do not apply: {e}")),
-            Ok(()) if after.get_heads() == before.get_heads() => Ok(()),
-            Ok(()) => (self.policy)(before, &after),
+        let decision = host::decide(
+            before,
+            |after| {
+                after
+                    .receive_sync_message(&mut state, message)
+                    .map_err(|e| format!("changes do not apply: {e}"))
+            },
+            host::Waiting::Queued,
+            self.policy,
+        );
+        let decision = match decision {
+            Ok(d) => d,
+            Err(e) => host::Decision::Unapplicable(format!("changes do not apply: {e}")),
         };
-        let changed = after.get_heads() != before.get_heads();
-        match verdict {
-            Ok(()) => {
+        match decision {
+            host::Decision::Store { after, .. } => {
                 self.session_mut(client).set_sync_state(doc, state);
-                if changed || carried_changes {
-                    // Keep `after` even when the heads did not move: changes whose
-                    // dependencies have not arrived yet wait in its queue, and the sync state
-                    // just stored says they were received, so the phone will not send them
-                    // again. (They are validated when they apply and the heads move.)
+                self.docs.insert(doc, after);
+                self.sync_to(client, doc, out);
+                for other in self.subscribers_except(doc, client) {
+                    self.sync_to(other, doc, out);
+                }
+            }
+            host::Decision::Unchanged { keep, .. } => {
+                self.session_mut(client).set_sync_state(doc, state);
+                if let Some(after) = keep {
+                    // Changes whose dependencies have not arrived yet wait in the fork's
+                    // queue, and the sync state just stored says they were received, so the
+                    // phone will not send them again. (They are validated when they apply
+                    // and the heads move.)
                     self.docs.insert(doc, after);
-                } else if !existed {
+                } else if !existed && !carried_changes {
                     // Nothing stored yet (the first message only carries heads): answer from
                     // the empty document so the phone sends its changes, store nothing.
-                    if let Some(frame) = self.session_mut(client).sync_frame(doc, &after) {
+                    if let Some(frame) = self.session_mut(client).sync_frame(doc, &empty) {
                         out.send.push((client, frame));
                     }
                     return;
                 }
                 self.sync_to(client, doc, out);
-                if changed {
-                    for other in self.subscribers_except(doc, client) {
-                        self.sync_to(other, doc, out);
-                    }
-                }
             }
-            Err(reason) => {
+            host::Decision::Unapplicable(reason) | host::Decision::Refused(reason) => {
                 let text = format!("change to {doc} rejected: {reason}");
                 out.send
                     .push((client, self.session_mut(client).error_frame(&text)));
