@@ -374,7 +374,9 @@ pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 /// an error, not a silent fall back to reading behind every write.
 fn open_readers(store: &Arc<Store>) -> anyhow::Result<Readers> {
     if store.path() == Path::new(":memory:") {
-        return Ok(Readers::from_stores(vec![store.clone()]));
+        return Ok(Readers::from_stores(
+            vec![store.clone() as Arc<dyn Storage>],
+        ));
     }
     let n = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
     let cache_kib = 65_536 / n as u64;
