@@ -485,6 +485,7 @@ impl Pool {
             while let Some(client) = state.idle.pop() {
                 if client.is_closed() {
                     state.open -= 1;
+                    off_runtime(|| drop(client));
                     continue;
                 }
                 return Ok(Conn {
@@ -531,7 +532,7 @@ impl Pool {
     }
 
     fn open_client(&self) -> Result<Client> {
-        let mut client = self.config.connect(NoTls).map_err(|err| {
+        let mut client = off_runtime(|| self.config.connect(NoTls)).map_err(|err| {
             if err.as_db_error().is_some() {
                 StoreError::from(err)
             } else {
@@ -548,11 +549,34 @@ impl Pool {
         // Committed means flushed to the WAL on disk before COMMIT returns; a lock held by
         // another session past the store's busy timeout fails the call (as SQLite's busy
         // timeout does) instead of hanging the server.
-        client.batch_execute(&format!(
-            "SET synchronous_commit = on; SET lock_timeout = {}",
-            crate::BUSY_TIMEOUT.as_millis()
-        ))?;
+        off_runtime(|| {
+            client.batch_execute(&format!(
+                "SET synchronous_commit = on; SET lock_timeout = {}",
+                crate::BUSY_TIMEOUT.as_millis()
+            ))
+        })?;
         Ok(client)
+    }
+}
+
+/// Runs `f`, which drives a client's own small runtime (the synchronous `postgres` crate's),
+/// outside the caller's tokio runtime if it is called on one of its worker threads (the
+/// server calls the store from async code too): there, `block_in_place` lets the worker's other
+/// tasks move to another thread while `f` blocks. Elsewhere (blocking threads, tests), it just
+/// runs `f`.
+fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut self.lock().idle);
+        off_runtime(|| drop(idle));
     }
 }
 
@@ -572,7 +596,7 @@ impl Conn<'_> {
                 "a pooled PostgreSQL client was used after it was given back".into(),
             )
         })?;
-        let outcome = f(client);
+        let outcome = off_runtime(|| f(client));
         if matches!(outcome, Err(StoreError::Unavailable { .. })) {
             self.discard = true;
         }
@@ -589,7 +613,7 @@ impl Drop for Conn<'_> {
         if self.discard || client.is_closed() {
             state.open -= 1;
             drop(state);
-            drop(client);
+            off_runtime(|| drop(client));
         } else {
             state.idle.push(client);
             drop(state);
