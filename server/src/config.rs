@@ -19,6 +19,10 @@ pub struct Config {
     /// URL phones use to reach this server (printed in enrollment payloads); defaults to
     /// `http://LISTEN`.
     pub public_url: Option<String>,
+    /// A PostgreSQL database (`postgres://USER:PASSWORD@HOST:PORT/DATABASE`) to keep everything
+    /// in instead of the data folder's SQLite file; the data folder still holds the lock and
+    /// the admin token. Its password is redacted wherever the configuration is printed.
+    pub database_url: Option<String>,
     /// TLS certificate chain (PEM, server certificate first). With `tls_key`, the server speaks
     /// HTTPS and WSS itself; without both, plain HTTP (put a TLS-terminating proxy in front).
     pub tls_cert: Option<PathBuf>,
@@ -155,6 +159,7 @@ impl Default for Config {
             listen: "127.0.0.1:7300".parse().expect("valid default address"),
             data: PathBuf::from("tally-data"),
             public_url: None,
+            database_url: None,
             tls_cert: None,
             tls_key: None,
             max_database_kib: 0,
@@ -499,6 +504,7 @@ impl Config {
     pub fn redacted(&self) -> Config {
         Config {
             public_url: self.public_url.as_deref().map(redact_url),
+            database_url: self.database_url.as_deref().map(redact_url),
             ..self.clone()
         }
     }
@@ -728,6 +734,7 @@ mod tests {
             listen: "127.0.0.2:7301".parse().unwrap(),
             data: PathBuf::from("/srv/tally"),
             public_url: Some("https://tally.example.org".into()),
+            database_url: Some("postgres://tally:secret@db.example.org:5432/tally".into()),
             tls_cert: Some(PathBuf::from("/etc/tally/cert.pem")),
             tls_key: Some(PathBuf::from("/etc/tally/key.pem")),
             max_database_kib: 1,
@@ -864,6 +871,7 @@ mod tests {
     fn debug_hides_a_urls_password() {
         let cfg = Config {
             public_url: Some("https://ops:hunter2@tally.example.org/x".into()),
+            database_url: Some("postgres://tally:s3cret@db:5432/tally".into()),
             ..Config::default()
         };
         let shown = format!("{cfg:?}");
@@ -871,6 +879,12 @@ mod tests {
             !shown.contains("hunter2") && !shown.contains("ops:"),
             "{shown}"
         );
+        assert!(
+            !shown.contains("s3cret") && shown.contains("postgres://<redacted>@db:5432/tally"),
+            "{shown}"
+        );
+        let printed = toml::to_string(&cfg.redacted()).unwrap();
+        assert!(!printed.contains("s3cret"), "{printed}");
         assert!(
             shown.contains("https://<redacted>@tally.example.org/x"),
             "{shown}"

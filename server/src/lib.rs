@@ -105,10 +105,43 @@ impl AppState {
     }
 }
 
-/// Opens (or creates) the data folder: the database, and on first start the admin token.
-/// Returns the store and, when it was just created, the admin token's path. A database whose
-/// schema upgrade left the totals aggregates stale gets them rebuilt from its rows here, once.
+/// [`open_database`] with the data folder's SQLite file.
 pub fn open_data(data: &Path) -> anyhow::Result<(Store, Option<PathBuf>)> {
+    match open_database(data, None)? {
+        (Database::Sqlite(store), admin) => Ok((store, admin)),
+        (Database::Postgres(_), _) => {
+            anyhow::bail!("open_database without a URL opened PostgreSQL")
+        }
+    }
+}
+
+/// The database a server keeps everything in.
+pub enum Database {
+    /// The data folder's SQLite file (the default).
+    Sqlite(Store),
+    /// A PostgreSQL database (`database_url`).
+    Postgres(tally_store::PgStore),
+}
+
+impl Database {
+    /// The database through the storage interface.
+    pub fn storage(&self) -> &dyn Storage {
+        match self {
+            Database::Sqlite(s) => s,
+            Database::Postgres(p) => p,
+        }
+    }
+}
+
+/// Opens (or creates) the data folder and the database (the folder's SQLite file, or the
+/// PostgreSQL database at `database_url`), and on first start the admin token (always in the
+/// data folder). Returns the database and, when it was just created, the admin token's path. A
+/// database whose schema upgrade left the totals aggregates stale gets them rebuilt from its
+/// rows here, once.
+pub fn open_database(
+    data: &Path,
+    database_url: Option<&str>,
+) -> anyhow::Result<(Database, Option<PathBuf>)> {
     std::fs::create_dir_all(data)
         .map_err(|e| anyhow::anyhow!("cannot create the data folder {}: {e}", data.display()))?;
     // SQLite may open a database on a read-only disk and fail only at the first write, after
@@ -124,19 +157,28 @@ pub fn open_data(data: &Path) -> anyhow::Result<(Store, Option<PathBuf>)> {
                 data.display()
             )
         })?;
-    let store = Store::open(&data.join(DB_FILE))?;
+    let db = match database_url {
+        Some(url) => Database::Postgres(tally_store::PgStore::connect(url).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot open the PostgreSQL database {}: {e}",
+                config::redact_url(url)
+            )
+        })?),
+        None => Database::Sqlite(Store::open(&data.join(DB_FILE))?),
+    };
+    let store = db.storage();
     if store.write(|tx| tx.rebuild_aggregates_if_stale())? {
         tracing::info!(
             "rebuilt the totals aggregates from the projection rows (once, after an upgrade)"
         );
     }
     if store.has_admin()? {
-        return Ok((store, None));
+        return Ok((db, None));
     }
     let (_, token) = store.create_admin("admin", now_ms())?;
     let path = data.join(ADMIN_TOKEN_FILE);
     write_secret(&path, &format!("{}\n", token.as_str()))?;
-    Ok((store, Some(path)))
+    Ok((db, Some(path)))
 }
 
 /// Writes a file readable only by its owner (mode 0600 on Unix).
@@ -389,19 +431,8 @@ fn open_readers(store: &Arc<Store>) -> anyhow::Result<Readers> {
     Ok(readers)
 }
 
-/// Runs the server on `listener` until `shutdown` completes; then closes connections (which
-/// persist their sync states), writes pending totals and returns.
-pub async fn serve(
-    config: Config,
-    store: Store,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    // The certificate and key are read before anything starts, so a bad pair stops here.
-    let tls_config = match config.tls_files().map_err(anyhow::Error::msg)? {
-        Some((cert, key)) => Some(tls::server_config(cert, key)?),
-        None => None,
-    };
+/// Caps the SQLite file at `max_database_kib`, if set.
+fn cap_database(config: &Config, store: &Store) -> anyhow::Result<()> {
     if config.max_database_kib > 0 {
         let page_size = store.page_size()?;
         let pages = (config.max_database_kib * 1024).div_ceil(page_size.max(512));
@@ -412,7 +443,53 @@ pub async fn serve(
             "database size capped (max_database_kib)"
         );
     }
-    let store = Arc::new(store);
+    Ok(())
+}
+
+/// Runs the server on `listener` over a SQLite store until `shutdown` completes (see
+/// [`serve_database`]).
+pub async fn serve(
+    config: Config,
+    store: Store,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    serve_database(config, Database::Sqlite(store), listener, shutdown).await
+}
+
+/// Runs the server on `listener` until `shutdown` completes; then closes connections (which
+/// persist their sync states), writes pending totals and returns.
+pub async fn serve_database(
+    config: Config,
+    db: Database,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    // The certificate and key are read before anything starts, so a bad pair stops here.
+    let tls_config = match config.tls_files().map_err(anyhow::Error::msg)? {
+        Some((cert, key)) => Some(tls::server_config(cert, key)?),
+        None => None,
+    };
+    let (store, reader): (Arc<dyn Storage>, Readers) = match db {
+        Database::Sqlite(store) => {
+            cap_database(&config, &store)?;
+            let store = Arc::new(store);
+            let reader = open_readers(&store)?;
+            (store, reader)
+        }
+        Database::Postgres(pg) => {
+            anyhow::ensure!(
+                config.max_database_kib == 0,
+                "max_database_kib caps the data folder's SQLite file, which a server with \
+                 database_url does not use: unset max_database_kib and bound the PostgreSQL \
+                 database's volume instead"
+            );
+            let pg: Arc<dyn Storage> = Arc::new(pg);
+            // Handles on the store's own pool of clients, which bounds the connections.
+            let n = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
+            (pg.clone(), Readers::from_stores(vec![pg; n]))
+        }
+    };
     let hub = Arc::new(Hub::new(
         store.clone(),
         HubConfig {
@@ -447,7 +524,7 @@ pub async fn serve(
     for m in store.list_campaigns()? {
         hub.mark_dirty(&m.campaign);
     }
-    let reader = Arc::new(open_readers(&store)?);
+    let reader = Arc::new(reader);
     tracing::debug!(connections = reader.len(), "read connections opened");
     let workers =
         workers::Workers::start(config.sync_worker_threads(), config.sync_workers_niceness)?;

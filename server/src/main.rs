@@ -145,6 +145,10 @@ enum Cmd {
         /// The PEM private key of --tls-cert.
         #[arg(long, requires = "tls_cert", value_name = "FILE")]
         tls_key: Option<PathBuf>,
+        /// Keep everything in this PostgreSQL database (postgres://USER:PASSWORD@HOST:PORT/DB)
+        /// instead of the data folder's SQLite file.
+        #[arg(long, value_name = "URL")]
+        database_url: Option<String>,
     },
     /// Print the configuration `tally serve` would use here (defaults, then --config or
     /// DATA/tally.toml, then TALLY_* variables; each set key says where it came from), then an
@@ -592,8 +596,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             tls_cert,
             tls_key,
+            database_url,
         } => {
             let mut cfg = Config::load(config.as_deref(), data.as_deref())?;
+            if database_url.is_some() {
+                cfg.database_url = database_url;
+            }
             if let Some(l) = listen {
                 cfg.listen = l;
             }
@@ -617,12 +625,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             init_logs(cfg.log_format);
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async move {
-                let (store, admin) = tally_server::open_data(&cfg.data)?;
+                let (store, admin) = tally_server::open_database(&cfg.data, cfg.database_url.as_deref())?;
                 if let Some(path) = admin {
                     tracing::info!(path = %path.display(), "first start: wrote the admin token (mode 0600); `tally` commands read it from there");
                 }
                 let listener = tally_server::listen(cfg.listen).with_context(|| format!("cannot listen on {}", cfg.listen))?;
-                tally_server::serve(cfg, store, listener, shutdown_signal()).await
+                tally_server::serve_database(cfg, store, listener, shutdown_signal()).await
             })
         }
         Cmd::Keygen { out } => {

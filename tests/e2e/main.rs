@@ -37,6 +37,7 @@ mod organizer_api;
 mod organizer_cli;
 mod phone_chain;
 mod phones;
+mod postgres;
 mod quickstart;
 mod restart;
 mod sync_server;

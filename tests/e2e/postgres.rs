@@ -1,0 +1,130 @@
+//! `tally serve` on PostgreSQL (issue 17): a real server with `TALLY_DATABASE_URL` (the
+//! `database_url` setting) in a database of its own in the throwaway PostgreSQL of
+//! `scripts/with-postgres`, real `tally-device` phones enrolling, signing offline and syncing:
+//! the totals are exact, the records are in PostgreSQL and no SQLite file is made, and after a
+//! restart the totals are still exact and the phones sync on. `tally serve --database-url`
+//! with a database that refuses connections stops at once, saying so, without the password.
+//!
+//! Without `TALLY_TEST_DATABASE_URL` these tests say so and skip; with
+//! `TALLY_POSTGRES_TESTS=required` (CI) they fail instead.
+
+use std::io::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tally_tests::server::Server as _;
+use tally_tests::{Organizer, Phone, ServerProcess};
+
+/// A new database in the test PostgreSQL and its URL, or `None` (said loudly) without one.
+fn database(test: &str) -> Option<String> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let url = match std::env::var("TALLY_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => {
+            assert!(
+                std::env::var("TALLY_POSTGRES_TESTS").as_deref() != Ok("required"),
+                "postgres::{test}: TALLY_POSTGRES_TESTS=required but TALLY_TEST_DATABASE_URL is \
+                 not set: run the tests under scripts/with-postgres"
+            );
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED postgres::{test}: no PostgreSQL (TALLY_TEST_DATABASE_URL is not set): \
+                 run `scripts/with-postgres cargo test -p tally-tests --test e2e postgres::`"
+            );
+            return None;
+        }
+    };
+    let name = format!(
+        "e2e_{test}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).expect("test database");
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .expect("create the test's database");
+    let (base, _) = url.rsplit_once('/').expect("a URL with a database name");
+    Some(format!("{base}/{name}"))
+}
+
+fn signatures_in(url: &str) -> i64 {
+    postgres::Client::connect(url, postgres::NoTls)
+        .unwrap()
+        .query_one("SELECT count(DISTINCT sig_id) FROM signatures", &[])
+        .unwrap()
+        .get(0)
+}
+
+#[test]
+fn phones_sync_to_a_server_on_postgresql_and_the_totals_survive_a_restart() {
+    let Some(url) = database("restart") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut server =
+        ServerProcess::start_with_env(&dir.path().join("data"), &[("TALLY_DATABASE_URL", &url)]);
+    let org = Organizer::new(&dir.path().join("org"), &server.base(), &server.data);
+    let recipient = org.keygen("organizer.age");
+    let campaign = org.create_campaign("Status for All", &recipient);
+    let phones: Vec<Phone> = ["amina", "bo"]
+        .iter()
+        .map(|name| {
+            let phone = Phone::new(&dir.path().join(name));
+            phone.enroll(&org.invite(&campaign), name);
+            phone
+        })
+        .collect();
+    // Offline: three signatures each, then one sync each.
+    for (i, phone) in phones.iter().enumerate() {
+        for j in 0..3 {
+            phone.sign(&format!("Signer {i}-{j}"), "M5V 2T6", "Toronto", &[]);
+        }
+        assert_eq!(phone.pending().len(), 3);
+    }
+    for phone in &phones {
+        phone.sync(30).ok();
+        assert!(phone.pending().is_empty(), "every signature acknowledged");
+    }
+    assert_eq!(org.totals(&campaign)["signatures"], 6);
+    assert_eq!(signatures_in(&url), 6, "the records are in PostgreSQL");
+    assert!(
+        !server.data.join(tally_server::DB_FILE).exists(),
+        "no SQLite file beside a PostgreSQL database"
+    );
+
+    server.restart();
+    assert_eq!(org.totals(&campaign)["signatures"], 6, "after the restart");
+    phones[0].sign("After Restart", "M4C 1B5", "Toronto", &[]);
+    phones[0].sync(30).ok();
+    assert!(phones[0].pending().is_empty());
+    assert_eq!(org.totals(&campaign)["signatures"], 7);
+    assert_eq!(signatures_in(&url), 7);
+}
+
+#[test]
+fn a_database_that_refuses_connections_stops_the_start_and_says_so() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(tally_tests::server::binary("tally"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path().join("data"))
+        .arg("--database-url")
+        .arg(format!("postgres://tally:s3cret@127.0.0.1:{port}/tally"))
+        .env_remove("TALLY_DATABASE_URL")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot open the PostgreSQL database")
+            && stderr.contains(&format!("127.0.0.1:{port}/tally"))
+            && stderr.contains("retry"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("s3cret"),
+        "no password in the message: {stderr}"
+    );
+}
