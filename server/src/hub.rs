@@ -336,28 +336,6 @@ pub fn server_writer() -> Writer {
     }
 }
 
-/// May `device` read the document described by `meta`?
-pub fn can_read(device: &Device, meta: &DocMeta) -> bool {
-    let in_campaign = device
-        .campaign
-        .as_deref()
-        .is_none_or(|c| c == meta.campaign);
-    match device.role {
-        Role::Admin => true,
-        Role::Organizer => in_campaign,
-        Role::Canvasser => {
-            in_campaign
-                && match meta.kind.as_str() {
-                    "campaign" | "totals" => true,
-                    "collection" => meta.owner.as_deref() == Some(device.device_id.as_str()),
-                    _ => false,
-                }
-        }
-        // The server's own identity is never a device's (the store refuses it).
-        Role::Server => false,
-    }
-}
-
 impl Hub {
     /// A peer's saved sync state of document `doc` (`None` if none was saved).
     pub fn load_sync_state(

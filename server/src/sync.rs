@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Hub, HubError, Refusal, can_read, now_ms, writer_of};
+use crate::hub::{Hub, HubError, Refusal, now_ms, writer_of};
 use crate::metrics::Direction;
 use crate::workers::Workers;
 
@@ -180,7 +180,13 @@ impl Conn {
         };
         let access = match &meta {
             None => Access::Missing,
-            Some(m) if can_read(&self.device, m) => Access::Readable,
+            Some(m)
+                if self
+                    .writer
+                    .may_read(&m.kind, &m.campaign, m.owner.as_deref()) =>
+            {
+                Access::Readable
+            }
             Some(_) => Access::Hidden,
         };
         let readable = access == Access::Readable;

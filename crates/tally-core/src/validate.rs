@@ -84,6 +84,29 @@ pub struct Writer {
     pub campaign: Option<String>,
 }
 
+impl Writer {
+    /// May this device read a document of `kind` (its stored marker) in `campaign`, owned by
+    /// `owner`? Admins read everything; organizers their campaign; canvassers their campaign's
+    /// campaign and totals documents and their own collections; the server's identity is never
+    /// a device's. A device that may not read a document is answered as if it did not exist.
+    pub fn may_read(&self, kind: &str, campaign: &str, owner: Option<&str>) -> bool {
+        let in_campaign = self.campaign.as_deref().is_none_or(|c| c == campaign);
+        match self.role {
+            Role::Admin => true,
+            Role::Organizer => in_campaign,
+            Role::Canvasser => {
+                in_campaign
+                    && match DocKind::parse(kind) {
+                        Some(DocKind::Campaign | DocKind::Totals) => true,
+                        Some(DocKind::Collection) => owner == Some(self.id.as_str()),
+                        Some(DocKind::Review) | None => false,
+                    }
+            }
+            Role::Server => false,
+        }
+    }
+}
+
 /// The rule a rejected change broke.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

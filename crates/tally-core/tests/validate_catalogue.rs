@@ -790,3 +790,31 @@ fn validate_bytes_judges_raw_changes() {
     .unwrap_err();
     assert_eq!(r.rule, Rule::Malformed);
 }
+
+/// Who may read what (the server answers every other document as missing).
+#[test]
+fn a_device_reads_only_what_its_role_and_campaign_allow() {
+    let who = |role, campaign: Option<&str>| tally_core::Writer {
+        id: "alice".into(),
+        role,
+        campaign: campaign.map(String::from),
+    };
+    let canvasser = who(Role::Canvasser, Some("c1"));
+    assert!(canvasser.may_read("campaign", "c1", None));
+    assert!(canvasser.may_read("totals", "c1", None));
+    assert!(canvasser.may_read("collection", "c1", Some("alice")));
+    assert!(!canvasser.may_read("collection", "c1", Some("bob")));
+    assert!(!canvasser.may_read("collection", "c1", None));
+    assert!(!canvasser.may_read("review", "c1", None));
+    assert!(!canvasser.may_read("unknown", "c1", None));
+    assert!(!canvasser.may_read("campaign", "c2", None));
+    assert!(!canvasser.may_read("collection", "c2", Some("alice")));
+    let organizer = who(Role::Organizer, Some("c1"));
+    for kind in ["campaign", "totals", "collection", "review"] {
+        assert!(organizer.may_read(kind, "c1", Some("bob")), "{kind}");
+        assert!(!organizer.may_read(kind, "c2", Some("bob")), "{kind}");
+    }
+    let admin = who(Role::Admin, None);
+    assert!(admin.may_read("review", "c2", Some("bob")));
+    assert!(!who(Role::Server, None).may_read("totals", "c1", None));
+}

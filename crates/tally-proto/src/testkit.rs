@@ -147,15 +147,11 @@ impl Hub {
                 Event::Send(frame) => out.send.push((client, frame)),
                 Event::DocRequested { doc, message } => {
                     self.subscribe(client, doc);
-                    if self.docs.contains_key(&doc) {
-                        self.apply(client, doc, message, &mut out);
-                    } else if let Some(frame) = self.session_mut(client).unavailable_frame(doc) {
-                        out.send.push((client, frame));
-                    }
+                    self.apply(client, doc, message, true, &mut out);
                 }
                 Event::SyncReceived { doc, message } => {
                     self.subscribe(client, doc);
-                    self.apply(client, doc, message, &mut out);
+                    self.apply(client, doc, message, false, &mut out);
                 }
                 Event::Ephemeral {
                     doc,
@@ -210,18 +206,23 @@ impl Hub {
             .unwrap_or_default()
     }
 
-    /// Validate-then-merge, decided by [`host`]: admit, apply to a fork, ask the policy, and
-    /// run what it decided over memory.
+    /// Validate-then-merge, decided by [`host`]: admit (every document the hub holds is
+    /// readable here), apply to a fork, ask the policy, and run what it decided over memory.
+    /// `requested`: the message came as a `request`.
     fn apply(
         &mut self,
         client: ClientId,
         doc: DocumentId,
         message: sync::Message,
+        requested: bool,
         out: &mut HubOutput,
     ) {
         let empty = Automerge::new();
         let stored = self.docs.get(&doc);
-        let existed = stored.is_some();
+        let access = match stored {
+            Some(_) => host::Access::Readable,
+            None => host::Access::Missing,
+        };
         let before = stored.unwrap_or(&empty);
         let mut state = self
             .sessions
@@ -229,7 +230,38 @@ impl Hub {
             .and_then(|s| s.sync_state(&doc))
             .cloned()
             .unwrap_or_default();
-        let carried_changes = !message.changes.is_empty();
+        match host::admit(access, requested, !message.changes.is_empty()) {
+            host::Admission::Apply => {}
+            host::Admission::Unavailable { .. } => {
+                if let Some(frame) = self.session_mut(client).unavailable_frame(doc) {
+                    out.send.push((client, frame));
+                }
+                return;
+            }
+            host::Admission::OfferEmpty => {
+                // Nothing stored yet (the first message only carries heads): answer from the
+                // empty document so the phone sends its changes, store nothing.
+                let mut empty = Automerge::new();
+                if let Err(e) = empty.receive_sync_message(&mut state, message) {
+                    let reason = format!("changes do not apply: {e}");
+                    let text = format!("change to {doc} rejected: {reason}");
+                    out.send
+                        .push((client, self.session_mut(client).error_frame(&text)));
+                    self.rejections.push(Rejection {
+                        client,
+                        doc,
+                        reason,
+                    });
+                    return;
+                }
+                let session = self.session_mut(client);
+                session.set_sync_state(doc, state);
+                if let Some(frame) = session.sync_frame(doc, &empty) {
+                    out.send.push((client, frame));
+                }
+                return;
+            }
+        }
         let decision = host::decide(
             before,
             |after| {
@@ -261,13 +293,9 @@ impl Hub {
                     // phone will not send them again. (They are validated when they apply
                     // and the heads move.)
                     self.docs.insert(doc, after);
-                } else if !existed && !carried_changes {
-                    // Nothing stored yet (the first message only carries heads): answer from
-                    // the empty document so the phone sends its changes, store nothing.
-                    if let Some(frame) = self.session_mut(client).sync_frame(doc, &empty) {
-                        out.send.push((client, frame));
-                    }
-                    return;
+                } else if access == host::Access::Missing {
+                    // Changes that added nothing (an empty document's bytes) still create it.
+                    self.docs.insert(doc, Automerge::new());
                 }
                 self.sync_to(client, doc, out);
             }
