@@ -247,40 +247,10 @@ impl Store {
     pub fn verify_audit(&self) -> Result<std::result::Result<u64, AuditBroken>> {
         self.with_conn(|conn| {
             let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM audit ORDER BY seq"))?;
-            let mut rows = stmt.query([])?;
-            let (mut prev, mut expect, mut n) = (GENESIS.to_string(), 1i64, 0u64);
-            while let Some(r) = rows.next()? {
-                let e = row(r)?;
-                let broken = |why: String| Ok(Err(AuditBroken { seq: e.seq, why }));
-                if e.seq != expect {
-                    return broken(format!(
-                        "entry {} follows entry {}: an entry is missing or was added",
-                        e.seq,
-                        expect - 1
-                    ));
-                }
-                if e.prev_hash != prev {
-                    return broken(
-                        "its link to the entry before it does not match that entry's hash: the entry before it was changed, or this one was moved".into(),
-                    );
-                }
-                let fields = NewAudit {
-                    at: e.at,
-                    actor_id: &e.actor_id,
-                    actor_name: &e.actor_name,
-                    action: &e.action,
-                    campaign: e.campaign.as_deref(),
-                    target: &e.target,
-                    result: &e.result,
-                };
-                if entry_hash(&e.prev_hash, e.seq, &fields) != e.hash {
-                    return broken("its fields do not match its hash: it was changed".into());
-                }
-                prev = e.hash;
-                expect += 1;
-                n += 1;
-            }
-            Ok(Ok(n))
+            let entries = stmt
+                .query_map([], row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(verify_chain(entries))
         })
     }
 }
