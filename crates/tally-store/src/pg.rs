@@ -599,6 +599,18 @@ impl Conn<'_> {
         let outcome = off_runtime(|| f(client));
         if matches!(outcome, Err(StoreError::Unavailable { .. })) {
             self.discard = true;
+            // An idle client's connection is driven only while it is used, so one whose server
+            // went away still looks open: after one failure, let every idle client go, so that
+            // the next call connects afresh (the server reconnects by itself once PostgreSQL is
+            // back) instead of failing once per stale client.
+            let idle = {
+                let mut state = self.pool.lock();
+                let idle = std::mem::take(&mut state.idle);
+                state.open -= idle.len();
+                idle
+            };
+            off_runtime(|| drop(idle));
+            self.pool.freed.notify_all();
         }
         outcome
     }
