@@ -2,8 +2,11 @@
 //! `database_url` setting) in a database of its own in the throwaway PostgreSQL of
 //! `scripts/with-postgres`, real `tally-device` phones enrolling, signing offline and syncing:
 //! the totals are exact, the records are in PostgreSQL and no SQLite file is made, and after a
-//! restart the totals are still exact and the phones sync on. `tally serve --database-url`
-//! with a database that refuses connections stops at once, saying so, without the password.
+//! restart the totals are still exact and the phones sync on. PostgreSQL stopped under the
+//! server (a cluster of the test's own): the phone hears "nothing was acknowledged, retry" and
+//! keeps its signature; started again, the server reconnects by itself and the phone's next
+//! sync lands it. `tally serve --database-url` with a database that refuses connections stops
+//! at once, saying so, without the password.
 //!
 //! Without `TALLY_TEST_DATABASE_URL` these tests say so and skip; with
 //! `TALLY_POSTGRES_TESTS=required` (CI) they fail instead.
@@ -127,4 +130,149 @@ fn a_database_that_refuses_connections_stops_the_start_and_says_so() {
         !stderr.contains("s3cret"),
         "no password in the message: {stderr}"
     );
+}
+
+/// A PostgreSQL cluster of this test's own (PostgreSQL 15's programs, as `scripts/with-postgres`
+/// finds them), so that it can be stopped and started under a running server.
+struct Cluster {
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    port: u16,
+}
+
+impl Cluster {
+    fn owner_cmd(&self, program: &str, args: &[String]) -> std::process::Output {
+        let path = self.bin.join(program);
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        let mut cmd = if root {
+            let line = std::iter::once(path.display().to_string())
+                .chain(args.iter().map(|a| format!("'{a}'")))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let mut c = std::process::Command::new("su");
+            c.args(["postgres", "-s", "/bin/sh", "-c", &line]);
+            c
+        } else {
+            let mut c = std::process::Command::new(path);
+            c.args(args);
+            c
+        };
+        cmd.output().expect("run a PostgreSQL program")
+    }
+
+    fn new() -> Cluster {
+        let bin = std::path::PathBuf::from(
+            std::env::var("PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into()),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let _ = std::process::Command::new("chmod")
+            .arg("777")
+            .arg(dir.path())
+            .status();
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let cluster = Cluster { dir, bin, port };
+        let data = cluster.dir.path().join("data").display().to_string();
+        let out = cluster.owner_cmd(
+            "initdb",
+            &[
+                "-D".into(),
+                data,
+                "-U".into(),
+                "tally".into(),
+                "--auth=trust".into(),
+            ],
+        );
+        assert!(out.status.success(), "initdb: {out:?}");
+        cluster.start();
+        cluster
+    }
+
+    fn pg_ctl(&self, what: &[&str]) -> std::process::Output {
+        let mut args: Vec<String> = vec![
+            "-D".into(),
+            self.dir.path().join("data").display().to_string(),
+            "-l".into(),
+            self.dir.path().join("log").display().to_string(),
+            "-w".into(),
+        ];
+        args.extend(what.iter().map(|s| s.to_string()));
+        self.owner_cmd("pg_ctl", &args)
+    }
+
+    fn start(&self) {
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={}",
+            self.port,
+            self.dir.path().display()
+        );
+        let out = self.pg_ctl(&["-o", &options, "start"]);
+        assert!(out.status.success(), "pg_ctl start: {out:?}");
+    }
+
+    fn stop(&self) {
+        let out = self.pg_ctl(&["-m", "fast", "stop"]);
+        assert!(out.status.success(), "pg_ctl stop: {out:?}");
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://tally@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.pg_ctl(&["-m", "immediate", "stop"]);
+    }
+}
+
+/// PostgreSQL stopped under a running server: a phone's sync is told nothing was acknowledged
+/// and keeps its signature; PostgreSQL started again, the server reconnects by itself and the
+/// same phone's next sync lands it.
+#[test]
+fn postgresql_stopped_and_started_under_the_server_loses_nothing() {
+    if database("outage").is_none() {
+        return;
+    }
+    let cluster = Cluster::new();
+    let dir = tempfile::tempdir().unwrap();
+    let url = cluster.url();
+    let server =
+        ServerProcess::start_with_env(&dir.path().join("data"), &[("TALLY_DATABASE_URL", &url)]);
+    let org = Organizer::new(&dir.path().join("org"), &server.base(), &server.data);
+    let recipient = org.keygen("organizer.age");
+    let campaign = org.create_campaign("Status for All", &recipient);
+    let phone = Phone::new(&dir.path().join("amina"));
+    phone.enroll(&org.invite(&campaign), "amina");
+    phone.sign("Before Outage", "M5V 2T6", "Toronto", &[]);
+    phone.sync(30).ok();
+    assert_eq!(org.totals(&campaign)["signatures"], 1);
+
+    cluster.stop();
+    phone.sign("During Outage", "M5V 2T6", "Toronto", &[]);
+    let run = phone.sync(10);
+    assert_ne!(
+        run.code, 0,
+        "a sync with the database down is not complete: {run}"
+    );
+    assert!(
+        run.stdout.contains("nothing was acknowledged, retry"),
+        "the phone hears what to do: {run}"
+    );
+    assert_eq!(
+        phone.pending().len(),
+        1,
+        "the phone keeps what was not acknowledged"
+    );
+
+    cluster.start();
+    phone.sync(60).ok();
+    assert!(phone.pending().is_empty(), "landed once PostgreSQL is back");
+    assert_eq!(org.totals(&campaign)["signatures"], 2);
 }
