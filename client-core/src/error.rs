@@ -63,6 +63,12 @@ pub enum ClientError {
         /// Signatures, check-ins and withdrawals on the phone not yet on the server.
         waiting: u64,
     },
+    /// The server is up but cannot store anything now (HTTP 503: its database is down or
+    /// full); its own words say what happened.
+    #[error(
+        "the server cannot take anything right now: {0}. Nothing on this phone is lost: sync again in a minute, and tell an organizer if it goes on"
+    )]
+    Unavailable(String),
     /// The server answered something this phone does not understand.
     #[error(
         "the server answered something unexpected: {0}. Check that the server address is a tally server and that the app is up to date"
@@ -113,6 +119,7 @@ impl ClientError {
             ClientError::Network { .. } => "network",
             ClientError::Unauthorized { .. } => "unauthorized",
             ClientError::Protocol(_) => "protocol",
+            ClientError::Unavailable(_) => "unavailable",
             ClientError::NotFound(_) => "not_found",
             ClientError::AlreadyWithdrawn(_) => "already_withdrawn",
             ClientError::Storage(_) => "storage",

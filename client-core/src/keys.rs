@@ -104,6 +104,14 @@ impl Device {
                     let waiting = self.counts().map(|c| c.pending_total()).unwrap_or(0);
                     return Err(ClientError::Unauthorized { waiting });
                 }
+                Err(ureq::Error::Status(503, r)) => {
+                    let text = r.into_string().unwrap_or_default();
+                    let said = serde_json::from_str::<serde_json::Value>(&text)
+                        .ok()
+                        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+                        .unwrap_or_else(|| text.chars().take(300).collect());
+                    return Err(ClientError::Unavailable(said));
+                }
                 Err(ureq::Error::Status(status, r)) => {
                     let text = r.into_string().unwrap_or_default();
                     return Err(ClientError::Protocol(format!(

@@ -180,6 +180,13 @@ async fn connect(device: &Device, deadline: Option<Instant>) -> Result<(Ws, Stri
                         .unwrap_or_else(|| b.chars().take(200).collect())
                 })
                 .unwrap_or_default();
+            if status == 503 {
+                return Err(ClientError::Unavailable(if body.trim().is_empty() {
+                    format!("HTTP 503 from {url}")
+                } else {
+                    body
+                }));
+            }
             Err(ClientError::Protocol(format!(
                 "HTTP {status} from {url} instead of a WebSocket upgrade{}",
                 if body.trim().is_empty() {
@@ -343,7 +350,10 @@ fn is_final(e: &ClientError) -> bool {
 
 /// Errors of the connection rather than of the phone: `sync_once` turns them into a report.
 fn is_connection_error(e: &ClientError) -> bool {
-    matches!(e, ClientError::Network { .. } | ClientError::Protocol(_))
+    matches!(
+        e,
+        ClientError::Network { .. } | ClientError::Protocol(_) | ClientError::Unavailable(_)
+    )
 }
 
 fn record_failure(device: &Device, e: &ClientError) {

@@ -265,6 +265,12 @@ fn postgresql_stopped_and_started_under_the_server_loses_nothing() {
         run.stdout.contains("nothing was acknowledged, retry"),
         "the phone hears what to do: {run}"
     );
+    assert!(
+        run.stdout
+            .contains("the server cannot take anything right now")
+            && !run.stdout.contains("something unexpected"),
+        "the phone says the server is unavailable, not that it spoke nonsense: {run}"
+    );
     assert_eq!(
         phone.pending().len(),
         1,
