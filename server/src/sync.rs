@@ -553,6 +553,8 @@ pub async fn run(
         t
     });
     let mut heard = Instant::now();
+    // The peer closed or its socket failed: nothing more to read before letting go.
+    let mut peer_gone = false;
     tracing::info!(device = %device_id, "sync connection opened");
     let (code, reason) = loop {
         let silent_at = opts.idle_timeout.map(|d| heard + d);
@@ -587,9 +589,15 @@ pub async fn run(
                         let frame = conn.as_ref().map(|c| c.session.error_frame("text frames are not part of the protocol: send CBOR messages as binary frames")).unwrap_or_default();
                         vec![Step::Frame(frame)]
                     }
-                    Some(Ok(WsMessage::Close(_))) | None => break (None, "peer closed".to_string()),
+                    Some(Ok(WsMessage::Close(_))) | None => {
+                        peer_gone = true;
+                        break (None, "peer closed".to_string());
+                    }
                     Some(Ok(_)) => continue,
-                    Some(Err(e)) => break socket_error(e, opts.max_frame_bytes),
+                    Some(Err(e)) => {
+                        peer_gone = true;
+                        break socket_error(e, opts.max_frame_bytes);
+                    }
                 }
             },
             Some(doc) = notify.recv() => {
@@ -650,9 +658,27 @@ pub async fn run(
         None => WsMessage::Close(None),
     };
     let _ = tokio::time::timeout(send_timeout, sink.send(farewell)).await;
+    if !peer_gone {
+        // Read (and drop) what the peer still sends until it answers the close, for a short
+        // while: a socket let go with unread bytes in it is reset by the kernel, and a reset can
+        // destroy the error frame and the close on their way, so the peer (a phone flooding
+        // past its budget, one refused mid-stream) would never hear why.
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            while let Some(Ok(m)) = stream.next().await {
+                if matches!(m, WsMessage::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
     on_sync_workers(&mut conn, &workers, |c| c.close()).await;
     tracing::info!(device = %device_id, %reason, "sync connection closed");
 }
+
+/// How long a connection the server closes waits for the peer's answering close before letting
+/// go of the socket (see the end of [`run`]).
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// What `run` does next with the socket.
 enum Step {
