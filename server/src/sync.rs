@@ -658,6 +658,8 @@ pub async fn run(
         None => WsMessage::Close(None),
     };
     let _ = tokio::time::timeout(send_timeout, sink.send(farewell)).await;
+    on_sync_workers(&mut conn, &workers, |c| c.close()).await;
+    tracing::info!(device = %device_id, %reason, "sync connection closed");
     if !peer_gone {
         // Read (and drop) what the peer still sends until it answers the close, for a short
         // while: a socket let go with unread bytes in it is reset by the kernel, and a reset can
@@ -672,8 +674,6 @@ pub async fn run(
         })
         .await;
     }
-    on_sync_workers(&mut conn, &workers, |c| c.close()).await;
-    tracing::info!(device = %device_id, %reason, "sync connection closed");
 }
 
 /// How long a connection the server closes waits for the peer's answering close before letting
