@@ -1011,34 +1011,47 @@ impl Hub {
     /// campaigns were looked at.
     pub fn refresh_totals(&self) -> Result<usize, HubError> {
         let dirty: Vec<String> = lock(&self.dirty_totals).drain().collect();
-        for campaign in &dirty {
-            let docs = self.store.list_documents(&DocFilter {
-                campaign: Some(campaign.clone()),
-                kind: Some("totals".into()),
-                owner: None,
-            })?;
-            let Some(meta) = docs.first() else { continue };
-            let Ok(id) = meta.doc_id.parse::<DocumentId>() else {
-                continue;
-            };
-            let mut totals = self.store.read(|r| r.totals(campaign))?;
-            crate::suppression::for_document(
-                &mut totals,
-                self.totals_suppress_below.load(Ordering::Relaxed),
-            );
-            let slot = self.slot(&id)?;
-            let current = tally_core::totals_doc::read(&lock(&slot).doc)
-                .ok()
-                .flatten();
-            if current.is_some_and(|(t, _)| t == totals) {
-                continue;
+        for (i, campaign) in dirty.iter().enumerate() {
+            if let Err(e) = self.refresh_totals_of(campaign) {
+                // Tried again on the next tick (e.g. another server sharing the database wrote
+                // the same totals document at the same moment), with the ones not reached.
+                lock(&self.dirty_totals).extend(dirty[i..].iter().cloned());
+                return Err(e);
             }
-            let now = now_ms();
-            self.commit(&id, &server_writer(), None, b"", |doc| {
-                tally_core::totals_doc::write(doc, &totals, now).map_err(|e| e.to_string())
-            })?;
         }
         Ok(dirty.len())
+    }
+
+    /// Rewrites one campaign's totals document if its totals changed.
+    fn refresh_totals_of(&self, campaign: &str) -> Result<(), HubError> {
+        let docs = self.store.list_documents(&DocFilter {
+            campaign: Some(campaign.to_string()),
+            kind: Some("totals".into()),
+            owner: None,
+        })?;
+        let Some(meta) = docs.first() else {
+            return Ok(());
+        };
+        let Ok(id) = meta.doc_id.parse::<DocumentId>() else {
+            return Ok(());
+        };
+        let mut totals = self.store.read(|r| r.totals(campaign))?;
+        crate::suppression::for_document(
+            &mut totals,
+            self.totals_suppress_below.load(Ordering::Relaxed),
+        );
+        let slot = self.slot(&id)?;
+        let current = tally_core::totals_doc::read(&lock(&slot).doc)
+            .ok()
+            .flatten();
+        if current.is_some_and(|(t, _)| t == totals) {
+            return Ok(());
+        }
+        let now = now_ms();
+        self.commit(&id, &server_writer(), None, b"", |doc| {
+            tally_core::totals_doc::write(doc, &totals, now).map_err(|e| e.to_string())
+        })?;
+        Ok(())
     }
 
     /// Marks a campaign's totals for rewriting.
