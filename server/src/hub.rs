@@ -46,6 +46,10 @@ pub struct Slot {
     last_used: Instant,
     /// Incremental chunks stored since the last compaction.
     chunks: u64,
+    /// The seq of the last stored chunk `doc` holds (0 if none). Another server sharing the
+    /// database may have stored more since: [`Hub::commit_sync`] reloads the document before
+    /// writing when the store holds a later seq, and checks under the row lock.
+    last_seq: i64,
 }
 
 /// Why the hub refused or failed.
@@ -496,12 +500,28 @@ impl Hub {
             return Ok(s.clone());
         }
         let key = id.to_string();
-        let slot = match self.store.load_document(&key)? {
+        let slot = self.load_slot(&key)?;
+        let mut docs = lock(&self.docs);
+        let slot = docs
+            .entry(*id)
+            .or_insert_with(|| Arc::new(Mutex::new(slot)))
+            .clone();
+        let cap = self.cfg.max_loaded_documents;
+        if cap > 0 && docs.len() > cap {
+            Self::evict(&mut docs, cap - cap / 10);
+        }
+        Ok(slot)
+    }
+
+    /// Loads a document as stored now.
+    fn load_slot(&self, key: &str) -> Result<Slot, HubError> {
+        Ok(match self.store.load_document(key)? {
             None => Slot {
                 doc: Automerge::new(),
-                meta: self.store.doc_meta(&key)?,
+                meta: self.store.doc_meta(key)?,
                 last_used: Instant::now(),
                 chunks: 0,
+                last_seq: 0,
             },
             Some(stored) => {
                 let mut doc = match &stored.snapshot {
@@ -523,19 +543,29 @@ impl Hub {
                     meta: Some(stored.meta),
                     last_used: Instant::now(),
                     chunks: stored.incremental.len() as u64,
+                    last_seq: stored.last_seq,
                 }
             }
+        })
+    }
+
+    /// Brings `slot` up to the stored document when the store holds chunks it lacks (written
+    /// by another server sharing the database); returns whether it reloaded.
+    fn refresh(&self, key: &str, slot: &mut Slot) -> Result<bool, HubError> {
+        let stored_seq = match &slot.meta {
+            Some(_) => self.store.chunks_since_snapshot(key)?.last_seq,
+            None if self.store.doc_meta(key)?.is_some() => i64::MAX,
+            None => return Ok(false),
         };
-        let mut docs = lock(&self.docs);
-        let slot = docs
-            .entry(*id)
-            .or_insert_with(|| Arc::new(Mutex::new(slot)))
-            .clone();
-        let cap = self.cfg.max_loaded_documents;
-        if cap > 0 && docs.len() > cap {
-            Self::evict(&mut docs, cap - cap / 10);
+        if stored_seq <= slot.last_seq {
+            return Ok(false);
         }
-        Ok(slot)
+        let fresh = self.load_slot(key)?;
+        slot.doc = fresh.doc;
+        slot.meta = fresh.meta;
+        slot.chunks = fresh.chunks;
+        slot.last_seq = fresh.last_seq;
+        Ok(true)
     }
 
     /// Unloads the least recently used documents until at most `keep` are loaded, skipping the
@@ -626,6 +656,10 @@ impl Hub {
         let slot = self.slot(id)?;
         let mut guard = lock(&slot);
         guard.last_used = Instant::now();
+        // Another server sharing the database may have stored changes since this copy was
+        // loaded: decide on the document as stored.
+        self.refresh(&key, &mut guard)?;
+        let known_seq = guard.last_seq;
         // The decision is pure (tally_proto::host): fork, apply, judge; what follows runs it.
         let decision = host::decide(&guard.doc, edit, Waiting::LeftToCaller, |_, after| {
             self.judge(&guard, after, writer)
@@ -695,36 +729,48 @@ impl Hub {
             if created {
                 tx.put_meta(&meta)?;
             }
-            tx.append_chunk(&key, &chunk, now)?;
+            let seq = tx.append_chunk(&key, &chunk, now)?;
+            if seq != known_seq + 1 {
+                // Another server stored a change between the refresh and this transaction's
+                // row lock: this decision was made on an older copy. Nothing is kept; the copy
+                // is reloaded before the next write.
+                return Err(HubError::Store(StoreError::Conflict(format!(
+                    "another server stored a change to {key} at the same moment"
+                ))));
+            }
             changes.write(tx, &key, &header, &tz)?;
-            Ok(())
+            Ok(seq)
         });
         if written.is_ok() {
             self.metrics.commit(started.elapsed());
         }
-        if let Err(e) = written {
-            let refusal = match e {
-                HubError::Rejected(r) => r,
-                HubError::Store(StoreError::Claimed { container, id }) => {
-                    let reason = StoreError::Claimed {
-                        container,
-                        id: id.clone(),
+        let seq = match written {
+            Ok(seq) => seq,
+            Err(e) => {
+                let refusal = match e {
+                    HubError::Rejected(r) => r,
+                    HubError::Store(StoreError::Claimed { container, id }) => {
+                        let reason = StoreError::Claimed {
+                            container,
+                            id: id.clone(),
+                        }
+                        .to_string();
+                        Refusal::server(reason, false).naming(id)
                     }
-                    .to_string();
-                    Refusal::server(reason, false).naming(id)
-                }
-                other => return Err(other),
-            };
-            drop(guard);
-            self.refuse(&writer.id, &key, &refusal, raw, change_hashes)?;
-            return Err(HubError::Rejected(refusal));
-        }
+                    other => return Err(other),
+                };
+                drop(guard);
+                self.refuse(&writer.id, &key, &refusal, raw, change_hashes)?;
+                return Err(HubError::Rejected(refusal));
+            }
+        };
         // Durable: from here on the change may be acknowledged.
         guard.doc = after;
         if guard.meta.is_none() {
             guard.meta = Some(meta);
         }
         guard.chunks += 1;
+        guard.last_seq = seq;
         let compact = guard.chunks >= self.cfg.compact_after_chunks;
         if header.kind == DocKind::Campaign {
             lock(&self.campaigns).remove(&header.campaign);
@@ -818,15 +864,14 @@ impl Hub {
     }
 
     fn compact(&self, key: &str, slot: &mut Slot) {
-        let stats = match self.store.chunks_since_snapshot(key) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(doc = %key, error = %e, "compaction skipped");
-                return;
-            }
-        };
+        // The snapshot covers exactly the chunks this copy holds (through its last seq); chunks
+        // another server stored since stay after it.
+        if let Err(e) = self.refresh(key, slot) {
+            tracing::warn!(doc = %key, error = %e, "compaction skipped");
+            return;
+        }
         let snapshot = slot.doc.save();
-        match self.store.compact(key, &snapshot, stats.last_seq, now_ms()) {
+        match self.store.compact(key, &snapshot, slot.last_seq, now_ms()) {
             Ok(_) => slot.chunks = 0,
             Err(e) => tracing::warn!(doc = %key, error = %e, "compaction failed; the chunks stay"),
         }
@@ -882,6 +927,67 @@ impl Hub {
         }
     }
 
+    /// A change to `doc_id` was stored (heard from the database, written by this server or
+    /// another sharing it): a loaded copy that lacks it is reloaded and its followers synced.
+    pub fn stored(&self, doc_id: &str) -> Result<(), HubError> {
+        let Ok(id) = doc_id.parse::<DocumentId>() else {
+            return Ok(());
+        };
+        let slot = lock(&self.docs).get(&id).cloned();
+        let meta = match slot {
+            Some(slot) => {
+                let mut guard = lock(&slot);
+                if !self.refresh(doc_id, &mut guard)? {
+                    // This server's own change, or one it already holds.
+                    return Ok(());
+                }
+                guard.meta.clone()
+            }
+            // Not loaded here: a follower's connection loads it as stored; the live streams
+            // of its campaign are told.
+            None => self.store.doc_meta(doc_id)?,
+        };
+        self.changed_elsewhere(&id, meta.as_ref());
+        Ok(())
+    }
+
+    /// Reloads every loaded document that lacks stored changes (after the subscription to
+    /// the database's changes was cut), and syncs their followers.
+    pub fn resync(&self) -> Result<(), HubError> {
+        let loaded: Vec<(DocumentId, Arc<Mutex<Slot>>)> = lock(&self.docs)
+            .iter()
+            .map(|(id, slot)| (*id, slot.clone()))
+            .collect();
+        for (id, slot) in loaded {
+            let meta = {
+                let mut guard = lock(&slot);
+                if !self.refresh(&id.to_string(), &mut guard)? {
+                    continue;
+                }
+                guard.meta.clone()
+            };
+            self.changed_elsewhere(&id, meta.as_ref());
+        }
+        Ok(())
+    }
+
+    /// After another server stored a change: caches dropped, live streams told, followers
+    /// synced. (The totals document is rewritten by the server that stored the change.)
+    fn changed_elsewhere(&self, id: &DocumentId, meta: Option<&DocMeta>) {
+        if let Some(meta) = meta {
+            match meta.kind.as_str() {
+                "campaign" => {
+                    lock(&self.campaigns).remove(&meta.campaign);
+                }
+                "collection" | "review" => {
+                    lock(&self.dirty_live).insert(meta.campaign.clone());
+                }
+                _ => {}
+            }
+        }
+        self.publish(id, None);
+    }
+
     /// Unloads documents unused for the idle time and not in use; returns how many.
     pub fn sweep(&self) -> usize {
         let idle = self.cfg.idle_unload;
@@ -905,34 +1011,47 @@ impl Hub {
     /// campaigns were looked at.
     pub fn refresh_totals(&self) -> Result<usize, HubError> {
         let dirty: Vec<String> = lock(&self.dirty_totals).drain().collect();
-        for campaign in &dirty {
-            let docs = self.store.list_documents(&DocFilter {
-                campaign: Some(campaign.clone()),
-                kind: Some("totals".into()),
-                owner: None,
-            })?;
-            let Some(meta) = docs.first() else { continue };
-            let Ok(id) = meta.doc_id.parse::<DocumentId>() else {
-                continue;
-            };
-            let mut totals = self.store.read(|r| r.totals(campaign))?;
-            crate::suppression::for_document(
-                &mut totals,
-                self.totals_suppress_below.load(Ordering::Relaxed),
-            );
-            let slot = self.slot(&id)?;
-            let current = tally_core::totals_doc::read(&lock(&slot).doc)
-                .ok()
-                .flatten();
-            if current.is_some_and(|(t, _)| t == totals) {
-                continue;
+        for (i, campaign) in dirty.iter().enumerate() {
+            if let Err(e) = self.refresh_totals_of(campaign) {
+                // Tried again on the next tick (e.g. another server sharing the database wrote
+                // the same totals document at the same moment), with the ones not reached.
+                lock(&self.dirty_totals).extend(dirty[i..].iter().cloned());
+                return Err(e);
             }
-            let now = now_ms();
-            self.commit(&id, &server_writer(), None, b"", |doc| {
-                tally_core::totals_doc::write(doc, &totals, now).map_err(|e| e.to_string())
-            })?;
         }
         Ok(dirty.len())
+    }
+
+    /// Rewrites one campaign's totals document if its totals changed.
+    fn refresh_totals_of(&self, campaign: &str) -> Result<(), HubError> {
+        let docs = self.store.list_documents(&DocFilter {
+            campaign: Some(campaign.to_string()),
+            kind: Some("totals".into()),
+            owner: None,
+        })?;
+        let Some(meta) = docs.first() else {
+            return Ok(());
+        };
+        let Ok(id) = meta.doc_id.parse::<DocumentId>() else {
+            return Ok(());
+        };
+        let mut totals = self.store.read(|r| r.totals(campaign))?;
+        crate::suppression::for_document(
+            &mut totals,
+            self.totals_suppress_below.load(Ordering::Relaxed),
+        );
+        let slot = self.slot(&id)?;
+        let current = tally_core::totals_doc::read(&lock(&slot).doc)
+            .ok()
+            .flatten();
+        if current.is_some_and(|(t, _)| t == totals) {
+            return Ok(());
+        }
+        let now = now_ms();
+        self.commit(&id, &server_writer(), None, b"", |doc| {
+            tally_core::totals_doc::write(doc, &totals, now).map_err(|e| e.to_string())
+        })?;
+        Ok(())
     }
 
     /// Marks a campaign's totals for rewriting.

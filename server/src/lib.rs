@@ -574,6 +574,14 @@ pub async fn serve_database(
         tasks: TaskTracker::new(),
         signin_links: Default::default(),
     });
+    // Changes other servers sharing the database store (PostgreSQL): their documents reach
+    // this server's followers, their revocations close this server's connections.
+    let heard = Arc::downgrade(&state);
+    let _subscription = store.subscribe(Arc::new(move |change| {
+        if let Some(state) = heard.upgrade() {
+            on_stored_change(&state, change);
+        }
+    }))?;
     let background = tokio::spawn(background(
         state.clone(),
         token.clone(),
@@ -648,6 +656,43 @@ async fn metrics_page(State(state): State<Arc<AppState>>) -> Result<impl IntoRes
         )],
         state.hub.metrics().encode(snapshot),
     ))
+}
+
+/// What the server does with a change heard from the database ([`Storage::subscribe`]); runs
+/// on the subscription's thread.
+fn on_stored_change(state: &AppState, change: tally_store::Change) {
+    use tally_store::Change;
+    match change {
+        Change::Document(id) => {
+            if let Err(e) = state.hub.stored(&id) {
+                tracing::warn!(doc = %id, error = %e, "a change stored by another server was not loaded; its followers sync when they next write");
+            }
+        }
+        Change::Revoked(device) => {
+            let closed = state.disconnect(&device);
+            if closed > 0 {
+                tracing::info!(device = %device, connections = closed, "device revoked (heard from the database)");
+            }
+        }
+        Change::Resync { since_ms } => {
+            tracing::info!("hearing other servers' changes again; reloading the documents held");
+            if let Err(e) = state.hub.resync() {
+                tracing::warn!(error = %e, "documents not reloaded after the outage");
+            }
+            // A margin for clocks: closing a revoked device's connections twice is harmless.
+            match state.store.revoked_since(since_ms - 60_000) {
+                Ok(devices) => {
+                    for device in devices {
+                        state.disconnect(&device);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "devices revoked during the outage not checked")
+                }
+            }
+        }
+        Change::Lost(message) => tracing::warn!("{message}"),
+    }
 }
 
 async fn background(state: Arc<AppState>, stop: CancellationToken, idle: Duration) {

@@ -40,6 +40,7 @@ mod phones;
 mod postgres;
 mod quickstart;
 mod restart;
+mod servers;
 mod sync_server;
 mod tls;
 

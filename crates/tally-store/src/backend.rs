@@ -18,6 +18,8 @@
 //! give callers the closure API with their own result and error types.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tally_core::collection::{Checkin, Collection, Signature};
 use tally_core::review::{Review, Sheet, Strike};
@@ -30,6 +32,42 @@ use crate::{
     QuarantineOutcome, QuarantineQuota, ReadTx, Replaces, Result, Store, StoreError, StoredDoc,
     StoredKey, Token, TokenRefusal, WriteTx,
 };
+
+/// A change stored in the database, as [`Storage::subscribe`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A document got new chunks (its id).
+    Document(String),
+    /// A device was revoked (its id): its connections are to close.
+    Revoked(String),
+    /// The subscription was cut and is back: changes stored since `since_ms` (ms since the
+    /// epoch) may have gone unheard; reload what is held, close the devices revoked since.
+    Resync {
+        /// When the subscription was cut.
+        since_ms: i64,
+    },
+    /// The subscription is cut (the message says why); it retries by itself.
+    Lost(String),
+}
+
+/// A running subscription ([`Storage::subscribe`]); dropping it stops it.
+#[derive(Debug)]
+pub struct Subscription {
+    stop: Arc<AtomicBool>,
+}
+
+impl Subscription {
+    /// A subscription whose worker stops once `stop` is set.
+    pub fn new(stop: Arc<AtomicBool>) -> Subscription {
+        Subscription { stop }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
 
 /// What may be read inside one snapshot.
 pub trait Reads {
@@ -150,6 +188,15 @@ pub trait Storage: Send + Sync {
     fn save_sync_state(&self, peer_key: &str, doc_id: &str, bytes: &[u8], now: i64) -> Result<()>;
     /// A peer's saved sync state of a document.
     fn load_sync_state(&self, peer_key: &str, doc_id: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Hears the changes stored in the database by anyone, until the returned subscription
+    /// is dropped: `on_change` is called from a thread of the backend's own. `None` when no
+    /// one else can write the database (SQLite: one server holds the data folder's lock, so
+    /// every change is its own).
+    fn subscribe(
+        &self,
+        on_change: Arc<dyn Fn(Change) + Send + Sync>,
+    ) -> Result<Option<Subscription>>;
 
     /// Whether a working admin device exists.
     fn has_admin(&self) -> Result<bool>;
@@ -508,6 +555,13 @@ impl Storage for Store {
     }
     fn load_sync_state(&self, peer_key: &str, doc_id: &str) -> Result<Option<Vec<u8>>> {
         Store::load_sync_state(self, peer_key, doc_id)
+    }
+    fn subscribe(
+        &self,
+        _on_change: Arc<dyn Fn(Change) + Send + Sync>,
+    ) -> Result<Option<Subscription>> {
+        // One process writes a SQLite file (the data folder's lock): it knows its own changes.
+        Ok(None)
     }
     fn has_admin(&self) -> Result<bool> {
         Store::has_admin(self)

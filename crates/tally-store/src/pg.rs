@@ -8,7 +8,8 @@
 //! Several servers may share one database: writes to one document are serialized by a row lock
 //! on its `documents` row; the audit chain, the quarantine's quotas, a campaign's projection
 //! and its record keys each by an advisory lock held until the transaction ends (see each
-//! module).
+//! module). A change stored by one server reaches the others by `NOTIFY` (`listen`,
+//! [`crate::Storage::subscribe`]).
 //!
 //! Driver: the synchronous `postgres` crate (0.19). The store's calls already run on blocking
 //! threads (`spawn_blocking`, the hub's writer), like SQLite's, so an async driver would only
@@ -32,6 +33,7 @@ mod backend;
 mod devices;
 mod documents;
 mod keys;
+mod listen;
 mod projection;
 mod quarantine;
 
@@ -295,6 +297,20 @@ impl PgStore {
     /// Where the store's database is (host, port and database name; never a password).
     pub fn target(&self) -> &str {
         &self.pool.target
+    }
+
+    /// Hears every change stored in the database (by this server or another) by `LISTEN` on a
+    /// connection of its own, from a thread of its own, until the subscription is dropped
+    /// (see `listen`).
+    pub fn subscribe(
+        &self,
+        on_change: std::sync::Arc<dyn Fn(crate::Change) + Send + Sync>,
+    ) -> Result<crate::Subscription> {
+        listen::subscribe(
+            self.pool.config.clone(),
+            self.pool.target.clone(),
+            on_change,
+        )
     }
 
     /// The schema version found in the database.

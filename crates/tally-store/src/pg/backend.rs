@@ -4,6 +4,7 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use postgres::Transaction;
 use tally_core::collection::{Checkin, Collection, Signature};
@@ -11,7 +12,7 @@ use tally_core::review::{Review, Sheet, Strike};
 use tally_core::totals::Totals;
 use tally_core::validate::Role;
 
-use crate::backend::{Projecting, Reads, Storage, Writes};
+use crate::backend::{Change, Projecting, Reads, Storage, Subscription, Writes};
 use crate::{
     AuditBroken, AuditEntry, AuditFilter, ChunkStats, Device, DocFilter, DocMeta, Erasure, Filter,
     InviteCode, KeyOutcome, NewAudit, NewQuarantine, QuarantineEntry, QuarantineFilter,
@@ -229,6 +230,12 @@ impl Storage for PgStore {
     }
     fn load_sync_state(&self, peer_key: &str, doc_id: &str) -> Result<Option<Vec<u8>>> {
         PgStore::load_sync_state(self, peer_key, doc_id)
+    }
+    fn subscribe(
+        &self,
+        on_change: Arc<dyn Fn(Change) + Send + Sync>,
+    ) -> Result<Option<Subscription>> {
+        PgStore::subscribe(self, on_change).map(Some)
     }
     fn has_admin(&self) -> Result<bool> {
         PgStore::has_admin(self)

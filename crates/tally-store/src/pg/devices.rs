@@ -230,6 +230,8 @@ impl PgStore {
                     "UPDATE devices SET revoked_at = $2 WHERE device_id = $1 AND revoked_at IS NULL",
                     &[old, &now],
                 )?;
+                // The replaced device's connections close on every server.
+                super::listen::device_revoked(tx, old)?;
             }
             tx.execute(
                 "UPDATE invites SET used_at = $2, device_id = $3 WHERE invite_id = $1",
@@ -309,6 +311,8 @@ impl PgStore {
                 &[&device_id, &now],
             )?;
             if changed == 1 {
+                // Its connections close on every server when this commits.
+                super::listen::device_revoked(tx, device_id)?;
                 return Ok(true);
             }
             let exists: bool = tx

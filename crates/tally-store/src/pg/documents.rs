@@ -121,6 +121,8 @@ pub(crate) fn append_chunk(
          VALUES ($1, $2, 'incremental', $3, $4)",
         &[&doc_id, &seq, &bytes, &now],
     )?;
+    // The other servers hear of it when this transaction commits.
+    super::listen::document_changed(conn, doc_id)?;
     Ok(seq)
 }
 

@@ -1,0 +1,326 @@
+//! Several `tally serve` on one PostgreSQL (issue 17, "Several servers"): three real servers
+//! with `TALLY_DATABASE_URL` on one database of the throwaway PostgreSQL of
+//! `scripts/with-postgres`, real `tally-device` phones spread over them and moving between
+//! them between syncs (a phone's server is changed as a load balancer or a DNS change would:
+//! its next sync goes elsewhere), signing offline, with duplicates: the totals from every
+//! server are exact and equal; a change stored through A reaches a live totals stream on B
+//! within 1 s; revoking a device on A ends its stream on C within 1 s.
+//!
+//! Without `TALLY_TEST_DATABASE_URL` these tests say so and skip; with
+//! `TALLY_POSTGRES_TESTS=required` (CI) they fail instead.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tally_tests::server::Server as _;
+use tally_tests::{Organizer, Phone, ServerProcess};
+
+/// A new database in the test PostgreSQL and its URL, or `None` (said loudly) without one.
+fn database(test: &str) -> Option<String> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let url = match std::env::var("TALLY_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => {
+            assert!(
+                std::env::var("TALLY_POSTGRES_TESTS").as_deref() != Ok("required"),
+                "servers::{test}: TALLY_POSTGRES_TESTS=required but TALLY_TEST_DATABASE_URL is \
+                 not set: run the tests under scripts/with-postgres"
+            );
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED servers::{test}: no PostgreSQL (TALLY_TEST_DATABASE_URL is not set): \
+                 run `scripts/with-postgres cargo test -p tally-tests --test e2e servers::`"
+            );
+            return None;
+        }
+    };
+    let name = format!(
+        "e2e_servers_{test}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).expect("test database");
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .expect("create the test's database");
+    let (base, _) = url.rsplit_once('/').expect("a URL with a database name");
+    Some(format!("{base}/{name}"))
+}
+
+/// Three servers on the database at `url`, each with a data folder of its own under `dir`
+/// (the first one made the admin, whose token is in its data folder).
+fn three_servers(dir: &Path, url: &str) -> Vec<ServerProcess> {
+    ["a", "b", "c"]
+        .iter()
+        .map(|name| ServerProcess::start_with_env(&dir.join(name), &[("TALLY_DATABASE_URL", url)]))
+        .collect()
+}
+
+/// Points `phone` at `base` for its next sync (what a load balancer in front of the servers
+/// does between two connections).
+fn point(phone: &Phone, base: &str) {
+    let conn = rusqlite::Connection::open(phone.home.join("tally-device.sqlite3")).unwrap();
+    let json: String = conn
+        .query_row(
+            "SELECT value FROM settings WHERE key = 'enrollment'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let mut enrollment: Value = serde_json::from_str(&json).unwrap();
+    enrollment["server"] = Value::String(base.to_string());
+    conn.execute(
+        "UPDATE settings SET value = ?1 WHERE key = 'enrollment'",
+        [enrollment.to_string()],
+    )
+    .unwrap();
+}
+
+/// A live totals stream (`GET .../totals/stream`) open on `base`.
+struct Stream {
+    socket: TcpStream,
+    text: String,
+}
+
+impl Stream {
+    fn open(base: &str, campaign: &str, token: &str) -> Stream {
+        let addr = base.trim_start_matches("http://");
+        let mut socket = TcpStream::connect(addr).unwrap();
+        write!(
+            socket,
+            "GET /api/v1/campaigns/{campaign}/totals/stream HTTP/1.1\r\nHost: t\r\n\
+             Authorization: Bearer {token}\r\n\r\n"
+        )
+        .unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut stream = Stream {
+            socket,
+            text: String::new(),
+        };
+        assert!(
+            stream.wait(Duration::from_secs(10), |t| t.contains("event: totals")),
+            "no first event: {}",
+            stream.text
+        );
+        assert!(stream.text.starts_with("HTTP/1.1 200"), "{}", stream.text);
+        stream
+    }
+
+    /// Reads until `done(text so far)` or the stream ends or `within` passes; whether `done`.
+    fn wait(&mut self, within: Duration, done: impl Fn(&str) -> bool) -> bool {
+        let t0 = Instant::now();
+        let mut buf = [0u8; 4096];
+        while t0.elapsed() < within {
+            if done(&self.text) {
+                return true;
+            }
+            match self.socket.read(&mut buf) {
+                Ok(0) => return done(&self.text),
+                Ok(n) => self.text.push_str(&String::from_utf8_lossy(&buf[..n])),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return done(&self.text),
+            }
+        }
+        done(&self.text)
+    }
+
+    /// Waits for the stream to end (its last chunk, or the socket closed); how long that took,
+    /// or `None`.
+    fn wait_closed(&mut self, within: Duration) -> Option<Duration> {
+        let t0 = Instant::now();
+        let mut buf = [0u8; 4096];
+        while t0.elapsed() < within {
+            match self.socket.read(&mut buf) {
+                Ok(0) => return Some(t0.elapsed()),
+                Ok(n) => {
+                    self.text.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    // The body's last chunk: the server ended the stream (the socket may stay
+                    // open for the next request).
+                    if self.text.ends_with("\r\n0\r\n\r\n") {
+                        return Some(t0.elapsed());
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return Some(t0.elapsed()),
+            }
+        }
+        None
+    }
+}
+
+/// The last totals event in `text`.
+fn last_event(text: &str) -> Option<Value> {
+    text.rsplit("data: ")
+        .next()
+        .and_then(|data| data.lines().next())
+        .and_then(|line| serde_json::from_str::<Value>(line).ok())
+}
+
+#[test]
+fn phones_moving_between_three_servers_give_the_same_exact_totals_everywhere() {
+    let Some(url) = database("totals") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let servers = three_servers(dir.path(), &url);
+    let admin_data = &servers[0].data;
+    let orgs: Vec<Organizer> = servers
+        .iter()
+        // One organizer (its keys in one folder), talking to each server in turn.
+        .map(|s| Organizer::new(&dir.path().join("org"), &s.base(), admin_data))
+        .collect();
+    let recipient = orgs[0].keygen("organizer.age");
+    let campaign = orgs[0].create_campaign("Status for All", &recipient);
+    let phones: Vec<Phone> = (0..9)
+        .map(|i| {
+            let phone = Phone::new(&dir.path().join(format!("phone{i}")));
+            // Enrolled through the server it starts on.
+            phone.enroll(&orgs[i % 3].invite(&campaign), &format!("phone {i}"));
+            phone
+        })
+        .collect();
+    let mut signed = 0u64;
+    for round in 0..4 {
+        for (i, phone) in phones.iter().enumerate() {
+            // Offline: two signatures, one of them the same person as another phone's.
+            phone.sign(&format!("Signer {i}-{round}"), "M5V 2T6", "Toronto", &[]);
+            phone.sign(&format!("Shared Signer {round}"), "M4C 1B5", "Toronto", &[]);
+            signed += 2;
+            // Then to the server of this round: each phone moves between syncs.
+            point(phone, &servers[(i + round) % 3].base());
+            phone.sync(30).ok();
+            assert!(phone.pending().is_empty(), "every signature acknowledged");
+        }
+    }
+    let totals: Vec<Value> = orgs.iter().map(|o| o.totals(&campaign)).collect();
+    for (i, t) in totals.iter().enumerate() {
+        assert_eq!(t["signatures"], signed, "server {i}: {t}");
+        // Nine phones' own signers, and the four people every phone signed up again.
+        assert_eq!(t["unique_signers"], 9 * 4 + 4, "server {i}: {t}");
+        assert_eq!(t, &totals[0], "server {i} answers as server 0");
+    }
+}
+
+#[test]
+fn a_change_through_one_server_reaches_a_live_stream_on_another_within_a_second() {
+    let Some(url) = database("live") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let servers = three_servers(dir.path(), &url);
+    let org = Organizer::new(
+        &dir.path().join("org"),
+        &servers[0].base(),
+        &servers[0].data,
+    );
+    let recipient = org.keygen("organizer.age");
+    let campaign = org.create_campaign("Status for All", &recipient);
+    let (_, organizer) = servers[0].enroll(&campaign, "organizer");
+    let phone = Phone::new(&dir.path().join("phone"));
+    phone.enroll(&org.invite(&campaign), "phone");
+    point(&phone, &servers[0].base());
+    let records: Vec<String> = (1..=5)
+        .map(|n| phone.sign(&format!("Signer {n}"), "M5V 2T6", "Toronto", &[]))
+        .collect();
+    let mut on_b = Stream::open(&servers[1].base(), &campaign, &organizer);
+    phone.sync(30).ok();
+    assert!(phone.pending().is_empty());
+    assert!(
+        on_b.wait(Duration::from_secs(5), |t| last_event(t)
+            .is_some_and(|v| v["signatures"] == 5)),
+        "B's stream never counted the 5 signatures synced through A: {}",
+        on_b.text
+    );
+    // Each strike is written through A's API, which answers once it is stored: the time from
+    // asking A to B's event bounds the delay from A's commit to B's live stream.
+    let mut worst = Duration::ZERO;
+    for (n, record) in records.iter().enumerate() {
+        let t0 = Instant::now();
+        let (status, body) = tally_tests::server::http(
+            &servers[0].base(),
+            "POST",
+            &format!("/api/v1/campaigns/{campaign}/strikes"),
+            Some(&organizer),
+            Some(serde_json::json!({"signature": record, "reason": "duplicate"})),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            on_b.wait(Duration::from_secs(5), |t| last_event(t)
+                .is_some_and(|v| v["struck"] == n as u64 + 1)),
+            "B's stream never counted {} struck: {}",
+            n + 1,
+            on_b.text
+        );
+        worst = worst.max(t0.elapsed());
+    }
+    eprintln!("a change stored through A reached B's live stream in at most {worst:?}");
+    assert!(worst < Duration::from_secs(1), "took {worst:?}");
+}
+
+#[test]
+fn revoking_a_device_on_one_server_ends_its_stream_on_another_within_a_second() {
+    let Some(url) = database("revoke") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let servers = three_servers(dir.path(), &url);
+    let org = Organizer::new(
+        &dir.path().join("org"),
+        &servers[0].base(),
+        &servers[0].data,
+    );
+    let recipient = org.keygen("organizer.age");
+    let campaign = org.create_campaign("Status for All", &recipient);
+    let (device, token) = servers[0].enroll(&campaign, "organizer");
+    let (_, bystander) = servers[0].enroll(&campaign, "organizer");
+    let mut on_c = Stream::open(&servers[2].base(), &campaign, &token);
+    let mut other_on_c = Stream::open(&servers[2].base(), &campaign, &bystander);
+    let t0 = Instant::now();
+    let (status, body) = tally_tests::server::http(
+        &servers[0].base(),
+        "POST",
+        &format!("/api/v1/devices/{device}/revoke"),
+        Some(&servers[0].admin()),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    if on_c.wait_closed(Duration::from_secs(5)).is_none() {
+        panic!(
+            "the revoked device's stream on C never ended; C's log:\n{}",
+            servers[2].log_text()
+        );
+    }
+    // From before the revocation was asked of A, to the end of C's stream.
+    let took = t0.elapsed();
+    eprintln!("revocation on A ended the device's stream on C {took:?} after it was asked");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert!(
+        other_on_c.wait_closed(Duration::from_millis(300)).is_none(),
+        "another device's stream stays open"
+    );
+    // And the token is refused everywhere.
+    for server in &servers {
+        let (status, _) = tally_tests::server::http(
+            &server.base(),
+            "GET",
+            &format!("/api/v1/campaigns/{campaign}/totals"),
+            Some(&token),
+            None,
+        );
+        assert_eq!(status, 401, "the revoked token on {}", server.base());
+    }
+}
