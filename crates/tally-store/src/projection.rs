@@ -683,51 +683,27 @@ impl ReadTx<'_> {
 }
 
 fn scan(conn: &Connection, campaign: &str, filter: &Filter) -> Result<Totals> {
-    let mut where_sig = String::from("s.campaign = ?1");
-    let mut where_ci = String::from("campaign = ?1");
-    let mut sig_args: Vec<rusqlite::types::Value> = vec![campaign.to_string().into()];
-    let mut ci_args: Vec<rusqlite::types::Value> = vec![campaign.to_string().into()];
-    if let Some(e) = &filter.event {
-        sig_args.push(e.clone().into());
-        where_sig.push_str(&format!(" AND s.event = ?{}", sig_args.len()));
-        ci_args.push(e.clone().into());
-        where_ci.push_str(&format!(" AND event = ?{}", ci_args.len()));
-    }
-    if let Some(from) = filter.from {
-        sig_args.push(from.into());
-        where_sig.push_str(&format!(" AND s.collected_at >= ?{}", sig_args.len()));
-        ci_args.push(from.into());
-        where_ci.push_str(&format!(" AND at >= ?{}", ci_args.len()));
-    }
-    if let Some(to) = filter.to {
-        sig_args.push(to.into());
-        where_sig.push_str(&format!(" AND s.collected_at < ?{}", sig_args.len()));
-        ci_args.push(to.into());
-        where_ci.push_str(&format!(" AND at < ?{}", ci_args.len()));
-    }
-    let city_filter = filter.city.as_deref().map(city_key);
-    if let Some(c) = &city_filter {
-        sig_args.push(c.clone().into());
-        where_sig.push_str(&format!(" AND s.city_key = ?{}", sig_args.len()));
-    }
-    if let Some(f) = &filter.fsa {
-        sig_args.push(f.clone().into());
-        where_sig.push_str(&format!(" AND s.fsa = ?{}", sig_args.len()));
-    }
-
-    let mut t = Totals::default();
-    let mut all = CellAcc::default();
-    let mut dims: [HashMap<String, CellAcc>; 6] = Default::default();
+    let to_sql = |args: Vec<FilterArg>| -> Vec<rusqlite::types::Value> {
+        args.into_iter()
+            .map(|a| match a {
+                FilterArg::Text(t) => t.into(),
+                FilterArg::Int(i) => i.into(),
+            })
+            .collect()
+    };
+    let (where_sig, sig_args) = signature_conditions(filter, |i| format!("?{i}"));
+    let mut sig_args = to_sql(sig_args);
+    sig_args.insert(0, campaign.to_string().into());
     // Strikes are few: one lookup here instead of one per row.
     let struck: HashSet<String> = conn
         .prepare_cached("SELECT sig_id FROM strikes WHERE campaign = ?1 AND revoked = 0")?
         .query_map([campaign], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     // Each record once (docs/documents.md, "Counting once"): every copy of the ids that have
-    // a copy matching the filter, merged, and the filter applied to the merged record.
+    // a copy matching the filter; `scanned_totals` merges them and filters the merged record.
     let sql = format!(
         "SELECT o.event, o.collected_at, o.day, o.collected_by, o.city, o.fsa, o.riding, o.consent, o.dup, o.withdrawn, o.sig_id
-         FROM signatures o WHERE o.campaign = ?1 AND o.sig_id IN (SELECT s.sig_id FROM signatures s WHERE {where_sig})"
+         FROM signatures o WHERE o.campaign = ?1 AND o.sig_id IN (SELECT s.sig_id FROM signatures s WHERE s.campaign = ?1{where_sig})"
     );
     let mut copies: HashMap<String, Vec<SignatureRow>> = HashMap::new();
     let mut stmt = conn.prepare_cached(&sql)?;
@@ -735,21 +711,158 @@ fn scan(conn: &Connection, campaign: &str, filter: &Filter) -> Result<Totals> {
     while let Some(r) = rows.next()? {
         copies.entry(r.get(10)?).or_default().push(sig_row(r)?);
     }
-    let matches = |row: &SignatureRow| {
-        filter
-            .event
-            .as_ref()
-            .is_none_or(|e| row.event.as_ref() == Some(e))
-            && filter.from.is_none_or(|f| row.collected_at >= f)
-            && filter.to.is_none_or(|to| row.collected_at < to)
-            && city_filter
-                .as_ref()
-                .is_none_or(|c| city_key(&row.city) == *c)
-            && filter.fsa.as_ref().is_none_or(|f| row.fsa == *f)
+    let checkins = match checkin_conditions(filter, |i| format!("?{i}")) {
+        None => None,
+        Some((where_ci, ci_args)) => {
+            let mut ci_args = to_sql(ci_args);
+            ci_args.insert(0, campaign.to_string().into());
+            let sql = format!(
+                "SELECT o.event, o.attendee, o.at, o.by_id, o.walk_in, o.withdrawn, o.ci_id FROM checkins o
+                 WHERE o.campaign = ?1 AND o.ci_id IN (SELECT ci_id FROM checkins WHERE campaign = ?1{where_ci})"
+            );
+            let mut copies: HashMap<String, Vec<CheckinRow>> = HashMap::new();
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut rows = stmt.query(rusqlite::params_from_iter(ci_args))?;
+            while let Some(r) = rows.next()? {
+                copies.entry(r.get(6)?).or_default().push(checkin_row(r)?);
+            }
+            Some(copies)
+        }
     };
+    let scanned_checkins = checkins.is_some();
+    let mut t = scanned_totals(filter, &copies, &struck, checkins.as_ref());
+    if !scanned_checkins {
+        // City and FSA do not narrow check-ins: theirs are the whole campaign's, in the cells.
+        let mut stmt = conn.prepare_cached(
+            "SELECT dim, key, n, uniq FROM agg_cells
+             WHERE campaign = ?1 AND dim IN ('checkin', 'checkin_pre', 'checkin_walk')",
+        )?;
+        let cells = stmt
+            .query_map([campaign], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)? as u64,
+                    r.get::<_, i64>(3)? as u64,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        t.checkins = totals_of_cells(
+            cells
+                .into_iter()
+                .filter_map(|(d, k, n, u)| Some((Dim::parse(&d)?, k, n, u))),
+        )
+        .checkins;
+    }
+    paper(conn, campaign, &mut t)?;
+    Ok(t)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The scan's pure part, shared by both backends (`crate::pg::projection` too): which rows a
+// filter selects, as SQL conditions, and what the selected rows count as.
+
+/// A value a filter condition binds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FilterArg {
+    /// A text.
+    Text(String),
+    /// An integer.
+    Int(i64),
+}
+
+/// The conditions `filter` puts on signature rows (alias `s`), each starting ` AND `, with
+/// their values; the placeholders are numbered from 2 (`placeholder(2)`, ...: the caller binds
+/// the campaign as 1). They select a superset of the records `scanned_totals` counts: every
+/// copy matching, whose record is then merged and checked again.
+pub(crate) fn signature_conditions(
+    filter: &Filter,
+    placeholder: impl Fn(usize) -> String,
+) -> (String, Vec<FilterArg>) {
+    let mut sql = String::new();
+    let mut args = Vec::new();
+    let mut add = |cond: &str, arg: FilterArg| {
+        args.push(arg);
+        sql.push_str(&format!(" AND s.{cond} {}", placeholder(args.len() + 1)));
+    };
+    if let Some(e) = &filter.event {
+        add("event =", FilterArg::Text(e.clone()));
+    }
+    if let Some(from) = filter.from {
+        add("collected_at >=", FilterArg::Int(from));
+    }
+    if let Some(to) = filter.to {
+        add("collected_at <", FilterArg::Int(to));
+    }
+    if let Some(c) = &filter.city {
+        add("city_key =", FilterArg::Text(city_key(c)));
+    }
+    if let Some(f) = &filter.fsa {
+        add("fsa =", FilterArg::Text(f.clone()));
+    }
+    (sql, args)
+}
+
+/// The conditions `filter` puts on check-in rows (event and time only), as
+/// [`signature_conditions`]; `None` when it does not narrow check-ins (then a campaign's
+/// check-ins are its aggregate cells').
+pub(crate) fn checkin_conditions(
+    filter: &Filter,
+    placeholder: impl Fn(usize) -> String,
+) -> Option<(String, Vec<FilterArg>)> {
+    if filter.event.is_none() && filter.from.is_none() && filter.to.is_none() {
+        return None;
+    }
+    let mut sql = String::new();
+    let mut args = Vec::new();
+    let mut add = |cond: &str, arg: FilterArg| {
+        args.push(arg);
+        sql.push_str(&format!(" AND {cond} {}", placeholder(args.len() + 1)));
+    };
+    if let Some(e) = &filter.event {
+        add("event =", FilterArg::Text(e.clone()));
+    }
+    if let Some(from) = filter.from {
+        add("at >=", FilterArg::Int(from));
+    }
+    if let Some(to) = filter.to {
+        add("at <", FilterArg::Int(to));
+    }
+    Some((sql, args))
+}
+
+/// Whether a (merged) signature is one `filter` selects; `city` is the filter's city folded
+/// (`city_key`).
+fn signature_matches(filter: &Filter, city: Option<&str>, row: &SignatureRow) -> bool {
+    filter
+        .event
+        .as_ref()
+        .is_none_or(|e| row.event.as_ref() == Some(e))
+        && filter.from.is_none_or(|f| row.collected_at >= f)
+        && filter.to.is_none_or(|to| row.collected_at < to)
+        && city.is_none_or(|c| city_key(&row.city) == c)
+        && filter.fsa.as_ref().is_none_or(|f| row.fsa == *f)
+}
+
+/// The totals of the records whose copies are `sig_copies` (by record id) and, when the filter
+/// narrows check-ins, `checkin_copies` (by check-in id): each record merged from its copies,
+/// counted if `filter` selects it, as struck if its id is in `struck`. Check-ins are left empty
+/// when `checkin_copies` is `None`, and paper sheets always: the caller adds them.
+pub(crate) fn scanned_totals(
+    filter: &Filter,
+    sig_copies: &HashMap<String, Vec<SignatureRow>>,
+    struck: &HashSet<String>,
+    checkin_copies: Option<&HashMap<String, Vec<CheckinRow>>>,
+) -> Totals {
+    let mut t = Totals::default();
+    let mut all = CellAcc::default();
+    let mut dims: [HashMap<String, CellAcc>; 6] = Default::default();
     let mut spellings: BTreeMap<String, Spellings> = BTreeMap::new();
-    for (id, rows) in &copies {
-        let Some(row) = SignatureRow::merged(rows).filter(|r| matches(r)) else {
+    let city_filter = filter.city.as_deref().map(city_key);
+    for (id, rows) in sig_copies {
+        let Some(row) = SignatureRow::merged(rows)
+            .filter(|r| signature_matches(filter, city_filter.as_deref(), r))
+        else {
             continue;
         };
         if row.withdrawn {
@@ -787,38 +900,11 @@ fn scan(conn: &Connection, campaign: &str, filter: &Filter) -> Result<Totals> {
     t.by_day = cells(day);
     t.by_canvasser = cells(canvasser);
 
-    if filter.event.is_none() && filter.from.is_none() && filter.to.is_none() {
-        // City and FSA do not narrow check-ins: theirs are the whole campaign's, in the cells.
-        let mut stmt = conn.prepare_cached(
-            "SELECT dim, key, uniq FROM agg_cells
-             WHERE campaign = ?1 AND dim IN ('checkin', 'checkin_pre', 'checkin_walk')",
-        )?;
-        let mut rows = stmt.query([campaign])?;
-        while let Some(r) = rows.next()? {
-            let cell = t.checkins.entry(r.get(1)?).or_default();
-            let uniq = r.get::<_, i64>(2)? as u64;
-            let dim: String = r.get(0)?;
-            match Dim::parse(&dim) {
-                Some(Dim::Checkin) => cell.unique = uniq,
-                Some(Dim::CheckinPre) => cell.pre_registered = uniq,
-                _ => cell.walk_in = uniq,
-            }
-        }
-        paper(conn, campaign, &mut t)?;
-        return Ok(t);
-    }
+    let Some(checkin_copies) = checkin_copies else {
+        return t;
+    };
     let mut sets: HashMap<String, [HashSet<String>; 3]> = HashMap::new();
-    let sql = format!(
-        "SELECT o.event, o.attendee, o.at, o.by_id, o.walk_in, o.withdrawn, o.ci_id FROM checkins o
-         WHERE o.campaign = ?1 AND o.ci_id IN (SELECT ci_id FROM checkins WHERE {where_ci})"
-    );
-    let mut copies: HashMap<String, Vec<CheckinRow>> = HashMap::new();
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut rows = stmt.query(rusqlite::params_from_iter(ci_args))?;
-    while let Some(r) = rows.next()? {
-        copies.entry(r.get(6)?).or_default().push(checkin_row(r)?);
-    }
-    for rows in copies.values() {
+    for rows in checkin_copies.values() {
         let Some(ci) = CheckinRow::merged(rows) else {
             continue;
         };
@@ -845,8 +931,7 @@ fn scan(conn: &Connection, campaign: &str, filter: &Filter) -> Result<Totals> {
             )
         })
         .collect();
-    paper(conn, campaign, &mut t)?;
-    Ok(t)
+    t
 }
 
 // ---------------------------------------------------------------------------------------------

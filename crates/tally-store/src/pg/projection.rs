@@ -15,13 +15,15 @@ use postgres::{GenericClient, Row};
 use tally_core::cells::{
     CheckinRow, Contribution, Dim, SignatureRow, checkin_cells, signature_cells, totals_of_cells,
 };
-use tally_core::city::{Spellings, city_key, labelled};
+use tally_core::city::city_key;
 use tally_core::collection::{CHECKINS, Checkin, Collection, SIGNATURES, Signature};
 use tally_core::review::{Review, Sheet, Strike};
-use tally_core::totals::{CellAcc, CheckinCell, PaperCell, Totals, cells};
+use tally_core::totals::{PaperCell, Totals};
 
 use crate::error::{Result, StoreError};
-use crate::projection::Filter;
+use crate::projection::{
+    Filter, FilterArg, checkin_conditions, scanned_totals, signature_conditions,
+};
 
 fn is_struck(conn: &mut impl GenericClient, campaign: &str, sig_id: &str) -> Result<bool> {
     Ok(conn
@@ -663,42 +665,21 @@ pub(crate) fn scan(
     campaign: &str,
     filter: &Filter,
 ) -> Result<Totals> {
-    let city_filter = filter.city.as_deref().map(city_key);
     let campaign_owned = campaign.to_string();
-    let mut where_sig = String::from("s.campaign = $1");
-    let mut where_ci = String::from("campaign = $1");
-    let mut sig_args: Vec<&(dyn ToSql + Sync)> = vec![&campaign_owned];
-    let mut ci_args: Vec<&(dyn ToSql + Sync)> = vec![&campaign_owned];
-    if let Some(e) = &filter.event {
-        sig_args.push(e);
-        where_sig.push_str(&format!(" AND s.event = ${}", sig_args.len()));
-        ci_args.push(e);
-        where_ci.push_str(&format!(" AND event = ${}", ci_args.len()));
-    }
-    if let Some(from) = &filter.from {
-        sig_args.push(from);
-        where_sig.push_str(&format!(" AND s.collected_at >= ${}", sig_args.len()));
-        ci_args.push(from);
-        where_ci.push_str(&format!(" AND at >= ${}", ci_args.len()));
-    }
-    if let Some(to) = &filter.to {
-        sig_args.push(to);
-        where_sig.push_str(&format!(" AND s.collected_at < ${}", sig_args.len()));
-        ci_args.push(to);
-        where_ci.push_str(&format!(" AND at < ${}", ci_args.len()));
-    }
-    if let Some(c) = &city_filter {
-        sig_args.push(c);
-        where_sig.push_str(&format!(" AND s.city_key = ${}", sig_args.len()));
-    }
-    if let Some(f) = &filter.fsa {
-        sig_args.push(f);
-        where_sig.push_str(&format!(" AND s.fsa = ${}", sig_args.len()));
-    }
-
-    let mut t = Totals::default();
-    let mut all = CellAcc::default();
-    let mut dims: [HashMap<String, CellAcc>; 6] = Default::default();
+    let bind = |args: &[FilterArg]| -> Vec<Box<dyn ToSql + Sync>> {
+        args.iter()
+            .map(|a| -> Box<dyn ToSql + Sync> {
+                match a {
+                    FilterArg::Text(t) => Box::new(t.clone()),
+                    FilterArg::Int(i) => Box::new(*i),
+                }
+            })
+            .collect()
+    };
+    let (where_sig, sig_args) = signature_conditions(filter, |i| format!("${i}"));
+    let sig_args = bind(&sig_args);
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&campaign_owned];
+    params.extend(sig_args.iter().map(|b| b.as_ref()));
     let struck: HashSet<String> = conn
         .query(
             "SELECT sig_id FROM strikes WHERE campaign = $1 AND NOT revoked",
@@ -709,118 +690,56 @@ pub(crate) fn scan(
         .collect();
     let sql = format!(
         "SELECT o.event, o.collected_at, o.day, o.collected_by, o.city, o.fsa, o.riding, o.consent, o.dup, o.withdrawn, o.sig_id
-         FROM signatures o WHERE o.campaign = $1 AND o.sig_id IN (SELECT s.sig_id FROM signatures s WHERE {where_sig})"
+         FROM signatures o WHERE o.campaign = $1 AND o.sig_id IN (SELECT s.sig_id FROM signatures s WHERE s.campaign = $1{where_sig})"
     );
     let mut copies: HashMap<String, Vec<SignatureRow>> = HashMap::new();
-    for r in conn.query(&sql, &sig_args)? {
+    for r in conn.query(&sql, &params)? {
         copies.entry(r.get(10)).or_default().push(sig_row(&r));
     }
-    let matches = |row: &SignatureRow| {
-        filter
-            .event
-            .as_ref()
-            .is_none_or(|e| row.event.as_ref() == Some(e))
-            && filter.from.is_none_or(|f| row.collected_at >= f)
-            && filter.to.is_none_or(|to| row.collected_at < to)
-            && city_filter
-                .as_ref()
-                .is_none_or(|c| city_key(&row.city) == *c)
-            && filter.fsa.as_ref().is_none_or(|f| row.fsa == *f)
+    let checkins = match checkin_conditions(filter, |i| format!("${i}")) {
+        None => None,
+        Some((where_ci, ci_args)) => {
+            let ci_args = bind(&ci_args);
+            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&campaign_owned];
+            params.extend(ci_args.iter().map(|b| b.as_ref()));
+            let sql = format!(
+                "SELECT o.event, o.attendee, o.at, o.by_id, o.walk_in, o.withdrawn, o.ci_id FROM checkins o
+                 WHERE o.campaign = $1 AND o.ci_id IN (SELECT ci_id FROM checkins WHERE campaign = $1{where_ci})"
+            );
+            let mut copies: HashMap<String, Vec<CheckinRow>> = HashMap::new();
+            for r in conn.query(&sql, &params)? {
+                copies.entry(r.get(6)).or_default().push(checkin_row(&r));
+            }
+            Some(copies)
+        }
     };
-    let mut spellings: BTreeMap<String, Spellings> = BTreeMap::new();
-    for (id, rows) in &copies {
-        let Some(row) = SignatureRow::merged(rows).filter(|r| matches(r)) else {
-            continue;
-        };
-        if row.withdrawn {
-            t.withdrawn += 1;
-            continue;
-        }
-        if struck.contains(id) {
-            t.struck += 1;
-            continue;
-        }
-        all.add(&row.dup);
-        let city = city_key(&row.city);
-        spellings.entry(city.clone()).or_default().add(&row.city, 1);
-        let keys: [Option<&String>; 6] = [
-            row.event.as_ref(),
-            Some(&city),
-            Some(&row.fsa),
-            row.riding.as_ref(),
-            Some(&row.day),
-            Some(&row.collected_by),
-        ];
-        for (dim, key) in dims.iter_mut().zip(keys) {
-            if let Some(k) = key {
-                dim.entry(k.clone()).or_default().add(&row.dup);
-            }
-        }
+    let scanned_checkins = checkins.is_some();
+    let mut t = scanned_totals(filter, &copies, &struck, checkins.as_ref());
+    if !scanned_checkins {
+        // City and FSA do not narrow check-ins: theirs are the whole campaign's, in the cells.
+        let cells: Vec<(String, String, u64, u64)> = conn
+            .query(
+                "SELECT dim, key, n, uniq FROM agg_cells
+                 WHERE campaign = $1 AND dim IN ('checkin', 'checkin_pre', 'checkin_walk')",
+                &[&campaign],
+            )?
+            .iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    r.get(1),
+                    u64::try_from(r.get::<_, i64>(2)).unwrap_or(0),
+                    u64::try_from(r.get::<_, i64>(3)).unwrap_or(0),
+                )
+            })
+            .collect();
+        t.checkins = totals_of_cells(
+            cells
+                .into_iter()
+                .filter_map(|(d, k, n, u)| Some((Dim::parse(&d)?, k, n, u))),
+        )
+        .checkins;
     }
-    let all = all.cell();
-    (t.signatures, t.unique_signers) = (all.signatures, all.unique);
-    let [ev, city, fsa, riding, day, canvasser] = dims;
-    t.by_event = cells(ev);
-    t.by_city = labelled(cells(city), &spellings);
-    t.by_fsa = cells(fsa);
-    t.by_riding = cells(riding);
-    t.by_day = cells(day);
-    t.by_canvasser = cells(canvasser);
-
-    if filter.event.is_none() && filter.from.is_none() && filter.to.is_none() {
-        for r in conn.query(
-            "SELECT dim, key, uniq FROM agg_cells
-             WHERE campaign = $1 AND dim IN ('checkin', 'checkin_pre', 'checkin_walk')",
-            &[&campaign],
-        )? {
-            let cell = t.checkins.entry(r.get(1)).or_default();
-            let uniq = u64::try_from(r.get::<_, i64>(2)).unwrap_or(0);
-            let dim: &str = r.get(0);
-            match Dim::parse(dim) {
-                Some(Dim::Checkin) => cell.unique = uniq,
-                Some(Dim::CheckinPre) => cell.pre_registered = uniq,
-                _ => cell.walk_in = uniq,
-            }
-        }
-        paper(conn, campaign, &mut t)?;
-        return Ok(t);
-    }
-    let mut sets: HashMap<String, [HashSet<String>; 3]> = HashMap::new();
-    let sql = format!(
-        "SELECT o.event, o.attendee, o.at, o.by_id, o.walk_in, o.withdrawn, o.ci_id FROM checkins o
-         WHERE o.campaign = $1 AND o.ci_id IN (SELECT ci_id FROM checkins WHERE {where_ci})"
-    );
-    let mut copies: HashMap<String, Vec<CheckinRow>> = HashMap::new();
-    for r in conn.query(&sql, &ci_args)? {
-        copies.entry(r.get(6)).or_default().push(checkin_row(&r));
-    }
-    for rows in copies.values() {
-        let Some(ci) = CheckinRow::merged(rows) else {
-            continue;
-        };
-        let matches = !ci.withdrawn
-            && filter.event.as_ref().is_none_or(|e| ci.event == *e)
-            && filter.from.is_none_or(|f| ci.at >= f)
-            && filter.to.is_none_or(|to| ci.at < to);
-        if matches {
-            let s = sets.entry(ci.event.clone()).or_default();
-            s[0].insert(ci.attendee.clone());
-            s[if ci.walk_in { 2 } else { 1 }].insert(ci.attendee);
-        }
-    }
-    t.checkins = sets
-        .into_iter()
-        .map(|(k, [u, p, w])| {
-            (
-                k,
-                CheckinCell {
-                    unique: u.len() as u64,
-                    pre_registered: p.len() as u64,
-                    walk_in: w.len() as u64,
-                },
-            )
-        })
-        .collect();
     paper(conn, campaign, &mut t)?;
     Ok(t)
 }
