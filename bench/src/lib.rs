@@ -276,8 +276,16 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<Report> {
                 s
             }
         };
-        let rate = figs.value("ingest.signatures_per_sec");
-        baseline::run(&setup, &work, rate, &mut figs)?;
+        let rates: Vec<(String, String, Option<f64>)> = if args.has(Phase::Ingest) {
+            vec![(
+                String::new(),
+                String::new(),
+                figs.value("ingest.signatures_per_sec"),
+            )]
+        } else {
+            Vec::new()
+        };
+        baseline::run(&setup, &work, &rates, &mut figs)?;
     }
     drop(ingested);
 

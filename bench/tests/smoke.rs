@@ -45,6 +45,8 @@ const FIGURES: &[&str] = &[
     "phone.sign_p50_ms",
     "phone.sign_p99_ms",
     "phone.rss_mb",
+    "baseline.floor_per_sec",
+    "baseline.floor_ratio",
     "baseline.signatures_per_sec",
     "baseline.ratio",
     "baseline.with_validation_per_sec",
