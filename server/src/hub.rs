@@ -880,6 +880,11 @@ impl Hub {
     /// Compacts the loaded documents that have gathered `compact_after_chunks` chunks since
     /// their snapshot (run by the background task); returns how many were compacted. A document
     /// unloaded meanwhile waits until its next write.
+    ///
+    /// Servers sharing a database compact a document once: the one that holds the
+    /// document's [`Storage::try_exclusive`] counts the chunks as stored, so a server coming
+    /// after it finds them already compacted; one that finds the document taken tries again
+    /// on its next tick.
     pub fn compact_due(&self) -> usize {
         let due: Vec<DocumentId> = lock(&self.due_compaction).drain().collect();
         let mut n = 0;
@@ -887,11 +892,34 @@ impl Hub {
             let Some(slot) = lock(&self.docs).get(&id).cloned() else {
                 continue;
             };
+            let key = id.to_string();
+            let exclusive = match self.store.try_exclusive(&format!("compact {key}")) {
+                Ok(Some(exclusive)) => exclusive,
+                Ok(None) => {
+                    lock(&self.due_compaction).insert(id);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(doc = %key, error = %e, "compaction skipped");
+                    continue;
+                }
+            };
             let mut guard = lock(&slot);
-            if guard.chunks >= self.cfg.compact_after_chunks {
-                self.compact(&id.to_string(), &mut guard);
+            let stored = match self.store.chunks_since_snapshot(&key) {
+                Ok(stats) => stats.count,
+                Err(e) => {
+                    tracing::warn!(doc = %key, error = %e, "compaction skipped");
+                    continue;
+                }
+            };
+            if stored >= self.cfg.compact_after_chunks {
+                self.compact(&key, &mut guard);
                 n += 1;
+            } else {
+                // Compacted by another server sharing the database.
+                guard.chunks = stored;
             }
+            drop(exclusive);
         }
         n
     }
@@ -1022,8 +1050,15 @@ impl Hub {
         Ok(dirty.len())
     }
 
-    /// Rewrites one campaign's totals document if its totals changed.
+    /// Rewrites one campaign's totals document if its totals changed. Servers sharing a
+    /// database rewrite it once: under the campaign's [`Storage::try_exclusive`], a server
+    /// compares the totals with the document as stored (so one coming after another finds it
+    /// current); a server that finds the campaign taken keeps it for its next tick.
     fn refresh_totals_of(&self, campaign: &str) -> Result<(), HubError> {
+        let Some(_exclusive) = self.store.try_exclusive(&format!("totals {campaign}"))? else {
+            lock(&self.dirty_totals).insert(campaign.to_string());
+            return Ok(());
+        };
         let docs = self.store.list_documents(&DocFilter {
             campaign: Some(campaign.to_string()),
             kind: Some("totals".into()),
@@ -1041,9 +1076,12 @@ impl Hub {
             self.totals_suppress_below.load(Ordering::Relaxed),
         );
         let slot = self.slot(&id)?;
-        let current = tally_core::totals_doc::read(&lock(&slot).doc)
-            .ok()
-            .flatten();
+        let current = {
+            let mut guard = lock(&slot);
+            // As stored: another server may have written it since this copy was loaded.
+            self.refresh(&meta.doc_id, &mut guard)?;
+            tally_core::totals_doc::read(&guard.doc).ok().flatten()
+        };
         if current.is_some_and(|(t, _)| t == totals) {
             return Ok(());
         }

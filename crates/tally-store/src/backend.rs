@@ -63,6 +63,32 @@ impl Subscription {
     }
 }
 
+/// Held while this server does background work that one server at a time must do
+/// ([`Storage::try_exclusive`]); dropping it lets another server do it.
+pub struct Exclusive<'a>(Option<Box<dyn Send + 'a>>);
+
+impl<'a> Exclusive<'a> {
+    /// Nothing to let go of: one process owns the database.
+    pub fn alone() -> Exclusive<'static> {
+        Exclusive(None)
+    }
+
+    /// Held as long as `holder` is; `holder` lets go when dropped.
+    pub fn held_by(holder: impl Send + 'a) -> Exclusive<'a> {
+        Exclusive(Some(Box::new(holder)))
+    }
+}
+
+impl std::fmt::Debug for Exclusive<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Exclusive(held)"
+        } else {
+            "Exclusive(alone)"
+        })
+    }
+}
+
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -197,6 +223,12 @@ pub trait Storage: Send + Sync {
         &self,
         on_change: Arc<dyn Fn(Change) + Send + Sync>,
     ) -> Result<Option<Subscription>>;
+
+    /// Background work that must run once however many servers share the database (a
+    /// campaign's totals document rewrite, a document's compaction), named by `what`: `Some`
+    /// while no other server does the same work, `None` if one does (it is then theirs to do;
+    /// try again later). Held until the [`Exclusive`] is dropped, or the server dies.
+    fn try_exclusive(&self, what: &str) -> Result<Option<Exclusive<'_>>>;
 
     /// Whether a working admin device exists.
     fn has_admin(&self) -> Result<bool>;
@@ -562,6 +594,10 @@ impl Storage for Store {
     ) -> Result<Option<Subscription>> {
         // One process writes a SQLite file (the data folder's lock): it knows its own changes.
         Ok(None)
+    }
+    fn try_exclusive(&self, _what: &str) -> Result<Option<Exclusive<'_>>> {
+        // The data folder's lock already makes this server the only one.
+        Ok(Some(Exclusive::alone()))
     }
     fn has_admin(&self) -> Result<bool> {
         Store::has_admin(self)

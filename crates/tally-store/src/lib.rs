@@ -45,7 +45,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
 pub use audit::{AuditBroken, AuditEntry, AuditFilter, NewAudit};
-pub use backend::{Change, Projecting, Reads, Storage, Subscription, Writes};
+pub use backend::{Change, Exclusive, Projecting, Reads, Storage, Subscription, Writes};
 pub use devices::{Device, InviteCode, Replaces, Token, TokenRefusal};
 pub use documents::{CAMPAIGN_KIND, ChunkStats, DocFilter, DocMeta, StoredDoc};
 pub use error::{ReplaceRefusal, Result, StoreError};

@@ -313,6 +313,27 @@ impl PgStore {
         )
     }
 
+    /// Background work one server at a time must do (see [`crate::Storage::try_exclusive`]):
+    /// a session-level advisory lock named after `what`, tried without waiting and held on a
+    /// pooled client of its own until the returned guard is dropped (or that connection dies,
+    /// which lets go of it too).
+    pub fn try_exclusive(&self, what: &str) -> Result<Option<crate::Exclusive<'_>>> {
+        let mut conn = self.pool.get()?;
+        let held = conn.run(|client| {
+            let row = client.query_one(
+                "SELECT pg_try_advisory_lock(hashtext('tally once ' || current_schema() || ' ' || $1))",
+                &[&what],
+            )?;
+            Ok(row.get::<_, bool>(0))
+        })?;
+        Ok(held.then(|| {
+            crate::Exclusive::held_by(Advisory {
+                conn,
+                what: what.to_string(),
+            })
+        }))
+    }
+
     /// The schema version found in the database.
     pub fn schema_version(&self) -> Result<i64> {
         let mut conn = self.pool.get()?;
@@ -647,6 +668,29 @@ impl Drop for Conn<'_> {
             drop(state);
         }
         self.pool.freed.notify_one();
+    }
+}
+
+/// A session-level advisory lock ([`PgStore::try_exclusive`]), let go when dropped.
+struct Advisory<'a> {
+    conn: Conn<'a>,
+    what: String,
+}
+
+impl Drop for Advisory<'_> {
+    fn drop(&mut self) {
+        let what = self.what.clone();
+        let unlocked = self.conn.run(|client| {
+            client.execute(
+                "SELECT pg_advisory_unlock(hashtext('tally once ' || current_schema() || ' ' || $1))",
+                &[&what],
+            )?;
+            Ok(())
+        });
+        if unlocked.is_err() {
+            // Closing the connection lets go of the lock too.
+            self.conn.discard = true;
+        }
     }
 }
 

@@ -237,6 +237,9 @@ impl Storage for PgStore {
     ) -> Result<Option<Subscription>> {
         PgStore::subscribe(self, on_change).map(Some)
     }
+    fn try_exclusive(&self, what: &str) -> Result<Option<crate::Exclusive<'_>>> {
+        PgStore::try_exclusive(self, what)
+    }
     fn has_admin(&self) -> Result<bool> {
         PgStore::has_admin(self)
     }
