@@ -23,13 +23,14 @@ use tally_core::cells::{
 use tally_core::city::{Spellings, city_key, labelled};
 use tally_core::collection::{CHECKINS, Checkin, Collection, SIGNATURES, Signature};
 use tally_core::review::{Review, Sheet, Strike};
-use tally_core::totals::{CellAcc, CheckinCell, PaperCell, Totals, cells};
+use tally_core::totals::{Cell, CellAcc, CheckinCell, PaperCell, Totals, cells};
 
 use crate::{ReadTx, Result, StoreError, WriteTx};
 
 /// What a campaign's totals can be narrowed to. Signatures match on all the given fields
 /// (`from` inclusive, `to` exclusive, on `collected_at`); check-ins on `event` and the time range
-/// (on `at`) only, as they have no city or FSA; paper sheets are never filtered.
+/// (on `at`) only, as they have no city, FSA or riding (and a canvasser filter narrows the
+/// signatures collected, not who checked people in); paper sheets are never filtered.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
     /// Event id.
@@ -43,6 +44,10 @@ pub struct Filter {
     pub city: Option<String>,
     /// The signer's FSA, upper case.
     pub fsa: Option<String>,
+    /// The signer's riding.
+    pub riding: Option<String>,
+    /// The canvasser: the collecting device's id (`collected_by`).
+    pub canvasser: Option<String>,
 }
 
 impl Filter {
@@ -255,6 +260,9 @@ pub struct Batch<'a> {
     cells: HashMap<(Dim, String), i64>,
     /// Net change of each token's record count in a cell.
     members: HashMap<(Dim, String, String), i64>,
+    /// The records whose fact changed: the merged record and whether it is struck, or `None`
+    /// for a record gone.
+    facts: HashMap<String, Option<(SignatureRow, bool)>>,
 }
 
 impl<'a> WriteTx<'a> {
@@ -266,6 +274,7 @@ impl<'a> WriteTx<'a> {
             lineage: None,
             cells: HashMap::new(),
             members: HashMap::new(),
+            facts: HashMap::new(),
         }
     }
 
@@ -348,6 +357,7 @@ impl<'a> WriteTx<'a> {
                  JOIN agg_tokens t ON t.campaign = src.campaign AND t.token = src.token
                  GROUP BY c.key_id, t.token_id;"
         ))?;
+        rebuild_facts(conn)?;
         let cells: i64 = conn.query_row("SELECT COUNT(*) FROM agg_cells", [], |r| r.get(0))?;
         Ok(u64::try_from(cells).unwrap_or(0))
     }
@@ -411,6 +421,8 @@ impl Batch<'_> {
             return Ok(());
         }
         let struck = is_struck(conn, &self.campaign, &s.id)?;
+        self.facts
+            .insert(s.id.clone(), after.clone().map(|a| (a, struck)));
         if let Some(b) = before {
             self.add(signature_cells(&b, struck), -1);
         }
@@ -487,6 +499,7 @@ impl Batch<'_> {
             if let Some(row) = SignatureRow::merged(copies.iter().map(|(_, r)| r)) {
                 self.add(signature_cells(&row, was), -1);
                 self.add(signature_cells(&row, now), 1);
+                self.facts.insert(s.signature.clone(), Some((row, now)));
             }
         }
         Ok(())
@@ -581,7 +594,157 @@ impl Batch<'_> {
                 .execute(params![campaign, dim.as_str(), key, du])?;
             }
         }
+        let mut key_ids = HashMap::new();
+        for (sig_id, record) in self.facts {
+            write_fact(
+                conn,
+                campaign,
+                &sig_id,
+                record.as_ref(),
+                &mut key_ids,
+                &mut token_ids,
+            )?;
+        }
         Ok(())
+    }
+}
+
+/// The id of key `key` of dimension `dim` in `agg_keys`, interned if new.
+fn key_id(
+    conn: &Connection,
+    campaign: &str,
+    dim: Dim,
+    key: String,
+    cache: &mut HashMap<(Dim, String), i64>,
+) -> Result<i64> {
+    if let Some(id) = cache.get(&(dim, key.clone())) {
+        return Ok(*id);
+    }
+    let found = conn
+        .prepare_cached(
+            "SELECT key_id FROM agg_keys WHERE campaign = ?1 AND dim = ?2 AND key = ?3",
+        )?
+        .query_row(params![campaign, dim.as_str(), key], |r| r.get(0))
+        .optional()?;
+    let id = match found {
+        Some(id) => id,
+        None => {
+            conn.prepare_cached("INSERT INTO agg_keys (campaign, dim, key) VALUES (?1, ?2, ?3)")?
+                .execute(params![campaign, dim.as_str(), key])?;
+            conn.last_insert_rowid()
+        }
+    };
+    cache.insert((dim, key), id);
+    Ok(id)
+}
+
+/// Writes the fact of record `sig_id` (its merged row and whether it is struck), or deletes it
+/// for `None`.
+fn write_fact(
+    conn: &Connection,
+    campaign: &str,
+    sig_id: &str,
+    record: Option<&(SignatureRow, bool)>,
+    key_ids: &mut HashMap<(Dim, String), i64>,
+    token_ids: &mut HashMap<String, i64>,
+) -> Result<()> {
+    let Some((row, struck)) = record else {
+        conn.prepare_cached("DELETE FROM agg_records WHERE campaign = ?1 AND sig_id = ?2")?
+            .execute(params![campaign, sig_id])?;
+        return Ok(());
+    };
+    let status = fact_status(row, *struck);
+    let mut keys = [0u32; 7];
+    for (slot, (dim, key)) in keys
+        .iter_mut()
+        .zip(FACT_DIMS.into_iter().zip(fact_keys(row)))
+    {
+        if let Some(k) = key {
+            *slot = fact_id(key_id(conn, campaign, dim, k, key_ids)?)?;
+        }
+    }
+    let token = if status == COUNTED {
+        let id = match token_ids.get(&row.dup) {
+            Some(id) => *id,
+            None => {
+                let id = token_id(conn, campaign, &row.dup)?;
+                token_ids.insert(row.dup.clone(), id);
+                id
+            }
+        };
+        fact_id(id)?
+    } else {
+        0
+    };
+    let fact = Fact {
+        status,
+        at: row.collected_at,
+        token,
+        keys,
+    };
+    let [event, city, fsa, riding, canvasser] = fact.columns();
+    conn.prepare_cached(
+        "INSERT INTO agg_records (campaign, sig_id, at, event, city, fsa, riding, canvasser, fact)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (campaign, sig_id) DO UPDATE SET at = excluded.at, event = excluded.event,
+           city = excluded.city, fsa = excluded.fsa, riding = excluded.riding,
+           canvasser = excluded.canvasser, fact = excluded.fact",
+    )?
+    .execute(params![
+        campaign,
+        sig_id,
+        fact.at,
+        event,
+        city,
+        fsa,
+        riding,
+        canvasser,
+        fact.encode()
+    ])?;
+    Ok(())
+}
+
+/// Rebuilds `agg_records` (and `agg_keys`) from the signature rows, page by page: each
+/// record's copies merged, as the incremental path does.
+fn rebuild_facts(conn: &Connection) -> Result<()> {
+    conn.execute_batch("DELETE FROM agg_records; DELETE FROM agg_keys;")?;
+    let struck: HashSet<(String, String)> = conn
+        .prepare("SELECT campaign, sig_id FROM strikes WHERE revoked = 0")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    const PAGE: usize = 20_000;
+    let mut after = (String::new(), String::new());
+    let (mut key_ids, mut token_ids) = (HashMap::new(), HashMap::new());
+    loop {
+        let mut page: Vec<(String, String, SignatureRow)> = conn
+            .prepare_cached(
+                "SELECT event, collected_at, day, collected_by, city, fsa, riding, consent, dup, withdrawn, campaign, sig_id
+                 FROM signatures WHERE (campaign, sig_id) > (?1, ?2) ORDER BY campaign, sig_id LIMIT ?3",
+            )?
+            .query_map(params![after.0, after.1, PAGE as i64], |r| {
+                Ok((r.get(10)?, r.get(11)?, sig_row(r)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let full = page.len() == PAGE;
+        if full {
+            complete_groups(&mut page)?;
+        }
+        if let Some((c, id, _)) = page.last() {
+            after = (c.clone(), id.clone());
+        }
+        for (campaign, sig_id, row, is_struck) in merged_records(&page, &struck) {
+            write_fact(
+                conn,
+                campaign,
+                sig_id,
+                Some(&(row, is_struck)),
+                &mut key_ids,
+                &mut token_ids,
+            )?;
+        }
+        if !full {
+            return Ok(());
+        }
     }
 }
 
@@ -634,13 +797,14 @@ impl ReadTx<'_> {
         Ok(t)
     }
 
-    /// A campaign's totals narrowed by `filter`: from the aggregates when the filter is empty,
-    /// otherwise by scanning the matching rows (through the filter indexes).
+    /// A campaign's totals narrowed by `filter`: from the aggregate cells when the filter is
+    /// empty, otherwise from the facts of the records one filter's index range selects (the
+    /// other filters checked on each fact; see "Filtered totals from the record facts").
     pub fn query_totals(&self, campaign: &str, filter: &Filter) -> Result<Totals> {
         if filter.is_empty() {
             self.totals(campaign)
         } else {
-            self.scan_totals(campaign, filter)
+            facts_totals(self.conn, campaign, filter)
         }
     }
 
@@ -711,49 +875,143 @@ fn scan(conn: &Connection, campaign: &str, filter: &Filter) -> Result<Totals> {
     while let Some(r) = rows.next()? {
         copies.entry(r.get(10)?).or_default().push(sig_row(r)?);
     }
-    let checkins = match checkin_conditions(filter, |i| format!("?{i}")) {
-        None => None,
-        Some((where_ci, ci_args)) => {
-            let mut ci_args = to_sql(ci_args);
-            ci_args.insert(0, campaign.to_string().into());
-            let sql = format!(
-                "SELECT o.event, o.attendee, o.at, o.by_id, o.walk_in, o.withdrawn, o.ci_id FROM checkins o
-                 WHERE o.campaign = ?1 AND o.ci_id IN (SELECT ci_id FROM checkins WHERE campaign = ?1{where_ci})"
-            );
-            let mut copies: HashMap<String, Vec<CheckinRow>> = HashMap::new();
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let mut rows = stmt.query(rusqlite::params_from_iter(ci_args))?;
-            while let Some(r) = rows.next()? {
-                copies.entry(r.get(6)?).or_default().push(checkin_row(r)?);
-            }
-            Some(copies)
-        }
-    };
-    let scanned_checkins = checkins.is_some();
+    let checkins = checkin_copies_matching(conn, campaign, filter)?;
     let mut t = scanned_totals(filter, &copies, &struck, checkins.as_ref());
-    if !scanned_checkins {
-        // City and FSA do not narrow check-ins: theirs are the whole campaign's, in the cells.
-        let mut stmt = conn.prepare_cached(
-            "SELECT dim, key, n, uniq FROM agg_cells
-             WHERE campaign = ?1 AND dim IN ('checkin', 'checkin_pre', 'checkin_walk')",
-        )?;
-        let cells = stmt
-            .query_map([campaign], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)? as u64,
-                    r.get::<_, i64>(3)? as u64,
-                ))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        t.checkins = totals_of_cells(
-            cells
-                .into_iter()
-                .filter_map(|(d, k, n, u)| Some((Dim::parse(&d)?, k, n, u))),
-        )
-        .checkins;
+    if checkins.is_none() {
+        t.checkins = campaign_checkins(conn, campaign)?;
     }
+    paper(conn, campaign, &mut t)?;
+    Ok(t)
+}
+
+/// The copies of the check-ins `filter` narrows to, by id (`None` when it does not narrow
+/// check-ins: then they are the campaign's, [`campaign_checkins`]).
+#[allow(clippy::type_complexity)]
+fn checkin_copies_matching(
+    conn: &Connection,
+    campaign: &str,
+    filter: &Filter,
+) -> Result<Option<HashMap<String, Vec<CheckinRow>>>> {
+    let Some((where_ci, ci_args)) = checkin_conditions(filter, |i| format!("?{i}")) else {
+        return Ok(None);
+    };
+    let mut args: Vec<rusqlite::types::Value> = vec![campaign.to_string().into()];
+    args.extend(ci_args.into_iter().map(|a| match a {
+        FilterArg::Text(t) => rusqlite::types::Value::from(t),
+        FilterArg::Int(i) => i.into(),
+    }));
+    let sql = format!(
+        "SELECT o.event, o.attendee, o.at, o.by_id, o.walk_in, o.withdrawn, o.ci_id FROM checkins o
+         WHERE o.campaign = ?1 AND o.ci_id IN (SELECT ci_id FROM checkins WHERE campaign = ?1{where_ci})"
+    );
+    let mut copies: HashMap<String, Vec<CheckinRow>> = HashMap::new();
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+    while let Some(r) = rows.next()? {
+        copies.entry(r.get(6)?).or_default().push(checkin_row(r)?);
+    }
+    Ok(Some(copies))
+}
+
+/// A campaign's check-ins, from the aggregate cells.
+fn campaign_checkins(conn: &Connection, campaign: &str) -> Result<BTreeMap<String, CheckinCell>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT dim, key, n, uniq FROM agg_cells
+         WHERE campaign = ?1 AND dim IN ('checkin', 'checkin_pre', 'checkin_walk')",
+    )?;
+    let cells = stmt
+        .query_map([campaign], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)? as u64,
+                r.get::<_, i64>(3)? as u64,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(totals_of_cells(
+        cells
+            .into_iter()
+            .filter_map(|(d, k, n, u)| Some((Dim::parse(&d)?, k, n, u))),
+    )
+    .checkins)
+}
+
+/// The key ids of a campaign, named.
+fn campaign_keys(conn: &Connection, campaign: &str) -> Result<HashMap<u32, (Dim, String)>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT key_id, dim, key FROM agg_keys WHERE campaign = ?1")?;
+    let rows = stmt
+        .query_map([campaign], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut keys = HashMap::new();
+    for (id, dim, key) in rows {
+        if let Some(dim) = Dim::parse(&dim) {
+            keys.insert(fact_id(id)?, (dim, key));
+        }
+    }
+    Ok(keys)
+}
+
+/// Filtered totals from the record facts (see "Filtered totals from the record facts").
+fn facts_totals(conn: &Connection, campaign: &str, filter: &Filter) -> Result<Totals> {
+    let mut ff = FactFilter {
+        from: filter.from,
+        to: filter.to,
+        ..FactFilter::default()
+    };
+    for (slot, named) in ff.keys.iter_mut().zip(filter_keys(filter)) {
+        if let Some((dim, key)) = named {
+            let id: Option<i64> = conn
+                .prepare_cached(
+                    "SELECT key_id FROM agg_keys WHERE campaign = ?1 AND dim = ?2 AND key = ?3",
+                )?
+                .query_row(params![campaign, dim.as_str(), key], |r| r.get(0))
+                .optional()?;
+            *slot = Some(id.unwrap_or(NO_SUCH_KEY));
+        }
+    }
+    let mut facts = Vec::new();
+    {
+        let (sql, args): (String, Vec<i64>) = match ff.range() {
+            FactRange::Key(column, id) => (
+                format!("SELECT fact FROM agg_records WHERE campaign = ?1 AND {column} = ?2"),
+                vec![id],
+            ),
+            FactRange::Time(from, to) => (
+                "SELECT fact FROM agg_records WHERE campaign = ?1 AND at >= ?2 AND at < ?3"
+                    .to_string(),
+                vec![from, to],
+            ),
+        };
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut values: Vec<rusqlite::types::Value> = vec![campaign.to_string().into()];
+        values.extend(args.into_iter().map(rusqlite::types::Value::from));
+        let mut rows = stmt.query(rusqlite::params_from_iter(values))?;
+        while let Some(r) = rows.next()? {
+            let bytes: Vec<u8> = r.get(0)?;
+            facts.push(Fact::decode(&bytes).ok_or_else(|| {
+                StoreError::Drift(format!(
+                    "{campaign}: a record fact of {} bytes: run `tally reindex`",
+                    bytes.len()
+                ))
+            })?);
+        }
+    }
+    let keys = campaign_keys(conn, campaign)?;
+    let mut t = totals_of_facts(&ff, facts, &keys);
+    t.checkins = match checkin_copies_matching(conn, campaign, filter)? {
+        Some(copies) => {
+            scanned_totals(filter, &HashMap::new(), &HashSet::new(), Some(&copies)).checkins
+        }
+        None => campaign_checkins(conn, campaign)?,
+    };
     paper(conn, campaign, &mut t)?;
     Ok(t)
 }
@@ -800,6 +1058,12 @@ pub(crate) fn signature_conditions(
     if let Some(f) = &filter.fsa {
         add("fsa =", FilterArg::Text(f.clone()));
     }
+    if let Some(r) = &filter.riding {
+        add("riding =", FilterArg::Text(r.clone()));
+    }
+    if let Some(c) = &filter.canvasser {
+        add("collected_by =", FilterArg::Text(c.clone()));
+    }
     (sql, args)
 }
 
@@ -842,6 +1106,14 @@ fn signature_matches(filter: &Filter, city: Option<&str>, row: &SignatureRow) ->
         && filter.to.is_none_or(|to| row.collected_at < to)
         && city.is_none_or(|c| city_key(&row.city) == c)
         && filter.fsa.as_ref().is_none_or(|f| row.fsa == *f)
+        && filter
+            .riding
+            .as_ref()
+            .is_none_or(|r| row.riding.as_ref() == Some(r))
+        && filter
+            .canvasser
+            .as_ref()
+            .is_none_or(|c| row.collected_by == *c)
 }
 
 /// The totals of the records whose copies are `sig_copies` (by record id) and, when the filter
@@ -900,11 +1172,20 @@ pub(crate) fn scanned_totals(
     t.by_day = cells(day);
     t.by_canvasser = cells(canvasser);
 
-    let Some(checkin_copies) = checkin_copies else {
-        return t;
-    };
+    if let Some(copies) = checkin_copies {
+        t.checkins = checkin_totals(filter, copies);
+    }
+    t
+}
+
+/// The check-ins of `copies` (by check-in id) that `filter` selects, each merged from its
+/// copies, by event.
+pub(crate) fn checkin_totals(
+    filter: &Filter,
+    copies: &HashMap<String, Vec<CheckinRow>>,
+) -> BTreeMap<String, CheckinCell> {
     let mut sets: HashMap<String, [HashSet<String>; 3]> = HashMap::new();
-    for rows in checkin_copies.values() {
+    for rows in copies.values() {
         let Some(ci) = CheckinRow::merged(rows) else {
             continue;
         };
@@ -918,8 +1199,7 @@ pub(crate) fn scanned_totals(
             s[if ci.walk_in { 2 } else { 1 }].insert(ci.attendee);
         }
     }
-    t.checkins = sets
-        .into_iter()
+    sets.into_iter()
         .map(|(k, [u, p, w])| {
             (
                 k,
@@ -930,8 +1210,322 @@ pub(crate) fn scanned_totals(
                 },
             )
         })
-        .collect();
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Filtered totals from the record facts (issue 18), shared by both backends.
+//
+// `agg_records` holds one row per record (the merged copies of one signature id: counted, struck
+// or withdrawn), its keys interned in `agg_keys` and its duplicate token in `agg_tokens`, the
+// whole record packed into one small `fact` (a [`Fact`]). Its indexes are keyed by each filter
+// dimension (event, city, FSA, riding, canvasser, time) and cover the fact, so a filtered query
+// reads the facts of the records one filter selects from one index range, checks the other
+// filters on each fact, and counts them here ([`totals_of_facts`]): integers only, no text and
+// no merging of copies at query time.
+
+/// The dimensions of a fact's keys, in the order of [`Fact::keys`].
+pub(crate) const FACT_DIMS: [Dim; 7] = [
+    Dim::Event,
+    Dim::City,
+    Dim::CitySpelling,
+    Dim::Fsa,
+    Dim::Riding,
+    Dim::Day,
+    Dim::Canvasser,
+];
+const EVENT: usize = 0;
+const CITY: usize = 1;
+const SPELLING: usize = 2;
+const FSA: usize = 3;
+const RIDING: usize = 4;
+const CANVASSER: usize = 6;
+
+/// A fact's status.
+pub(crate) const COUNTED: u8 = 0;
+/// Struck (and not withdrawn).
+pub(crate) const STRUCK: u8 = 1;
+/// Withdrawn.
+pub(crate) const WITHDRAWN: u8 = 2;
+
+/// A key id that no key has: a filter on a value no record has selects nothing.
+pub(crate) const NO_SUCH_KEY: i64 = -1;
+
+/// One record as the filtered queries read it: its status, time, token id (0 unless counted)
+/// and the ids of its keys in [`FACT_DIMS`] (0: none, for a record without event or riding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Fact {
+    pub status: u8,
+    pub at: i64,
+    pub token: u32,
+    pub keys: [u32; 7],
+}
+
+const FACT_LEN: usize = 1 + 8 + 4 + 7 * 4;
+
+impl Fact {
+    /// The packed bytes (little-endian), as stored.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(FACT_LEN);
+        b.push(self.status);
+        b.extend_from_slice(&self.at.to_le_bytes());
+        b.extend_from_slice(&self.token.to_le_bytes());
+        for k in self.keys {
+            b.extend_from_slice(&k.to_le_bytes());
+        }
+        b
+    }
+
+    /// Reads packed bytes back; `None` if they are not a fact.
+    pub(crate) fn decode(b: &[u8]) -> Option<Fact> {
+        if b.len() != FACT_LEN {
+            return None;
+        }
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap_or_default());
+        let mut keys = [0u32; 7];
+        for (j, k) in keys.iter_mut().enumerate() {
+            *k = u32_at(13 + 4 * j);
+        }
+        Some(Fact {
+            status: b[0],
+            at: i64::from_le_bytes(b[1..9].try_into().ok()?),
+            token: u32_at(9),
+            keys,
+        })
+    }
+
+    /// The id columns the indexes are keyed by: (event, city, fsa, riding, canvasser).
+    pub(crate) fn columns(&self) -> [i64; 5] {
+        [EVENT, CITY, FSA, RIDING, CANVASSER].map(|i| i64::from(self.keys[i]))
+    }
+}
+
+/// The keys a merged record has in [`FACT_DIMS`] (`None`: no event, no riding).
+pub(crate) fn fact_keys(row: &SignatureRow) -> [Option<String>; 7] {
+    [
+        row.event.clone(),
+        Some(city_key(&row.city)),
+        Some(row.city.clone()),
+        Some(row.fsa.clone()),
+        row.riding.clone(),
+        Some(row.day.clone()),
+        Some(row.collected_by.clone()),
+    ]
+}
+
+/// The status of a merged record, struck or not.
+pub(crate) fn fact_status(row: &SignatureRow, struck: bool) -> u8 {
+    if row.withdrawn {
+        WITHDRAWN
+    } else if struck {
+        STRUCK
+    } else {
+        COUNTED
+    }
+}
+
+/// Converts an id from the database to a fact's; ids past `u32` are refused (drift: tally
+/// never makes that many keys or tokens).
+pub(crate) fn fact_id(id: i64) -> Result<u32> {
+    u32::try_from(id).map_err(|_| {
+        StoreError::Drift(format!(
+            "key or token id {id} does not fit a fact: run `tally reindex`"
+        ))
+    })
+}
+
+/// The index a filtered query reads, and the value(s) it reads it at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FactRange {
+    /// `agg_records_by_<column>` at one key id; the column is one of event, city, fsa,
+    /// riding, canvasser.
+    Key(&'static str, i64),
+    /// `agg_records_by_time` from `from` (inclusive) to `to` (exclusive).
+    Time(i64, i64),
+}
+
+/// A [`Filter`] with its values resolved to key ids ([`NO_SUCH_KEY`] for a value no record
+/// has).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct FactFilter {
+    /// Key ids by dimension: event, city, fsa, riding, canvasser.
+    pub keys: [Option<i64>; 5],
+    /// The time range.
+    pub from: Option<i64>,
+    /// The time range's end (exclusive).
+    pub to: Option<i64>,
+}
+
+/// The dimension and key of each key a filter names, in the order of [`FactFilter::keys`].
+pub(crate) fn filter_keys(filter: &Filter) -> [Option<(Dim, String)>; 5] {
+    [
+        filter.event.clone().map(|e| (Dim::Event, e)),
+        filter.city.as_deref().map(|c| (Dim::City, city_key(c))),
+        filter.fsa.clone().map(|f| (Dim::Fsa, f)),
+        filter.riding.clone().map(|r| (Dim::Riding, r)),
+        filter.canvasser.clone().map(|c| (Dim::Canvasser, c)),
+    ]
+}
+
+const FACT_COLUMNS: [&str; 5] = ["event", "city", "fsa", "riding", "canvasser"];
+
+impl FactFilter {
+    /// The index range to read: the narrowest a filter's kinds usually give (an FSA, a riding
+    /// or a canvasser hold few records; then an event; then a time range; a city last).
+    pub(crate) fn range(&self) -> FactRange {
+        for i in [2, 3, 4, 0] {
+            if let Some(id) = self.keys[i] {
+                return FactRange::Key(FACT_COLUMNS[i], id);
+            }
+        }
+        if self.from.is_some() || self.to.is_some() {
+            return FactRange::Time(self.from.unwrap_or(i64::MIN), self.to.unwrap_or(i64::MAX));
+        }
+        match self.keys[1] {
+            Some(id) => FactRange::Key("city", id),
+            None => FactRange::Time(i64::MIN, i64::MAX),
+        }
+    }
+
+    fn matches(&self, f: &Fact) -> bool {
+        let cols = f.columns();
+        self.keys
+            .iter()
+            .zip(cols)
+            .all(|(want, have)| want.is_none_or(|w| w == have))
+            && self.from.is_none_or(|from| f.at >= from)
+            && self.to.is_none_or(|to| f.at < to)
+    }
+}
+
+/// The totals of the facts a filter selects (`facts` may hold more: each is checked): struck
+/// and withdrawn counted, and for the counted records every cell with its distinct tokens.
+/// `keys` names the key ids (dimension and text). Check-ins and paper are the caller's.
+///
+/// Distinct tokens: a token held by one selected record adds one to each of its cells; only
+/// the records whose token another selected record holds too go through a set.
+pub(crate) fn totals_of_facts(
+    filter: &FactFilter,
+    facts: impl IntoIterator<Item = Fact>,
+    keys: &HashMap<u32, (Dim, String)>,
+) -> Totals {
+    let mut t = Totals::default();
+    let mut counted = Vec::new();
+    let mut tokens: HashMap<u32, u32> = HashMap::new();
+    for f in facts {
+        if !filter.matches(&f) {
+            continue;
+        }
+        match f.status {
+            WITHDRAWN => t.withdrawn += 1,
+            STRUCK => t.struck += 1,
+            _ => {
+                *tokens.entry(f.token).or_default() += 1;
+                counted.push(f);
+            }
+        }
+    }
+    let mut all = (0u64, 0u64);
+    let mut cells: HashMap<u32, (u64, u64)> = HashMap::new();
+    let mut seen: HashSet<(u32, u32)> = HashSet::new();
+    for f in &counted {
+        let shared = tokens.get(&f.token).is_some_and(|n| *n > 1);
+        all.0 += 1;
+        if !shared || seen.insert((0, f.token)) {
+            all.1 += 1;
+        }
+        for (i, k) in f.keys.iter().enumerate() {
+            if *k == 0 {
+                continue;
+            }
+            let c = cells.entry(*k).or_default();
+            c.0 += 1;
+            if i != SPELLING && (!shared || seen.insert((*k, f.token))) {
+                c.1 += 1;
+            }
+        }
+    }
+    (t.signatures, t.unique_signers) = all;
+    let mut spellings: BTreeMap<String, Spellings> = BTreeMap::new();
+    let mut by_city = BTreeMap::new();
+    for (id, (n, u)) in cells {
+        let Some((dim, key)) = keys.get(&id) else {
+            continue;
+        };
+        let cell = Cell {
+            signatures: n,
+            unique: u,
+        };
+        let key = key.clone();
+        match dim {
+            Dim::Event => _ = t.by_event.insert(key, cell),
+            Dim::City => _ = by_city.insert(key, cell),
+            Dim::CitySpelling => spellings.entry(city_key(&key)).or_default().add(&key, n),
+            Dim::Fsa => _ = t.by_fsa.insert(key, cell),
+            Dim::Riding => _ = t.by_riding.insert(key, cell),
+            Dim::Day => _ = t.by_day.insert(key, cell),
+            Dim::Canvasser => _ = t.by_canvasser.insert(key, cell),
+            _ => {}
+        }
+    }
+    t.by_city = labelled(by_city, &spellings);
     t
+}
+
+/// The facts of the merged records of `rows` (every signature row of some records, sorted by
+/// campaign and record id), with whether each is struck: what a rebuild writes.
+pub(crate) fn merged_records<'a>(
+    rows: &'a [(String, String, SignatureRow)],
+    struck: &'a HashSet<(String, String)>,
+) -> impl Iterator<Item = (&'a str, &'a str, SignatureRow, bool)> + 'a {
+    rows.chunk_by(|a, b| a.0 == b.0 && a.1 == b.1)
+        .filter_map(move |group| {
+            let (campaign, id, _) = &group[0];
+            let merged = SignatureRow::merged(group.iter().map(|(_, _, r)| r))?;
+            let is_struck = struck.contains(&(campaign.clone(), id.clone()));
+            Some((campaign.as_str(), id.as_str(), merged, is_struck))
+        })
+}
+
+/// Drops the rows of the last record of a full page of signature rows (sorted by campaign and
+/// id): its copies may go on in the next page. A page of one record's copies only is drift.
+pub(crate) fn complete_groups(page: &mut Vec<(String, String, SignatureRow)>) -> Result<()> {
+    let Some((c, id, _)) = page.last() else {
+        return Ok(());
+    };
+    let keep = page
+        .iter()
+        .rposition(|(a, b, _)| a != c || b != id)
+        .map_or(0, |i| i + 1);
+    if keep == 0 {
+        return Err(StoreError::Drift(format!(
+            "{c}/{id}: more copies of one record than a page holds"
+        )));
+    }
+    page.truncate(keep);
+    Ok(())
+}
+
+/// A fact as a line of the projection dump, keys and token named.
+pub(crate) fn fact_line(
+    campaign: &str,
+    sig_id: &str,
+    fact: &Fact,
+    keys: &HashMap<u32, (Dim, String)>,
+    tokens: &HashMap<u32, String>,
+) -> String {
+    let named: Vec<String> = fact
+        .keys
+        .iter()
+        .map(|k| keys.get(k).map_or(String::new(), |(_, key)| key.clone()))
+        .collect();
+    format!(
+        "{campaign}|{sig_id}|{}|{}|{}|{}",
+        fact.status,
+        fact.at,
+        tokens.get(&fact.token).map_or("", String::as_str),
+        named.join("|")
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1024,6 +1618,41 @@ fn dump(conn: &Connection) -> Result<BTreeMap<&'static str, Vec<String>>> {
         lines.sort();
         out.insert(name, lines);
     }
+    // The record facts, keys and tokens named (their ids differ between a rebuild and the
+    // incremental path).
+    let keys: HashMap<u32, (Dim, String)> = conn
+        .prepare("SELECT key_id, dim, key FROM agg_keys")?
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?
+        .into_iter()
+        .filter_map(|(id, d, k)| Some((u32::try_from(id).ok()?, (Dim::parse(&d)?, k))))
+        .collect();
+    let tokens: HashMap<u32, String> = conn
+        .prepare("SELECT token_id, token FROM agg_tokens")?
+        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?
+        .into_iter()
+        .filter_map(|(id, t)| Some((u32::try_from(id).ok()?, t)))
+        .collect();
+    let mut stmt = conn.prepare("SELECT campaign, sig_id, fact FROM agg_records")?;
+    let mut rows = stmt.query([])?;
+    let mut lines = Vec::new();
+    while let Some(r) = rows.next()? {
+        let (campaign, sig_id): (String, String) = (r.get(0)?, r.get(1)?);
+        let bytes: Vec<u8> = r.get(2)?;
+        lines.push(match Fact::decode(&bytes) {
+            Some(f) => fact_line(&campaign, &sig_id, &f, &keys, &tokens),
+            None => format!("{campaign}|{sig_id}|undecodable"),
+        });
+    }
+    lines.sort();
+    out.insert("agg_records", lines);
     Ok(out)
 }
 

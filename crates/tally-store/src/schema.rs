@@ -267,6 +267,42 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (campaign, record)
     ) STRICT;
     "#,
+    // 9: filtered totals at scale (issue 18). `agg_records` holds one row per record (a
+    // signature id's copies merged: counted, struck or withdrawn), its keys interned in
+    // `agg_keys` (never deleted but by a rebuild) and packed with its time, status and duplicate
+    // token id into `fact` (`projection::Fact`); one index per filter dimension covers the
+    // fact, so a filtered query reads one index range and no signature rows. Check-ins get a
+    // time index for the time filter. Existing files rebuild their aggregates on opening.
+    r#"
+    CREATE TABLE agg_keys (
+        key_id   INTEGER PRIMARY KEY,
+        campaign TEXT NOT NULL,
+        dim      TEXT NOT NULL,
+        key      TEXT NOT NULL,
+        UNIQUE (campaign, dim, key)
+    ) STRICT;
+    CREATE TABLE agg_records (
+        campaign  TEXT NOT NULL,
+        sig_id    TEXT NOT NULL,
+        at        INTEGER NOT NULL,
+        event     INTEGER NOT NULL,
+        city      INTEGER NOT NULL,
+        fsa       INTEGER NOT NULL,
+        riding    INTEGER NOT NULL,
+        canvasser INTEGER NOT NULL,
+        fact      BLOB NOT NULL,
+        PRIMARY KEY (campaign, sig_id)
+    ) STRICT;
+    CREATE INDEX agg_records_by_event ON agg_records (campaign, event, fact);
+    CREATE INDEX agg_records_by_city ON agg_records (campaign, city, fact);
+    CREATE INDEX agg_records_by_fsa ON agg_records (campaign, fsa, fact);
+    CREATE INDEX agg_records_by_riding ON agg_records (campaign, riding, fact);
+    CREATE INDEX agg_records_by_canvasser ON agg_records (campaign, canvasser, fact);
+    CREATE INDEX agg_records_by_time ON agg_records (campaign, at, fact);
+    CREATE INDEX checkins_by_time ON checkins (campaign, at);
+    INSERT OR REPLACE INTO projection_state (name, value)
+        SELECT 'aggregates', 'stale' WHERE EXISTS (SELECT 1 FROM signatures);
+    "#,
 ];
 
 /// The schema version this build writes and reads.

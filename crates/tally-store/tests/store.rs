@@ -315,7 +315,9 @@ fn schema_4_migrates_a_version_3_quarantine() {
 }
 
 /// Takes a file of this build back to schema 5 (before signatures had a folded city key).
-const UNDO_SCHEMA_6: &str = "DROP TABLE record_keys; DROP TABLE erased_records;
+const UNDO_SCHEMA_6: &str =
+    "DROP TABLE agg_records; DROP TABLE agg_keys; DROP INDEX checkins_by_time;
+     DROP TABLE record_keys; DROP TABLE erased_records;
      DROP TABLE audit;
      DROP INDEX signatures_by_city_key;
      ALTER TABLE signatures DROP COLUMN city_key;
@@ -323,7 +325,9 @@ const UNDO_SCHEMA_6: &str = "DROP TABLE record_keys; DROP TABLE erased_records;
      PRAGMA user_version = 5;";
 
 /// Takes a file of this build back to schema 4 (before devices had lineages).
-const UNDO_SCHEMA_5: &str = "DROP TABLE record_keys; DROP TABLE erased_records;
+const UNDO_SCHEMA_5: &str =
+    "DROP TABLE agg_records; DROP TABLE agg_keys; DROP INDEX checkins_by_time;
+     DROP TABLE record_keys; DROP TABLE erased_records;
      DROP TABLE audit;
      DROP INDEX signatures_by_city_key;
      ALTER TABLE signatures DROP COLUMN city_key;
