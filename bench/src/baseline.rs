@@ -33,6 +33,7 @@ use tally_server::projection;
 use tally_store::{DocMeta, Store, StoreError};
 
 use crate::report::Figures;
+use crate::server::Backend;
 use crate::setup::{Setup, now_ms, progress};
 
 /// Time spent in each step, summed over phones.
@@ -128,12 +129,13 @@ pub fn ratio(rate: Option<f64>, reference: f64) -> Option<f64> {
 }
 
 /// Runs the baseline on the phones of `setup` (their collections hold the signatures);
-/// `server_rates` are the ingest rates measured over the network, one per backend (key suffix,
-/// label, rate): the first without a suffix.
+/// `server_rates` are the ingest rates measured over the network, one per backend (their ratios
+/// are keyed as the backend keys its figures: `baseline.floor_ratio` for SQLite,
+/// `baseline_pg3.floor_ratio` for three servers on PostgreSQL).
 pub fn run(
     setup: &Setup,
     dir: &std::path::Path,
-    server_rates: &[(String, String, Option<f64>)],
+    server_rates: &[(Backend, Option<f64>)],
     figs: &mut Figures,
 ) -> Result<()> {
     eprintln!("== baseline: the same changes in one process, no network");
@@ -263,18 +265,19 @@ pub fn run(
         )
         .with_note("no ingest phase in this run");
     }
-    for (suffix, label, rate) in server_rates {
+    for (backend, rate) in server_rates {
+        let label = backend.label_prefix();
         figs.add_target(
-            &format!("baseline.floor_ratio{suffix}"),
-            &format!("ingest{label} over the network / floor"),
+            &backend.key("baseline.floor_ratio"),
+            &format!("{label}ingest over the network / floor"),
             ratio(*rate, floor_rate),
             "x",
             crate::report::Cmp::AtLeast,
             0.5,
         );
         figs.add(
-            &format!("baseline.ratio{suffix}"),
-            &format!("ingest{label} over the network / baseline"),
+            &backend.key("baseline.ratio"),
+            &format!("{label}ingest over the network / baseline"),
             ratio(*rate, base),
             "x",
         );

@@ -2,7 +2,9 @@
 //! all reconnect at once over real WebSockets while N organizers poll the totals. Measures the
 //! signatures acknowledged per second, the time for each phone to be acknowledged (from the
 //! moment they all start reconnecting), the server's memory and CPU, the database size, whether
-//! the totals are exact, and the organizers' latency.
+//! the totals are exact, and the organizers' latency. The servers may be several (a
+//! [`Cluster`] on one PostgreSQL database): phones and organizers are then spread over them
+//! round-robin, and the totals must be exact on every one.
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +14,7 @@ use tokio::runtime::Runtime;
 use crate::data::{Builder, Plan, Sealing, par_for_each};
 use crate::peer::{self, Phone, Synced};
 use crate::report::{Cmp, Figures, cores};
-use crate::server::Server;
+use crate::server::Cluster;
 use crate::setup::{self, Pollers, Setup, now_ms, progress};
 use crate::stats::{CpuWindow, Latencies};
 
@@ -39,13 +41,19 @@ pub struct IngestArgs {
     pub setup_concurrency: usize,
 }
 
-/// Runs the phase; returns the phones (with their signatures) for the baseline.
-pub fn run(server: &Server, rt: &Runtime, a: &IngestArgs, figs: &mut Figures) -> Result<Setup> {
+/// Runs the phase on `cluster`; returns the phones (with their signatures) for the baseline.
+pub fn run(cluster: &Cluster, rt: &Runtime, a: &IngestArgs, figs: &mut Figures) -> Result<Setup> {
     eprintln!(
-        "== ingest: {} phones x {} signatures, {} organizers polling every {:?}",
-        a.phones, a.per_phone, a.organizers, a.poll_interval
+        "== ingest on {}: {} phones x {} signatures, {} organizers polling every {:?}",
+        cluster.backend.describe(),
+        a.phones,
+        a.per_phone,
+        a.organizers,
+        a.poll_interval
     );
-    let mut setup = setup::enrolled(server, rt, a.phones, a.setup_threads, a.setup_concurrency)?;
+    let servers = &cluster.servers;
+    let first = cluster.first();
+    let mut setup = setup::enrolled(servers, rt, a.phones, a.setup_threads, a.setup_concurrency)?;
     let plan = Plan::new(a.phones, a.per_phone, a.dup_pct, a.seed);
     // Offline collection: every phone signs M people, sealed and tokenized as on the phone.
     let pb = progress(plan.total, "collecting offline");
@@ -70,24 +78,28 @@ pub fn run(server: &Server, rt: &Runtime, a: &IngestArgs, figs: &mut Figures) ->
     let build_secs = built.elapsed().as_secs_f64();
 
     // Everyone reconnects at once; the organizers poll meanwhile.
+    let bases: Vec<String> = servers.iter().map(|s| s.base.clone()).collect();
     let pollers = Pollers::start(
-        &server.base,
-        &server.admin,
+        &bases,
+        &first.admin,
         &setup.campaign_id,
         a.organizers,
         a.poll_interval,
     );
     let pb = progress(a.phones as u64, "reconnect: acknowledged");
-    let url = server.ws_url();
+    let urls: Vec<String> = servers.iter().map(|s| s.ws_url()).collect();
     let phones = std::mem::take(&mut setup.phones);
-    let cpu = CpuWindow::start(server.pid);
+    let pids: Vec<Option<u32>> = servers.iter().map(|s| s.pid).collect();
+    let cpu = CpuWindow::start_many(&pids);
     let t0 = Instant::now();
     let deadline = t0 + a.timeout;
     let results: Vec<(Phone, Result<Synced>)> = rt.block_on(async {
         let tasks: Vec<_> = phones
             .into_iter()
-            .map(|mut phone| {
-                let url = url.clone();
+            .enumerate()
+            .map(|(i, mut phone)| {
+                // The server it enrolled through.
+                let url = urls[i % urls.len()].clone();
                 let pb = pb.clone();
                 tokio::spawn(async move {
                     let r = peer::sync(&url, &mut phone, false, deadline).await;
@@ -130,23 +142,25 @@ pub fn run(server: &Server, rt: &Runtime, a: &IngestArgs, figs: &mut Figures) ->
     let acked_sigs = (acked * a.per_phone) as f64;
     let rate = (acked > 0).then(|| acked_sigs / last.as_secs_f64().max(1e-9));
 
-    // The totals straight after: they must be exact.
-    let (exact, got) = match server.api().totals(&setup.campaign_id) {
-        Ok((200, v, _)) => {
-            let sigs = v["signatures"].as_u64();
-            let unique = v["unique_signers"].as_u64();
-            (
-                sigs == Some(plan.total) && unique == Some(plan.distinct),
-                format!(
-                    "{} signatures, {} unique",
-                    sigs.map_or("none".into(), |n| n.to_string()),
-                    unique.map_or("none".into(), |n| n.to_string())
-                ),
-            )
-        }
-        Ok((s, v, _)) => (false, format!("HTTP {s}: {v}")),
-        Err(e) => (false, e.to_string()),
-    };
+    // The totals straight after, from every server: they must be exact.
+    let checked: Vec<(bool, String)> = servers
+        .iter()
+        .map(|server| exact_totals(&server.api(), &setup.campaign_id, &plan))
+        .collect();
+    let exact_servers = checked.iter().filter(|(e, _)| *e).count();
+    let exact = exact_servers == servers.len();
+    let got = checked
+        .iter()
+        .enumerate()
+        .map(|(i, (_, g))| {
+            if servers.len() == 1 {
+                g.clone()
+            } else {
+                format!("server {i}: {g}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
 
     let p = "ingest";
     figs.add(
@@ -255,37 +269,72 @@ pub fn run(server: &Server, rt: &Runtime, a: &IngestArgs, figs: &mut Figures) ->
         "got {got}; expected {} and {}",
         plan.total, plan.distinct
     ));
+    figs.add(
+        &format!("{p}.servers"),
+        "ingest: servers (phones and organizers spread over them)",
+        Some(servers.len() as f64),
+        "count",
+    );
+    figs.add(
+        &format!("{p}.totals_exact_servers"),
+        "ingest: servers whose totals are exact after the reconnect",
+        Some(exact_servers as f64),
+        "count",
+    );
+    let peaks: Vec<Option<f64>> = servers.iter().map(|s| s.peak_rss_mb()).collect();
+    let max = |v: &[Option<f64>]| -> Option<f64> {
+        v.iter()
+            .copied()
+            .collect::<Option<Vec<f64>>>()?
+            .into_iter()
+            .reduce(f64::max)
+    };
     let peak = figs.add_target(
         &format!("{p}.server_peak_rss_mb"),
-        "ingest: server peak resident memory (VmHWM)",
-        server.peak_rss_mb(),
+        "ingest: server peak resident memory (VmHWM; the largest of the servers)",
+        max(&peaks),
         "MB",
         Cmp::Below,
         300.0,
     );
-    if server.pid.is_none() {
+    if first.pid.is_none() {
         peak.with_note("external server without --server-pid");
     }
+    let rss: Vec<Option<f64>> = servers.iter().map(|s| s.rss_mb()).collect();
     figs.add_target(
         &format!("{p}.server_rss_after_mb"),
-        "ingest: server resident memory right after (VmRSS)",
-        server.rss_mb(),
+        "ingest: server resident memory right after (VmRSS; the largest of the servers)",
+        max(&rss),
         "MB",
         Cmp::Below,
         300.0,
     );
     figs.add(
         &format!("{p}.db_mb"),
-        "ingest: database size (with WAL)",
-        server.db_mb(),
+        if cluster.database.is_some() {
+            "ingest: database size (pg_database_size)"
+        } else {
+            "ingest: database size (with WAL)"
+        },
+        cluster.db_mb(),
         "MB",
     );
     figs.add(
         &format!("{p}.cpu_server_cores"),
-        "ingest: server CPU during the reconnect",
+        "ingest: server CPU during the reconnect (all servers)",
         cpu_use.server,
         "cores",
     );
+    if servers.len() > 1 {
+        for (i, c) in cpu_use.servers.iter().enumerate() {
+            figs.add(
+                &format!("{p}.cpu_server{i}_cores"),
+                &format!("ingest: server {i}'s CPU during the reconnect"),
+                *c,
+                "cores",
+            );
+        }
+    }
     figs.add(
         &format!("{p}.cpu_bench_cores"),
         "ingest: benchmark CPU (phones, organizers) during the reconnect",
@@ -344,4 +393,33 @@ pub fn run(server: &Server, rt: &Runtime, a: &IngestArgs, figs: &mut Figures) ->
         ));
     }
     Ok(setup)
+}
+
+/// Asks `api` for the campaign's totals until they are exact (`signatures` and `unique_signers`
+/// as the plan says), for up to 10 s: another server's totals may trail the one that stored
+/// the last change. Returns whether they were, and what was last seen.
+fn exact_totals(api: &crate::server::Api, campaign: &str, plan: &Plan) -> (bool, String) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (exact, got) = match api.totals(campaign) {
+            Ok((200, v, _)) => {
+                let sigs = v["signatures"].as_u64();
+                let unique = v["unique_signers"].as_u64();
+                (
+                    sigs == Some(plan.total) && unique == Some(plan.distinct),
+                    format!(
+                        "{} signatures, {} unique",
+                        sigs.map_or("none".into(), |n| n.to_string()),
+                        unique.map_or("none".into(), |n| n.to_string())
+                    ),
+                )
+            }
+            Ok((s, v, _)) => (false, format!("HTTP {s}: {v}")),
+            Err(e) => (false, e.to_string()),
+        };
+        if exact || Instant::now() >= deadline {
+            return (exact, got);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -3,10 +3,12 @@
 //! Phases (all by default, in this order):
 //! - [`ingest`]: the real `tally serve` on a temporary data folder; K phones enrolled through the
 //!   HTTP API collect M signatures each offline and reconnect at once over real WebSockets while
-//!   N organizers poll the totals;
+//!   N organizers poll the totals; on each backend of `--backends` in turn (one server on
+//!   SQLite, one on PostgreSQL, N on one PostgreSQL database: [`server::Backend`]);
 //! - [`phone`]: a real `tally_client::Device` timed signing, and the memory of a process holding
 //!   its signatures;
-//! - [`baseline`]: the same changes, in one process, without network;
+//! - [`baseline`]: the same changes, in one process, without network, and the floor any
+//!   automerge server that keeps data must pay;
 //! - [`rest`]: a large store (1M signatures), the totals at rest, and the restart time.
 //!
 //! [`run`] returns a [`report::Report`]: every figure with the machine's core count, its target
@@ -30,7 +32,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::report::{Figures, Machine, Report, cores};
-use crate::server::Server;
+use crate::server::{Backend, Cluster, Server};
 
 /// A phase of the benchmark.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -108,6 +110,16 @@ pub struct RunArgs {
     /// Longest the reconnect (and one push of the large store) may take, seconds.
     #[arg(long, default_value_t = 900)]
     pub timeout_secs: u64,
+    /// Where the ingest phase's servers keep their data, comma-separated, run one after the
+    /// other with the same workload: `sqlite` (one server), `pg` (one server on PostgreSQL),
+    /// `pgN` (N servers on one PostgreSQL database). PostgreSQL needs `--database-url`.
+    #[arg(long, value_delimiter = ',', default_value = "sqlite")]
+    pub backends: Vec<Backend>,
+    /// A PostgreSQL server the benchmark may create databases on (`postgres://USER@HOST:PORT/DB`):
+    /// each PostgreSQL backend gets a fresh database `tally_bench_<pid>_<n>` there, dropped after.
+    #[arg(long, env = "TALLY_BENCH_DATABASE_URL", hide_env_values = true)]
+    #[serde(skip)]
+    pub database_url: Option<String>,
     /// Benchmark this running server instead of starting `tally serve` (its URL).
     #[arg(long, requires = "admin_token")]
     pub server: Option<String>,
@@ -166,6 +178,27 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<Report> {
         None => temp.path().to_path_buf(),
     };
     let external = args.server.is_some();
+    if external && args.backends != [Backend::Sqlite] {
+        anyhow::bail!(
+            "--server benchmarks a server that is already running: --backends cannot be \
+             combined with it (drop one of them)"
+        );
+    }
+    if args.has(Phase::Ingest)
+        && args.database_url.is_none()
+        && args.backends.iter().any(|b| *b != Backend::Sqlite)
+    {
+        anyhow::bail!(
+            "--backends {} needs --database-url (or TALLY_BENCH_DATABASE_URL): a PostgreSQL \
+             server the benchmark may create databases on; scripts/with-postgres runs a \
+             throwaway one and gives its URL in TALLY_TEST_DATABASE_URL",
+            args.backends
+                .iter()
+                .map(Backend::name)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+    }
     let bin = if external {
         None
     } else {
@@ -202,12 +235,35 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<Report> {
         "ms",
     );
 
-    // Ingest and the phone share one server.
+    // Ingest runs on each backend in turn; the phone shares the first backend's first server.
     let mut ingested = None;
-    if args.has(Phase::Ingest) || args.has(Phase::Phone) {
-        let mut server = args.server(bin.as_ref(), work.join("ingest-data"))?;
+    let mut rates: Vec<(Backend, Option<f64>)> = Vec::new();
+    let backends: Vec<Backend> = if args.has(Phase::Ingest) {
+        args.backends.clone()
+    } else {
+        vec![Backend::Sqlite]
+    };
+    for (n, backend) in backends.iter().copied().enumerate() {
+        let phone_here = n == 0 && args.has(Phase::Phone);
+        if !args.has(Phase::Ingest) && !phone_here {
+            break;
+        }
+        let mut cluster = if external {
+            Cluster::external(args.server(None, work.clone())?)
+        } else {
+            let dir = if backend == Backend::Sqlite {
+                work.join("ingest-data")
+            } else {
+                work.join(format!("ingest-{}", backend.name()))
+            };
+            Cluster::start(
+                backend,
+                bin.as_ref().context("no tally binary")?,
+                &dir,
+                args.database_url.as_deref(),
+            )?
+        };
         if args.has(Phase::Ingest) {
-            phases.push("ingest".to_string());
             let a = ingest::IngestArgs {
                 phones: args.phones,
                 per_phone: args.signatures,
@@ -219,10 +275,20 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<Report> {
                 setup_threads: args.setup_threads,
                 setup_concurrency: args.setup_concurrency,
             };
-            ingested = Some(ingest::run(&server, &rt, &a, &mut figs)?);
+            let mut own = Figures::default();
+            let setup = ingest::run(&cluster, &rt, &a, &mut own);
+            figs.merge_renamed(own, |k| backend.key(k), &backend.label_prefix());
+            let setup = setup?;
+            rates.push((
+                backend,
+                figs.value(&backend.key("ingest.signatures_per_sec")),
+            ));
+            if n == 0 {
+                ingested = Some(setup);
+            }
         }
-        if args.has(Phase::Phone) {
-            phases.push("phone".to_string());
+        if phone_here {
+            let server = cluster.first();
             let (campaign, key, event) = match &ingested {
                 Some(s) => (s.campaign_id.clone(), s.key.clone(), s.event.clone()),
                 None => {
@@ -243,11 +309,20 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<Report> {
                 exe: &exe,
                 dir: &work,
             };
-            phone::run(&server, &a, &mut figs)?;
+            phone::run(server, &a, &mut figs)?;
         }
-        if server.is_ours() && !server.stop(Duration::from_secs(120))? {
-            figs.note("the ingest server did not stop cleanly on SIGTERM");
+        if cluster.is_ours() && !cluster.stop(Duration::from_secs(120))? {
+            figs.note(format!(
+                "{}the ingest server did not stop cleanly on SIGTERM",
+                backend.label_prefix()
+            ));
         }
+    }
+    if args.has(Phase::Ingest) {
+        phases.push("ingest".to_string());
+    }
+    if args.has(Phase::Phone) {
+        phases.push("phone".to_string());
     }
 
     if args.has(Phase::Baseline) {
@@ -275,15 +350,6 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<Report> {
                 pb.finish();
                 s
             }
-        };
-        let rates: Vec<(String, String, Option<f64>)> = if args.has(Phase::Ingest) {
-            vec![(
-                String::new(),
-                String::new(),
-                figs.value("ingest.signatures_per_sec"),
-            )]
-        } else {
-            Vec::new()
         };
         baseline::run(&setup, &work, &rates, &mut figs)?;
     }
@@ -330,6 +396,11 @@ pub fn run(args: &RunArgs, command: Vec<String>) -> Result<Report> {
         figures,
         notes,
         wall_seconds: wall,
+        backends: if args.has(Phase::Ingest) {
+            backends.iter().map(Backend::name).collect()
+        } else {
+            Vec::new()
+        },
     })
 }
 
@@ -355,6 +426,11 @@ impl Report {
             self.wall_seconds,
             self.command.join(" "),
         );
+        let side_by_side = self.backends_table();
+        if !side_by_side.is_empty() {
+            out.push_str(&side_by_side);
+            out.push('\n');
+        }
         out.push_str(&self.table());
         if !self.notes.is_empty() {
             out.push('\n');

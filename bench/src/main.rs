@@ -52,6 +52,13 @@ fn redact(args: Vec<String>) -> Vec<String> {
             hide_next = true;
         } else if a.starts_with("--admin-token=") {
             out.push("--admin-token=<redacted>".to_string());
+        } else if let Some(url) = a.strip_prefix("--database-url=") {
+            out.push(format!(
+                "--database-url={}",
+                tally_bench::server::redact_url(url)
+            ));
+        } else if out.last().is_some_and(|p| p == "--database-url") {
+            out.push(tally_bench::server::redact_url(&a));
         } else {
             out.push(a);
         }

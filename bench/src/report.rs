@@ -88,6 +88,8 @@ pub struct Report {
     pub notes: Vec<String>,
     /// Wall time of the whole run, seconds.
     pub wall_seconds: f64,
+    /// The backends the ingest phase ran on, in order (`sqlite`, `pg`, `pg3`).
+    pub backends: Vec<String>,
 }
 
 /// The machine the run was on.
@@ -197,6 +199,19 @@ impl Figures {
             .and_then(|f| f.value)
     }
 
+    /// Takes `other`'s figures and notes, each key renamed by `key` and each label and note
+    /// prefixed with `label` (one backend's figures among several).
+    pub fn merge_renamed(&mut self, other: Figures, key: impl Fn(&str) -> String, label: &str) {
+        for mut f in other.list {
+            f.key = key(&f.key);
+            f.label = format!("{label}{}", f.label);
+            self.list.push(f);
+        }
+        for n in other.notes {
+            self.notes.push(format!("{label}{n}"));
+        }
+    }
+
     /// The figures and notes collected.
     pub fn into_parts(self) -> (Vec<Figure>, Vec<String>) {
         (self.list, self.notes)
@@ -280,6 +295,92 @@ impl Report {
         out
     }
 
+    /// The ingest phase side by side, a column per backend (when it ran on several): the
+    /// throughput, the latencies, correctness, and the CPU of each process.
+    pub fn backends_table(&self) -> String {
+        let backends: Vec<crate::server::Backend> = self
+            .backends
+            .iter()
+            .filter_map(|b| b.parse().ok())
+            .collect();
+        if backends.len() < 2 {
+            return String::new();
+        }
+        let mut out = String::from("| ingest |");
+        for b in &backends {
+            out.push_str(&format!(" {} |", b.describe()));
+        }
+        out.push_str("\n| --- |");
+        out.push_str(&" ---: |".repeat(backends.len()));
+        out.push('\n');
+        let cell = |b: &crate::server::Backend, key: &str| -> String {
+            self.figures
+                .iter()
+                .find(|f| f.key == b.key(key))
+                .map(fmt_value)
+                .unwrap_or_else(|| "n/a".into())
+        };
+        let rows: &[(&str, &str)] = &[
+            (
+                "signatures acknowledged per second",
+                "ingest.signatures_per_sec",
+            ),
+            ("phone fully synced, p50", "ingest.sync_p50_ms"),
+            ("phone fully synced, p99", "ingest.sync_p99_ms"),
+            ("totals during ingest, p99", "query.ingest_p99_ms"),
+            ("every phone acknowledged", "ingest.all_acknowledged"),
+            ("totals exact on every server", "ingest.totals_exact"),
+            ("ingest / floor", "baseline.floor_ratio"),
+            ("ingest / baseline", "baseline.ratio"),
+            ("servers", "ingest.servers"),
+            (
+                "servers' CPU during the reconnect",
+                "ingest.cpu_server_cores",
+            ),
+        ];
+        for (label, key) in rows {
+            out.push_str(&format!("| {label} |"));
+            for b in &backends {
+                out.push_str(&format!(" {} |", cell(b, key)));
+            }
+            out.push('\n');
+        }
+        out.push_str("| each server's CPU |");
+        for b in &backends {
+            let each: Vec<String> = (0..b.servers())
+                .map(|i| {
+                    let key = if b.servers() == 1 {
+                        "ingest.cpu_server_cores".to_string()
+                    } else {
+                        format!("ingest.cpu_server{i}_cores")
+                    };
+                    self.value(&b.key(&key))
+                        .map(fmt_num)
+                        .unwrap_or_else(|| "?".into())
+                })
+                .collect();
+            out.push_str(&format!(" {} |", each.join(" + ")));
+        }
+        out.push('\n');
+        let rows: &[(&str, &str)] = &[
+            (
+                "benchmark's CPU (phones, organizers)",
+                "ingest.cpu_bench_cores",
+            ),
+            ("other processes' CPU", "ingest.cpu_others_cores"),
+            ("server peak memory (largest)", "ingest.server_peak_rss_mb"),
+            ("database size", "ingest.db_mb"),
+        ];
+        for (label, key) in rows {
+            out.push_str(&format!("| {label} |"));
+            for b in &backends {
+                out.push_str(&format!(" {} |", cell(b, key)));
+            }
+            out.push('\n');
+        }
+        out
+    }
+
     /// The figure with this key, if measured.
     pub fn value(&self, key: &str) -> Option<f64> {
         self.figures
@@ -314,5 +415,93 @@ mod tests {
         assert_eq!(pass, vec![Some(true), Some(false), None, Some(true)]);
         assert_eq!(list[0].target_text.as_deref(), Some(">= 20,000 sig/s"));
         assert_eq!(list[3].target_text.as_deref(), Some("yes"));
+    }
+
+    #[test]
+    fn one_backend_renamed_and_side_by_side() {
+        use crate::server::Backend;
+        let mut figs = Figures::default();
+        for (b, rate, cpu) in [
+            (Backend::Sqlite, 7000.0, vec![0.9]),
+            (
+                Backend::Postgres { servers: 3 },
+                3000.0,
+                vec![0.5, 0.4, 0.3],
+            ),
+        ] {
+            let mut one = Figures::default();
+            one.add(
+                "ingest.signatures_per_sec",
+                "ingest: rate",
+                Some(rate),
+                "sig/s",
+            );
+            one.add(
+                "ingest.servers",
+                "ingest: servers",
+                Some(cpu.len() as f64),
+                "count",
+            );
+            one.add(
+                "ingest.all_acknowledged",
+                "ingest: all",
+                Some(1.0),
+                "yes/no",
+            );
+            one.add(
+                "ingest.cpu_server_cores",
+                "ingest: cpu",
+                Some(cpu.iter().sum()),
+                "cores",
+            );
+            if cpu.len() > 1 {
+                for (i, c) in cpu.iter().enumerate() {
+                    one.add(
+                        &format!("ingest.cpu_server{i}_cores"),
+                        "c",
+                        Some(*c),
+                        "cores",
+                    );
+                }
+            }
+            one.note("hello");
+            figs.merge_renamed(one, |k| b.key(k), &b.label_prefix());
+        }
+        let (figures, notes) = figs.into_parts();
+        assert_eq!(notes, vec!["hello".to_string(), "[pg3] hello".to_string()]);
+        let r = Report {
+            tool: "tally-bench",
+            command: vec![],
+            machine: Machine::default(),
+            config: serde_json::Value::Null,
+            phases: vec![],
+            figures,
+            notes,
+            wall_seconds: 1.0,
+            backends: vec!["sqlite".into(), "pg3".into()],
+        };
+        assert_eq!(r.value("ingest.signatures_per_sec"), Some(7000.0));
+        assert_eq!(r.value("ingest_pg3.signatures_per_sec"), Some(3000.0));
+        assert!(
+            r.figures
+                .iter()
+                .any(|f| f.key == "ingest_pg3.servers" && f.label == "[pg3] ingest: servers")
+        );
+        let t = r.backends_table();
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0],
+            "| ingest | one server on SQLite | 3 servers on one PostgreSQL |"
+        );
+        assert!(t.contains("| signatures acknowledged per second | 7,000 sig/s | 3,000 sig/s |"));
+        assert!(t.contains("| every phone acknowledged | yes | yes |"));
+        assert!(t.contains("| each server's CPU | 0.90 | 0.50 + 0.40 + 0.30 |"));
+        assert!(t.contains("| ingest / floor | n/a | n/a |"));
+        // One backend: no side-by-side table.
+        let single = Report {
+            backends: vec!["sqlite".into()],
+            ..r
+        };
+        assert_eq!(single.backends_table(), "");
     }
 }

@@ -59,7 +59,13 @@ pub fn run(server: &mut Server, rt: &Runtime, a: &RestArgs, figs: &mut Figures) 
         "== at rest: building a store of {} signatures ({phones_n} phones x {per})",
         phones_n * per
     );
-    let mut setup = setup::enrolled(server, rt, phones_n, a.setup_threads, a.setup_concurrency)?;
+    let mut setup = setup::enrolled(
+        std::slice::from_ref(server),
+        rt,
+        phones_n,
+        a.setup_threads,
+        a.setup_concurrency,
+    )?;
     let plan = Plan::new(phones_n, per, a.dup_pct, a.seed);
     let pool = seal_pool(&setup.campaign, 256)?;
     let builder = Builder {

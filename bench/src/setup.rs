@@ -70,30 +70,34 @@ pub fn recipients() -> Vec<String> {
         .collect()
 }
 
-/// Creates a campaign on `server`, enrolls `n` phones (invite + enroll over HTTP, `threads` at
-/// a time) and runs each phone's first sync (`concurrency` at a time).
+/// Creates a campaign on the first of `servers`, enrolls `n` phones (invite + enroll over HTTP,
+/// `threads` at a time) and runs each phone's first sync (`concurrency` at a time). Phone `i`
+/// is invited, enrolled and synced through server `i % servers.len()` (where it reconnects
+/// later too).
 pub fn enrolled(
-    server: &Server,
+    servers: &[Server],
     rt: &Runtime,
     n: usize,
     threads: usize,
     concurrency: usize,
 ) -> Result<Setup> {
     let started = Instant::now();
-    let api = server.api();
-    let created = crate::server::create_campaign(&api, &recipients(), now_ms())?;
+    let first = servers.first().context("no server to enroll phones on")?;
+    let created = crate::server::create_campaign(&first.api(), &recipients(), now_ms())?;
+    let apis: Vec<Api> = servers.iter().map(Server::api).collect();
     let pb = progress(n as u64, "enrolling phones");
     let per = n.div_ceil(threads.max(1)).max(1);
     let mut phones: Vec<Phone> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..n)
             .step_by(per)
             .map(|start| {
-                let api: Api = api.clone();
+                let apis = &apis;
                 let pb = pb.clone();
                 let campaign = created.id.clone();
                 s.spawn(move || -> Result<Vec<Phone>> {
                     let mut out = Vec::new();
                     for i in start..(start + per).min(n) {
+                        let api = &apis[i % apis.len()];
                         let code = api.invite(&campaign, "canvasser")?;
                         let answer = api.enroll(&code, &format!("bench phone {i}"))?;
                         out.push(Phone::enrolled(&answer)?);
@@ -114,13 +118,13 @@ pub fn enrolled(
     })?;
     pb.finish();
     let pb = progress(n as u64, "first syncs");
-    let url = server.ws_url();
+    let urls: Vec<String> = servers.iter().map(Server::ws_url).collect();
     phones = rt.block_on(async {
         let sem = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
         let mut tasks = Vec::with_capacity(n);
-        for mut phone in phones {
+        for (i, mut phone) in phones.into_iter().enumerate() {
             let sem = sem.clone();
-            let url = url.clone();
+            let url = urls[i % urls.len()].clone();
             let pb = pb.clone();
             tasks.push(tokio::spawn(async move {
                 let _permit = sem.acquire_owned().await?;
@@ -235,12 +239,19 @@ pub struct Polled {
 }
 
 impl Pollers {
-    /// Starts `n` organizers on `campaign`.
-    pub fn start(base: &str, token: &str, campaign: &str, n: usize, interval: Duration) -> Pollers {
+    /// Starts `n` organizers on `campaign`, organizer `i` asking `bases[i % bases.len()]`.
+    pub fn start(
+        bases: &[String],
+        token: &str,
+        campaign: &str,
+        n: usize,
+        interval: Duration,
+    ) -> Pollers {
         let stop = Arc::new(AtomicBool::new(false));
         let handles = (0..n)
+            .filter(|_| !bases.is_empty())
             .map(|i| {
-                let api = Api::new(base, Some(token));
+                let api = Api::new(&bases[i % bases.len()], Some(token));
                 let stop = stop.clone();
                 let campaign = campaign.to_string();
                 // Spread the organizers over the first interval.

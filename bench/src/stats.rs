@@ -130,19 +130,24 @@ pub fn load_average() -> Option<[f64; 3]> {
     Some([it.next()?, it.next()?, it.next()?])
 }
 
-/// CPU use over a window: the server's, this process's and everything else's, in cores.
-#[derive(Clone, Copy, Debug, Default)]
+/// CPU use over a window: the servers', this process's and everything else's, in cores.
+#[derive(Clone, Debug, Default)]
 pub struct CpuWindow {
-    start: Option<(f64, f64, f64, f64)>,
+    /// (machine busy, this process) CPU seconds at the start.
+    start: Option<(f64, f64)>,
+    /// Each server's CPU seconds at the start.
+    servers0: Vec<Option<f64>>,
     started: Option<std::time::Instant>,
-    server: Option<u32>,
+    servers: Vec<Option<u32>>,
 }
 
 /// What a [`CpuWindow`] measured, in cores (1.0 = one core busy for the whole window).
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct CpuUse {
-    /// The server process.
+    /// The server processes together.
     pub server: Option<f64>,
+    /// Each server process, in the order given.
+    pub servers: Vec<Option<f64>>,
     /// The benchmark process (the phones and organizers).
     pub bench: Option<f64>,
     /// Everything else on the machine (other engineers' builds, the kernel).
@@ -154,16 +159,25 @@ pub struct CpuUse {
 impl CpuWindow {
     /// Starts a window; `server` is the server's pid when it runs here.
     pub fn start(server: Option<u32>) -> Self {
+        Self::start_many(&[server])
+    }
+
+    /// Starts a window over several servers (their pids, when they run here).
+    pub fn start_many(servers: &[Option<u32>]) -> Self {
         let m = machine_cpu_seconds();
-        let s = server.and_then(|p| cpu_seconds(Some(p)));
+        let servers0 = servers
+            .iter()
+            .map(|p| p.and_then(|p| cpu_seconds(Some(p))))
+            .collect();
         let b = cpu_seconds(None);
         CpuWindow {
             start: match (m, b) {
-                (Some((busy, _)), Some(b)) => Some((busy, s.unwrap_or(0.0), b, 0.0)),
+                (Some((busy, _)), Some(b)) => Some((busy, b)),
                 _ => None,
             },
+            servers0,
             started: Some(std::time::Instant::now()),
-            server,
+            servers: servers.to_vec(),
         }
     }
 
@@ -174,24 +188,34 @@ impl CpuWindow {
             .map(|t| t.elapsed().as_secs_f64())
             .unwrap_or(0.0)
             .max(1e-6);
-        let Some((busy0, server0, bench0, _)) = self.start else {
+        let Some((busy0, bench0)) = self.start else {
             return CpuUse {
                 seconds: secs,
+                servers: vec![None; self.servers.len()],
                 ..CpuUse::default()
             };
         };
         let busy = machine_cpu_seconds().map(|(b, _)| b - busy0);
-        let server = self
-            .server
-            .and_then(|p| cpu_seconds(Some(p)))
-            .map(|s| s - server0);
+        let servers: Vec<Option<f64>> = self
+            .servers
+            .iter()
+            .zip(&self.servers0)
+            .map(|(p, s0)| Some(cpu_seconds(Some((*p)?))? - (*s0)?))
+            .collect();
+        let server = servers
+            .iter()
+            .copied()
+            .sum::<Option<f64>>()
+            .filter(|_| !servers.is_empty());
         let bench = cpu_seconds(None).map(|b| b - bench0);
+        let all_servers: f64 = servers.iter().flatten().sum();
         let others = match (busy, bench) {
-            (Some(busy), Some(bench)) => Some((busy - bench - server.unwrap_or(0.0)).max(0.0)),
+            (Some(busy), Some(bench)) => Some((busy - bench - all_servers).max(0.0)),
             _ => None,
         };
         CpuUse {
             server: server.map(|s| s / secs),
+            servers: servers.iter().map(|s| s.map(|s| s / secs)).collect(),
             bench: bench.map(|b| b / secs),
             others: others.map(|o| o / secs),
             seconds: secs,

@@ -162,3 +162,112 @@ fn small_run_is_exact_and_reports_every_figure() {
             .contains("tly_")
     );
 }
+
+/// Several servers on one PostgreSQL (issue 17): the ingest phase on three `tally serve` sharing
+/// a database the benchmark creates (and drops), phones and organizers spread over them. The
+/// totals must be exact on every server. Needs `TALLY_TEST_DATABASE_URL` (run under
+/// `scripts/with-postgres`, as CI does); without it, says so and skips.
+#[test]
+fn three_servers_on_one_postgresql_give_exact_totals_on_every_server() {
+    let url = match std::env::var("TALLY_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => {
+            assert!(
+                std::env::var("TALLY_POSTGRES_TESTS").as_deref() != Ok("required"),
+                "TALLY_POSTGRES_TESTS=required but TALLY_TEST_DATABASE_URL is not set: run \
+                 under scripts/with-postgres"
+            );
+            eprintln!(
+                "SKIPPED smoke::three_servers_on_one_postgresql_give_exact_totals_on_every_server: \
+                 no PostgreSQL (TALLY_TEST_DATABASE_URL is not set): run \
+                 `scripts/with-postgres cargo test -p tally-bench --test smoke`"
+            );
+            return;
+        }
+    };
+    let tally = tally_binary();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json_path = dir.path().join("bench.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_tally-bench"))
+        .args([
+            "--phases",
+            "ingest,baseline",
+            "--backends",
+            "sqlite,pg3",
+            "--phones",
+            "12",
+            "--signatures",
+            "10",
+            "--organizers",
+            "3",
+            "--poll-interval-ms",
+            "50",
+            "--database-url",
+        ])
+        .arg(&url)
+        .arg("--tally-bin")
+        .arg(&tally)
+        .arg("--json")
+        .arg(&json_path)
+        .output()
+        .expect("run tally-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "tally-bench failed ({:?}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    eprintln!("{stdout}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("JSON written"))
+            .expect("valid JSON");
+    assert_eq!(json["backends"], serde_json::json!(["sqlite", "pg3"]));
+    for p in ["ingest", "ingest_pg3"] {
+        assert_eq!(figure(&json, &format!("{p}.signatures"))["value"], 120.0);
+        assert_eq!(
+            figure(&json, &format!("{p}.all_acknowledged"))["value"],
+            1.0
+        );
+        assert_eq!(figure(&json, &format!("{p}.totals_exact"))["value"], 1.0);
+        assert!(figure(&json, &format!("{p}.signatures_per_sec"))["value"].as_f64() > Some(0.0));
+        assert!(figure(&json, &format!("{p}.sync_p99_ms"))["value"].is_number());
+        assert!(figure(&json, &format!("{p}.cpu_bench_cores"))["value"].is_number());
+    }
+    let q = figure(&json, "query_pg3.ingest_p99_ms");
+    assert!(q["value"].is_number(), "{q}");
+    // Exact on each of the three servers, each of which used CPU.
+    assert_eq!(figure(&json, "ingest_pg3.servers")["value"], 3.0);
+    assert_eq!(
+        figure(&json, "ingest_pg3.totals_exact_servers")["value"],
+        3.0
+    );
+    for i in 0..3 {
+        let c = figure(&json, &format!("ingest_pg3.cpu_server{i}_cores"));
+        assert!(c["value"].as_f64().is_some(), "{c}");
+    }
+    assert!(figure(&json, "ingest_pg3.db_mb")["value"].as_f64() > Some(0.0));
+    // Both ratios, for both backends.
+    for key in [
+        "baseline.floor_per_sec",
+        "baseline.floor_ratio",
+        "baseline.ratio",
+        "baseline_pg3.floor_ratio",
+        "baseline_pg3.ratio",
+    ] {
+        let f = figure(&json, key);
+        assert!(f["value"].as_f64() > Some(0.0), "{key}: {f}");
+    }
+    // The side-by-side table, and the password-free command line.
+    assert!(stdout.contains("| ingest | one server on SQLite | 3 servers on one PostgreSQL |"));
+    // The benchmark's database is gone.
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).expect("PostgreSQL");
+    let left: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'tally_bench_%'",
+            &[],
+        )
+        .expect("count databases")
+        .get(0);
+    assert_eq!(left, 0, "the benchmark's databases were not dropped");
+}
