@@ -4,7 +4,10 @@
 //! them between syncs (a phone's server is changed as a load balancer or a DNS change would:
 //! its next sync goes elsewhere), signing offline, with duplicates: the totals from every
 //! server are exact and equal; a change stored through A reaches a live totals stream on B
-//! within 1 s; revoking a device on A ends its stream on C within 1 s.
+//! within 1 s; revoking a device on A ends its stream and its sync on C within 1 s; a phone's
+//! second device, syncing only through C, sees the totals document A or B rewrote; B
+//! SIGKILLed while phones sync through it loses nothing it acknowledged, and the phones finish
+//! on A and C.
 //!
 //! Without `TALLY_TEST_DATABASE_URL` these tests say so and skip; with
 //! `TALLY_POSTGRES_TESTS=required` (CI) they fail instead.
@@ -17,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tally_tests::server::Server as _;
-use tally_tests::{Organizer, Phone, ServerProcess};
+use tally_tests::{Organizer, Peer, Phone, ServerProcess};
 
 /// A new database in the test PostgreSQL and its URL, or `None` (said loudly) without one.
 fn database(test: &str) -> Option<String> {
@@ -170,48 +173,119 @@ fn last_event(text: &str) -> Option<Value> {
         .and_then(|line| serde_json::from_str::<Value>(line).ok())
 }
 
+/// One organizer per server (their keys in one folder), a campaign, and `n` phones enrolled
+/// through the servers in turn (each enrollment through the server it starts on).
+fn campaign_with_phones(
+    dir: &Path,
+    servers: &[ServerProcess],
+    n: usize,
+) -> (Vec<Organizer>, String, Vec<Phone>) {
+    let orgs: Vec<Organizer> = servers
+        .iter()
+        .map(|s| Organizer::new(&dir.join("org"), &s.base(), &servers[0].data))
+        .collect();
+    let recipient = orgs[0].keygen("organizer.age");
+    let campaign = orgs[0].create_campaign("Status for All", &recipient);
+    let invites: Vec<Value> = (0..n)
+        .map(|i| orgs[i % orgs.len()].invite(&campaign))
+        .collect();
+    let phones: Vec<Phone> = std::thread::scope(|scope| {
+        let enrolling: Vec<_> = invites
+            .iter()
+            .enumerate()
+            .map(|(i, invite)| {
+                scope.spawn(move || {
+                    let phone = Phone::new(&dir.join(format!("phone{i}")));
+                    phone.enroll(invite, &format!("phone {i}"));
+                    phone
+                })
+            })
+            .collect();
+        enrolling.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    (orgs, campaign, phones)
+}
+
+/// `phone`'s next sync through `base`; panics unless every signature was acknowledged.
+fn sync_through(phone: &Phone, base: &str) {
+    point(phone, base);
+    let run = phone.sync(60);
+    assert!(
+        phone.pending().is_empty(),
+        "a signature not acknowledged through {base}:\n{run}"
+    );
+}
+
+/// The team totals a phone last received (from the campaign's totals document).
+fn team_signatures(phone: &Phone) -> Option<u64> {
+    phone.status()["totals"]["totals"]["signatures"].as_u64()
+}
+
 #[test]
-fn phones_moving_between_three_servers_give_the_same_exact_totals_everywhere() {
+fn thirty_phones_moving_between_three_servers_give_the_same_exact_totals_everywhere() {
     let Some(url) = database("totals") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     let servers = three_servers(dir.path(), &url);
-    let admin_data = &servers[0].data;
-    let orgs: Vec<Organizer> = servers
-        .iter()
-        // One organizer (its keys in one folder), talking to each server in turn.
-        .map(|s| Organizer::new(&dir.path().join("org"), &s.base(), admin_data))
-        .collect();
-    let recipient = orgs[0].keygen("organizer.age");
-    let campaign = orgs[0].create_campaign("Status for All", &recipient);
-    let phones: Vec<Phone> = (0..9)
-        .map(|i| {
-            let phone = Phone::new(&dir.path().join(format!("phone{i}")));
-            // Enrolled through the server it starts on.
-            phone.enroll(&orgs[i % 3].invite(&campaign), &format!("phone {i}"));
-            phone
-        })
-        .collect();
-    let mut signed = 0u64;
-    for round in 0..4 {
-        for (i, phone) in phones.iter().enumerate() {
-            // Offline: two signatures, one of them the same person as another phone's.
-            phone.sign(&format!("Signer {i}-{round}"), "M5V 2T6", "Toronto", &[]);
-            phone.sign(&format!("Shared Signer {round}"), "M4C 1B5", "Toronto", &[]);
-            signed += 2;
-            // Then to the server of this round: each phone moves between syncs.
-            point(phone, &servers[(i + round) % 3].base());
-            phone.sync(30).ok();
-            assert!(phone.pending().is_empty(), "every signature acknowledged");
-        }
+    let (orgs, campaign, phones) = campaign_with_phones(dir.path(), &servers, 30);
+    // A canvasser's second phone, which only ever reaches C.
+    let second = Phone::new(&dir.path().join("second"));
+    second.enroll(&orgs[2].invite(&campaign), "phone 0, second");
+    point(&second, &servers[2].base());
+    const ROUNDS: usize = 3;
+    for round in 0..ROUNDS {
+        std::thread::scope(|scope| {
+            for (i, phone) in phones.iter().enumerate() {
+                let servers = &servers;
+                scope.spawn(move || {
+                    // Offline: two signatures, one of them the same person as another
+                    // phone's.
+                    phone.sign(&format!("Signer {i}-{round}"), "M5V 2T6", "Toronto", &[]);
+                    phone.sign(&format!("Shared Signer {round}"), "M4C 1B5", "Toronto", &[]);
+                    // Then to the server of this round: each phone moves between syncs, all
+                    // at once. The last round goes through A and B only.
+                    let to = if round == ROUNDS - 1 {
+                        i % 2
+                    } else {
+                        (i + round) % 3
+                    };
+                    sync_through(phone, &servers[to].base());
+                });
+            }
+        });
     }
+    let signed = (phones.len() * ROUNDS * 2) as u64;
     let totals: Vec<Value> = orgs.iter().map(|o| o.totals(&campaign)).collect();
     for (i, t) in totals.iter().enumerate() {
         assert_eq!(t["signatures"], signed, "server {i}: {t}");
-        // Nine phones' own signers, and the four people every phone signed up again.
-        assert_eq!(t["unique_signers"], 9 * 4 + 4, "server {i}: {t}");
+        // The phones' own signers, and the people every phone signed up again.
+        assert_eq!(
+            t["unique_signers"],
+            (phones.len() * ROUNDS + ROUNDS) as u64,
+            "server {i}: {t}"
+        );
         assert_eq!(t, &totals[0], "server {i} answers as server 0");
+    }
+    // The second phone sees the totals document as A or B rewrote it (C stored none of the
+    // last round's changes, so it had nothing to rewrite).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while team_signatures(&second) != Some(signed) {
+        assert!(
+            Instant::now() < deadline,
+            "the second phone never saw the totals document count {signed} through C: {}",
+            second.status()["totals"]
+        );
+        second.sync(30).ok();
+    }
+    // Written once per change of the totals, whichever server did it: no server failed a
+    // rewrite on another's (a conflict would be logged as 'totals not refreshed').
+    for (server, name) in servers.iter().zip(["A", "B", "C"]) {
+        let log = server.log_text();
+        assert!(
+            !log.contains("totals not refreshed"),
+            "{name} failed a totals rewrite:\n{log}"
+        );
     }
 }
 
@@ -289,6 +363,14 @@ fn revoking_a_device_on_one_server_ends_its_stream_on_another_within_a_second() 
     let (_, bystander) = servers[0].enroll(&campaign, "organizer");
     let mut on_c = Stream::open(&servers[2].base(), &campaign, &token);
     let mut other_on_c = Stream::open(&servers[2].base(), &campaign, &bystander);
+    // The same device's sync connection on C, and another device's.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (mut syncing, mut other_syncing) = runtime.block_on(async {
+        (
+            Peer::connect(&servers[2].ws(), &token).await.unwrap(),
+            Peer::connect(&servers[2].ws(), &bystander).await.unwrap(),
+        )
+    });
     let t0 = Instant::now();
     let (status, body) = tally_tests::server::http(
         &servers[0].base(),
@@ -308,10 +390,30 @@ fn revoking_a_device_on_one_server_ends_its_stream_on_another_within_a_second() 
     let took = t0.elapsed();
     eprintln!("revocation on A ended the device's stream on C {took:?} after it was asked");
     assert!(took < Duration::from_secs(1), "took {took:?}");
+    let closed = runtime.block_on(
+        syncing.until(tokio::time::Instant::now() + Duration::from_secs(5), |p| {
+            p.closed
+        }),
+    );
+    let took = t0.elapsed();
+    assert!(
+        matches!(closed, Ok(true) | Err(_)),
+        "the revoked device's sync connection on C stayed open; C's log:\n{}",
+        servers[2].log_text()
+    );
+    eprintln!("revocation on A closed the device's sync on C {took:?} after it was asked");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
     assert!(
         other_on_c.wait_closed(Duration::from_millis(300)).is_none(),
         "another device's stream stays open"
     );
+    runtime.block_on(async {
+        other_syncing
+            .settle(Duration::from_millis(300))
+            .await
+            .unwrap();
+    });
+    assert!(!other_syncing.closed, "another device's sync stays open");
     // And the token is refused everywhere.
     for server in &servers {
         let (status, _) = tally_tests::server::http(
@@ -322,5 +424,66 @@ fn revoking_a_device_on_one_server_ends_its_stream_on_another_within_a_second() 
             None,
         );
         assert_eq!(status, 401, "the revoked token on {}", server.base());
+    }
+}
+
+#[test]
+fn a_server_killed_mid_sync_loses_nothing_acknowledged_and_the_phones_finish_elsewhere() {
+    let Some(url) = database("killed") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut servers = three_servers(dir.path(), &url);
+    let (orgs, campaign, phones) = campaign_with_phones(dir.path(), &servers, 12);
+    std::thread::scope(|scope| {
+        for (i, phone) in phones.iter().enumerate() {
+            scope.spawn(move || {
+                for n in 0..4 {
+                    phone.sign(&format!("Signer {i}-{n}"), "M5V 2T6", "Toronto", &[]);
+                }
+            });
+        }
+    });
+    let signed = (phones.len() * 4) as u64;
+    // Every phone syncs through B at once; B is SIGKILLed as soon as A counts its first
+    // signature, while the others are still at it.
+    let b = servers[1].base();
+    let killed_at = std::thread::scope(|scope| {
+        for phone in &phones {
+            let b = &b;
+            scope.spawn(move || {
+                point(phone, b);
+                phone.sync(60);
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while orgs[0].totals(&campaign)["signatures"] == 0 {
+            assert!(Instant::now() < deadline, "B never stored a signature");
+        }
+        servers[1].kill();
+        Instant::now()
+    });
+    let acknowledged: u64 = phones.iter().map(|p| 4 - p.pending().len() as u64).sum();
+    eprintln!(
+        "B killed {:?} ago with {acknowledged} of {signed} signatures acknowledged",
+        killed_at.elapsed()
+    );
+    // Every signature a phone heard acknowledged is in the database the others share.
+    for org in [&orgs[0], &orgs[2]] {
+        let stored = org.totals(&campaign)["signatures"].as_u64().unwrap();
+        assert!(
+            stored >= acknowledged,
+            "{acknowledged} acknowledged, {stored} counted after B died"
+        );
+    }
+    // The phones finish on A and C.
+    for (i, phone) in phones.iter().enumerate() {
+        let to = if i % 2 == 0 { 0 } else { 2 };
+        sync_through(phone, &servers[to].base());
+    }
+    for org in [&orgs[0], &orgs[2]] {
+        let t = org.totals(&campaign);
+        assert_eq!(t["signatures"], signed, "{t}");
+        assert_eq!(t["unique_signers"], signed, "{t}");
     }
 }
