@@ -83,7 +83,9 @@ fn migrations_create_every_table_once_and_are_idempotent() {
         tables,
         [
             "agg_cells",
+            "agg_keys",
             "agg_members",
+            "agg_records",
             "agg_tokens",
             "audit",
             "checkins",
