@@ -250,6 +250,8 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (campaign, record)
     );
     "#,
+    // v2: SQLite's 9, the record facts of filtered totals (issue 18).
+    projection::FACTS_SCHEMA,
 ];
 
 /// The PostgreSQL schema version this build writes and reads.
