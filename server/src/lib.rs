@@ -213,6 +213,20 @@ pub fn reindex(data: &Path) -> anyhow::Result<projection::ReindexReport> {
     Ok(projection::reindex(&store)?)
 }
 
+/// Rebuilds the totals projection of the PostgreSQL database at `url` (`tally reindex
+/// --database-url`). The servers sharing it may keep running: the rebuild's transaction holds
+/// their new chunks back until it commits (a phone whose sync waits past the lock timeout is
+/// told nothing was acknowledged and retries), so the rebuilt projection misses nothing.
+pub fn reindex_database(url: &str) -> anyhow::Result<projection::ReindexReport> {
+    let store = tally_store::PgStore::connect(url).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open the PostgreSQL database {}: {e}",
+            config::redact_url(url)
+        )
+    })?;
+    Ok(projection::reindex(&store)?)
+}
+
 /// Declares the routes once: `ROUTES` lists them for the OpenAPI test, `routes()` builds them.
 macro_rules! route_table {
     ($($method:ident $path:literal => $handler:path,)*) => {

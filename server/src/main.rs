@@ -169,6 +169,11 @@ enum Cmd {
             value_name = "DIR"
         )]
         data: PathBuf,
+        /// Rebuild the projection in this PostgreSQL database instead of the data folder's
+        /// SQLite file. The servers sharing it may keep running: their writes wait for the
+        /// rebuild (phones are told to retry) and go on after it.
+        #[arg(long, env = "TALLY_DATABASE_URL", value_name = "URL")]
+        database_url: Option<String>,
     },
     /// Make an organizer's age identity (the secret that opens signers' details) and print its
     /// recipient (the public half that campaigns seal to).
@@ -662,9 +667,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Reindex { data } => {
-            // Only where there is a database to rebuild: otherwise reindex says so.
-            let _lock = if data.join(tally_server::DB_FILE).exists() {
+        Cmd::Reindex { data, database_url } => {
+            // Only where there is a database to rebuild: otherwise reindex says so. On
+            // PostgreSQL the rebuild's transaction locks out the servers' writes itself.
+            let _lock = if database_url.is_none() && data.join(tally_server::DB_FILE).exists() {
                 lock_data(&data)?.map_err(|who| {
                     anyhow::anyhow!(
                         "a tally server ({who}) is running on the data folder {}: stop it first. \
@@ -676,7 +682,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 None
             };
-            let r = tally_server::reindex(&data)?;
+            let r = match database_url {
+                Some(url) => tally_server::reindex_database(&url)?,
+                None => tally_server::reindex(&data)?,
+            };
             outln!(
                 "reindexed {} documents: {} signatures, {} check-ins, {} strikes, {} sheets, {} aggregate cells",
                 r.documents,

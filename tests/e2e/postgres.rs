@@ -58,7 +58,7 @@ fn signatures_in(url: &str) -> i64 {
 }
 
 #[test]
-fn phones_sync_to_a_server_on_postgresql_and_the_totals_survive_a_restart() {
+fn phones_sync_to_a_server_on_postgresql_and_the_totals_survive_a_restart_and_a_reindex() {
     let Some(url) = database("restart") else {
         return;
     };
@@ -101,6 +101,33 @@ fn phones_sync_to_a_server_on_postgresql_and_the_totals_survive_a_restart() {
     assert!(phones[0].pending().is_empty());
     assert_eq!(org.totals(&campaign)["signatures"], 7);
     assert_eq!(signatures_in(&url), 7);
+
+    // `tally reindex --database-url` rebuilds the rows from the documents while the server
+    // runs on, and the server goes on storing after it.
+    postgres::Client::connect(&url, postgres::NoTls)
+        .unwrap()
+        .batch_execute("DELETE FROM signatures")
+        .unwrap();
+    assert_eq!(signatures_in(&url), 0);
+    let out = std::process::Command::new(tally_tests::server::binary("tally"))
+        .args(["reindex", "--database-url", &url])
+        .env_remove("TALLY_DATABASE_URL")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("7 signatures"), "{stdout}");
+    assert_eq!(signatures_in(&url), 7, "the rows are back");
+    assert_eq!(org.totals(&campaign)["signatures"], 7);
+    phones[1].sign("After Reindex", "M4C 1B5", "Toronto", &[]);
+    phones[1].sync(30).ok();
+    assert!(phones[1].pending().is_empty());
+    assert_eq!(org.totals(&campaign)["signatures"], 8);
+    assert_eq!(signatures_in(&url), 8);
 }
 
 #[test]

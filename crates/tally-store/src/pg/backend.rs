@@ -117,6 +117,13 @@ impl Writes for PgTx<'_> {
         })
     }
     fn clear_projection_rows(&self) -> Result<()> {
+        // A rebuild while other servers run: no chunk may be stored (and projected) between
+        // reading the documents and committing the rebuilt rows, or it would be missed or
+        // counted twice. SHARE conflicts with every write to the table and with nothing that
+        // reads it; the lock is held until the rebuild commits.
+        self.tx
+            .borrow_mut()
+            .batch_execute("LOCK TABLE chunks IN SHARE MODE")?;
         projection::clear_projection_rows(&mut *self.tx.borrow_mut())
     }
     fn project_collection(
