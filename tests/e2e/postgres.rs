@@ -13,6 +13,7 @@
 
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use tally_tests::server::Server as _;
 use tally_tests::{Organizer, Phone, ServerProcess};
@@ -261,7 +262,8 @@ impl Drop for Cluster {
 
 /// PostgreSQL stopped under a running server: a phone's sync is told nothing was acknowledged
 /// and keeps its signature; PostgreSQL started again, the server reconnects by itself and the
-/// same phone's next sync lands it.
+/// same phone's next sync lands it, and both servers sharing the database hear each other's
+/// changes again.
 #[test]
 fn postgresql_stopped_and_started_under_the_server_loses_nothing() {
     if database("outage").is_none() {
@@ -272,6 +274,9 @@ fn postgresql_stopped_and_started_under_the_server_loses_nothing() {
     let url = cluster.url();
     let server =
         ServerProcess::start_with_env(&dir.path().join("data"), &[("TALLY_DATABASE_URL", &url)]);
+    // A second server on the same database, to see it hear changes again after the outage.
+    let other =
+        ServerProcess::start_with_env(&dir.path().join("other"), &[("TALLY_DATABASE_URL", &url)]);
     let org = Organizer::new(&dir.path().join("org"), &server.base(), &server.data);
     let recipient = org.keygen("organizer.age");
     let campaign = org.create_campaign("Status for All", &recipient);
@@ -308,4 +313,22 @@ fn postgresql_stopped_and_started_under_the_server_loses_nothing() {
     phone.sync(60).ok();
     assert!(phone.pending().is_empty(), "landed once PostgreSQL is back");
     assert_eq!(org.totals(&campaign)["signatures"], 2);
+
+    // Both servers listen again by themselves: a device revoked through the first has its
+    // stream on the second ended.
+    let (device, token) = server.enroll(&campaign, "organizer");
+    let mut stream = crate::servers::Stream::open(&other.base(), &campaign, &token);
+    let (status, body) = tally_tests::server::http(
+        &server.base(),
+        "POST",
+        &format!("/api/v1/devices/{device}/revoke"),
+        Some(&server.admin()),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        stream.wait_closed(Duration::from_secs(5)).is_some(),
+        "the second server did not hear the revocation after the outage; its log:\n{}",
+        other.log_text()
+    );
 }

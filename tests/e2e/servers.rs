@@ -84,13 +84,13 @@ fn point(phone: &Phone, base: &str) {
 }
 
 /// A live totals stream (`GET .../totals/stream`) open on `base`.
-struct Stream {
+pub(crate) struct Stream {
     socket: TcpStream,
     text: String,
 }
 
 impl Stream {
-    fn open(base: &str, campaign: &str, token: &str) -> Stream {
+    pub(crate) fn open(base: &str, campaign: &str, token: &str) -> Stream {
         let addr = base.trim_start_matches("http://");
         let mut socket = TcpStream::connect(addr).unwrap();
         write!(
@@ -139,7 +139,7 @@ impl Stream {
 
     /// Waits for the stream to end (its last chunk, or the socket closed); how long that took,
     /// or `None`.
-    fn wait_closed(&mut self, within: Duration) -> Option<Duration> {
+    pub(crate) fn wait_closed(&mut self, within: Duration) -> Option<Duration> {
         let t0 = Instant::now();
         let mut buf = [0u8; 4096];
         while t0.elapsed() < within {
