@@ -18,27 +18,28 @@ use std::time::Duration;
 use tally_tests::server::Server as _;
 use tally_tests::{Organizer, Phone, ServerProcess};
 
-/// A new database in the test PostgreSQL and its URL, or `None` (said loudly) without one.
-fn database(test: &str) -> Option<String> {
+/// A new database in the test PostgreSQL for the test `module::test`, and its URL; or `None`,
+/// said loudly, without one (a failure instead when `TALLY_POSTGRES_TESTS=required`, as in CI).
+pub(crate) fn database(module: &str, test: &str) -> Option<String> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let url = match std::env::var("TALLY_TEST_DATABASE_URL") {
         Ok(url) if !url.is_empty() => url,
         _ => {
             assert!(
                 std::env::var("TALLY_POSTGRES_TESTS").as_deref() != Ok("required"),
-                "postgres::{test}: TALLY_POSTGRES_TESTS=required but TALLY_TEST_DATABASE_URL is \
+                "{module}::{test}: TALLY_POSTGRES_TESTS=required but TALLY_TEST_DATABASE_URL is \
                  not set: run the tests under scripts/with-postgres"
             );
             let _ = writeln!(
                 std::io::stderr(),
-                "SKIPPED postgres::{test}: no PostgreSQL (TALLY_TEST_DATABASE_URL is not set): \
-                 run `scripts/with-postgres cargo test -p tally-tests --test e2e postgres::`"
+                "SKIPPED {module}::{test}: no PostgreSQL (TALLY_TEST_DATABASE_URL is not set): \
+                 run `scripts/with-postgres cargo test -p tally-tests --test e2e {module}::`"
             );
             return None;
         }
     };
     let name = format!(
-        "e2e_{test}_{}_{}",
+        "e2e_{module}_{test}_{}_{}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     );
@@ -60,7 +61,7 @@ fn signatures_in(url: &str) -> i64 {
 
 #[test]
 fn phones_sync_to_a_server_on_postgresql_and_the_totals_survive_a_restart_and_a_reindex() {
-    let Some(url) = database("restart") else {
+    let Some(url) = database("postgres", "restart") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -266,7 +267,7 @@ impl Drop for Cluster {
 /// changes again.
 #[test]
 fn postgresql_stopped_and_started_under_the_server_loses_nothing() {
-    if database("outage").is_none() {
+    if database("postgres", "outage").is_none() {
         return;
     }
     let cluster = Cluster::new();

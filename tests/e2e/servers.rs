@@ -15,44 +15,13 @@
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tally_tests::server::Server as _;
 use tally_tests::{Organizer, Peer, Phone, ServerProcess};
 
-/// A new database in the test PostgreSQL and its URL, or `None` (said loudly) without one.
-fn database(test: &str) -> Option<String> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let url = match std::env::var("TALLY_TEST_DATABASE_URL") {
-        Ok(url) if !url.is_empty() => url,
-        _ => {
-            assert!(
-                std::env::var("TALLY_POSTGRES_TESTS").as_deref() != Ok("required"),
-                "servers::{test}: TALLY_POSTGRES_TESTS=required but TALLY_TEST_DATABASE_URL is \
-                 not set: run the tests under scripts/with-postgres"
-            );
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED servers::{test}: no PostgreSQL (TALLY_TEST_DATABASE_URL is not set): \
-                 run `scripts/with-postgres cargo test -p tally-tests --test e2e servers::`"
-            );
-            return None;
-        }
-    };
-    let name = format!(
-        "e2e_servers_{test}_{}_{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    );
-    let mut admin = postgres::Client::connect(&url, postgres::NoTls).expect("test database");
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .expect("create the test's database");
-    let (base, _) = url.rsplit_once('/').expect("a URL with a database name");
-    Some(format!("{base}/{name}"))
-}
+use crate::postgres::database;
 
 /// Three servers on the database at `url`, each with a data folder of its own under `dir`
 /// (the first one made the admin, whose token is in its data folder).
@@ -223,7 +192,7 @@ fn team_signatures(phone: &Phone) -> Option<u64> {
 
 #[test]
 fn thirty_phones_moving_between_three_servers_give_the_same_exact_totals_everywhere() {
-    let Some(url) = database("totals") else {
+    let Some(url) = database("servers", "totals") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -291,18 +260,13 @@ fn thirty_phones_moving_between_three_servers_give_the_same_exact_totals_everywh
 
 #[test]
 fn a_change_through_one_server_reaches_a_live_stream_on_another_within_a_second() {
-    let Some(url) = database("live") else {
+    let Some(url) = database("servers", "live") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     let servers = three_servers(dir.path(), &url);
-    let org = Organizer::new(
-        &dir.path().join("org"),
-        &servers[0].base(),
-        &servers[0].data,
-    );
-    let recipient = org.keygen("organizer.age");
-    let campaign = org.create_campaign("Status for All", &recipient);
+    let (orgs, campaign, _) = campaign_with_phones(dir.path(), &servers, 0);
+    let org = &orgs[0];
     let (_, organizer) = servers[0].enroll(&campaign, "organizer");
     let phone = Phone::new(&dir.path().join("phone"));
     phone.enroll(&org.invite(&campaign), "phone");
@@ -347,18 +311,12 @@ fn a_change_through_one_server_reaches_a_live_stream_on_another_within_a_second(
 
 #[test]
 fn revoking_a_device_on_one_server_ends_its_stream_on_another_within_a_second() {
-    let Some(url) = database("revoke") else {
+    let Some(url) = database("servers", "revoke") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     let servers = three_servers(dir.path(), &url);
-    let org = Organizer::new(
-        &dir.path().join("org"),
-        &servers[0].base(),
-        &servers[0].data,
-    );
-    let recipient = org.keygen("organizer.age");
-    let campaign = org.create_campaign("Status for All", &recipient);
+    let (_, campaign, _) = campaign_with_phones(dir.path(), &servers, 0);
     let (device, token) = servers[0].enroll(&campaign, "organizer");
     let (_, bystander) = servers[0].enroll(&campaign, "organizer");
     let mut on_c = Stream::open(&servers[2].base(), &campaign, &token);
@@ -429,7 +387,7 @@ fn revoking_a_device_on_one_server_ends_its_stream_on_another_within_a_second() 
 
 #[test]
 fn a_server_killed_mid_sync_loses_nothing_acknowledged_and_the_phones_finish_elsewhere() {
-    let Some(url) = database("killed") else {
+    let Some(url) = database("servers", "killed") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
