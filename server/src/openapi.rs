@@ -161,6 +161,20 @@ fn totals_filters() -> Vec<Value> {
                     "description": "a forward sortation area: the first three characters of a Canadian postal code" }),
         ),
         query(
+            "riding",
+            "only signatures of signers in this riding (check-ins are not filtered by riding); trimmed",
+            text(
+                MAX_SHORT_TEXT,
+                true,
+                "a riding's name, as the phones record it",
+            ),
+        ),
+        query(
+            "canvasser",
+            "only signatures this device collected (its id, as the keys of by_canvasser; check-ins are not filtered by canvasser); trimmed",
+            text(MAX_SHORT_TEXT, true, "a device id"),
+        ),
+        query(
             "suppress",
             "small-cell suppression: on by default for every token but the admin's; the admin may ask for it with true; an organizer's false is refused (403)",
             json!({ "type": "boolean" }),
@@ -269,7 +283,9 @@ fn response_schemas() -> Value {
                 "from": { "type": ["string", "null"], "format": "date-time" },
                 "to": { "type": ["string", "null"], "format": "date-time" },
                 "city": { "type": ["string", "null"] },
-                "fsa": { "type": ["string", "null"] } } },
+                "fsa": { "type": ["string", "null"] },
+                "riding": { "type": ["string", "null"] },
+                "canvasser": { "type": ["string", "null"] } } },
             "Suppression": { "type": "object", "required": ["applied", "threshold", "hidden_cells", "hidden", "other", "withheld", "headline_hidden"], "properties": {
                 "applied": { "type": "boolean" },
                 "threshold": { "type": "integer", "minimum": 0, "description": "cells counting fewer distinct people are hidden (server config suppress_below)" },

@@ -272,6 +272,18 @@ fn drills_into_hidden(
             let f = filter.fsa.as_deref().unwrap_or_default();
             hidden(&whole.by_fsa, &shown.by_fsa).iter().any(|k| k == f)
         }
+        Dim::Riding => {
+            let r = filter.riding.as_deref().unwrap_or_default();
+            hidden(&whole.by_riding, &shown.by_riding)
+                .iter()
+                .any(|k| k == r)
+        }
+        Dim::Canvasser => {
+            let c = filter.canvasser.as_deref().unwrap_or_default();
+            hidden(&whole.by_canvasser, &shown.by_canvasser)
+                .iter()
+                .any(|k| k == c)
+        }
         Dim::Time => {
             // A window holding signatures of some of the hidden days but not all would give
             // their part of the hidden total. (Organizers' windows are whole days; a day an
@@ -293,6 +305,8 @@ enum Dim {
     Time,
     City,
     Fsa,
+    Riding,
+    Canvasser,
 }
 
 /// `filter` without dimension `dim`.
@@ -303,16 +317,28 @@ fn without(filter: &Filter, dim: Dim) -> Filter {
         Dim::Time => (f.from, f.to) = (None, None),
         Dim::City => f.city = None,
         Dim::Fsa => f.fsa = None,
+        Dim::Riding => f.riding = None,
+        Dim::Canvasser => f.canvasser = None,
     }
     f
 }
 
 /// A campaign's totals narrowed by `filter`, with small-cell suppression at `threshold`. For
 /// each dimension the filter narrows by, the answer without it is computed and suppressed too:
-/// if that answer hides the cell the filter selects (the city, FSA, event, or some of the hidden
-/// days), this answer is withheld: headline hidden, every breakdown withheld.
+/// if that answer hides the cell the filter selects (the city, FSA, riding, canvasser, event,
+/// or some of the hidden days), or is itself withheld (so that a pair of filters cannot reach a
+/// cell that each of them alone is withheld for naming), this answer is withheld: headline
+/// hidden, every breakdown withheld.
 pub fn answer<E>(
     query: impl Fn(&Filter) -> Result<Totals, E>,
+    filter: &Filter,
+    threshold: u64,
+) -> Result<(Totals, Suppression), E> {
+    answer_dyn(&query, filter, threshold)
+}
+
+fn answer_dyn<E>(
+    query: &dyn Fn(&Filter) -> Result<Totals, E>,
     filter: &Filter,
     threshold: u64,
 ) -> Result<(Totals, Suppression), E> {
@@ -332,15 +358,23 @@ pub fn answer<E>(
     if filter.fsa.is_some() {
         dims.push(Dim::Fsa);
     }
+    if filter.riding.is_some() {
+        dims.push(Dim::Riding);
+    }
+    if filter.canvasser.is_some() {
+        dims.push(Dim::Canvasser);
+    }
     if s.headline_hidden {
         return Ok((t, s));
     }
     for dim in dims {
         let parent = without(filter, dim);
+        let parent_withheld =
+            !parent.is_empty() && answer_dyn(query, &parent, threshold)?.1.headline_hidden;
         let whole = query(&parent)?;
         let mut shown = whole.clone();
         apply(&mut shown, threshold, !parent.is_empty());
-        if drills_into_hidden(&whole, &shown, dim, filter, &raw) {
+        if parent_withheld || drills_into_hidden(&whole, &shown, dim, filter, &raw) {
             s.headline_hidden = true;
             withhold(&mut t, &mut s);
             break;
@@ -580,6 +614,9 @@ mod drilling {
                             city,
                         );
                         s.collected_at = NOW + day * DAY;
+                        // One riding and one canvasser per city.
+                        s.riding = Some(format!("riding {city}"));
+                        s.collected_by = format!("dev-{city}");
                         b.signature("docA", &s, "UTC")?;
                     }
                 }
@@ -618,6 +655,20 @@ mod drilling {
                 to: Some(NOW + 2 * DAY),
                 ..Filter::default()
             },
+            Filter {
+                riding: Some("riding Ottawa".into()),
+                ..Filter::default()
+            },
+            Filter {
+                canvasser: Some("dev-Ottawa".into()),
+                ..Filter::default()
+            },
+            // A pair naming a shown cell and a hidden one.
+            Filter {
+                fsa: Some("K1P".into()),
+                canvasser: Some("dev-Ottawa".into()),
+                ..Filter::default()
+            },
         ] {
             let (t, s) = ask(&store, &camp, f.clone());
             assert!(s.headline_hidden, "{f:?}: {t:?}");
@@ -633,6 +684,21 @@ mod drilling {
         let (t, s) = ask(&store, &camp, city("toronto"));
         assert!(!s.headline_hidden);
         assert_eq!(t.signatures, 10);
+        for f in [
+            Filter {
+                riding: Some("riding Toronto".into()),
+                ..Filter::default()
+            },
+            Filter {
+                canvasser: Some("dev-Toronto".into()),
+                city: Some("TORONTO".into()),
+                ..Filter::default()
+            },
+        ] {
+            let (t, s) = ask(&store, &camp, f.clone());
+            assert!(!s.headline_hidden, "{f:?}");
+            assert_eq!(t.signatures, 10, "{f:?}");
+        }
         let (t, s) = ask(
             &store,
             &camp,

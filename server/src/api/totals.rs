@@ -33,7 +33,7 @@ pub(crate) struct TotalsRequest {
     pub suppress: bool,
 }
 
-const TOTALS_PARAMS: &str = "event, from, to, city, fsa, suppress (and token)";
+const TOTALS_PARAMS: &str = "event, from, to, city, fsa, riding, canvasser, suppress (and token)";
 
 fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
@@ -41,7 +41,8 @@ fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-/// Checks a totals query (`event`, `from`, `to`, `city`, `fsa`, `suppress`) against the
+/// Checks a totals query (`event`, `from`, `to`, `city`, `fsa`, `riding`, `canvasser`,
+/// `suppress`) against the
 /// campaign and the caller's role.
 fn totals_request(
     device: &Device,
@@ -124,6 +125,38 @@ fn totals_request(
                 }
                 echo.fsa = Some(f.clone());
                 filter.fsa = Some(f);
+            }
+            "riding" => {
+                let r = v.trim().to_string();
+                tally_core::fields::check_text(
+                    "riding",
+                    &r,
+                    tally_core::fields::MAX_SHORT_TEXT,
+                    true,
+                )
+                .map_err(|e| {
+                    bad(format!(
+                        "riding={v:?}: {e}; give a riding's name as the phones record it, e.g. riding=Spadina—Harbourfront"
+                    ))
+                })?;
+                echo.riding = Some(r.clone());
+                filter.riding = Some(r);
+            }
+            "canvasser" => {
+                let c = v.trim().to_string();
+                tally_core::fields::check_text(
+                    "canvasser",
+                    &c,
+                    tally_core::fields::MAX_SHORT_TEXT,
+                    true,
+                )
+                .map_err(|e| {
+                    bad(format!(
+                        "canvasser={v:?}: {e}; give the collecting device's id, as the by_canvasser keys show it"
+                    ))
+                })?;
+                echo.canvasser = Some(c.clone());
+                filter.canvasser = Some(c);
             }
             "suppress" => {
                 suppress = Some(match v.as_str() {

@@ -218,6 +218,12 @@ pub struct Filters {
     pub city: Option<String>,
     /// Signers' FSA.
     pub fsa: Option<String>,
+    /// Signers' riding.
+    #[serde(default)]
+    pub riding: Option<String>,
+    /// The collecting device (canvasser).
+    #[serde(default)]
+    pub canvasser: Option<String>,
 }
 
 /// A campaign's totals as the API answers them: `tally_core::totals::Totals` with the headline
