@@ -1183,7 +1183,7 @@ async fn sql_like_text_in_every_totals_filter() {
     // SQL-like text in every totals filter: refused or answered, never executed.
     let sql = "x' OR 1=1; DROP TABLE signatures; --";
     let enc: String = url_encode(sql);
-    for filter in ["event", "city", "fsa", "from", "to"] {
+    for filter in ["event", "city", "fsa", "riding", "canvasser", "from", "to"] {
         let (s, v) = http(
             &rig.server.base(),
             "GET",

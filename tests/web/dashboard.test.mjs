@@ -343,6 +343,28 @@ describe('the organizers dashboard in a real browser', { concurrency: false }, (
     await page.locator('#filters button[type=submit]').click();
     await until('the FSA filter', async () => (await shownTotals(page)).head.signatures === 5);
     await totalsMatchApi(page, server.adminToken, '?fsa=K1A&from=' + encodeURIComponent(new URL(requests.filter((r) => r.url.includes('fsa=K1A')).pop().url).searchParams.get('from')) + '&to=' + encodeURIComponent(new URL(requests.filter((r) => r.url.includes('fsa=K1A')).pop().url).searchParams.get('to')));
+    // The canvasser (chosen from those who collected) with a city, then a riding (issue 18).
+    await page.locator('#f-fsa').fill('');
+    await page.locator('#f-from').fill('');
+    await page.locator('#f-to').fill('');
+    const canvasser = await page.locator('#f-canvasser option').nth(1).getAttribute('value');
+    assert.ok(canvasser, 'the canvasser list holds who collected');
+    await page.locator('#f-canvasser').selectOption(canvasser);
+    await page.locator('#f-city').fill('ottawa');
+    await page.locator('#filters button[type=submit]').click();
+    await until('the canvasser and city filters', async () => (await shownTotals(page)).head.signatures === 5);
+    const byCanvasser = new URL(requests.filter((r) => r.page === 'admin' && r.url.includes('canvasser=')).pop().url).search;
+    assert.match(byCanvasser, /city=ottawa/);
+    const apiCanvasser = await totalsMatchApi(page, server.adminToken, byCanvasser);
+    assert.equal(apiCanvasser.filters.canvasser, canvasser);
+    assert.deepEqual(Object.keys(apiCanvasser.by_canvasser), [canvasser]);
+    await page.locator('#f-city').fill('');
+    await page.locator('#f-canvasser').selectOption('');
+    await page.locator('#f-riding').fill('Nowhere Riding');
+    await page.locator('#filters button[type=submit]').click();
+    await until('the riding filter', async () => (await shownTotals(page)).head.signatures === 0);
+    const apiRiding = await totalsMatchApi(page, server.adminToken, '?riding=Nowhere%20Riding');
+    assert.equal(apiRiding.filters.riding, 'Nowhere Riding');
     await page.locator('#f-clear').click();
     await until('the filters cleared', async () => (await shownTotals(page)).head.signatures === 15);
   });
@@ -790,11 +812,11 @@ describe('the organizers dashboard in a real browser', { concurrency: false }, (
     await page.keyboard.press('Tab');
     assert.equal(await page.evaluate(() => document.activeElement.className), 'skip');
     const reached = new Set();
-    for (let i = 0; i < 40; i++) {
+    for (let i = 0; i < 48; i++) {
       await page.keyboard.press('Tab');
       reached.add(await page.evaluate(() => document.activeElement.id || document.activeElement.getAttribute('href') || document.activeElement.tagName));
     }
-    for (const want of ['#/campaigns', '#/devices', '#/quarantine', `#/campaign/${campaign}/review`, 'f-event', 'f-city', 'f-fsa', 'lang']) {
+    for (const want of ['#/campaigns', '#/devices', '#/quarantine', `#/campaign/${campaign}/review`, 'f-event', 'f-city', 'f-fsa', 'f-riding', 'f-canvasser', 'lang']) {
       assert.ok(reached.has(want), `Tab reaches ${want} (reached: ${[...reached].join(', ')})`);
     }
     await page.keyboard.press('Shift+Tab');

@@ -83,6 +83,7 @@ const en = {
   // totals
   filters: 'Filters',
   all_events: 'All events',
+  all_canvassers: 'All canvassers',
   from_day: 'From (day)',
   to_day: 'To (day, included)',
   fsa: 'Postal area (FSA)',
@@ -364,6 +365,7 @@ const fr: Record<Key, string> = {
   event_added: 'Événement « {name} » ajouté.',
   filters: 'Filtres',
   all_events: 'Tous les événements',
+  all_canvassers: 'Tous les solliciteurs',
   from_day: 'Du (jour)',
   to_day: 'Au (jour, inclus)',
   fsa: 'Région de tri (RTA)',

@@ -108,6 +108,8 @@ export interface Filters {
   to?: string | null;
   city?: string | null;
   fsa?: string | null;
+  riding?: string | null;
+  canvasser?: string | null;
 }
 
 export interface Suppression {

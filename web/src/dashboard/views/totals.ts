@@ -1,4 +1,4 @@
-// A campaign's totals: filters (event, date range, city, FSA), the headline and goal, the
+// A campaign's totals: filters (event, date range, city, FSA, riding, canvasser), the headline and goal, the
 // breakdowns and the per-day chart, kept current by the live stream (see live.ts), with the
 // time of the last update.
 
@@ -16,13 +16,18 @@ let live: LiveTotals | null = null;
 let resumeFn: (() => void) | null = null;
 
 /** The query string of the filters (empty values left out). */
-export function filterQuery(c: CampaignSummary, f: { event: string; from: string; to: string; city: string; fsa: string }): URLSearchParams {
+export function filterQuery(
+  c: CampaignSummary,
+  f: { event: string; from: string; to: string; city: string; fsa: string; riding?: string; canvasser?: string },
+): URLSearchParams {
   const q = new URLSearchParams();
   if (f.event) q.set('event', f.event);
   if (f.from) q.set('from', new Date(zonedToUtc(f.from, c.timezone)).toISOString());
   if (f.to) q.set('to', new Date(zonedToUtc(nextDay(f.to), c.timezone)).toISOString());
   if (f.city.trim()) q.set('city', f.city.trim());
   if (f.fsa.trim()) q.set('fsa', f.fsa.trim().toUpperCase());
+  if (f.riding?.trim()) q.set('riding', f.riding.trim());
+  if (f.canvasser) q.set('canvasser', f.canvasser);
   return q;
 }
 
@@ -60,6 +65,9 @@ export const totalsView: View = {
     const city = h('input', { id: 'f-city', list: 'f-city-list', autocomplete: 'off' });
     const cities = h('datalist', { id: 'f-city-list' });
     const fsa = h('input', { id: 'f-fsa', maxlength: 3, autocomplete: 'off', spellcheck: 'false', pattern: '[A-Za-z][0-9][A-Za-z]' });
+    const riding = h('input', { id: 'f-riding', list: 'f-riding-list', autocomplete: 'off' });
+    const ridings = h('datalist', { id: 'f-riding-list' });
+    const canvasserSel = select({ id: 'f-canvasser' }, [['', t('all_canvassers')]]);
     const apply = h('button', { type: 'submit', class: 'primary' }, t('apply_filters'));
     const clear = h('button', { type: 'button', id: 'f-clear' }, t('clear_filters'));
     const filterError = h('div', { id: 'filter-error', 'aria-live': 'assertive' });
@@ -75,8 +83,11 @@ export const totalsView: View = {
         field(t('to_day'), to),
         field(t('city'), city),
         field(t('fsa'), fsa, t('fsa_hint')),
+        field(t('riding'), riding),
+        field(t('key_by_canvasser'), canvasserSel),
       ),
       cities,
+      ridings,
       h('div', { class: 'actions' }, apply, clear),
       filterError,
     );
@@ -127,12 +138,26 @@ export const totalsView: View = {
         for (const k of Object.keys(tot.by_city)) {
           if (!cities.querySelector(`option[value="${CSS.escape(k)}"]`)) cities.append(h('option', { value: k }));
         }
+        for (const k of Object.keys(tot.by_riding)) {
+          if (!ridings.querySelector(`option[value="${CSS.escape(k)}"]`)) ridings.append(h('option', { value: k }));
+        }
+        for (const k of Object.keys(tot.by_canvasser)) {
+          if (!canvasserSel.querySelector(`option[value="${CSS.escape(k)}"]`)) canvasserSel.append(h('option', { value: k }, who(k)));
+        }
       }
     };
     const open = () => {
       live?.stop();
       filterError.replaceChildren();
-      const q = filterQuery(c, { event: eventSel.value, from: from.value, to: to.value, city: city.value, fsa: fsa.value });
+      const q = filterQuery(c, {
+        event: eventSel.value,
+        from: from.value,
+        to: to.value,
+        city: city.value,
+        fsa: fsa.value,
+        riding: riding.value,
+        canvasser: canvasserSel.value,
+      });
       const url = `/api/v1/campaigns/${seg(c.campaign)}/totals/stream${q.size ? `?${q}` : ''}`;
       results.setAttribute('aria-busy', 'true');
       live = new LiveTotals(url, {
