@@ -31,6 +31,11 @@ use tokio::sync::mpsc;
 
 use crate::projection;
 
+/// How many times [`Hub::commit`] makes an edit whose write met another server's change to the
+/// same document (each attempt reloads the document as stored first, after a random pause of
+/// up to 10, 20, 40, ... 320 ms).
+pub const COMMIT_ATTEMPTS: u32 = 8;
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -626,16 +631,36 @@ impl Hub {
     /// Applies `edit` to a fork of the document as `writer`, validates, stores and publishes.
     /// `origin` (a connection id) is not notified. `raw` is what to quarantine on rejection;
     /// the quarantine names the writer by its id.
+    ///
+    /// When another server sharing the database stored a change to the same document at the
+    /// same moment (nothing of this write was kept), the edit is made again on the document as
+    /// now stored, up to [`COMMIT_ATTEMPTS`] times in all: an organizer's action through one
+    /// server is not refused because another organizer acted through another.
     pub fn commit(
         &self,
         id: &DocumentId,
         writer: &Writer,
         origin: Option<u64>,
         raw: &[u8],
-        edit: impl FnOnce(&mut Automerge) -> Result<(), String>,
+        mut edit: impl FnMut(&mut Automerge) -> Result<(), String>,
     ) -> Result<Accepted, HubError> {
-        self.commit_sync(id, writer, origin, raw, &[], edit)
-            .map(|c| c.accepted)
+        let mut attempt = 1;
+        loop {
+            match self.commit_sync(id, writer, origin, raw, &[], &mut edit) {
+                Err(HubError::Store(StoreError::Conflict(why))) if attempt < COMMIT_ATTEMPTS => {
+                    tracing::debug!(doc = %id, attempt, "{why}; made again");
+                    // Apart, by a random pause that grows, so that two servers writing the
+                    // same document in a burst stop meeting each other.
+                    let most = 5u64 << attempt.min(6);
+                    std::thread::sleep(std::time::Duration::from_millis(rand::Rng::gen_range(
+                        &mut rand::thread_rng(),
+                        1..=most,
+                    )));
+                    attempt += 1;
+                }
+                outcome => return outcome.map(|c| c.accepted),
+            }
+        }
     }
 
     /// [`Hub::commit`] for a sync message: also says whether changes of it wait for

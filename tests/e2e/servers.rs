@@ -445,3 +445,43 @@ fn a_server_killed_mid_sync_loses_nothing_acknowledged_and_the_phones_finish_els
         assert_eq!(t["unique_signers"], signed, "{t}");
     }
 }
+
+#[test]
+fn organizers_writing_one_campaign_through_two_servers_at_once_lose_nothing() {
+    let Some(url) = database("servers", "review") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let servers = three_servers(dir.path(), &url);
+    let (orgs, campaign, phones) = campaign_with_phones(dir.path(), &servers, 1);
+    let records: Vec<String> = (0..16)
+        .map(|n| phones[0].sign(&format!("Signer {n}"), "M5V 2T6", "Toronto", &[]))
+        .collect();
+    sync_through(&phones[0], &servers[0].base());
+    let (_, organizer) = servers[0].enroll(&campaign, "organizer");
+    // Two organizers strike records of the same campaign at the same moment, one through A
+    // and one through B: both write the campaign's review document.
+    std::thread::scope(|scope| {
+        for (half, server) in records.chunks(8).zip([&servers[0], &servers[1]]) {
+            let organizer = &organizer;
+            let campaign = &campaign;
+            scope.spawn(move || {
+                for record in half {
+                    let (status, body) = tally_tests::server::http(
+                        &server.base(),
+                        "POST",
+                        &format!("/api/v1/campaigns/{campaign}/strikes"),
+                        Some(organizer),
+                        Some(serde_json::json!({"signature": record, "reason": "duplicate"})),
+                    );
+                    assert_eq!(status, 200, "a strike through {}: {body}", server.base());
+                }
+            });
+        }
+    });
+    for org in &orgs {
+        let t = org.totals(&campaign);
+        assert_eq!(t["struck"], 16, "every strike kept: {t}");
+        assert_eq!(t["signatures"], 0, "a struck signature does not count: {t}");
+    }
+}
