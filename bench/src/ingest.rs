@@ -89,7 +89,15 @@ pub fn run(cluster: &Cluster, rt: &Runtime, a: &IngestArgs, figs: &mut Figures) 
     let pb = progress(a.phones as u64, "reconnect: acknowledged");
     let urls: Vec<String> = servers.iter().map(|s| s.ws_url()).collect();
     let phones = std::mem::take(&mut setup.phones);
-    let pids: Vec<Option<u32>> = servers.iter().map(|s| s.pid).collect();
+    // The servers, then PostgreSQL's backends serving the run's database (those connected
+    // now: the servers' pools are open by the end of setup).
+    let mut pids: Vec<Option<u32>> = servers.iter().map(|s| s.pid).collect();
+    let database_pids = cluster
+        .database
+        .as_ref()
+        .map(|d| d.backend_pids())
+        .unwrap_or_default();
+    pids.extend(database_pids.iter().map(|p| Some(*p)));
     let cpu = CpuWindow::start_many(&pids);
     let t0 = Instant::now();
     let deadline = t0 + a.timeout;
@@ -319,14 +327,28 @@ pub fn run(cluster: &Cluster, rt: &Runtime, a: &IngestArgs, figs: &mut Figures) 
         cluster.db_mb(),
         "MB",
     );
+    let n = servers.len();
+    let server_cpu = cpu_use.servers[..n].iter().copied().sum::<Option<f64>>();
     figs.add(
         &format!("{p}.cpu_server_cores"),
         "ingest: server CPU during the reconnect (all servers)",
-        cpu_use.server,
+        server_cpu,
         "cores",
     );
+    if cluster.database.is_some() {
+        figs.add(
+            &format!("{p}.cpu_database_cores"),
+            "ingest: PostgreSQL's CPU during the reconnect (the database's backend processes)",
+            (!database_pids.is_empty()).then(|| cpu_use.servers[n..].iter().flatten().sum::<f64>()),
+            "cores",
+        )
+        .with_note(format!(
+            "{} connections open at the start",
+            database_pids.len()
+        ));
+    }
     if servers.len() > 1 {
-        for (i, c) in cpu_use.servers.iter().enumerate() {
+        for (i, c) in cpu_use.servers[..n].iter().enumerate() {
             figs.add(
                 &format!("{p}.cpu_server{i}_cores"),
                 &format!("ingest: server {i}'s CPU during the reconnect"),

@@ -363,6 +363,7 @@ impl Report {
         }
         out.push('\n');
         let rows: &[(&str, &str)] = &[
+            ("PostgreSQL's CPU", "ingest.cpu_database_cores"),
             (
                 "benchmark's CPU (phones, organizers)",
                 "ingest.cpu_bench_cores",

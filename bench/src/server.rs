@@ -419,6 +419,25 @@ impl PgDatabase {
         Some(row.get::<_, i64>(0) as f64 / 1_048_576.0)
     }
 
+    /// The process ids of PostgreSQL's backends connected to the database now (one per
+    /// connection of the servers' pools and listeners), to read their CPU time.
+    pub fn backend_pids(&self) -> Vec<u32> {
+        let Ok(mut client) = postgres::Client::connect(&self.admin_url, postgres::NoTls) else {
+            return Vec::new();
+        };
+        client
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1",
+                &[&self.name],
+            )
+            .map(|rows| {
+                rows.iter()
+                    .filter_map(|r| u32::try_from(r.get::<_, i32>(0)).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Drops the database now; says why it could not.
     pub fn drop_now(&mut self) -> Result<()> {
         if self.name.is_empty() {

@@ -247,6 +247,8 @@ fn three_servers_on_one_postgresql_give_exact_totals_on_every_server() {
         assert!(c["value"].as_f64().is_some(), "{c}");
     }
     assert!(figure(&json, "ingest_pg3.db_mb")["value"].as_f64() > Some(0.0));
+    let pg_cpu = figure(&json, "ingest_pg3.cpu_database_cores");
+    assert!(pg_cpu["value"].as_f64().is_some(), "{pg_cpu}");
     // Both ratios, for both backends.
     for key in [
         "baseline.floor_per_sec",
