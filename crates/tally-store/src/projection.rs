@@ -995,8 +995,12 @@ fn facts_totals(conn: &Connection, campaign: &str, filter: &Filter) -> Result<To
         values.extend(args.into_iter().map(rusqlite::types::Value::from));
         let mut rows = stmt.query(rusqlite::params_from_iter(values))?;
         while let Some(r) = rows.next()? {
-            let bytes: Vec<u8> = r.get(0)?;
-            facts.push(Fact::decode(&bytes).ok_or_else(|| {
+            let rusqlite::types::ValueRef::Blob(bytes) = r.get_ref(0)? else {
+                return Err(StoreError::Drift(format!(
+                    "{campaign}: a record fact that is not bytes: run `tally reindex`"
+                )));
+            };
+            facts.push(Fact::decode(bytes).ok_or_else(|| {
                 StoreError::Drift(format!(
                     "{campaign}: a record fact of {} bytes: run `tally reindex`",
                     bytes.len()
@@ -1411,7 +1415,7 @@ pub(crate) fn totals_of_facts(
 ) -> Totals {
     let mut t = Totals::default();
     let mut counted = Vec::new();
-    let mut tokens: HashMap<u32, u32> = HashMap::new();
+    let mut max_token = 0;
     for f in facts {
         if !filter.matches(&f) {
             continue;
@@ -1420,25 +1424,31 @@ pub(crate) fn totals_of_facts(
             WITHDRAWN => t.withdrawn += 1,
             STRUCK => t.struck += 1,
             _ => {
-                *tokens.entry(f.token).or_default() += 1;
+                max_token = max_token.max(f.token);
                 counted.push(f);
             }
         }
     }
+    // Ids are small and dense (interned per database): counters are arrays indexed by them.
+    let mut records_of_token = vec![0u8; max_token as usize + 1];
+    for f in &counted {
+        let n = &mut records_of_token[f.token as usize];
+        *n = n.saturating_add(1);
+    }
+    let max_key = keys.keys().copied().max().unwrap_or(0) as usize;
     let mut all = (0u64, 0u64);
-    let mut cells: HashMap<u32, (u64, u64)> = HashMap::new();
+    let mut cells: Vec<(u64, u64)> = vec![(0, 0); max_key + 1];
     let mut seen: HashSet<(u32, u32)> = HashSet::new();
     for f in &counted {
-        let shared = tokens.get(&f.token).is_some_and(|n| *n > 1);
+        let shared = records_of_token[f.token as usize] > 1;
         all.0 += 1;
         if !shared || seen.insert((0, f.token)) {
             all.1 += 1;
         }
         for (i, k) in f.keys.iter().enumerate() {
-            if *k == 0 {
+            let Some(c) = cells.get_mut(*k as usize).filter(|_| *k != 0) else {
                 continue;
-            }
-            let c = cells.entry(*k).or_default();
+            };
             c.0 += 1;
             if i != SPELLING && (!shared || seen.insert((*k, f.token))) {
                 c.1 += 1;
@@ -1448,8 +1458,8 @@ pub(crate) fn totals_of_facts(
     (t.signatures, t.unique_signers) = all;
     let mut spellings: BTreeMap<String, Spellings> = BTreeMap::new();
     let mut by_city = BTreeMap::new();
-    for (id, (n, u)) in cells {
-        let Some((dim, key)) = keys.get(&id) else {
+    for (id, (dim, key)) in keys {
+        let Some(&(n, u)) = cells.get(*id as usize).filter(|c| c.0 > 0) else {
             continue;
         };
         let cell = Cell {
