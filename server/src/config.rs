@@ -310,6 +310,10 @@ pub const OTHER_PROGRAMS_VARIABLES: &[(&str, &str)] = &[
     ("TALLY_BENCH_SERVER_LOG", "tally-bench: the server's log"),
     ("TALLY_BENCH_ADMIN_TOKEN", "tally-bench: the admin token"),
     (
+        "TALLY_BENCH_DATABASE_URL",
+        "tally-bench: the PostgreSQL server its PostgreSQL backends make databases on",
+    ),
+    (
         "TALLY_BROWSER_TESTS",
         "tests: whether the browser tests must run",
     ),
