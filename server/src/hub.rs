@@ -31,11 +31,6 @@ use tokio::sync::mpsc;
 
 use crate::projection;
 
-/// How many times [`Hub::commit`] makes an edit whose write met another server's change to the
-/// same document (each attempt reloads the document as stored first, after a random pause of
-/// up to 10, 20, 40, ... 320 ms).
-pub const COMMIT_ATTEMPTS: u32 = 8;
-
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -97,6 +92,52 @@ pub struct Committed {
     /// Some of the message's changes wait for dependencies that have not arrived; they were
     /// not kept.
     pub waiting: bool,
+}
+
+/// How [`Hub::commit_as`] keeps other servers sharing the database from storing a change to
+/// the document between its decision and its write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Locking {
+    /// Decide outside the store's writer, then check in the write that nothing came between
+    /// (else `Conflict`, nothing kept).
+    Optimistic,
+    /// Decide inside the write, under the document's lock.
+    Locked,
+}
+
+/// Where a change comes from: the connection not to notify of it, and what to quarantine (and
+/// name) if it is refused.
+#[derive(Clone, Copy)]
+struct Source<'a> {
+    origin: Option<u64>,
+    raw: &'a [u8],
+    change_hashes: &'a [String],
+}
+
+/// What deciding on a change came to, before anything is written.
+enum Step {
+    /// Nothing to store (nothing applied; changes may wait for dependencies).
+    Done(Committed),
+    /// Refused: quarantined by the caller once the slot is let go.
+    Refused(Refusal),
+    /// To store.
+    Write(Box<Prepared>),
+}
+
+/// A change decided and ready to write.
+struct Prepared {
+    after: Automerge,
+    chunk: Vec<u8>,
+    acc: Accepted,
+    header: DocHeader,
+    waiting: bool,
+    changes: projection::Changes,
+    meta: DocMeta,
+    timezone: String,
+    /// The document is new here.
+    created: bool,
+    /// The last seq of the copy decided on.
+    known_seq: i64,
 }
 
 /// Settings of the hub.
@@ -633,9 +674,10 @@ impl Hub {
     /// the quarantine names the writer by its id.
     ///
     /// When another server sharing the database stored a change to the same document at the
-    /// same moment (nothing of this write was kept), the edit is made again on the document as
-    /// now stored, up to [`COMMIT_ATTEMPTS`] times in all: an organizer's action through one
-    /// server is not refused because another organizer acted through another.
+    /// same moment (nothing of this write was kept), the edit is made again, this time deciding
+    /// under the document's lock ([`Writes::lock_document`]), where no other server can store a
+    /// change to it: an organizer's action through one server is not refused because another
+    /// organizer acted through another.
     pub fn commit(
         &self,
         id: &DocumentId,
@@ -644,23 +686,19 @@ impl Hub {
         raw: &[u8],
         mut edit: impl FnMut(&mut Automerge) -> Result<(), String>,
     ) -> Result<Accepted, HubError> {
-        let mut attempt = 1;
-        loop {
-            match self.commit_sync(id, writer, origin, raw, &[], &mut edit) {
-                Err(HubError::Store(StoreError::Conflict(why))) if attempt < COMMIT_ATTEMPTS => {
-                    tracing::debug!(doc = %id, attempt, "{why}; made again");
-                    // Apart, by a random pause that grows, so that two servers writing the
-                    // same document in a burst stop meeting each other.
-                    let most = 5u64 << attempt.min(6);
-                    std::thread::sleep(std::time::Duration::from_millis(rand::Rng::gen_range(
-                        &mut rand::thread_rng(),
-                        1..=most,
-                    )));
-                    attempt += 1;
-                }
-                outcome => return outcome.map(|c| c.accepted),
+        let from = Source {
+            origin,
+            raw,
+            change_hashes: &[],
+        };
+        match self.commit_as(id, writer, from, &mut edit, Locking::Optimistic) {
+            Err(HubError::Store(StoreError::Conflict(why))) => {
+                tracing::info!(doc = %id, "{why}; made again under the document's lock");
+                self.commit_as(id, writer, from, edit, Locking::Locked)
             }
+            outcome => outcome,
         }
+        .map(|c| c.accepted)
     }
 
     /// [`Hub::commit`] for a sync message: also says whether changes of it wait for
@@ -677,98 +715,66 @@ impl Hub {
         change_hashes: &[String],
         edit: impl FnOnce(&mut Automerge) -> Result<(), String>,
     ) -> Result<Committed, HubError> {
+        let from = Source {
+            origin,
+            raw,
+            change_hashes,
+        };
+        self.commit_as(id, writer, from, edit, Locking::Optimistic)
+    }
+
+    fn commit_as(
+        &self,
+        id: &DocumentId,
+        writer: &Writer,
+        from: Source<'_>,
+        edit: impl FnOnce(&mut Automerge) -> Result<(), String>,
+        locking: Locking,
+    ) -> Result<Committed, HubError> {
+        let Source {
+            origin,
+            raw,
+            change_hashes,
+        } = from;
         let key = id.to_string();
         let slot = self.slot(id)?;
         let mut guard = lock(&slot);
         guard.last_used = Instant::now();
-        // Another server sharing the database may have stored changes since this copy was
-        // loaded: decide on the document as stored.
-        self.refresh(&key, &mut guard)?;
-        let known_seq = guard.last_seq;
-        // The decision is pure (tally_proto::host): fork, apply, judge; what follows runs it.
-        let decision = host::decide(&guard.doc, edit, Waiting::LeftToCaller, |_, after| {
-            self.judge(&guard, after, writer)
-        })
-        .map_err(|e| HubError::Automerge {
-            what: format!("the changes of {key} that applied do not apply again alone"),
-            source: Box::new(e),
-        })?;
-        let (after, chunk, acc, header, campaign, waiting) = match decision {
-            Decision::Unapplicable(e) => {
-                // Bytes automerge cannot apply (corrupted, truncated, forged) are refused and
-                // kept like any other bad change; the stored document is untouched.
-                drop(guard);
-                let refusal = Refusal::server(
-                    format!(
-                        "the changes could not be applied ({e}); the sending app must resend them intact"
-                    ),
-                    true,
-                );
-                self.refuse(&writer.id, &key, &refusal, raw, change_hashes)?;
-                return Err(HubError::Rejected(refusal));
-            }
-            Decision::Unchanged { waiting, .. } => {
-                // Nothing applied. Changes automerge queued for missing dependencies are
-                // dropped with the fork; the caller keeps their bytes (bounded) and offers
-                // them again.
-                return Ok(Committed {
-                    accepted: Accepted::default(),
-                    waiting,
-                });
-            }
-            Decision::Refused(refusal) => {
-                drop(guard);
-                self.refuse(&writer.id, &key, &refusal, raw, change_hashes)?;
-                return Err(HubError::Rejected(refusal));
-            }
-            Decision::Store {
-                after,
-                chunk,
-                verdict: (acc, header, campaign),
-                waiting,
-                ..
-            } => (after, chunk, acc, header, campaign, waiting),
-        };
-        // Read the touched records now, so that only SQL runs under the store's writer.
-        let changes = projection::Changes::read(&header, &acc, &after)?;
-        let now = now_ms();
-        let meta = DocMeta {
-            doc_id: key.clone(),
-            kind: header.kind.as_str().into(),
-            campaign: header.campaign.clone(),
-            owner: header.owner.clone(),
-            created_at: now,
-        };
-        let tz = campaign
-            .as_ref()
-            .map(|c| c.timezone.clone())
-            .unwrap_or_else(|| "UTC".into());
-        let created = guard.meta.is_none();
         let started = Instant::now();
-        let written = self.store.write_with_error::<_, HubError>(|tx| {
-            // Judged inside the write transaction, so that two writers cannot both pass: a
-            // chain's link, and (in `changes.write`) record ids another phone holds.
-            if created && header.kind == DocKind::Collection {
-                check_continues(tx, &header)?;
+        let (step, written) = match locking {
+            Locking::Optimistic => {
+                // Another server sharing the database may have stored changes since this copy
+                // was loaded: decide on the document as stored. Deciding (apply, validate) runs
+                // outside the store's writer, on every core; the write checks that no other
+                // server stored a change meanwhile.
+                self.refresh(&key, &mut guard)?;
+                let step = self.prepare(&guard, &key, writer, edit)?;
+                let written = match &step {
+                    Step::Write(p) => self
+                        .store
+                        .write_with_error::<_, HubError>(|tx| self.write_prepared(tx, &key, p))
+                        .map(Some),
+                    _ => Ok(None),
+                };
+                (Some(step), written)
             }
-            if created {
-                tx.put_meta(&meta)?;
+            Locking::Locked => {
+                // Deciding under the document's lock, on the document as stored then.
+                let mut step = None;
+                let written = self.store.write_with_error::<_, HubError>(|tx| {
+                    tx.lock_document(&key)?;
+                    self.refresh(&key, &mut guard)?;
+                    let s = self.prepare(&guard, &key, writer, edit)?;
+                    let seq = match &s {
+                        Step::Write(p) => Some(self.write_prepared(tx, &key, p)?),
+                        _ => None,
+                    };
+                    step = Some(s);
+                    Ok(seq)
+                });
+                (step, written)
             }
-            let seq = tx.append_chunk(&key, &chunk, now)?;
-            if seq != known_seq + 1 {
-                // Another server stored a change between the refresh and this transaction's
-                // row lock: this decision was made on an older copy. Nothing is kept; the copy
-                // is reloaded before the next write.
-                return Err(HubError::Store(StoreError::Conflict(format!(
-                    "another server stored a change to {key} at the same moment"
-                ))));
-            }
-            changes.write(tx, &key, &header, &tz)?;
-            Ok(seq)
-        });
-        if written.is_ok() {
-            self.metrics.commit(started.elapsed());
-        }
+        };
         let seq = match written {
             Ok(seq) => seq,
             Err(e) => {
@@ -789,6 +795,32 @@ impl Hub {
                 return Err(HubError::Rejected(refusal));
             }
         };
+        let p = match (step, seq) {
+            (Some(Step::Write(p)), Some(seq)) => {
+                self.metrics.commit(started.elapsed());
+                (p, seq)
+            }
+            (Some(Step::Done(committed)), _) => return Ok(committed),
+            (Some(Step::Refused(refusal)), _) => {
+                drop(guard);
+                self.refuse(&writer.id, &key, &refusal, raw, change_hashes)?;
+                return Err(HubError::Rejected(refusal));
+            }
+            _ => {
+                return Err(HubError::Store(StoreError::Invalid(format!(
+                    "the write of {key} ended without its decision"
+                ))));
+            }
+        };
+        let (p, seq) = p;
+        let Prepared {
+            after,
+            acc,
+            header,
+            waiting,
+            meta,
+            ..
+        } = *p;
         // Durable: from here on the change may be acknowledged.
         guard.doc = after;
         if guard.meta.is_none() {
@@ -812,6 +844,103 @@ impl Hub {
             accepted: acc,
             waiting,
         })
+    }
+
+    /// Decides on `edit` made to the slot's document as `writer` (pure but for the reads of
+    /// validation): what to write, or why nothing is.
+    fn prepare(
+        &self,
+        slot: &Slot,
+        key: &str,
+        writer: &Writer,
+        edit: impl FnOnce(&mut Automerge) -> Result<(), String>,
+    ) -> Result<Step, HubError> {
+        let known_seq = slot.last_seq;
+        // The decision is pure (tally_proto::host): fork, apply, judge; what follows runs it.
+        let decision = host::decide(&slot.doc, edit, Waiting::LeftToCaller, |_, after| {
+            self.judge(slot, after, writer)
+        })
+        .map_err(|e| HubError::Automerge {
+            what: format!("the changes of {key} that applied do not apply again alone"),
+            source: Box::new(e),
+        })?;
+        let (after, chunk, acc, header, campaign, waiting) = match decision {
+            Decision::Unapplicable(e) => {
+                // Bytes automerge cannot apply (corrupted, truncated, forged) are refused and
+                // kept like any other bad change; the stored document is untouched.
+                return Ok(Step::Refused(Refusal::server(
+                    format!(
+                        "the changes could not be applied ({e}); the sending app must resend them intact"
+                    ),
+                    true,
+                )));
+            }
+            Decision::Unchanged { waiting, .. } => {
+                // Nothing applied. Changes automerge queued for missing dependencies are
+                // dropped with the fork; the caller keeps their bytes (bounded) and offers
+                // them again.
+                return Ok(Step::Done(Committed {
+                    accepted: Accepted::default(),
+                    waiting,
+                }));
+            }
+            Decision::Refused(refusal) => return Ok(Step::Refused(refusal)),
+            Decision::Store {
+                after,
+                chunk,
+                verdict: (acc, header, campaign),
+                waiting,
+                ..
+            } => (after, chunk, acc, header, campaign, waiting),
+        };
+        // Read the touched records now, so that only SQL runs under the store's writer.
+        let changes = projection::Changes::read(&header, &acc, &after)?;
+        let meta = DocMeta {
+            doc_id: key.to_string(),
+            kind: header.kind.as_str().into(),
+            campaign: header.campaign.clone(),
+            owner: header.owner.clone(),
+            created_at: now_ms(),
+        };
+        let timezone = campaign
+            .as_ref()
+            .map(|c| c.timezone.clone())
+            .unwrap_or_else(|| "UTC".into());
+        Ok(Step::Write(Box::new(Prepared {
+            after,
+            chunk,
+            acc,
+            header,
+            waiting,
+            changes,
+            meta,
+            timezone,
+            created: slot.meta.is_none(),
+            known_seq,
+        })))
+    }
+
+    /// Writes a decided change in the transaction `tx`; its chunk's seq.
+    fn write_prepared(&self, tx: &dyn Writes, key: &str, p: &Prepared) -> Result<i64, HubError> {
+        // Judged inside the write transaction, so that two writers cannot both pass: a
+        // chain's link, and (in `changes.write`) record ids another phone holds.
+        if p.created && p.header.kind == DocKind::Collection {
+            check_continues(tx, &p.header)?;
+        }
+        if p.created {
+            tx.put_meta(&p.meta)?;
+        }
+        let seq = tx.append_chunk(key, &p.chunk, p.meta.created_at)?;
+        if seq != p.known_seq + 1 {
+            // Another server stored a change between the refresh and this transaction's
+            // row lock: this decision was made on an older copy. Nothing is kept; the copy
+            // is reloaded before the next write.
+            return Err(HubError::Store(StoreError::Conflict(format!(
+                "another server stored a change to {key} at the same moment"
+            ))));
+        }
+        p.changes.write(tx, key, &p.header, &p.timezone)?;
+        Ok(seq)
     }
 
     /// Decides whether `after` may replace the slot's document, as `writer`.

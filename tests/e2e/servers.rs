@@ -479,6 +479,11 @@ fn organizers_writing_one_campaign_through_two_servers_at_once_lose_nothing() {
             });
         }
     });
+    let again: usize = servers
+        .iter()
+        .map(|s| s.log_text().matches("made again").count())
+        .sum();
+    eprintln!("16 strikes through A and B at once: {again} made again after a conflict");
     for org in &orgs {
         let t = org.totals(&campaign);
         assert_eq!(t["struck"], 16, "every strike kept: {t}");

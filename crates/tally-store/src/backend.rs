@@ -125,6 +125,11 @@ pub trait Writes: Reads {
     fn put_meta(&self, meta: &DocMeta) -> Result<bool>;
     /// Appends an incremental chunk to a declared document; returns its seq.
     fn append_chunk(&self, doc_id: &str, bytes: &[u8], now: i64) -> Result<i64>;
+    /// Holds the document's lock until the transaction ends, so that no one else (another
+    /// server sharing the database) stores a change to it meanwhile: what is read of it after
+    /// this is what the write follows. A document not declared yet has nothing to lock.
+    /// (SQLite: the transaction already holds the file's one writer.)
+    fn lock_document(&self, doc_id: &str) -> Result<()>;
     /// Saves (replaces) a peer's sync state of a document.
     fn save_sync_state(&self, peer_key: &str, doc_id: &str, bytes: &[u8], now: i64) -> Result<()>;
     /// Quarantines a rejected message (no quota).
@@ -474,6 +479,10 @@ impl Writes for WriteTx<'_> {
     }
     fn append_chunk(&self, doc_id: &str, bytes: &[u8], now: i64) -> Result<i64> {
         WriteTx::append_chunk(self, doc_id, bytes, now)
+    }
+    fn lock_document(&self, _doc_id: &str) -> Result<()> {
+        // A write transaction holds the file's one writer (BEGIN IMMEDIATE).
+        Ok(())
     }
     fn save_sync_state(&self, peer_key: &str, doc_id: &str, bytes: &[u8], now: i64) -> Result<()> {
         WriteTx::save_sync_state(self, peer_key, doc_id, bytes, now)

@@ -81,6 +81,9 @@ impl Writes for PgTx<'_> {
     fn append_chunk(&self, doc_id: &str, bytes: &[u8], now: i64) -> Result<i64> {
         documents::append_chunk(&mut *self.tx.borrow_mut(), doc_id, bytes, now)
     }
+    fn lock_document(&self, doc_id: &str) -> Result<()> {
+        documents::lock_document(&mut *self.tx.borrow_mut(), doc_id)
+    }
     fn save_sync_state(&self, peer_key: &str, doc_id: &str, bytes: &[u8], now: i64) -> Result<()> {
         documents::save_sync_state(&mut *self.tx.borrow_mut(), peer_key, doc_id, bytes, now)
     }

@@ -90,6 +90,16 @@ pub(crate) fn put_meta(conn: &mut impl GenericClient, meta: &DocMeta) -> Result<
     )))
 }
 
+/// Locks a document's row until the transaction ends (the lock every append takes), if the
+/// document is declared.
+pub(crate) fn lock_document(conn: &mut impl GenericClient, doc_id: &str) -> Result<()> {
+    conn.query_opt(
+        "SELECT 1 FROM documents WHERE doc_id = $1 FOR UPDATE",
+        &[&doc_id],
+    )?;
+    Ok(())
+}
+
 /// The last seq of a document's chunks (0 if none), with the document's row locked until the
 /// transaction ends; `NotFound` if the document is unknown.
 fn lock_last_seq(conn: &mut impl GenericClient, doc_id: &str) -> Result<i64> {
