@@ -249,6 +249,12 @@ enum Cmd {
         /// M5V).
         #[arg(long)]
         fsa: Option<String>,
+        /// Only signatures of this riding (electoral district), as the signature names it.
+        #[arg(long)]
+        riding: Option<String>,
+        /// Only signatures this canvasser collected (a device id: `tally device list`).
+        #[arg(long, value_name = "DEVICE_ID")]
+        canvasser: Option<String>,
         /// From this day (YYYY-MM-DD, in the campaign's time zone) or time (RFC 3339, e.g.
         /// 2026-07-01T18:00:00-04:00), included.
         #[arg(long, value_name = "DATE|TIME")]
@@ -828,6 +834,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             event,
             city,
             fsa,
+            riding,
+            canvasser,
             from,
             to,
         } => {
@@ -836,7 +844,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let c = campaign.id();
             let summary = a.require_campaign(&c)?;
             let mut query: Vec<(&str, String)> = Vec::new();
-            for (k, v) in [("event", event), ("city", city), ("fsa", fsa)] {
+            for (k, v) in [
+                ("event", event),
+                ("city", city),
+                ("fsa", fsa),
+                ("riding", riding),
+                ("canvasser", canvasser),
+            ] {
                 if let Some(v) = v {
                     query.push((k, v));
                 }

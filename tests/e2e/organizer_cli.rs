@@ -449,6 +449,14 @@ fn totals_are_tables_with_filters() {
     assert!(t["filters"]["from"].is_string() && t["filters"]["to"].is_string());
     let t = json(&["--from", "2021-01-01T00:00:00-05:00"]);
     assert_eq!(t["signatures"], 3, "{t}");
+    // By canvasser (a device id) and riding, alone and with another filter.
+    let phone = device_id(&r.phone);
+    assert_eq!(json(&["--canvasser", &phone])["signatures"], 3);
+    assert_eq!(json(&["--canvasser", "dev-nobody"])["signatures"], 0);
+    let t = json(&["--canvasser", &phone, "--fsa", "m4c"]);
+    assert_eq!(t["signatures"], 1, "{t}");
+    assert_eq!(t["filters"]["canvasser"], phone.as_str(), "{t}");
+    assert_eq!(json(&["--riding", "Spadina—Harbourfront"])["signatures"], 0);
 
     let run = r
         .org
