@@ -583,7 +583,11 @@ pub async fn run(
                     }
                     Some(Ok(WsMessage::Binary(bytes))) => {
                         metrics.frame(Direction::In);
-                        on_sync_workers(&mut conn, &workers, move |c| c.on_frame(&bytes)).await.into_iter().map(Step::from).collect()
+                        let outs = on_sync_workers(&mut conn, &workers, move |c| c.on_frame(&bytes)).await;
+                        // The time the server took (a commit waiting on the database) is not
+                        // the peer's silence: nothing is read from it meanwhile.
+                        heard = Instant::now();
+                        outs.into_iter().map(Step::from).collect()
                     }
                     Some(Ok(WsMessage::Text(_))) => {
                         let frame = conn.as_ref().map(|c| c.session.error_frame("text frames are not part of the protocol: send CBOR messages as binary frames")).unwrap_or_default();
@@ -609,13 +613,15 @@ pub async fn run(
                         docs.push(d);
                     }
                 }
-                on_sync_workers(&mut conn, &workers, move |c| {
+                let working = Instant::now();
+                let outs = on_sync_workers(&mut conn, &workers, move |c| {
                     docs.into_iter().flat_map(|d| c.on_doc_changed(d)).collect::<Vec<_>>()
                 })
-                .await
-                .into_iter()
-                .map(Step::from)
-                .collect()
+                .await;
+                // Nothing is read from the peer while the server works: that time is not its
+                // silence either.
+                heard += working.elapsed();
+                outs.into_iter().map(Step::from).collect()
             }
         };
         let mut close = None;

@@ -454,3 +454,47 @@ fn sync_cut_mid_exchange_many_times() {
         server.log_text()
     );
 }
+
+/// A commit that waits on the database longer than the idle timeout (another process holds the
+/// SQLite file's write lock for 4 s, within the store's 5 s busy timeout; the server's idle
+/// timeout is 3 s) is the server's time, not the phone's silence: nothing is read from the
+/// phone meanwhile, so the phone is acknowledged instead of closed as silent.
+#[test]
+fn a_commit_waiting_on_the_database_is_not_the_phones_silence() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with_env(
+        &dir.path().join("server"),
+        &[("TALLY_IDLE_TIMEOUT_SECS", "3")],
+    );
+    let org = Organizer::new(&dir.path().join("organizer"), &server.base(), &server.data);
+    let recipient = org.keygen(IDENTITY);
+    let campaign = org.create_campaign("Status for All", &recipient);
+    for n in 0..2 {
+        let phone = Phone::new(&dir.path().join(format!("phone{n}")));
+        phone.enroll(&org.invite(&campaign), &format!("phone {n}"));
+        phone.sign(&format!("Signer {n}"), "M5V 2T6", "Toronto", &[]);
+        let (held_tx, held) = mpsc::channel();
+        let db = server.data.join(tally_server::DB_FILE);
+        let holder = std::thread::spawn(move || {
+            let conn = rusqlite::Connection::open(db).unwrap();
+            conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+            held_tx.send(()).unwrap();
+            std::thread::sleep(Duration::from_secs(4));
+            conn.execute_batch("ROLLBACK").unwrap();
+        });
+        held.recv().unwrap();
+        let run = phone.sync(60);
+        holder.join().unwrap();
+        assert!(
+            phone.pending().is_empty(),
+            "phone {n} not acknowledged behind a slow commit:\n{run}\nserver log:\n{}",
+            server.log_text()
+        );
+    }
+    let log = server.log_text();
+    assert!(
+        !log.contains("silent for"),
+        "a phone was taken for silent:\n{log}"
+    );
+    assert_eq!(org.totals(&campaign)["signatures"], 2);
+}
