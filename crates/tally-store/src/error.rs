@@ -53,9 +53,9 @@ pub enum StoreError {
     /// a read or write, a lock was held past the timeout, or a failed rollback left the
     /// connection unusable. Nothing of the failed write was kept.
     #[error(
-        "the database is unavailable ({what}): nothing of the failed write was kept; check that \
-         the database and its volume are up (server log, kernel log), then retry or restart the \
-         server (the database said: {source})"
+        "the database is unavailable ({what}): nothing of the failed write was kept; retry. If \
+         it persists, check that the database and its volume are up (server log, kernel log) \
+         (the database said: {source})"
     )]
     Unavailable {
         /// What could not be done, in words.

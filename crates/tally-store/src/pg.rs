@@ -729,7 +729,9 @@ impl From<postgres::Error> for StoreError {
             )
         } else if code == SqlState::LOCK_NOT_AVAILABLE || code == SqlState::QUERY_CANCELED {
             StoreError::unavailable(
-                "another connection held a lock past the timeout: nothing was acknowledged, retry",
+                "busy: another write held what this one needs for longer than the lock \
+                 timeout (many writes to one campaign at once, or a reindex); nothing was \
+                 acknowledged, retry",
                 err,
             )
         } else if code == SqlState::IO_ERROR || code == SqlState::SYSTEM_ERROR {
