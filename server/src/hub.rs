@@ -795,7 +795,7 @@ impl Hub {
                 return Err(HubError::Rejected(refusal));
             }
         };
-        let p = match (step, seq) {
+        let (p, seq) = match (step, seq) {
             (Some(Step::Write(p)), Some(seq)) => {
                 self.metrics.commit(started.elapsed());
                 (p, seq)
@@ -812,7 +812,6 @@ impl Hub {
                 ))));
             }
         };
-        let (p, seq) = p;
         let Prepared {
             after,
             acc,
