@@ -12,6 +12,7 @@
 
 use std::time::{Duration, Instant};
 
+use tally_core::cells::SignatureRow;
 use tally_core::collection::{Checkin, Signature};
 use tally_core::review::{Strike, StrikeReason};
 use tally_store::{Filter, Store};
@@ -137,7 +138,7 @@ fn run(n: u64) -> anyhow::Result<()> {
                     flushing += t.elapsed();
                 }
                 let (doc, s) = signature(&mut rng, k);
-                batch.signature(&doc, &s, TZ)?;
+                batch.signature(&doc, &s.id, &SignatureRow::of(&s, TZ))?;
                 if k % 100 == 7 {
                     let strike = Strike {
                         signature: s.id.clone(),

@@ -102,6 +102,10 @@ pub struct Config {
     /// seconds; every connected phone is sent each rewrite. Live totals streams are not
     /// affected (they update within half a second).
     pub totals_document_secs: u64,
+    /// How long the projector waits after a change is acknowledged before it counts it in
+    /// the totals, in milliseconds, so that it counts more changes in one batch; totals lag by
+    /// that much more. Default: 0 (it counts what is there as soon as it is woken).
+    pub projection_delay_ms: u64,
     /// Threads that run the sync connections' work (applying, validating and storing changes).
     /// 0: twice the number of cores.
     pub sync_workers: usize,
@@ -189,6 +193,7 @@ impl Default for Config {
             send_timeout_secs: 20,
             token_idle_expiry_secs: 90 * 24 * 3600,
             totals_document_secs: 2,
+            projection_delay_ms: 0,
             sync_workers: 0,
             sync_workers_niceness: 10,
             max_ops_per_message: 1_000_000,
@@ -767,6 +772,7 @@ mod tests {
             send_timeout_secs: 22,
             token_idle_expiry_secs: 23,
             totals_document_secs: 24,
+            projection_delay_ms: 39,
             sync_workers: 25,
             sync_workers_niceness: 19,
             suppress_below: 26,

@@ -133,7 +133,6 @@ struct Prepared {
     waiting: bool,
     changes: projection::Changes,
     meta: DocMeta,
-    timezone: String,
     /// The document is new here.
     created: bool,
     /// The last seq of the copy decided on.
@@ -331,6 +330,8 @@ pub struct Hub {
     /// The server's metrics (`/metrics`): the hub counts refusals and times its commits; the
     /// sync connections and the API count the rest through [`Hub::metrics`].
     metrics: Arc<crate::metrics::Metrics>,
+    /// Woken when a change is queued for the projection (`crate::projector`).
+    projection: Arc<crate::projector::Signal>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -425,7 +426,19 @@ impl Hub {
             pending: Mutex::default(),
             refused_records: Mutex::default(),
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            projection: Arc::default(),
         }
+    }
+
+    /// The store the hub writes through.
+    pub fn store(&self) -> &Arc<dyn Storage> {
+        &self.store
+    }
+
+    /// What wakes the projector: a change queued for the projection here, or heard from
+    /// another server.
+    pub fn projection_signal(&self) -> &Arc<crate::projector::Signal> {
+        &self.projection
     }
 
     /// The server's metrics.
@@ -836,7 +849,8 @@ impl Hub {
             lock(&self.due_compaction).insert(*id);
         }
         if matches!(header.kind, DocKind::Collection | DocKind::Review) {
-            self.mark_dirty(&header.campaign);
+            // The projector counts it, and marks the campaign's totals as changed.
+            self.projection.wake();
         }
         self.publish(id, origin);
         Ok(Committed {
@@ -892,8 +906,12 @@ impl Hub {
                 ..
             } => (after, chunk, acc, header, campaign, waiting),
         };
+        let timezone = campaign
+            .as_ref()
+            .map(|c| c.timezone.clone())
+            .unwrap_or_else(|| "UTC".into());
         // Read the touched records now, so that only SQL runs under the store's writer.
-        let changes = projection::Changes::read(&header, &acc, &after)?;
+        let changes = projection::Changes::read(&header, &acc, &after, &timezone)?;
         let meta = DocMeta {
             doc_id: key.to_string(),
             kind: header.kind.as_str().into(),
@@ -901,10 +919,6 @@ impl Hub {
             owner: header.owner.clone(),
             created_at: now_ms(),
         };
-        let timezone = campaign
-            .as_ref()
-            .map(|c| c.timezone.clone())
-            .unwrap_or_else(|| "UTC".into());
         Ok(Step::Write(Box::new(Prepared {
             after,
             chunk,
@@ -913,7 +927,6 @@ impl Hub {
             waiting,
             changes,
             meta,
-            timezone,
             created: slot.meta.is_none(),
             known_seq,
         })))
@@ -922,7 +935,7 @@ impl Hub {
     /// Writes a decided change in the transaction `tx`; its chunk's seq.
     fn write_prepared(&self, tx: &dyn Writes, key: &str, p: &Prepared) -> Result<i64, HubError> {
         // Judged inside the write transaction, so that two writers cannot both pass: a
-        // chain's link, and (in `changes.write`) record ids another phone holds.
+        // chain's link, and (in `changes.acknowledge`) record ids another phone holds.
         if p.created && p.header.kind == DocKind::Collection {
             check_continues(tx, &p.header)?;
         }
@@ -938,7 +951,7 @@ impl Hub {
                 "another server stored a change to {key} at the same moment"
             ))));
         }
-        p.changes.write(tx, key, &p.header, &p.timezone)?;
+        p.changes.acknowledge(tx, key, &p.header, now_ms())?;
         Ok(seq)
     }
 

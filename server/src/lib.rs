@@ -22,6 +22,7 @@ pub mod net;
 pub mod openapi;
 pub mod organizer_cli;
 pub mod projection;
+pub mod projector;
 pub mod suppression;
 pub mod sync;
 pub mod tls;
@@ -538,6 +539,11 @@ pub async fn serve_database(
     for m in store.list_campaigns()? {
         hub.mark_dirty(&m.campaign);
     }
+    // What a crash left queued for the projection is counted first thing.
+    let projector = projector::start(
+        hub.clone(),
+        Duration::from_millis(config.projection_delay_ms),
+    )?;
     let reader = Arc::new(reader);
     tracing::debug!(connections = reader.len(), "read connections opened");
     let workers =
@@ -646,6 +652,8 @@ pub async fn serve_database(
     state.tasks.close();
     state.tasks.wait().await;
     let _ = background.await;
+    // What was acknowledged is counted before the last totals documents are written.
+    tokio::task::spawn_blocking(move || projector.stop()).await?;
     let h = hub.clone();
     tokio::task::spawn_blocking(move || h.refresh_totals()).await??;
     tracing::info!("tally stopped; everything acknowledged is on disk");
@@ -656,10 +664,13 @@ pub async fn serve_database(
 async fn metrics_page(State(state): State<Arc<AppState>>) -> Result<impl IntoResponse, ApiError> {
     let st = state.clone();
     let snapshot = tokio::task::spawn_blocking(move || -> Result<metrics::Snapshot, ApiError> {
+        let status = st.store.read(|r| r.projection_status())?;
         Ok(metrics::Snapshot {
             loaded_documents: st.hub.loaded() as u64,
             quarantine_entries: st.store.quarantine_len()?,
             database_bytes: st.store.database_bytes()?,
+            projection_pending: status.records,
+            projection_lag: Duration::from_millis(status.lag_ms(hub::now_ms())),
         })
     })
     .await??;
@@ -678,10 +689,13 @@ fn on_stored_change(state: &AppState, change: tally_store::Change) {
     use tally_store::Change;
     match change {
         Change::Document(id) => {
+            // Its change waits in the projection's queue: the projector of one server takes it.
+            state.hub.projection_signal().wake();
             if let Err(e) = state.hub.stored(&id) {
                 tracing::warn!(doc = %id, error = %e, "a change stored by another server was not loaded; its followers sync when they next write");
             }
         }
+        Change::Projected(campaign) => state.hub.mark_dirty(&campaign),
         Change::Revoked(device) => {
             let closed = state.disconnect(&device);
             if closed > 0 {

@@ -9,6 +9,7 @@
 //! exposition cannot leak a secret and its size does not grow with the data.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
@@ -85,11 +86,14 @@ pub struct Metrics {
     totals_latency: Histogram,
     auth_failures: Family<AuthLabels, Counter>,
     enrollments: Family<OutcomeLabels, Counter>,
+    projected: Counter,
+    projection_delay: Histogram,
     // Read at each scrape.
     loaded_documents: Gauge,
     quarantine_entries: Gauge,
     database_bytes: Gauge,
-    projection_lag: Gauge,
+    projection_lag: Gauge<f64, AtomicU64>,
+    projection_pending: Gauge,
 }
 
 /// What a scrape reads from the running server (the gauges that are not counted as they go).
@@ -101,6 +105,10 @@ pub struct Snapshot {
     pub quarantine_entries: u64,
     /// The database file and its WAL, bytes.
     pub database_bytes: u64,
+    /// Records acknowledged and not yet projected.
+    pub projection_pending: u64,
+    /// How long the oldest of them has waited.
+    pub projection_lag: Duration,
 }
 
 fn seconds_buckets() -> impl Iterator<Item = f64> {
@@ -128,10 +136,13 @@ impl Metrics {
             totals_latency: Histogram::new(seconds_buckets()),
             auth_failures: Family::default(),
             enrollments: Family::default(),
+            projected: Counter::default(),
+            projection_delay: Histogram::new(seconds_buckets()),
             loaded_documents: Gauge::default(),
             quarantine_entries: Gauge::default(),
             database_bytes: Gauge::default(),
             projection_lag: Gauge::default(),
+            projection_pending: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -196,10 +207,31 @@ impl Metrics {
         );
         registry.register(
             "projection_lag_seconds",
-            "How far the totals projection is behind the acknowledged changes (0: it is written in the acknowledging transaction)",
+            "How long the oldest acknowledged change not yet in the totals projection has waited (0: none waits)",
             m.projection_lag.clone(),
         );
+        registry.register(
+            "projection_pending_records",
+            "Records of acknowledged changes not yet in the totals projection",
+            m.projection_pending.clone(),
+        );
+        registry.register(
+            "projected_records",
+            "Records the projector applied to the totals projection",
+            m.projected.clone(),
+        );
+        registry.register(
+            "projection_delay_seconds",
+            "For each projector batch, how long its oldest change waited after its acknowledgement",
+            m.projection_delay.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// The projector applied a batch of `records` records whose oldest change waited `delay`.
+    pub fn projected(&self, records: u64, delay: Duration) {
+        self.projected.inc_by(records);
+        self.projection_delay.observe(delay.as_secs_f64());
     }
 
     /// A sync connection opened; the guard closes it in the gauge when dropped.
@@ -258,7 +290,8 @@ impl Metrics {
         self.loaded_documents.set(g(now.loaded_documents));
         self.quarantine_entries.set(g(now.quarantine_entries));
         self.database_bytes.set(g(now.database_bytes));
-        self.projection_lag.set(0);
+        self.projection_lag.set(now.projection_lag.as_secs_f64());
+        self.projection_pending.set(g(now.projection_pending));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
@@ -290,11 +323,15 @@ mod tests {
         m.refused("TooLarge");
         m.auth_failure(AuthFailure::Revoked);
         m.enrollment(Outcome::Ok);
+        m.projected(3, Duration::from_millis(2));
         let text = m.encode(Snapshot {
             loaded_documents: 2,
             quarantine_entries: 1,
             database_bytes: 4096,
+            projection_pending: 7,
+            projection_lag: Duration::from_millis(1500),
         });
+
         for line in [
             "tally_sync_connections 1",
             "tally_frames_total{direction=\"In\"} 2",
@@ -305,6 +342,10 @@ mod tests {
             "tally_loaded_documents 2",
             "tally_database_bytes 4096",
             "tally_ack_latency_seconds_count 1",
+            "tally_projection_pending_records 7",
+            "tally_projection_lag_seconds 1.5",
+            "tally_projected_records_total 3",
+            "tally_projection_delay_seconds_count 1",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
         }

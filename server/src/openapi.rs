@@ -179,6 +179,11 @@ fn totals_filters() -> Vec<Value> {
             "small-cell suppression: on by default for every token but the admin's; the admin may ask for it with true; an organizer's false is refused (403)",
             json!({ "type": "boolean" }),
         ),
+        query(
+            "wait",
+            "true (the default): answer once everything acknowledged before the request is counted, waiting at most 5 s (then answer with what is counted, and projection says what is not); false: answer at once (a dashboard that polls), projection says how far behind",
+            json!({ "type": "boolean" }),
+        ),
     ]
 }
 
@@ -296,7 +301,7 @@ fn response_schemas() -> Value {
                 "headline_hidden": { "type": "boolean", "description": "a filtered query matched too few people (none included), or names a cell the answer without that filter hides: the headline numbers are null" },
                 "note": { "type": ["string", "null"] } } },
             "Totals": { "type": "object",
-                "required": ["campaign", "signatures", "unique_signers", "struck", "withdrawn", "by_event", "by_city", "by_fsa", "by_riding", "by_day", "by_canvasser", "checkins", "paper", "filters", "suppression"],
+                "required": ["campaign", "signatures", "unique_signers", "struck", "withdrawn", "by_event", "by_city", "by_fsa", "by_riding", "by_day", "by_canvasser", "checkins", "paper", "filters", "suppression", "projection"],
                 "properties": {
                     "campaign": { "type": "string" },
                     "signatures": nullable_count("signatures counted: neither withdrawn nor struck"),
@@ -312,7 +317,11 @@ fn response_schemas() -> Value {
                     "checkins": { "type": "object", "description": "distinct check-ins by event id", "additionalProperties": schema("CheckinCell") },
                     "paper": schema("PaperTotals"),
                     "filters": schema("Filters"),
-                    "suppression": schema("Suppression") } },
+                    "suppression": schema("Suppression"),
+                    "projection": schema("ProjectionLag") } },
+            "ProjectionLag": { "type": "object", "required": ["pending_records", "lag_ms"], "description": "how far the answer is behind what was acknowledged", "properties": {
+                "pending_records": { "type": "integer", "minimum": 0, "description": "records acknowledged and not counted in this answer yet" },
+                "lag_ms": { "type": "integer", "minimum": 0, "description": "how long the oldest of them has waited (0 when none)" } } },
             "KeysUploaded": { "type": "object", "required": ["results"], "properties": {
                 "results": { "type": "array", "description": "one per key, in order", "items": { "type": "object", "required": ["record", "status"], "properties": {
                     "record": { "type": "string" },

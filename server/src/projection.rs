@@ -1,8 +1,11 @@
 //! The totals projection, the document side: which records an accepted change touched
 //! ([`Changes::read`], from automerge's diff between the old and new heads, as validation read
-//! them), written into the store's projection inside the same write transaction that stores the
-//! change ([`Changes::write`], through a `tally_store::Batch`). Nothing re-reads a whole
-//! document, and a restart needs no rebuild.
+//! them). The write that stores the change and is acknowledged only claims its records and
+//! queues them ([`Changes::acknowledge`]); the projector ([`project_pending`], run by
+//! `crate::projector`) applies the queued changes to the projection's rows and aggregates in
+//! batches, in writes of its own, and takes them out of the queue in the same write. Nothing
+//! re-reads a whole document, and a restart needs no rebuild: what was queued and not yet
+//! projected is projected after it.
 //!
 //! The tables, the SQL and the totals queries live in `tally_store::projection`; the cells a
 //! record counts in are `tally_core::cells`, the reference totals' equal. [`reindex`] rebuilds
@@ -12,14 +15,15 @@
 //! No personal field is ever written to the projection: only what totals need, and the
 //! duplicate and attendee tokens (HMACs under a key the server never has).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use automerge::Automerge;
-use tally_core::collection::{self, CHECKINS, Checkin, SIGNATURES, Signature};
+use tally_core::cells::SignatureRow;
+use tally_core::collection::{self, CHECKINS, Checkin, SIGNATURES};
 use tally_core::review::{self, SHEETS, STRIKES, Sheet, Strike};
 use tally_core::validate::Accepted;
 use tally_core::{DocHeader, DocKind};
-use tally_store::{DocFilter, Storage, StoreError, Writes};
+use tally_store::{DocFilter, Projecting, Queued, Storage, StoreError, Writes};
 pub use tally_store::{Filter, ReindexReport};
 
 /// Projection failures: a stored record that does not read back (a bug), or storage (which
@@ -38,11 +42,13 @@ pub enum ProjectionError {
     Store(#[from] StoreError),
 }
 
-/// The records a change touched, as validation read them: made by [`Changes::read`] before the
-/// store's writer is taken, so that only SQL runs under it ([`Changes::write`]).
-#[derive(Debug, Default)]
+/// The records a change touched, as the projection holds them (a signature's row, no sealed
+/// field): made by [`Changes::read`] before the store's writer is taken. The acknowledging
+/// write claims its records and queues it ([`Changes::acknowledge`]); the projector applies it
+/// later, in a batch with others ([`project_pending`]).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Changes {
-    signatures: Vec<Signature>,
+    signatures: Vec<(String, SignatureRow)>,
     checkins: Vec<Checkin>,
     strikes: Vec<Strike>,
     sheets: Vec<Sheet>,
@@ -50,11 +56,12 @@ pub struct Changes {
 
 impl Changes {
     /// Every record `acc` touched: as `validate` checked it ([`Accepted::checked`]), else read
-    /// from `after`.
+    /// from `after`. `timezone` is the campaign's, for a signature's day.
     pub fn read(
         header: &DocHeader,
         acc: &Accepted,
         after: &Automerge,
+        timezone: &str,
     ) -> Result<Changes, ProjectionError> {
         fn each<T: Clone>(
             ids: impl Iterator<Item = impl AsRef<str>>,
@@ -76,13 +83,18 @@ impl Changes {
         let (k, mut c) = (&acc.checked, Changes::default());
         match header.kind {
             DocKind::Collection => {
+                let mut signatures = Vec::new();
                 let ids = acc.in_container(SIGNATURES);
                 each(
                     ids,
                     &k.signatures,
                     |id| collection::signature(after, id),
-                    &mut c.signatures,
+                    &mut signatures,
                 )?;
+                c.signatures = signatures
+                    .iter()
+                    .map(|s| (s.id.clone(), SignatureRow::of(s, timezone)))
+                    .collect();
                 let ids = acc.in_container(CHECKINS);
                 each(
                     ids,
@@ -107,25 +119,45 @@ impl Changes {
         Ok(c)
     }
 
-    /// Updates the rows (and aggregates) of the records. `timezone` is the campaign's, for the
-    /// day column. A collection's new record whose id another lineage's collection of the
-    /// campaign already holds is refused ([`StoreError::Claimed`]), and the caller rolls
-    /// the transaction back: a record id is one phone's.
-    pub fn write(
+    /// How many records the change touched.
+    pub fn records(&self) -> u64 {
+        (self.signatures.len() + self.checkins.len() + self.strikes.len() + self.sheets.len())
+            as u64
+    }
+
+    /// What the acknowledging write keeps of the change's projection: a collection's records
+    /// are claimed for its owner's phone (a record id another phone's collection holds is
+    /// refused, [`StoreError::Claimed`], and the caller rolls the write back), and the change
+    /// is queued for the projector.
+    pub fn acknowledge(
         &self,
         tx: &dyn Writes,
         doc_id: &str,
         header: &DocHeader,
-        timezone: &str,
+        now: i64,
     ) -> Result<(), StoreError> {
-        let mut batch = tx.projection_batch(&header.campaign);
         if header.kind == DocKind::Collection
             && let Some(owner) = &header.owner
         {
-            batch.claim_for(owner)?;
+            let ids: Vec<&str> = self.signatures.iter().map(|(id, _)| id.as_str()).collect();
+            tx.claim_records(&header.campaign, owner, SIGNATURES, &ids)?;
+            let ids: Vec<&str> = self.checkins.iter().map(|c| c.id.as_str()).collect();
+            tx.claim_records(&header.campaign, owner, CHECKINS, &ids)?;
         }
-        for s in &self.signatures {
-            batch.signature(doc_id, s, timezone)?;
+        let records = self.records();
+        if records > 0 {
+            let payload = serde_json::to_vec(self).map_err(|e| {
+                StoreError::Invalid(format!("the change to {doc_id} could not be queued: {e}"))
+            })?;
+            tx.enqueue_projection(&header.campaign, doc_id, records, &payload, now)?;
+        }
+        Ok(())
+    }
+
+    /// Projects the records of collection or review `doc_id` into `batch`.
+    fn project(&self, batch: &mut dyn Projecting, doc_id: &str) -> Result<(), StoreError> {
+        for (id, row) in &self.signatures {
+            batch.signature(doc_id, id, row)?;
         }
         for c in &self.checkins {
             batch.checkin(doc_id, c)?;
@@ -136,21 +168,61 @@ impl Changes {
         for s in &self.sheets {
             batch.sheet(s)?;
         }
-        batch.flush()
+        Ok(())
     }
 }
 
-/// Updates the rows (and aggregates) of every record `acc` touched, reading them from `after`.
-/// `timezone` is the campaign's, for the day column.
-pub fn apply(
-    tx: &dyn Writes,
-    doc_id: &str,
-    header: &DocHeader,
-    acc: &Accepted,
-    after: &Automerge,
-    timezone: &str,
-) -> Result<(), ProjectionError> {
-    Ok(Changes::read(header, acc, after)?.write(tx, doc_id, header, timezone)?)
+/// What one projector write applied ([`project_pending`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Projected {
+    /// Queued changes applied.
+    pub changes: u64,
+    /// The records they touched.
+    pub records: u64,
+    /// The campaigns whose totals changed.
+    pub campaigns: BTreeSet<String>,
+    /// When the oldest of them was acknowledged (ms since the epoch).
+    pub oldest_at: Option<i64>,
+}
+
+/// Projects the oldest acknowledged changes (about `max_records` records) in one write: each
+/// campaign's changes in one batch, in the order they were acknowledged, their aggregate
+/// cells netted; they leave the queue in the same write, so each is projected exactly once.
+/// `None` when another server is projecting.
+pub fn project_pending(
+    store: &dyn Storage,
+    max_records: u64,
+) -> Result<Option<Projected>, ProjectionError> {
+    store.write_with_error(|tx| {
+        let Some(taken) = tx.take_projection(max_records)? else {
+            return Ok(None);
+        };
+        let mut by_campaign: BTreeMap<&str, Vec<&Queued>> = BTreeMap::new();
+        for q in &taken {
+            by_campaign.entry(q.campaign.as_str()).or_default().push(q);
+        }
+        let mut done = Projected {
+            oldest_at: taken.iter().map(|q| q.at).min(),
+            ..Projected::default()
+        };
+        for (campaign, queued) in by_campaign {
+            let mut batch = tx.projection_batch(campaign);
+            for q in queued {
+                let changes: Changes = serde_json::from_slice(&q.payload).map_err(|e| {
+                    ProjectionError::Record(
+                        format!("queued change {} of {}", q.id, q.doc_id),
+                        e.to_string(),
+                    )
+                })?;
+                changes.project(batch.as_mut(), &q.doc_id)?;
+                done.changes += 1;
+                done.records += q.records;
+            }
+            batch.flush()?;
+            done.campaigns.insert(campaign.to_string());
+        }
+        Ok(Some(done))
+    })
 }
 
 fn load(tx: &dyn Writes, doc_id: &str) -> Result<Automerge, ProjectionError> {
@@ -211,6 +283,7 @@ pub fn reindex(store: &dyn Storage) -> Result<ReindexReport, ProjectionError> {
                 _ => {}
             }
         }
+        tx.rebuild_claims()?;
         report.cells = tx.rebuild_aggregates()?;
         Ok(report)
     })

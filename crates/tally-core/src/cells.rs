@@ -114,7 +114,7 @@ impl Contribution {
 }
 
 /// A signature as the projection holds it: the clear fields totals read (no sealed bytes).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SignatureRow {
     /// Event id.
     pub event: Option<String>,

@@ -19,6 +19,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tally_core::cells::SignatureRow;
 use tally_core::collection::{Checkin, Signature};
 use tally_core::review::{Strike, StrikeReason};
 use tally_store::{Filter, PgStore, Storage, Store};
@@ -124,7 +125,7 @@ fn fill(
                 std::mem::replace(&mut batch, tx.projection_batch(CAMPAIGN)).flush()?;
             }
             let (doc, s) = signature(rng, k);
-            batch.signature(&doc, &s, TZ)?;
+            batch.signature(&doc, &s.id, &SignatureRow::of(&s, TZ))?;
             if k % 100 == 7 {
                 batch.strike(&Strike {
                     signature: s.id.clone(),

@@ -21,7 +21,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tally_core::collection::{Checkin, Collection, Signature};
+use tally_core::cells::SignatureRow;
+use tally_core::collection::{Checkin, Collection};
 use tally_core::review::{Review, Sheet, Strike};
 use tally_core::totals::Totals;
 use tally_core::validate::Role;
@@ -40,6 +41,8 @@ pub enum Change {
     Document(String),
     /// A device was revoked (its id): its connections are to close.
     Revoked(String),
+    /// A campaign's projection changed (its id): its totals are to be sent again.
+    Projected(String),
     /// The subscription was cut and is back: changes stored since `since_ms` (ms since the
     /// epoch) may have gone unheard; reload what is held, close the devices revoked since.
     Resync {
@@ -95,6 +98,53 @@ impl Drop for Subscription {
     }
 }
 
+/// An acknowledged change waiting for the projector ([`Writes::take_projection`]): what it
+/// does to the projection, as the server encoded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queued {
+    /// Its place in the queue: the projector applies changes in this order.
+    pub id: i64,
+    /// The campaign whose projection it changes.
+    pub campaign: String,
+    /// The document the change was made to.
+    pub doc_id: String,
+    /// How many records it touches.
+    pub records: u64,
+    /// When it was stored (ms since the epoch).
+    pub at: i64,
+    /// The server's encoding of the records.
+    pub payload: Vec<u8>,
+}
+
+/// How far the projection is behind what was acknowledged ([`Reads::projection_status`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProjectionStatus {
+    /// Changes acknowledged and not yet projected.
+    pub changes: u64,
+    /// The records they touch.
+    pub records: u64,
+    /// When the oldest of them was stored (ms since the epoch).
+    pub oldest_at: Option<i64>,
+    /// The queue place of the newest of them: a reader that waits until no change at or
+    /// before it is left sees everything acknowledged before it asked.
+    pub last: Option<i64>,
+    /// The queue place of the oldest of them.
+    pub first: Option<i64>,
+}
+
+impl ProjectionStatus {
+    /// Whether every change up to queue place `last` is projected.
+    pub fn covers(&self, last: i64) -> bool {
+        self.first.is_none_or(|first| first > last)
+    }
+
+    /// How long the oldest change has waited at `now_ms`; 0 when none waits.
+    pub fn lag_ms(&self, now_ms: i64) -> u64 {
+        self.oldest_at
+            .map_or(0, |at| u64::try_from(now_ms - at).unwrap_or(0))
+    }
+}
+
 /// What may be read inside one snapshot.
 pub trait Reads {
     /// The meta of a document.
@@ -117,6 +167,8 @@ pub trait Reads {
     fn lineage_of(&self, device_id: &str) -> Result<String>;
     /// Every projection table as sorted text lines (what a reindex must reproduce).
     fn projection_dump(&self) -> Result<BTreeMap<&'static str, Vec<String>>>;
+    /// How far the projection is behind what was acknowledged.
+    fn projection_status(&self) -> Result<ProjectionStatus>;
 }
 
 /// What may be written inside one transaction (and read back before it commits).
@@ -149,10 +201,39 @@ pub trait Writes: Reads {
     ) -> Result<QuarantineOutcome>;
     /// Appends an entry to the audit chain.
     fn audit(&self, e: &NewAudit<'_>) -> Result<AuditEntry>;
+    /// Claims collection records for the lineage of `owner` (a phone's chain of devices):
+    /// a record id another lineage claimed is [`StoreError::Claimed`], and the caller rolls
+    /// the write back. `container` is `signatures` or `checkins`.
+    fn claim_records(
+        &self,
+        campaign: &str,
+        owner: &str,
+        container: &'static str,
+        ids: &[&str],
+    ) -> Result<()>;
+    /// Queues what an acknowledged change does to `campaign`'s projection (`records` records,
+    /// encoded in `payload`), for the projector; returns its place in the queue.
+    fn enqueue_projection(
+        &self,
+        campaign: &str,
+        doc_id: &str,
+        records: u64,
+        payload: &[u8],
+        now: i64,
+    ) -> Result<i64>;
+    /// Takes the oldest queued changes (in queue order, about `max_records` records, at
+    /// least one change) out of the queue: the caller projects them in this same write, so
+    /// that they are projected exactly once or stay queued. `None` when another server is
+    /// projecting (PostgreSQL); empty when nothing waits.
+    fn take_projection(&self, max_records: u64) -> Result<Option<Vec<Queued>>>;
     /// A projection batch for `campaign` in this write.
     fn projection_batch(&self, campaign: &str) -> Box<dyn Projecting + '_>;
-    /// Deletes every projection row (reindex).
+    /// Deletes every projection row, the claims and the queue (reindex: the documents hold
+    /// everything that was queued).
     fn clear_projection_rows(&self) -> Result<()>;
+    /// Claims every collection record the rows hold for its document's lineage (reindex,
+    /// after the rows).
+    fn rebuild_claims(&self) -> Result<u64>;
     /// Writes the rows of a collection's records (no aggregates); (signatures, check-ins).
     fn project_collection(
         &self,
@@ -172,11 +253,8 @@ pub trait Writes: Reads {
 /// A projection batch: rows written as records come, aggregate cells netted and written once
 /// at [`Projecting::flush`].
 pub trait Projecting {
-    /// From now on, refuse a collection record new to its document whose id another phone's
-    /// collection holds ([`StoreError::Claimed`]).
-    fn claim_for(&mut self, owner: &str) -> Result<()>;
-    /// Projects a signature of collection `doc_id`.
-    fn signature(&mut self, doc_id: &str, s: &Signature, timezone: &str) -> Result<()>;
+    /// Projects signature `id` of collection `doc_id`, as its row.
+    fn signature(&mut self, doc_id: &str, id: &str, row: &SignatureRow) -> Result<()>;
     /// Projects a check-in of collection `doc_id`.
     fn checkin(&mut self, doc_id: &str, c: &Checkin) -> Result<()>;
     /// Projects a strike (or its revocation).
@@ -438,6 +516,9 @@ impl Reads for ReadTx<'_> {
     fn projection_dump(&self) -> Result<BTreeMap<&'static str, Vec<String>>> {
         ReadTx::projection_dump(self)
     }
+    fn projection_status(&self) -> Result<ProjectionStatus> {
+        ReadTx::projection_status(self)
+    }
 }
 
 impl Reads for WriteTx<'_> {
@@ -470,6 +551,9 @@ impl Reads for WriteTx<'_> {
     }
     fn projection_dump(&self) -> Result<BTreeMap<&'static str, Vec<String>>> {
         ReadTx::projection_dump(self)
+    }
+    fn projection_status(&self) -> Result<ProjectionStatus> {
+        ReadTx::projection_status(self)
     }
 }
 
@@ -507,11 +591,37 @@ impl Writes for WriteTx<'_> {
     fn audit(&self, e: &NewAudit<'_>) -> Result<AuditEntry> {
         WriteTx::audit(self, e)
     }
+    fn claim_records(
+        &self,
+        campaign: &str,
+        owner: &str,
+        container: &'static str,
+        ids: &[&str],
+    ) -> Result<()> {
+        WriteTx::claim_records(self, campaign, owner, container, ids)
+    }
+    fn enqueue_projection(
+        &self,
+        campaign: &str,
+        doc_id: &str,
+        records: u64,
+        payload: &[u8],
+        now: i64,
+    ) -> Result<i64> {
+        WriteTx::enqueue_projection(self, campaign, doc_id, records, payload, now)
+    }
+    fn take_projection(&self, max_records: u64) -> Result<Option<Vec<Queued>>> {
+        // The write holds the file's one writer: no one else projects meanwhile.
+        WriteTx::take_projection(self, max_records).map(Some)
+    }
     fn projection_batch(&self, campaign: &str) -> Box<dyn Projecting + '_> {
         Box::new(WriteTx::projection_batch(self, campaign))
     }
     fn clear_projection_rows(&self) -> Result<()> {
         WriteTx::clear_projection_rows(self)
+    }
+    fn rebuild_claims(&self) -> Result<u64> {
+        WriteTx::rebuild_claims(self)
     }
     fn project_collection(
         &self,
@@ -534,11 +644,8 @@ impl Writes for WriteTx<'_> {
 }
 
 impl Projecting for Batch<'_> {
-    fn claim_for(&mut self, owner: &str) -> Result<()> {
-        Batch::claim_for(self, owner)
-    }
-    fn signature(&mut self, doc_id: &str, s: &Signature, timezone: &str) -> Result<()> {
-        Batch::signature(self, doc_id, s, timezone)
+    fn signature(&mut self, doc_id: &str, id: &str, row: &SignatureRow) -> Result<()> {
+        Batch::signature(self, doc_id, id, row)
     }
     fn checkin(&mut self, doc_id: &str, c: &Checkin) -> Result<()> {
         Batch::checkin(self, doc_id, c)

@@ -35,6 +35,7 @@ pub mod keys;
 pub mod pg;
 pub mod projection;
 pub mod quarantine;
+mod queue;
 pub mod readers;
 mod schema;
 
@@ -45,7 +46,9 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
 pub use audit::{AuditBroken, AuditEntry, AuditFilter, NewAudit};
-pub use backend::{Change, Exclusive, Projecting, Reads, Storage, Subscription, Writes};
+pub use backend::{
+    Change, Exclusive, Projecting, ProjectionStatus, Queued, Reads, Storage, Subscription, Writes,
+};
 pub use devices::{Device, InviteCode, Replaces, Token, TokenRefusal};
 pub use documents::{CAMPAIGN_KIND, ChunkStats, DocFilter, DocMeta, StoredDoc};
 pub use error::{ReplaceRefusal, Result, StoreError};

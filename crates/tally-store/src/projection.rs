@@ -21,7 +21,7 @@ use tally_core::cells::{
     CheckinRow, Contribution, Dim, SignatureRow, checkin_cells, signature_cells, totals_of_cells,
 };
 use tally_core::city::{Spellings, city_key, labelled};
-use tally_core::collection::{CHECKINS, Checkin, Collection, SIGNATURES, Signature};
+use tally_core::collection::{Checkin, Collection};
 use tally_core::review::{Review, Sheet, Strike};
 use tally_core::totals::{Cell, CellAcc, CheckinCell, PaperCell, Totals, cells};
 
@@ -91,18 +91,6 @@ fn lineage_of(conn: &Connection, device_id: &str) -> Result<String> {
             "SELECT COALESCE((SELECT NULLIF(lineage, '') FROM devices WHERE device_id = ?1), ?1)",
         )?
         .query_row([device_id], |r| r.get(0))?)
-}
-
-/// The lineage of a document's owner; `None` for a document without one.
-fn lineage_of_doc(conn: &Connection, doc_id: &str) -> Result<Option<String>> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT COALESCE(NULLIF(v.lineage, ''), d.owner) FROM documents d
-             LEFT JOIN devices v ON v.device_id = d.owner WHERE d.doc_id = ?1",
-        )?
-        .query_row([doc_id], |r| r.get(0))
-        .optional()?
-        .flatten())
 }
 
 /// Every row of one signature id in a campaign (its copies in a phone's collections), with
@@ -253,9 +241,6 @@ fn token_id(conn: &Connection, campaign: &str, token: &str) -> Result<i64> {
 pub struct Batch<'a> {
     conn: &'a Connection,
     campaign: String,
-    /// The lineage of the collection's owner, when a collection's records are written: a new
-    /// record whose id another lineage holds is refused ([`StoreError::Claimed`]).
-    lineage: Option<String>,
     /// Net change of each cell's record count.
     cells: HashMap<(Dim, String), i64>,
     /// Net change of each token's record count in a cell.
@@ -271,7 +256,6 @@ impl<'a> WriteTx<'a> {
         Batch {
             conn: self.tx,
             campaign: campaign.to_string(),
-            lineage: None,
             cells: HashMap::new(),
             members: HashMap::new(),
             facts: HashMap::new(),
@@ -282,7 +266,8 @@ impl<'a> WriteTx<'a> {
     /// the caller writes them again from the documents, then [`WriteTx::rebuild_aggregates`].
     pub fn clear_projection_rows(&self) -> Result<()> {
         self.tx.execute_batch(
-            "DELETE FROM signatures; DELETE FROM checkins; DELETE FROM strikes; DELETE FROM sheets;",
+            "DELETE FROM signatures; DELETE FROM checkins; DELETE FROM strikes; DELETE FROM sheets;
+             DELETE FROM record_claims; DELETE FROM projection_queue;",
         )?;
         Ok(())
     }
@@ -377,13 +362,6 @@ impl<'a> WriteTx<'a> {
 }
 
 impl Batch<'_> {
-    /// Refuses, from now on, a collection record new to its document whose id a collection of
-    /// another lineage than `owner`'s (another phone) holds: a record id is one phone's.
-    pub fn claim_for(&mut self, owner: &str) -> Result<()> {
-        self.lineage = Some(lineage_of(self.conn, owner)?);
-        Ok(())
-    }
-
     fn add(&mut self, contributions: Vec<Contribution>, sign: i64) {
         for Contribution { dim, key, token } in contributions {
             if let Some(t) = token {
@@ -397,21 +375,18 @@ impl Batch<'_> {
     /// [`Batch::flush`]. The aggregates count the record its copies make (docs/documents.md,
     /// "Counting once"): what that record adds before the row is written is taken away, what it
     /// adds after is added.
-    pub fn signature(&mut self, doc_id: &str, s: &Signature, timezone: &str) -> Result<()> {
+    pub fn signature(&mut self, doc_id: &str, id: &str, row: &SignatureRow) -> Result<()> {
         let conn = self.conn;
-        let row = SignatureRow::of(s, timezone);
-        let mut copies = sig_copies(conn, &self.campaign, &s.id)?;
+        let mut copies = sig_copies(conn, &self.campaign, id)?;
         let mine = copies.iter().position(|(d, _)| d == doc_id);
         if let Some(i) = mine
-            && copies[i].1 == row
+            && copies[i].1 == *row
         {
             return Ok(());
         }
-        if mine.is_none() {
-            self.check_claim(SIGNATURES, &s.id, copies.iter().map(|(d, _)| d))?;
-        }
         let before = SignatureRow::merged(copies.iter().map(|(_, r)| r));
-        upsert_signature_row(conn, doc_id, &self.campaign, &s.id, &row)?;
+        upsert_signature_row(conn, doc_id, &self.campaign, id, row)?;
+        let row = row.clone();
         match mine {
             Some(i) => copies[i].1 = row,
             None => copies.push((doc_id.to_string(), row)),
@@ -420,36 +395,14 @@ impl Batch<'_> {
         if before == after {
             return Ok(());
         }
-        let struck = is_struck(conn, &self.campaign, &s.id)?;
+        let struck = is_struck(conn, &self.campaign, id)?;
         self.facts
-            .insert(s.id.clone(), after.clone().map(|a| (a, struck)));
+            .insert(id.to_string(), after.clone().map(|a| (a, struck)));
         if let Some(b) = before {
             self.add(signature_cells(&b, struck), -1);
         }
         if let Some(a) = after {
             self.add(signature_cells(&a, struck), 1);
-        }
-        Ok(())
-    }
-
-    /// Refuses a record new to a collection whose id a collection of another lineage holds
-    /// (`docs`: the documents holding its other copies).
-    fn check_claim<'d>(
-        &self,
-        container: &'static str,
-        id: &str,
-        docs: impl Iterator<Item = &'d String>,
-    ) -> Result<()> {
-        let Some(mine) = &self.lineage else {
-            return Ok(());
-        };
-        for doc in docs {
-            if lineage_of_doc(self.conn, doc)?.as_ref() != Some(mine) {
-                return Err(StoreError::Claimed {
-                    container,
-                    id: id.to_string(),
-                });
-            }
         }
         Ok(())
     }
@@ -464,9 +417,6 @@ impl Batch<'_> {
             && copies[i].1 == row
         {
             return Ok(());
-        }
-        if mine.is_none() {
-            self.check_claim(CHECKINS, &c.id, copies.iter().map(|(d, _)| d))?;
         }
         let before = CheckinRow::merged(copies.iter().map(|(_, r)| r));
         upsert_checkin_row(conn, doc_id, &self.campaign, c)?;
@@ -811,7 +761,9 @@ impl ReadTx<'_> {
     /// Whether campaign `campaign` has a signature `sig_id` (in any collection).
     pub fn has_signature(&self, campaign: &str, sig_id: &str) -> Result<bool> {
         Ok(self.conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM signatures WHERE campaign = ?1 AND sig_id = ?2)",
+            "SELECT EXISTS (SELECT 1 FROM signatures WHERE campaign = ?1 AND sig_id = ?2)
+                 OR EXISTS (SELECT 1 FROM record_claims
+                            WHERE campaign = ?1 AND container = 'signatures' AND id = ?2)",
             [campaign, sig_id],
             |r| r.get(0),
         )?)
@@ -1668,11 +1620,17 @@ fn dump(conn: &Connection) -> Result<BTreeMap<&'static str, Vec<String>>> {
 
 #[cfg(test)]
 mod tests {
+    use tally_core::collection::Signature;
     use tally_core::fixtures::{NOW, World};
     use tally_core::review::StrikeReason;
 
     use super::*;
     use crate::Store;
+
+    /// Projects signature `s` as its row in a campaign of time zone `tz`.
+    pub(super) fn sign(b: &mut Batch<'_>, doc: &str, s: &Signature, tz: &str) -> Result<()> {
+        b.signature(doc, &s.id, &SignatureRow::of(s, tz))
+    }
 
     /// The incremental batches and the one-pass SQL rebuild agree, cell for cell, through
     /// corrections, withdrawals, a strike before its signature's row and a revoked strike.
@@ -1694,24 +1652,31 @@ mod tests {
             .write(|tx| {
                 let mut b = tx.projection_batch(&camp);
                 b.strike(&strike("s3", false))?; // before its row exists
-                b.signature(
+                sign(
+                    &mut b,
                     "docA",
                     &sig("s1", "Amara Okafor", "Toronto"),
                     "America/Toronto",
                 )?;
-                b.signature(
+                sign(
+                    &mut b,
                     "docA",
                     &sig("s2", "Amara Okafor", "Toronto"),
                     "America/Toronto",
                 )?;
-                b.signature("docB", &sig("s3", "Li Wei", "Hamilton"), "America/Toronto")?;
+                sign(
+                    &mut b,
+                    "docB",
+                    &sig("s3", "Li Wei", "Hamilton"),
+                    "America/Toronto",
+                )?;
                 b.checkin("docA", &world.checkin("dev1", "c1", "Li Wei", true))?;
                 b.flush()?;
                 let mut b = tx.projection_batch(&camp);
                 let mut moved = sig("s2", "Li Wei", "Hamilton");
-                b.signature("docA", &moved, "America/Toronto")?; // a correction
+                sign(&mut b, "docA", &moved, "America/Toronto")?; // a correction
                 moved.withdrawn = true;
-                b.signature("docA", &moved, "America/Toronto")?; // then withdrawn
+                sign(&mut b, "docA", &moved, "America/Toronto")?; // then withdrawn
                 b.strike(&strike("s3", true))?; // revoked: s3 counts again
                 b.strike(&strike("s1", false))?;
                 // The same person checked in twice (two phones), then one check-in withdrawn;
@@ -1752,6 +1717,7 @@ mod tests {
 mod cities {
     use tally_core::fixtures::World;
 
+    use super::tests::sign;
     use super::*;
     use crate::Store;
 
@@ -1781,7 +1747,7 @@ mod cities {
                     let mut s =
                         world.signature("dev1", &format!("s{i}"), &format!("P{i}"), "M5V 2T6", "x");
                     s.city = city.to_string();
-                    b.signature("docA", &s, TZ)?;
+                    sign(&mut b, "docA", &s, TZ)?;
                 }
                 b.flush()
             })
@@ -1826,8 +1792,10 @@ mod cities {
 
 #[cfg(test)]
 mod counting_once {
+    use tally_core::collection::{CHECKINS, SIGNATURES};
     use tally_core::fixtures::World;
 
+    use super::tests::sign;
     use super::*;
     use crate::Store;
 
@@ -1857,17 +1825,17 @@ mod counting_once {
             .unwrap();
         let write = |doc: &str, owner: &str, id: &str| {
             store.write(|tx| {
+                let cid = format!("c-{id}");
+                tx.claim_records(&camp, owner, SIGNATURES, &[id])?;
+                tx.claim_records(&camp, owner, CHECKINS, &[&cid])?;
                 let mut b = tx.projection_batch(&camp);
-                b.claim_for(owner)?;
-                b.signature(
+                sign(
+                    &mut b,
                     doc,
                     &world.signature(owner, id, "Li Wei", "L8P 4R5", "Hamilton"),
                     TZ,
                 )?;
-                b.checkin(
-                    doc,
-                    &world.checkin(owner, &format!("c-{id}"), "Li Wei", false),
-                )?;
+                b.checkin(doc, &world.checkin(owner, &cid, "Li Wei", false))?;
                 b.flush()
             })
         };
@@ -1882,12 +1850,7 @@ mod counting_once {
         assert!(err.to_string().contains("another phone"), "{err}");
         // A check-in id alone.
         let err = store
-            .write(|tx| {
-                let mut b = tx.projection_batch(&camp);
-                b.claim_for("other")?;
-                b.checkin("docOther", &world.checkin("other", "c-r1", "Li Wei", true))?;
-                b.flush()
-            })
+            .write(|tx| tx.claim_records(&camp, "other", CHECKINS, &["c-r1"]))
             .unwrap_err();
         assert!(
             matches!(
@@ -1899,6 +1862,27 @@ mod counting_once {
             ),
             "{err}"
         );
+        // The claims of a file from before them are its rows': a reindex rebuilds the same.
+        let claims = |store: &Store| {
+            store
+                .write(|r| {
+                    Ok(r.conn()
+                        .prepare("SELECT campaign, container, id, lineage FROM record_claims ORDER BY 1, 2, 3")?
+                        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                        .collect::<rusqlite::Result<Vec<(String, String, String, String)>>>()?)
+                })
+                .unwrap()
+        };
+        let before = claims(&store);
+        assert_eq!(before.len(), 2, "{before:?}");
+        assert!(before.iter().all(|c| c.3 == "old"), "{before:?}");
+        store
+            .write(|tx| {
+                tx.conn().execute_batch("DELETE FROM record_claims")?;
+                tx.rebuild_claims().map(|_| ())
+            })
+            .unwrap();
+        assert_eq!(claims(&store), before);
         let t = store.read(|r| r.totals(&camp)).unwrap();
         assert_eq!(t.signatures, 1);
         assert_eq!(t.checkins["rally1"].unique, 1);

@@ -303,6 +303,39 @@ const MIGRATIONS: &[&str] = &[
     INSERT OR REPLACE INTO projection_state (name, value)
         SELECT 'aggregates', 'stale' WHERE EXISTS (SELECT 1 FROM signatures);
     "#,
+    // 10: the projection leaves the acknowledging write (issue 18). `record_claims` says which
+    // phone (lineage) a record id is, written with the chunk that brings the record, so that
+    // another phone's copy is refused before it is acknowledged; `projection_queue` holds what
+    // each acknowledged change does to the projection (its records' projected fields, no
+    // personal field) until the projector applies it and deletes it in one transaction.
+    // Existing files claim the records their rows hold.
+    r#"
+    CREATE TABLE record_claims (
+        campaign  TEXT NOT NULL,
+        container TEXT NOT NULL,
+        id        TEXT NOT NULL,
+        lineage   TEXT NOT NULL,
+        PRIMARY KEY (campaign, container, id)
+    ) STRICT, WITHOUT ROWID;
+    CREATE TABLE projection_queue (
+        id       INTEGER PRIMARY KEY,
+        campaign TEXT NOT NULL,
+        doc_id   TEXT NOT NULL,
+        records  INTEGER NOT NULL,
+        at       INTEGER NOT NULL,
+        payload  BLOB NOT NULL
+    ) STRICT;
+    INSERT OR IGNORE INTO record_claims (campaign, container, id, lineage)
+        SELECT s.campaign, 'signatures', s.sig_id, COALESCE(NULLIF(v.lineage, ''), d.owner)
+        FROM signatures s JOIN documents d ON d.doc_id = s.doc_id
+        LEFT JOIN devices v ON v.device_id = d.owner
+        WHERE d.owner IS NOT NULL;
+    INSERT OR IGNORE INTO record_claims (campaign, container, id, lineage)
+        SELECT c.campaign, 'checkins', c.ci_id, COALESCE(NULLIF(v.lineage, ''), d.owner)
+        FROM checkins c JOIN documents d ON d.doc_id = c.doc_id
+        LEFT JOIN devices v ON v.device_id = d.owner
+        WHERE d.owner IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes and reads.

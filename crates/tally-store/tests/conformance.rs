@@ -22,13 +22,14 @@ use std::sync::Arc;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tally_core::Role;
+use tally_core::cells::SignatureRow;
 use tally_core::collection::Collection;
 use tally_core::fixtures::{EVENT, NOW, World};
 use tally_core::review::{Review, Strike, StrikeReason};
 use tally_core::totals::{Totals, records, totals_of};
 use tally_store::{
-    AuditFilter, DocFilter, DocMeta, Filter, KeyOutcome, NewAudit, PgStore, QuarantineFilter,
-    Replaces, Storage, Store, StoreError, TokenRefusal,
+    AuditFilter, DocFilter, DocMeta, Filter, KeyOutcome, NewAudit, PgStore, ProjectionStatus,
+    QuarantineFilter, Replaces, Storage, Store, StoreError, TokenRefusal,
 };
 
 const T0: i64 = 1_700_000_000_000;
@@ -222,6 +223,7 @@ conformance!(sqlite, super::sqlite;
     a_reindex_reproduces_the_projection,
     the_audit_chain_appends_and_verifies,
     record_keys_and_erasure,
+    claims_and_the_projection_queue,
 );
 
 // The one more line: the same behaviours on PostgreSQL.
@@ -242,6 +244,7 @@ conformance!(postgres, super::postgres;
     a_reindex_reproduces_the_projection,
     the_audit_chain_appends_and_verifies,
     record_keys_and_erasure,
+    claims_and_the_projection_queue,
 );
 
 fn meta(doc_id: &str, kind: &str, campaign: &str, owner: Option<&str>) -> DocMeta {
@@ -456,7 +459,7 @@ fn random_history(
                             s.riding = rng.gen_bool(0.5).then(|| "Spadina".to_string());
                             let was = col.signatures.get(&id).is_some_and(|o| o.withdrawn);
                             s.withdrawn = was || rng.gen_bool(0.2);
-                            b.signature(&doc_id(d, &camp), &s, TZ)?;
+                            b.signature(&doc_id(d, &camp), &s.id, &SignatureRow::of(&s, TZ))?;
                             col.signatures.insert(id, s);
                         }
                         6..9 => {
@@ -567,7 +570,7 @@ pub mod cases {
                 tx.quarantine("dev1", "d1", "bad change", b"msg", T0)?;
                 let mut batch = tx.projection_batch(&camp);
                 let s = world.signature("dev1", "s1", "Li Wei", "L8P 4R5", "Montreal");
-                batch.signature("d1", &s, "UTC")?;
+                batch.signature("d1", &s.id, &SignatureRow::of(&s, "UTC"))?;
                 batch.flush()?;
                 assert_eq!(tx.totals(&camp)?.signatures, 1, "seen inside the write");
                 Err::<(), _>(StoreError::Invalid("the projection refused".into()))
@@ -1280,6 +1283,126 @@ pub mod cases {
         check_every_filter(store, &world, &docs, &review, "after a reindex");
     }
 
+    /// What the acknowledging write keeps (issue 18): a record id is claimed for one phone's
+    /// lineage; changes queue for the projector in order, leave the queue only with the write
+    /// that takes them, and a reindex empties the queue and rebuilds the claims from the rows.
+    pub fn claims_and_the_projection_queue(store: &dyn Storage) {
+        let camp = "camp-q";
+        // Unknown devices are their own lineage.
+        store
+            .write(|tx| tx.claim_records(camp, "phoneA", "signatures", &["s1", "s2"]))
+            .unwrap();
+        store
+            .write(|tx| tx.claim_records(camp, "phoneA", "signatures", &["s2"]))
+            .expect("a phone's own record again");
+        let err = store
+            .write(|tx| tx.claim_records(camp, "phoneB", "signatures", &["s3", "s2"]))
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Claimed { container: "signatures", id } if id == "s2"),
+            "{err}"
+        );
+        store
+            .write(|tx| tx.claim_records(camp, "phoneB", "signatures", &["s3"]))
+            .expect("s3's claim went with the refused write");
+        store
+            .write(|tx| tx.claim_records(camp, "phoneB", "checkins", &["s1"]))
+            .expect("a check-in id is not a signature id");
+        store
+            .write(|tx| tx.claim_records("other-camp", "phoneB", "signatures", &["s1"]))
+            .expect("another campaign's id");
+        assert!(
+            store.read(|r| r.has_signature(camp, "s1")).unwrap(),
+            "acknowledged and not projected yet"
+        );
+        assert!(!store.read(|r| r.has_signature(camp, "s9")).unwrap());
+
+        let status = || store.read(|r| r.projection_status()).unwrap();
+        assert_eq!(status(), ProjectionStatus::default());
+        assert!(status().covers(0));
+        let ids = store
+            .write(|tx| {
+                let mut ids = Vec::new();
+                for (n, records) in [3u64, 2, 4].into_iter().enumerate() {
+                    let payload = vec![n as u8; 3];
+                    ids.push(tx.enqueue_projection(
+                        camp,
+                        "docA",
+                        records,
+                        &payload,
+                        1_000 + n as i64,
+                    )?);
+                }
+                Ok(ids)
+            })
+            .unwrap();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        let s = status();
+        assert_eq!((s.changes, s.records, s.oldest_at), (3, 9, Some(1_000)));
+        assert_eq!((s.first, s.last), (Some(ids[0]), Some(ids[2])));
+        assert!(!s.covers(ids[0]));
+        assert_eq!(s.lag_ms(1_500), 500);
+
+        // A write that takes and then fails puts them back.
+        let failed = store.write(|tx| {
+            let taken = tx.take_projection(5)?.expect("no other server");
+            assert_eq!(taken.len(), 2);
+            Err::<(), _>(StoreError::Invalid("the projection failed".into()))
+        });
+        assert!(failed.is_err());
+        assert_eq!(status().changes, 3, "nothing taken by a write rolled back");
+        let taken = store
+            .write(|tx| Ok(tx.take_projection(5)?.expect("no other server")))
+            .unwrap();
+        assert_eq!(
+            taken
+                .iter()
+                .map(|q| (q.id, q.records, q.payload.clone()))
+                .collect::<Vec<_>>(),
+            [(ids[0], 3, vec![0; 3]), (ids[1], 2, vec![1; 3])]
+        );
+        assert_eq!(taken[0].campaign, camp);
+        assert_eq!(taken[0].doc_id, "docA");
+        let s = status();
+        assert_eq!((s.changes, s.records, s.first), (1, 4, Some(ids[2])));
+        assert!(s.covers(ids[1]) && !s.covers(ids[2]));
+        let last = store
+            .write(|tx| Ok(tx.take_projection(1)?.expect("no other server")))
+            .unwrap();
+        assert_eq!(
+            last.len(),
+            1,
+            "the first change even when larger than asked"
+        );
+        assert!(status().covers(ids[2]));
+        assert!(
+            store
+                .write(|tx| Ok(tx.take_projection(100)?.expect("no other server")))
+                .unwrap()
+                .is_empty()
+        );
+
+        // A reindex: the queue goes (the documents hold what it held), the claims are the
+        // rows' (none here).
+        store
+            .write(|tx| {
+                tx.enqueue_projection(camp, "docA", 1, b"x", 2_000)
+                    .map(|_| ())
+            })
+            .unwrap();
+        store
+            .write(|tx| {
+                tx.clear_projection_rows()?;
+                tx.rebuild_claims().map(|_| ())
+            })
+            .unwrap();
+        assert_eq!(status(), ProjectionStatus::default());
+        assert!(!store.read(|r| r.has_signature(camp, "s1")).unwrap());
+        store
+            .write(|tx| tx.claim_records(camp, "phoneB", "signatures", &["s2"]))
+            .expect("the claims went with the reindex");
+    }
+
     /// The audit chain: entries append in order, filter, and verify.
     pub fn the_audit_chain_appends_and_verifies(store: &dyn Storage) {
         for (i, action) in ["server.start", "device.enroll", "device.revoke"]
@@ -1328,7 +1451,7 @@ pub mod cases {
                 for (campaign, doc, id) in [("B", "colB", "sig_b"), ("A", "colA", "sig_a")] {
                     let s = world.signature("dev", id, "Li Wei", "M5V 2T6", "Toronto");
                     let mut batch = tx.projection_batch(campaign);
-                    batch.signature(doc, &s, "UTC")?;
+                    batch.signature(doc, &s.id, &SignatureRow::of(&s, "UTC"))?;
                     batch.flush()?;
                 }
                 Ok(())

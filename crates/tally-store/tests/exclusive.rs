@@ -97,4 +97,46 @@ fn postgres_work_is_one_servers_at_a_time() {
     }
     // The dead connection's guard lets go without complaint.
     drop(held_by_c);
+
+    // The projector: while A's write holds what it took, B takes nothing (and does not
+    // wait); after A's write, what A took is gone and B takes the rest.
+    let (a, b): (&dyn Storage, &dyn Storage) = (&a, &b);
+    a.write(|tx| {
+        for n in 0..3 {
+            tx.enqueue_projection("c1", "d1", 1, &[n], n.into())?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let (took, go) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+    std::thread::scope(|s| {
+        let (took_tx, go_rx) = (took.0.clone(), go.1);
+        s.spawn(move || {
+            a.write(|tx| {
+                let taken = tx.take_projection(2)?.expect("A projects");
+                took_tx.send(taken.len()).unwrap();
+                go_rx.recv().unwrap();
+                Ok(())
+            })
+            .unwrap();
+        });
+        assert_eq!(took.1.recv().unwrap(), 2);
+        let started = std::time::Instant::now();
+        let b_took = b.write(|tx| tx.take_projection(10)).unwrap();
+        assert!(b_took.is_none(), "A is projecting: B must not");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "B waited for A's lock"
+        );
+        go.0.send(()).unwrap();
+    });
+    let rest = b
+        .write(|tx| tx.take_projection(10))
+        .unwrap()
+        .expect("A is done");
+    assert_eq!(
+        rest.iter().map(|q| q.payload.clone()).collect::<Vec<_>>(),
+        [vec![2u8]],
+        "A's two went with A's write"
+    );
 }

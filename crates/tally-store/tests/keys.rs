@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use tally_core::cells::SignatureRow;
 use tally_core::fixtures::World;
 use tally_store::{DocMeta, KeyOutcome, Store};
 
@@ -56,7 +57,7 @@ fn store_with_campaigns(path: &Path) -> Store {
                 let mut s = world.signature("dev", id, "Li Wei", "M5V 2T6", "Toronto");
                 s.dup = dup.repeat(64);
                 let mut batch = tx.projection_batch(campaign);
-                batch.signature(doc, &s, "UTC")?;
+                batch.signature(doc, &s.id, &SignatureRow::of(&s, "UTC"))?;
                 batch.flush()?;
             }
             Ok(())

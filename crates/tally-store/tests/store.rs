@@ -314,9 +314,52 @@ fn schema_4_migrates_a_version_3_quarantine() {
     assert_eq!((all[1].size, all[1].bytes.len()), (20_000, 0));
 }
 
+/// Schema 10 claims, for each record the rows of a file of schema 9 hold, its document's
+/// owner's lineage: an existing phone's records stay its own.
+#[test]
+fn schema_10_claims_the_records_of_existing_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    drop(Store::open(&path).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "DROP TABLE record_claims; DROP TABLE projection_queue;
+         INSERT INTO devices (device_id, name, role, campaign, token_hash, created_at, lineage)
+           VALUES ('second', 'p', 'canvasser', 'c', X'01', 0, 'first');
+         INSERT INTO documents (doc_id, kind, campaign, owner, created_at)
+           VALUES ('docA', 'collection', 'c', 'second', 0), ('docB', 'collection', 'c', 'other', 0);
+         INSERT INTO signatures (doc_id, sig_id, campaign, event, collected_at, day, collected_by,
+             city, city_key, fsa, riding, consent, dup, withdrawn)
+           VALUES ('docA', 's1', 'c', NULL, 0, '2026-01-01', 'second', 'Hamilton', 'hamilton',
+                   'L8P', NULL, 0, 'tok', 0);
+         INSERT INTO checkins (doc_id, ci_id, campaign, event, attendee, at, by_id, walk_in, withdrawn)
+           VALUES ('docB', 'c1', 'c', 'rally', 'att', 0, 'other', 0, 0);
+         PRAGMA user_version = 9;",
+    )
+    .unwrap();
+    drop(conn);
+    drop(Store::open(&path).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let claims: Vec<(String, String, String)> = conn
+        .prepare("SELECT container, id, lineage FROM record_claims ORDER BY 1, 2")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    let want = |c: &str, i: &str, l: &str| (c.to_string(), i.to_string(), l.to_string());
+    assert_eq!(
+        claims,
+        [
+            want("checkins", "c1", "other"),
+            want("signatures", "s1", "first")
+        ]
+    );
+}
+
 /// Takes a file of this build back to schema 5 (before signatures had a folded city key).
-const UNDO_SCHEMA_6: &str =
-    "DROP TABLE agg_records; DROP TABLE agg_keys; DROP INDEX checkins_by_time;
+const UNDO_SCHEMA_6: &str = "DROP TABLE record_claims; DROP TABLE projection_queue;
+     DROP TABLE agg_records; DROP TABLE agg_keys; DROP INDEX checkins_by_time;
      DROP TABLE record_keys; DROP TABLE erased_records;
      DROP TABLE audit;
      DROP INDEX signatures_by_city_key;
@@ -325,8 +368,8 @@ const UNDO_SCHEMA_6: &str =
      PRAGMA user_version = 5;";
 
 /// Takes a file of this build back to schema 4 (before devices had lineages).
-const UNDO_SCHEMA_5: &str =
-    "DROP TABLE agg_records; DROP TABLE agg_keys; DROP INDEX checkins_by_time;
+const UNDO_SCHEMA_5: &str = "DROP TABLE record_claims; DROP TABLE projection_queue;
+     DROP TABLE agg_records; DROP TABLE agg_keys; DROP INDEX checkins_by_time;
      DROP TABLE record_keys; DROP TABLE erased_records;
      DROP TABLE audit;
      DROP INDEX signatures_by_city_key;

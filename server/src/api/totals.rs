@@ -4,6 +4,7 @@
 //! on this module alone).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -13,10 +14,11 @@ use tally_core::campaign::Campaign;
 use tally_store::Device;
 
 use super::auth::{Auth, require_organizer};
-use super::types::{Filters, TotalsResponse};
+use super::types::{Filters, ProjectionLag, TotalsResponse};
 use super::{known_campaign, on_blocking_pool};
 use crate::AppState;
 use crate::error::ApiError;
+use crate::hub::now_ms;
 use crate::projection::Filter;
 use crate::suppression::{self, Suppression};
 
@@ -31,9 +33,20 @@ pub(crate) struct TotalsRequest {
     pub echo: Filters,
     /// Whether small cells are hidden.
     pub suppress: bool,
+    /// Whether the answer waits until everything acknowledged before it is counted
+    /// ([`WAIT_AT_MOST`]).
+    pub wait: bool,
 }
 
-const TOTALS_PARAMS: &str = "event, from, to, city, fsa, riding, canvasser, suppress (and token)";
+const TOTALS_PARAMS: &str =
+    "event, from, to, city, fsa, riding, canvasser, suppress, wait (and token)";
+
+/// How long a totals answer waits at most for the projector to count what was acknowledged
+/// before the request (`wait=true`, the default).
+pub(crate) const WAIT_AT_MOST: Duration = Duration::from_secs(5);
+
+/// How often a waiting answer looks again.
+const WAIT_STEP: Duration = Duration::from_millis(2);
 
 fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
@@ -60,6 +73,7 @@ fn totals_request(
     let mut filter = Filter::default();
     let mut echo = Filters::default();
     let mut suppress = None;
+    let mut wait = true;
     for (k, v) in pairs {
         if !seen.insert(k.clone()) {
             return Err(bad(format!("{k} is given twice: give each filter once")));
@@ -169,6 +183,17 @@ fn totals_request(
                     }
                 })
             }
+            "wait" => {
+                wait = match v.as_str() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => {
+                        return Err(bad(format!(
+                            "wait={v:?}: give wait=true (answer once everything acknowledged is counted) or wait=false (answer at once)"
+                        )));
+                    }
+                }
+            }
             _ => {
                 return Err(bad(format!(
                     "unknown query parameter {k:?}: the totals take {TOTALS_PARAMS}"
@@ -212,6 +237,7 @@ fn totals_request(
         filter,
         echo,
         suppress,
+        wait,
     })
 }
 
@@ -234,7 +260,11 @@ pub(crate) fn answer_totals(
     req: &TotalsRequest,
 ) -> Result<TotalsResponse, ApiError> {
     let threshold = state.config.suppress_below;
-    let (t, suppression) = state.reader.get().read(|r| {
+    if req.wait {
+        wait_counted(state)?;
+    }
+    let (t, suppression, status) = state.reader.get().read(|r| {
+        let status = r.projection_status()?;
         let query = |filter: &Filter| r.query_totals(&req.campaign, filter);
         if req.suppress {
             // With the answers without each filter, so that a filter cannot drill into a
@@ -249,6 +279,7 @@ pub(crate) fn answer_totals(
                 (t, s)
             })
         }
+        .map(|(t, s)| (t, s, status))
     })?;
     let head = |v: u64| (!suppression.headline_hidden).then_some(v);
     Ok(TotalsResponse {
@@ -267,7 +298,28 @@ pub(crate) fn answer_totals(
         paper: t.paper,
         filters: req.echo.clone(),
         suppression,
+        projection: ProjectionLag {
+            pending_records: status.records,
+            lag_ms: status.lag_ms(now_ms()),
+        },
     })
+}
+
+/// Waits until the projector counted every change acknowledged before now, at most
+/// [`WAIT_AT_MOST`]; the answer then says what is still not counted.
+fn wait_counted(state: &AppState) -> Result<(), ApiError> {
+    let reader = state.reader.get();
+    let Some(last) = reader.read(|r| r.projection_status())?.last else {
+        return Ok(());
+    };
+    let until = Instant::now() + WAIT_AT_MOST;
+    while Instant::now() < until {
+        std::thread::sleep(WAIT_STEP);
+        if reader.read(|r| r.projection_status())?.covers(last) {
+            break;
+        }
+    }
+    Ok(())
 }
 
 pub(crate) async fn totals(
@@ -296,7 +348,11 @@ pub(crate) async fn totals_stream(
 ) -> Result<axum::response::Response, ApiError> {
     let st = state.clone();
     let (device, req) = on_blocking_pool(move || {
-        let req = check_totals(&st, &device, &id, query)?;
+        // A stream's answers never wait: the projector wakes it when it counted more.
+        let req = TotalsRequest {
+            wait: false,
+            ..check_totals(&st, &device, &id, query)?
+        };
         Ok((device, req))
     })
     .await?;

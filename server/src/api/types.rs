@@ -260,6 +260,21 @@ pub struct TotalsResponse {
     pub filters: Filters,
     /// Small-cell suppression.
     pub suppression: Suppression,
+    /// How far these totals are behind what was acknowledged (absent from servers before it:
+    /// none behind).
+    #[serde(default)]
+    pub projection: ProjectionLag,
+}
+
+/// How far a totals answer is behind the changes the server acknowledged: the projector
+/// counts them after the phone hears "acknowledged" (docs/architecture.md, "The projector").
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProjectionLag {
+    /// Records acknowledged (in any campaign of the database) and not counted in this answer
+    /// yet; 0: it counts everything acknowledged.
+    pub pending_records: u64,
+    /// How long the oldest of them has waited, in milliseconds (0 when none).
+    pub lag_ms: u64,
 }
 
 /// `POST /api/v1/campaigns/{id}/strikes`: strike a signature, or undo a strike.

@@ -382,6 +382,14 @@ pub fn totals(t: &TotalsResponse, title: Option<&str>, names: &Names) -> String 
     if let Some(note) = &t.suppression.note {
         out.push_str(&format!("\n{note}\n"));
     }
+    let lag = &t.projection;
+    if lag.pending_records > 0 {
+        out.push_str(&format!(
+            "\nNot counted yet: {} records acknowledged in the last {:.1} s are still being counted; run the command again for them.\n",
+            lag.pending_records,
+            lag.lag_ms as f64 / 1000.0
+        ));
+    }
     out
 }
 
@@ -422,7 +430,8 @@ mod tests {
             "filters": {"event": null, "from": null, "to": null, "city": null, "fsa": null},
             "suppression": {"applied": true, "threshold": 5, "hidden_cells": 2,
                 "hidden": {"by_fsa": 2}, "other": {"by_fsa": 2}, "withheld": ["by_city"],
-                "headline_hidden": false, "note": "cells were hidden"}
+                "headline_hidden": false, "note": "cells were hidden"},
+            "projection": {"pending_records": 120, "lag_ms": 1500}
         }))
         .unwrap();
         let mut names = Names::default();
@@ -435,7 +444,17 @@ mod tests {
         );
         assert!(text.contains("Amina's phone           9       9"), "{text}");
         assert!(text.contains("BY RIDING: none"), "{text}");
-        assert!(text.ends_with("cells were hidden\n"), "{text}");
+        assert!(text.contains("cells were hidden\n"), "{text}");
+        assert!(
+            text.ends_with("Not counted yet: 120 records acknowledged in the last 1.5 s are still being counted; run the command again for them.\n"),
+            "{text}"
+        );
+        let counted = TotalsResponse {
+            projection: Default::default(),
+            ..t
+        };
+        let text = totals(&counted, None, &names);
+        assert!(!text.contains("Not counted yet"), "{text}");
     }
 
     #[test]

@@ -7,12 +7,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use postgres::Transaction;
-use tally_core::collection::{Checkin, Collection, Signature};
+use tally_core::cells::SignatureRow;
+use tally_core::collection::{Checkin, Collection};
 use tally_core::review::{Review, Sheet, Strike};
 use tally_core::totals::Totals;
 use tally_core::validate::Role;
 
-use crate::backend::{Change, Projecting, Reads, Storage, Subscription, Writes};
+use crate::backend::{
+    Change, Projecting, ProjectionStatus, Queued, Reads, Storage, Subscription, Writes,
+};
 use crate::{
     AuditBroken, AuditEntry, AuditFilter, ChunkStats, Device, DocFilter, DocMeta, Erasure, Filter,
     InviteCode, KeyOutcome, NewAudit, NewQuarantine, QuarantineEntry, QuarantineFilter,
@@ -21,7 +24,7 @@ use crate::{
 };
 
 use super::projection::PgBatch;
-use super::{PgStore, audit, documents, projection, quarantine};
+use super::{PgStore, audit, documents, projection, quarantine, queue};
 
 /// One transaction, read (and written) through the storage traits.
 pub(crate) struct PgTx<'a> {
@@ -72,6 +75,9 @@ impl Reads for PgTx<'_> {
     fn projection_dump(&self) -> Result<BTreeMap<&'static str, Vec<String>>> {
         projection::dump(&mut *self.tx.borrow_mut())
     }
+    fn projection_status(&self) -> Result<ProjectionStatus> {
+        queue::projection_status(&mut *self.tx.borrow_mut())
+    }
 }
 
 impl Writes for PgTx<'_> {
@@ -113,6 +119,35 @@ impl Writes for PgTx<'_> {
     fn audit(&self, e: &NewAudit<'_>) -> Result<AuditEntry> {
         audit::append(&mut *self.tx.borrow_mut(), e)
     }
+    fn claim_records(
+        &self,
+        campaign: &str,
+        owner: &str,
+        container: &'static str,
+        ids: &[&str],
+    ) -> Result<()> {
+        queue::claim_records(&mut *self.tx.borrow_mut(), campaign, owner, container, ids)
+    }
+    fn enqueue_projection(
+        &self,
+        campaign: &str,
+        doc_id: &str,
+        records: u64,
+        payload: &[u8],
+        now: i64,
+    ) -> Result<i64> {
+        queue::enqueue_projection(
+            &mut *self.tx.borrow_mut(),
+            campaign,
+            doc_id,
+            records,
+            payload,
+            now,
+        )
+    }
+    fn take_projection(&self, max_records: u64) -> Result<Option<Vec<Queued>>> {
+        queue::take_projection(&mut *self.tx.borrow_mut(), max_records)
+    }
     fn projection_batch(&self, campaign: &str) -> Box<dyn Projecting + '_> {
         Box::new(PgProjecting {
             tx: &self.tx,
@@ -127,7 +162,12 @@ impl Writes for PgTx<'_> {
         self.tx
             .borrow_mut()
             .batch_execute("LOCK TABLE chunks IN SHARE MODE")?;
+        // No projector write meanwhile: the queue goes with the rows.
+        queue::hold_projector(&mut *self.tx.borrow_mut())?;
         projection::clear_projection_rows(&mut *self.tx.borrow_mut())
+    }
+    fn rebuild_claims(&self) -> Result<u64> {
+        queue::rebuild_claims(&mut *self.tx.borrow_mut())
     }
     fn project_collection(
         &self,
@@ -162,12 +202,9 @@ struct PgProjecting<'t, 'a> {
 }
 
 impl Projecting for PgProjecting<'_, '_> {
-    fn claim_for(&mut self, owner: &str) -> Result<()> {
-        self.batch.claim_for(&mut *self.tx.borrow_mut(), owner)
-    }
-    fn signature(&mut self, doc_id: &str, s: &Signature, timezone: &str) -> Result<()> {
+    fn signature(&mut self, doc_id: &str, id: &str, row: &SignatureRow) -> Result<()> {
         self.batch
-            .signature(&mut *self.tx.borrow_mut(), doc_id, s, timezone)
+            .signature(&mut *self.tx.borrow_mut(), doc_id, id, row)
     }
     fn checkin(&mut self, doc_id: &str, c: &Checkin) -> Result<()> {
         self.batch.checkin(&mut *self.tx.borrow_mut(), doc_id, c)

@@ -52,11 +52,21 @@ pub(crate) fn device_revoked(conn: &mut impl GenericClient, device_id: &str) -> 
     Ok(())
 }
 
+/// Announces, when the transaction commits, that `campaign`'s projection changed.
+pub(crate) fn campaign_projected(conn: &mut impl GenericClient, campaign: &str) -> Result<()> {
+    conn.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&CHANNEL, &format!("p:{campaign}")],
+    )?;
+    Ok(())
+}
+
 /// What a notification's payload says.
 fn parse(payload: &str) -> Option<Change> {
     match payload.split_once(':')? {
         ("d", id) => Some(Change::Document(id.to_string())),
         ("r", id) => Some(Change::Revoked(id.to_string())),
+        ("p", campaign) => Some(Change::Projected(campaign.to_string())),
         _ => None,
     }
 }
@@ -172,6 +182,7 @@ mod tests {
     fn payloads_read_as_changes() {
         assert_eq!(parse("d:abc"), Some(Change::Document("abc".into())));
         assert_eq!(parse("r:dev-1"), Some(Change::Revoked("dev-1".into())));
+        assert_eq!(parse("p:c1"), Some(Change::Projected("c1".into())));
         assert_eq!(parse("x:abc"), None);
         assert_eq!(parse("nothing"), None);
     }

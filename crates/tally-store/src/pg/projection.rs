@@ -16,7 +16,7 @@ use tally_core::cells::{
     CheckinRow, Contribution, Dim, SignatureRow, checkin_cells, signature_cells, totals_of_cells,
 };
 use tally_core::city::city_key;
-use tally_core::collection::{CHECKINS, Checkin, Collection, SIGNATURES, Signature};
+use tally_core::collection::{Checkin, Collection};
 use tally_core::review::{Review, Sheet, Strike};
 use tally_core::totals::{CheckinCell, PaperCell, Totals};
 
@@ -79,16 +79,6 @@ pub(crate) fn lineage_of(conn: &mut impl GenericClient, device_id: &str) -> Resu
             &[&device_id],
         )?
         .get(0))
-}
-
-fn lineage_of_doc(conn: &mut impl GenericClient, doc_id: &str) -> Result<Option<String>> {
-    Ok(conn
-        .query_opt(
-            "SELECT COALESCE(NULLIF(v.lineage, ''), d.owner) FROM documents d
-             LEFT JOIN devices v ON v.device_id = d.owner WHERE d.doc_id = $1",
-            &[&doc_id],
-        )?
-        .and_then(|r| r.get(0)))
 }
 
 const SIG_COLUMNS: &str =
@@ -240,7 +230,6 @@ fn token_id(conn: &mut impl GenericClient, campaign: &str, token: &str) -> Resul
 pub(crate) struct PgBatch {
     campaign: String,
     locked: bool,
-    lineage: Option<String>,
     cells: HashMap<(Dim, String), i64>,
     members: HashMap<(Dim, String, String), i64>,
     facts: HashMap<String, Option<(SignatureRow, bool)>>,
@@ -251,7 +240,6 @@ impl PgBatch {
         PgBatch {
             campaign: campaign.to_string(),
             locked: false,
-            lineage: None,
             cells: HashMap::new(),
             members: HashMap::new(),
             facts: HashMap::new(),
@@ -270,11 +258,6 @@ impl PgBatch {
         Ok(())
     }
 
-    pub(crate) fn claim_for(&mut self, conn: &mut impl GenericClient, owner: &str) -> Result<()> {
-        self.lineage = Some(lineage_of(conn, owner)?);
-        Ok(())
-    }
-
     fn add(&mut self, contributions: Vec<Contribution>, sign: i64) {
         for Contribution { dim, key, token } in contributions {
             if let Some(t) = token {
@@ -284,49 +267,24 @@ impl PgBatch {
         }
     }
 
-    fn check_claim(
-        &self,
-        conn: &mut impl GenericClient,
-        container: &'static str,
-        id: &str,
-        docs: &[String],
-    ) -> Result<()> {
-        let Some(mine) = &self.lineage else {
-            return Ok(());
-        };
-        for doc in docs {
-            if lineage_of_doc(conn, doc)?.as_ref() != Some(mine) {
-                return Err(StoreError::Claimed {
-                    container,
-                    id: id.to_string(),
-                });
-            }
-        }
-        Ok(())
-    }
-
     pub(crate) fn signature(
         &mut self,
         conn: &mut impl GenericClient,
         doc_id: &str,
-        s: &Signature,
-        timezone: &str,
+        id: &str,
+        row: &SignatureRow,
     ) -> Result<()> {
         self.lock(conn)?;
-        let row = SignatureRow::of(s, timezone);
-        let mut copies = sig_copies(conn, &self.campaign, &s.id)?;
+        let mut copies = sig_copies(conn, &self.campaign, id)?;
         let mine = copies.iter().position(|(d, _)| d == doc_id);
         if let Some(i) = mine
-            && copies[i].1 == row
+            && copies[i].1 == *row
         {
             return Ok(());
         }
-        if mine.is_none() {
-            let docs: Vec<String> = copies.iter().map(|(d, _)| d.clone()).collect();
-            self.check_claim(conn, SIGNATURES, &s.id, &docs)?;
-        }
         let before = SignatureRow::merged(copies.iter().map(|(_, r)| r));
-        upsert_signature_row(conn, doc_id, &self.campaign, &s.id, &row)?;
+        upsert_signature_row(conn, doc_id, &self.campaign, id, row)?;
+        let row = row.clone();
         match mine {
             Some(i) => copies[i].1 = row,
             None => copies.push((doc_id.to_string(), row)),
@@ -335,9 +293,9 @@ impl PgBatch {
         if before == after {
             return Ok(());
         }
-        let struck = is_struck(conn, &self.campaign, &s.id)?;
+        let struck = is_struck(conn, &self.campaign, id)?;
         self.facts
-            .insert(s.id.clone(), after.clone().map(|a| (a, struck)));
+            .insert(id.to_string(), after.clone().map(|a| (a, struck)));
         if let Some(b) = before {
             self.add(signature_cells(&b, struck), -1);
         }
@@ -361,10 +319,6 @@ impl PgBatch {
             && copies[i].1 == row
         {
             return Ok(());
-        }
-        if mine.is_none() {
-            let docs: Vec<String> = copies.iter().map(|(d, _)| d.clone()).collect();
-            self.check_claim(conn, CHECKINS, &c.id, &docs)?;
         }
         let before = CheckinRow::merged(copies.iter().map(|(_, r)| r));
         upsert_checkin_row(conn, doc_id, &self.campaign, c)?;
@@ -407,6 +361,8 @@ impl PgBatch {
 
     pub(crate) fn flush(mut self, conn: &mut impl GenericClient) -> Result<()> {
         self.lock(conn)?;
+        // Every server's live streams and totals document hear of it when this commits.
+        super::listen::campaign_projected(conn, &self.campaign)?;
         let campaign = self.campaign.as_str();
         let drift = |dim: Dim, key: &str, what: &str| {
             StoreError::Drift(format!("{campaign}/{}/{key}: {what}", dim.as_str()))
@@ -649,7 +605,8 @@ fn rebuild_facts(conn: &mut impl GenericClient) -> Result<()> {
 
 pub(crate) fn clear_projection_rows(conn: &mut impl GenericClient) -> Result<()> {
     conn.batch_execute(
-        "DELETE FROM signatures; DELETE FROM checkins; DELETE FROM strikes; DELETE FROM sheets;",
+        "DELETE FROM signatures; DELETE FROM checkins; DELETE FROM strikes; DELETE FROM sheets;
+         DELETE FROM record_claims; DELETE FROM projection_queue;",
     )?;
     Ok(())
 }
@@ -847,7 +804,9 @@ pub(crate) fn has_signature(
 ) -> Result<bool> {
     Ok(conn
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM signatures WHERE campaign = $1 AND sig_id = $2)",
+            "SELECT EXISTS (SELECT 1 FROM signatures WHERE campaign = $1 AND sig_id = $2)
+                 OR EXISTS (SELECT 1 FROM record_claims
+                            WHERE campaign = $1 AND container = 'signatures' AND id = $2)",
             &[&campaign, &sig_id],
         )?
         .get(0))

@@ -1,0 +1,209 @@
+//! What the acknowledging write keeps of the projection (issue 18): the claims that make a
+//! record id one phone's, and the queue of acknowledged changes the projector has yet to apply
+//! (`record_claims`, `projection_queue`). The acknowledging write stores the chunk, claims its
+//! records and queues what it does to the projection; the projector takes the oldest queued
+//! changes and projects them in one write of its own ([`crate::Writes::take_projection`]), so
+//! that a change is projected exactly once whatever stops in between.
+//!
+//! The pure parts, shared by both backends, are here too: which queued changes one projector
+//! write takes ([`cut`]).
+
+use rusqlite::{OptionalExtension, params};
+
+use crate::backend::{ProjectionStatus, Queued};
+use crate::{ReadTx, Result, StoreError, WriteTx};
+
+/// At most this many queued changes are read by one projector write.
+pub(crate) const TAKE_AT_MOST: i64 = 512;
+
+/// The queued changes one projector write takes out of `oldest` (in queue order): as many as
+/// fit in `max_records` records, and always the first, however many records it has.
+pub(crate) fn cut(oldest: Vec<Queued>, max_records: u64) -> Vec<Queued> {
+    let mut taken = 0u64;
+    let mut out = Vec::new();
+    for q in oldest {
+        if !out.is_empty() && taken + q.records > max_records {
+            break;
+        }
+        taken += q.records;
+        out.push(q);
+    }
+    out
+}
+
+/// The claim check of one record: `Ok` when the record's id is unclaimed (`held` is `None`)
+/// or claimed by `mine`.
+pub(crate) fn check_claim(
+    held: Option<&str>,
+    mine: &str,
+    container: &'static str,
+    id: &str,
+) -> Result<()> {
+    match held {
+        Some(lineage) if lineage != mine => Err(StoreError::Claimed {
+            container,
+            id: id.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+impl WriteTx<'_> {
+    /// Claims collection records `ids` of `container` for the lineage of `owner`; a record
+    /// another lineage claimed is [`StoreError::Claimed`].
+    pub fn claim_records(
+        &self,
+        campaign: &str,
+        owner: &str,
+        container: &'static str,
+        ids: &[&str],
+    ) -> Result<()> {
+        let mine = self.lineage_of(owner)?;
+        let mut insert = self.tx.prepare_cached(
+            "INSERT INTO record_claims (campaign, container, id, lineage) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT DO NOTHING",
+        )?;
+        let mut held = self.tx.prepare_cached(
+            "SELECT lineage FROM record_claims WHERE campaign = ?1 AND container = ?2 AND id = ?3",
+        )?;
+        for id in ids {
+            if insert.execute(params![campaign, container, id, mine])? == 0 {
+                let lineage: Option<String> = held
+                    .query_row(params![campaign, container, id], |r| r.get(0))
+                    .optional()?;
+                check_claim(lineage.as_deref(), &mine, container, id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues an acknowledged change's projection; its place in the queue.
+    pub fn enqueue_projection(
+        &self,
+        campaign: &str,
+        doc_id: &str,
+        records: u64,
+        payload: &[u8],
+        now: i64,
+    ) -> Result<i64> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO projection_queue (campaign, doc_id, records, at, payload)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                campaign,
+                doc_id,
+                i64::try_from(records).unwrap_or(i64::MAX),
+                now,
+                payload
+            ])?;
+        Ok(self.tx.last_insert_rowid())
+    }
+
+    /// Takes the oldest queued changes out of the queue ([`cut`]); the caller projects them in
+    /// this write.
+    pub fn take_projection(&self, max_records: u64) -> Result<Vec<Queued>> {
+        let oldest: Vec<Queued> = self
+            .tx
+            .prepare_cached(
+                "SELECT id, campaign, doc_id, records, at, payload FROM projection_queue
+                 ORDER BY id LIMIT ?1",
+            )?
+            .query_map([TAKE_AT_MOST], |r| {
+                Ok(Queued {
+                    id: r.get(0)?,
+                    campaign: r.get(1)?,
+                    doc_id: r.get(2)?,
+                    records: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+                    at: r.get(4)?,
+                    payload: r.get(5)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let taken = cut(oldest, max_records);
+        if let (Some(first), Some(last)) = (taken.first(), taken.last()) {
+            // The write holds the file's one writer: the ids in between are exactly these.
+            self.tx
+                .prepare_cached("DELETE FROM projection_queue WHERE id BETWEEN ?1 AND ?2")?
+                .execute([first.id, last.id])?;
+        }
+        Ok(taken)
+    }
+
+    /// Claims every collection record the rows hold, for its document's lineage (reindex).
+    pub fn rebuild_claims(&self) -> Result<u64> {
+        let n = self.tx.execute(
+            "INSERT OR IGNORE INTO record_claims (campaign, container, id, lineage)
+             SELECT s.campaign, 'signatures', s.sig_id, COALESCE(NULLIF(v.lineage, ''), d.owner)
+             FROM signatures s JOIN documents d ON d.doc_id = s.doc_id
+             LEFT JOIN devices v ON v.device_id = d.owner
+             WHERE d.owner IS NOT NULL",
+            [],
+        )? + self.tx.execute(
+            "INSERT OR IGNORE INTO record_claims (campaign, container, id, lineage)
+             SELECT c.campaign, 'checkins', c.ci_id, COALESCE(NULLIF(v.lineage, ''), d.owner)
+             FROM checkins c JOIN documents d ON d.doc_id = c.doc_id
+             LEFT JOIN devices v ON v.device_id = d.owner
+             WHERE d.owner IS NOT NULL",
+            [],
+        )?;
+        Ok(n as u64)
+    }
+}
+
+impl ReadTx<'_> {
+    /// How far the projection is behind what was acknowledged.
+    pub fn projection_status(&self) -> Result<ProjectionStatus> {
+        Ok(self.conn.prepare_cached(
+            "SELECT COUNT(*), COALESCE(SUM(records), 0), MIN(at), MIN(id), MAX(id) FROM projection_queue",
+        )?
+        .query_row([], |r| {
+            Ok(ProjectionStatus {
+                changes: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                records: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                oldest_at: r.get(2)?,
+                first: r.get(3)?,
+                last: r.get(4)?,
+            })
+        })?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(id: i64, records: u64) -> Queued {
+        Queued {
+            id,
+            campaign: "c".into(),
+            doc_id: "d".into(),
+            records,
+            at: 0,
+            payload: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_cut_takes_what_fits_and_always_the_first() {
+        let ids = |v: Vec<Queued>| v.iter().map(|q| q.id).collect::<Vec<_>>();
+        let q = || vec![queued(1, 60), queued(2, 30), queued(3, 20), queued(4, 1)];
+        assert_eq!(ids(cut(q(), 100)), [1, 2]);
+        assert_eq!(ids(cut(q(), 110)), [1, 2, 3]);
+        assert_eq!(
+            ids(cut(q(), 10)),
+            [1],
+            "the first even when larger than the cut"
+        );
+        assert_eq!(ids(cut(Vec::new(), 10)), Vec::<i64>::new());
+    }
+
+    #[test]
+    fn a_claim_is_one_lineages() {
+        assert!(check_claim(None, "a", "signatures", "s1").is_ok());
+        assert!(check_claim(Some("a"), "a", "signatures", "s1").is_ok());
+        let e = check_claim(Some("b"), "a", "signatures", "s1").unwrap_err();
+        assert!(matches!(e, StoreError::Claimed { id, .. } if id == "s1"));
+    }
+}
