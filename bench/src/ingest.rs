@@ -150,6 +150,8 @@ pub fn run(cluster: &Cluster, rt: &Runtime, a: &IngestArgs, figs: &mut Figures) 
     let acked_sigs = (acked * a.per_phone) as f64;
     let rate = (acked > 0).then(|| acked_sigs / last.as_secs_f64().max(1e-9));
 
+    // How long after the last acknowledgement the projector had counted everything.
+    let counted = counted_after(&first.api(), &setup.campaign_id, t0);
     // The totals straight after, from every server: they must be exact.
     let checked: Vec<(bool, String)> = servers
         .iter()
@@ -396,6 +398,26 @@ pub fn run(cluster: &Cluster, rt: &Runtime, a: &IngestArgs, figs: &mut Figures) 
         Cmp::Below,
         10.0,
     );
+    figs.add_target(
+        "query.ingest_lag_p99_ms",
+        "totals during ingest: how far behind the count was (projection.lag_ms), p99",
+        polled.lags.quantile_ms(0.99),
+        "ms",
+        Cmp::Below,
+        1000.0,
+    );
+    figs.add(
+        "query.ingest_lag_max_ms",
+        "totals during ingest: how far behind the count was, max",
+        polled.lags.max_ms(),
+        "ms",
+    );
+    figs.add(
+        "ingest.counted_after_last_ack_s",
+        "ingest: from the last phone acknowledged to every signature counted (nothing left in the projection's queue)",
+        counted.map(|c| c.saturating_sub(last).as_secs_f64()),
+        "s",
+    );
     figs.add(
         "query.ingest_max_ms",
         "totals during ingest: latency max",
@@ -415,6 +437,21 @@ pub fn run(cluster: &Cluster, rt: &Runtime, a: &IngestArgs, figs: &mut Figures) 
         ));
     }
     Ok(setup)
+}
+
+/// When (from `t0`) the projection had counted every acknowledged change: asks `api` with
+/// `wait=false` until nothing is pending, for up to 5 minutes.
+fn counted_after(api: &crate::server::Api, campaign: &str, t0: Instant) -> Option<Duration> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while Instant::now() < deadline {
+        if let Ok((200, v, _)) = api.totals_with(campaign, "wait=false")
+            && v["projection"]["pending_records"].as_u64() == Some(0)
+        {
+            return Some(t0.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
 }
 
 /// Asks `api` for the campaign's totals until they are exact (`signatures` and `unique_signers`

@@ -222,10 +222,11 @@ pub fn local(n: usize) -> Result<Setup> {
 }
 
 /// Organizers polling a campaign's totals, each on its own keep-alive connection: one request,
-/// then a pause of `interval` from the request's start (none if it took longer).
+/// then a pause of `interval` from the request's start (none if it took longer). They ask as
+/// the dashboard would poll, `wait=false`: at once, with how far the count is behind.
 pub struct Pollers {
     stop: Arc<AtomicBool>,
-    handles: Vec<JoinHandle<(Latencies, u64, u64)>>,
+    handles: Vec<JoinHandle<Polled>>,
 }
 
 /// What the organizers saw.
@@ -236,6 +237,8 @@ pub struct Polled {
     pub errors: u64,
     /// Requests answered with 200.
     pub answered: u64,
+    /// The projection's lag each answer reported (`projection.lag_ms`).
+    pub lags: Latencies,
 }
 
 impl Pollers {
@@ -257,17 +260,23 @@ impl Pollers {
                 // Spread the organizers over the first interval.
                 let offset = interval.mul_f64(i as f64 / n.max(1) as f64);
                 std::thread::spawn(move || {
-                    let mut lat = Latencies::new();
-                    let (mut errors, mut answered) = (0, 0);
+                    let mut seen = Polled {
+                        latencies: Latencies::new(),
+                        errors: 0,
+                        answered: 0,
+                        lags: Latencies::new(),
+                    };
                     std::thread::sleep(offset);
                     while !stop.load(Ordering::Relaxed) {
                         let t = Instant::now();
-                        match api.totals(&campaign) {
-                            Ok((200, _, d)) => {
-                                lat.record(d);
-                                answered += 1;
+                        match api.totals_with(&campaign, "wait=false") {
+                            Ok((200, v, d)) => {
+                                seen.latencies.record(d);
+                                let lag = v["projection"]["lag_ms"].as_u64().unwrap_or(0);
+                                seen.lags.record(Duration::from_millis(lag));
+                                seen.answered += 1;
                             }
-                            _ => errors += 1,
+                            _ => seen.errors += 1,
                         }
                         let next = t + interval;
                         while !stop.load(Ordering::Relaxed) && Instant::now() < next {
@@ -276,7 +285,7 @@ impl Pollers {
                             );
                         }
                     }
-                    (lat, errors, answered)
+                    seen
                 })
             })
             .collect();
@@ -290,12 +299,14 @@ impl Pollers {
             latencies: Latencies::new(),
             errors: 0,
             answered: 0,
+            lags: Latencies::new(),
         };
         for h in self.handles {
-            if let Ok((lat, errors, answered)) = h.join() {
-                out.latencies.merge(&lat);
-                out.errors += errors;
-                out.answered += answered;
+            if let Ok(seen) = h.join() {
+                out.latencies.merge(&seen.latencies);
+                out.lags.merge(&seen.lags);
+                out.errors += seen.errors;
+                out.answered += seen.answered;
             }
         }
         out

@@ -127,10 +127,17 @@ impl Api {
 
     /// The campaign's totals: the status, the body, and how long the answer took.
     pub fn totals(&self, campaign: &str) -> Result<(u16, Value, Duration)> {
+        self.totals_with(campaign, "")
+    }
+
+    /// The campaign's totals for the query `query` (`wait=false`, `city=Toronto`, ...; empty
+    /// for none).
+    pub fn totals_with(&self, campaign: &str, query: &str) -> Result<(u16, Value, Duration)> {
         let t = Instant::now();
+        let sep = if query.is_empty() { "" } else { "?" };
         let (s, v) = self.call(
             "GET",
-            &format!("/api/v1/campaigns/{campaign}/totals"),
+            &format!("/api/v1/campaigns/{campaign}/totals{sep}{query}"),
             None::<&()>,
         )?;
         Ok((s, v, t.elapsed()))

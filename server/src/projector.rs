@@ -126,7 +126,8 @@ pub fn drain(hub: &Hub) -> bool {
                 let lag = done
                     .oldest_at
                     .map_or(0, |at| u64::try_from(now_ms() - at).unwrap_or(0));
-                hub.metrics().projected(done.records, Duration::from_millis(lag));
+                hub.metrics()
+                    .projected(done.records, Duration::from_millis(lag));
             }
             Ok(_) => return true,
             Err(e) => {

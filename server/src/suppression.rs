@@ -617,7 +617,11 @@ mod drilling {
                         // One riding and one canvasser per city.
                         s.riding = Some(format!("riding {city}"));
                         s.collected_by = format!("dev-{city}");
-                        b.signature("docA", &s.id, &tally_core::cells::SignatureRow::of(&s, "UTC"))?;
+                        b.signature(
+                            "docA",
+                            &s.id,
+                            &tally_core::cells::SignatureRow::of(&s, "UTC"),
+                        )?;
                     }
                 }
                 b.flush()

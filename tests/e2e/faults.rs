@@ -1,7 +1,9 @@
 //! Fault schedules (see `tally_tests::faults`): a real server, three phone processes behind a
 //! proxy, random kills, cut links, duplicated frames, a full disk and a read-only database;
 //! after each schedule heals, every committed signature is on the server exactly once and no
-//! acknowledged one went missing.
+//! acknowledged one went missing. Each schedule's server counts acknowledged changes at once,
+//! 200 ms or 2 s later (`projection_delay_ms`, drawn from the seed), so that server kills land
+//! between the commit of a change and its projection; the report says how many did.
 //!
 //! `cargo test` plays a handful of schedules. The long mode plays as many as asked:
 //!
@@ -214,12 +216,14 @@ fn fault_schedules_lose_nothing_and_count_once() {
             panic!("fault schedule failed; replay with TALLY_FAULT_SEED={seed} TALLY_FAULT_SCHEDULES=1\n{e}")
         });
         println!(
-            "seed {seed}: {} steps, {} signatures, syncs {} ok / {} failed, kills: server {} phone {}, cuts {}, frames twice {}, disk full {}, read-only {} (refused start {}), durability checks {}, {:.1?}",
+            "seed {seed}: {} steps, {} signatures, syncs {} ok / {} failed, kills: server {} ({} with changes queued for the projection, projection_delay_ms {}) phone {}, cuts {}, frames twice {}, disk full {}, read-only {} (refused start {}), durability checks {}, {:.1?}",
             r.steps,
             r.signatures,
             r.syncs_ok,
             r.syncs_failed,
             r.server_kills,
+            r.kills_with_queued,
+            r.projection_delay_ms,
             r.phone_kills,
             r.cuts,
             r.duplicated,
@@ -232,6 +236,7 @@ fn fault_schedules_lose_nothing_and_count_once() {
         totals.signatures += r.signatures;
         totals.syncs_failed += r.syncs_failed;
         totals.server_kills += r.server_kills;
+        totals.kills_with_queued += r.kills_with_queued;
         totals.phone_kills += r.phone_kills;
         totals.cuts += r.cuts;
         totals.duplicated += r.duplicated;
@@ -241,10 +246,11 @@ fn fault_schedules_lose_nothing_and_count_once() {
         totals.elapsed += r.elapsed;
     }
     println!(
-        "{count} schedules passed: {} signatures, {} failed syncs, {} server kills, {} phone kills, {} cuts, {} frames twice, {} disk full, {} read-only, {} durability checks, {:.1?}",
+        "{count} schedules passed: {} signatures, {} failed syncs, {} server kills ({} between a commit and its projection), {} phone kills, {} cuts, {} frames twice, {} disk full, {} read-only, {} durability checks, {:.1?}",
         totals.signatures,
         totals.syncs_failed,
         totals.server_kills,
+        totals.kills_with_queued,
         totals.phone_kills,
         totals.cuts,
         totals.duplicated,

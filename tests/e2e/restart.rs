@@ -158,3 +158,93 @@ async fn sigkill_mid_stream_loses_nothing_acknowledged() {
         server.log_text()
     );
 }
+
+/// Issue 18: the server is SIGKILLed between the commit of a phone's changes and their
+/// projection (`projection_delay_ms` holds the projector back a minute). The phone heard
+/// "acknowledged"; the totals say what they do not count yet (`wait=false` at once, the
+/// default `wait` after its 5 s); after the restart every signature is counted exactly once.
+/// A graceful stop, on the other hand, counts what is queued before it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_between_the_commit_and_the_projection_counts_everything_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = [("TALLY_PROJECTION_DELAY_MS", "60000")];
+    let mut server = ServerProcess::start_with_env(dir.path(), &held);
+    let c = server.campaign();
+    let (device, token) = server.enroll(&c.id, "canvasser");
+    let id = new_id();
+    let mut doc = collection::create(&c.id, &device).unwrap();
+    let people = ["Amara Okafor", "Li Wei", "Sam Tesfaye", "Amara Okafor"];
+    for (n, name) in people.iter().enumerate() {
+        let sig = c
+            .world
+            .signature(&device, &format!("q{n}"), name, "M5V 2T6", "Toronto");
+        collection::add_signature(&mut doc, &sig, &c.world.campaign).unwrap();
+    }
+    let mut peer = Peer::connect(&server.ws(), &token).await.unwrap();
+    peer.push(id, doc.fork()).await.unwrap();
+    peer.until_acknowledged(&[id], Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(peer.acknowledged(&id));
+    drop(peer);
+
+    let api = tally_tests::server::api(&server.base(), Some(&server.admin()));
+    let (s, now, _) = api.totals_with(&c.id, "wait=false").unwrap();
+    assert_eq!(s, 200, "{now}");
+    assert_eq!(
+        now["signatures"], 0,
+        "counted before the projector ran: {now}"
+    );
+    assert_eq!(now["projection"]["pending_records"], 4, "{now}");
+    let (s, waited, took) = api.totals(&c.id).unwrap();
+    assert_eq!(s, 200, "{waited}");
+    assert!(
+        took >= Duration::from_secs(4),
+        "the default answer waits for the count (at most 5 s), took {took:?}"
+    );
+    assert_eq!(waited["projection"]["pending_records"], 4, "{waited}");
+    let queued = |db: &std::path::Path| -> i64 {
+        rusqlite::Connection::open(db)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM projection_queue", [], |r| r.get(0))
+            .unwrap()
+    };
+    let db = dir.path().join(tally_server::DB_FILE);
+    assert_eq!(queued(&db), 1, "one change queued");
+
+    server.kill();
+    assert_eq!(queued(&db), 1, "still queued after the kill");
+    server.set_env(&[]);
+    server.restart();
+    let t = server.totals(&c.id);
+    assert_eq!(t["signatures"], 4, "{t}");
+    assert_eq!(t["unique_signers"], 3, "{t}");
+    assert_eq!(t["projection"]["pending_records"], 0, "{t}");
+    assert_eq!(queued(&db), 0);
+
+    // Queued, then a graceful stop: counted before the server ends.
+    server.set_env(&held);
+    server.restart();
+    let mut peer = Peer::connect(&server.ws(), &token).await.unwrap();
+    let sig = c
+        .world
+        .signature(&device, "q9", "Noor Haddad", "M5V 2T6", "Toronto");
+    collection::add_signature(&mut doc, &sig, &c.world.campaign).unwrap();
+    peer.push(id, doc.fork()).await.unwrap();
+    peer.until_acknowledged(&[id], Duration::from_secs(30))
+        .await
+        .unwrap();
+    drop(peer);
+    assert_eq!(queued(&db), 1);
+    assert!(
+        server.terminate(),
+        "graceful shutdown failed:\n{}",
+        server.log_text()
+    );
+    assert_eq!(queued(&db), 0, "a graceful stop counts what is queued");
+    server.set_env(&[]);
+    server.restart();
+    let (_, t, _) = api.totals_with(&c.id, "wait=false").unwrap();
+    assert_eq!(t["signatures"], 5, "{t}");
+    assert_eq!(t["projection"]["pending_records"], 0, "{t}");
+}

@@ -127,6 +127,11 @@ pub struct Report {
     pub syncs_failed_read_only: usize,
     /// Server SIGKILLs.
     pub server_kills: usize,
+    /// Server SIGKILLs that left acknowledged changes queued for the projection (between
+    /// the commit and the projector).
+    pub kills_with_queued: usize,
+    /// The server's `projection_delay_ms` in this schedule (drawn from the seed).
+    pub projection_delay_ms: u64,
     /// Phone SIGKILLs.
     pub phone_kills: usize,
     /// Links cut by the proxy.
@@ -376,6 +381,14 @@ impl Handset {
     }
 }
 
+/// Changes in the projection's queue of the database at `db` (0 when it cannot be read, e.g.
+/// a read-only folder).
+fn queued_for_projection(db: &Path) -> i64 {
+    rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .and_then(|c| c.query_row("SELECT COUNT(*) FROM projection_queue", [], |r| r.get(0)))
+        .unwrap_or(0)
+}
+
 /// Fields drop in order: the server is killed before its folder's mounts go.
 struct Rig {
     server: ServerProcess,
@@ -387,6 +400,8 @@ struct Rig {
     rng: StdRng,
     report: Report,
     log: Vec<String>,
+    /// `TALLY_PROJECTION_DELAY_MS` for every start.
+    delay: String,
     /// The data folder's own small filesystem, when this machine allows one (else a full disk
     /// is a database capped at its size).
     disk: Option<SmallDisk>,
@@ -496,9 +511,14 @@ impl Rig {
             Mode::Full if self.disk.is_none() => {
                 // No slack in the file either: SQLite would first fill its free pages.
                 vacuum(&self.server.data.join("tally.db"))?;
-                self.server.set_env(&[("TALLY_MAX_DATABASE_KIB", "1")])
+                self.server.set_env(&[
+                    ("TALLY_MAX_DATABASE_KIB", "1"),
+                    ("TALLY_PROJECTION_DELAY_MS", &self.delay),
+                ])
             }
-            _ => self.server.set_env(&[]),
+            _ => self
+                .server
+                .set_env(&[("TALLY_PROJECTION_DELAY_MS", &self.delay)]),
         }
         if mode == Mode::ReadOnly {
             self.read_only = Some(ReadOnlyFolder::apply(&self.server.data)?);
@@ -556,6 +576,9 @@ impl Rig {
         }
         self.server.kill();
         self.report.server_kills += 1;
+        if queued_for_projection(&self.server.data.join("tally.db")) > 0 {
+            self.report.kills_with_queued += 1;
+        }
         if let Some(mut c) = child {
             let _ = c.kill();
             let _ = c.wait();
@@ -661,7 +684,13 @@ pub fn run_steps(
     } else {
         None
     };
-    let server = ServerProcess::start(&root.join("server"));
+    // A projector that counts at once, a little later, or seconds later: server kills land
+    // between a commit and its projection.
+    let delay = [0u64, 200, 2_000][(seed % 3) as usize];
+    let server = ServerProcess::start_with_env(
+        &root.join("server"),
+        &[("TALLY_PROJECTION_DELAY_MS", &delay.to_string())],
+    );
     let org = Organizer::new(&root.join("organizer"), &server.base(), &server.data);
     let recipient = org.keygen("organizer.age");
     let campaign = org.create_campaign("Status for All", &recipient);
@@ -688,9 +717,11 @@ pub fn run_steps(
         rng: StdRng::seed_from_u64(seed ^ 0x5eed),
         report: Report {
             seed,
+            projection_delay_ms: delay,
             ..Report::default()
         },
         log: Vec::new(),
+        delay: delay.to_string(),
     };
     rig.report.steps = steps.len();
     let outcome = play_and_check(&mut rig, steps);

@@ -512,6 +512,31 @@ describe('the organizers dashboard in a real browser', { concurrency: false }, (
     await shot(page, '11-quarantine');
   });
 
+  it('says how many synced records are not counted yet, and drops the note once they are', async () => {
+    // The projector held back a minute: the phone hears "acknowledged", the totals do not
+    // count its record yet, and the page says so.
+    await server.stop();
+    await server.start({ TALLY_REFUSE_RECORDS: bosRefused, TALLY_PROJECTION_DELAY_MS: '60000' });
+    const [, before] = await server.api('GET', `/api/v1/campaigns/${campaign}/totals?wait=false`, server.adminToken);
+    await sign(bo, 'Counted Later', 'M5V 4B1', 'Toronto');
+    await bo.ok(['sync']);
+    const [, pending] = await server.api('GET', `/api/v1/campaigns/${campaign}/totals?wait=false`, server.adminToken);
+    assert.equal(pending.projection.pending_records, 1);
+    assert.equal(pending.signatures, before.signatures, 'not counted yet');
+    await nav(page, 'totals');
+    const note = page.locator('#projection-lag');
+    await note.waitFor();
+    assert.match(await note.textContent(), /Not counted yet: 1 · synced in the last \d+\.\d s/);
+    await shot(page, '11b-still-counting');
+    // A clean stop counts what is queued; the page reconnects to counted totals.
+    await server.stop();
+    await server.start({ TALLY_REFUSE_RECORDS: bosRefused });
+    await note.waitFor({ state: 'detached', timeout: 15_000 });
+    const [, counted] = await server.api('GET', `/api/v1/campaigns/${campaign}/totals?wait=false`, server.adminToken);
+    assert.equal(counted.projection.pending_records, 0);
+    assert.equal(counted.signatures, before.signatures + 1);
+  });
+
   it("exports in the browser with the identity file: the CSV equals `tally export`'s, and the identity is never sent", async () => {
     const secret = readFileSync(identityFile, 'utf8').split('\n').find((l) => l.startsWith('AGE-SECRET-KEY-'));
     assert.ok(secret);

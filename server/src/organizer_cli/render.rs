@@ -385,7 +385,7 @@ pub fn totals(t: &TotalsResponse, title: Option<&str>, names: &Names) -> String 
     let lag = &t.projection;
     if lag.pending_records > 0 {
         out.push_str(&format!(
-            "\nNot counted yet: {} records acknowledged in the last {:.1} s are still being counted; run the command again for them.\n",
+            "\nNot counted yet: {} (acknowledged in the last {:.1} s); run the command again to see them counted.\n",
             lag.pending_records,
             lag.lag_ms as f64 / 1000.0
         ));
@@ -446,7 +446,9 @@ mod tests {
         assert!(text.contains("BY RIDING: none"), "{text}");
         assert!(text.contains("cells were hidden\n"), "{text}");
         assert!(
-            text.ends_with("Not counted yet: 120 records acknowledged in the last 1.5 s are still being counted; run the command again for them.\n"),
+            text.ends_with(
+                "Not counted yet: 120 (acknowledged in the last 1.5 s); run the command again to see them counted.\n"
+            ),
             "{text}"
         );
         let counted = TotalsResponse {

@@ -145,6 +145,14 @@ export interface Totals {
   paper: PaperTotals;
   filters: Filters;
   suppression: Suppression;
+  /** How far the answer is behind what the server acknowledged (absent from older servers). */
+  projection?: ProjectionLag;
+}
+
+/** Records acknowledged and not counted yet, and how long the oldest has waited. */
+export interface ProjectionLag {
+  pending_records: number;
+  lag_ms: number;
 }
 
 /** `erased` is written by the erase endpoint only, and is final. */

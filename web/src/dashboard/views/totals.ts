@@ -4,7 +4,7 @@
 
 import { get, seg } from '../api';
 import { field, h, replace, select } from '../dom';
-import { t } from '../i18n';
+import { fmtNumber, t } from '../i18n';
 import { LiveTotals, type LiveState } from '../live';
 import type { View } from '../main';
 import { nextDay, zonedToUtc } from '../tz';
@@ -119,6 +119,13 @@ export const totalsView: View = {
         headline(tot),
         goalBar(tot, c, 'goal-bar'),
         tot.suppression.note ? h('p', { class: 'note', id: 'suppression-note' }, t('suppression_note', { th: tot.suppression.threshold })) : null,
+        (tot.projection?.pending_records ?? 0) > 0
+          ? h(
+              'p',
+              { class: 'note', id: 'projection-lag' },
+              t('not_counted_yet', { n: fmtNumber(tot.projection?.pending_records ?? 0), secs: ((tot.projection?.lag_ms ?? 0) / 1000).toFixed(1) }),
+            )
+          : null,
         dayChart(tot),
         h(
           'div',
