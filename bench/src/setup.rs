@@ -251,6 +251,12 @@ impl Pollers {
         interval: Duration,
     ) -> Pollers {
         let stop = Arc::new(AtomicBool::new(false));
+        // A server from before `wait` (an A/B run against an older binary) refuses it: ask
+        // as its dashboard did.
+        let query = match bases.first().map(|b| Api::new(b, Some(token))) {
+            Some(api) if matches!(api.totals_with(campaign, "wait=false"), Ok((400, _, _))) => "",
+            _ => "wait=false",
+        };
         let handles = (0..n)
             .filter(|_| !bases.is_empty())
             .map(|i| {
@@ -269,7 +275,7 @@ impl Pollers {
                     std::thread::sleep(offset);
                     while !stop.load(Ordering::Relaxed) {
                         let t = Instant::now();
-                        match api.totals_with(&campaign, "wait=false") {
+                        match api.totals_with(&campaign, query) {
                             Ok((200, v, d)) => {
                                 seen.latencies.record(d);
                                 let lag = v["projection"]["lag_ms"].as_u64().unwrap_or(0);

@@ -16,17 +16,18 @@ use crate::{ReadTx, Result, StoreError, WriteTx};
 /// At most this many queued changes are read by one projector write.
 pub(crate) const TAKE_AT_MOST: i64 = 512;
 
-/// The queued changes one projector write takes out of `oldest` (in queue order): as many as
-/// fit in `max_records` records, and always the first, however many records it has.
-pub(crate) fn cut(oldest: Vec<Queued>, max_records: u64) -> Vec<Queued> {
+/// The queued changes one projector write takes out of `oldest` (their ids and records, in
+/// queue order): as many as fit in `max_records` records, and always the first, however many
+/// records it has. Their ids.
+pub(crate) fn cut(oldest: &[(i64, u64)], max_records: u64) -> Vec<i64> {
     let mut taken = 0u64;
     let mut out = Vec::new();
-    for q in oldest {
-        if !out.is_empty() && taken + q.records > max_records {
+    for &(id, records) in oldest {
+        if !out.is_empty() && taken + records > max_records {
             break;
         }
-        taken += q.records;
-        out.push(q);
+        taken += records;
+        out.push(id);
     }
     out
 }
@@ -46,6 +47,24 @@ pub(crate) fn check_claim(
         }),
         _ => Ok(()),
     }
+}
+
+/// `rows` in queue order.
+pub(crate) fn in_order(mut rows: Vec<Queued>) -> Vec<Queued> {
+    rows.sort_by_key(|q| q.id);
+    rows
+}
+
+/// A queue row (id, campaign, doc_id, records, at, payload).
+fn queued(r: &rusqlite::Row<'_>) -> rusqlite::Result<Queued> {
+    Ok(Queued {
+        id: r.get(0)?,
+        campaign: r.get(1)?,
+        doc_id: r.get(2)?,
+        records: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+        at: r.get(4)?,
+        payload: r.get(5)?,
+    })
 }
 
 impl WriteTx<'_> {
@@ -104,31 +123,28 @@ impl WriteTx<'_> {
     /// Takes the oldest queued changes out of the queue ([`cut`]); the caller projects them in
     /// this write.
     pub fn take_projection(&self, max_records: u64) -> Result<Vec<Queued>> {
-        let oldest: Vec<Queued> = self
+        // The sizes first: only the payloads taken are read.
+        let oldest: Vec<(i64, u64)> = self
             .tx
-            .prepare_cached(
-                "SELECT id, campaign, doc_id, records, at, payload FROM projection_queue
-                 ORDER BY id LIMIT ?1",
-            )?
+            .prepare_cached("SELECT id, records FROM projection_queue ORDER BY id LIMIT ?1")?
             .query_map([TAKE_AT_MOST], |r| {
-                Ok(Queued {
-                    id: r.get(0)?,
-                    campaign: r.get(1)?,
-                    doc_id: r.get(2)?,
-                    records: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
-                    at: r.get(4)?,
-                    payload: r.get(5)?,
-                })
+                Ok((r.get(0)?, u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0)))
             })?
             .collect::<rusqlite::Result<_>>()?;
-        let taken = cut(oldest, max_records);
-        if let (Some(first), Some(last)) = (taken.first(), taken.last()) {
-            // The write holds the file's one writer: the ids in between are exactly these.
-            self.tx
-                .prepare_cached("DELETE FROM projection_queue WHERE id BETWEEN ?1 AND ?2")?
-                .execute([first.id, last.id])?;
-        }
-        Ok(taken)
+        let ids = cut(&oldest, max_records);
+        let (Some(first), Some(last)) = (ids.first(), ids.last()) else {
+            return Ok(Vec::new());
+        };
+        // The write holds the file's one writer: the ids in between are exactly these.
+        let taken = self
+            .tx
+            .prepare_cached(
+                "DELETE FROM projection_queue WHERE id BETWEEN ?1 AND ?2
+                 RETURNING id, campaign, doc_id, records, at, payload",
+            )?
+            .query_map([first, last], queued)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(in_order(taken))
     }
 
     /// Claims every collection record the rows hold, for its document's lineage (reindex).
@@ -174,29 +190,13 @@ impl ReadTx<'_> {
 mod tests {
     use super::*;
 
-    fn queued(id: i64, records: u64) -> Queued {
-        Queued {
-            id,
-            campaign: "c".into(),
-            doc_id: "d".into(),
-            records,
-            at: 0,
-            payload: Vec::new(),
-        }
-    }
-
     #[test]
     fn a_cut_takes_what_fits_and_always_the_first() {
-        let ids = |v: Vec<Queued>| v.iter().map(|q| q.id).collect::<Vec<_>>();
-        let q = || vec![queued(1, 60), queued(2, 30), queued(3, 20), queued(4, 1)];
-        assert_eq!(ids(cut(q(), 100)), [1, 2]);
-        assert_eq!(ids(cut(q(), 110)), [1, 2, 3]);
-        assert_eq!(
-            ids(cut(q(), 10)),
-            [1],
-            "the first even when larger than the cut"
-        );
-        assert_eq!(ids(cut(Vec::new(), 10)), Vec::<i64>::new());
+        let q = [(1, 60), (2, 30), (3, 20), (4, 1)];
+        assert_eq!(cut(&q, 100), [1, 2]);
+        assert_eq!(cut(&q, 110), [1, 2, 3]);
+        assert_eq!(cut(&q, 10), [1], "the first even when larger than the cut");
+        assert_eq!(cut(&[], 10), Vec::<i64>::new());
     }
 
     #[test]

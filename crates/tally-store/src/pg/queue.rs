@@ -9,7 +9,7 @@
 use postgres::GenericClient;
 
 use crate::backend::{ProjectionStatus, Queued};
-use crate::queue::{TAKE_AT_MOST, check_claim, cut};
+use crate::queue::{TAKE_AT_MOST, check_claim, cut, in_order};
 use crate::{Result, StoreError};
 
 use super::projection::lineage_of;
@@ -74,11 +74,21 @@ pub(crate) fn take_projection(
     if !got {
         return Ok(None);
     }
-    let oldest: Vec<Queued> = conn
+    // The sizes first: only the payloads taken are read.
+    let oldest: Vec<(i64, u64)> = conn
         .query(
-            "SELECT id, campaign, doc_id, records, at, payload FROM projection_queue
-             ORDER BY id LIMIT $1",
+            "SELECT id, records FROM projection_queue ORDER BY id LIMIT $1",
             &[&TAKE_AT_MOST],
+        )?
+        .iter()
+        .map(|r| (r.get(0), u64::try_from(r.get::<_, i64>(1)).unwrap_or(0)))
+        .collect();
+    let ids = cut(&oldest, max_records);
+    let taken: Vec<Queued> = conn
+        .query(
+            "DELETE FROM projection_queue WHERE id = ANY($1)
+             RETURNING id, campaign, doc_id, records, at, payload",
+            &[&ids],
         )?
         .iter()
         .map(|r| Queued {
@@ -90,17 +100,15 @@ pub(crate) fn take_projection(
             payload: r.get(5),
         })
         .collect();
-    let taken = cut(oldest, max_records);
-    let ids: Vec<i64> = taken.iter().map(|q| q.id).collect();
-    let deleted = conn.execute("DELETE FROM projection_queue WHERE id = ANY($1)", &[&ids])?;
-    if deleted != ids.len() as u64 {
+    if taken.len() != ids.len() {
         // Only a reindex deletes queued changes, and it holds the projector's lock.
         return Err(StoreError::Conflict(format!(
             "{} of the {} queued changes taken were gone; projecting them again",
-            ids.len() as u64 - deleted,
+            ids.len() - taken.len(),
             ids.len()
         )));
     }
+    let taken = in_order(taken);
     Ok(Some(taken))
 }
 
