@@ -1,7 +1,8 @@
 //! The document hub: the server's documents in memory, loaded on first use from SQLite and
 //! unloaded when idle, and the one path every write takes: apply the incoming changes to a fork,
-//! validate the fork against the document before, then store the new changes and update the
-//! totals projection in one SQLite transaction, and only then replace the document in memory and
+//! validate the fork against the document before, then store the new changes, claim their
+//! records and queue them for the totals projection in one transaction (the projector,
+//! `crate::projector`, counts them after), and only then replace the document in memory and
 //! tell the connections that follow it. Rejected changes go to the quarantine.
 //!
 //! What to do (fork, apply, judge, what to store, whether anything changed) is decided by the

@@ -172,7 +172,7 @@ impl Metrics {
         );
         registry.register(
             "commit_seconds",
-            "One accepted message's write transaction (chunk, projection, fsync)",
+            "One accepted message's write transaction (chunk, claims, queued projection, fsync)",
             m.commit.clone(),
         );
         registry.register(

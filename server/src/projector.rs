@@ -57,14 +57,14 @@ impl Signal {
         self.cv.notify_all();
     }
 
-    /// Waits until woken or `timeout` passes; whether it was woken.
-    fn wait(&self, timeout: Duration) -> bool {
+    /// Waits until woken or `timeout` passes.
+    fn wait(&self, timeout: Duration) {
         let woken = self.woken.lock().unwrap_or_else(PoisonError::into_inner);
         let (mut woken, _) = self
             .cv
             .wait_timeout_while(woken, timeout, |w| !*w)
             .unwrap_or_else(PoisonError::into_inner);
-        std::mem::replace(&mut *woken, false)
+        *woken = false;
     }
 }
 
@@ -104,10 +104,15 @@ pub fn start(hub: Arc<Hub>, delay: Duration) -> std::io::Result<Running> {
             .spawn(move || {
                 // Whether the last drain found a wave's worth of changes.
                 let mut busy = false;
+                // What a crash left queued is counted at once.
+                let mut first = true;
                 loop {
                     let stopping = stop.load(Ordering::SeqCst);
-                    if !stopping && signal.wait(LOOK) {
-                        // Gather more changes into the batch; a stop cuts the wait short.
+                    if !stopping && !std::mem::take(&mut first) {
+                        // Woken, or the periodic look: either way, gather more changes into
+                        // the batch first (a change queued just before a look is held back as
+                        // long as one that woke it); a stop cuts the wait short.
+                        signal.wait(LOOK);
                         let gather = if busy { delay.max(UNDER_LOAD) } else { delay };
                         let until = Instant::now() + gather;
                         while !stop.load(Ordering::SeqCst) && Instant::now() < until {

@@ -1,6 +1,7 @@
 //! The totals projection's tables: rows of signatures, check-ins, strikes and paper sheets, and
-//! aggregate cells beside them, kept current inside the same write transaction that stores each
-//! accepted change ([`Batch`], from [`WriteTx::projection_batch`]). The cells a record counts in
+//! aggregate cells beside them, kept current by the projector's writes, each of which counts a
+//! batch of queued acknowledged changes (`crate::queue`) and takes them out of the queue
+//! ([`Batch`], from [`WriteTx::projection_batch`]). The cells a record counts in
 //! are `tally_core::cells`' pure mapping, which equals the reference `tally_core::totals`.
 //!
 //! Two ways to answer totals: [`ReadTx::totals`] reads the aggregate cells (a few hundred rows
@@ -235,9 +236,10 @@ fn token_id(conn: &Connection, campaign: &str, token: &str) -> Result<i64> {
 
 /// The aggregate changes of one campaign's records, gathered while their rows are written and
 /// netted before they touch the aggregate tables: each cell is written once per batch, and a
-/// record whose correction leaves a cell unchanged costs that cell nothing. The hub makes one
-/// batch per accepted change; nothing is written to the cells before [`Batch::flush`], and
-/// everything (rows and cells) commits or rolls back with the write it belongs to.
+/// record whose correction leaves a cell unchanged costs that cell nothing. The projector makes
+/// one batch per campaign of each of its writes (many acknowledged changes); nothing is written
+/// to the cells before [`Batch::flush`], and everything (rows and cells) commits or rolls back
+/// with the write it belongs to.
 pub struct Batch<'a> {
     conn: &'a Connection,
     campaign: String,
