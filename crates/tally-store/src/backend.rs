@@ -233,7 +233,7 @@ pub trait Writes: Reads {
     fn clear_projection_rows(&self) -> Result<()>;
     /// Claims every collection record the rows hold for its document's lineage (reindex,
     /// after the rows).
-    fn rebuild_claims(&self) -> Result<u64>;
+    fn rebuild_claims(&self) -> Result<()>;
     /// Writes the rows of a collection's records (no aggregates); (signatures, check-ins).
     fn project_collection(
         &self,
@@ -620,7 +620,7 @@ impl Writes for WriteTx<'_> {
     fn clear_projection_rows(&self) -> Result<()> {
         WriteTx::clear_projection_rows(self)
     }
-    fn rebuild_claims(&self) -> Result<u64> {
+    fn rebuild_claims(&self) -> Result<()> {
         WriteTx::rebuild_claims(self)
     }
     fn project_collection(

@@ -254,7 +254,8 @@ const MIGRATIONS: &[&str] = &[
     // v2: SQLite's 9, the record facts of filtered totals (issue 18).
     projection::FACTS_SCHEMA,
     // v3: SQLite's 10, the claims and the projection queue (issue 18).
-    r#"
+    concat!(
+        r#"
     CREATE TABLE record_claims (
         campaign  TEXT NOT NULL,
         container TEXT NOT NULL,
@@ -270,17 +271,9 @@ const MIGRATIONS: &[&str] = &[
         at       BIGINT NOT NULL,
         payload  BYTEA NOT NULL
     );
-    INSERT INTO record_claims (campaign, container, id, lineage)
-        SELECT s.campaign, 'signatures', s.sig_id, MIN(COALESCE(NULLIF(v.lineage, ''), d.owner))
-        FROM signatures s JOIN documents d ON d.doc_id = s.doc_id
-        LEFT JOIN devices v ON v.device_id = d.owner
-        WHERE d.owner IS NOT NULL GROUP BY s.campaign, s.sig_id;
-    INSERT INTO record_claims (campaign, container, id, lineage)
-        SELECT c.campaign, 'checkins', c.ci_id, MIN(COALESCE(NULLIF(v.lineage, ''), d.owner))
-        FROM checkins c JOIN documents d ON d.doc_id = c.doc_id
-        LEFT JOIN devices v ON v.device_id = d.owner
-        WHERE d.owner IS NOT NULL GROUP BY c.campaign, c.ci_id;
     "#,
+        queue::claim_rows!()
+    ),
 ];
 
 /// The PostgreSQL schema version this build writes and reads.

@@ -13,6 +13,24 @@ use rusqlite::{OptionalExtension, params};
 use crate::backend::{ProjectionStatus, Queued};
 use crate::{ReadTx, Result, StoreError, WriteTx};
 
+/// Claims, for every collection record the rows hold, its document's owner's lineage: what
+/// schema 10 does to an existing file, and [`WriteTx::rebuild_claims`] after a reindex.
+macro_rules! claim_rows {
+    () => {
+        "INSERT OR IGNORE INTO record_claims (campaign, container, id, lineage)
+             SELECT s.campaign, 'signatures', s.sig_id, COALESCE(NULLIF(v.lineage, ''), d.owner)
+             FROM signatures s JOIN documents d ON d.doc_id = s.doc_id
+             LEFT JOIN devices v ON v.device_id = d.owner
+             WHERE d.owner IS NOT NULL;
+         INSERT OR IGNORE INTO record_claims (campaign, container, id, lineage)
+             SELECT c.campaign, 'checkins', c.ci_id, COALESCE(NULLIF(v.lineage, ''), d.owner)
+             FROM checkins c JOIN documents d ON d.doc_id = c.doc_id
+             LEFT JOIN devices v ON v.device_id = d.owner
+             WHERE d.owner IS NOT NULL;"
+    };
+}
+pub(crate) use claim_rows;
+
 /// At most this many queued changes are read by one projector write.
 pub(crate) const TAKE_AT_MOST: i64 = 512;
 
@@ -148,23 +166,8 @@ impl WriteTx<'_> {
     }
 
     /// Claims every collection record the rows hold, for its document's lineage (reindex).
-    pub fn rebuild_claims(&self) -> Result<u64> {
-        let n = self.tx.execute(
-            "INSERT OR IGNORE INTO record_claims (campaign, container, id, lineage)
-             SELECT s.campaign, 'signatures', s.sig_id, COALESCE(NULLIF(v.lineage, ''), d.owner)
-             FROM signatures s JOIN documents d ON d.doc_id = s.doc_id
-             LEFT JOIN devices v ON v.device_id = d.owner
-             WHERE d.owner IS NOT NULL",
-            [],
-        )? + self.tx.execute(
-            "INSERT OR IGNORE INTO record_claims (campaign, container, id, lineage)
-             SELECT c.campaign, 'checkins', c.ci_id, COALESCE(NULLIF(v.lineage, ''), d.owner)
-             FROM checkins c JOIN documents d ON d.doc_id = c.doc_id
-             LEFT JOIN devices v ON v.device_id = d.owner
-             WHERE d.owner IS NOT NULL",
-            [],
-        )?;
-        Ok(n as u64)
+    pub fn rebuild_claims(&self) -> Result<()> {
+        Ok(self.tx.execute_batch(claim_rows!())?)
     }
 }
 

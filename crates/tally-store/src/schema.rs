@@ -309,7 +309,8 @@ const MIGRATIONS: &[&str] = &[
     // each acknowledged change does to the projection (its records' projected fields, no
     // personal field) until the projector applies it and deletes it in one transaction.
     // Existing files claim the records their rows hold.
-    r#"
+    concat!(
+        r#"
     CREATE TABLE record_claims (
         campaign  TEXT NOT NULL,
         container TEXT NOT NULL,
@@ -325,17 +326,9 @@ const MIGRATIONS: &[&str] = &[
         at       INTEGER NOT NULL,
         payload  BLOB NOT NULL
     ) STRICT;
-    INSERT OR IGNORE INTO record_claims (campaign, container, id, lineage)
-        SELECT s.campaign, 'signatures', s.sig_id, COALESCE(NULLIF(v.lineage, ''), d.owner)
-        FROM signatures s JOIN documents d ON d.doc_id = s.doc_id
-        LEFT JOIN devices v ON v.device_id = d.owner
-        WHERE d.owner IS NOT NULL;
-    INSERT OR IGNORE INTO record_claims (campaign, container, id, lineage)
-        SELECT c.campaign, 'checkins', c.ci_id, COALESCE(NULLIF(v.lineage, ''), d.owner)
-        FROM checkins c JOIN documents d ON d.doc_id = c.doc_id
-        LEFT JOIN devices v ON v.device_id = d.owner
-        WHERE d.owner IS NOT NULL;
     "#,
+        crate::queue::claim_rows!()
+    ),
 ];
 
 /// The schema version this build writes and reads.

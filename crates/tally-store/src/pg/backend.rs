@@ -166,7 +166,7 @@ impl Writes for PgTx<'_> {
         queue::hold_projector(&mut *self.tx.borrow_mut())?;
         projection::clear_projection_rows(&mut *self.tx.borrow_mut())
     }
-    fn rebuild_claims(&self) -> Result<u64> {
+    fn rebuild_claims(&self) -> Result<()> {
         queue::rebuild_claims(&mut *self.tx.borrow_mut())
     }
     fn project_collection(

@@ -14,6 +14,26 @@ use crate::{Result, StoreError};
 
 use super::projection::lineage_of;
 
+/// SQLite's `claim_rows` in PostgreSQL's dialect (migration v3, and a reindex): a record
+/// several documents hold is claimed for the least of their lineages.
+macro_rules! claim_rows {
+    () => {
+        "INSERT INTO record_claims (campaign, container, id, lineage)
+             SELECT s.campaign, 'signatures', s.sig_id, MIN(COALESCE(NULLIF(v.lineage, ''), d.owner))
+             FROM signatures s JOIN documents d ON d.doc_id = s.doc_id
+             LEFT JOIN devices v ON v.device_id = d.owner
+             WHERE d.owner IS NOT NULL GROUP BY s.campaign, s.sig_id
+             ON CONFLICT DO NOTHING;
+         INSERT INTO record_claims (campaign, container, id, lineage)
+             SELECT c.campaign, 'checkins', c.ci_id, MIN(COALESCE(NULLIF(v.lineage, ''), d.owner))
+             FROM checkins c JOIN documents d ON d.doc_id = c.doc_id
+             LEFT JOIN devices v ON v.device_id = d.owner
+             WHERE d.owner IS NOT NULL GROUP BY c.campaign, c.ci_id
+             ON CONFLICT DO NOTHING;"
+    };
+}
+pub(crate) use claim_rows;
+
 /// The projector's lock (per schema, so that databases sharing a cluster do not share it).
 const PROJECTOR_LOCK: &str = "hashtext('tally projector ' || current_schema())";
 
@@ -121,22 +141,8 @@ pub(crate) fn hold_projector(conn: &mut impl GenericClient) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn rebuild_claims(conn: &mut impl GenericClient) -> Result<u64> {
-    let mut n = 0;
-    for (table, id) in [("signatures", "sig_id"), ("checkins", "ci_id")] {
-        n += conn.execute(
-            &format!(
-                "INSERT INTO record_claims (campaign, container, id, lineage)
-                 SELECT s.campaign, '{table}', s.{id}, MIN(COALESCE(NULLIF(v.lineage, ''), d.owner))
-                 FROM {table} s JOIN documents d ON d.doc_id = s.doc_id
-                 LEFT JOIN devices v ON v.device_id = d.owner
-                 WHERE d.owner IS NOT NULL GROUP BY s.campaign, s.{id}
-                 ON CONFLICT DO NOTHING"
-            ),
-            &[],
-        )?;
-    }
-    Ok(n)
+pub(crate) fn rebuild_claims(conn: &mut impl GenericClient) -> Result<()> {
+    Ok(conn.batch_execute(claim_rows!())?)
 }
 
 pub(crate) fn projection_status(conn: &mut impl GenericClient) -> Result<ProjectionStatus> {
