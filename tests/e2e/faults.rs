@@ -3,9 +3,11 @@
 //! after each schedule heals, every committed signature is on the server exactly once and no
 //! acknowledged one went missing. Each schedule's server counts acknowledged changes at once,
 //! 200 ms or 2 s later (`projection_delay_ms`, drawn from the seed), and the report says how
-//! many server kills left changes queued between their commit and their projection. So far
-//! few do: a kill during a sync comes 0 to 600 ms after the phone's process starts, mostly
-//! before its first acknowledgement. A test in `restart.rs` kills in that window on purpose.
+//! many server kills left changes queued between their commit and their projection. A kill
+//! during a sync comes 0 to 600 ms after the phone's process starts, mostly before its first
+//! acknowledgement; so schedules also kill the server right after a phone's sync ends
+//! (acknowledged), and check after the restart that the totals count every stored signature
+//! once. A test in `restart.rs` kills in that window on purpose, deterministically.
 //!
 //! `cargo test` plays a handful of schedules. The long mode plays as many as asked:
 //!
@@ -68,6 +70,7 @@ fn schedules_are_reproducible_from_their_seed() {
         }
     )));
     assert!(has(&|s| matches!(s, Step::KillServer { during: None, .. })));
+    assert!(has(&|s| matches!(s, Step::KillServerAfterAck { .. })));
     assert!(has(&|s| matches!(s, Step::DiskFull)));
     assert!(has(&|s| matches!(s, Step::ReadOnly)));
     assert!(has(&|s| matches!(s, Step::Heal)));
@@ -94,6 +97,31 @@ fn frames_delivered_twice_still_sync() {
     println!("{}", r.log.join("\n"));
     assert!(r.duplicated > 0, "{r:?}");
     assert_eq!(r.syncs_ok, 2, "{r:?}");
+}
+
+/// The server SIGKILLed right after it acknowledged a phone's changes, with the projector
+/// holding them back (seed 2: `projection_delay_ms` 2,000): the kill lands between their commit
+/// and their projection. After each restart the totals count every stored signature once, and
+/// nothing acknowledged is missing.
+#[test]
+fn a_kill_right_after_an_acknowledgement_counts_everything_once() {
+    let root = tempfile::tempdir().unwrap();
+    let steps = [
+        Step::Sign { phone: 0, count: 3 },
+        Step::Sign { phone: 1, count: 2 },
+        Step::KillServerAfterAck { phone: 0 },
+        Step::Sign { phone: 1, count: 1 },
+        Step::KillServerAfterAck { phone: 1 },
+        Step::KillServerAfterAck { phone: 1 },
+    ];
+    let r = faults::run_steps(root.path(), 2, 2, false, &steps).unwrap_or_else(|e| panic!("{e}"));
+    println!("{r:?}");
+    assert_eq!(r.projection_delay_ms, 2_000);
+    assert_eq!((r.kills_after_ack, r.counted_once_checks), (3, 3), "{r:?}");
+    // The first two kills come within milliseconds of an acknowledgement the projector waits
+    // 2 s to count; the third finds nothing new to count.
+    assert_eq!(r.kills_with_queued, 2, "{r:?}");
+    assert_eq!(r.signatures, 6);
 }
 
 /// A full disk: the phone's sync is refused (it keeps its signatures); after the disk has room
@@ -218,14 +246,16 @@ fn fault_schedules_lose_nothing_and_count_once() {
             panic!("fault schedule failed; replay with TALLY_FAULT_SEED={seed} TALLY_FAULT_SCHEDULES=1\n{e}")
         });
         println!(
-            "seed {seed}: {} steps, {} signatures, syncs {} ok / {} failed, kills: server {} ({} with changes queued for the projection, projection_delay_ms {}) phone {}, cuts {}, frames twice {}, disk full {}, read-only {} (refused start {}), durability checks {}, {:.1?}",
+            "seed {seed}: {} steps, {} signatures, syncs {} ok / {} failed, kills: server {} ({} right after an acknowledgement, {} with changes queued for the projection, projection_delay_ms {}; counted once after {}) phone {}, cuts {}, frames twice {}, disk full {}, read-only {} (refused start {}), durability checks {}, {:.1?}",
             r.steps,
             r.signatures,
             r.syncs_ok,
             r.syncs_failed,
             r.server_kills,
+            r.kills_after_ack,
             r.kills_with_queued,
             r.projection_delay_ms,
+            r.counted_once_checks,
             r.phone_kills,
             r.cuts,
             r.duplicated,
@@ -239,6 +269,8 @@ fn fault_schedules_lose_nothing_and_count_once() {
         totals.syncs_failed += r.syncs_failed;
         totals.server_kills += r.server_kills;
         totals.kills_with_queued += r.kills_with_queued;
+        totals.kills_after_ack += r.kills_after_ack;
+        totals.counted_once_checks += r.counted_once_checks;
         totals.phone_kills += r.phone_kills;
         totals.cuts += r.cuts;
         totals.duplicated += r.duplicated;
@@ -248,11 +280,13 @@ fn fault_schedules_lose_nothing_and_count_once() {
         totals.elapsed += r.elapsed;
     }
     println!(
-        "{count} schedules passed: {} signatures, {} failed syncs, {} server kills ({} between a commit and its projection), {} phone kills, {} cuts, {} frames twice, {} disk full, {} read-only, {} durability checks, {:.1?}",
+        "{count} schedules passed: {} signatures, {} failed syncs, {} server kills ({} right after an acknowledgement, {} between a commit and its projection; counted once after {}), {} phone kills, {} cuts, {} frames twice, {} disk full, {} read-only, {} durability checks, {:.1?}",
         totals.signatures,
         totals.syncs_failed,
         totals.server_kills,
+        totals.kills_after_ack,
         totals.kills_with_queued,
+        totals.counted_once_checks,
         totals.phone_kills,
         totals.cuts,
         totals.duplicated,

@@ -52,6 +52,11 @@ pub enum Step {
         during: Option<usize>,
         after_ms: u64,
     },
+    /// A phone syncs over a clean link to the end (the server acknowledged its changes) and
+    /// the server is SIGKILLed at once: between the commit of those changes and their
+    /// projection, unless the projector counted them already. After the restart the totals
+    /// count every stored signature once.
+    KillServerAfterAck { phone: usize },
     /// The server restarts with its database capped at its current size: the disk is full.
     DiskFull,
     /// The server restarts on a read-only data folder.
@@ -91,10 +96,11 @@ pub fn schedule(seed: u64, phones: usize, steps: usize) -> Vec<Step> {
                 phone,
                 link: Link::Duplicate(rng.gen_range(1..=3)),
             },
-            65..=74 => Step::KillPhone {
+            65..=69 => Step::KillPhone {
                 phone,
                 after_ms: rng.gen_range(0..600),
             },
+            70..=74 => Step::KillServerAfterAck { phone },
             75..=84 => Step::KillServer {
                 during: rng.gen_bool(0.6).then_some(phone),
                 after_ms: rng.gen_range(0..600),
@@ -130,6 +136,11 @@ pub struct Report {
     /// Server SIGKILLs that left acknowledged changes queued for the projection (between
     /// the commit and the projector).
     pub kills_with_queued: usize,
+    /// Server SIGKILLs right after a phone's changes were acknowledged.
+    pub kills_after_ack: usize,
+    /// Checks, after such a kill and the restart, that the totals count every stored
+    /// signature once.
+    pub counted_once_checks: usize,
     /// The server's `projection_delay_ms` in this schedule (drawn from the seed).
     pub projection_delay_ms: u64,
     /// Phone SIGKILLs.
@@ -574,20 +585,53 @@ impl Rig {
         if child.is_some() {
             std::thread::sleep(Duration::from_millis(after_ms));
         }
+        self.kill_and_restart()?;
+        if let Some(mut c) = child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        Ok(())
+    }
+
+    fn kill_server_after_ack(&mut self, phone: usize) -> Result<(), String> {
+        let counted_before = self.server.running() && self.mode == Mode::Normal;
+        self.sync(phone, Link::Clean);
+        self.report.kills_after_ack += 1;
+        if self.kill_and_restart()? && counted_before && self.mode == Mode::Normal {
+            self.check_counted_once()?;
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs the server and starts it again as it was (a full disk stays full, a read-only
+    /// folder read-only); returns whether it came up.
+    fn kill_and_restart(&mut self) -> Result<bool, String> {
         self.server.kill();
         self.report.server_kills += 1;
         if queued_for_projection(&self.server.data.join("tally.db")) > 0 {
             self.report.kills_with_queued += 1;
         }
-        if let Some(mut c) = child {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // It comes back as it was (a full disk stays full, a read-only folder read-only).
         let mode = self.mode;
-        if self.start(mode)? {
+        let up = self.start(mode)?;
+        if up {
             self.check_acknowledged()?;
         }
+        Ok(up)
+    }
+
+    /// The totals (which wait for the projector) count each signature the documents hold, once.
+    fn check_counted_once(&mut self) -> Result<(), String> {
+        let stored: BTreeSet<String> = self.server_ids()?.into_iter().collect();
+        let totals = self.server.totals(&self.campaign);
+        if totals["signatures"].as_u64() != Some(stored.len() as u64) {
+            return Err(format!(
+                "after a kill right after an acknowledgement, the totals count {} signatures \
+                 where the documents hold {} ({totals})",
+                totals["signatures"],
+                stored.len()
+            ));
+        }
+        self.report.counted_once_checks += 1;
         Ok(())
     }
 
@@ -598,6 +642,7 @@ impl Rig {
             Step::Sync { phone, link } => self.sync(phone, link),
             Step::KillPhone { phone, after_ms } => self.kill_phone(phone, after_ms),
             Step::KillServer { during, after_ms } => self.kill_server(during, after_ms)?,
+            Step::KillServerAfterAck { phone } => self.kill_server_after_ack(phone)?,
             Step::DiskFull => {
                 self.report.disk_full += 1;
                 match &self.disk {
