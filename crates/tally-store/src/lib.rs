@@ -31,6 +31,7 @@ pub mod backend;
 pub mod devices;
 pub mod documents;
 pub mod error;
+mod group;
 pub mod keys;
 pub mod pg;
 pub mod projection;
@@ -40,7 +41,7 @@ pub mod readers;
 mod schema;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
@@ -67,8 +68,15 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The server's storage: one SQLite database file.
 pub struct Store {
-    /// The connection, and whether a failed rollback left it unusable.
+    /// The connection, its open group transaction, and whether a failed rollback left it
+    /// unusable.
     inner: Mutex<Inner>,
+    /// Told each time a group transaction ends (committed or not).
+    group_ended: Condvar,
+    /// The writes waiting for the writer, and the group commits so far.
+    book: group::Book,
+    /// When a group is committed.
+    rule: group::Rule,
     /// Where the file lives (for messages and for opening companion stores).
     path: PathBuf,
 }
@@ -78,6 +86,8 @@ struct Inner {
     /// Set when a rollback failed and the connection is still inside a transaction: from then
     /// on every call returns [`StoreError::Unavailable`] with this description.
     broken: Option<String>,
+    /// The group transaction open on the connection, if any (see [`group`]).
+    group: Option<group::Open>,
 }
 
 impl std::fmt::Debug for Store {
@@ -142,7 +152,14 @@ impl Store {
 
     fn from_conn(conn: Connection, path: PathBuf) -> Store {
         Store {
-            inner: Mutex::new(Inner { conn, broken: None }),
+            inner: Mutex::new(Inner {
+                conn,
+                broken: None,
+                group: None,
+            }),
+            group_ended: Condvar::new(),
+            book: group::Book::default(),
+            rule: group::Rule::default(),
             path,
         }
     }
@@ -182,6 +199,10 @@ impl Store {
     /// If `f` returns `Err`, or the commit fails, everything `f` wrote is rolled back and the
     /// error is returned.
     ///
+    /// Writes from several threads that are ready at the same moment share one transaction
+    /// (group commit, see [`group`]): each runs in a savepoint of it, so one that fails leaves
+    /// the others' work alone, and each returns only once the group has committed.
+    ///
     /// `f` gets a [`WriteTx`], with the store's writes (`append_chunk`, `put_meta`,
     /// `quarantine`, a projection batch, ...) and, through it, its reads ([`ReadTx`]).
     pub fn write<T>(&self, f: impl FnOnce(&WriteTx<'_>) -> Result<T>) -> Result<T> {
@@ -194,15 +215,109 @@ impl Store {
         &self,
         f: impl FnOnce(&WriteTx<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
-        let mut inner = self.lock()?;
-        let outcome = run_in_transaction(&mut inner.conn, TransactionBehavior::Immediate, |tx| {
-            f(&WriteTx {
-                tx,
-                read: ReadTx { conn: tx },
-            })
-        });
+        let arrival = self.book.arrive();
+        let mut inner = self.lock_as_is()?;
+        if inner.group.is_none() {
+            inner
+                .conn
+                .execute_batch("BEGIN IMMEDIATE")
+                .map_err(StoreError::from)?;
+            inner.group = Some(group::Open::new());
+        }
+        let outcome = inner.run_in_savepoint(f);
+        drop(arrival);
+        let alive = !inner.conn.is_autocommit();
+        let Some(open) = inner.group.as_mut().filter(|_| alive) else {
+            // SQLite rolled the whole transaction back (some I/O errors and a full disk do):
+            // every write of the group lost its work.
+            self.end_group(&mut inner, Err(group::Failure::RolledBack));
+            return outcome.and_then(|_| Err(group::Failure::RolledBack.to_error().into()));
+        };
+        open.members += 1;
+        let fate = open.fate.clone();
+        if self.rule.commit_now(
+            open.members,
+            open.since.elapsed(),
+            self.book.others_waiting(),
+        ) {
+            self.commit_group(&mut inner);
+        } else if outcome.is_err() {
+            // Rolled back to its savepoint: nothing of it waits for the commit.
+            return outcome;
+        } else {
+            inner = self.wait_for_commit(inner, &fate);
+        }
+        drop(inner);
+        match fate.get() {
+            Some(Ok(())) => outcome,
+            Some(Err(failure)) => outcome.and_then(|_| Err(failure.to_error().into())),
+            None => outcome.and_then(|_| {
+                Err(StoreError::Invalid(
+                    "a grouped write returned before its group ended: a bug in the store".into(),
+                )
+                .into())
+            }),
+        }
+    }
+
+    /// Sleeps until the group of `fate` has ended. Normally the group's last write commits it;
+    /// if none will (a closure panicked), the waiting write commits it itself.
+    fn wait_for_commit<'s>(
+        &'s self,
+        mut inner: MutexGuard<'s, Inner>,
+        fate: &group::Fate,
+    ) -> MutexGuard<'s, Inner> {
+        while fate.get().is_none() {
+            let (guard, waited) = self
+                .group_ended
+                .wait_timeout(inner, Duration::from_millis(50))
+                .unwrap_or_else(PoisonError::into_inner);
+            inner = guard;
+            let ours = inner
+                .group
+                .as_ref()
+                .is_some_and(|open| std::sync::Arc::ptr_eq(&open.fate, fate));
+            if waited.timed_out() && ours && !self.book.others_waiting() {
+                self.commit_group(&mut inner);
+            }
+        }
+        inner
+    }
+
+    /// Commits the open group transaction, if any, and tells its writes how that went.
+    fn commit_group(&self, inner: &mut Inner) {
+        if inner.group.is_none() {
+            return;
+        }
+        let fate = match inner.conn.execute_batch("COMMIT") {
+            Ok(()) => Ok(()),
+            Err(err) => Err(group::Failure::of(&err)),
+        };
+        self.end_group(inner, fate);
+    }
+
+    fn end_group(&self, inner: &mut Inner, fate: Result<(), group::Failure>) {
+        // A failed COMMIT may leave the transaction open: roll it back (or mark the store
+        // broken) before anyone else uses the connection.
         inner.check_no_open_transaction();
-        outcome
+        if let Some(open) = inner.group.take() {
+            if fate.is_ok() {
+                self.book.committed(open.members);
+            }
+            let _first = open.fate.set(fate);
+        }
+        self.group_ended.notify_all();
+    }
+
+    /// Group commits so far, and the writes they held (for metrics: their ratio is the mean
+    /// group size).
+    pub fn group_commits(&self) -> (u64, u64) {
+        self.book.stats()
+    }
+
+    /// Writes that have asked for the writer and not yet finished (the one running counts).
+    pub fn writes_waiting(&self) -> usize {
+        self.book.waiting()
     }
 
     /// The database's page size in bytes.
@@ -244,9 +359,17 @@ impl Store {
         f(&inner.conn)
     }
 
+    /// The connection, outside any transaction: an open group is committed first.
     fn lock(&self) -> Result<MutexGuard<'_, Inner>> {
-        // A panic inside a closure drops its transaction, which rolls back: the connection
-        // itself is still sound, so a poisoned lock is safe to take over.
+        let mut inner = self.lock_as_is()?;
+        self.commit_group(&mut inner);
+        Ok(inner)
+    }
+
+    /// The connection, inside the open group transaction if there is one.
+    fn lock_as_is(&self) -> Result<MutexGuard<'_, Inner>> {
+        // A panic inside a closure drops its savepoint or transaction, which rolls back: the
+        // connection itself is still sound, so a poisoned lock is safe to take over.
         let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(why) = &inner.broken {
             return Err(StoreError::unavailable(
@@ -260,6 +383,32 @@ impl Store {
 }
 
 impl Inner {
+    /// Runs `f` in a savepoint of the open transaction: released if `f` succeeds, rolled back
+    /// to (leaving the transaction's other work) if it fails.
+    fn run_in_savepoint<T, E: From<StoreError>>(
+        &mut self,
+        f: impl FnOnce(&WriteTx<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let sp = self.conn.savepoint().map_err(StoreError::from)?;
+        let outcome = f(&WriteTx {
+            tx: &sp,
+            read: ReadTx { conn: &sp },
+        });
+        let ended = match &outcome {
+            Ok(_) => sp.commit(),
+            Err(_) => sp.finish(),
+        };
+        if let Err(err) = ended {
+            // The savepoint could not be released or rolled back to: the transaction's work
+            // cannot be told apart any more, so all of it goes (the caller sees the
+            // connection back in autocommit and tells the group's writes).
+            if !self.conn.is_autocommit() && self.conn.execute_batch("ROLLBACK").is_err() {
+                self.broken = Some(StoreError::from(err).to_string());
+            }
+        }
+        outcome
+    }
+
     /// After a transaction, the connection must be back in autocommit mode. If a rollback
     /// failed, try once more, and if that fails too, refuse all further work.
     fn check_no_open_transaction(&mut self) {
@@ -316,13 +465,14 @@ pub struct ReadTx<'a> {
 /// The write side of one transaction, handed to the closure of [`Store::write`]. Everything
 /// done through it commits or rolls back with the rest of the closure.
 pub struct WriteTx<'a> {
-    tx: &'a Transaction<'a>,
+    tx: &'a Connection,
     read: ReadTx<'a>,
 }
 
 impl<'a> WriteTx<'a> {
-    /// The underlying transaction, for the store's own modules.
-    pub(crate) fn conn(&self) -> &'a Transaction<'a> {
+    /// The connection, inside the write's transaction (a savepoint of a group transaction),
+    /// for the store's own modules.
+    pub(crate) fn conn(&self) -> &'a Connection {
         self.tx
     }
 }

@@ -441,3 +441,141 @@ fn schema_6_leaves_existing_rows_for_the_server_to_fold() {
         .unwrap();
     assert_eq!(stale, "stale");
 }
+
+/// Runs a write of `doc_id` that, once inside the writer, waits until `others` more writes have
+/// asked for it, so that the writes are sure to share one group.
+fn write_waiting_for(store: &Store, doc_id: &str, others: usize) -> Result<(), StoreError> {
+    store.write(|tx| {
+        tx.put_meta(&meta(doc_id, "collection", "c1", None))?;
+        tx.append_chunk(doc_id, doc_id.as_bytes(), T0)?;
+        while store.writes_waiting() < 1 + others {
+            std::thread::yield_now();
+        }
+        Ok(())
+    })
+}
+
+#[test]
+fn writes_ready_at_once_share_one_commit_and_each_returns_once_it_is_durable() {
+    let (_dir, path, store) = temp_store();
+    let before = store.group_commits();
+    std::thread::scope(|s| {
+        let first = s.spawn(|| {
+            write_waiting_for(&store, "d1", 1)?;
+            // It returned: its group has committed, so another connection sees both writes.
+            let other = Store::open(&path)?;
+            Ok::<_, StoreError>((other.doc_meta("d1")?, other.doc_meta("d2")?))
+        });
+        while store.writes_waiting() < 1 {
+            std::thread::yield_now();
+        }
+        let second = s.spawn(|| {
+            store.write(|tx| {
+                tx.put_meta(&meta("d2", "collection", "c1", None))?;
+                tx.append_chunk("d2", b"two", T0)
+            })
+        });
+        assert_eq!(second.join().unwrap().unwrap(), 1);
+        let (d1, d2) = first.join().unwrap().unwrap();
+        assert!(d1.is_some() && d2.is_some(), "{d1:?} {d2:?}");
+    });
+    let after = store.group_commits();
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (1, 2),
+        "one commit for two writes"
+    );
+}
+
+#[test]
+fn a_write_that_fails_in_a_group_leaves_the_others_work() {
+    let (_dir, path, store) = temp_store();
+    std::thread::scope(|s| {
+        let first = s.spawn(|| write_waiting_for(&store, "d1", 1));
+        while store.writes_waiting() < 1 {
+            std::thread::yield_now();
+        }
+        let failing = s.spawn(|| {
+            store.write(|tx| {
+                tx.put_meta(&meta("d2", "collection", "c1", None))?;
+                tx.append_chunk("d2", b"two", T0)?;
+                Err::<(), _>(StoreError::Invalid("refused by the caller".into()))
+            })
+        });
+        let err = failing.join().unwrap().unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+        first.join().unwrap().unwrap();
+    });
+    drop(store);
+    let store = Store::open(&path).unwrap();
+    assert_eq!(
+        store.load_document("d1").unwrap().unwrap().incremental,
+        vec![b"d1".to_vec()]
+    );
+    assert!(store.doc_meta("d2").unwrap().is_none());
+    assert!(store.load_document("d2").unwrap().is_none());
+}
+
+#[test]
+fn a_write_that_panics_in_a_group_does_not_strand_the_others() {
+    let (_dir, path, store) = temp_store();
+    std::thread::scope(|s| {
+        let first = s.spawn(|| write_waiting_for(&store, "d1", 1));
+        while store.writes_waiting() < 1 {
+            std::thread::yield_now();
+        }
+        let panicking = s.spawn(|| {
+            let _: Result<(), StoreError> = store.write(|tx| {
+                tx.put_meta(&meta("d2", "collection", "c1", None))?;
+                panic!("bug in the caller");
+            });
+        });
+        assert!(panicking.join().is_err());
+        // No write is left to commit the group: the waiting one commits it itself.
+        first.join().unwrap().unwrap();
+    });
+    let other = Store::open(&path).unwrap();
+    assert!(other.doc_meta("d1").unwrap().is_some());
+    assert!(other.doc_meta("d2").unwrap().is_none());
+}
+
+#[test]
+fn a_group_that_meets_a_full_disk_fails_every_write_in_it_and_keeps_none() {
+    let (_dir, path, store) = temp_store();
+    store
+        .put_meta(&meta("d0", "collection", "c1", None))
+        .unwrap();
+    let pages = store.page_count().unwrap();
+    store.set_max_pages(pages as u32 + 2).unwrap();
+    let big = vec![7u8; 256 * 1024];
+    std::thread::scope(|s| {
+        let first = s.spawn(|| write_waiting_for(&store, "d1", 1));
+        while store.writes_waiting() < 1 {
+            std::thread::yield_now();
+        }
+        let filling = s.spawn(|| {
+            store.write(|tx| {
+                tx.put_meta(&meta("d2", "collection", "c1", None))?;
+                tx.append_chunk("d2", &big, T0)
+            })
+        });
+        let err = filling.join().unwrap().unwrap_err();
+        assert!(matches!(err, StoreError::Full(_)), "{err:?}");
+        // SQLite rolls the whole transaction back on a full disk: the small write that
+        // shared it is not kept either, and is told so (not acknowledged, so its sender
+        // retries).
+        let err = first.join().unwrap().unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(
+            message.contains("same group transaction failed"),
+            "{message}"
+        );
+        assert!(message.contains("retry"), "{message}");
+    });
+    let other = Store::open(&path).unwrap();
+    assert!(other.doc_meta("d1").unwrap().is_none());
+    store.set_max_pages(u32::MAX).unwrap();
+    assert!(store.doc_meta("d2").unwrap().is_none());
+    assert_eq!(store.append_chunk("d0", b"after", T0).unwrap(), 1);
+}
