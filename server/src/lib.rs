@@ -671,6 +671,7 @@ async fn metrics_page(State(state): State<Arc<AppState>>) -> Result<impl IntoRes
             database_bytes: st.store.database_bytes()?,
             projection_pending: status.records,
             projection_lag: Duration::from_millis(status.lag_ms(hub::now_ms())),
+            group_commits: st.store.group_commits(),
         })
     })
     .await??;

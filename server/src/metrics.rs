@@ -94,6 +94,8 @@ pub struct Metrics {
     database_bytes: Gauge,
     projection_lag: Gauge<f64, AtomicU64>,
     projection_pending: Gauge,
+    group_commits: Counter,
+    grouped_writes: Counter,
 }
 
 /// What a scrape reads from the running server (the gauges that are not counted as they go).
@@ -109,6 +111,8 @@ pub struct Snapshot {
     pub projection_pending: u64,
     /// How long the oldest of them has waited.
     pub projection_lag: Duration,
+    /// The store's group commits so far, and the writes they held (SQLite).
+    pub group_commits: Option<(u64, u64)>,
 }
 
 fn seconds_buckets() -> impl Iterator<Item = f64> {
@@ -143,6 +147,8 @@ impl Metrics {
             database_bytes: Gauge::default(),
             projection_lag: Gauge::default(),
             projection_pending: Gauge::default(),
+            group_commits: Counter::default(),
+            grouped_writes: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -225,6 +231,16 @@ impl Metrics {
             "For each projector batch, how long its oldest change waited after its acknowledgement",
             m.projection_delay.clone(),
         );
+        registry.register(
+            "store_group_commits",
+            "Commits of the SQLite store's writer, each holding the writes that were ready together",
+            m.group_commits.clone(),
+        );
+        registry.register(
+            "store_grouped_writes",
+            "Writes those commits held (divided by the commits: the mean group size)",
+            m.grouped_writes.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -292,6 +308,13 @@ impl Metrics {
         self.database_bytes.set(g(now.database_bytes));
         self.projection_lag.set(now.projection_lag.as_secs_f64());
         self.projection_pending.set(g(now.projection_pending));
+        if let Some((commits, writes)) = now.group_commits {
+            // Counted by the store: the counters catch up with it.
+            self.group_commits
+                .inc_by(commits.saturating_sub(self.group_commits.get()));
+            self.grouped_writes
+                .inc_by(writes.saturating_sub(self.grouped_writes.get()));
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
@@ -330,6 +353,7 @@ mod tests {
             database_bytes: 4096,
             projection_pending: 7,
             projection_lag: Duration::from_millis(1500),
+            group_commits: Some((4, 10)),
         });
 
         for line in [
@@ -346,13 +370,24 @@ mod tests {
             "tally_projection_lag_seconds 1.5",
             "tally_projected_records_total 3",
             "tally_projection_delay_seconds_count 1",
+            "tally_store_group_commits_total 4",
+            "tally_store_grouped_writes_total 10",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
         }
         drop(guard);
+        let later = m.encode(Snapshot {
+            group_commits: Some((5, 13)),
+            ..Snapshot::default()
+        });
+        assert!(later.contains("tally_sync_connections 0"));
         assert!(
-            m.encode(Snapshot::default())
-                .contains("tally_sync_connections 0")
+            later.contains("tally_store_group_commits_total 5\n"),
+            "{later}"
+        );
+        assert!(
+            later.contains("tally_store_grouped_writes_total 13\n"),
+            "{later}"
         );
     }
 }

@@ -424,6 +424,12 @@ pub trait Storage: Send + Sync {
 
     /// The space the database takes, in bytes (SQLite: the file and its WAL), for metrics.
     fn database_bytes(&self) -> Result<u64>;
+
+    /// Group commits so far and the writes they held, where the backend groups writes itself
+    /// (SQLite; PostgreSQL groups the flushes of concurrent commits on its own).
+    fn group_commits(&self) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 impl dyn Storage + '_ {
@@ -827,6 +833,9 @@ impl Storage for Store {
     }
     fn scrub_erased(&self) -> Result<()> {
         Store::checkpoint_truncate(self)
+    }
+    fn group_commits(&self) -> Option<(u64, u64)> {
+        Some(Store::group_commits(self))
     }
     fn database_bytes(&self) -> Result<u64> {
         let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
