@@ -9,13 +9,15 @@
 //!   its signatures;
 //! - [`baseline`]: the same changes, in one process, without network, and the floor any
 //!   automerge server that keeps data must pay;
-//! - [`rest`]: a large store (1M signatures), the totals at rest, and the restart time.
+//! - [`rest`]: a large store (1M signatures), the totals at rest, the restart time, and what
+//!   takes the disk ([`disk`]).
 //!
 //! [`run`] returns a [`report::Report`]: every figure with the machine's core count, its target
 //! and whether it was met.
 
 pub mod baseline;
 pub mod data;
+pub mod disk;
 pub mod ingest;
 pub mod peer;
 pub mod phone;

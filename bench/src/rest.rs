@@ -343,5 +343,14 @@ pub fn run(server: &mut Server, rt: &Runtime, a: &RestArgs, figs: &mut Figures) 
         server.peak_rss_mb(),
         "MB",
     );
+    // What takes the space: the server stops, its file is measured, compacted and measured
+    // again (the totals above are its last answers).
+    match server.data.clone().filter(|_| server.is_ours()) {
+        Some(data) => {
+            server.stop(Duration::from_secs(300))?;
+            crate::disk::run(&data.join("tally.db"), plan.total as usize, figs)?;
+        }
+        None => figs.note("disk not broken down: the server is not one this benchmark started"),
+    }
     Ok(())
 }

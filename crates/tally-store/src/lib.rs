@@ -329,6 +329,34 @@ impl Store {
         Ok(u64::try_from(size).unwrap_or(4096))
     }
 
+    /// What takes the file's space: the bytes of the pages each table holds with its indexes
+    /// (SQLite's `dbstat`), largest first, then the free pages as `"(free pages)"`. The WAL is
+    /// not in it: checkpoint first to count everything.
+    pub fn space_by_table(&self) -> Result<Vec<(String, u64)>> {
+        let inner = self.lock()?;
+        let mut stmt = inner.conn.prepare(
+            "SELECT COALESCE(m.tbl_name, d.name), SUM(d.pgsize) FROM dbstat AS d \
+             LEFT JOIN sqlite_schema AS m ON m.name = d.name GROUP BY 1 ORDER BY 2 DESC, 1",
+        )?;
+        let mut out = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+            .map(|r| r.map(|(name, bytes)| (name, u64::try_from(bytes).unwrap_or(0))))
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let free: i64 = inner.conn.query_row(
+            "SELECT freelist_count * page_size FROM pragma_freelist_count, pragma_page_size",
+            [],
+            |r| r.get(0),
+        )?;
+        out.push(("(free pages)".into(), u64::try_from(free).unwrap_or(0)));
+        Ok(out)
+    }
+
+    /// Rewrites the file without its free pages (`VACUUM`), e.g. after compacting documents
+    /// offline; it needs as much free disk as the file takes, and no other connection writing.
+    pub fn vacuum(&self) -> Result<()> {
+        self.with_conn(|conn| Ok(conn.execute_batch("VACUUM")?))
+    }
+
     /// Sets this connection's page cache to about `kib` KiB (`PRAGMA cache_size`), e.g. to share
     /// a memory budget between the connections of a [`Readers`] pool.
     pub fn set_cache_kib(&self, kib: u64) -> Result<()> {

@@ -579,3 +579,27 @@ fn a_group_that_meets_a_full_disk_fails_every_write_in_it_and_keeps_none() {
     assert!(store.doc_meta("d2").unwrap().is_none());
     assert_eq!(store.append_chunk("d0", b"after", T0).unwrap(), 1);
 }
+
+#[test]
+fn the_space_by_table_counts_each_tables_pages_with_its_indexes() {
+    let (_dir, _path, store) = temp_store();
+    store
+        .put_meta(&meta("d1", "collection", "c1", None))
+        .unwrap();
+    let big = vec![7u8; 200 * 1024];
+    store.append_chunk("d1", &big, T0).unwrap();
+    let space = store.space_by_table().unwrap();
+    let bytes = |name: &str| space.iter().find(|(n, _)| n == name).map(|(_, b)| *b);
+    let page = store.page_size().unwrap();
+    // The chunk's 200 KiB are in the chunks table's pages, the largest.
+    assert_eq!(space[0].0, "chunks", "{space:?}");
+    assert!(bytes("chunks").unwrap() >= 200 * 1024, "{space:?}");
+    assert!(bytes("documents").unwrap() >= page, "{space:?}");
+    let total: u64 = space.iter().map(|(_, b)| b).sum();
+    assert_eq!(
+        total,
+        store.page_count().unwrap() * page,
+        "every page counted once"
+    );
+    assert_eq!(bytes("(free pages)"), Some(0));
+}
