@@ -12,9 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use postgres::types::ToSql;
 use postgres::{GenericClient, Row};
-use tally_core::cells::{
-    CheckinRow, Contribution, Dim, SignatureRow, checkin_cells, signature_cells, totals_of_cells,
-};
+use tally_core::cells::{CheckinRow, Dim, SignatureRow, totals_of_cells};
 use tally_core::city::city_key;
 use tally_core::collection::{Checkin, Collection};
 use tally_core::review::{Review, Sheet, Strike};
@@ -22,10 +20,10 @@ use tally_core::totals::{CheckinCell, PaperCell, Totals};
 
 use crate::error::{Result, StoreError};
 use crate::projection::{
-    COUNTED, FACT_DIMS, Fact, FactFilter, FactRange, Filter, FilterArg, NO_SUCH_KEY,
-    checkin_conditions, checkin_totals, complete_groups, fact_id, fact_keys, fact_line,
-    fact_status, filter_keys, merged_records, scanned_totals, signature_conditions,
-    totals_of_facts,
+    COUNTED, CellChange, FACT_DIMS, Fact, FactFilter, FactRange, Filter, FilterArg, NO_SUCH_KEY,
+    Netted, checkin_conditions, checkin_totals, complete_groups, fact_id, fact_keys, fact_line,
+    fact_status, filter_keys, member_change, merged_records, scanned_totals, signature_conditions,
+    totals_of_facts, write_copy,
 };
 
 /// Schema version 2 (SQLite's 9): the record facts of filtered totals (issue 18; see
@@ -230,9 +228,7 @@ fn token_id(conn: &mut impl GenericClient, campaign: &str, token: &str) -> Resul
 pub(crate) struct PgBatch {
     campaign: String,
     locked: bool,
-    cells: HashMap<(Dim, String), i64>,
-    members: HashMap<(Dim, String, String), i64>,
-    facts: HashMap<String, Option<(SignatureRow, bool)>>,
+    net: Netted,
 }
 
 impl PgBatch {
@@ -240,9 +236,7 @@ impl PgBatch {
         PgBatch {
             campaign: campaign.to_string(),
             locked: false,
-            cells: HashMap::new(),
-            members: HashMap::new(),
-            facts: HashMap::new(),
+            net: Netted::default(),
         }
     }
 
@@ -258,15 +252,6 @@ impl PgBatch {
         Ok(())
     }
 
-    fn add(&mut self, contributions: Vec<Contribution>, sign: i64) {
-        for Contribution { dim, key, token } in contributions {
-            if let Some(t) = token {
-                *self.members.entry((dim, key.clone(), t)).or_default() += sign;
-            }
-            *self.cells.entry((dim, key)).or_default() += sign;
-        }
-    }
-
     pub(crate) fn signature(
         &mut self,
         conn: &mut impl GenericClient,
@@ -276,31 +261,13 @@ impl PgBatch {
     ) -> Result<()> {
         self.lock(conn)?;
         let mut copies = sig_copies(conn, &self.campaign, id)?;
-        let mine = copies.iter().position(|(d, _)| d == doc_id);
-        if let Some(i) = mine
-            && copies[i].1 == *row
-        {
+        let Some((before, after)) = write_copy(&mut copies, doc_id, row) else {
             return Ok(());
-        }
-        let before = SignatureRow::merged(copies.iter().map(|(_, r)| r));
+        };
         upsert_signature_row(conn, doc_id, &self.campaign, id, row)?;
-        let row = row.clone();
-        match mine {
-            Some(i) => copies[i].1 = row,
-            None => copies.push((doc_id.to_string(), row)),
-        }
-        let after = SignatureRow::merged(copies.iter().map(|(_, r)| r));
-        if before == after {
-            return Ok(());
-        }
-        let struck = is_struck(conn, &self.campaign, id)?;
-        self.facts
-            .insert(id.to_string(), after.clone().map(|a| (a, struck)));
-        if let Some(b) = before {
-            self.add(signature_cells(&b, struck), -1);
-        }
-        if let Some(a) = after {
-            self.add(signature_cells(&a, struck), 1);
+        if before != after {
+            let struck = is_struck(conn, &self.campaign, id)?;
+            self.net.signature(id, before, after, struck);
         }
         Ok(())
     }
@@ -312,29 +279,13 @@ impl PgBatch {
         c: &Checkin,
     ) -> Result<()> {
         self.lock(conn)?;
-        let row = CheckinRow::of(c);
         let mut copies = checkin_copies(conn, &self.campaign, &c.id)?;
-        let mine = copies.iter().position(|(d, _)| d == doc_id);
-        if let Some(i) = mine
-            && copies[i].1 == row
-        {
+        let Some((before, after)) = write_copy(&mut copies, doc_id, &CheckinRow::of(c)) else {
             return Ok(());
-        }
-        let before = CheckinRow::merged(copies.iter().map(|(_, r)| r));
+        };
         upsert_checkin_row(conn, doc_id, &self.campaign, c)?;
-        match mine {
-            Some(i) => copies[i].1 = row,
-            None => copies.push((doc_id.to_string(), row)),
-        }
-        let after = CheckinRow::merged(copies.iter().map(|(_, r)| r));
-        if before == after {
-            return Ok(());
-        }
-        if let Some(b) = before {
-            self.add(checkin_cells(&b), -1);
-        }
-        if let Some(a) = after {
-            self.add(checkin_cells(&a), 1);
+        if before != after {
+            self.net.checkin(before, after);
         }
         Ok(())
     }
@@ -347,9 +298,7 @@ impl PgBatch {
         if was != now {
             let copies = sig_copies(conn, &self.campaign, &s.signature)?;
             if let Some(row) = SignatureRow::merged(copies.iter().map(|(_, r)| r)) {
-                self.add(signature_cells(&row, was), -1);
-                self.add(signature_cells(&row, now), 1);
-                self.facts.insert(s.signature.clone(), Some((row, now)));
+                self.net.strike(&s.signature, row, was, now);
             }
         }
         Ok(())
@@ -367,22 +316,14 @@ impl PgBatch {
         let drift = |dim: Dim, key: &str, what: &str| {
             StoreError::Drift(format!("{campaign}/{}/{key}: {what}", dim.as_str()))
         };
-        let mut by_cell: HashMap<(Dim, String), Vec<(String, i64)>> = HashMap::new();
-        for ((dim, key, token), d) in self.members {
-            if d != 0 {
-                by_cell.entry((dim, key)).or_default().push((token, d));
-            }
-        }
-        let mut keys: HashSet<(Dim, String)> = by_cell.keys().cloned().collect();
-        keys.extend(
-            self.cells
-                .iter()
-                .filter(|(_, d)| **d != 0)
-                .map(|(k, _)| k.clone()),
-        );
         let mut token_ids: HashMap<String, i64> = HashMap::new();
-        for (dim, key) in keys {
-            let dn = self.cells.get(&(dim, key.clone())).copied().unwrap_or(0);
+        for CellChange {
+            dim,
+            key,
+            n: dn,
+            tokens,
+        } in self.net.changed_cells()
+        {
             let row = conn.query_one(
                 "INSERT INTO agg_cells (campaign, dim, key, n, uniq) VALUES ($1, $2, $3, $4, 0)
                  ON CONFLICT (campaign, dim, key) DO UPDATE SET n = agg_cells.n + excluded.n
@@ -394,7 +335,7 @@ impl PgBatch {
                 return Err(drift(dim, &key, "records below zero"));
             }
             let mut du = 0i64;
-            for (token, dm) in by_cell.remove(&(dim, key.clone())).unwrap_or_default() {
+            for (token, dm) in tokens {
                 let tid = match token_ids.get(&token) {
                     Some(id) => *id,
                     None => {
@@ -411,21 +352,14 @@ impl PgBatch {
                         &[&key_id, &tid, &dm],
                     )?
                     .get(0);
-                let m0 = m - dm;
-                if m < 0 || m0 < 0 {
-                    return Err(drift(dim, &key, "a token's records below zero"));
-                }
-                if m0 == 0 && m > 0 {
-                    du += 1;
-                }
-                if m == 0 {
+                let (d, gone) = member_change(m, dm)
+                    .ok_or_else(|| drift(dim, &key, "a token's records below zero"))?;
+                du += d;
+                if gone {
                     conn.execute(
                         "DELETE FROM agg_members WHERE key_id = $1 AND token_id = $2",
                         &[&key_id, &tid],
                     )?;
-                    if m0 > 0 {
-                        du -= 1;
-                    }
                 }
             }
             if n == 0 {
@@ -441,7 +375,7 @@ impl PgBatch {
             }
         }
         let mut key_ids = HashMap::new();
-        for (sig_id, record) in std::mem::take(&mut self.facts) {
+        for (sig_id, record) in std::mem::take(&mut self.net.facts) {
             write_fact(
                 conn,
                 campaign,
