@@ -249,6 +249,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         t.withdrawn,
         t.checkins.values().map(|c| c.unique).sum::<u64>()
     );
+    if pg {
+        // The rebuild's one SQL pass is planned on the tables' statistics: fresh ones, as a
+        // server's tables have (autovacuum), not none at all (a wave of a few seconds).
+        postgres::Client::connect(&url, postgres::NoTls)?
+            .batch_execute(&format!("SET search_path = {schema}; ANALYZE"))?;
+    }
     let incremental = store.read(|r| r.projection_dump())?;
     store.write(|tx| tx.rebuild_aggregates())?;
     if store.read(|r| r.projection_dump())? != incremental {
