@@ -16,6 +16,8 @@
 //!
 //!     scripts/with-postgres cargo run -p tally-store --example projector -- 20000 pg
 //!     cargo run -p tally-store --example projector -- 20000
+//!
+//! PROJECTOR_PG_OPTIONS adds settings to the store's connections (auto_explain, for one).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -185,10 +187,10 @@ fn count_statements(
         .ok_or("no data folder")?
         .join("postgres.log");
     let logged = pg_store(url, schema, "-c log_statement=all")?;
-    let before = std::fs::read_to_string(&log)?.len();
+    let before = std::fs::read(&log)?.len();
     wave.write(&logged, BATCH)?;
-    let text = std::fs::read_to_string(&log)?;
-    Ok(text[before..]
+    let bytes = std::fs::read(&log)?;
+    Ok(String::from_utf8_lossy(&bytes[before..])
         .lines()
         .filter(|l| l.contains("LOG:  statement: ") || l.contains("LOG:  execute "))
         .count())
@@ -212,7 +214,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         postgres::Client::connect(&url, postgres::NoTls)?
             .batch_execute(&format!("CREATE SCHEMA {schema}"))?;
         println!("PostgreSQL, schema {schema}");
-        Arc::new(pg_store(&url, &schema, "")?)
+        // PROJECTOR_PG_OPTIONS: more settings for the store's connections, e.g.
+        // "-c session_preload_libraries=auto_explain -c auto_explain.log_min_duration=50".
+        let options = std::env::var("PROJECTOR_PG_OPTIONS").unwrap_or_default();
+        Arc::new(pg_store(&url, &schema, &options)?)
     } else {
         println!("SQLite, {}", dir.path().display());
         Arc::new(Store::open(&dir.path().join("tally.db"))?)
@@ -224,10 +229,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let t0 = Instant::now();
     let mut done = 0;
+    let mut last = Instant::now();
     while done < n {
         let k = BATCH.min(n - done);
         wave.write(&*store, k)?;
         done += k;
+        if done % 20_000 == 0 && done < n {
+            println!(
+                "  {done} records: the last 20,000 at {:.0} records/s",
+                20_000.0 / last.elapsed().as_secs_f64()
+            );
+            last = Instant::now();
+        }
     }
     let secs = t0.elapsed().as_secs_f64();
     println!(

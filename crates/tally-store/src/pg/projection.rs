@@ -385,15 +385,18 @@ fn apply(records: Vec<Record>, stored: &mut Stored) -> Applied {
     out
 }
 
-/// The copy of record `id` in collection `doc_id` among `copies` (by id).
-fn copy_of<'a, R>(copies: &'a HashMap<String, Vec<(String, R)>>, id: &str, doc_id: &str) -> &'a R {
-    let found = copies
+/// The copy of record `id` in collection `doc_id` among `copies` (by id): a row [`apply`]
+/// wrote is always there.
+fn copy_of<'a, R>(
+    copies: &'a HashMap<String, Vec<(String, R)>>,
+    id: &str,
+    doc_id: &str,
+) -> Result<&'a R> {
+    copies
         .get(id)
-        .and_then(|c| c.iter().find(|(d, _)| d == doc_id));
-    match found {
-        Some((_, row)) => row,
-        None => unreachable!("a row written is among its record's copies"),
-    }
+        .and_then(|c| c.iter().find(|(d, _)| d == doc_id))
+        .map(|(_, row)| row)
+        .ok_or_else(|| StoreError::Drift(format!("{doc_id}/{id}: a row written is not a copy")))
 }
 
 /// A projection batch of one campaign in one write (see `crate::projection::Batch`): the
@@ -436,6 +439,16 @@ impl PgBatch {
 
     pub(crate) fn sheet(&mut self, s: &Sheet) {
         self.sheets.insert(s.serial.clone(), s.clone());
+    }
+
+    /// Takes the campaign's projection lock, until the write ends: two servers' batches of one
+    /// campaign do not both count a record from the same "before".
+    fn lock(&self, conn: &mut impl GenericClient) -> Result<()> {
+        conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('tally projection ' || current_schema() || ' ' || $1))",
+            &[&self.campaign],
+        )?;
+        Ok(())
     }
 
     /// Reads what the records need, in two or three statements.
@@ -496,10 +509,7 @@ impl PgBatch {
     /// Counts the batch: takes the campaign's projection lock (until the write ends), reads
     /// the rows its records need, applies them, and writes rows, cells and facts.
     pub(crate) fn flush(mut self, conn: &mut impl GenericClient) -> Result<()> {
-        conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtext('tally projection ' || current_schema() || ' ' || $1))",
-            &[&self.campaign],
-        )?;
+        self.lock(conn)?;
         // Every server's live streams and totals document hear of it when this commits.
         super::listen::campaign_projected(conn, &self.campaign)?;
         let mut stored = self.read(conn)?;
@@ -509,25 +519,25 @@ impl PgBatch {
             .signatures
             .iter()
             .map(|(id, doc)| {
-                (
+                Ok((
                     doc.as_str(),
                     id.as_str(),
-                    copy_of(&stored.signatures, id, doc),
-                )
+                    copy_of(&stored.signatures, id, doc)?,
+                ))
             })
-            .collect();
+            .collect::<Result<_>>()?;
         upsert_signature_rows(conn, campaign, &signatures)?;
         let checkins: Vec<(&str, &str, &CheckinRow)> = applied
             .checkins
             .iter()
             .map(|(id, doc)| {
-                (
+                Ok((
                     doc.as_str(),
                     id.as_str(),
-                    copy_of(&stored.checkins, id, doc),
-                )
+                    copy_of(&stored.checkins, id, doc)?,
+                ))
             })
-            .collect();
+            .collect::<Result<_>>()?;
         upsert_checkin_rows(conn, campaign, &checkins)?;
         upsert_strike_rows(
             conn,
