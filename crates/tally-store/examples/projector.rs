@@ -269,6 +269,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .batch_execute(&format!("SET search_path = {schema}; ANALYZE"))?;
     }
     let incremental = store.read(|r| r.projection_dump())?;
+    // A digest of every projection table, to compare runs (and builds) with.
+    let mut digest = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(&incremental, &mut digest);
+    println!(
+        "projection tables: {} lines, digest {:016x}",
+        incremental.values().map(Vec::len).sum::<usize>(),
+        std::hash::Hasher::finish(&digest)
+    );
     store.write(|tx| tx.rebuild_aggregates())?;
     if store.read(|r| r.projection_dump())? != incremental {
         return Err("the rebuilt aggregates differ from what the batches wrote".into());

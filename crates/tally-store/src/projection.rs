@@ -1759,6 +1759,55 @@ mod tests {
         b.signature(doc, &s.id, &SignatureRow::of(s, tz))
     }
 
+    /// A token's count in a cell: new to the cell, gone from it, or neither; below zero is
+    /// drift.
+    #[test]
+    fn member_change_counts_distinct_tokens() {
+        assert_eq!(member_change(1, 1), Some((1, false)));
+        assert_eq!(member_change(3, 3), Some((1, false)));
+        assert_eq!(member_change(0, -2), Some((-1, true)));
+        assert_eq!(member_change(2, 1), Some((0, false)));
+        assert_eq!(member_change(1, -1), Some((0, false)));
+        assert_eq!(member_change(-1, -1), None);
+        assert_eq!(member_change(1, 2), None);
+    }
+
+    /// A copy written over a record's copies: nothing for the same row; before and after for
+    /// another; the copies then hold what the upsert stores (a signature keeps its time and
+    /// collector), while "after" merges the row as given.
+    #[test]
+    fn write_copy_says_before_and_after() {
+        let world = World::new();
+        let row = |name: &str, at: i64| {
+            let mut s = world.signature("dev1", "s1", name, "M5V 2T6", "Toronto");
+            s.collected_at = at;
+            SignatureRow::of(&s, "UTC")
+        };
+        let mut copies = Vec::new();
+        let first = row("Li Wei", NOW);
+        assert_eq!(
+            write_copy(&mut copies, "docA", &first),
+            Some((None, Some(first.clone())))
+        );
+        assert_eq!(write_copy(&mut copies, "docA", &first), None);
+        // Another lineage's copy, later: the record is still the first copy.
+        let other = row("Li Wei", NOW + 1);
+        assert_eq!(
+            write_copy(&mut copies, "docB", &other),
+            Some((Some(first.clone()), Some(first.clone())))
+        );
+        assert_eq!(copies.len(), 2);
+        // The first copy rewritten with another time: "after" is the row given, the copy
+        // stored keeps its time (the upsert does not update collected_at).
+        let moved = row("Amara Okafor", NOW + 2);
+        assert_eq!(
+            write_copy(&mut copies, "docA", &moved),
+            Some((Some(first.clone()), Some(other.clone())))
+        );
+        assert_eq!(copies[0].1.collected_at, NOW);
+        assert_eq!(copies[0].1.dup, moved.dup);
+    }
+
     /// The incremental batches and the one-pass SQL rebuild agree, cell for cell, through
     /// corrections, withdrawals, a strike before its signature's row and a revoked strike.
     #[test]
