@@ -250,8 +250,10 @@ pub trait Writes: Reads {
     fn rebuild_aggregates_if_stale(&self) -> Result<bool>;
 }
 
-/// A projection batch: rows written as records come, aggregate cells netted and written once
-/// at [`Projecting::flush`].
+/// A projection batch: records applied in the order given, as if one after the other,
+/// aggregate cells netted and written once at [`Projecting::flush`]. SQLite writes each record's
+/// row as it comes; PostgreSQL collects the records and writes everything at the flush, in a
+/// few statements per table (a batch sees the rows of the batches flushed before it).
 pub trait Projecting {
     /// Projects signature `id` of collection `doc_id`, as its row.
     fn signature(&mut self, doc_id: &str, id: &str, row: &SignatureRow) -> Result<()>;

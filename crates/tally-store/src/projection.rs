@@ -243,13 +243,7 @@ fn token_id(conn: &Connection, campaign: &str, token: &str) -> Result<i64> {
 pub struct Batch<'a> {
     conn: &'a Connection,
     campaign: String,
-    /// Net change of each cell's record count.
-    cells: HashMap<(Dim, String), i64>,
-    /// Net change of each token's record count in a cell.
-    members: HashMap<(Dim, String, String), i64>,
-    /// The records whose fact changed: the merged record and whether it is struck, or `None`
-    /// for a record gone.
-    facts: HashMap<String, Option<(SignatureRow, bool)>>,
+    net: Netted,
 }
 
 impl<'a> WriteTx<'a> {
@@ -258,9 +252,7 @@ impl<'a> WriteTx<'a> {
         Batch {
             conn: self.tx,
             campaign: campaign.to_string(),
-            cells: HashMap::new(),
-            members: HashMap::new(),
-            facts: HashMap::new(),
+            net: Netted::default(),
         }
     }
 
@@ -364,15 +356,6 @@ impl<'a> WriteTx<'a> {
 }
 
 impl Batch<'_> {
-    fn add(&mut self, contributions: Vec<Contribution>, sign: i64) {
-        for Contribution { dim, key, token } in contributions {
-            if let Some(t) = token {
-                *self.members.entry((dim, key.clone(), t)).or_default() += sign;
-            }
-            *self.cells.entry((dim, key)).or_default() += sign;
-        }
-    }
-
     /// Projects one signature of collection `doc_id`: writes its row now, its aggregates at
     /// [`Batch::flush`]. The aggregates count the record its copies make (docs/documents.md,
     /// "Counting once"): what that record adds before the row is written is taken away, what it
@@ -380,31 +363,13 @@ impl Batch<'_> {
     pub fn signature(&mut self, doc_id: &str, id: &str, row: &SignatureRow) -> Result<()> {
         let conn = self.conn;
         let mut copies = sig_copies(conn, &self.campaign, id)?;
-        let mine = copies.iter().position(|(d, _)| d == doc_id);
-        if let Some(i) = mine
-            && copies[i].1 == *row
-        {
+        let Some((before, after)) = write_copy(&mut copies, doc_id, row) else {
             return Ok(());
-        }
-        let before = SignatureRow::merged(copies.iter().map(|(_, r)| r));
+        };
         upsert_signature_row(conn, doc_id, &self.campaign, id, row)?;
-        let row = row.clone();
-        match mine {
-            Some(i) => copies[i].1 = row,
-            None => copies.push((doc_id.to_string(), row)),
-        }
-        let after = SignatureRow::merged(copies.iter().map(|(_, r)| r));
-        if before == after {
-            return Ok(());
-        }
-        let struck = is_struck(conn, &self.campaign, id)?;
-        self.facts
-            .insert(id.to_string(), after.clone().map(|a| (a, struck)));
-        if let Some(b) = before {
-            self.add(signature_cells(&b, struck), -1);
-        }
-        if let Some(a) = after {
-            self.add(signature_cells(&a, struck), 1);
+        if before != after {
+            let struck = is_struck(conn, &self.campaign, id)?;
+            self.net.signature(id, before, after, struck);
         }
         Ok(())
     }
@@ -412,29 +377,13 @@ impl Batch<'_> {
     /// Projects one check-in of collection `doc_id`, counted once per id like signatures.
     pub fn checkin(&mut self, doc_id: &str, c: &Checkin) -> Result<()> {
         let conn = self.conn;
-        let row = CheckinRow::of(c);
         let mut copies = checkin_copies(conn, &self.campaign, &c.id)?;
-        let mine = copies.iter().position(|(d, _)| d == doc_id);
-        if let Some(i) = mine
-            && copies[i].1 == row
-        {
+        let Some((before, after)) = write_copy(&mut copies, doc_id, &CheckinRow::of(c)) else {
             return Ok(());
-        }
-        let before = CheckinRow::merged(copies.iter().map(|(_, r)| r));
+        };
         upsert_checkin_row(conn, doc_id, &self.campaign, c)?;
-        match mine {
-            Some(i) => copies[i].1 = row,
-            None => copies.push((doc_id.to_string(), row)),
-        }
-        let after = CheckinRow::merged(copies.iter().map(|(_, r)| r));
-        if before == after {
-            return Ok(());
-        }
-        if let Some(b) = before {
-            self.add(checkin_cells(&b), -1);
-        }
-        if let Some(a) = after {
-            self.add(checkin_cells(&a), 1);
+        if before != after {
+            self.net.checkin(before, after);
         }
         Ok(())
     }
@@ -449,9 +398,7 @@ impl Batch<'_> {
         if was != now {
             let copies = sig_copies(conn, &self.campaign, &s.signature)?;
             if let Some(row) = SignatureRow::merged(copies.iter().map(|(_, r)| r)) {
-                self.add(signature_cells(&row, was), -1);
-                self.add(signature_cells(&row, now), 1);
-                self.facts.insert(s.signature.clone(), Some((row, now)));
+                self.net.strike(&s.signature, row, was, now);
             }
         }
         Ok(())
@@ -471,22 +418,14 @@ impl Batch<'_> {
         let drift = |dim: Dim, key: &str, what: &str| {
             StoreError::Drift(format!("{campaign}/{}/{key}: {what}", dim.as_str()))
         };
-        let mut by_cell: HashMap<(Dim, String), Vec<(String, i64)>> = HashMap::new();
-        for ((dim, key, token), d) in self.members {
-            if d != 0 {
-                by_cell.entry((dim, key)).or_default().push((token, d));
-            }
-        }
-        let mut keys: HashSet<(Dim, String)> = by_cell.keys().cloned().collect();
-        keys.extend(
-            self.cells
-                .iter()
-                .filter(|(_, d)| **d != 0)
-                .map(|(k, _)| k.clone()),
-        );
         let mut token_ids: HashMap<String, i64> = HashMap::new();
-        for (dim, key) in keys {
-            let dn = self.cells.get(&(dim, key.clone())).copied().unwrap_or(0);
+        for CellChange {
+            dim,
+            key,
+            n: dn,
+            tokens,
+        } in self.net.changed_cells()
+        {
             let (key_id, n): (i64, i64) = conn
                 .prepare_cached(
                     "INSERT INTO agg_cells (campaign, dim, key, key_id, n, uniq)
@@ -501,7 +440,7 @@ impl Batch<'_> {
                 return Err(drift(dim, &key, "records below zero"));
             }
             let mut du = 0i64;
-            for (token, dm) in by_cell.remove(&(dim, key.clone())).unwrap_or_default() {
+            for (token, dm) in tokens {
                 let tid = match token_ids.get(&token) {
                     Some(id) => *id,
                     None => {
@@ -517,21 +456,14 @@ impl Batch<'_> {
                          RETURNING n",
                     )?
                     .query_row(params![key_id, tid, dm], |r| r.get(0))?;
-                let m0 = m - dm;
-                if m < 0 || m0 < 0 {
-                    return Err(drift(dim, &key, "a token's records below zero"));
-                }
-                if m0 == 0 && m > 0 {
-                    du += 1;
-                }
-                if m == 0 {
+                let (d, gone) = member_change(m, dm)
+                    .ok_or_else(|| drift(dim, &key, "a token's records below zero"))?;
+                du += d;
+                if gone {
                     conn.prepare_cached(
                         "DELETE FROM agg_members WHERE key_id = ?1 AND token_id = ?2",
                     )?
                     .execute(params![key_id, tid])?;
-                    if m0 > 0 {
-                        du -= 1;
-                    }
                 }
             }
             if n == 0 {
@@ -547,7 +479,7 @@ impl Batch<'_> {
             }
         }
         let mut key_ids = HashMap::new();
-        for (sig_id, record) in self.facts {
+        for (sig_id, record) in self.net.facts {
             write_fact(
                 conn,
                 campaign,
@@ -1172,6 +1104,199 @@ pub(crate) fn checkin_totals(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Netting a batch (pure, shared by both backends).
+//
+// A batch applies its records one after the other: each record's row is written over its copy
+// in one collection, and the record its copies make (merged) counts once; what the record counted
+// before the write is taken away from its cells, what it counts after is added. The changes are
+// netted per cell and per token before they touch the aggregate tables.
+
+/// A record kept as copies, one per collection (a signature or a check-in row).
+pub(crate) trait Copies: Clone + PartialEq + Sized {
+    /// The record the copies make (`SignatureRow::merged`, `CheckinRow::merged`).
+    fn merged_of<'a>(copies: impl IntoIterator<Item = &'a Self>) -> Option<Self>
+    where
+        Self: 'a;
+    /// The row that the row's upsert leaves over an existing `old` one: its `ON CONFLICT`
+    /// clause does not update every column (a signature keeps its `collected_at` and
+    /// `collected_by`, a check-in its `event`, `at` and `by_id`).
+    fn upserted(old: &Self, new: &Self) -> Self;
+}
+
+impl Copies for SignatureRow {
+    fn merged_of<'a>(copies: impl IntoIterator<Item = &'a Self>) -> Option<Self> {
+        SignatureRow::merged(copies)
+    }
+    fn upserted(old: &Self, new: &Self) -> Self {
+        SignatureRow {
+            collected_at: old.collected_at,
+            collected_by: old.collected_by.clone(),
+            ..new.clone()
+        }
+    }
+}
+
+impl Copies for CheckinRow {
+    fn merged_of<'a>(copies: impl IntoIterator<Item = &'a Self>) -> Option<Self> {
+        CheckinRow::merged(copies)
+    }
+    fn upserted(old: &Self, new: &Self) -> Self {
+        CheckinRow {
+            event: old.event.clone(),
+            at: old.at,
+            by: old.by.clone(),
+            ..new.clone()
+        }
+    }
+}
+
+/// Writes `row` as collection `doc_id`'s copy among a record's `copies` (updated to the rows
+/// stored after the upsert): `None` when that copy is already `row` (nothing to write), else
+/// the record before and after. As the incremental path always has, "after" merges `row` as
+/// given, whatever columns the upsert keeps.
+pub(crate) fn write_copy<R: Copies>(
+    copies: &mut Vec<(String, R)>,
+    doc_id: &str,
+    row: &R,
+) -> Option<(Option<R>, Option<R>)> {
+    let mine = copies.iter().position(|(d, _)| d == doc_id);
+    if let Some(i) = mine
+        && copies[i].1 == *row
+    {
+        return None;
+    }
+    let before = R::merged_of(copies.iter().map(|(_, r)| r));
+    let after = R::merged_of(
+        copies
+            .iter()
+            .map(|(d, r)| if d == doc_id { row } else { r })
+            .chain(mine.is_none().then_some(row)),
+    );
+    match mine {
+        Some(i) => copies[i].1 = R::upserted(&copies[i].1, row),
+        None => copies.push((doc_id.to_string(), row.clone())),
+    }
+    Some((before, after))
+}
+
+/// One cell whose count or tokens a batch changed: its net change of records and its tokens'
+/// (none zero).
+pub(crate) struct CellChange {
+    pub dim: Dim,
+    pub key: String,
+    pub n: i64,
+    pub tokens: Vec<(String, i64)>,
+}
+
+/// The aggregate changes of one batch, netted.
+#[derive(Default)]
+pub(crate) struct Netted {
+    /// Net change of each cell's record count.
+    cells: HashMap<(Dim, String), i64>,
+    /// Net change of each token's record count in a cell.
+    members: HashMap<(Dim, String, String), i64>,
+    /// The records whose fact changed: the merged record and whether it is struck, or `None`
+    /// for a record gone.
+    pub facts: HashMap<String, Option<(SignatureRow, bool)>>,
+}
+
+impl Netted {
+    fn add(&mut self, contributions: Vec<Contribution>, sign: i64) {
+        for Contribution { dim, key, token } in contributions {
+            if let Some(t) = token {
+                *self.members.entry((dim, key.clone(), t)).or_default() += sign;
+            }
+            *self.cells.entry((dim, key)).or_default() += sign;
+        }
+    }
+
+    /// Signature record `id` went from `before` to `after` (different), struck or not all
+    /// along.
+    pub(crate) fn signature(
+        &mut self,
+        id: &str,
+        before: Option<SignatureRow>,
+        after: Option<SignatureRow>,
+        struck: bool,
+    ) {
+        self.facts
+            .insert(id.to_string(), after.clone().map(|a| (a, struck)));
+        if let Some(b) = before {
+            self.add(signature_cells(&b, struck), -1);
+        }
+        if let Some(a) = after {
+            self.add(signature_cells(&a, struck), 1);
+        }
+    }
+
+    /// A check-in record went from `before` to `after` (different).
+    pub(crate) fn checkin(&mut self, before: Option<CheckinRow>, after: Option<CheckinRow>) {
+        if let Some(b) = before {
+            self.add(checkin_cells(&b), -1);
+        }
+        if let Some(a) = after {
+            self.add(checkin_cells(&a), 1);
+        }
+    }
+
+    /// Signature record `id` (its copies merged: `row`) went from struck `was` to `now`.
+    pub(crate) fn strike(&mut self, id: &str, row: SignatureRow, was: bool, now: bool) {
+        if was != now {
+            self.add(signature_cells(&row, was), -1);
+            self.add(signature_cells(&row, now), 1);
+            self.facts.insert(id.to_string(), Some((row, now)));
+        }
+    }
+
+    /// The cells whose count or tokens changed.
+    pub(crate) fn changed_cells(&self) -> Vec<CellChange> {
+        let mut by_cell: HashMap<(Dim, &str), Vec<(String, i64)>> = HashMap::new();
+        for ((dim, key, token), d) in &self.members {
+            if *d != 0 {
+                by_cell
+                    .entry((*dim, key.as_str()))
+                    .or_default()
+                    .push((token.clone(), *d));
+            }
+        }
+        for ((dim, key), d) in &self.cells {
+            if *d != 0 {
+                by_cell.entry((*dim, key.as_str())).or_default();
+            }
+        }
+        by_cell
+            .into_iter()
+            .map(|((dim, key), tokens)| CellChange {
+                dim,
+                key: key.to_string(),
+                n: self
+                    .cells
+                    .get(&(dim, key.to_string()))
+                    .copied()
+                    .unwrap_or(0),
+                tokens,
+            })
+            .collect()
+    }
+}
+
+/// A token's record count in a cell now `m`, changed by `dm`: what the cell's distinct tokens
+/// change by (1 for a token new to it, -1 for one gone) and whether its row goes (no record
+/// left); `None` if either count is below zero (the tables no longer match the rows).
+pub(crate) fn member_change(m: i64, dm: i64) -> Option<(i64, bool)> {
+    let m0 = m - dm;
+    if m < 0 || m0 < 0 {
+        return None;
+    }
+    let du = match (m0, m) {
+        (0, m) if m > 0 => 1,
+        (m0, 0) if m0 > 0 => -1,
+        _ => 0,
+    };
+    Some((du, m == 0))
+}
+
+// ---------------------------------------------------------------------------------------------
 // Filtered totals from the record facts (issue 18), shared by both backends.
 //
 // `agg_records` holds one row per record (the merged copies of one signature id: counted, struck
@@ -1632,6 +1757,55 @@ mod tests {
     /// Projects signature `s` as its row in a campaign of time zone `tz`.
     pub(super) fn sign(b: &mut Batch<'_>, doc: &str, s: &Signature, tz: &str) -> Result<()> {
         b.signature(doc, &s.id, &SignatureRow::of(s, tz))
+    }
+
+    /// A token's count in a cell: new to the cell, gone from it, or neither; below zero is
+    /// drift.
+    #[test]
+    fn member_change_counts_distinct_tokens() {
+        assert_eq!(member_change(1, 1), Some((1, false)));
+        assert_eq!(member_change(3, 3), Some((1, false)));
+        assert_eq!(member_change(0, -2), Some((-1, true)));
+        assert_eq!(member_change(2, 1), Some((0, false)));
+        assert_eq!(member_change(1, -1), Some((0, false)));
+        assert_eq!(member_change(-1, -1), None);
+        assert_eq!(member_change(1, 2), None);
+    }
+
+    /// A copy written over a record's copies: nothing for the same row; before and after for
+    /// another; the copies then hold what the upsert stores (a signature keeps its time and
+    /// collector), while "after" merges the row as given.
+    #[test]
+    fn write_copy_says_before_and_after() {
+        let world = World::new();
+        let row = |name: &str, at: i64| {
+            let mut s = world.signature("dev1", "s1", name, "M5V 2T6", "Toronto");
+            s.collected_at = at;
+            SignatureRow::of(&s, "UTC")
+        };
+        let mut copies = Vec::new();
+        let first = row("Li Wei", NOW);
+        assert_eq!(
+            write_copy(&mut copies, "docA", &first),
+            Some((None, Some(first.clone())))
+        );
+        assert_eq!(write_copy(&mut copies, "docA", &first), None);
+        // Another lineage's copy, later: the record is still the first copy.
+        let other = row("Li Wei", NOW + 1);
+        assert_eq!(
+            write_copy(&mut copies, "docB", &other),
+            Some((Some(first.clone()), Some(first.clone())))
+        );
+        assert_eq!(copies.len(), 2);
+        // The first copy rewritten with another time: "after" is the row given, the copy
+        // stored keeps its time (the upsert does not update collected_at).
+        let moved = row("Amara Okafor", NOW + 2);
+        assert_eq!(
+            write_copy(&mut copies, "docA", &moved),
+            Some((Some(first.clone()), Some(other.clone())))
+        );
+        assert_eq!(copies[0].1.collected_at, NOW);
+        assert_eq!(copies[0].1.dup, moved.dup);
     }
 
     /// The incremental batches and the one-pass SQL rebuild agree, cell for cell, through

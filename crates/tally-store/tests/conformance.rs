@@ -224,6 +224,7 @@ conformance!(sqlite, super::sqlite;
     the_audit_chain_appends_and_verifies,
     record_keys_and_erasure,
     claims_and_the_projection_queue,
+    a_batch_counts_as_its_records_one_by_one,
 );
 
 // The one more line: the same behaviours on PostgreSQL.
@@ -245,6 +246,7 @@ conformance!(postgres, super::postgres;
     the_audit_chain_appends_and_verifies,
     record_keys_and_erasure,
     claims_and_the_projection_queue,
+    a_batch_counts_as_its_records_one_by_one,
 );
 
 fn meta(doc_id: &str, kind: &str, campaign: &str, owner: Option<&str>) -> DocMeta {
@@ -495,6 +497,105 @@ fn random_history(
         check(&docs, &review);
     }
     (docs, review)
+}
+
+/// One record of a projection batch, as the projector hands it over.
+#[derive(Clone)]
+enum Op {
+    Signature(&'static str, SignatureRow, String),
+    Checkin(&'static str, tally_core::collection::Checkin),
+    Strike(Strike),
+    Sheet(tally_core::review::Sheet),
+}
+
+/// A random run of records over a few ids (so that one batch often holds a record and its
+/// edit, its strike and revocation, or its copy in another lineage's collection).
+fn random_ops(world: &World, rng: &mut StdRng, n: usize) -> Vec<Op> {
+    use tally_core::review::{Sheet, SheetStatus};
+    (0..n)
+        .map(|_| {
+            let di = rng.gen_range(0..DOCS.len());
+            let (d, owner) = DOCS[di];
+            let k = rng.gen_range(0..4usize);
+            match rng.gen_range(0..20) {
+                0..11 => {
+                    let id = format!("s{k}");
+                    let (name, postal) = PEOPLE[rng.gen_range(0..PEOPLE.len())];
+                    let mut s = world.signature(owner, &id, name, postal, "Toronto");
+                    s.city = CITIES[rng.gen_range(0..CITIES.len())].into();
+                    // Set at creation, never changed: the same per copy, another per lineage.
+                    s.collected_at = NOW + ((di + k) as i64 % 3) * 5 * HOUR;
+                    s.event = rng.gen_bool(0.5).then(|| EVENT.to_string());
+                    s.riding = rng.gen_bool(0.5).then(|| "Spadina".to_string());
+                    s.withdrawn = rng.gen_bool(0.15);
+                    Op::Signature(d, SignatureRow::of(&s, TZ), id)
+                }
+                11..16 => {
+                    let mut ci = world.checkin(
+                        owner,
+                        &format!("c{k}"),
+                        PEOPLE[rng.gen_range(0..PEOPLE.len())].0,
+                        rng.gen_bool(0.5),
+                    );
+                    ci.at = NOW + ((di + k) as i64 % 2) * 30 * HOUR;
+                    ci.withdrawn = rng.gen_bool(0.15);
+                    Op::Checkin(d, ci)
+                }
+                16..19 => Op::Strike(Strike {
+                    signature: format!("s{k}"),
+                    reason: StrikeReason::Duplicate,
+                    by: "org1".into(),
+                    at: NOW + rng.gen_range(0..3),
+                    revoked: rng.gen_bool(0.4),
+                }),
+                _ => Op::Sheet(Sheet {
+                    serial: format!("P{}", k % 2),
+                    count: rng.gen_range(0..30),
+                    riding: rng.gen_bool(0.5).then(|| "Spadina".to_string()),
+                    status: [SheetStatus::Collected, SheetStatus::Counted][rng.gen_range(0..2)],
+                }),
+            }
+        })
+        .collect()
+}
+
+/// Projects `ops` into campaign `camp` in one write, one batch per group of `per_batch`.
+fn project_ops(store: &dyn Storage, camp: &str, ops: &[Op], per_batch: usize) {
+    for group in ops.chunks(per_batch.max(1)) {
+        store
+            .write(|tx| {
+                let mut b = tx.projection_batch(camp);
+                for op in group {
+                    match op {
+                        Op::Signature(d, row, id) => b.signature(&doc_id(d, camp), id, row)?,
+                        Op::Checkin(d, ci) => b.checkin(&doc_id(d, camp), ci)?,
+                        Op::Strike(s) => b.strike(s)?,
+                        Op::Sheet(s) => b.sheet(s)?,
+                    }
+                }
+                b.flush()
+            })
+            .unwrap();
+    }
+}
+
+/// The lines of `dump` that are campaign `camp`'s, with its name replaced by `as_name`.
+fn campaign_lines(
+    dump: &BTreeMap<&'static str, Vec<String>>,
+    camp: &str,
+    as_name: &str,
+) -> BTreeMap<&'static str, Vec<String>> {
+    dump.iter()
+        .map(|(table, lines)| {
+            let mut mine: Vec<String> = lines
+                .iter()
+                .filter(|l| l.contains(camp))
+                .map(|l| l.replace(camp, as_name))
+                .collect();
+            mine.sort();
+            (*table, mine)
+        })
+        .collect()
 }
 
 pub mod cases {
@@ -1437,6 +1538,45 @@ pub mod cases {
             })
             .unwrap();
         assert_eq!(campaign.len(), 2);
+    }
+
+    /// A batch is applied as its records one after the other (issue 18, the projector's
+    /// batches): random runs of records over a few ids, after a history of their own, projected
+    /// in one batch into one campaign and one record per write into another, leave the same
+    /// rows, record facts, cells and totals; so does the same run in batches of 7; and a
+    /// rebuild of the aggregates from the rows changes nothing.
+    pub fn a_batch_counts_as_its_records_one_by_one(store: &dyn Storage) {
+        let world = World::new();
+        for seed in 0..6u64 {
+            let mut rng = StdRng::seed_from_u64(1_000 + seed);
+            let history = random_ops(&world, &mut rng, 12);
+            let run = random_ops(&world, &mut rng, 60);
+            let [whole, sevens, single] =
+                ["whole", "sevens", "single"].map(|k| format!("camp-{k}-{seed}-x"));
+            for (camp, per_batch) in [(&whole, run.len()), (&sevens, 7), (&single, 1)] {
+                project_ops(store, camp, &history, 1);
+                project_ops(store, camp, &run, per_batch);
+            }
+            let totals = |c: &str| store.read(|r| r.totals(c)).unwrap();
+            assert_eq!(totals(&whole), totals(&single), "seed {seed}: totals");
+            assert_eq!(totals(&sevens), totals(&single), "seed {seed}: totals");
+            let dump = store.read(|r| r.projection_dump()).unwrap();
+            let want = campaign_lines(&dump, &single, "C");
+            assert!(!want["signatures"].is_empty() && !want["agg_records"].is_empty());
+            assert_eq!(
+                campaign_lines(&dump, &whole, "C"),
+                want,
+                "seed {seed}: one batch"
+            );
+            assert_eq!(
+                campaign_lines(&dump, &sevens, "C"),
+                want,
+                "seed {seed}: batches of 7"
+            );
+        }
+        let incremental = store.read(|r| r.projection_dump()).unwrap();
+        store.write(|tx| tx.rebuild_aggregates()).unwrap();
+        assert_eq!(store.read(|r| r.projection_dump()).unwrap(), incremental);
     }
 
     /// Record keys: per device, idempotent, a conflict for other bytes, another campaign's record

@@ -203,17 +203,20 @@ struct PgProjecting<'t, 'a> {
 
 impl Projecting for PgProjecting<'_, '_> {
     fn signature(&mut self, doc_id: &str, id: &str, row: &SignatureRow) -> Result<()> {
-        self.batch
-            .signature(&mut *self.tx.borrow_mut(), doc_id, id, row)
+        self.batch.signature(doc_id, id, row);
+        Ok(())
     }
     fn checkin(&mut self, doc_id: &str, c: &Checkin) -> Result<()> {
-        self.batch.checkin(&mut *self.tx.borrow_mut(), doc_id, c)
+        self.batch.checkin(doc_id, c);
+        Ok(())
     }
     fn strike(&mut self, s: &Strike) -> Result<()> {
-        self.batch.strike(&mut *self.tx.borrow_mut(), s)
+        self.batch.strike(s);
+        Ok(())
     }
     fn sheet(&mut self, s: &Sheet) -> Result<()> {
-        self.batch.sheet(&mut *self.tx.borrow_mut(), s)
+        self.batch.sheet(s);
+        Ok(())
     }
     fn flush(self: Box<Self>) -> Result<()> {
         let this = *self;

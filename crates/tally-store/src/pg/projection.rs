@@ -8,13 +8,11 @@
 //! Texts are ordered `COLLATE "C"` (by their bytes, as Rust orders `str`) with NULLs first (as
 //! Rust orders `Option`), whatever the database's collation.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use postgres::types::ToSql;
 use postgres::{GenericClient, Row};
-use tally_core::cells::{
-    CheckinRow, Contribution, Dim, SignatureRow, checkin_cells, signature_cells, totals_of_cells,
-};
+use tally_core::cells::{CheckinRow, Dim, SignatureRow, totals_of_cells};
 use tally_core::city::city_key;
 use tally_core::collection::{Checkin, Collection};
 use tally_core::review::{Review, Sheet, Strike};
@@ -22,10 +20,10 @@ use tally_core::totals::{CheckinCell, PaperCell, Totals};
 
 use crate::error::{Result, StoreError};
 use crate::projection::{
-    COUNTED, FACT_DIMS, Fact, FactFilter, FactRange, Filter, FilterArg, NO_SUCH_KEY,
-    checkin_conditions, checkin_totals, complete_groups, fact_id, fact_keys, fact_line,
-    fact_status, filter_keys, merged_records, scanned_totals, signature_conditions,
-    totals_of_facts,
+    COUNTED, CellChange, FACT_DIMS, Fact, FactFilter, FactRange, Filter, FilterArg, NO_SUCH_KEY,
+    Netted, checkin_conditions, checkin_totals, complete_groups, fact_id, fact_keys, fact_line,
+    fact_status, filter_keys, member_change, merged_records, scanned_totals, signature_conditions,
+    totals_of_facts, write_copy,
 };
 
 /// Schema version 2 (SQLite's 9): the record facts of filtered totals (issue 18; see
@@ -62,15 +60,6 @@ pub(crate) const FACTS_SCHEMA: &str = r#"
         SELECT 'aggregates', 'stale' WHERE EXISTS (SELECT 1 FROM signatures)
         ON CONFLICT (name) DO UPDATE SET value = excluded.value;
 "#;
-
-fn is_struck(conn: &mut impl GenericClient, campaign: &str, sig_id: &str) -> Result<bool> {
-    Ok(conn
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM strikes WHERE campaign = $1 AND sig_id = $2 AND NOT revoked)",
-            &[&campaign, &sig_id],
-        )?
-        .get(0))
-}
 
 pub(crate) fn lineage_of(conn: &mut impl GenericClient, device_id: &str) -> Result<String> {
     Ok(conn
@@ -110,447 +99,707 @@ fn checkin_row(r: &Row) -> CheckinRow {
     }
 }
 
-fn sig_copies(
-    conn: &mut impl GenericClient,
-    campaign: &str,
-    sig_id: &str,
-) -> Result<Vec<(String, SignatureRow)>> {
-    Ok(conn
-        .query(
-            &format!(
-                "SELECT {SIG_COLUMNS}, doc_id FROM signatures WHERE campaign = $1 AND sig_id = $2"
-            ),
-            &[&campaign, &sig_id],
-        )?
-        .iter()
-        .map(|r| (r.get(10), sig_row(r)))
-        .collect())
-}
+// ---------------------------------------------------------------------------------------------
+// Row statements: each writes many rows of one campaign at once (arrays, `unnest`), one row per
+// key at most (`ON CONFLICT DO UPDATE` cannot touch a row twice in one statement). The
+// `ON CONFLICT` clauses are SQLite's (`crate::projection`; `Copies::upserted` says what they
+// keep of an existing row).
 
-fn upsert_signature_row(
+/// Upserts signature rows (doc_id, sig_id, row) of `campaign`.
+fn upsert_signature_rows(
     conn: &mut impl GenericClient,
-    doc_id: &str,
     campaign: &str,
-    sig_id: &str,
-    row: &SignatureRow,
+    rows: &[(&str, &str, &SignatureRow)],
 ) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let col = |f: fn(&SignatureRow) -> &str| rows.iter().map(|r| f(r.2)).collect::<Vec<_>>();
+    let opt =
+        |f: fn(&SignatureRow) -> Option<&str>| rows.iter().map(|r| f(r.2)).collect::<Vec<_>>();
+    let docs: Vec<&str> = rows.iter().map(|r| r.0).collect();
+    let ids: Vec<&str> = rows.iter().map(|r| r.1).collect();
+    let at: Vec<i64> = rows.iter().map(|r| r.2.collected_at).collect();
+    let consent: Vec<bool> = rows.iter().map(|r| r.2.consent).collect();
+    let withdrawn: Vec<bool> = rows.iter().map(|r| r.2.withdrawn).collect();
+    let city_keys: Vec<String> = rows.iter().map(|r| city_key(&r.2.city)).collect();
     conn.execute(
-        "INSERT INTO signatures (doc_id, sig_id, campaign, event, collected_at, day, collected_by, city, fsa, riding, consent, dup, withdrawn, city_key)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+        "INSERT INTO signatures (campaign, doc_id, sig_id, event, collected_at, day, collected_by, city, fsa, riding, consent, dup, withdrawn, city_key)
+         SELECT $1::TEXT, u.* FROM unnest($2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[], $6::TEXT[], $7::TEXT[],
+             $8::TEXT[], $9::TEXT[], $10::TEXT[], $11::BOOLEAN[], $12::TEXT[], $13::BOOLEAN[], $14::TEXT[]) AS u
          ON CONFLICT (doc_id, sig_id) DO UPDATE SET event = excluded.event, day = excluded.day, city = excluded.city,
            city_key = excluded.city_key, fsa = excluded.fsa, riding = excluded.riding, consent = excluded.consent, dup = excluded.dup, withdrawn = excluded.withdrawn",
         &[
-            &doc_id,
-            &sig_id,
             &campaign,
-            &row.event,
-            &row.collected_at,
-            &row.day,
-            &row.collected_by,
-            &row.city,
-            &row.fsa,
-            &row.riding,
-            &row.consent,
-            &row.dup,
-            &row.withdrawn,
-            &city_key(&row.city),
+            &docs,
+            &ids,
+            &opt(|r| r.event.as_deref()),
+            &at,
+            &col(|r| &r.day),
+            &col(|r| &r.collected_by),
+            &col(|r| &r.city),
+            &col(|r| &r.fsa),
+            &opt(|r| r.riding.as_deref()),
+            &consent,
+            &col(|r| &r.dup),
+            &withdrawn,
+            &city_keys,
         ],
     )?;
     Ok(())
 }
 
-fn checkin_copies(
+/// Upserts check-in rows (doc_id, ci_id, row) of `campaign`.
+fn upsert_checkin_rows(
     conn: &mut impl GenericClient,
     campaign: &str,
-    ci_id: &str,
-) -> Result<Vec<(String, CheckinRow)>> {
-    Ok(conn
-        .query(
-            "SELECT event, attendee, at, by_id, walk_in, withdrawn, doc_id
-             FROM checkins WHERE campaign = $1 AND ci_id = $2",
-            &[&campaign, &ci_id],
-        )?
-        .iter()
-        .map(|r| (r.get(6), checkin_row(r)))
-        .collect())
-}
-
-fn upsert_checkin_row(
-    conn: &mut impl GenericClient,
-    doc_id: &str,
-    campaign: &str,
-    c: &Checkin,
+    rows: &[(&str, &str, &CheckinRow)],
 ) -> Result<()> {
-    conn.execute(
-        "INSERT INTO checkins (doc_id, ci_id, campaign, event, attendee, at, by_id, walk_in, withdrawn)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         ON CONFLICT (doc_id, ci_id) DO UPDATE SET attendee = excluded.attendee, walk_in = excluded.walk_in, withdrawn = excluded.withdrawn",
-        &[&doc_id, &c.id, &campaign, &c.event, &c.attendee, &c.at, &c.by, &c.walk_in, &c.withdrawn],
-    )?;
-    Ok(())
-}
-
-fn upsert_strike_row(conn: &mut impl GenericClient, campaign: &str, s: &Strike) -> Result<()> {
-    conn.execute(
-        "INSERT INTO strikes (campaign, sig_id, reason, by_id, at, revoked) VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (campaign, sig_id) DO UPDATE SET reason = excluded.reason, by_id = excluded.by_id, at = excluded.at, revoked = excluded.revoked",
-        &[&campaign, &s.signature, &s.reason.as_str(), &s.by, &s.at, &s.revoked],
-    )?;
-    Ok(())
-}
-
-fn upsert_sheet_row(conn: &mut impl GenericClient, campaign: &str, s: &Sheet) -> Result<()> {
-    conn.execute(
-        "INSERT INTO sheets (campaign, serial, count, riding, status) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (campaign, serial) DO UPDATE SET count = excluded.count, riding = excluded.riding, status = excluded.status",
-        &[&campaign, &s.serial, &s.count, &s.riding, &s.status.as_str()],
-    )?;
-    Ok(())
-}
-
-fn token_id(conn: &mut impl GenericClient, campaign: &str, token: &str) -> Result<i64> {
-    if let Some(row) = conn.query_opt(
-        "SELECT token_id FROM agg_tokens WHERE campaign = $1 AND token = $2",
-        &[&campaign, &token],
-    )? {
-        return Ok(row.get(0));
+    if rows.is_empty() {
+        return Ok(());
     }
-    Ok(conn
-        .query_one(
-            "INSERT INTO agg_tokens (campaign, token) VALUES ($1, $2) RETURNING token_id",
-            &[&campaign, &token],
-        )?
-        .get(0))
+    let col = |f: fn(&CheckinRow) -> &str| rows.iter().map(|r| f(r.2)).collect::<Vec<_>>();
+    let docs: Vec<&str> = rows.iter().map(|r| r.0).collect();
+    let ids: Vec<&str> = rows.iter().map(|r| r.1).collect();
+    let at: Vec<i64> = rows.iter().map(|r| r.2.at).collect();
+    let walk_in: Vec<bool> = rows.iter().map(|r| r.2.walk_in).collect();
+    let withdrawn: Vec<bool> = rows.iter().map(|r| r.2.withdrawn).collect();
+    conn.execute(
+        "INSERT INTO checkins (campaign, doc_id, ci_id, event, attendee, at, by_id, walk_in, withdrawn)
+         SELECT $1::TEXT, u.* FROM unnest($2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::BIGINT[],
+             $7::TEXT[], $8::BOOLEAN[], $9::BOOLEAN[]) AS u
+         ON CONFLICT (doc_id, ci_id) DO UPDATE SET attendee = excluded.attendee, walk_in = excluded.walk_in, withdrawn = excluded.withdrawn",
+        &[
+            &campaign,
+            &docs,
+            &ids,
+            &col(|r| &r.event),
+            &col(|r| &r.attendee),
+            &at,
+            &col(|r| &r.by),
+            &walk_in,
+            &withdrawn,
+        ],
+    )?;
+    Ok(())
+}
+
+/// Upserts strike rows of `campaign` (one per signature).
+fn upsert_strike_rows(
+    conn: &mut impl GenericClient,
+    campaign: &str,
+    strikes: &[&Strike],
+) -> Result<()> {
+    if strikes.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = strikes.iter().map(|s| s.signature.as_str()).collect();
+    let reasons: Vec<&str> = strikes.iter().map(|s| s.reason.as_str()).collect();
+    let by: Vec<&str> = strikes.iter().map(|s| s.by.as_str()).collect();
+    let at: Vec<i64> = strikes.iter().map(|s| s.at).collect();
+    let revoked: Vec<bool> = strikes.iter().map(|s| s.revoked).collect();
+    conn.execute(
+        "INSERT INTO strikes (campaign, sig_id, reason, by_id, at, revoked)
+         SELECT $1::TEXT, u.* FROM unnest($2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[], $6::BOOLEAN[]) AS u
+         ON CONFLICT (campaign, sig_id) DO UPDATE SET reason = excluded.reason, by_id = excluded.by_id, at = excluded.at, revoked = excluded.revoked",
+        &[&campaign, &ids, &reasons, &by, &at, &revoked],
+    )?;
+    Ok(())
+}
+
+/// Upserts sheet rows of `campaign` (one per serial).
+fn upsert_sheet_rows(
+    conn: &mut impl GenericClient,
+    campaign: &str,
+    sheets: &[&Sheet],
+) -> Result<()> {
+    if sheets.is_empty() {
+        return Ok(());
+    }
+    let serials: Vec<&str> = sheets.iter().map(|s| s.serial.as_str()).collect();
+    let counts: Vec<i64> = sheets.iter().map(|s| s.count).collect();
+    let ridings: Vec<Option<&str>> = sheets.iter().map(|s| s.riding.as_deref()).collect();
+    let status: Vec<&str> = sheets.iter().map(|s| s.status.as_str()).collect();
+    conn.execute(
+        "INSERT INTO sheets (campaign, serial, count, riding, status)
+         SELECT $1::TEXT, u.* FROM unnest($2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[]) AS u
+         ON CONFLICT (campaign, serial) DO UPDATE SET count = excluded.count, riding = excluded.riding, status = excluded.status",
+        &[&campaign, &serials, &counts, &ridings, &status],
+    )?;
+    Ok(())
+}
+
+/// The ids of tokens `tokens` (distinct) of `campaign` in `agg_tokens`, the new ones interned:
+/// one statement (the batch holds the campaign's lock: no other server interns them meanwhile;
+/// only the new ones are inserted, so that no identity value is spent on a conflict).
+fn intern_tokens(
+    conn: &mut impl GenericClient,
+    campaign: &str,
+    tokens: &[&str],
+    ids: &mut HashMap<String, i64>,
+) -> Result<()> {
+    if tokens.is_empty() {
+        return Ok(());
+    }
+    for r in conn.query(
+        "WITH found AS (
+             SELECT token, token_id FROM agg_tokens WHERE campaign = $1 AND token = ANY($2::TEXT[])
+         ), added AS (
+             INSERT INTO agg_tokens (campaign, token)
+             SELECT $1, w.token FROM unnest($2::TEXT[]) AS w (token)
+             WHERE NOT EXISTS (SELECT 1 FROM found f WHERE f.token = w.token)
+             RETURNING token, token_id
+         )
+         SELECT token, token_id FROM found UNION ALL SELECT token, token_id FROM added",
+        &[&campaign, &tokens],
+    )? {
+        ids.insert(r.get(0), r.get(1));
+    }
+    Ok(())
+}
+
+/// As [`intern_tokens`], for keys (dimension, key) of `agg_keys`.
+fn intern_keys(
+    conn: &mut impl GenericClient,
+    campaign: &str,
+    keys: &[(Dim, &str)],
+    ids: &mut HashMap<(Dim, String), i64>,
+) -> Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let dims: Vec<&str> = keys.iter().map(|(d, _)| d.as_str()).collect();
+    let names: Vec<&str> = keys.iter().map(|(_, k)| *k).collect();
+    for r in conn.query(
+        "WITH wanted AS (
+             SELECT * FROM unnest($2::TEXT[], $3::TEXT[]) AS w (dim, key)
+         ), found AS (
+             SELECT k.dim, k.key, k.key_id FROM agg_keys k
+             WHERE k.campaign = $1 AND (k.dim, k.key) IN (SELECT dim, key FROM wanted)
+         ), added AS (
+             INSERT INTO agg_keys (campaign, dim, key)
+             SELECT $1, w.dim, w.key FROM wanted w
+             WHERE NOT EXISTS (SELECT 1 FROM found f WHERE f.dim = w.dim AND f.key = w.key)
+             RETURNING dim, key, key_id
+         )
+         SELECT dim, key, key_id FROM found UNION ALL SELECT dim, key, key_id FROM added",
+        &[&campaign, &dims, &names],
+    )? {
+        let dim: &str = r.get(0);
+        let dim = Dim::parse(dim)
+            .ok_or_else(|| StoreError::Drift(format!("{campaign}: a key of dimension {dim}")))?;
+        ids.insert((dim, r.get(1)), r.get(2));
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
 // The incremental path.
+//
+// A batch collects its records; its flush reads every row they need at once (the copies of
+// its signatures and check-ins, which of its signatures are struck), applies the records one
+// after the other to those rows in memory ([`apply`], pure: the same functions as SQLite's
+// per-record path), then writes the rows as they stand after the last record, the netted
+// cells and tokens, and the record facts, each table in a statement or a few, whatever the
+// number of records.
 
-/// A projection batch of one campaign in one write (see `crate::projection::Batch`).
+/// One record of a batch, as handed over.
+enum Record {
+    Signature {
+        doc_id: String,
+        id: String,
+        row: SignatureRow,
+    },
+    Checkin {
+        doc_id: String,
+        id: String,
+        row: CheckinRow,
+    },
+    Strike(Strike),
+}
+
+/// The rows a batch's records read: every copy of its signatures and check-ins (by id, with
+/// their collections) and which of its signatures are struck.
+#[derive(Default)]
+struct Stored {
+    signatures: HashMap<String, Vec<(String, SignatureRow)>>,
+    checkins: HashMap<String, Vec<(String, CheckinRow)>>,
+    struck: HashSet<String>,
+}
+
+/// What a batch's records leave: the rows to write (as stored after the last record that
+/// wrote them; keyed by id and collection) and the netted aggregates.
+#[derive(Default)]
+struct Applied {
+    signatures: BTreeSet<(String, String)>,
+    checkins: BTreeSet<(String, String)>,
+    strikes: BTreeMap<String, Strike>,
+    net: Netted,
+}
+
+/// Applies `records` one after the other to `stored` (updated as they write), as SQLite's
+/// [`crate::projection::Batch`] does record by record against its tables.
+fn apply(records: Vec<Record>, stored: &mut Stored) -> Applied {
+    let mut out = Applied::default();
+    for record in records {
+        match record {
+            Record::Signature { doc_id, id, row } => {
+                let copies = stored.signatures.entry(id.clone()).or_default();
+                let Some((before, after)) = write_copy(copies, &doc_id, &row) else {
+                    continue;
+                };
+                if before != after {
+                    let struck = stored.struck.contains(&id);
+                    out.net.signature(&id, before, after, struck);
+                }
+                out.signatures.insert((id, doc_id));
+            }
+            Record::Checkin { doc_id, id, row } => {
+                let copies = stored.checkins.entry(id.clone()).or_default();
+                let Some((before, after)) = write_copy(copies, &doc_id, &row) else {
+                    continue;
+                };
+                if before != after {
+                    out.net.checkin(before, after);
+                }
+                out.checkins.insert((id, doc_id));
+            }
+            Record::Strike(s) => {
+                let was = stored.struck.contains(&s.signature);
+                let now = !s.revoked;
+                if now {
+                    stored.struck.insert(s.signature.clone());
+                } else {
+                    stored.struck.remove(&s.signature);
+                }
+                if was != now
+                    && let Some(copies) = stored.signatures.get(&s.signature)
+                    && let Some(row) = SignatureRow::merged(copies.iter().map(|(_, r)| r))
+                {
+                    out.net.strike(&s.signature, row, was, now);
+                }
+                out.strikes.insert(s.signature.clone(), s);
+            }
+        }
+    }
+    out
+}
+
+/// The copy of record `id` in collection `doc_id` among `copies` (by id): a row [`apply`]
+/// wrote is always there.
+fn copy_of<'a, R>(
+    copies: &'a HashMap<String, Vec<(String, R)>>,
+    id: &str,
+    doc_id: &str,
+) -> Result<&'a R> {
+    copies
+        .get(id)
+        .and_then(|c| c.iter().find(|(d, _)| d == doc_id))
+        .map(|(_, row)| row)
+        .ok_or_else(|| StoreError::Drift(format!("{doc_id}/{id}: a row written is not a copy")))
+}
+
+/// A projection batch of one campaign in one write (see `crate::projection::Batch`): the
+/// records are collected here and counted at [`PgBatch::flush`].
 pub(crate) struct PgBatch {
     campaign: String,
-    locked: bool,
-    cells: HashMap<(Dim, String), i64>,
-    members: HashMap<(Dim, String, String), i64>,
-    facts: HashMap<String, Option<(SignatureRow, bool)>>,
+    records: Vec<Record>,
+    /// The last row of each sheet (sheets count in no cell).
+    sheets: BTreeMap<String, Sheet>,
 }
 
 impl PgBatch {
     pub(crate) fn new(campaign: &str) -> PgBatch {
         PgBatch {
             campaign: campaign.to_string(),
-            locked: false,
-            cells: HashMap::new(),
-            members: HashMap::new(),
-            facts: HashMap::new(),
+            records: Vec::new(),
+            sheets: BTreeMap::new(),
         }
     }
 
-    /// Takes the campaign's projection lock (once per batch, until the write ends).
-    fn lock(&mut self, conn: &mut impl GenericClient) -> Result<()> {
-        if !self.locked {
-            conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtext('tally projection ' || current_schema() || ' ' || $1))",
-                &[&self.campaign],
-            )?;
-            self.locked = true;
-        }
+    pub(crate) fn signature(&mut self, doc_id: &str, id: &str, row: &SignatureRow) {
+        self.records.push(Record::Signature {
+            doc_id: doc_id.to_string(),
+            id: id.to_string(),
+            row: row.clone(),
+        });
+    }
+
+    pub(crate) fn checkin(&mut self, doc_id: &str, c: &Checkin) {
+        self.records.push(Record::Checkin {
+            doc_id: doc_id.to_string(),
+            id: c.id.clone(),
+            row: CheckinRow::of(c),
+        });
+    }
+
+    pub(crate) fn strike(&mut self, s: &Strike) {
+        self.records.push(Record::Strike(s.clone()));
+    }
+
+    pub(crate) fn sheet(&mut self, s: &Sheet) {
+        self.sheets.insert(s.serial.clone(), s.clone());
+    }
+
+    /// Takes the campaign's projection lock, until the write ends: two servers' batches of one
+    /// campaign do not both count a record from the same "before".
+    fn lock(&self, conn: &mut impl GenericClient) -> Result<()> {
+        conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('tally projection ' || current_schema() || ' ' || $1))",
+            &[&self.campaign],
+        )?;
         Ok(())
     }
 
-    fn add(&mut self, contributions: Vec<Contribution>, sign: i64) {
-        for Contribution { dim, key, token } in contributions {
-            if let Some(t) = token {
-                *self.members.entry((dim, key.clone(), t)).or_default() += sign;
-            }
-            *self.cells.entry((dim, key)).or_default() += sign;
-        }
-    }
-
-    pub(crate) fn signature(
-        &mut self,
-        conn: &mut impl GenericClient,
-        doc_id: &str,
-        id: &str,
-        row: &SignatureRow,
-    ) -> Result<()> {
-        self.lock(conn)?;
-        let mut copies = sig_copies(conn, &self.campaign, id)?;
-        let mine = copies.iter().position(|(d, _)| d == doc_id);
-        if let Some(i) = mine
-            && copies[i].1 == *row
-        {
-            return Ok(());
-        }
-        let before = SignatureRow::merged(copies.iter().map(|(_, r)| r));
-        upsert_signature_row(conn, doc_id, &self.campaign, id, row)?;
-        let row = row.clone();
-        match mine {
-            Some(i) => copies[i].1 = row,
-            None => copies.push((doc_id.to_string(), row)),
-        }
-        let after = SignatureRow::merged(copies.iter().map(|(_, r)| r));
-        if before == after {
-            return Ok(());
-        }
-        let struck = is_struck(conn, &self.campaign, id)?;
-        self.facts
-            .insert(id.to_string(), after.clone().map(|a| (a, struck)));
-        if let Some(b) = before {
-            self.add(signature_cells(&b, struck), -1);
-        }
-        if let Some(a) = after {
-            self.add(signature_cells(&a, struck), 1);
-        }
-        Ok(())
-    }
-
-    pub(crate) fn checkin(
-        &mut self,
-        conn: &mut impl GenericClient,
-        doc_id: &str,
-        c: &Checkin,
-    ) -> Result<()> {
-        self.lock(conn)?;
-        let row = CheckinRow::of(c);
-        let mut copies = checkin_copies(conn, &self.campaign, &c.id)?;
-        let mine = copies.iter().position(|(d, _)| d == doc_id);
-        if let Some(i) = mine
-            && copies[i].1 == row
-        {
-            return Ok(());
-        }
-        let before = CheckinRow::merged(copies.iter().map(|(_, r)| r));
-        upsert_checkin_row(conn, doc_id, &self.campaign, c)?;
-        match mine {
-            Some(i) => copies[i].1 = row,
-            None => copies.push((doc_id.to_string(), row)),
-        }
-        let after = CheckinRow::merged(copies.iter().map(|(_, r)| r));
-        if before == after {
-            return Ok(());
-        }
-        if let Some(b) = before {
-            self.add(checkin_cells(&b), -1);
-        }
-        if let Some(a) = after {
-            self.add(checkin_cells(&a), 1);
-        }
-        Ok(())
-    }
-
-    pub(crate) fn strike(&mut self, conn: &mut impl GenericClient, s: &Strike) -> Result<()> {
-        self.lock(conn)?;
-        let was = is_struck(conn, &self.campaign, &s.signature)?;
-        upsert_strike_row(conn, &self.campaign, s)?;
-        let now = !s.revoked;
-        if was != now {
-            let copies = sig_copies(conn, &self.campaign, &s.signature)?;
-            if let Some(row) = SignatureRow::merged(copies.iter().map(|(_, r)| r)) {
-                self.add(signature_cells(&row, was), -1);
-                self.add(signature_cells(&row, now), 1);
-                self.facts.insert(s.signature.clone(), Some((row, now)));
+    /// Reads what the records need, in two or three statements.
+    fn read(&self, conn: &mut impl GenericClient) -> Result<Stored> {
+        let mut sig_ids: Vec<&str> = Vec::new();
+        let mut ci_ids: Vec<&str> = Vec::new();
+        for r in &self.records {
+            match r {
+                Record::Signature { id, .. } => sig_ids.push(id),
+                Record::Strike(s) => sig_ids.push(&s.signature),
+                Record::Checkin { id, .. } => ci_ids.push(id),
             }
         }
-        Ok(())
+        sig_ids.sort_unstable();
+        sig_ids.dedup();
+        ci_ids.sort_unstable();
+        ci_ids.dedup();
+        let campaign = self.campaign.as_str();
+        let mut stored = Stored::default();
+        if !sig_ids.is_empty() {
+            for r in conn.query(
+                &format!(
+                    "SELECT {SIG_COLUMNS}, doc_id, sig_id FROM signatures
+                     WHERE campaign = $1 AND sig_id = ANY($2::TEXT[])"
+                ),
+                &[&campaign, &sig_ids],
+            )? {
+                stored
+                    .signatures
+                    .entry(r.get(11))
+                    .or_default()
+                    .push((r.get(10), sig_row(&r)));
+            }
+            for r in conn.query(
+                "SELECT sig_id FROM strikes
+                 WHERE campaign = $1 AND sig_id = ANY($2::TEXT[]) AND NOT revoked",
+                &[&campaign, &sig_ids],
+            )? {
+                stored.struck.insert(r.get(0));
+            }
+        }
+        if !ci_ids.is_empty() {
+            for r in conn.query(
+                "SELECT event, attendee, at, by_id, walk_in, withdrawn, doc_id, ci_id FROM checkins
+                 WHERE campaign = $1 AND ci_id = ANY($2::TEXT[])",
+                &[&campaign, &ci_ids],
+            )? {
+                stored
+                    .checkins
+                    .entry(r.get(7))
+                    .or_default()
+                    .push((r.get(6), checkin_row(&r)));
+            }
+        }
+        Ok(stored)
     }
 
-    pub(crate) fn sheet(&mut self, conn: &mut impl GenericClient, s: &Sheet) -> Result<()> {
-        upsert_sheet_row(conn, &self.campaign, s)
-    }
-
+    /// Counts the batch: takes the campaign's projection lock (until the write ends), reads
+    /// the rows its records need, applies them, and writes rows, cells and facts.
     pub(crate) fn flush(mut self, conn: &mut impl GenericClient) -> Result<()> {
         self.lock(conn)?;
         // Every server's live streams and totals document hear of it when this commits.
         super::listen::campaign_projected(conn, &self.campaign)?;
+        let mut stored = self.read(conn)?;
+        let applied = apply(std::mem::take(&mut self.records), &mut stored);
         let campaign = self.campaign.as_str();
-        let drift = |dim: Dim, key: &str, what: &str| {
-            StoreError::Drift(format!("{campaign}/{}/{key}: {what}", dim.as_str()))
-        };
-        let mut by_cell: HashMap<(Dim, String), Vec<(String, i64)>> = HashMap::new();
-        for ((dim, key, token), d) in self.members {
-            if d != 0 {
-                by_cell.entry((dim, key)).or_default().push((token, d));
-            }
-        }
-        let mut keys: HashSet<(Dim, String)> = by_cell.keys().cloned().collect();
-        keys.extend(
-            self.cells
-                .iter()
-                .filter(|(_, d)| **d != 0)
-                .map(|(k, _)| k.clone()),
+        let signatures: Vec<(&str, &str, &SignatureRow)> = applied
+            .signatures
+            .iter()
+            .map(|(id, doc)| {
+                Ok((
+                    doc.as_str(),
+                    id.as_str(),
+                    copy_of(&stored.signatures, id, doc)?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        upsert_signature_rows(conn, campaign, &signatures)?;
+        let checkins: Vec<(&str, &str, &CheckinRow)> = applied
+            .checkins
+            .iter()
+            .map(|(id, doc)| {
+                Ok((
+                    doc.as_str(),
+                    id.as_str(),
+                    copy_of(&stored.checkins, id, doc)?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        upsert_checkin_rows(conn, campaign, &checkins)?;
+        upsert_strike_rows(
+            conn,
+            campaign,
+            &applied.strikes.values().collect::<Vec<_>>(),
+        )?;
+        upsert_sheet_rows(conn, campaign, &self.sheets.values().collect::<Vec<_>>())?;
+        let cells = applied.net.changed_cells();
+        // Every token the cells and the facts need, at once.
+        let mut tokens: BTreeSet<&str> = cells
+            .iter()
+            .flat_map(|c| c.tokens.iter().map(|(t, _)| t.as_str()))
+            .collect();
+        tokens.extend(
+            applied
+                .net
+                .facts
+                .values()
+                .flatten()
+                .filter(|(row, struck)| fact_status(row, *struck) == COUNTED)
+                .map(|(row, _)| row.dup.as_str()),
         );
-        let mut token_ids: HashMap<String, i64> = HashMap::new();
-        for (dim, key) in keys {
-            let dn = self.cells.get(&(dim, key.clone())).copied().unwrap_or(0);
-            let row = conn.query_one(
-                "INSERT INTO agg_cells (campaign, dim, key, n, uniq) VALUES ($1, $2, $3, $4, 0)
-                 ON CONFLICT (campaign, dim, key) DO UPDATE SET n = agg_cells.n + excluded.n
-                 RETURNING key_id, n",
-                &[&campaign, &dim.as_str(), &key, &dn],
-            )?;
-            let (key_id, n): (i64, i64) = (row.get(0), row.get(1));
-            if n < 0 {
-                return Err(drift(dim, &key, "records below zero"));
-            }
-            let mut du = 0i64;
-            for (token, dm) in by_cell.remove(&(dim, key.clone())).unwrap_or_default() {
-                let tid = match token_ids.get(&token) {
-                    Some(id) => *id,
-                    None => {
-                        let id = token_id(conn, campaign, &token)?;
-                        token_ids.insert(token, id);
-                        id
-                    }
-                };
-                let m: i64 = conn
-                    .query_one(
-                        "INSERT INTO agg_members (key_id, token_id, n) VALUES ($1, $2, $3)
-                         ON CONFLICT (key_id, token_id) DO UPDATE SET n = agg_members.n + excluded.n
-                         RETURNING n",
-                        &[&key_id, &tid, &dm],
-                    )?
-                    .get(0);
-                let m0 = m - dm;
-                if m < 0 || m0 < 0 {
-                    return Err(drift(dim, &key, "a token's records below zero"));
-                }
-                if m0 == 0 && m > 0 {
-                    du += 1;
-                }
-                if m == 0 {
-                    conn.execute(
-                        "DELETE FROM agg_members WHERE key_id = $1 AND token_id = $2",
-                        &[&key_id, &tid],
-                    )?;
-                    if m0 > 0 {
-                        du -= 1;
-                    }
-                }
-            }
-            if n == 0 {
-                conn.execute(
-                    "DELETE FROM agg_cells WHERE campaign = $1 AND dim = $2 AND key = $3",
-                    &[&campaign, &dim.as_str(), &key],
-                )?;
-            } else if du != 0 {
-                conn.execute(
-                    "UPDATE agg_cells SET uniq = uniq + $4 WHERE campaign = $1 AND dim = $2 AND key = $3",
-                    &[&campaign, &dim.as_str(), &key, &du],
-                )?;
-            }
-        }
-        let mut key_ids = HashMap::new();
-        for (sig_id, record) in std::mem::take(&mut self.facts) {
-            write_fact(
-                conn,
-                campaign,
-                &sig_id,
-                record.as_ref(),
-                &mut key_ids,
-                &mut token_ids,
-            )?;
-        }
-        Ok(())
+        let mut token_ids = HashMap::new();
+        intern_tokens(
+            conn,
+            campaign,
+            &tokens.into_iter().collect::<Vec<_>>(),
+            &mut token_ids,
+        )?;
+        write_cells(conn, campaign, &cells, &token_ids)?;
+        let facts: Vec<(&str, Option<&Merged>)> = applied
+            .net
+            .facts
+            .iter()
+            .map(|(id, f)| (id.as_str(), f.as_ref()))
+            .collect();
+        write_facts(conn, campaign, &facts, &mut token_ids)
     }
 }
 
-/// The id of key `key` of dimension `dim` in `agg_keys`, interned if new (the batch holds the
-/// campaign's lock: no other server interns the same key meanwhile).
-fn key_id(
+/// Writes a batch's netted cells and their tokens' counts (the tokens' ids in `token_ids`).
+/// A count that would go below zero means the tables no longer match the rows:
+/// [`StoreError::Drift`], and the write rolls back.
+fn write_cells(
     conn: &mut impl GenericClient,
     campaign: &str,
-    dim: Dim,
-    key: String,
-    cache: &mut HashMap<(Dim, String), i64>,
-) -> Result<i64> {
-    if let Some(id) = cache.get(&(dim, key.clone())) {
-        return Ok(*id);
+    cells: &[CellChange],
+    token_ids: &HashMap<String, i64>,
+) -> Result<()> {
+    if cells.is_empty() {
+        return Ok(());
     }
-    let id: i64 = match conn.query_opt(
-        "SELECT key_id FROM agg_keys WHERE campaign = $1 AND dim = $2 AND key = $3",
-        &[&campaign, &dim.as_str(), &key],
-    )? {
-        Some(row) => row.get(0),
-        None => conn
-            .query_one(
-                "INSERT INTO agg_keys (campaign, dim, key) VALUES ($1, $2, $3) RETURNING key_id",
-                &[&campaign, &dim.as_str(), &key],
-            )?
-            .get(0),
+    let drift = |dim: Dim, key: &str, what: &str| {
+        StoreError::Drift(format!("{campaign}/{}/{key}: {what}", dim.as_str()))
     };
-    cache.insert((dim, key), id);
-    Ok(id)
+    let dims: Vec<&str> = cells.iter().map(|c| c.dim.as_str()).collect();
+    let keys: Vec<&str> = cells.iter().map(|c| c.key.as_str()).collect();
+    let dn: Vec<i64> = cells.iter().map(|c| c.n).collect();
+    let mut counted: HashMap<(String, String), (i64, i64)> = HashMap::new();
+    for r in conn.query(
+        "INSERT INTO agg_cells (campaign, dim, key, n, uniq)
+         SELECT $1::TEXT, u.dim, u.key, u.n, 0 FROM unnest($2::TEXT[], $3::TEXT[], $4::BIGINT[]) AS u (dim, key, n)
+         ON CONFLICT (campaign, dim, key) DO UPDATE SET n = agg_cells.n + excluded.n
+         RETURNING dim, key, key_id, n",
+        &[&campaign, &dims, &keys, &dn],
+    )? {
+        counted.insert((r.get(0), r.get(1)), (r.get(2), r.get(3)));
+    }
+    // Each cell's key id and count now, in `cells`' order.
+    let mut now = Vec::with_capacity(cells.len());
+    for c in cells {
+        let Some(&(key_id, n)) = counted.get(&(c.dim.as_str().to_string(), c.key.clone())) else {
+            return Err(drift(c.dim, &c.key, "not written"));
+        };
+        if n < 0 {
+            return Err(drift(c.dim, &c.key, "records below zero"));
+        }
+        now.push((key_id, n));
+    }
+    let (mut member_keys, mut member_tokens, mut member_dn) = (Vec::new(), Vec::new(), Vec::new());
+    let mut cell_of: HashMap<(i64, i64), (usize, i64)> = HashMap::new();
+    for (i, c) in cells.iter().enumerate() {
+        for (token, dm) in &c.tokens {
+            let Some(&tid) = token_ids.get(token) else {
+                return Err(drift(c.dim, &c.key, "a token not interned"));
+            };
+            member_keys.push(now[i].0);
+            member_tokens.push(tid);
+            member_dn.push(*dm);
+            cell_of.insert((now[i].0, tid), (i, *dm));
+        }
+    }
+    let mut du = vec![0i64; cells.len()];
+    let (mut gone_keys, mut gone_tokens) = (Vec::new(), Vec::new());
+    if !member_keys.is_empty() {
+        for r in conn.query(
+            "INSERT INTO agg_members (key_id, token_id, n)
+             SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[])
+             ON CONFLICT (key_id, token_id) DO UPDATE SET n = agg_members.n + excluded.n
+             RETURNING key_id, token_id, n",
+            &[&member_keys, &member_tokens, &member_dn],
+        )? {
+            let (key_id, tid, m): (i64, i64, i64) = (r.get(0), r.get(1), r.get(2));
+            let Some(&(i, dm)) = cell_of.get(&(key_id, tid)) else {
+                return Err(StoreError::Drift(format!(
+                    "{campaign}: a token count written for no cell of the batch"
+                )));
+            };
+            let (d, gone) = member_change(m, dm).ok_or_else(|| {
+                drift(cells[i].dim, &cells[i].key, "a token's records below zero")
+            })?;
+            du[i] += d;
+            if gone {
+                gone_keys.push(key_id);
+                gone_tokens.push(tid);
+            }
+        }
+    }
+    if !gone_keys.is_empty() {
+        conn.execute(
+            "DELETE FROM agg_members
+             WHERE (key_id, token_id) IN (SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[]))",
+            &[&gone_keys, &gone_tokens],
+        )?;
+    }
+    let empty: Vec<i64> = now
+        .iter()
+        .filter(|(_, n)| *n == 0)
+        .map(|(id, _)| *id)
+        .collect();
+    if !empty.is_empty() {
+        conn.execute(
+            "DELETE FROM agg_cells WHERE key_id = ANY($1::BIGINT[])",
+            &[&empty],
+        )?;
+    }
+    let (ids, deltas): (Vec<i64>, Vec<i64>) = now
+        .iter()
+        .zip(&du)
+        .filter(|((_, n), d)| *n != 0 && **d != 0)
+        .map(|((id, _), d)| (*id, *d))
+        .unzip();
+    if !ids.is_empty() {
+        conn.execute(
+            "UPDATE agg_cells c SET uniq = c.uniq + u.d
+             FROM unnest($1::BIGINT[], $2::BIGINT[]) AS u (key_id, d) WHERE c.key_id = u.key_id",
+            &[&ids, &deltas],
+        )?;
+    }
+    Ok(())
 }
 
-/// As SQLite's: writes the fact of record `sig_id`, or deletes it for `None`.
-fn write_fact(
+/// A record as its fact says it: its copies merged, and whether it is struck.
+type Merged = (SignatureRow, bool);
+
+/// As SQLite's `write_fact`, for many records of `campaign` at once: writes the fact of each
+/// record (its merged row and whether it is struck), or deletes it for `None`. The keys and
+/// tokens the facts name are interned in one statement each (`token_ids` holds those known).
+fn write_facts(
     conn: &mut impl GenericClient,
     campaign: &str,
-    sig_id: &str,
-    record: Option<&(SignatureRow, bool)>,
-    key_ids: &mut HashMap<(Dim, String), i64>,
+    facts: &[(&str, Option<&Merged>)],
     token_ids: &mut HashMap<String, i64>,
 ) -> Result<()> {
-    let Some((row, struck)) = record else {
+    let gone: Vec<&str> = facts
+        .iter()
+        .filter(|(_, f)| f.is_none())
+        .map(|(id, _)| *id)
+        .collect();
+    if !gone.is_empty() {
         conn.execute(
-            "DELETE FROM agg_records WHERE campaign = $1 AND sig_id = $2",
-            &[&campaign, &sig_id],
+            "DELETE FROM agg_records WHERE campaign = $1 AND sig_id = ANY($2::TEXT[])",
+            &[&campaign, &gone],
         )?;
+    }
+    let present: Vec<(&str, &SignatureRow, u8, [Option<String>; 7])> = facts
+        .iter()
+        .filter_map(|(id, f)| {
+            f.map(|(row, struck)| (*id, row, fact_status(row, *struck), fact_keys(row)))
+        })
+        .collect();
+    if present.is_empty() {
         return Ok(());
-    };
-    let status = fact_status(row, *struck);
-    let mut keys = [0u32; 7];
-    for (slot, (dim, key)) in keys
-        .iter_mut()
-        .zip(FACT_DIMS.into_iter().zip(fact_keys(row)))
-    {
-        if let Some(k) = key {
-            *slot = fact_id(key_id(conn, campaign, dim, k, key_ids)?)?;
+    }
+    let mut wanted: BTreeSet<(Dim, &str)> = BTreeSet::new();
+    let mut tokens: BTreeSet<&str> = BTreeSet::new();
+    for (_, row, status, keys) in &present {
+        for (dim, key) in FACT_DIMS.into_iter().zip(keys) {
+            if let Some(k) = key {
+                wanted.insert((dim, k));
+            }
+        }
+        if *status == COUNTED && !token_ids.contains_key(&row.dup) {
+            tokens.insert(&row.dup);
         }
     }
-    let token = if status == COUNTED {
-        let id = match token_ids.get(&row.dup) {
-            Some(id) => *id,
-            None => {
-                let id = token_id(conn, campaign, &row.dup)?;
-                token_ids.insert(row.dup.clone(), id);
-                id
+    let mut key_ids = HashMap::new();
+    intern_keys(
+        conn,
+        campaign,
+        &wanted.into_iter().collect::<Vec<_>>(),
+        &mut key_ids,
+    )?;
+    intern_tokens(
+        conn,
+        campaign,
+        &tokens.into_iter().collect::<Vec<_>>(),
+        token_ids,
+    )?;
+    let n = present.len();
+    let (mut ids, mut at, mut bytes) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let mut columns: [Vec<i64>; 5] = Default::default();
+    for (id, row, status, keys) in present {
+        let mut fact_keys = [0u32; 7];
+        for ((slot, dim), key) in fact_keys.iter_mut().zip(FACT_DIMS).zip(keys) {
+            if let Some(k) = key {
+                let id = key_ids.get(&(dim, k)).copied().ok_or_else(|| {
+                    StoreError::Drift(format!("{campaign}/{}: a key not interned", dim.as_str()))
+                })?;
+                *slot = fact_id(id)?;
             }
+        }
+        let token = if status == COUNTED {
+            let id = token_ids.get(&row.dup).copied().ok_or_else(|| {
+                StoreError::Drift(format!("{campaign}/{id}: a token not interned"))
+            })?;
+            fact_id(id)?
+        } else {
+            0
         };
-        fact_id(id)?
-    } else {
-        0
-    };
-    let fact = Fact {
-        status,
-        at: row.collected_at,
-        token,
-        keys,
-    };
-    let [event, city, fsa, riding, canvasser] = fact.columns();
+        let fact = Fact {
+            status,
+            at: row.collected_at,
+            token,
+            keys: fact_keys,
+        };
+        for (column, value) in columns.iter_mut().zip(fact.columns()) {
+            column.push(value);
+        }
+        ids.push(id);
+        at.push(fact.at);
+        bytes.push(fact.encode());
+    }
+    let [event, city, fsa, riding, canvasser] = &columns;
     conn.execute(
         "INSERT INTO agg_records (campaign, sig_id, at, event, city, fsa, riding, canvasser, fact)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         SELECT $1::TEXT, u.* FROM unnest($2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[], $6::BIGINT[],
+             $7::BIGINT[], $8::BIGINT[], $9::BYTEA[]) AS u
          ON CONFLICT (campaign, sig_id) DO UPDATE SET at = excluded.at, event = excluded.event,
            city = excluded.city, fsa = excluded.fsa, riding = excluded.riding,
            canvasser = excluded.canvasser, fact = excluded.fact",
-        &[
-            &campaign,
-            &sig_id,
-            &fact.at,
-            &event,
-            &city,
-            &fsa,
-            &riding,
-            &canvasser,
-            &fact.encode(),
-        ],
+        &[&campaign, &ids, &at, event, city, fsa, riding, canvasser, &bytes],
     )?;
     Ok(())
 }
 
-/// As SQLite's: rebuilds `agg_records` and `agg_keys` from the signature rows, page by page.
+/// As SQLite's: rebuilds `agg_records` and `agg_keys` from the signature rows, page by page
+/// (each page's facts written per campaign, as a batch's).
 fn rebuild_facts(conn: &mut impl GenericClient) -> Result<()> {
     conn.batch_execute("DELETE FROM agg_records; DELETE FROM agg_keys;")?;
     let struck: HashSet<(String, String)> = conn
@@ -563,7 +812,6 @@ fn rebuild_facts(conn: &mut impl GenericClient) -> Result<()> {
         .collect();
     const PAGE: usize = 20_000;
     let mut after = (String::new(), String::new());
-    let (mut key_ids, mut token_ids) = (HashMap::new(), HashMap::new());
     loop {
         let mut page: Vec<(String, String, SignatureRow)> = conn
             .query(
@@ -584,15 +832,17 @@ fn rebuild_facts(conn: &mut impl GenericClient) -> Result<()> {
         if let Some((c, id, _)) = page.last() {
             after = (c.clone(), id.clone());
         }
+        let mut by_campaign: BTreeMap<&str, Vec<(&str, Merged)>> = BTreeMap::new();
         for (campaign, sig_id, row, is_struck) in merged_records(&page, &struck) {
-            write_fact(
-                conn,
-                campaign,
-                sig_id,
-                Some(&(row, is_struck)),
-                &mut key_ids,
-                &mut token_ids,
-            )?;
+            by_campaign
+                .entry(campaign)
+                .or_default()
+                .push((sig_id, (row, is_struck)));
+        }
+        for (campaign, records) in by_campaign {
+            let facts: Vec<(&str, Option<&Merged>)> =
+                records.iter().map(|(id, f)| (*id, Some(f))).collect();
+            write_facts(conn, campaign, &facts, &mut HashMap::new())?;
         }
         if !full {
             return Ok(());
@@ -618,18 +868,26 @@ pub(crate) fn project_collection(
     collection: &Collection,
     timezone: &str,
 ) -> Result<(u64, u64)> {
-    for s in collection.signatures.values() {
-        upsert_signature_row(
-            conn,
-            doc_id,
-            campaign,
-            &s.id,
-            &SignatureRow::of(s, timezone),
-        )?;
-    }
-    for c in collection.checkins.values() {
-        upsert_checkin_row(conn, doc_id, campaign, c)?;
-    }
+    let signatures: Vec<SignatureRow> = collection
+        .signatures
+        .values()
+        .map(|s| SignatureRow::of(s, timezone))
+        .collect();
+    let rows: Vec<(&str, &str, &SignatureRow)> = collection
+        .signatures
+        .values()
+        .zip(&signatures)
+        .map(|(s, row)| (doc_id, s.id.as_str(), row))
+        .collect();
+    upsert_signature_rows(conn, campaign, &rows)?;
+    let checkins: Vec<CheckinRow> = collection.checkins.values().map(CheckinRow::of).collect();
+    let rows: Vec<(&str, &str, &CheckinRow)> = collection
+        .checkins
+        .values()
+        .zip(&checkins)
+        .map(|(c, row)| (doc_id, c.id.as_str(), row))
+        .collect();
+    upsert_checkin_rows(conn, campaign, &rows)?;
     Ok((
         collection.signatures.len() as u64,
         collection.checkins.len() as u64,
@@ -641,12 +899,8 @@ pub(crate) fn project_review(
     campaign: &str,
     review: &Review,
 ) -> Result<(u64, u64)> {
-    for s in review.strikes.values() {
-        upsert_strike_row(conn, campaign, s)?;
-    }
-    for s in review.sheets.values() {
-        upsert_sheet_row(conn, campaign, s)?;
-    }
+    upsert_strike_rows(conn, campaign, &review.strikes.values().collect::<Vec<_>>())?;
+    upsert_sheet_rows(conn, campaign, &review.sheets.values().collect::<Vec<_>>())?;
     Ok((review.strikes.len() as u64, review.sheets.len() as u64))
 }
 
