@@ -188,12 +188,13 @@ pub struct Projected {
 /// Projects the oldest acknowledged changes (about `max_records` records) in one write: each
 /// campaign's changes in one batch, in the order they were acknowledged, their aggregate
 /// cells netted; they leave the queue in the same write, so each is projected exactly once.
-/// `None` when another server is projecting.
+/// `None` when another server is projecting. The write is never grouped with the short
+/// acknowledging writes (SQLite's group commit), so that they do not wait for it to commit.
 pub fn project_pending(
     store: &dyn Storage,
     max_records: u64,
 ) -> Result<Option<Projected>, ProjectionError> {
-    store.write_with_error(|tx| {
+    store.write_alone_with_error(|tx| {
         let Some(taken) = tx.take_projection(max_records)? else {
             return Ok(None);
         };
@@ -245,7 +246,7 @@ fn load(tx: &dyn Writes, doc_id: &str) -> Result<Automerge, ProjectionError> {
 /// rows through the same upserts as the incremental path, then the aggregates from the rows.
 /// Loads one document at a time.
 pub fn reindex(store: &dyn Storage) -> Result<ReindexReport, ProjectionError> {
-    store.write_with_error(|tx| {
+    store.write_alone_with_error(|tx| {
         tx.clear_projection_rows()?;
         let mut report = ReindexReport::default();
         let mut zones: HashMap<String, String> = HashMap::new();

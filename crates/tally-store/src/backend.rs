@@ -275,6 +275,12 @@ pub trait Storage: Send + Sync {
     /// fails, or the commit does, nothing `f` wrote is kept.
     fn write_with(&self, f: &mut dyn FnMut(&dyn Writes) -> Result<()>) -> Result<()>;
 
+    /// Like `write_with`, for a long write that short ones should not wait for: never grouped
+    /// with other writes (SQLite's group commit, [`crate::Store::write_alone_with_error`]).
+    fn write_alone_with(&self, f: &mut dyn FnMut(&dyn Writes) -> Result<()>) -> Result<()> {
+        self.write_with(f)
+    }
+
     /// See [`Writes::put_meta`]; commits on its own.
     fn put_meta(&self, meta: &DocMeta) -> Result<bool>;
     /// See [`Writes::append_chunk`]; commits on its own.
@@ -458,28 +464,46 @@ impl dyn Storage + '_ {
         &self,
         f: impl FnOnce(&dyn Writes) -> std::result::Result<T, E>,
     ) -> std::result::Result<T, E> {
-        let mut f = Some(f);
-        let mut out: Option<std::result::Result<T, E>> = None;
-        let done = self.write_with(&mut |w| {
-            let f = f.take().ok_or_else(called_twice)?;
-            match f(w) {
-                Ok(v) => {
-                    out = Some(Ok(v));
-                    Ok(())
-                }
-                Err(e) => {
-                    out = Some(Err(e));
-                    // Any error rolls the transaction back; the caller's own is returned below.
-                    Err(StoreError::Invalid("rolled back by the caller".into()))
-                }
+        with_own_error(f, |g| self.write_with(g))
+    }
+
+    /// Like `write_with_error`, in a transaction never grouped with other writes (see
+    /// [`Storage::write_alone_with`]).
+    pub fn write_alone_with_error<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&dyn Writes) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        with_own_error(f, |g| self.write_alone_with(g))
+    }
+}
+
+/// Runs `f`, with its own error type, through `write` (a backend's write call): when `f`
+/// fails, the transaction rolls back and `f`'s error is returned as it was.
+fn with_own_error<T, E: From<StoreError>>(
+    f: impl FnOnce(&dyn Writes) -> std::result::Result<T, E>,
+    write: impl FnOnce(&mut dyn FnMut(&dyn Writes) -> Result<()>) -> Result<()>,
+) -> std::result::Result<T, E> {
+    let mut f = Some(f);
+    let mut out: Option<std::result::Result<T, E>> = None;
+    let done = write(&mut |w| {
+        let f = f.take().ok_or_else(called_twice)?;
+        match f(w) {
+            Ok(v) => {
+                out = Some(Ok(v));
+                Ok(())
             }
-        });
-        match (done, out) {
-            (_, Some(Err(e))) => Err(e),
-            (Ok(()), Some(Ok(v))) => Ok(v),
-            (Err(e), _) => Err(e.into()),
-            (Ok(()), None) => Err(called_twice().into()),
+            Err(e) => {
+                out = Some(Err(e));
+                // Any error rolls the transaction back; the caller's own is returned below.
+                Err(StoreError::Invalid("rolled back by the caller".into()))
+            }
         }
+    });
+    match (done, out) {
+        (_, Some(Err(e))) => Err(e),
+        (Ok(()), Some(Ok(v))) => Ok(v),
+        (Err(e), _) => Err(e.into()),
+        (Ok(()), None) => Err(called_twice().into()),
     }
 }
 
@@ -675,6 +699,9 @@ impl Storage for Store {
     }
     fn write_with(&self, f: &mut dyn FnMut(&dyn Writes) -> Result<()>) -> Result<()> {
         Store::write(self, |w| f(w))
+    }
+    fn write_alone_with(&self, f: &mut dyn FnMut(&dyn Writes) -> Result<()>) -> Result<()> {
+        Store::write_alone_with_error(self, |w| f(w))
     }
     fn put_meta(&self, meta: &DocMeta) -> Result<bool> {
         Store::put_meta(self, meta)

@@ -260,6 +260,25 @@ impl Store {
         }
     }
 
+    /// Like [`Store::write_with_error`], but in a transaction of its own, never grouped: for a
+    /// long write (the projector's batches, a reindex) that the short writes of a group should
+    /// not wait for. An open group is committed first; writes that come meanwhile wait for the
+    /// writer as they would for any write, then group among themselves.
+    pub fn write_alone_with_error<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&WriteTx<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut inner = self.lock()?;
+        let outcome = run_in_transaction(&mut inner.conn, TransactionBehavior::Immediate, |tx| {
+            f(&WriteTx {
+                tx,
+                read: ReadTx { conn: tx },
+            })
+        });
+        inner.check_no_open_transaction();
+        outcome
+    }
+
     /// Sleeps until the group of `fate` has ended. Normally the group's last write commits it;
     /// if none will (a closure panicked), the waiting write commits it itself.
     fn wait_for_commit<'s>(

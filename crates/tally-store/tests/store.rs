@@ -603,3 +603,45 @@ fn the_space_by_table_counts_each_tables_pages_with_its_indexes() {
     );
     assert_eq!(bytes("(free pages)"), Some(0));
 }
+
+#[test]
+fn a_write_alone_is_never_grouped_and_rolls_back_alone() {
+    let (_dir, path, store) = temp_store();
+    let before = store.group_commits();
+    store
+        .write_alone_with_error(|tx| {
+            tx.put_meta(&meta("d1", "collection", "c1", None))?;
+            tx.append_chunk("d1", b"one", T0)
+        })
+        .unwrap();
+    let err = store
+        .write_alone_with_error(|tx| {
+            tx.put_meta(&meta("d2", "collection", "c1", None))?;
+            Err::<(), _>(StoreError::Invalid("refused by the caller".into()))
+        })
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+    assert_eq!(store.group_commits(), before, "not counted as a group");
+    // A grouped write that panicked leaves its group transaction open (nothing in it): a
+    // write alone ends it first, then runs in a transaction of its own.
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _: Result<(), StoreError> = store.write(|tx| {
+            tx.put_meta(&meta("d3", "collection", "c1", None))?;
+            panic!("bug in the caller");
+        });
+    }));
+    assert!(panicked.is_err());
+    store
+        .write_alone_with_error(|tx| {
+            tx.put_meta(&meta("d3", "collection", "c1", None))?;
+            tx.append_chunk("d3", b"three", T0)
+        })
+        .unwrap();
+    let other = Store::open(&path).unwrap();
+    assert!(other.doc_meta("d1").unwrap().is_some());
+    assert!(other.doc_meta("d2").unwrap().is_none());
+    assert_eq!(
+        other.load_document("d3").unwrap().unwrap().incremental,
+        vec![b"three".to_vec()]
+    );
+}
