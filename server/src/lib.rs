@@ -664,7 +664,7 @@ pub async fn serve_database(
 async fn metrics_page(State(state): State<Arc<AppState>>) -> Result<impl IntoResponse, ApiError> {
     let st = state.clone();
     let snapshot = tokio::task::spawn_blocking(move || -> Result<metrics::Snapshot, ApiError> {
-        let status = st.store.read(|r| r.projection_status())?;
+        let status = st.store.read(|r| r.projection_status(None))?;
         Ok(metrics::Snapshot {
             loaded_documents: st.hub.loaded() as u64,
             quarantine_entries: st.store.quarantine_len()?,

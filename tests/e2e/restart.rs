@@ -196,6 +196,16 @@ async fn sigkill_between_the_commit_and_the_projection_counts_everything_once() 
         "counted before the projector ran: {now}"
     );
     assert_eq!(now["projection"]["pending_records"], 4, "{now}");
+    // Another campaign's answer is not behind: nothing of its own waits, so it does not wait.
+    let other = server.campaign();
+    let (s, theirs, took) = api.totals(&other.id).unwrap();
+    assert_eq!(s, 200, "{theirs}");
+    assert_eq!(theirs["projection"]["pending_records"], 0, "{theirs}");
+    assert_eq!(theirs["projection"]["lag_ms"], 0, "{theirs}");
+    assert!(
+        took < Duration::from_secs(4),
+        "waited {took:?} for another campaign's count"
+    );
     let (s, waited, took) = api.totals(&c.id).unwrap();
     assert_eq!(s, 200, "{waited}");
     assert!(

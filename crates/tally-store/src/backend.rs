@@ -167,8 +167,9 @@ pub trait Reads {
     fn lineage_of(&self, device_id: &str) -> Result<String>;
     /// Every projection table as sorted text lines (what a reindex must reproduce).
     fn projection_dump(&self) -> Result<BTreeMap<&'static str, Vec<String>>>;
-    /// How far the projection is behind what was acknowledged.
-    fn projection_status(&self) -> Result<ProjectionStatus>;
+    /// How far the projection is behind what was acknowledged: of one campaign, or of every
+    /// campaign (`None`).
+    fn projection_status(&self, campaign: Option<&str>) -> Result<ProjectionStatus>;
 }
 
 /// What may be written inside one transaction (and read back before it commits).
@@ -548,8 +549,8 @@ impl Reads for ReadTx<'_> {
     fn projection_dump(&self) -> Result<BTreeMap<&'static str, Vec<String>>> {
         ReadTx::projection_dump(self)
     }
-    fn projection_status(&self) -> Result<ProjectionStatus> {
-        ReadTx::projection_status(self)
+    fn projection_status(&self, campaign: Option<&str>) -> Result<ProjectionStatus> {
+        ReadTx::projection_status(self, campaign)
     }
 }
 
@@ -584,8 +585,8 @@ impl Reads for WriteTx<'_> {
     fn projection_dump(&self) -> Result<BTreeMap<&'static str, Vec<String>>> {
         ReadTx::projection_dump(self)
     }
-    fn projection_status(&self) -> Result<ProjectionStatus> {
-        ReadTx::projection_status(self)
+    fn projection_status(&self, campaign: Option<&str>) -> Result<ProjectionStatus> {
+        ReadTx::projection_status(self, campaign)
     }
 }
 

@@ -172,12 +172,14 @@ impl WriteTx<'_> {
 }
 
 impl ReadTx<'_> {
-    /// How far the projection is behind what was acknowledged.
-    pub fn projection_status(&self) -> Result<ProjectionStatus> {
+    /// How far the projection is behind what was acknowledged: of `campaign`, or of every
+    /// campaign (`None`).
+    pub fn projection_status(&self, campaign: Option<&str>) -> Result<ProjectionStatus> {
         Ok(self.conn.prepare_cached(
-            "SELECT COUNT(*), COALESCE(SUM(records), 0), MIN(at), MIN(id), MAX(id) FROM projection_queue",
+            "SELECT COUNT(*), COALESCE(SUM(records), 0), MIN(at), MIN(id), MAX(id) FROM projection_queue
+             WHERE ?1 IS NULL OR campaign = ?1",
         )?
-        .query_row([], |r| {
+        .query_row([campaign], |r| {
             Ok(ProjectionStatus {
                 changes: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
                 records: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),

@@ -1418,7 +1418,7 @@ pub mod cases {
         );
         assert!(!store.read(|r| r.has_signature(camp, "s9")).unwrap());
 
-        let status = || store.read(|r| r.projection_status()).unwrap();
+        let status = || store.read(|r| r.projection_status(None)).unwrap();
         assert_eq!(status(), ProjectionStatus::default());
         assert!(status().covers(0));
         let ids = store
@@ -1482,6 +1482,39 @@ pub mod cases {
                 .unwrap()
                 .is_empty()
         );
+
+        // Each campaign's answer says how far its own totals are behind, not another's.
+        let (mine, theirs) = store
+            .write(|tx| {
+                Ok((
+                    tx.enqueue_projection(camp, "docA", 2, b"m", 3_000)?,
+                    tx.enqueue_projection("other-camp", "docO", 5, b"o", 2_500)?,
+                ))
+            })
+            .unwrap();
+        let of = |c: Option<&str>| store.read(|r| r.projection_status(c)).unwrap();
+        let s = of(Some(camp));
+        assert_eq!((s.changes, s.records, s.oldest_at), (1, 2, Some(3_000)));
+        assert_eq!((s.first, s.last), (Some(mine), Some(mine)));
+        let o = of(Some("other-camp"));
+        assert_eq!(
+            (o.records, o.first, o.last),
+            (5, Some(theirs), Some(theirs))
+        );
+        assert_eq!(of(Some("no-such-camp")), ProjectionStatus::default());
+        let all = of(None);
+        assert_eq!(
+            (all.changes, all.records, all.oldest_at),
+            (2, 7, Some(2_500))
+        );
+        assert_eq!(
+            store
+                .write(|tx| Ok(tx.take_projection(100)?.expect("no other server")))
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(of(Some(camp)).covers(mine) && of(None).covers(theirs));
 
         // A reindex: the queue goes (the documents hold what it held), the claims are the
         // rows' (none here).

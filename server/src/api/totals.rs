@@ -261,10 +261,10 @@ pub(crate) fn answer_totals(
 ) -> Result<TotalsResponse, ApiError> {
     let threshold = state.config.suppress_below;
     if req.wait {
-        wait_counted(state)?;
+        wait_counted(state, &req.campaign)?;
     }
     let (t, suppression, status) = state.reader.get().read(|r| {
-        let status = r.projection_status()?;
+        let status = r.projection_status(Some(&req.campaign))?;
         let query = |filter: &Filter| r.query_totals(&req.campaign, filter);
         if req.suppress {
             // With the answers without each filter, so that a filter cannot drill into a
@@ -305,17 +305,18 @@ pub(crate) fn answer_totals(
     })
 }
 
-/// Waits until the projector counted every change acknowledged before now, at most
-/// [`WAIT_AT_MOST`]; the answer then says what is still not counted.
-fn wait_counted(state: &AppState) -> Result<(), ApiError> {
+/// Waits until the projector counted every change to `campaign` acknowledged before now, at
+/// most [`WAIT_AT_MOST`]; the answer then says what is still not counted.
+fn wait_counted(state: &AppState, campaign: &str) -> Result<(), ApiError> {
     let reader = state.reader.get();
-    let Some(last) = reader.read(|r| r.projection_status())?.last else {
+    let status = |r: &dyn tally_store::Reads| r.projection_status(Some(campaign));
+    let Some(last) = reader.read(status)?.last else {
         return Ok(());
     };
     let until = Instant::now() + WAIT_AT_MOST;
     while Instant::now() < until {
         std::thread::sleep(WAIT_STEP);
-        if reader.read(|r| r.projection_status())?.covers(last) {
+        if reader.read(status)?.covers(last) {
             break;
         }
     }

@@ -75,8 +75,8 @@ impl Reads for PgTx<'_> {
     fn projection_dump(&self) -> Result<BTreeMap<&'static str, Vec<String>>> {
         projection::dump(&mut *self.tx.borrow_mut())
     }
-    fn projection_status(&self) -> Result<ProjectionStatus> {
-        queue::projection_status(&mut *self.tx.borrow_mut())
+    fn projection_status(&self, campaign: Option<&str>) -> Result<ProjectionStatus> {
+        queue::projection_status(&mut *self.tx.borrow_mut(), campaign)
     }
 }
 

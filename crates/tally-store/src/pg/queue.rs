@@ -145,11 +145,14 @@ pub(crate) fn rebuild_claims(conn: &mut impl GenericClient) -> Result<()> {
     Ok(conn.batch_execute(claim_rows!())?)
 }
 
-pub(crate) fn projection_status(conn: &mut impl GenericClient) -> Result<ProjectionStatus> {
+pub(crate) fn projection_status(
+    conn: &mut impl GenericClient,
+    campaign: Option<&str>,
+) -> Result<ProjectionStatus> {
     let r = conn.query_one(
         "SELECT COUNT(*), COALESCE(SUM(records), 0)::BIGINT, MIN(at), MIN(id), MAX(id)
-         FROM projection_queue",
-        &[],
+         FROM projection_queue WHERE $1::TEXT IS NULL OR campaign = $1",
+        &[&campaign],
     )?;
     Ok(ProjectionStatus {
         changes: u64::try_from(r.get::<_, i64>(0)).unwrap_or(0),
