@@ -27,28 +27,11 @@ use tally_core::collection::{Checkin, Signature};
 use tally_core::review::{Strike, StrikeReason};
 use tally_store::{PgStore, Storage, Store};
 
-const CAMPAIGN: &str = "bench-campaign";
-const TZ: &str = "America/Toronto";
-/// 2025-06-01T04:00:00Z, midnight in Toronto.
-const START: i64 = 1_748_750_400_000;
-const DAY: i64 = 86_400_000;
+mod common;
+use common::{CAMPAIGN, DAY, Rng, START, TZ};
+
 /// Records per projector write.
 const BATCH: u64 = 2_000;
-
-/// A small deterministic generator (xorshift), so runs are comparable.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 const CITIES: &[&str] = &[
     "Toronto",

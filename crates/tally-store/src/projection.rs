@@ -537,35 +537,20 @@ fn write_fact(
             .execute(params![campaign, sig_id])?;
         return Ok(());
     };
-    let status = fact_status(row, *struck);
-    let mut keys = [0u32; 7];
-    for (slot, (dim, key)) in keys
-        .iter_mut()
-        .zip(FACT_DIMS.into_iter().zip(fact_keys(row)))
-    {
-        if let Some(k) = key {
-            *slot = fact_id(key_id(conn, campaign, dim, k, key_ids)?)?;
-        }
-    }
-    let token = if status == COUNTED {
-        let id = match token_ids.get(&row.dup) {
-            Some(id) => *id,
+    let fact = Fact::of(
+        row,
+        fact_status(row, *struck),
+        fact_keys(row),
+        |dim, k| key_id(conn, campaign, dim, k, key_ids),
+        |dup| match token_ids.get(dup) {
+            Some(id) => Ok(*id),
             None => {
-                let id = token_id(conn, campaign, &row.dup)?;
-                token_ids.insert(row.dup.clone(), id);
-                id
+                let id = token_id(conn, campaign, dup)?;
+                token_ids.insert(dup.to_string(), id);
+                Ok(id)
             }
-        };
-        fact_id(id)?
-    } else {
-        0
-    };
-    let fact = Fact {
-        status,
-        at: row.collected_at,
-        token,
-        keys,
-    };
+        },
+    )?;
     let [event, city, fsa, riding, canvasser] = fact.columns();
     conn.prepare_cached(
         "INSERT INTO agg_records (campaign, sig_id, at, event, city, fsa, riding, canvasser, fact)
@@ -1374,6 +1359,35 @@ impl Fact {
             at: i64::from_le_bytes(b[1..9].try_into().ok()?),
             token: u32_at(9),
             keys,
+        })
+    }
+
+    /// The fact of a merged record of `status` with `keys` ([`fact_keys`]), its keys' and
+    /// token's ids found by the caller (looked up, or interned on the way); the token counts
+    /// only for a counted record.
+    pub(crate) fn of(
+        row: &SignatureRow,
+        status: u8,
+        keys: [Option<String>; 7],
+        mut key_id: impl FnMut(Dim, String) -> Result<i64>,
+        token_id: impl FnOnce(&str) -> Result<i64>,
+    ) -> Result<Fact> {
+        let mut ids = [0u32; 7];
+        for ((slot, dim), key) in ids.iter_mut().zip(FACT_DIMS).zip(keys) {
+            if let Some(k) = key {
+                *slot = fact_id(key_id(dim, k)?)?;
+            }
+        }
+        let token = if status == COUNTED {
+            fact_id(token_id(&row.dup)?)?
+        } else {
+            0
+        };
+        Ok(Fact {
+            status,
+            at: row.collected_at,
+            token,
+            keys: ids,
         })
     }
 

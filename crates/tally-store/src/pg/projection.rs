@@ -385,18 +385,24 @@ fn apply(records: Vec<Record>, stored: &mut Stored) -> Applied {
     out
 }
 
-/// The copy of record `id` in collection `doc_id` among `copies` (by id): a row [`apply`]
-/// wrote is always there.
-fn copy_of<'a, R>(
+/// The rows to write, as (collection, id, row): each `written` record's copy among `copies`
+/// (by id; a row [`apply`] wrote is always there).
+fn copies_of<'a, R>(
+    written: &'a BTreeSet<(String, String)>,
     copies: &'a HashMap<String, Vec<(String, R)>>,
-    id: &str,
-    doc_id: &str,
-) -> Result<&'a R> {
-    copies
-        .get(id)
-        .and_then(|c| c.iter().find(|(d, _)| d == doc_id))
-        .map(|(_, row)| row)
-        .ok_or_else(|| StoreError::Drift(format!("{doc_id}/{id}: a row written is not a copy")))
+) -> Result<Vec<(&'a str, &'a str, &'a R)>> {
+    written
+        .iter()
+        .map(|(id, doc_id)| {
+            copies
+                .get(id)
+                .and_then(|c| c.iter().find(|(d, _)| d == doc_id))
+                .map(|(_, row)| (doc_id.as_str(), id.as_str(), row))
+                .ok_or_else(|| {
+                    StoreError::Drift(format!("{doc_id}/{id}: a row written is not a copy"))
+                })
+        })
+        .collect()
 }
 
 /// A projection batch of one campaign in one write (see `crate::projection::Batch`): the
@@ -515,30 +521,16 @@ impl PgBatch {
         let mut stored = self.read(conn)?;
         let applied = apply(std::mem::take(&mut self.records), &mut stored);
         let campaign = self.campaign.as_str();
-        let signatures: Vec<(&str, &str, &SignatureRow)> = applied
-            .signatures
-            .iter()
-            .map(|(id, doc)| {
-                Ok((
-                    doc.as_str(),
-                    id.as_str(),
-                    copy_of(&stored.signatures, id, doc)?,
-                ))
-            })
-            .collect::<Result<_>>()?;
-        upsert_signature_rows(conn, campaign, &signatures)?;
-        let checkins: Vec<(&str, &str, &CheckinRow)> = applied
-            .checkins
-            .iter()
-            .map(|(id, doc)| {
-                Ok((
-                    doc.as_str(),
-                    id.as_str(),
-                    copy_of(&stored.checkins, id, doc)?,
-                ))
-            })
-            .collect::<Result<_>>()?;
-        upsert_checkin_rows(conn, campaign, &checkins)?;
+        upsert_signature_rows(
+            conn,
+            campaign,
+            &copies_of(&applied.signatures, &stored.signatures)?,
+        )?;
+        upsert_checkin_rows(
+            conn,
+            campaign,
+            &copies_of(&applied.checkins, &stored.checkins)?,
+        )?;
         upsert_strike_rows(
             conn,
             campaign,
@@ -755,29 +747,21 @@ fn write_facts(
     );
     let mut columns: [Vec<i64>; 5] = Default::default();
     for (id, row, status, keys) in present {
-        let mut fact_keys = [0u32; 7];
-        for ((slot, dim), key) in fact_keys.iter_mut().zip(FACT_DIMS).zip(keys) {
-            if let Some(k) = key {
-                let id = key_ids.get(&(dim, k)).copied().ok_or_else(|| {
-                    StoreError::Drift(format!("{campaign}/{}: a key not interned", dim.as_str()))
-                })?;
-                *slot = fact_id(id)?;
-            }
-        }
-        let token = if status == COUNTED {
-            let id = token_ids.get(&row.dup).copied().ok_or_else(|| {
-                StoreError::Drift(format!("{campaign}/{id}: a token not interned"))
-            })?;
-            fact_id(id)?
-        } else {
-            0
-        };
-        let fact = Fact {
+        let fact = Fact::of(
+            row,
             status,
-            at: row.collected_at,
-            token,
-            keys: fact_keys,
-        };
+            keys,
+            |dim, k| {
+                key_ids.get(&(dim, k)).copied().ok_or_else(|| {
+                    StoreError::Drift(format!("{campaign}/{}: a key not interned", dim.as_str()))
+                })
+            },
+            |dup| {
+                token_ids.get(dup).copied().ok_or_else(|| {
+                    StoreError::Drift(format!("{campaign}/{id}: a token not interned"))
+                })
+            },
+        )?;
         for (column, value) in columns.iter_mut().zip(fact.columns()) {
             column.push(value);
         }
